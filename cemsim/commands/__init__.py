@@ -1,0 +1,1 @@
+"""One module per `cemsim` subcommand group; cli.py wires them together."""

@@ -1,0 +1,113 @@
+"""The workload: model geometry, dtype, batch, context and the attention policy."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from cemsim.config.fields import Count, Frozen
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+POLICIES = ("dense", "longsight", "window", "oracle-topk", "quest")
+
+
+def parse_tokens(value: object) -> int:
+    """Token counts: an integer, or "128K" / "1M" with binary multiples (128K = 131,072), as in the papers."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a token count, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KkMm]?)\s*(?:tokens?)?\s*", value)
+        if m:
+            mult = {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()]
+            tokens = float(m.group(1)) * mult
+            if tokens.is_integer():
+                return int(tokens)
+    raise ValueError(f"cannot read {value!r} as a token count; write 131072, '128K' or '1M'")
+
+
+Tokens = Annotated[int, BeforeValidator(parse_tokens), Field(gt=0)]
+
+
+class ModelGeometry(Frozen):
+    """What the simulator needs of a transformer: shapes only, no weights."""
+
+    name: str
+    layers: Count
+    hidden: Count
+    q_heads: Count
+    kv_heads: Count
+    head_dim: Count
+    intermediate: Count
+    vocab: Count
+    max_positions: Count | None = None
+    tied_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _gqa(self) -> ModelGeometry:
+        if self.q_heads % self.kv_heads:
+            raise ValueError(f"q_heads ({self.q_heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        return self
+
+    @property
+    def group_size(self) -> int:
+        return self.q_heads // self.kv_heads
+
+    def weight_params(self) -> int:
+        """Parameters of one full model (attention, MLP, norms, embeddings, LM head)."""
+        attn = self.hidden * (self.q_heads * self.head_dim) * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        mlp = 3 * self.hidden * self.intermediate
+        norms = 2 * self.hidden
+        per_layer = attn + mlp + norms
+        emb = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return self.layers * per_layer + emb + self.hidden
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+
+
+class AttentionConfig(Frozen):
+    """Decode attention policy (LongSight defaults: W = 1024, S = 16, k by context as published)."""
+
+    policy: Literal["dense", "longsight", "window", "oracle-topk", "quest"] = "dense"
+    window: Annotated[int, Field(ge=0)] = 1024
+    sinks: Annotated[int, Field(ge=0)] = 16
+    k: Count | None = None  # None: the paper's schedule (256 / 512 / 1024 at 32K / 64K / >= 128K)
+    threshold: Annotated[int, Field(ge=0)] | None = None  # one SCF threshold for every head
+    thresholds_file: str | None = None  # per-(layer, KV head) thresholds written by `cemsim tune`
+    itq: bool = True
+    topk_scope: Literal["query_head", "kv_group"] = "query_head"
+    page_size: Count = 16  # Quest pages
+
+    @model_validator(mode="after")
+    def _one_threshold_source(self) -> AttentionConfig:
+        if self.threshold is not None and self.thresholds_file is not None:
+            raise ValueError("give either threshold or thresholds_file, not both")
+        return self
+
+    def k_for(self, context: int) -> int:
+        """Top-k at a context length: explicit k, else LongSight's schedule (REFERENCE.md section 1)."""
+        if self.k is not None:
+            return self.k
+        if context <= 32 * 1024:
+            return 256
+        if context <= 64 * 1024:
+            return 512
+        return 1024
+
+
+class WorkloadConfig(Frozen):
+    model: str  # a geometry preset (llama3-1b, llama3-8b, smollm2-135m) or a HuggingFace config.json path
+    dtype: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
+    batch: Count = 1
+    context: Tokens = 131072
+    attention: AttentionConfig = Field(default_factory=AttentionConfig)
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]

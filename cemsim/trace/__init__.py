@@ -1,0 +1,1 @@
+"""Key-access traces: the contract between the model side (capture) and the hardware side (simulation)."""
