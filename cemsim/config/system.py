@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, model_validator
 
 from cemsim.config.components import CEMConfig, GPUConfig, HostMemoryConfig, LinkConfig
 from cemsim.config.fields import Count, Frozen, PositiveTime
@@ -22,10 +22,11 @@ class SystemConfig(Frozen):
     name: str
     description: str = ""
     kv_location: Literal["hbm", "host_memory", "cem"] = "hbm"
-    gpu: GPUConfig
-    cem: CEMConfig | None = None
-    link: LinkConfig | None = None  # GPU <-> CEM device, or GPU <-> host memory
-    host_memory: HostMemoryConfig | None = None
+    # SerializeAsAny: dump the registered implementation's own fields, not just the base class's.
+    gpu: SerializeAsAny[GPUConfig]
+    cem: SerializeAsAny[CEMConfig] | None = None
+    link: SerializeAsAny[LinkConfig] | None = None  # GPU <-> CEM device, or GPU <-> host memory
+    host_memory: SerializeAsAny[HostMemoryConfig] | None = None
     workload: WorkloadConfig
     geometry: ModelGeometry  # resolved from workload.model at load
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
