@@ -1,0 +1,182 @@
+"""Calibration measurements on a real GPU (torch only, CUDA events, medians of many runs).
+
+Measures what the simulator's GPU model needs, for Llama-3-8B geometry in bf16:
+  - HBM streaming bandwidth (device-to-device copy, bytes read + written);
+  - dense decode attention (one query token, GQA 32/8 heads, D = 128) at contexts 4K.. what fits, batch 1 and 8;
+  - the non-attention matrix-vector work of one decode layer (QKV, O, gate/up, down) at batch 1..64;
+  - one whole decode layer's linear work x 32 layers (what one token costs without attention).
+Writes one JSON file with provenance (GPU, driver, torch version, date). Run on the device machine:
+    python3 benchmarks/gpu/calibrate.py --out $OUT/calibration.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+
+import torch
+
+GEOM = {"layers": 32, "hidden": 4096, "q_heads": 32, "kv_heads": 8, "head_dim": 128, "intermediate": 14336}
+
+
+def time_ms(fn, *, warmup: int = 5, reps: int = 30, graph: bool = False) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` runs, timed with CUDA events after warm-up."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.cuda.graph(g):
+            fn()
+        run = g.replay
+        for _ in range(3):
+            run()
+    else:
+        run = fn
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        run()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def hbm_copy(gib: float = 4.0) -> dict:
+    n = int(gib * 2**30) // 2
+    src = torch.randn(n, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), reps=20)
+    moved = 2 * n * 2
+    return {"bytes_read_plus_written": moved, "median_ms": ms, "bandwidth_bytes_per_s": moved / (ms / 1e3)}
+
+
+def decode_attention(context: int, batch: int) -> dict:
+    g = GEOM
+    q = torch.randn(batch, g["q_heads"], 1, g["head_dim"], dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(batch, g["kv_heads"], context, g["head_dim"], dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    f = torch.nn.functional.scaled_dot_product_attention
+
+    def run() -> torch.Tensor:
+        return f(q, k, v, enable_gqa=True)
+
+    ms = time_ms(run, reps=30)
+    kv_bytes = 2 * k.numel() * 2
+    return {"context": context, "batch": batch, "median_ms": ms, "kv_bytes": kv_bytes,
+            "achieved_bytes_per_s": kv_bytes / (ms / 1e3), "layers": 1}
+
+
+def layer_linear(batch: int) -> dict:
+    g = GEOM
+    h, q_out, kv_out, inter = g["hidden"], g["q_heads"] * g["head_dim"], g["kv_heads"] * g["head_dim"], g["intermediate"]
+    # separate weights per layer so 32 layers stream 32 x the bytes (no L2 reuse between layers)
+    layers = []
+    for _ in range(g["layers"]):
+        layers.append((
+            torch.randn(q_out + 2 * kv_out, h, dtype=torch.bfloat16, device="cuda"),
+            torch.randn(h, q_out, dtype=torch.bfloat16, device="cuda"),
+            torch.randn(2 * inter, h, dtype=torch.bfloat16, device="cuda"),
+            torch.randn(h, inter, dtype=torch.bfloat16, device="cuda"),
+        ))
+    x = torch.randn(batch, h, dtype=torch.bfloat16, device="cuda")
+
+    def one_layer(w) -> torch.Tensor:
+        wqkv, wo, wgu, wd = w
+        y = x @ wqkv.T
+        y = y[:, :q_out] @ wo.T
+        gu = y @ wgu.T
+        a = torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]
+        return a @ wd.T
+
+    def all_layers() -> None:
+        for w in layers:
+            one_layer(w)
+
+    weight_bytes = sum(t.numel() for w in layers for t in w) * 2
+    flops = 2 * batch * weight_bytes // 2
+    ms_all = time_ms(all_layers, reps=15, graph=True)
+    ms_one = time_ms(lambda: one_layer(layers[0]), reps=30, graph=True)
+    layers.clear()
+    torch.cuda.empty_cache()
+    return {"batch": batch, "median_ms_32_layers": ms_all, "median_ms_one_layer_graph": ms_one,
+            "weight_bytes_32_layers": weight_bytes, "flops_32_layers": flops,
+            "achieved_bytes_per_s": weight_bytes / (ms_all / 1e3)}
+
+
+def matmul_peak() -> dict:
+    n = 8192
+    a = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    ms = time_ms(lambda: a @ b, reps=20)
+    return {"n": n, "median_ms": ms, "flops_per_s": 2 * n**3 / (ms / 1e3)}
+
+
+def provenance() -> dict:
+    def smi(q: str) -> str:
+        try:
+            return subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=30).stdout.strip()
+        except OSError:
+            return "unknown"
+
+    try:
+        import cupy
+
+        cupy_version = cupy.__version__
+    except ImportError:
+        cupy_version = None
+    return {
+        "gpu": torch.cuda.get_device_name(0), "driver": smi("driver_version"), "memory": smi("memory.total"),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "cupy": cupy_version,
+        "python": platform.python_version(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "method": "CUDA events, median of 15-30 timed runs after warm-up; random bf16 data",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-context", type=int, default=1 << 20)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    result: dict = {"schema_version": 1, "geometry": GEOM, "dtype": "bf16", "provenance": provenance()}
+    result["hbm_copy"] = hbm_copy()
+    print("hbm copy", result["hbm_copy"], flush=True)
+    result["matmul_peak"] = matmul_peak()
+    print("matmul", result["matmul_peak"], flush=True)
+    attn = []
+    free = torch.cuda.mem_get_info()[0]
+    for batch in (1, 8):
+        ctx = 4096
+        while ctx <= args.max_context:
+            need = 2 * batch * GEOM["kv_heads"] * ctx * GEOM["head_dim"] * 2
+            if need > 0.7 * free:
+                break
+            attn.append(decode_attention(ctx, batch))
+            print("attn", attn[-1], flush=True)
+            ctx *= 2
+    result["decode_attention_per_layer"] = attn
+    lin = []
+    for batch in (1, 2, 4, 8, 16, 32, 64):
+        lin.append(layer_linear(batch))
+        print("linear", lin[-1], flush=True)
+    result["decode_linear"] = lin
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
