@@ -125,9 +125,8 @@ def load_model(model: str = BUNDLED, *, dtype: str = "float32") -> LoadedModel:
     """
     _offline()
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     from cemsim.attention.hf_attention import ATTN_NAME, register
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name, folder = resolve_model_folder(model)
     try:
