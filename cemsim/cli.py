@@ -38,6 +38,7 @@ def _register() -> None:
     from cemsim.commands import config_cmd
 
     config_cmd.register(app)
+    __import__("cemsim.commands.sweep_cmd", fromlist=["register"]).register(app)
 
 
 _register()

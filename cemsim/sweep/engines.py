@@ -1,0 +1,84 @@
+"""Engines evaluate point tasks and yield outcomes as they finish, in any order; the runner stores them.
+
+local: a process pool (forkserver, so workers start clean even while the progress bar's thread runs).
+ray:   tasks on an existing Ray cluster (``address``) or on a Ray started for this run and shut down after.
+Both call worker.run_task, so a point gives the same row whichever engine ran it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+from cemsim.errors import CemsimError
+from cemsim.sweep.expand import PointTask
+from cemsim.sweep.worker import Outcome, resolve_callable, run_task
+
+ENGINES = ("local", "ray")
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def run_inline(tasks: list[PointTask], evaluate: str) -> Iterator[Outcome]:
+    for task in tasks:
+        yield run_task(evaluate, task)
+
+
+def run_local(tasks: list[PointTask], evaluate: str, workers: int) -> Iterator[Outcome]:
+    resolve_callable(evaluate)  # a bad import path fails here, once, with a clear message
+    if workers <= 1 or len(tasks) <= 1:
+        yield from run_inline(tasks, evaluate)
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["cemsim.sweep.worker", evaluate.partition(":")[0]])
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+        pending = {pool.submit(run_task, evaluate, t) for t in tasks}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def run_ray(tasks: list[PointTask], evaluate: str, workers: int | None, address: str | None) -> Iterator[Outcome]:
+    try:
+        import ray
+    except ImportError:
+        raise CemsimError("the Ray engine needs the optional extra: pip install 'cemsim[ray]'") from None
+    resolve_callable(evaluate)
+    if address:
+        ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
+    else:
+        # Workers of a local Ray see the driver's import path, so evaluate functions outside the package work.
+        env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        ray.init(num_cpus=workers or default_workers(), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": env}, ignore_reinit_error=True)
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
+        refs = [remote.remote(evaluate, t) for t in tasks]
+        try:
+            while refs:
+                done, refs = ray.wait(refs, num_returns=1)
+                yield ray.get(done[0])
+        finally:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+    finally:
+        ray.shutdown()
+
+
+def run_engine(engine: str, tasks: list[PointTask], evaluate: str, workers: int | None = None,
+               address: str | None = None) -> Iterator[Outcome]:
+    if engine == "local":
+        return run_local(tasks, evaluate, workers or default_workers())
+    if engine == "ray":
+        return run_ray(tasks, evaluate, workers, address)
+    raise CemsimError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
