@@ -83,6 +83,7 @@ class HostMemoryConfig(Frozen):
     latency: Time
     energy_per_bit: EnergyPerBit
     static_power: Power = 0.0
+    kv_write_group: Count = 128  # new tokens' KV go back to host memory in groups of this many (LongSight: 128)
 
 
 register("host_memory", "ddr5")(HostMemoryConfig)
