@@ -1,0 +1,99 @@
+"""What one layer of one decode step asks of each component, by system kind (shared by the DES and the twin).
+
+Kinds (from kv_location and the attention policy):
+  hbm_dense    every key and value read from HBM by the GPU
+  hbm_sparse   LongSight on the GPU: window + sinks, all sign bits, survivors' keys and top-k values from HBM
+  host_dense   every key and value streamed from host DDR5 over PCIe; the GPU attends as it arrives
+  host_sparse  sign bits and window in HBM (GPU filters), survivors' keys then top-k values over PCIe
+  cem          window + sinks on the GPU from HBM, overlapped with DReX requests over CXL
+Amounts are (name, HBM bytes, FLOPs) of GPU kernels; tensor parallel divides the GPU side by tp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cemsim.config.system import SystemConfig
+from cemsim.errors import CemsimError
+from cemsim.sim.work import StepWork
+from cemsim.trace.records import TraceHeader
+
+GpuOp = tuple[str, float, float]
+
+
+def system_kind(system: SystemConfig) -> str:
+    dense = system.workload.attention.policy == "dense"
+    if system.kv_location == "hbm":
+        return "hbm_dense" if dense else "hbm_sparse"
+    if system.kv_location == "host_memory":
+        return "host_dense" if dense else "host_sparse"
+    if system.cem is None or system.cem.impl != "drex":
+        raise CemsimError(f"system {system.name!r}: the simulator models CEM impl 'drex' only")
+    return "cem"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    key_bytes: int  # one key (or value) vector of one KV head
+    sign_bytes: float  # one key's sign bits
+    q_heads: int
+    kv_heads: int
+    group: int
+    head_dim: int
+    layers: int
+    dtype_bytes: int
+    scores_per_key: int  # top-k scores returned per kept key (query_head scope: one per query of the group)
+
+    @property
+    def kv_token_bytes(self) -> int:  # K and V of one token, one layer, all KV heads
+        return 2 * self.key_bytes * self.kv_heads
+
+    def request_bytes(self) -> float:
+        """A DReX request descriptor: the group's query vectors."""
+        return self.group * self.key_bytes
+
+    def response_bytes(self, k: int, survivors: int, values: int) -> float:
+        return self.scores_per_key * min(k, survivors) * self.dtype_bytes + values * self.key_bytes
+
+
+def sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
+    geo, dt = system.geometry, system.workload.dtype_bytes
+    return Sizes(geo.head_dim * dt, geo.head_dim / 8, geo.q_heads, geo.kv_heads, geo.group_size, geo.head_dim,
+                 geo.layers, dt, geo.group_size if header.topk_scope == "query_head" else 1)
+
+
+@dataclass
+class LayerPlan:
+    before: list[GpuOp]  # GPU kernels before the attention's offload starts
+    parallel: list[GpuOp]  # GPU kernels that overlap the offload
+    after: list[GpuOp]  # after every offloaded result is in (softmax + weighted values of the sparse part)
+
+
+def layer_plan(kind: str, sz: Sizes, works: list[StepWork], layer: int, tp: int) -> LayerPlan:
+    kb, h, qd = sz.key_bytes, sz.kv_heads, sz.q_heads * sz.head_dim
+    before: list[GpuOp] = []
+    after: list[GpuOp] = []
+    if kind in ("hbm_dense", "host_dense"):
+        ctx = sum(w.context for w in works)
+        nbytes = ctx * h * 2 * kb if kind == "hbm_dense" else 0.0  # host_dense: the KV arrives over PCIe
+        return LayerPlan([], [("attention", nbytes / tp, 4.0 * qd * ctx / tp)], [])
+    dense_tokens = sum(w.window + w.sinks for w in works)
+    considered = float(sum(w.considered[layer].sum() for w in works))
+    survivors = float(sum(w.survivors[layer].sum() for w in works))
+    values = float(sum(w.values[layer].sum() for w in works))
+    window = ("window_attention", dense_tokens * h * 2 * kb / tp, 4.0 * qd * dense_tokens / tp)
+    if kind == "hbm_sparse":
+        nbytes = window[1] + (considered * sz.sign_bytes + (survivors + values) * kb) / tp
+        flops = window[2] + 2.0 * sz.group * sz.head_dim * (survivors + values) / tp
+        return LayerPlan([], [("sparse_attention", nbytes, flops)], [])
+    if kind == "host_sparse":
+        before.append(("sign_filter", considered * sz.sign_bytes / tp, 0.0))
+        # scoring the gathered survivor keys on the GPU: they land in HBM, are read once
+        after.append(("score_survivors", survivors * kb / tp, 2.0 * sz.group * sz.head_dim * survivors / tp))
+    after.append(("combine", values * kb / tp, 2.0 * sz.group * sz.head_dim * values / tp))
+    return LayerPlan(before, [window], after)
+
+
+def kv_write_bytes_per_step(sz: Sizes, users: int) -> float:
+    """New tokens' K and V over the link per decode step, amortized (sent in groups, off the critical path)."""
+    return users * sz.layers * sz.kv_token_bytes

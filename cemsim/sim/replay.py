@@ -1,0 +1,202 @@
+"""Replay decode steps on a built system: one SimPy process per GPU lane per step, requests as processes.
+
+Per layer, each lane runs: QKV projection -> (GPU kernels before the offload) -> [GPU window/dense attention
+|| offloaded attention: DReX requests over the link, or host streams] -> softmax/combine -> output
+projection + MLP -> tensor-parallel all-reduces -> layer overhead. The lane waits for every user's offload
+before it combines: that wait is where queueing at NMAs and on the link shows. After the last layer, the
+LM head. User u at replay step i takes trace step (i + u) mod n, so users differ. New tokens' KV go back
+in groups (user u sends when (i + u) is a multiple of the group), as background link traffic; their bytes
+are counted amortized, one token per user per step.
+
+Every run is bounded: system.simulation.max_events and max_simulated_time stop it, and the outcome says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+import simpy
+
+from cemsim.sim.gpu import GPU, projection_work
+from cemsim.sim.link import BACKGROUND
+from cemsim.sim.plan import GpuOp, kv_write_bytes_per_step, layer_plan
+from cemsim.sim.system import SimSystem
+from cemsim.sim.work import StepWork
+from cemsim.trace.records import TraceHeader
+
+
+@dataclass
+class ReplayOutcome:
+    step_latencies: list[float] = field(default_factory=list)
+    events: int = 0
+    wall_s: float = 0.0
+    sim_time: float = 0.0
+    truncated: str | None = None  # why the run stopped early, when it did
+
+
+def write_group(ss: SimSystem) -> int:
+    cfg = ss.config
+    if ss.kind == "cem" and cfg.cem is not None:
+        return cfg.cem.layout.keys_per_block  # type: ignore[attr-defined]
+    if ss.kind.startswith("host") and cfg.host_memory is not None:
+        return cfg.host_memory.kv_write_group
+    return 0
+
+
+class Replayer:
+    def __init__(self, ss: SimSystem, header: TraceHeader, works: list[StepWork], batch: int) -> None:
+        self.ss, self.header, self.works, self.batch = ss, header, works, batch
+        self.env, self.rec, self.sz = ss.env, ss.rec, ss.sizes
+        n_lanes = len(ss.lanes)
+        self.lane_users = [[u for u in range(batch) if u % n_lanes == g] for g in range(n_lanes)]
+        self.group = write_group(ss)
+
+    # -- one step --------------------------------------------------------------------------------------
+    def lane_step(self, lane: GPU, users: list[int], step: int, main: bool) -> Generator[simpy.Event, None, None]:
+        env, rec, ss = self.env, self.rec, self.ss
+        works = {u: self.works[(step + u) % len(self.works)] for u in users}
+        proj = projection_work(ss.config.geometry, self.sz.dtype_bytes, len(users), ss.tp)
+
+        def phase(name: str, since: float) -> None:
+            if main:
+                rec.add_phase(name, env.now - since)
+
+        for layer in range(self.sz.layers):
+            t = env.now
+            yield from lane.op("qkv_proj", *proj["pre"])
+            phase("projection", t)
+            plan = layer_plan(ss.kind, self.sz, list(works.values()), layer, ss.tp)
+            t = env.now
+            for op in plan.before:
+                yield from lane.op(*op)
+            phase("attention_gpu", t)
+            t_att = env.now
+            par = env.process(self._ops(lane, plan.parallel))
+            offload = self._offload(users, works, layer, t_att)
+            yield simpy.AllOf(env, [par, *offload])
+            gpu_time = par.value
+            if main:
+                rec.add_phase("attention_gpu", gpu_time)
+                rec.add_phase("attention_wait", env.now - t_att - gpu_time)
+            if not offload:
+                rec.user_latency.extend([env.now - t_att] * len(users))
+            t = env.now
+            for op in plan.after:
+                yield from lane.op(*op)
+            phase("attention_gpu", t)
+            self._write_back(users, step, layer)
+            t = env.now
+            yield from lane.op("out_proj_mlp", *proj["post"])
+            phase("projection", t)
+            if ss.peer is not None:
+                t = env.now
+                for _ in range(2):  # after attention's output projection and after the MLP
+                    yield from ss.peer.allreduce(len(users) * ss.config.geometry.hidden * self.sz.dtype_bytes,
+                                                 ss.tp, lane.track)
+                phase("all_reduce", t)
+            t = env.now
+            yield from lane.overhead()
+            phase("layer_overhead", t)
+        t = env.now
+        yield from lane.op("lm_head", *proj["head"])
+        phase("projection", t)
+
+    def _ops(self, lane: GPU, ops: list[GpuOp]) -> Generator[simpy.Event, None, float]:
+        start = self.env.now
+        for op in ops:
+            yield from lane.op(*op)
+        return self.env.now - start
+
+    # -- offloaded attention ---------------------------------------------------------------------------
+    def _offload(self, users: list[int], works: dict[int, StepWork], layer: int, t0: float) -> list[simpy.Process]:
+        ss, env, kb = self.ss, self.env, self.sz.key_bytes
+        procs: list[simpy.Process] = []
+        if ss.kind == "cem":
+            left = {u: self.sz.kv_heads for u in users}
+            for u in users:
+                for h in range(self.sz.kv_heads):
+                    procs.append(env.process(self._cem_request(u, layer, h, works[u], t0, left)))
+        elif ss.kind == "host_dense" and ss.host is not None and ss.link is not None:
+            for u in users:
+                nbytes = works[u].context * self.sz.kv_heads * 2 * kb
+                procs.append(env.process(self._timed(u, t0, ss.host.stream(ss.link, nbytes, "kv_stream", "link"))))
+        elif ss.kind == "host_sparse":
+            for u in users:
+                procs.append(env.process(self._timed(u, t0, self._host_gather(works[u], layer))))
+        return procs
+
+    def _timed(self, user: int, t0: float, gen: Generator) -> Generator[simpy.Event, None, None]:
+        yield from gen
+        self.rec.user_latency.append(self.env.now - t0)
+
+    def _host_gather(self, w: StepWork, layer: int) -> Generator[simpy.Event, None, None]:
+        ss, kb = self.ss, self.sz.key_bytes
+        assert ss.host is not None and ss.link is not None
+        yield from ss.host.stream(ss.link, float(w.survivors[layer].sum()) * kb, "survivor_keys", "link")
+        yield from ss.host.stream(ss.link, float(w.values[layer].sum()) * kb, "topk_values", "link")
+
+    def _cem_request(self, user: int, layer: int, head: int, w: StepWork, t0: float,
+                     left: dict[int, int]) -> Generator[simpy.Event, None, None]:
+        ss, sz = self.ss, self.sz
+        assert ss.cem is not None and ss.link is not None
+        with ss.cem.queue.request() as slot:  # type: ignore[attr-defined]
+            yield slot
+            yield from ss.link.transfer("to_device", sz.request_bytes(), "request")
+            yield from ss.cem.serve(user, layer, head, w)  # type: ignore[attr-defined]
+            resp = sz.response_bytes(self.header.k, int(w.survivors[layer, head]), int(w.values[layer, head]))
+            yield from ss.link.transfer("to_host", resp, "response")
+        left[user] -= 1
+        if left[user] == 0:
+            self.rec.user_latency.append(self.env.now - t0)
+
+    def _write_back(self, users: list[int], step: int, layer: int) -> None:
+        ss = self.ss
+        if not self.group or ss.link is None:
+            return
+        nbytes = self.group * self.sz.kv_token_bytes
+        for u in users:
+            if (step + u) % self.group == 0:
+                self.env.process(ss.link.transfer("to_device", nbytes, "kv_write", BACKGROUND, account=False))
+
+    def account_writes(self) -> None:
+        if not self.group:
+            return
+        nbytes = kv_write_bytes_per_step(self.sz, self.batch)
+        self.rec.add_bytes("link.to_device", nbytes)
+        self.rec.add_bytes("cem.lpddr_write" if self.ss.kind == "cem" else "host_memory", nbytes)
+
+    # -- driver ----------------------------------------------------------------------------------------
+    def run(self, steps: int, timeline_step: int | None = None,
+            progress: Callable[[int], None] | None = None) -> ReplayOutcome:
+        env, sim = self.env, self.ss.config.simulation
+        out = ReplayOutcome()
+        t_wall = time.perf_counter()
+        for i in range(steps):
+            self.rec.record_spans = i == timeline_step
+            start = env.now
+            procs = [env.process(self.lane_step(lane, users, i, g == 0))
+                     for g, (lane, users) in enumerate(zip(self.ss.lanes, self.lane_users, strict=True)) if users]
+            done = simpy.AllOf(env, procs)
+            while not done.triggered:
+                if out.events >= sim.max_events:
+                    out.truncated = f"stopped at system.simulation.max_events = {sim.max_events} events"
+                    break
+                nxt = env.peek()
+                if nxt > sim.max_simulated_time:
+                    out.truncated = (f"stopped at system.simulation.max_simulated_time = {sim.max_simulated_time} s"
+                                     if nxt != float("inf") else "stopped: no more events (a deadlock)")
+                    break
+                env.step()
+                out.events += 1
+            if out.truncated:
+                break
+            self.account_writes()
+            out.step_latencies.append(env.now - start)
+            if progress is not None:
+                progress(i)
+        self.rec.record_spans = False
+        out.wall_s = time.perf_counter() - t_wall
+        out.sim_time = env.now
+        return out
