@@ -1,0 +1,409 @@
+"""Sparse-attention policies over one layer's post-RoPE queries, keys and values.
+
+Every policy shares the hybrid shape of LongSight: a *dense* part (the last W positions up to and including
+the query, plus the first S sink positions) and a *sparse* part over the rest of the causal context
+(positions S .. p - W for a query at position p). Policies differ only in what they pick from the sparse part:
+
+- ``dense``        everything (W and S are ignored);
+- ``window``       nothing: sliding window + sinks (StreamingLLM);
+- ``oracle-topk``  the exact top-k scores, no filter;
+- ``quest``        pages of 16 keys ranked by the Quest bound sum_d max(q_d min_d, q_d max_d); top ceil(k/16)
+                   pages, every key of a chosen page;
+- ``longsight``    SCF: keys whose sign agreement with any query of the KV group reaches the (layer, KV head)
+                   threshold survive (signs after the ITQ rotation); exact top-k over survivors.
+
+One softmax covers the dense scores and the selected sparse scores. ``k`` is per query head as published;
+``topk_per="group"`` instead picks one set of k keys per KV group (by the group's largest score).
+
+:func:`hybrid_attention` works for any block of queries at absolute positions ``q_offset .. q_offset + Tq``
+against keys ``0 .. N``, so the same code serves prefill evaluation (every position applies the rule
+causally, in chunks of queries so 8K tokens fit in memory) and decode over a KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from cemsim import kernels
+from cemsim.attention.signs import pack_signs
+from cemsim.errors import CemsimError
+
+PolicyKind = Literal["dense", "longsight", "window", "oracle-topk", "quest"]
+POLICIES: tuple[str, ...] = ("dense", "longsight", "window", "oracle-topk", "quest")
+PAGE = 16  # Quest page size in tokens
+
+
+def published_k(context: int) -> int:
+    """LongSight's top-k schedule: 256 up to 32K tokens, 512 to 64K, 1024 beyond (hardware maximum)."""
+    if context <= 32 * 1024:
+        return 256
+    if context <= 64 * 1024:
+        return 512
+    return 1024
+
+
+@dataclass
+class PolicyConfig:
+    """What a policy does; thresholds ``[layers][kv_heads]`` (keep when matches >= T) and rotations
+    ``[layers, kv_heads, D, D]`` apply to ``longsight`` only."""
+
+    kind: PolicyKind = "longsight"
+    window: int = 1024
+    sinks: int = 16
+    k: int = 256
+    topk_per: Literal["head", "group"] = "head"
+    thresholds: np.ndarray | None = None
+    rotations: np.ndarray | None = None
+    backend: str = "auto"
+    bytes_per_element: int = 2  # KV-cache element size used for byte accounting (BF16, as in the paper)
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICIES:
+            raise CemsimError(f"unknown policy {self.kind!r}; valid: {', '.join(POLICIES)}", where="--policy")
+        if self.window < 1 or self.sinks < 0 or self.k < 0:
+            raise CemsimError(f"need window >= 1, sinks >= 0, k >= 0; got W={self.window} S={self.sinks} k={self.k}")
+        if self.topk_per not in ("head", "group"):
+            raise CemsimError(f"topk_per must be 'head' or 'group', got {self.topk_per!r}")
+        self.backend = kernels.resolve_backend(self.backend)
+
+    def threshold(self, layer: int, kv_head: int) -> int:
+        return 0 if self.thresholds is None else int(self.thresholds[layer][kv_head])
+
+
+@dataclass
+class LayerStats:
+    """Running sums for one layer, per KV head (arrays of length Hkv). ``considered`` counts sparse-region
+    keys per (query position, KV head); ``survivors`` those left by the filter (LongSight) or eligible
+    (others); ``keys_read``/``values_read`` full vectors fetched for the sparse part; ``dense`` keys in
+    window + sinks; ``meta_bytes`` sign bits (LongSight) or page bounds (Quest). ``tail_*`` are the same
+    over the last ``tail`` query positions only (what one decode step at the full context costs)."""
+
+    rows: np.ndarray
+    considered: np.ndarray
+    survivors: np.ndarray
+    keys_read: np.ndarray
+    values_read: np.ndarray
+    dense: np.ndarray
+    meta_bytes: np.ndarray
+    tail_rows: np.ndarray
+    tail_keys_read: np.ndarray
+    tail_values_read: np.ndarray
+    tail_dense: np.ndarray
+    tail_meta_bytes: np.ndarray
+    recall_hits: float = 0.0
+    recall_total: float = 0.0
+
+    @classmethod
+    def zeros(cls, hkv: int) -> LayerStats:
+        z = {f: np.zeros(hkv) for f in cls.__dataclass_fields__ if f not in ("recall_hits", "recall_total")}
+        return cls(**z)
+
+
+@dataclass
+class DecodeRecord:
+    """What one decode step did in one (layer, KV head); positions are absolute key indices (int32)."""
+
+    step: int
+    layer: int
+    kv_head: int
+    context: int  # keys in the cache, the current token included
+    considered: int  # keys in the sparse region the filter looked at
+    survivors: np.ndarray  # positions that passed SCF (LongSight) or were eligible (other policies)
+    topk: list[np.ndarray]  # per query head of the group: positions chosen for exact attention
+    window: int  # dense window keys (current token included)
+    sinks: int  # sink keys attended densely
+
+
+@dataclass
+class AttentionState:
+    """Per-run state passed to the model as the ``cemsim_state`` keyword; no globals."""
+
+    config: PolicyConfig
+    num_layers: int
+    num_kv_heads: int
+    chunk_elems: int = 1 << 25  # score-matrix elements per query chunk (128 MB of fp32)
+    recall_stride: int = 16  # every n-th query position also computes the oracle top-k for recall
+    tail: int = 256
+    total_positions: int | None = None  # prefill length; positions >= total - tail count as tail
+    observer: object | None = None  # callable(DecodeRecord) during decode steps
+    step: int = 0
+    capture: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # layer -> (q, k) when capturing
+    stats: list[LayerStats] = field(default_factory=list)
+    _signs: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> packed key signs [Hkv, n, W]
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.stats = [LayerStats.zeros(self.num_kv_heads) for _ in range(self.num_layers)]
+        self._signs = {}
+        self.step = 0
+
+    def key_signs(self, layer: int, k_rot: torch.Tensor) -> np.ndarray:
+        """Packed signs of all N keys of a layer, extending the cached prefix (keys never change)."""
+        n = k_rot.shape[1]
+        have = self._signs.get(layer)
+        if have is not None and have.shape[1] <= n:
+            if have.shape[1] == n:
+                return have
+            new = pack_signs(k_rot[:, have.shape[1] :])
+            out = np.concatenate([have, new], axis=1)
+        else:
+            out = pack_signs(k_rot)
+        self._signs[layer] = out
+        return out
+
+
+def _rotate(x: torch.Tensor, rot: np.ndarray | None, hkv: int, group: int) -> torch.Tensor:
+    """x [H, T, D] with H = hkv * group heads; each KV head's rotation applies to its group."""
+    if rot is None:
+        return x
+    r = torch.from_numpy(rot).to(x.dtype)  # [Hkv, D, D]
+    if group > 1:
+        r = r.repeat_interleave(group, dim=0)
+    return torch.bmm(x, r)
+
+
+def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, q_offset: int) -> torch.Tensor:
+    """Exact causal attention for queries at ``q_offset..`` (SDPA); q [Hq, Tq, D], k/v [Hkv, N, D]."""
+    tq, n = q.shape[1], k.shape[1]
+    mask = None
+    if tq > 1:
+        pos = torch.arange(q_offset, q_offset + tq)[:, None]
+        mask = torch.arange(n)[None, :] <= pos
+    return torch.nn.functional.scaled_dot_product_attention(
+        q[None], k[None], v[None], attn_mask=mask, scale=scaling, enable_gqa=True
+    )[0]
+
+
+def hybrid_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    layer: int,
+    scaling: float,
+    q_offset: int,
+    state: AttentionState,
+) -> torch.Tensor:
+    """Attention of queries ``q [Hq, Tq, D]`` at positions ``q_offset + i`` over ``k, v [Hkv, N, D]`` under
+    ``state.config``; returns ``[Hq, Tq, D]`` in fp32 and adds to ``state.stats[layer]``."""
+    cfg = state.config
+    if cfg.kind == "dense":
+        _count_dense(q, k, q_offset, state, layer)
+        return dense_reference(q, k, v, scaling, q_offset)
+    hq, tq, d = q.shape
+    hkv, n, _ = k.shape
+    group = hq // hkv
+    rot = None if cfg.rotations is None else cfg.rotations[layer]
+    ksig = None
+    if cfg.kind == "longsight":
+        ksig = state.key_signs(layer, _rotate(k, rot, hkv, 1))
+    qsig_all = pack_signs(_rotate(q, rot, hkv, group)) if cfg.kind == "longsight" else None
+    chunk = max(1, min(tq, state.chunk_elems // max(1, hq * n)))
+    out = torch.empty(hq, tq, d, dtype=torch.float32)
+    for a in range(0, tq, chunk):
+        b = min(tq, a + chunk)
+        qs = None if qsig_all is None else qsig_all[:, a:b]
+        out[:, a:b] = _chunk(q[:, a:b], k, v, qs, ksig, layer, scaling, q_offset + a, state)
+    return out
+
+
+def _count_dense(q: torch.Tensor, k: torch.Tensor, q_offset: int, state: AttentionState, layer: int) -> None:
+    tq, n = q.shape[1], k.shape[1]
+    pos = np.arange(q_offset, q_offset + tq)
+    st = state.stats[layer]
+    total = float((pos + 1).sum())
+    st.rows += tq
+    st.dense += total
+    tail = pos >= _tail_start(state, n, tq, q_offset)
+    st.tail_rows += tail.sum()
+    st.tail_dense += float((pos[tail] + 1).sum())
+
+
+def _tail_start(state: AttentionState, n: int, tq: int, q_offset: int) -> int:
+    total = state.total_positions or (q_offset + tq)
+    return total - state.tail
+
+
+def _chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qsig: np.ndarray | None,
+    ksig: np.ndarray | None,
+    layer: int,
+    scaling: float,
+    p0: int,
+    state: AttentionState,
+) -> torch.Tensor:
+    cfg = state.config
+    hq, c, d = q.shape
+    hkv = k.shape[0]
+    group = hq // hkv
+    w, s_n = cfg.window, cfg.sinks
+    p1 = p0 + c  # exclusive: the chunk's queries see keys [0, p1)
+    pos = torch.arange(p0, p1)
+    # Dense keys: sinks [0, S) and the band [max(S, p0 - W + 1), p1).
+    band0 = max(min(s_n, p1), p0 - w + 1)
+    dense_idx = torch.cat([torch.arange(min(s_n, p1)), torch.arange(max(band0, 0), p1)])
+    jd = dense_idx[None, :]
+    dense_mask = (jd <= pos[:, None]) & ((jd > pos[:, None] - w) | (jd < s_n))  # [c, nd]
+    qg = q.reshape(hkv, group * c, d)
+    s_dense = torch.bmm(qg, k[:, dense_idx].transpose(1, 2)).mul_(scaling).view(hkv, group, c, -1)
+    s_dense.masked_fill_(~dense_mask, float("-inf"))
+    # Sparse region [S, e) with e = p1 - W: row p may use keys S <= j <= p - W.
+    e = p1 - w
+    st = state.stats[layer]
+    tail_mask = (pos >= _tail_start(state, k.shape[1], 0, p1)).numpy()
+    n_dense = dense_mask.sum(1).numpy().astype(np.float64)  # per row
+    st.rows += c
+    st.dense += n_dense.sum()
+    st.tail_rows += tail_mask.sum()
+    st.tail_dense += n_dense[tail_mask].sum()
+    if e <= s_n or cfg.kind == "window":
+        if e > s_n:
+            region_rows = np.clip(pos.numpy() - w + 1 - s_n, 0, None).astype(np.float64)
+            st.considered += region_rows.sum()
+        return _softmax_out(s_dense, v[:, dense_idx], None, None, None, hkv, group, c, d)
+    jr = torch.arange(s_n, e)
+    region = jr[None, :] <= (pos[:, None] - w)  # [c, r]
+    region_count = region.sum(1).numpy().astype(np.float64)
+    s_sp = torch.bmm(qg, k[:, s_n:e].transpose(1, 2)).mul_(scaling).view(hkv, group, c, -1)
+    kk = min(cfg.k, e - s_n)
+    eligible: torch.Tensor  # [hkv, 1 or group, c, r]
+    meta = np.zeros(hkv)
+    if cfg.kind == "longsight":
+        surv = np.empty((hkv, c, e - s_n), dtype=bool)
+        for h in range(hkv):
+            res = kernels.scf_filter_rows(
+                np.ascontiguousarray(qsig[h * group : (h + 1) * group].transpose(1, 0, 2)),
+                ksig[h, s_n:e],
+                d,
+                cfg.threshold(layer, h),
+                backend=cfg.backend,
+                return_matches=False,
+            )
+            surv[h] = res.survivors
+        eligible = torch.from_numpy(surv)[:, None] & region
+        meta[:] = region_count.sum() * d / 8  # sign bits of every considered key
+    elif cfg.kind == "oracle-topk":
+        eligible = region.expand(hkv, 1, c, -1)
+    elif cfg.kind == "dense":  # pragma: no cover - dense returns before chunking
+        raise AssertionError
+    else:  # quest
+        eligible, idx_q, valid_q, pages_seen = _quest_select(q, k, s_sp, region, s_n, e, kk, hkv, group)
+        meta[:] = pages_seen * 2 * d * cfg.bytes_per_element
+    if cfg.kind == "quest":
+        idx, valid = idx_q, valid_q
+    else:
+        masked = s_sp.masked_fill(~eligible, float("-inf"))
+        if cfg.topk_per == "group":
+            top_v, idx = masked.amax(1, keepdim=True).topk(kk, dim=-1, sorted=False)
+            idx = idx.expand(hkv, group, c, kk)
+            valid = top_v.expand(hkv, group, c, kk) > float("-inf")
+        else:
+            top_v, idx = masked.topk(kk, dim=-1, sorted=False)
+            valid = top_v > float("-inf")
+    # Statistics: survivors per (row, KV head); reads are the union over the group's query heads.
+    surv_count = eligible[:, 0].sum(-1).double().numpy()  # [hkv, c]
+    picked = torch.zeros(hkv, group, c, e - s_n, dtype=torch.bool)
+    picked.scatter_(-1, idx, valid)
+    union = picked.any(1).sum(-1).double().numpy()  # [hkv, c]
+    keys_read = union if cfg.kind in ("quest",) else surv_count
+    if cfg.kind == "oracle-topk":
+        keys_read = np.broadcast_to(region_count, surv_count.shape)
+    st.considered += region_count.sum()
+    st.survivors += surv_count.sum(1)
+    st.keys_read += keys_read.sum(1)
+    st.values_read += union.sum(1)
+    st.meta_bytes += meta
+    st.tail_keys_read += keys_read[:, tail_mask].sum(1)
+    st.tail_values_read += union[:, tail_mask].sum(1)
+    if tail_mask.any():
+        st.tail_meta_bytes += meta * tail_mask.sum() / c
+    _recall(state, st, s_sp, region, picked, pos, kk)
+    if state.observer is not None:
+        _observe(state, layer, eligible, idx, valid, region_count, pos, s_n, k.shape[1], w)
+    s_sel = torch.gather(s_sp, -1, idx).masked_fill_(~valid, float("-inf"))
+    return _softmax_out(s_dense, v[:, dense_idx], s_sel, v[:, s_n:e], idx, hkv, group, c, d)
+
+
+def _quest_select(q, k, s_sp, region, s_n, e, kk, hkv, group):
+    """Quest: per page of 16 keys, bound q.k by sum_d max(q_d min_d, q_d max_d); keep the best pages."""
+    r = e - s_n
+    npages = math.ceil(r / PAGE)
+    pad = npages * PAGE - r
+    ks = k[:, s_n:e]
+    kmin = torch.nn.functional.pad(ks, (0, 0, 0, pad), value=float("inf")).view(hkv, npages, PAGE, -1).amin(2)
+    kmax = torch.nn.functional.pad(ks, (0, 0, 0, pad), value=float("-inf")).view(hkv, npages, PAGE, -1).amax(2)
+    hq, c, d = q.shape
+    qg = q.reshape(hkv, group * c, d)
+    bound = torch.bmm(qg.clamp(min=0), kmax.transpose(1, 2)) + torch.bmm(qg.clamp(max=0), kmin.transpose(1, 2))
+    bound = bound.view(hkv, group, c, npages)
+    first = torch.arange(npages) * PAGE  # page start, relative to S
+    last_ok = region.sum(1) - 1  # [c] last region index per row (-1 when empty)
+    page_ok = first[None, :] <= last_ok[:, None]  # [c, npages]
+    npick = min(npages, max(1, math.ceil(kk / PAGE)))
+    top_v, pages = bound.masked_fill(~page_ok, float("-inf")).topk(npick, dim=-1, sorted=False)
+    idx = (pages[..., None] * PAGE + torch.arange(PAGE)).reshape(hkv, group, c, npick * PAGE)
+    valid = (top_v[..., None] > float("-inf")).expand(-1, -1, -1, -1, PAGE).reshape(idx.shape)
+    valid = valid & (idx <= last_ok[None, None, :, None])
+    idx = idx.clamp(max=r - 1)
+    pages_seen = float(page_ok.sum())
+    return region.expand(hkv, 1, c, -1), idx, valid, pages_seen
+
+
+def _recall(state, st, s_sp, region, picked, pos, kk) -> None:
+    """Top-k recall against the oracle on every ``recall_stride``-th position (full sparse region)."""
+    rows = torch.nonzero((pos % state.recall_stride == 0) & region.any(1)).flatten()
+    if rows.numel() == 0 or kk == 0:
+        return
+    sub = s_sp[:, :, rows].masked_fill(~region[rows], float("-inf"))
+    top_v, oidx = sub.topk(kk, dim=-1, sorted=False)
+    ovalid = top_v > float("-inf")
+    hit = torch.gather(picked[:, :, rows], -1, oidx) & ovalid
+    st.recall_hits += float(hit.sum())
+    st.recall_total += float(ovalid.sum())
+
+
+def _observe(state, layer, eligible, idx, valid, region_count, pos, s_n, n, w) -> None:
+    hkv, group, c, _ = idx.shape
+    for i in range(c):
+        for h in range(hkv):
+            surv = (torch.nonzero(eligible[h, 0, i]).flatten() + s_n).to(torch.int32).numpy()
+            tops = [
+                (idx[h, g, i][valid[h, g, i]] + s_n).sort().values.to(torch.int32).numpy() for g in range(group)
+            ]
+            p = int(pos[i])
+            state.observer(
+                DecodeRecord(
+                    step=state.step,
+                    layer=layer,
+                    kv_head=h,
+                    context=p + 1,
+                    considered=int(region_count[i]),
+                    survivors=surv,
+                    topk=tops,
+                    window=min(w, p + 1),
+                    sinks=min(s_n, max(0, p + 1 - w)),
+                )
+            )
+
+
+def _softmax_out(s_dense, v_dense, s_sel, v_sparse, idx, hkv, group, c, d) -> torch.Tensor:
+    """One softmax over dense and selected sparse scores, then the weighted sum of values."""
+    nd = s_dense.shape[-1]
+    logits = s_dense if s_sel is None else torch.cat([s_dense, s_sel], dim=-1)
+    p = torch.softmax(logits, dim=-1)
+    out = torch.matmul(p[..., :nd].reshape(hkv, group * c, nd), v_dense).view(hkv, group, c, d)
+    if s_sel is not None:
+        kk = idx.shape[-1]
+        vg = v_sparse[torch.arange(hkv)[:, None], idx.reshape(hkv, -1)].view(hkv, group, c, kk, d)
+        out = out + torch.einsum("hgck,hgckd->hgcd", p[..., nd:], vg)
+    return out.reshape(hkv * group, c, d)
