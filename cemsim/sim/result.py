@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from cemsim.config.system import SystemConfig
-from cemsim.sim.capacity import FitReport
 from cemsim.sim.energy import energy_breakdown, utilization
 from cemsim.sim.stats import Span, nest
 
