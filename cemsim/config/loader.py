@@ -19,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from cemsim.config import components as _components  # noqa: F401  (registers the built-in impls)
 from cemsim.config.registry import config_class, impls
-from cemsim.config.units import _QUANTITY
 from cemsim.config.system import SystemConfig
+from cemsim.config.units import _QUANTITY
 from cemsim.config.workload import ModelGeometry, WorkloadConfig
 from cemsim.config.yaml_lines import Path_, Where, YamlSyntaxError, load_with_lines
 from cemsim.errors import CemsimError

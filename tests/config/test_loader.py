@@ -48,7 +48,7 @@ def test_every_preset_number_has_a_source_and_tag() -> None:
     for preset in PRESET_DIR.rglob("*.yaml"):
         data, _ = load_with_lines(preset)
 
-        def walk(node: object, path: str) -> None:
+        def walk(node: object, path: str, preset: Path = preset) -> None:
             if isinstance(node, dict) and "value" in node:
                 assert node.get("tag") in TAGS, f"{preset}:{path} has tag {node.get('tag')!r}"
                 assert node.get("source"), f"{preset}:{path} has no source"
