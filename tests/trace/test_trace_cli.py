@@ -1,0 +1,63 @@
+"""`cemsim trace info` and `cemsim trace project` from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cemsim.cli import main
+from cemsim.trace.format import TraceReader, TraceWriter
+from cemsim.trace.synthetic import SurvivalLaw, synthetic_header, synthetic_steps
+
+
+@pytest.fixture()
+def src(tmp_path):
+    h = synthetic_header("smollm2-135m", k=32)
+    path = tmp_path / "src.parquet"
+    with TraceWriter(path, h) as w:
+        for r in synthetic_steps(h, context=3000, steps=3, law=SurvivalLaw(survival=0.05), seed=2):
+            w.write(r)
+    return path
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_info_json(src, capsys):
+    main(["trace", "info", str(src), "--json"])
+    s = json.loads(capsys.readouterr().out)
+    assert s["model"] == "smollm2-135m" and s["steps"] == 3 and s["projected"] is False
+    assert s["context_min"] == 3000 and s["context_max"] == 3002
+    assert 15 < s["filter_ratio"] < 25  # 5% survival
+
+
+def test_info_table(src, capsys):
+    main(["trace", "info", str(src)])
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "filter ratio" in out and "no (captured)" in out
+
+
+def test_project_then_info(src, tmp_path, capsys):
+    out = tmp_path / "p.parquet"
+    main(["trace", "project", str(src), "--context", "64K", "--geometry", "llama3-1b", "--steps", "2", "--out", str(out)])
+    r = TraceReader(out)
+    assert r.header.projected and r.header.model == "llama3-1b" and r.summary["context_min"] == 65536
+    capsys.readouterr()
+    main(["trace", "info", str(out)])
+    assert "distance-power-law" in capsys.readouterr().out
+
+
+def test_errors_exit_1(tmp_path, capsys):
+    code, _, err = run(["trace", "info", str(tmp_path / "missing.parquet")], capsys)
+    assert code == 1 and "no such trace file" in err
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("this is a text file, not a trace at all")
+    code, _, err = run(["trace", "info", str(bad)], capsys)
+    assert code == 1 and "not a Parquet file" in err
+    code, _, err = run(["trace", "project", str(bad), "--context", "lots", "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and "--context" in err
