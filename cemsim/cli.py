@@ -39,7 +39,6 @@ def _register() -> None:
 
     config_cmd.register(app)
     __import__("cemsim.commands.sweep_cmd", fromlist=["register"]).register(app)
-    __import__("cemsim.commands.plot_cmd", fromlist=["register"]).register(app)
     __import__("cemsim.commands.trace_cmd", fromlist=["register"]).register(app)
 
 
