@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from cemsim.sim.cem import drex_shape, fetch_time, filter_time, request_counters, scoring_time, scratchpad_groups
+from cemsim.sim.cem import drex_shape, fetch_time, filter_time, scoring_time, scratchpad_groups, work_counters
 from cemsim.sim.gpu import gpu_op_time, projection_work
 from cemsim.sim.host_memory import host_bandwidth
 from cemsim.sim.link import allreduce_time, link_occupancy
@@ -62,8 +62,6 @@ class Twin:
         t = 0.0
         for grp in scratchpad_groups(surv, w.epoch_blocks[layer, head], cap):  # type: ignore[index]
             t += filter_time(sh, len(grp)) + scoring_time(cem, sh, float(surv[grp].sum()), float(rows[grp].sum()))
-        for key, n in request_counters(cem, sh, w, layer, head).items():  # type: ignore[arg-type]
-            (self.ops if key.startswith("ops:") else self.bytes)[key.removeprefix("ops:")] += n
         return t + fetch_time(cem, sh, float(w.values[layer, head]), float(w.value_rows[layer, head]))  # type: ignore[arg-type,index]
 
     def offload(self, users: list[int], works: dict[int, StepWork], layer: int) -> float:
@@ -139,6 +137,10 @@ class Twin:
         out = []
         for i in range(steps):
             out.append(max(self.lane_step(us, i, g == 0) for g, us in enumerate(lane_users) if us))
+            if self.shape is not None:
+                for u in range(p.batch):
+                    for key, n in work_counters(p.system.cem, self.shape, p.works[(i + u) % len(p.works)]).items():
+                        (self.ops if key.startswith("ops:") else self.bytes)[key.removeprefix("ops:")] += n
             if p.kind == "cem" or p.kind.startswith("host"):
                 nbytes = kv_write_bytes_per_step(self.sz, p.batch)
                 self.bytes["link.to_device"] += nbytes

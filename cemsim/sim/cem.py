@@ -104,11 +104,12 @@ def scratchpad_groups(epoch_survivors: np.ndarray, epoch_blocks: np.ndarray, cap
     return groups
 
 
-def request_counters(cfg: DReXConfig, shape: DrexShape, w: StepWork, layer: int, head: int) -> dict[str, float]:
-    """Bytes and operations of one request (the DES and the analytic twin both count with this)."""
-    surv = float(w.survivors[layer, head])
-    vals = float(w.values[layer, head])
-    blocks = float(w.epoch_blocks[layer, head].sum())  # type: ignore[union-attr]
+def work_counters(cfg: DReXConfig, shape: DrexShape, w: StepWork) -> dict[str, float]:
+    """Bytes and operations of serving every (layer, KV head) request of one user's step work (the DES
+    adds them once per user per step; the analytic twin counts with the same function)."""
+    surv = float(w.survivors.sum())
+    vals = float(w.values.sum())
+    blocks = float(w.epoch_blocks.sum())  # type: ignore[union-attr]
     return {
         "cem.lpddr": (surv + vals) * shape.key_bytes,
         "cem.bitmaps": blocks * cfg.layout.keys_per_block / 8 * shape.passes,
@@ -135,23 +136,26 @@ class DReX:
     def serve(self, user: int, layer: int, head: int, w: StepWork) -> Generator[simpy.Event, None, None]:
         pkg = self.package_of(user, head)
         track = f"nma{pkg}"
-        surv, rows = w.epoch_survivors[layer, head], w.epoch_rows[layer, head]  # type: ignore[index]
         blocks = w.epoch_blocks[layer, head]  # type: ignore[index]
+        live = np.flatnonzero(blocks > 0).tolist()
+        surv = w.epoch_survivors[layer, head].tolist()  # type: ignore[index]
+        rows = w.epoch_rows[layer, head].tolist()  # type: ignore[index]
         sh, env, rec = self.shape, self.env, self.rec
         with self.nmas[pkg].request() as req:
             yield req
             t0 = env.now
             fill, fill_rows, in_run = 0.0, 0.0, 0
-            for e in np.flatnonzero(blocks > 0):
-                s = float(surv[e])
+            for e in live:
+                s = surv[e]
                 if in_run and fill + s > self.capacity:  # scratchpad full: stop filtering, score
                     yield from self._score(track, fill, fill_rows, user, layer, head)
                     fill, fill_rows, in_run = 0.0, 0.0, 0
                 start = env.now
                 yield env.timeout(sh.gen + sh.read + sh.addr if in_run == 0 else sh.bottleneck)
-                rec.span(start, env.now, track, "filter_epoch", user=user, layer=layer, head=head, epoch=int(e))
+                if rec.record_spans:
+                    rec.span(start, env.now, track, "filter_epoch", user=user, layer=layer, head=head, epoch=e)
                 fill += s
-                fill_rows += float(rows[e])
+                fill_rows += rows[e]
                 in_run += 1
             yield from self._score(track, fill, fill_rows, user, layer, head)
             start = env.now
@@ -160,11 +164,14 @@ class DReX:
                 yield env.timeout(vt)
                 rec.span(start, env.now, track, "value_fetch", user=user, layer=layer, head=head)
             rec.add_busy(track, env.now - t0)
-        for key, n in request_counters(self.cfg, sh, w, layer, head).items():
+
+    def account(self, w: StepWork) -> None:
+        """Counters of one user's whole step (every request it makes), added once."""
+        for key, n in work_counters(self.cfg, self.shape, w).items():
             if key.startswith("ops:"):
-                rec.add_ops(key[4:], n)
+                self.rec.add_ops(key[4:], n)
             else:
-                rec.add_bytes(key, n)
+                self.rec.add_bytes(key, n)
 
     def _score(self, track: str, keys: float, rows: float, user: int, layer: int,
                head: int) -> Generator[simpy.Event, None, None]:

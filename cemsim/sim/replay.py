@@ -121,7 +121,7 @@ class Replayer:
         elif ss.kind == "host_dense" and ss.host is not None and ss.link is not None:
             for u in users:
                 nbytes = works[u].context * self.sz.kv_heads * 2 * kb
-                procs.append(env.process(self._timed(u, t0, ss.host.stream(ss.link, nbytes, "kv_stream", "link"))))
+                procs.append(env.process(self._timed(u, t0, ss.host.stream(ss.link, nbytes, "kv_stream", "host_memory"))))
         elif ss.kind == "host_sparse":
             for u in users:
                 procs.append(env.process(self._timed(u, t0, self._host_gather(works[u], layer))))
@@ -134,8 +134,8 @@ class Replayer:
     def _host_gather(self, w: StepWork, layer: int) -> Generator[simpy.Event, None, None]:
         ss, kb = self.ss, self.sz.key_bytes
         assert ss.host is not None and ss.link is not None
-        yield from ss.host.stream(ss.link, float(w.survivors[layer].sum()) * kb, "survivor_keys", "link")
-        yield from ss.host.stream(ss.link, float(w.values[layer].sum()) * kb, "topk_values", "link")
+        yield from ss.host.stream(ss.link, float(w.survivors[layer].sum()) * kb, "survivor_keys", "host_memory")
+        yield from ss.host.stream(ss.link, float(w.values[layer].sum()) * kb, "topk_values", "host_memory")
 
     def _cem_request(self, user: int, layer: int, head: int, w: StepWork, t0: float,
                      left: dict[int, int]) -> Generator[simpy.Event, None, None]:
@@ -160,17 +160,41 @@ class Replayer:
             if (step + u) % self.group == 0:
                 self.env.process(ss.link.transfer("to_device", nbytes, "kv_write", BACKGROUND, account=False))
 
-    def account_writes(self) -> None:
+    def account_step(self, step: int) -> None:
+        """Amortized and per-step counters: DReX work of every user, KV write-back bytes."""
+        if self.ss.cem is not None:
+            for u in range(self.batch):
+                self.ss.cem.account(self.works[(step + u) % len(self.works)])  # type: ignore[attr-defined]
         if not self.group:
             return
         nbytes = kv_write_bytes_per_step(self.sz, self.batch)
         self.rec.add_bytes("link.to_device", nbytes)
         self.rec.add_bytes("cem.lpddr_write" if self.ss.kind == "cem" else "host_memory", nbytes)
 
+    def _run_until(self, done: simpy.Event, out: ReplayOutcome) -> str | None:
+        """Step the engine until ``done``, within the configured bounds on events and simulated time."""
+        env, sim = self.env, self.ss.config.simulation
+        step, peek = env.step, env.peek
+        max_events, max_time = sim.max_events, sim.max_simulated_time
+        n = out.events
+        try:
+            while not done.triggered:
+                if n >= max_events:
+                    return f"stopped at system.simulation.max_events = {max_events} events"
+                if peek() > max_time:
+                    if peek() == float("inf"):
+                        return "stopped: no more events, yet the step is not done (a deadlock)"
+                    return f"stopped at system.simulation.max_simulated_time = {max_time} s"
+                step()
+                n += 1
+        finally:
+            out.events = n
+        return None
+
     # -- driver ----------------------------------------------------------------------------------------
     def run(self, steps: int, timeline_step: int | None = None,
             progress: Callable[[int], None] | None = None) -> ReplayOutcome:
-        env, sim = self.env, self.ss.config.simulation
+        env = self.env
         out = ReplayOutcome()
         t_wall = time.perf_counter()
         for i in range(steps):
@@ -179,20 +203,10 @@ class Replayer:
             procs = [env.process(self.lane_step(lane, users, i, g == 0))
                      for g, (lane, users) in enumerate(zip(self.ss.lanes, self.lane_users, strict=True)) if users]
             done = simpy.AllOf(env, procs)
-            while not done.triggered:
-                if out.events >= sim.max_events:
-                    out.truncated = f"stopped at system.simulation.max_events = {sim.max_events} events"
-                    break
-                nxt = env.peek()
-                if nxt > sim.max_simulated_time:
-                    out.truncated = (f"stopped at system.simulation.max_simulated_time = {sim.max_simulated_time} s"
-                                     if nxt != float("inf") else "stopped: no more events (a deadlock)")
-                    break
-                env.step()
-                out.events += 1
+            out.truncated = self._run_until(done, out)
             if out.truncated:
                 break
-            self.account_writes()
+            self.account_step(i)
             out.step_latencies.append(env.now - start)
             if progress is not None:
                 progress(i)

@@ -1,0 +1,124 @@
+"""`cemsim run HWCONFIG --trace TRACE`: replay a trace on a simulated system (SimPy) and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from cemsim.config.loader import load_system
+from cemsim.config.units import format_quantity
+from cemsim.config.workload import parse_tokens
+from cemsim.errors import CemsimError
+
+console = Console()
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``--set gpu.count=2 --set cem.channel_bandwidth="20 GB/s"`` -> load_system overrides."""
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise CemsimError(f"--set {item!r}: write dotted.path=value, e.g. --set gpu.count=2")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def _table(res: Any, twin: Any) -> Table:
+    t = Table(title=f"{res.system}: {res.context_tokens} tokens, batch {res.batch} ({res.kind})")
+    t.add_column("quantity")
+    t.add_column("simulated (DES)", justify="right")
+    t.add_column("analytic twin", justify="right")
+
+    def row(name: str, a: float | None, b: float | None, dim: str | None) -> None:
+        def fmt(v: float | None) -> str:
+            if v is None:
+                return "-"
+            return format_quantity(v, dim) if dim else f"{v:.4g}"
+        t.add_row(name, fmt(a), fmt(b))
+
+    row("latency per token", res.latency_per_token_s, twin.latency_per_token_s, "time")
+    row("throughput (tokens/s)", res.throughput_tokens_per_s, twin.throughput_tokens_per_s, None)
+    row("energy per token (J)", res.energy_per_token_j, twin.energy_per_token_j, None)
+    for k, v in res.time_breakdown_s.items():
+        row(f"  time: {k}", v, twin.time_breakdown_s.get(k), "time")
+    for k, v in res.energy_breakdown_j.items():
+        row(f"  energy (J): {k}", v, twin.energy_breakdown_j.get(k), None)
+    for k, v in res.bandwidth_utilization.items():
+        row(f"  utilization: {k}", v, twin.bandwidth_utilization.get(k), None)
+    for k, v in res.user_latency_s.items():
+        row(f"  user attention latency {k}", v, None, "time")
+    t.caption = f"{res.steps} step(s), {res.events} events in {res.wall_s:.2f} s"
+    return t
+
+
+def run(
+    hwconfig: Path = typer.Argument(..., help="System YAML (hwconfigs/*.yaml)."),
+    trace: Path = typer.Option(..., "--trace", help="Trace file written by `cemsim capture` or `cemsim trace`."),
+    context: str | None = typer.Option(None, "--context", help="Context tokens (131072, 128K, 1M); default: the trace's. Below the trace's, survival is scaled; above, project the trace first."),
+    batch: int | None = typer.Option(None, "--batch", help="Users decoding together; default: workload.batch."),
+    steps: int | None = typer.Option(None, "--steps", help="Decode steps to replay (default: every step of the trace)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    out: Path | None = typer.Option(None, "--out", help="Write a run directory: resolved config, result.json, Parquet stats."),
+    timeline: Path | None = typer.Option(None, "--timeline", help="Write a Perfetto/Chrome trace of the first step."),
+    sets: list[str] = typer.Option([], "--set", help="Override a config field: dotted.path=value (repeatable)."),
+) -> None:
+    """Simulate decode steps of TRACE on HWCONFIG: latency, throughput, energy, bandwidth per token."""
+    from cemsim.sim.analytic import analytic
+    from cemsim.sim.simulate import prepare, simulate
+    from cemsim.sim.timeline import write_timeline
+    from cemsim.trace.format import TraceReader
+
+    ctx = None
+    if context is not None:
+        try:
+            ctx = parse_tokens(context)
+        except ValueError as exc:
+            raise CemsimError(f"--context: {exc}") from None
+    if steps is not None and steps < 1:
+        raise CemsimError(f"--steps must be at least 1, got {steps}")
+    loaded = load_system(hwconfig, parse_sets(sets) or None)
+    with TraceReader(trace) as reader:
+        prep = prepare(loaded.system, reader.header, reader.iter_steps(topk=False), context=ctx, batch=batch,
+                       max_steps=steps, where=str(trace))
+    n = len(prep.works)
+    if as_json or n == 1 or not prep.fit.fits:
+        res = simulate(prep, timeline=timeline is not None)
+    else:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("simulating", total=n)
+            res = simulate(prep, timeline=timeline is not None, progress=lambda i: bar.update(task, completed=i + 1))
+    twin = analytic(prep)
+    if timeline is not None and res.spans:
+        write_timeline(timeline, res.spans, res.system)
+    if out is not None:
+        from cemsim.sim.output import write_run_dir
+
+        write_run_dir(out, loaded.to_json_dict(), res, twin)
+    if as_json:
+        d = res.to_json_dict()
+        d["analytic"] = {k: twin.to_json_dict()[k] for k in ("latency_per_token_s", "energy_per_token_j")}
+        typer.echo(json.dumps(d, default=str))
+        return
+    if not res.fits:
+        console.print(f"[bold yellow]{res.system} does not fit[/] at {res.context_tokens} tokens, batch {res.batch}:")
+        for why in res.why_not:
+            console.print(f"  - {why}", highlight=False)
+        return
+    console.print(_table(res, twin))
+    if res.truncated:
+        console.print(f"[bold red]incomplete:[/] {res.truncated}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
