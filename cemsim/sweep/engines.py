@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from cemsim.errors import CemsimError
 from cemsim.sweep.expand import PointTask
@@ -43,6 +44,9 @@ def run_local(tasks: list[PointTask], evaluate: str, workers: int) -> Iterator[O
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     yield fut.result()
+        except BrokenProcessPool:
+            raise CemsimError("a sweep worker process died (killed, or out of memory); the points it finished "
+                              "are kept: run the same command again to resume") from None
         finally:
             for fut in pending:
                 fut.cancel()

@@ -10,12 +10,13 @@ HEADLINE = ("latency_per_token_s", "throughput_tokens_per_s", "energy_per_token_
 
 
 def tokens_label(n: float) -> str:
-    n = int(n)
+    """131072 -> "128K", 1048576 -> "1M" (binary multiples, as the papers write context lengths)."""
+    n = round(float(n))
     if n >= 1 << 20 and n % (1 << 20) == 0:
         return f"{n >> 20}M"
     if n >= 1 << 10 and n % (1 << 10) == 0:
         return f"{n >> 10}K"
-    return str(n)
+    return f"{n:,}"
 
 
 def _cell(row: pd.Series, metric: str, scale: float, fmt: str) -> str:

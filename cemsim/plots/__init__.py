@@ -1,0 +1,1 @@
+"""Charts that read sweep result files only (results.parquet), never the simulator. Agg backend, PNG + SVG."""

@@ -1,0 +1,57 @@
+"""Which charts exist, what columns each needs, and how a results file picks its charts: the spec's
+``plots:`` list (kept in the results file's metadata), else every chart whose columns are present."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cemsim.errors import CemsimError
+from cemsim.plots import breakdown, context_scaling, energy, heatmap, pareto, users
+from cemsim.plots.data import load
+
+CHARTS: dict[str, tuple[Callable[..., list[Path]], list[str]]] = {
+    "context_scaling": (context_scaling.plot, context_scaling.COLUMNS),
+    "energy": (energy.plot, ["context_tokens", "energy_breakdown_j."]),
+    "time_breakdown": (breakdown.plot, ["context_tokens", "time_breakdown_s."]),
+    "users": (users.plot, ["batch", "throughput_tokens_per_s"]),
+    "heatmap": (heatmap.plot, ["param."]),
+    "pareto": (pareto.plot, ["filter_ratio"]),
+}
+
+
+def _has(frame: pd.DataFrame, needs: list[str]) -> bool:
+    cols = list(frame.columns)
+    return all(any(c.startswith(n) for c in cols) if n.endswith(".") else n in cols for n in needs)
+
+
+def inferred(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Charts to draw when the spec named none: the ones whose data is there (heatmap only when asked)."""
+    names = [n for n, (_, needs) in CHARTS.items() if n not in ("heatmap", "users") and _has(frame, needs)]
+    if "batch" in frame and frame["batch"].nunique() > 2 and _has(frame, CHARTS["users"][1]):
+        names.append("users")
+    return [{"chart": n} for n in names]
+
+
+def plot_results(results: list[Path], out: Path, only: list[str] | None = None) -> list[Path]:
+    for name in only or []:
+        if name not in CHARTS:
+            raise CemsimError(f"unknown chart {name!r}; charts: {', '.join(CHARTS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for path in results:
+        frame, metas = load([path])
+        requests = metas[0].get("plots") or inferred(frame)
+        if only:
+            requests = [r for r in requests if r["chart"] in only] or [{"chart": n} for n in only]
+        for req in requests:
+            name = req["chart"]
+            if name not in CHARTS:
+                raise CemsimError(f"{path}: the spec asks for unknown chart {name!r}; charts: {', '.join(CHARTS)}")
+            fn, _needs = CHARTS[name]
+            options = {k: v for k, v in req.items() if k != "chart"}
+            written += fn(frame, out, **options)
+    return written
