@@ -16,8 +16,16 @@ PALETTE = plt.get_cmap("tab20").colors
 
 
 def stacked_bars(ax, labels: list[str], rows: list[pd.Series | None], parts: list[str], colors: dict[str, tuple],
-                 scale: float, normalize: bool = False) -> None:
-    """Bars at positions 0..n-1 stacked by ``parts``; a None row is written as 'does not fit'."""
+                 scale: float, normalize: bool = False, unit: str = "") -> None:
+    """Bars at positions 0..n-1 stacked by ``parts``; a None row is written as 'does not fit'. When one bar
+    dwarfs the rest (over 4x the runner-up), the axis stops above the runner-up and the tall bar is cut with
+    its total written on it, so the small bars stay readable."""
+    totals = [sum(max(0.0, float(row.get(p) or 0.0)) for p in parts) * scale if row is not None else 0.0
+              for row in rows]
+    ranked = sorted(totals, reverse=True)
+    top = ranked[0] if ranked else 1.0
+    if not normalize and len(ranked) > 2 and ranked[1] > 0 and ranked[0] > 4 * ranked[1]:
+        top = ranked[1] * 1.6
     for x, row in enumerate(rows):
         if row is None:
             ax.text(x, 0.03, "does not fit", rotation=90, ha="center", va="bottom", fontsize=8.5, color="0.25",
@@ -30,6 +38,10 @@ def stacked_bars(ax, labels: list[str], rows: list[pd.Series | None], parts: lis
             v = v / total * 100 if normalize else v
             ax.bar(x, v, bottom=bottom, color=colors[p], width=0.7, edgecolor="white", linewidth=0.4)
             bottom += v
+        if not normalize and totals[x] > top:
+            ax.text(x, top * 0.97, f"cut: {totals[x]:,.0f} {unit}".strip(), rotation=90, ha="center", va="top",
+                    fontsize=8, color="black", bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "lw": 0})
+    ax.set_ylim(0, 100 if normalize else top * 1.06)
     ax.set_xlim(-0.6, len(labels) - 0.4)  # keep room for a missing first or last bar's label
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels)
@@ -57,7 +69,7 @@ def plot(frame: pd.DataFrame, out: Path, batch: int | None = None, normalize: bo
             for c in contexts:
                 hit = sub[(sub["system"] == s) & (sub["context_tokens"] == c)]
                 rows.append(hit.iloc[0] if len(hit) and fits(hit).iloc[0] else None)
-            stacked_bars(ax, [tokens_label(c) for c in contexts], rows, parts, colors, 1e3, normalize)
+            stacked_bars(ax, [tokens_label(c) for c in contexts], rows, parts, colors, 1e3, normalize, "ms")
             ax.set_title(s)
             ax.set_ylabel("share of step time (%)" if normalize else "time per token (ms)")
             ax.tick_params(axis="x", labelrotation=45)

@@ -67,7 +67,7 @@ def plot(frame: pd.DataFrame, out: Path, batch: int | list[int] | None = None, *
         labels.append("does not fit in memory")
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False,
                    bbox_to_anchor=(0.5, -0.02))
-        model = sub["model"].iloc[0] if "model" in sub else None
+        model = sub["trace_model"].iloc[0] if "trace_model" in sub else None
         fig.suptitle(f"Context scaling, batch {int(b)}" + (f", {model}" if isinstance(model, str) else ""), y=1.0)
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.88, wspace=0.22, hspace=0.05)
         paths += save(fig, out, f"context_scaling_b{int(b)}")

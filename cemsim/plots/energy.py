@@ -10,9 +10,8 @@ import pandas as pd
 from cemsim.config.workload import parse_tokens
 from cemsim.plots.breakdown import stacked_bars
 from cemsim.plots.data import fits, ok_rows, pick_value, prefixed, require
-from cemsim.plots.style import save, system_order, tokens_label
+from cemsim.plots.style import component_colors, save, system_order, tokens_label
 
-PALETTE = plt.get_cmap("Set2").colors + plt.get_cmap("Dark2").colors
 PREFERRED = (32 * 1024, 128 * 1024, 1024 * 1024)  # the contexts the LongSight paper discusses most
 
 
@@ -31,7 +30,7 @@ def plot(frame: pd.DataFrame, out: Path, batch: int | None = None, contexts: lis
     else:
         chosen = [c for c in PREFERRED if c in present] or present[-3:]
     systems = system_order(sub["system"])
-    colors = {p: PALETTE[i % len(PALETTE)] for i, p in enumerate(parts)}
+    colors = component_colors(parts, "energy_breakdown_j")
     fig, axes = plt.subplots(1, len(chosen), figsize=(1.2 + 0.85 * len(systems) * len(chosen), 4.8), squeeze=False,
                              sharey=False)
     for ax, c in zip(axes.flat, chosen, strict=True):
@@ -39,7 +38,7 @@ def plot(frame: pd.DataFrame, out: Path, batch: int | None = None, contexts: lis
         for s in systems:
             hit = sub[(sub["system"] == s) & (sub["context_tokens"] == c)]
             rows.append(hit.iloc[0] if len(hit) and fits(hit).iloc[0] else None)
-        stacked_bars(ax, systems, rows, parts, colors, 1e3)
+        stacked_bars(ax, systems, rows, parts, colors, 1e3, unit="mJ")
         ax.set_title(f"context {tokens_label(c)}")
         ax.set_ylabel("energy per token (mJ)")
         ax.tick_params(axis="x", labelrotation=35)
@@ -47,7 +46,7 @@ def plot(frame: pd.DataFrame, out: Path, batch: int | None = None, contexts: lis
             lbl.set_horizontalalignment("right")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in parts]
     fig.legend(handles, [p.removeprefix("energy_breakdown_j.") for p in parts], loc="upper center",
-               ncol=min(len(parts), 7), frameon=False, title="component", bbox_to_anchor=(0.5, 0.02))
+               ncol=min(len(parts), 6), frameon=False, title="component", bbox_to_anchor=(0.5, 0.02))
     fig.suptitle(f"Energy per generated token by component, batch {int(b)}")
     fig.tight_layout()
     return save(fig, out, f"energy_breakdown_b{int(b)}")

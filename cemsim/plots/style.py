@@ -41,6 +41,24 @@ def system_colors(systems: list[str]) -> dict[str, str]:
     return out
 
 
+# One colour family per top-level component (gpu.*, cem.*, ...) so a stack reads by where the energy goes.
+FAMILIES = {"gpu": "Blues", "hbm": "Blues", "host_memory": "Purples", "link": "Oranges", "cem": "Reds"}
+SPARE_FAMILIES = ["Greens", "Greys", "YlOrBr", "BuGn"]
+
+
+def component_colors(columns: list[str], prefix: str) -> dict[str, tuple]:
+    """Colours for flattened breakdown columns (prefix.family.part): shades of one map per family."""
+    families: dict[str, list[str]] = {}
+    for c in columns:
+        families.setdefault(c.removeprefix(prefix + ".").split(".")[0], []).append(c)
+    out, spare = {}, iter(SPARE_FAMILIES * 3)
+    for fam, cols in families.items():
+        cmap = plt.get_cmap(FAMILIES.get(fam) or next(spare))
+        for i, c in enumerate(cols):
+            out[c] = cmap(0.85 - 0.5 * i / max(1, len(cols) - 1) if len(cols) > 1 else 0.7)
+    return out
+
+
 def system_order(systems) -> list[str]:
     """Shipped systems in a fixed order (baseline first, CEM last), then any others alphabetically."""
     present = list(dict.fromkeys(systems))

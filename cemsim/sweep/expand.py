@@ -34,6 +34,7 @@ class PointTask:
     system: SystemConfig | None  # None for `kind: eval` points without a base system
     params: dict[str, Any]  # axis name -> value as written in the spec
     trace: str | None
+    options: dict[str, Any] = field(default_factory=dict)  # the spec's evaluator options
 
 
 @dataclass
@@ -52,9 +53,9 @@ class Point:
     def valid(self) -> bool:
         return self.error is None
 
-    def task(self) -> PointTask:
+    def task(self, options: dict[str, Any] | None = None) -> PointTask:
         assert self.point_id is not None
-        return PointTask(self.point_id, self.system, dict(self.params), self.trace)
+        return PointTask(self.point_id, self.system, dict(self.params), self.trace, dict(options or {}))
 
 
 def lookup(data: Any, dotted: str) -> tuple[bool, Any]:
@@ -131,9 +132,10 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def point_hash(config: dict[str, Any] | None, params: dict[str, Any], trace_id: str | None, evaluate: str) -> str:
+def point_hash(config: dict[str, Any] | None, params: dict[str, Any], trace_id: str | None, evaluate: str,
+               options: dict[str, Any] | None = None) -> str:
     payload = {"config": config, "params": params if config is None else None, "trace": trace_id,
-               "evaluate": evaluate, "cemsim": __version__}
+               "evaluate": evaluate, "options": options or {}, "cemsim": __version__}
     blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -217,5 +219,5 @@ def _expand(spec: SweepSpec, trace_override: str | None) -> list[Point]:
             trace_id = _file_digest(pt.trace)
         if TRACE_AXIS in combo:
             pt.resolved[TRACE_AXIS] = pt.trace
-        pt.point_id = point_hash(config_dump, combo, trace_id, spec.evaluate)
+        pt.point_id = point_hash(config_dump, combo, trace_id, spec.evaluate, spec.options)
     return points

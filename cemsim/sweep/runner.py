@@ -107,7 +107,7 @@ def run_sweep(spec_path: str | Path, out: str | Path, *, engine: str = "local", 
         with _progress(console, progress) as bar:
             task_id = bar.add_task(spec.name, total=len(todo), note="")
             errors = 0
-            for outcome in run_engine(engine, [p.task() for p in todo], spec.evaluate, workers, address):
+            for outcome in run_engine(engine, [p.task(spec.options) for p in todo], spec.evaluate, workers, address):
                 pt = unique[outcome["point_id"]]
                 if outcome["status"] == "failed":
                     failed[pt.point_id] = outcome  # type: ignore[index]
@@ -131,6 +131,7 @@ def run_sweep(spec_path: str | Path, out: str | Path, *, engine: str = "local", 
     frame = _uniform(pd.DataFrame(rows))
     report.counts = Counter(frame["status"]) if len(frame) else Counter()
     meta = {"name": spec.name, "kind": spec.kind, "spec": str(spec.path), "evaluate": spec.evaluate,
+            "options": spec.options,
             "axes": spec.axis_names(), "systems": [str(s) for s in spec.systems], "plots": spec.plots,
             "cemsim": __version__, "counts": dict(report.counts)}
     report.results_path = store.write_results(frame, meta)

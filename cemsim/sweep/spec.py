@@ -21,7 +21,9 @@ DEFAULT_EVALUATE = {
     "run": "cemsim.sweep.evaluate:simulate_point",
     "eval": "cemsim.sweep.evaluate:eval_point",
 }
-TOP_KEYS = ("name", "description", "kind", "evaluate", "systems", "trace", "overrides", "axes", "zip", "plots")
+TOP_KEYS = (
+    "name", "description", "kind", "evaluate", "options", "systems", "trace", "overrides", "axes", "zip", "plots",
+)
 
 
 class SpecError(CemsimError):
@@ -44,6 +46,7 @@ class SweepSpec:
     axes: dict[str, list[Any]]
     zips: list[dict[str, list[Any]]]
     plots: list[dict[str, Any]]
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the evaluate function (e.g. steps)
     description: str = ""
     lines: dict[Path_, Where] = field(default_factory=dict, repr=False, compare=False)
 
@@ -122,6 +125,9 @@ def load_spec(path: str | Path) -> SweepSpec:
             raise err(("systems", str(i)), f"base system file {raw!r} not found (relative to {path.parent} or the repo root)")
         systems.append(found)
 
+    options = data.get("options") or {}
+    if not isinstance(options, dict):
+        raise err(("options",), "expected a mapping of evaluator options, e.g. {steps: 4}")
     overrides = data.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise err(("overrides",), "expected a mapping from a dotted config path to one value")
@@ -154,6 +160,6 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise err(("plots",), "plots must be a list of mappings, each with a 'chart:' name and its options")
     return SweepSpec(
         path=path.resolve(), name=str(data.get("name") or path.stem), kind=kind, evaluate=evaluate,
-        systems=systems, trace=trace, overrides=overrides, axes=axes, zips=zips, plots=plots,
+        systems=systems, trace=trace, overrides=overrides, axes=axes, zips=zips, plots=plots, options=options,
         description=str(data.get("description") or ""), lines=lines,
     )

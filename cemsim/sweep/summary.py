@@ -33,7 +33,7 @@ def _pivot(frame: pd.DataFrame, batch: int, metric: str, scale: float, fmt: str,
     table = Table(title=f"{title}, batch {batch}")
     table.add_column("context", justify="right")
     for s in systems:
-        table.add_column(s, justify="right")
+        table.add_column(s, justify="right", overflow="fold")
     for ctx in sorted(sub["context_tokens"].dropna().unique()):
         cells = []
         for s in systems:
