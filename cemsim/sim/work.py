@@ -58,20 +58,68 @@ def check_geometry(header: TraceHeader, layers: int, kv_heads: int, head_dim: in
         )
 
 
-def _cumulative_at(cum: np.ndarray, block_size: int, pos: np.ndarray) -> np.ndarray:
-    """Survivors below absolute positions ``pos`` (linear inside a block); cum is [L, H, nb + 1]."""
-    nb = cum.shape[-1] - 1
-    p = np.clip(pos / block_size, 0.0, nb)
-    i = np.minimum(np.floor(p).astype(np.int64), nb - 1)
-    frac = p - i
-    lo = cum[..., i]
-    return lo + frac * (cum[..., i + 1] - lo)
+class _Blocks:
+    """A trace's per-block survivor counts of one (new, old) considered-range pair, in old positions.
+
+    Survivors of block b lie in its part inside the considered range [sinks, sinks + old_n): its valid keys.
+    The cumulative count is linear inside each valid part (survivors spread uniformly within a block).
+    """
+
+    def __init__(self, counts: np.ndarray, block_size: int, start: int, old_n: int) -> None:
+        nb = counts.shape[-1]
+        edges = np.arange(nb + 1) * block_size
+        self.lo = np.clip(edges[:-1], start, start + old_n).astype(np.float64)
+        self.hi = np.clip(edges[1:], start, start + old_n).astype(np.float64)
+        self.counts = counts  # [M, nb]
+        self.cum = np.concatenate([np.zeros((counts.shape[0], 1)), np.cumsum(counts, axis=-1)], axis=-1)
+        self.bs = block_size
+
+    def below(self, pos: np.ndarray) -> np.ndarray:
+        """Survivors at positions below ``pos`` (old, absolute): [M, len(pos)]."""
+        b = np.clip((pos // self.bs).astype(np.int64), 0, len(self.lo) - 1)
+        width = self.hi[b] - self.lo[b]
+        frac = np.divide(np.clip(pos - self.lo[b], 0, None), width, out=np.ones_like(width), where=width > 0)
+        frac = np.minimum(frac, 1.0)
+        lo = self.cum[:, b]
+        return lo + frac * (self.cum[:, b + 1] - lo)
+
+    def rows_opened(self, row_edges: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """Expected rows holding at least one survivor, rows given by their old-position edges: [M, rows].
+
+        A block's n survivors fall in a piece of length o of its k valid keys with probability o / k
+        each, so a row stays closed with probability prod over its pieces of (1 - o / k) ** n."""
+        edges = np.union1d(row_edges, np.concatenate([self.lo, self.hi]))
+        edges = edges[(edges >= row_edges[0]) & (edges <= row_edges[-1])]
+        length = np.diff(edges)
+        mid = edges[:-1] + length / 2
+        b = np.clip((mid // self.bs).astype(np.int64), 0, len(self.lo) - 1)
+        valid = self.hi[b] - self.lo[b]
+        share = np.divide(length, valid, out=np.zeros_like(length), where=valid > 0)
+        log_closed = np.log1p(-np.minimum(share, 1.0 - 1e-12))  # a piece covering its whole block: ~ -27.6
+        terms = self.counts[:, b]  # [M, pieces]
+        terms *= log_closed[None, :]
+        terms *= weight
+        row_of = np.searchsorted(row_edges, mid, side="right") - 1
+        return 1.0 - np.exp(_sum_runs(terms, row_of, len(row_edges) - 1))
 
 
-def _touched(survivors_in_row: np.ndarray, keys_per_row: float) -> np.ndarray:
-    """Expected rows opened: a row holding s survivors (density s / keys_per_row) is opened unless all miss."""
-    density = np.clip(survivors_in_row / keys_per_row, 0.0, 1.0)
-    return 1.0 - (1.0 - density) ** keys_per_row
+def _sum_runs(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum the last axis of ``values`` by a sorted group index; empty groups get 0: [..., n_groups].
+
+    Groups are short runs here (a DRAM row spans one or two trace blocks), so a few strided gathers beat a
+    cumulative sum over the whole axis; long runs (epochs) take the cumulative sum."""
+    bounds = np.searchsorted(group, np.arange(n_groups + 1))
+    counts = np.diff(bounds)
+    longest = int(counts.max(initial=0))
+    if longest <= 4:
+        out = np.zeros((*values.shape[:-1], n_groups))
+        last = values.shape[-1] - 1
+        for j in range(longest):
+            take = counts > j
+            out[..., take] += values[..., np.minimum(bounds[:-1][take] + j, last)]
+        return out
+    cs = np.concatenate([np.zeros((*values.shape[:-1], 1)), np.cumsum(values, axis=-1)], axis=-1)
+    return cs[..., bounds[1:]] - cs[..., bounds[:-1]]
 
 
 def step_work(
@@ -111,36 +159,28 @@ def _add_epochs(work: StepWork, header: TraceHeader, rec: StepRecord, old: np.nd
     ep_blocks = np.zeros((lay, hea, n_epochs), np.int64)
     value_rows = np.zeros((lay, hea))
     blocks = rec.survivor_blocks.astype(np.float64)
-    cum = np.concatenate([np.zeros((lay, hea, 1)), np.cumsum(blocks, axis=-1)], axis=-1)
     # (new considered, old considered) pairs: usually one, since every head sees the same context
     for new_n, old_n in {(int(a), int(b)) for a, b in zip(work.considered.ravel(), old.ravel(), strict=True)}:
         mask = (work.considered == new_n) & (old == old_n)
         if new_n == 0 or old_n == 0:
             continue
-        stretch = old_n / new_n  # new considered index -> old considered index
-        c = cum[mask]  # [M, nb + 1]
-        total_old = c[:, -1]
+        stretch = old_n / new_n  # one new considered key spans this many old ones
+        blk = _Blocks(blocks[mask], header.block_size, rec.sinks, old_n)
+        total_old = blk.cum[:, -1]
         total_new = work.survivors[mask].astype(np.float64)
         scale = np.divide(total_new, total_old, out=np.zeros_like(total_new), where=total_old > 0)[:, None]
-
-        def surv_below(idx: np.ndarray, c=c, stretch=stretch, scale=scale) -> np.ndarray:
-            return _cumulative_at(c, header.block_size, rec.sinks + idx * stretch) * scale
-
         e_edges = np.minimum(np.arange(n_epochs + 1) * rows.slice_keys, new_n).astype(np.float64)
-        e_cum = np.rint(surv_below(e_edges))
+        e_cum = np.rint(blk.below(rec.sinks + e_edges * stretch) * scale)
         ep_surv[mask] = np.diff(e_cum, axis=-1).astype(np.int64)
-        keys_e = np.diff(e_edges)
-        ep_blocks[mask] = np.ceil(keys_e / rows.keys_per_block).astype(np.int64)[None, :]
+        ep_blocks[mask] = np.ceil(np.diff(e_edges) / rows.keys_per_block).astype(np.int64)[None, :]
         n_rows = int(np.ceil(new_n / rows.keys_per_row))
-        r_edges = np.minimum(np.arange(n_rows + 1) * rows.keys_per_row, new_n)
-        per_row = np.diff(surv_below(r_edges), axis=-1)  # [M, n_rows]
-        touched = _touched(per_row, rows.keys_per_row)
-        epoch_of_row = np.minimum((r_edges[:-1] // rows.slice_keys).astype(np.int64), n_epochs - 1)
-        sums = np.zeros((per_row.shape[0], n_epochs))
-        np.add.at(sums.T, epoch_of_row, touched.T)
-        ep_rows[mask] = sums
-        # the top-k values are a subset of the survivors: thin each row's survivors by values / survivors
+        r_edges = rec.sinks + np.minimum(np.arange(n_rows + 1) * rows.keys_per_row, new_n) * stretch
+        touched = blk.rows_opened(r_edges, scale)  # [M, n_rows]
+        epoch_of_row = np.minimum((np.arange(n_rows) * rows.keys_per_row // rows.slice_keys).astype(np.int64),
+                                  n_epochs - 1)
+        ep_rows[mask] = _sum_runs(touched, epoch_of_row, n_epochs)
+        # the top-k values are a subset of the survivors: thin each block's survivors by values / survivors
         v = work.values[mask].astype(np.float64)
         thin = np.divide(v, total_new, out=np.zeros_like(v), where=total_new > 0)[:, None]
-        value_rows[mask] = _touched(per_row * thin, rows.keys_per_row).sum(axis=-1)
+        value_rows[mask] = blk.rows_opened(r_edges, scale * thin).sum(axis=-1)
     work.epoch_survivors, work.epoch_rows, work.epoch_blocks, work.value_rows = ep_surv, ep_rows, ep_blocks, value_rows

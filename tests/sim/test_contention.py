@@ -1,0 +1,70 @@
+"""What only the discrete-event model shows: queueing at NMAs, the request queue, overlap, multi-user batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from cemsim.sim.analytic import analytic
+from cemsim.sim.simulate import prepare, simulate
+from tests.sim.conftest import REPO, load, make_header, make_step
+
+DREX = REPO / "hwconfigs" / "h100-drex.yaml"
+
+
+def _prep(batch: int, **overrides):
+    system = load(DREX, **overrides)
+    header = make_header(system.geometry)
+    return prepare(system, header, [make_step(header, 32768, step=i) for i in range(4)], batch=batch)
+
+
+def test_users_queue_at_the_nmas():
+    one, eight = simulate(_prep(1)), simulate(_prep(8))
+    # 8 users x 8 KV heads on 8 NMAs: each NMA serves 8 requests in turn
+    assert eight.user_latency_s["p99"] > 4 * one.user_latency_s["p99"]
+    assert eight.user_latency_s["p50"] < eight.user_latency_s["max"]
+    assert eight.throughput_tokens_per_s > one.throughput_tokens_per_s
+
+
+def test_a_shallow_request_queue_serializes_what_the_twin_does_not_see():
+    deep = _prep(8)
+    shallow = _prep(8, **{"cem.request_queue_depth": 1})
+    des_shallow, twin_shallow = simulate(shallow), analytic(shallow)
+    assert des_shallow.latency_per_token_s > 1.2 * simulate(deep).latency_per_token_s
+    assert des_shallow.latency_per_token_s > 1.2 * twin_shallow.latency_per_token_s
+
+
+def test_window_attention_overlaps_the_offload():
+    res = simulate(_prep(1))
+    t = res.time_breakdown_s
+    # the GPU's window attention runs while DReX works: the wait is what the offload adds beyond it
+    assert t["attention_gpu"] > 0 and t["attention_wait"] > 0
+    serial = sum(t.values()) + t["attention_gpu"]
+    assert res.latency_per_token_s < serial
+
+
+def test_kv_write_back_is_counted_amortized_and_off_the_critical_path():
+    prep = _prep(1)
+    res = simulate(prep)
+    sz = prep.sizes
+    per_token = sz.layers * sz.kv_token_bytes
+    assert res.bytes_moved["cem.lpddr_write"] == pytest.approx(per_token)
+    # user 0 writes its group at step 0: a background transfer that delays nothing at batch 1
+    assert res.latency_per_token_s == pytest.approx(analytic(prep).latency_per_token_s, rel=1e-9)
+
+
+def test_tensor_parallel_adds_all_reduce_and_halves_projection():
+    one = load(REPO / "hwconfigs" / "h100.yaml")
+    two = load(REPO / "hwconfigs" / "h100x2.yaml")
+    header = make_header(one.geometry)
+    steps = [make_step(header, 16384)]
+    r1, r2 = simulate(prepare(one, header, steps)), simulate(prepare(two, header, steps))
+    assert r2.time_breakdown_s["all_reduce"] > 0 and "all_reduce" not in r1.time_breakdown_s
+    assert r2.time_breakdown_s["projection"] == pytest.approx(r1.time_breakdown_s["projection"] / 2, rel=0.01)
+
+
+def test_data_parallel_lanes_share_the_device():
+    prep = _prep(8, **{"gpu.count": 2, "gpu.parallelism": "data"})
+    res = simulate(prep)
+    assert res.fits and res.truncated is None
+    # two GPUs, four users each: projection FLOPs split, one CEM device and link shared
+    assert res.throughput_tokens_per_s > simulate(_prep(8)).throughput_tokens_per_s
