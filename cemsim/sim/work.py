@@ -83,8 +83,9 @@ class _Blocks:
         lo = self.cum[:, b]
         return lo + frac * (self.cum[:, b + 1] - lo)
 
-    def rows_opened(self, row_edges: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        """Expected rows holding at least one survivor, rows given by their old-position edges: [M, rows].
+    def log_closed(self, row_edges: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """log P(a row holds no survivor), rows given by their old-position edges: [M, rows]. Linear in
+        ``weight`` (survivors per block are scaled by it), so a thinned set is this times the thinning.
 
         A block's n survivors fall in a piece of length o of its k valid keys with probability o / k
         each, so a row stays closed with probability prod over its pieces of (1 - o / k) ** n."""
@@ -100,7 +101,7 @@ class _Blocks:
         terms *= log_closed[None, :]
         terms *= weight
         row_of = np.searchsorted(row_edges, mid, side="right") - 1
-        return 1.0 - np.exp(_sum_runs(terms, row_of, len(row_edges) - 1))
+        return _sum_runs(terms, row_of, len(row_edges) - 1)
 
 
 def _sum_runs(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
@@ -175,12 +176,13 @@ def _add_epochs(work: StepWork, header: TraceHeader, rec: StepRecord, old: np.nd
         ep_blocks[mask] = np.ceil(np.diff(e_edges) / rows.keys_per_block).astype(np.int64)[None, :]
         n_rows = int(np.ceil(new_n / rows.keys_per_row))
         r_edges = rec.sinks + np.minimum(np.arange(n_rows + 1) * rows.keys_per_row, new_n) * stretch
-        touched = blk.rows_opened(r_edges, scale)  # [M, n_rows]
+        log_closed = blk.log_closed(r_edges, scale)  # [M, n_rows]
+        touched = 1.0 - np.exp(log_closed)
         epoch_of_row = np.minimum((np.arange(n_rows) * rows.keys_per_row // rows.slice_keys).astype(np.int64),
                                   n_epochs - 1)
         ep_rows[mask] = _sum_runs(touched, epoch_of_row, n_epochs)
         # the top-k values are a subset of the survivors: thin each block's survivors by values / survivors
         v = work.values[mask].astype(np.float64)
         thin = np.divide(v, total_new, out=np.zeros_like(v), where=total_new > 0)[:, None]
-        value_rows[mask] = blk.rows_opened(r_edges, scale * thin).sum(axis=-1)
+        value_rows[mask] = (1.0 - np.exp(log_closed * thin)).sum(axis=-1)
     work.epoch_survivors, work.epoch_rows, work.epoch_blocks, work.value_rows = ep_surv, ep_rows, ep_blocks, value_rows
