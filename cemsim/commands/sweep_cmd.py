@@ -10,8 +10,6 @@ from rich.console import Console
 
 from cemsim.errors import CemsimError
 from cemsim.sweep.engines import ENGINES
-from cemsim.sweep.runner import run_sweep
-from cemsim.sweep.summary import summary_tables
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,6 +34,9 @@ def sweep(
         raise CemsimError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if address and engine != "ray":
         raise CemsimError("--address names a Ray cluster; it needs --engine ray")
+    from cemsim.sweep.runner import run_sweep  # pandas and the store load only when a sweep runs
+    from cemsim.sweep.summary import summary_tables
+
     report = run_sweep(spec, out, engine=engine, workers=workers, address=address, trace=trace, evaluate=evaluate,
                        console=err_console, progress=not quiet)
     if not quiet:

@@ -4,13 +4,13 @@ layout of LongSight's Figures 8 and 9). Contexts that do not fit are labelled, n
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
 from cemsim.plots.data import fits, ok_rows, prefixed, require
-from cemsim.plots.style import save, system_order, tokens_label
+from cemsim.plots.style import system_order, tokens_label
 
 PALETTE = plt.get_cmap("tab20").colors
 
@@ -47,20 +47,20 @@ def stacked_bars(ax, labels: list[str], rows: list[pd.Series | None], parts: lis
     ax.set_xticklabels(labels)
 
 
-def plot(frame: pd.DataFrame, out: Path, batch: int | None = None, normalize: bool = False, **_: object) -> list[Path]:
+def figures(frame: pd.DataFrame, batch: int | None = None, normalize: bool = False, **_: object) -> list[tuple[str, Figure]]:
     require(frame, ["system", "context_tokens", "batch"], "time_breakdown")
     data = ok_rows(frame)
     parts = prefixed(data, "time_breakdown_s")
     if not parts:
         require(frame, ["time_breakdown_s.*"], "time_breakdown")
-    paths: list[Path] = []
+    figs: list[tuple[str, Figure]] = []
     for b in [batch] if batch is not None else sorted(data["batch"].dropna().unique()):
         sub = data[data["batch"] == b]
         systems = system_order(sub["system"])
         if not systems:
             continue
         contexts = sorted(sub["context_tokens"].unique())
-        colors = {p: PALETTE[i % len(PALETTE)] for i, p in enumerate(parts)}
+        colors = {p: PALETTE[i % len(PALETTE)] for i, p in enumerate(parts)}  # phases: distinct hues
         ncols = min(3, len(systems))
         nrows = math.ceil(len(systems) / ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows + 0.8), squeeze=False)
@@ -80,5 +80,5 @@ def plot(frame: pd.DataFrame, out: Path, batch: int | None = None, normalize: bo
                    ncol=min(len(parts), 6), frameon=False, title="phase", bbox_to_anchor=(0.5, -0.02))
         fig.suptitle(f"Decode time per token by phase against context length, batch {int(b)}")
         fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
-        paths += save(fig, out, f"time_breakdown_b{int(b)}")
-    return paths
+        figs.append((f"time_breakdown_b{int(b)}", fig))
+    return figs

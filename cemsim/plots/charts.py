@@ -8,18 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from cemsim.errors import CemsimError
 from cemsim.plots import breakdown, context_scaling, energy, heatmap, pareto, users
 from cemsim.plots.data import load
+from cemsim.plots.style import save
 
-CHARTS: dict[str, tuple[Callable[..., list[Path]], list[str]]] = {
-    "context_scaling": (context_scaling.plot, context_scaling.COLUMNS),
-    "energy": (energy.plot, ["context_tokens", "energy_breakdown_j."]),
-    "time_breakdown": (breakdown.plot, ["context_tokens", "time_breakdown_s."]),
-    "users": (users.plot, ["batch", "throughput_tokens_per_s"]),
-    "heatmap": (heatmap.plot, ["param."]),
-    "pareto": (pareto.plot, ["filter_ratio"]),
+# name -> (figure builder, columns it needs; a trailing "." means "some column under this prefix")
+CHARTS: dict[str, tuple[Callable[..., list[tuple[str, Figure]]], list[str]]] = {
+    "context_scaling": (context_scaling.figures, context_scaling.COLUMNS),
+    "energy": (energy.figures, ["context_tokens", "energy_breakdown_j."]),
+    "time_breakdown": (breakdown.figures, ["context_tokens", "time_breakdown_s."]),
+    "users": (users.figures, ["batch", "throughput_tokens_per_s"]),
+    "heatmap": (heatmap.figures, ["param."]),
+    "pareto": (pareto.figures, ["filter_ratio"]),
 }
 
 
@@ -53,5 +56,6 @@ def plot_results(results: list[Path], out: Path, only: list[str] | None = None) 
                 raise CemsimError(f"{path}: the spec asks for unknown chart {name!r}; charts: {', '.join(CHARTS)}")
             fn, _needs = CHARTS[name]
             options = {k: v for k, v in req.items() if k != "chart"}
-            written += fn(frame, out, **options)
+            for stem, fig in fn(frame, **options):
+                written += save(fig, out, stem)
     return written

@@ -3,14 +3,13 @@ not fit the system's memory is marked with a cross on the panel's top edge inste
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from cemsim.plots.data import fits, ok_rows, require
-from cemsim.plots.style import MARKERS, TOKENS_FORMATTER, save, system_colors, system_order, tokens_label
+from cemsim.plots.style import MARKERS, TOKENS_FORMATTER, system_colors, system_order, tokens_label
 
 COLUMNS = ["system", "context_tokens", "batch", "latency_per_token_s", "throughput_tokens_per_s"]
 
@@ -38,11 +37,11 @@ def _panel(ax, strip, sub: pd.DataFrame, metric: str, scale: float, systems: lis
     ax.set_xlabel("context length (tokens)")
 
 
-def plot(frame: pd.DataFrame, out: Path, batch: int | list[int] | None = None, **_: object) -> list[Path]:
+def figures(frame: pd.DataFrame, batch: int | list[int] | None = None, **_: object) -> list[tuple[str, Figure]]:
     require(frame, COLUMNS, "context_scaling")
     data = ok_rows(frame)
     batches = sorted(data["batch"].dropna().unique()) if batch is None else ([batch] if isinstance(batch, int) else batch)
-    paths: list[Path] = []
+    figs: list[tuple[str, Figure]] = []
     for b in batches:
         sub = data[data["batch"] == b]
         if sub.empty:
@@ -70,5 +69,5 @@ def plot(frame: pd.DataFrame, out: Path, batch: int | list[int] | None = None, *
         model = sub["trace_model"].iloc[0] if "trace_model" in sub else None
         fig.suptitle(f"Context scaling, batch {int(b)}" + (f", {model}" if isinstance(model, str) else ""), y=1.0)
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.88, wspace=0.22, hspace=0.05)
-        paths += save(fig, out, f"context_scaling_b{int(b)}")
-    return paths
+        figs.append((f"context_scaling_b{int(b)}", fig))
+    return figs

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
 from cemsim.config.workload import parse_tokens
 from cemsim.plots.breakdown import stacked_bars
 from cemsim.plots.data import fits, ok_rows, pick_value, prefixed, require
-from cemsim.plots.style import component_colors, save, system_order, tokens_label
+from cemsim.plots.style import component_colors, system_order, tokens_label
 
 PREFERRED = (32 * 1024, 128 * 1024, 1024 * 1024)  # the contexts the LongSight paper discusses most
 
 
-def plot(frame: pd.DataFrame, out: Path, batch: int | None = None, contexts: list | None = None,
-         **_: object) -> list[Path]:
+def figures(frame: pd.DataFrame, batch: int | None = None, contexts: list | None = None,
+         **_: object) -> list[tuple[str, Figure]]:
     require(frame, ["system", "context_tokens", "batch"], "energy")
     data = ok_rows(frame)
     parts = prefixed(data, "energy_breakdown_j")
@@ -49,4 +48,4 @@ def plot(frame: pd.DataFrame, out: Path, batch: int | None = None, contexts: lis
                ncol=min(len(parts), 6), frameon=False, title="component", bbox_to_anchor=(0.5, 0.02))
     fig.suptitle(f"Energy per generated token by component, batch {int(b)}")
     fig.tight_layout()
-    return save(fig, out, f"energy_breakdown_b{int(b)}")
+    return [(f"energy_breakdown_b{int(b)}", fig)]

@@ -3,15 +3,14 @@ per system and context, each cell annotated; cells that do not fit are grey and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from cemsim.errors import CemsimError
 from cemsim.plots.data import fits, ok_rows
-from cemsim.plots.style import save, tokens_label
+from cemsim.plots.style import tokens_label
 
 LABELS = {
     "throughput_tokens_per_s": ("throughput (tokens/s)", 1.0),
@@ -30,9 +29,9 @@ def _tick(value: float, scale: float) -> str:
     return f"{v:g}" if abs(v) < 1e4 else f"{v:.3g}"
 
 
-def plot(frame: pd.DataFrame, out: Path, x: str | None = None, y: str | None = None,
+def figures(frame: pd.DataFrame, x: str | None = None, y: str | None = None,
          metric: str = "throughput_tokens_per_s", x_label: str | None = None, x_scale: float = 1.0,
-         y_label: str | None = None, y_scale: float = 1.0, **_: object) -> list[Path]:
+         y_label: str | None = None, y_scale: float = 1.0, **_: object) -> list[tuple[str, Figure]]:
     data = ok_rows(frame)
     varied = _varied_params(data)
     xc = f"param.{x}" if x else (varied[0] if len(varied) >= 2 else None)
@@ -43,7 +42,7 @@ def plot(frame: pd.DataFrame, out: Path, x: str | None = None, y: str | None = N
     if metric not in data:
         raise CemsimError(f"the heatmap metric {metric!r} is not a column of the results")
     label, mscale = LABELS.get(metric, (metric, 1.0))
-    paths: list[Path] = []
+    figs: list[tuple[str, Figure]] = []
     for (system, ctx, batch), sub in data.groupby(["system", "context_tokens", "batch"]):
         xs, ys = sorted(sub[xc].unique()), sorted(sub[yc].unique())
         grid = np.full((len(ys), len(xs)), np.nan)
@@ -82,5 +81,5 @@ def plot(frame: pd.DataFrame, out: Path, x: str | None = None, y: str | None = N
             fig.colorbar(im, ax=ax, label=label)
         ax.set_title(f"{system}: {label}\ncontext {tokens_label(ctx)}, batch {int(batch)}")
         fig.tight_layout()
-        paths += save(fig, out, f"heatmap_{system}_{tokens_label(ctx)}_b{int(batch)}")
-    return paths
+        figs.append((f"heatmap_{system}_{tokens_label(ctx)}_b{int(batch)}", fig))
+    return figs

@@ -4,14 +4,13 @@ perplexity increase) as a line, and the perplexity budget as a dashed line."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from cemsim.plots.data import ok_rows, require
-from cemsim.plots.style import MARKERS, save
+from cemsim.plots.style import MARKERS
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -25,8 +24,8 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(front[::-1], dtype=int)
 
 
-def plot(frame: pd.DataFrame, out: Path, x: str = "filter_ratio", y: str = "ppl_increase", group: str | None = None,
-         budget: float = 0.05, y_percent: bool = True, **_: object) -> list[Path]:
+def figures(frame: pd.DataFrame, x: str = "filter_ratio", y: str = "ppl_increase", group: str | None = None,
+         budget: float = 0.05, y_percent: bool = True, **_: object) -> list[tuple[str, Figure]]:
     require(frame, [x, y], "pareto")
     data = ok_rows(frame).dropna(subset=[x, y])
     if group is None:
@@ -55,4 +54,4 @@ def plot(frame: pd.DataFrame, out: Path, x: str = "filter_ratio", y: str = "ppl_
     ax.set_title("Accuracy against filter ratio (sign-concordance thresholds)")
     ax.legend(loc="upper left", frameon=False)
     fig.tight_layout()
-    return save(fig, out, "pareto_accuracy_filter_ratio")
+    return [("pareto_accuracy_filter_ratio", fig)]

@@ -3,22 +3,21 @@ with the latency SLO drawn as a line; points over the SLO are hollow in the thro
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
 from cemsim.plots.data import fits, ok_rows, pick_value, require
-from cemsim.plots.style import MARKERS, save, system_colors, system_order, tokens_label
+from cemsim.plots.style import MARKERS, system_colors, system_order, tokens_label
 
 
-def plot(frame: pd.DataFrame, out: Path, context: int | str | None = None, slo_ms: float = 100.0,
-         **_: object) -> list[Path]:
+def figures(frame: pd.DataFrame, context: int | str | None = None, slo_ms: float = 100.0,
+         **_: object) -> list[tuple[str, Figure]]:
     require(frame, ["system", "context_tokens", "batch", "latency_per_token_s", "throughput_tokens_per_s"], "users")
     data = ok_rows(frame)
     contexts = [pick_value(data, "context_tokens", context)] if context is not None else sorted(
         data["context_tokens"].dropna().unique())
-    paths: list[Path] = []
+    figs: list[tuple[str, Figure]] = []
     for ctx in contexts:
         sub = data[(data["context_tokens"] == ctx) & fits(data)]
         if sub["batch"].nunique() < 2:
@@ -53,5 +52,5 @@ def plot(frame: pd.DataFrame, out: Path, context: int | str | None = None, slo_m
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
         fig.suptitle(f"Users at {tokens_label(ctx)} context (points that do not fit are left out)")
         fig.tight_layout(rect=(0, 0.1, 1, 1))
-        paths += save(fig, out, f"users_{tokens_label(ctx)}")
-    return paths
+        figs.append((f"users_{tokens_label(ctx)}", fig))
+    return figs

@@ -23,7 +23,7 @@ def _points(out: Path) -> set[str]:
 
 def test_killed_sweep_resumes_to_the_same_table(small_spec: Path, tmp_path: Path, subprocess_env) -> None:
     out = tmp_path / "out"
-    env = dict(subprocess_env, CEMSIM_TEST_EVAL_SLEEP="0.3")
+    env = dict(subprocess_env, CEMSIM_TEST_EVAL_SLEEP="0.2")
     cmd = [sys.executable, "-m", "cemsim.cli", "sweep", str(small_spec), "--out", str(out), "--workers", "2", "-q"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
