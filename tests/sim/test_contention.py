@@ -14,7 +14,7 @@ DREX = REPO / "hwconfigs" / "h100-drex.yaml"
 def _prep(batch: int, **overrides):
     system = load(DREX, **overrides)
     header = make_header(system.geometry)
-    return prepare(system, header, [make_step(header, 32768, step=i) for i in range(4)], batch=batch)
+    return prepare(system, header, [make_step(header, 16384, step=i) for i in range(2)], batch=batch)
 
 
 def test_users_queue_at_the_nmas():
