@@ -39,6 +39,7 @@ def _register() -> None:
 
     config_cmd.register(app)
     __import__("cemsim.commands.sweep_cmd", fromlist=["register"]).register(app)
+    __import__("cemsim.commands.demo_cmd", fromlist=["register"]).register(app)
     __import__("cemsim.commands.plot_cmd", fromlist=["register"]).register(app)
     __import__("cemsim.commands.trace_cmd", fromlist=["register"]).register(app)
     __import__("cemsim.commands.run_cmd", fromlist=["register"]).register(app)

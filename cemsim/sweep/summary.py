@@ -19,6 +19,19 @@ def tokens_label(n: float) -> str:
     return f"{n:,}"
 
 
+def _header(name: str, width: int = 11) -> str:
+    """Break a long system name at its hyphens so narrow terminals show it whole."""
+    lines, line = [], ""
+    for part in name.split("-"):
+        piece = part if not line else f"-{part}"
+        if line and len(line) + len(piece) > width:
+            lines.append(line + "-")
+            piece = part
+            line = ""
+        line += piece
+    return "\n".join([*lines, line])
+
+
 def _cell(row: pd.Series, metric: str, scale: float, fmt: str) -> str:
     if row.get("status") != "ok":
         return f"[red]{row.get('status')}[/]"
@@ -33,7 +46,7 @@ def _pivot(frame: pd.DataFrame, batch: int, metric: str, scale: float, fmt: str,
     table = Table(title=f"{title}, batch {batch}")
     table.add_column("context", justify="right")
     for s in systems:
-        table.add_column(s, justify="right", overflow="fold")
+        table.add_column(_header(s), justify="right", overflow="fold")
     for ctx in sorted(sub["context_tokens"].dropna().unique()):
         cells = []
         for s in systems:
