@@ -126,14 +126,22 @@ class DReX:
         self.env, self.cfg, self.shape, self.rec, self.kv_heads = env, cfg, shape, rec, kv_heads
         self.nmas = [simpy.Resource(env, capacity=1) for _ in range(cfg.packages)]
         self.queue = simpy.Resource(env, capacity=cfg.request_queue_depth)  # CXL controller request queue
+        self.responses = simpy.Resource(env, capacity=cfg.response_buffers)  # scores + values awaiting the link
         self.capacity = int(cfg.nma.address_scratchpad // cfg.nma.address_bytes)
+        self.buffers_can_fill = True  # the replayer clears it when fewer requests can be in flight than buffers
+
+    def bound_in_flight(self, requests: int) -> None:
+        """Wiring: at most ``requests`` are ever in flight; queues that can hold them all never block."""
+        self.buffers_can_fill = requests > self.cfg.response_buffers
 
     def package_of(self, user: int, head: int) -> int:
         if self.cfg.layout.kv_heads_across_packages:
             return (user * self.kv_heads + head) % self.cfg.packages
         return user % self.cfg.packages
 
-    def serve(self, user: int, layer: int, head: int, w: StepWork) -> Generator[simpy.Event, None, None]:
+    def serve(self, user: int, layer: int, head: int, w: StepWork) -> Generator[simpy.Event, None, object]:
+        """Serve one request; returns the response buffer it holds (release it once the response is sent),
+        or None when buffers cannot run out. With every buffer taken, the NMA waits, holding its results."""
         pkg = self.package_of(user, head)
         track = f"nma{pkg}"
         blocks = w.epoch_blocks[layer, head]  # type: ignore[index]
@@ -163,7 +171,12 @@ class DReX:
             if vt > 0:
                 yield env.timeout(vt)
                 rec.span(start, env.now, track, "value_fetch", user=user, layer=layer, head=head)
+            buf = None
+            if self.buffers_can_fill:
+                buf = self.responses.request()
+                yield buf
             rec.add_busy(track, env.now - t0)
+        return buf
 
     def account(self, w: StepWork) -> None:
         """Counters of one user's whole step (every request it makes), added once."""

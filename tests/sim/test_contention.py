@@ -33,6 +33,14 @@ def test_a_shallow_request_queue_serializes_what_the_twin_does_not_see():
     assert des_shallow.latency_per_token_s > 1.2 * twin_shallow.latency_per_token_s
 
 
+def test_response_buffers_hold_the_nma_until_the_link_drains():
+    few, many = simulate(_prep(8, **{"cem.response_buffers": 1})), simulate(_prep(8))
+    # one buffer: an NMA that finished must wait until the previous response has left over the link
+    # (modest here: the responses already queue on the link, which is the bottleneck at batch 8)
+    assert few.latency_per_token_s > 1.02 * many.latency_per_token_s
+    assert few.events > many.events
+
+
 def test_window_attention_overlaps_the_offload():
     res = simulate(_prep(1))
     t = res.time_breakdown_s
