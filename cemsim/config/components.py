@@ -97,6 +97,7 @@ class LpddrTimings(Frozen):
     tCL: Time
     row_buffer: Bytes  # bytes one activation opens in one channel
     burst: Bytes  # bytes one column burst returns on one channel
+    activations_in_flight: Count = 1  # row activations a channel overlaps during survivor fetches (1: one by one)
 
 
 class PFUConfig(Frozen):

@@ -13,8 +13,9 @@ One request = one (user, layer, KV head) context slice set, served by the NMA of
 3. the top-k values are fetched; the scores and values go back over the link (replay.py does the link).
 
 Fetch cost per scoring phase (channels in parallel, keys interleaved over them): tCL + max(data bytes /
-package bandwidth, rows opened x (tRP + tRCD)): the NMA issues survivors one by one, so each row miss
-exposes its precharge + activate while row hits stream at channel bandwidth.
+package bandwidth, rows opened x (tRP + tRCD) / cem.lpddr.activations_in_flight): the NMA issues survivors
+one by one (DReX 5.4; activations_in_flight = 1), so each row miss exposes its precharge + activate while
+row hits stream at channel bandwidth; a controller overlapping activations across banks raises the field.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def fetch_time(cfg: DReXConfig, shape: DrexShape, keys: float, rows: float) -> f
     if keys <= 0:
         return 0.0
     data = keys * shape.key_bytes / (cfg.channels_per_package * cfg.channel_bandwidth)
-    return cfg.lpddr.tCL + max(data, rows * (cfg.lpddr.tRP + cfg.lpddr.tRCD))
+    activate = rows * (cfg.lpddr.tRP + cfg.lpddr.tRCD) / cfg.lpddr.activations_in_flight
+    return cfg.lpddr.tCL + max(data, activate)
 
 
 def nma_mac_rate(cfg: DReXConfig) -> float:
