@@ -88,16 +88,20 @@ def run(
     if steps is not None and steps < 1:
         raise CemsimError(f"--steps must be at least 1, got {steps}")
     loaded = load_system(hwconfig, parse_sets(sets) or None)
-    with TraceReader(trace) as reader:
-        prep = prepare(loaded.system, reader.header, reader.iter_steps(topk=False), context=ctx, batch=batch,
-                       max_steps=steps, where=str(trace))
-    n = len(prep.works)
-    if as_json or n == 1 or not prep.fit.fits:
-        res = simulate(prep, timeline=timeline is not None)
-    else:
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("simulating", total=n)
-            res = simulate(prep, timeline=timeline is not None, progress=lambda i: bar.update(task, completed=i + 1))
+    with TraceReader(trace) as reader, Progress(console=console, transient=True, disable=as_json) as bar:
+        total = min(reader.num_steps, steps) if steps else reader.num_steps
+        reading = bar.add_task("reading + preparing steps", total=total or None)
+
+        def records():  # advance the bar as prepare consumes the stream
+            for rec in reader.iter_steps(topk=False):
+                yield rec
+                bar.advance(reading)
+
+        prep = prepare(loaded.system, reader.header, records(), context=ctx, batch=batch, max_steps=steps,
+                       where=str(trace))
+        sim_task = bar.add_task("simulating", total=len(prep.works))
+        res = simulate(prep, timeline=timeline is not None,
+                       progress=lambda i: bar.update(sim_task, completed=i + 1))
     twin = analytic(prep)
     if timeline is not None and res.spans:
         write_timeline(timeline, res.spans, res.system)

@@ -48,20 +48,22 @@ def prepare(system: SystemConfig, header: TraceHeader, steps: Iterable[StepRecor
                           f"(cem.nma.topk_max = {system.cem.nma.topk_max})", where=where)
     if batch is not None and batch < 1:
         raise CemsimError(f"batch must be at least 1, got {batch}")
+    if max_steps is not None and max_steps < 1:
+        raise CemsimError(f"steps must be at least 1, got {max_steps}")
     sz = sizes(system, header)
     shape = drex_shape_for(system, sz)
     rows = shape.rows if shape is not None else None
     works: list[StepWork] = []
     trace_context = 0
     for rec in steps:
-        if max_steps is not None and len(works) >= max_steps:
-            break
         try:
             rec.check(header)
         except ValueError as exc:
             raise CemsimError(f"inconsistent trace record: {exc}", where=where) from None
         trace_context = max(trace_context, rec.context_len)
         works.append(step_work(header, rec, context, rows, where))
+        if max_steps is not None and len(works) >= max_steps:
+            break  # before pulling another record: a 1M-token step costs a read and a decode
     if not works:
         raise CemsimError("the trace has no decode steps", where=where)
     ctx = works[0].context
