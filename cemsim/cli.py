@@ -42,6 +42,7 @@ def _register() -> None:
     __import__("cemsim.commands.demo_cmd", fromlist=["register"]).register(app)
     __import__("cemsim.commands.plot_cmd", fromlist=["register"]).register(app)
     __import__("cemsim.commands.trace_cmd", fromlist=["register"]).register(app)
+    __import__("cemsim.commands.capture_cmd", fromlist=["register"]).register(app)
     __import__("cemsim.commands.run_cmd", fromlist=["register"]).register(app)
 
 

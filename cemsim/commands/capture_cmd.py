@@ -1,0 +1,96 @@
+"""`cemsim capture`: run the model over a long text, decode under sparse-attention policies, write traces."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cemsim.config.workload import parse_tokens
+from cemsim.errors import CemsimError
+
+console = Console()
+Opt = typer.Option
+
+
+def capture_command(
+    tokens: Annotated[str, Opt("--tokens", help="Prompt (prefill) length in tokens: 4096 or 4K.")],
+    decode_steps: Annotated[int, Opt("--decode-steps", min=1, help="Decode steps to record.")],
+    out: Annotated[
+        Path, Opt("--out", help="Trace to write (more policies: <stem>.<policy>.parquet beside it).")
+    ],
+    model: Annotated[
+        str, Opt("--model", help="smollm2-135m (bundled) or a local Llama checkpoint.")
+    ] = "smollm2-135m",
+    policy: Annotated[
+        str, Opt("--policy", help="longsight, dense, window, oracle-topk, quest, a comma list, or 'all'.")
+    ] = "longsight",
+    thresholds: Annotated[
+        Path | None, Opt("--thresholds", help="Per-(layer, KV head) SCF thresholds from `cemsim tune`.")
+    ] = None,
+    target_ratio: Annotated[
+        float, Opt("--target-ratio", min=1.0, help="Without --thresholds: calibrate to this filter ratio.")
+    ] = 20.0,
+    k: Annotated[
+        int | None, Opt("--k", min=1, help="Top-k per query head (default: the published schedule).")
+    ] = None,
+    window: Annotated[int, Opt("--window", min=1, help="Dense window W.")] = 1024,
+    sinks: Annotated[int, Opt("--sinks", min=0, help="Sink tokens S.")] = 16,
+    block_size: Annotated[int, Opt("--block-size", min=1, max=128, help="Keys per position block.")] = 128,
+    no_itq: Annotated[bool, Opt("--no-itq", help="LongSight signs without the ITQ rotation.")] = False,
+    text: Annotated[Path | None, Opt("--text", help="UTF-8 text file (default: the bundled text).")] = None,
+    device: Annotated[str, Opt("--device", help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Capture key-access traces: dense prefill of --tokens tokens, then --decode-steps decode steps per policy."""
+    from cemsim.trace.capture import CaptureSpec, capture, parse_policies
+
+    try:
+        n = parse_tokens(tokens)
+    except ValueError as exc:
+        raise CemsimError(str(exc), where="--tokens") from None
+    if device not in ("cpu", "cuda"):
+        raise CemsimError(f"--device must be cpu or cuda, got {device!r}", where="--device")
+    spec = CaptureSpec(
+        model=model,
+        tokens=n,
+        decode_steps=decode_steps,
+        policies=parse_policies(policy),
+        thresholds_file=thresholds,
+        target_ratio=target_ratio,
+        itq=not no_itq,
+        k=k,
+        window=window,
+        sinks=sinks,
+        block_size=block_size,
+        text=text,
+        device=device,
+    )
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        paths = capture(spec, out, progress)
+    for pol, p in paths.items():
+        console.print(f"[green]wrote[/] {p}  ({pol}, {os.path.getsize(p) / 1e6:,.2f} MB)")
+    console.print(f"capture took {time.perf_counter() - t0:,.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("capture")(capture_command)
