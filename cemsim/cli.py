@@ -44,6 +44,8 @@ def _register() -> None:
     __import__("cemsim.commands.trace_cmd", fromlist=["register"]).register(app)
     __import__("cemsim.commands.capture_cmd", fromlist=["register"]).register(app)
     __import__("cemsim.commands.run_cmd", fromlist=["register"]).register(app)
+    __import__("cemsim.commands.eval_cmd", fromlist=["register"]).register(app)
+    __import__("cemsim.commands.tune_cmd", fromlist=["register"]).register(app)
 
 
 _register()

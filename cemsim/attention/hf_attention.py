@@ -46,6 +46,8 @@ def cemsim_attention(
         out = dense_reference(q, k, v, scale, q_offset)
     else:
         out = hybrid_attention(q, k, v, layer=layer, scaling=scale, q_offset=q_offset, state=state)
+        if state.on_layer is not None:
+            state.on_layer(layer)
     return out.to(dtype).transpose(0, 1)[None].contiguous(), None
 
 

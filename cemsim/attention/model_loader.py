@@ -125,8 +125,9 @@ def load_model(model: str = BUNDLED, *, dtype: str = "float32") -> LoadedModel:
     """
     _offline()
     import torch
-    from cemsim.attention.hf_attention import ATTN_NAME, register
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from cemsim.attention.hf_attention import ATTN_NAME, register
 
     name, folder = resolve_model_folder(model)
     try:

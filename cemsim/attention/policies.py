@@ -131,6 +131,7 @@ class AttentionState:
     tail: int = 256
     total_positions: int | None = None  # prefill length; positions >= total - tail count as tail
     observer: object | None = None  # callable(DecodeRecord) during decode steps
+    on_layer: object | None = None  # callable(layer) after each layer (progress displays)
     step: int = 0
     capture: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # layer -> (q, k) when capturing
     stats: list[LayerStats] = field(default_factory=list)
@@ -273,10 +274,10 @@ def _chunk(
         return _softmax_out(s_dense, v[:, dense_idx], None, None, None, hkv, group, c, d)
     jr = torch.arange(s_n, e)
     region = jr[None, :] <= (pos[:, None] - w)  # [c, r]
-    region_count = region.sum(1).numpy().astype(np.float64)
+    region_np = region.numpy()
+    region_count = np.count_nonzero(region_np, axis=1).astype(np.float64)
     s_sp = torch.bmm(qg, k[:, s_n:e].transpose(1, 2)).mul_(scaling).view(hkv, group, c, -1)
     kk = min(cfg.k, e - s_n)
-    eligible: torch.Tensor  # [hkv, 1 or group, c, r]
     meta = np.zeros(hkv)
     if cfg.kind == "longsight":
         surv = np.empty((hkv, c, e - s_n), dtype=bool)
@@ -289,19 +290,19 @@ def _chunk(
                 backend=cfg.backend,
                 return_matches=False,
             )
-            surv[h] = res.survivors
-        eligible = torch.from_numpy(surv)[:, None] & region
-        meta[:] = region_count.sum() * d / 8  # sign bits of every considered key
-    elif cfg.kind == "oracle-topk":
-        eligible = region.expand(hkv, 1, c, -1)
-    elif cfg.kind == "dense":  # pragma: no cover - dense returns before chunking
-        raise AssertionError
-    else:  # quest
-        eligible, idx_q, valid_q, pages_seen = _quest_select(q, k, s_sp, region, s_n, e, kk, hkv, group)
-        meta[:] = pages_seen * 2 * d * cfg.bytes_per_element
+            np.logical_and(res.survivors, region_np, out=surv[h])
+        eligible_np = surv
+        meta[:] = region_count.sum() * d / 8  # the PFUs read every considered key's sign bits
+    elif cfg.kind == "oracle-topk" or cfg.kind == "quest":
+        eligible_np = np.broadcast_to(region_np, (hkv, c, e - s_n))
+    else:  # pragma: no cover - dense and window return earlier
+        raise AssertionError(cfg.kind)
+    surv_count = np.count_nonzero(eligible_np, axis=2).astype(np.float64)  # [hkv, c]
     if cfg.kind == "quest":
-        idx, valid = idx_q, valid_q
+        idx, valid, pages_seen = _quest_select(q, k, region, s_n, e, kk, hkv, group)
+        meta[:] = pages_seen * 2 * d * cfg.bytes_per_element
     else:
+        eligible = torch.from_numpy(np.ascontiguousarray(eligible_np))[:, None]
         masked = s_sp.masked_fill(~eligible, float("-inf"))
         if cfg.topk_per == "group":
             top_v, idx = masked.amax(1, keepdim=True).topk(kk, dim=-1, sorted=False)
@@ -310,31 +311,39 @@ def _chunk(
         else:
             top_v, idx = masked.topk(kk, dim=-1, sorted=False)
             valid = top_v > float("-inf")
-    # Statistics: survivors per (row, KV head); reads are the union over the group's query heads.
-    surv_count = eligible[:, 0].sum(-1).double().numpy()  # [hkv, c]
-    picked = torch.zeros(hkv, group, c, e - s_n, dtype=torch.bool)
-    picked.scatter_(-1, idx, valid)
-    union = picked.any(1).sum(-1).double().numpy()  # [hkv, c]
-    keys_read = union if cfg.kind in ("quest",) else surv_count
-    if cfg.kind == "oracle-topk":
-        keys_read = np.broadcast_to(region_count, surv_count.shape)
+        del masked
+    # Reads: LongSight scores every survivor; Quest and the oracle read what they pick (the oracle also
+    # every considered key); values are the union of the group's picks, counted on tail rows only.
     st.considered += region_count.sum()
     st.survivors += surv_count.sum(1)
-    st.keys_read += keys_read.sum(1)
-    st.values_read += union.sum(1)
+    tail_rows = np.nonzero(tail_mask)[0]
+    union_tail = np.zeros((hkv, len(tail_rows)))
+    if len(tail_rows):
+        tr = torch.from_numpy(tail_rows)
+        picked = torch.zeros(hkv, group, len(tail_rows), e - s_n, dtype=torch.bool)
+        picked.scatter_(-1, idx[:, :, tr], valid[:, :, tr])
+        union_tail = picked.any(1).sum(-1).double().numpy()
+    if cfg.kind == "longsight":
+        keys_tail = surv_count[:, tail_mask]
+    elif cfg.kind == "oracle-topk":
+        keys_tail = np.broadcast_to(region_count[tail_mask], union_tail.shape)
+    else:
+        keys_tail = union_tail
+    st.keys_read += (surv_count if cfg.kind != "oracle-topk" else np.broadcast_to(region_count, surv_count.shape)).sum(1)
+    st.tail_keys_read += keys_tail.sum(1)
+    st.tail_values_read += union_tail.sum(1)
     st.meta_bytes += meta
-    st.tail_keys_read += keys_read[:, tail_mask].sum(1)
-    st.tail_values_read += union[:, tail_mask].sum(1)
-    if tail_mask.any():
-        st.tail_meta_bytes += meta * tail_mask.sum() / c
-    _recall(state, st, s_sp, region, picked, pos, kk)
+    if len(tail_rows):
+        st.tail_meta_bytes += meta * len(tail_rows) / c
+    _recall(state, st, s_sp, region, idx, valid, pos, kk)
     if state.observer is not None:
-        _observe(state, layer, eligible, idx, valid, region_count, pos, s_n, k.shape[1], w)
+        _observe(state, layer, torch.from_numpy(np.ascontiguousarray(eligible_np))[:, None], idx, valid,
+                 region_count, pos, s_n, k.shape[1], w)
     s_sel = torch.gather(s_sp, -1, idx).masked_fill_(~valid, float("-inf"))
     return _softmax_out(s_dense, v[:, dense_idx], s_sel, v[:, s_n:e], idx, hkv, group, c, d)
 
 
-def _quest_select(q, k, s_sp, region, s_n, e, kk, hkv, group):
+def _quest_select(q, k, region, s_n, e, kk, hkv, group):
     """Quest: per page of 16 keys, bound q.k by sum_d max(q_d min_d, q_d max_d); keep the best pages."""
     r = e - s_n
     npages = math.ceil(r / PAGE)
@@ -342,7 +351,7 @@ def _quest_select(q, k, s_sp, region, s_n, e, kk, hkv, group):
     ks = k[:, s_n:e]
     kmin = torch.nn.functional.pad(ks, (0, 0, 0, pad), value=float("inf")).view(hkv, npages, PAGE, -1).amin(2)
     kmax = torch.nn.functional.pad(ks, (0, 0, 0, pad), value=float("-inf")).view(hkv, npages, PAGE, -1).amax(2)
-    hq, c, d = q.shape
+    _hq, c, d = q.shape
     qg = q.reshape(hkv, group * c, d)
     bound = torch.bmm(qg.clamp(min=0), kmax.transpose(1, 2)) + torch.bmm(qg.clamp(max=0), kmin.transpose(1, 2))
     bound = bound.view(hkv, group, c, npages)
@@ -356,10 +365,10 @@ def _quest_select(q, k, s_sp, region, s_n, e, kk, hkv, group):
     valid = valid & (idx <= last_ok[None, None, :, None])
     idx = idx.clamp(max=r - 1)
     pages_seen = float(page_ok.sum())
-    return region.expand(hkv, 1, c, -1), idx, valid, pages_seen
+    return idx, valid, pages_seen
 
 
-def _recall(state, st, s_sp, region, picked, pos, kk) -> None:
+def _recall(state, st, s_sp, region, idx, valid, pos, kk) -> None:
     """Top-k recall against the oracle on every ``recall_stride``-th position (full sparse region)."""
     rows = torch.nonzero((pos % state.recall_stride == 0) & region.any(1)).flatten()
     if rows.numel() == 0 or kk == 0:
@@ -367,7 +376,9 @@ def _recall(state, st, s_sp, region, picked, pos, kk) -> None:
     sub = s_sp[:, :, rows].masked_fill(~region[rows], float("-inf"))
     top_v, oidx = sub.topk(kk, dim=-1, sorted=False)
     ovalid = top_v > float("-inf")
-    hit = torch.gather(picked[:, :, rows], -1, oidx) & ovalid
+    picked = torch.zeros(sub.shape, dtype=torch.bool)
+    picked.scatter_(-1, idx[:, :, rows], valid[:, :, rows])
+    hit = torch.gather(picked, -1, oidx) & ovalid
     st.recall_hits += float(hit.sum())
     st.recall_total += float(ovalid.sum())
 
@@ -397,13 +408,23 @@ def _observe(state, layer, eligible, idx, valid, region_count, pos, s_n, n, w) -
 
 
 def _softmax_out(s_dense, v_dense, s_sel, v_sparse, idx, hkv, group, c, d) -> torch.Tensor:
-    """One softmax over dense and selected sparse scores, then the weighted sum of values."""
+    """One softmax over dense and selected sparse scores, then the weighted sum of values. The sparse
+    weights are scattered into a dense row over the region so the value sum is one batched matmul
+    (gathering k value vectors per query row costs far more memory traffic on a CPU)."""
     nd = s_dense.shape[-1]
-    logits = s_dense if s_sel is None else torch.cat([s_dense, s_sel], dim=-1)
-    p = torch.softmax(logits, dim=-1)
-    out = torch.matmul(p[..., :nd].reshape(hkv, group * c, nd), v_dense).view(hkv, group, c, d)
+    m = s_dense.amax(-1, keepdim=True)
     if s_sel is not None:
-        kk = idx.shape[-1]
-        vg = v_sparse[torch.arange(hkv)[:, None], idx.reshape(hkv, -1)].view(hkv, group, c, kk, d)
-        out = out + torch.einsum("hgck,hgckd->hgcd", p[..., nd:], vg)
+        m = torch.maximum(m, s_sel.amax(-1, keepdim=True))
+    p_d = (s_dense - m).exp_()
+    z = p_d.sum(-1, keepdim=True)
+    if s_sel is not None:
+        p_s = (s_sel - m).exp_()
+        z = z + p_s.sum(-1, keepdim=True)
+    out = torch.bmm(p_d.view(hkv, group * c, nd), v_dense)
+    if s_sel is not None:
+        r = v_sparse.shape[1]
+        dense_p = torch.zeros(hkv, group, c, r)
+        dense_p.scatter_add_(-1, idx, p_s)
+        out += torch.bmm(dense_p.view(hkv, group * c, r), v_sparse)
+    out = out.view(hkv, group, c, d) / z
     return out.reshape(hkv * group, c, d)
