@@ -177,12 +177,14 @@ def _add_epochs(work: StepWork, header: TraceHeader, rec: StepRecord, old: np.nd
         n_rows = int(np.ceil(new_n / rows.keys_per_row))
         r_edges = rec.sinks + np.minimum(np.arange(n_rows + 1) * rows.keys_per_row, new_n) * stretch
         log_closed = blk.log_closed(r_edges, scale)  # [M, n_rows]
-        touched = 1.0 - np.exp(log_closed)
+        # a row opens only for a survivor: cap by the row's expected survivors (scaled counts are fractional)
+        in_row = np.diff(blk.below(r_edges), axis=-1) * scale
+        touched = np.minimum(1.0 - np.exp(log_closed), in_row)
         epoch_of_row = np.minimum((np.arange(n_rows) * rows.keys_per_row // rows.slice_keys).astype(np.int64),
                                   n_epochs - 1)
         ep_rows[mask] = _sum_runs(touched, epoch_of_row, n_epochs)
         # the top-k values are a subset of the survivors: thin each block's survivors by values / survivors
         v = work.values[mask].astype(np.float64)
         thin = np.divide(v, total_new, out=np.zeros_like(v), where=total_new > 0)[:, None]
-        value_rows[mask] = (1.0 - np.exp(log_closed * thin)).sum(axis=-1)
+        value_rows[mask] = np.minimum(1.0 - np.exp(log_closed * thin), in_row * thin).sum(axis=-1)
     work.epoch_survivors, work.epoch_rows, work.epoch_blocks, work.value_rows = ep_surv, ep_rows, ep_blocks, value_rows
