@@ -77,7 +77,12 @@ def load_thresholds(path: Path, layers: int, kv_heads: int, head_dim: int) -> np
         if path.suffix == ".npy":
             arr = np.load(path)
         else:
-            data = json.loads(path.read_text())
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(path.read_text())
+            else:
+                data = json.loads(path.read_text())
             if isinstance(data, dict):
                 if "thresholds" not in data:
                     raise ValueError("a JSON object needs a 'thresholds' key")
@@ -85,7 +90,7 @@ def load_thresholds(path: Path, layers: int, kv_heads: int, head_dim: int) -> np
             arr = np.asarray(data)
     except FileNotFoundError:
         raise CemsimError("no such thresholds file", where=where) from None
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # JSON, YAML and NumPy each raise their own kinds
         raise CemsimError(f"cannot read thresholds: {exc}", where=where) from None
     if arr.shape != (layers, kv_heads) or not np.issubdtype(arr.dtype, np.integer):
         raise CemsimError(
@@ -103,7 +108,7 @@ def calibrate_thresholds(
     queries: np.ndarray,
     rotations: np.ndarray | None,
     target_ratio: float,
-    min_distance: int = 64,
+    min_distance: int = 512,
 ) -> np.ndarray:
     """Per (layer, KV head): the smallest T with P(max over the group of matches >= T) <= 1 / target_ratio,
     over causal (query, key) pairs at least ``min_distance`` apart. keys [L, Hkv, n, D], queries [L, Hq, n, D]."""
