@@ -111,3 +111,17 @@ def test_refuses_what_it_does_not_model(sources, tmp_path):
         project_file([src], tmp_path / "po.parquet", context=8192)
     with pytest.raises(CemsimError, match="positive"):
         project_file(sources, tmp_path / "p0.parquet", context=0)
+
+
+def test_validation_on_a_known_law(tmp_path):
+    from cemsim.trace.validate import run
+
+    h = synthetic_header("smollm2-135m", k=64)
+    paths = []
+    for c, n in ((1024, 4), (2048, 4), (4096, 4), (8160, 4)):
+        paths.append(write(tmp_path / f"y{c}.parquet", h, synthetic_steps(h, context=c + 1, steps=n, law=LAW, seed=3)))
+    res = run(paths[:3], paths[3])
+    assert abs(res["total_rel_err"]) < 0.1
+    assert res["head_abs_rel_err_median"] < 0.2
+    assert res["bank_max_abs_rel_err_median"] < 0.25
+    assert res["head_log_corr"] > 0.9
