@@ -174,6 +174,12 @@ def fit_traces(
             done += 1
             if progress:
                 progress(done)
+    if h0.policy in FILTER_POLICIES and bin_keys.sum() + early_k.sum() == 0:
+        raise CemsimError(
+            f"the source traces have no sparse region to fit (every context <= window {h0.window} + sinks "
+            f"{h0.sinks}); capture with more --tokens",
+            where=str(paths[0]),
+        )
     fit = _shrink(*_wls(bin_keys, bin_surv, bin_x, W), bin_keys, bin_surv, bin_x)
     rho = _dispersion(readers, h0, fit, early_tokens)
     # Survivors bunch within blocks, so a count carries less information than Poisson assumes: inflate the

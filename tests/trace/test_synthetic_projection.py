@@ -109,6 +109,10 @@ def test_refuses_what_it_does_not_model(sources, tmp_path):
     src = write(tmp_path / "o.parquet", h, synthetic_steps(h, context=2048, steps=1))
     with pytest.raises(CemsimError, match="not modelled"):
         project_file([src], tmp_path / "po.parquet", context=8192)
+    short = synthetic_header("smollm2-135m", k=8)
+    src = write(tmp_path / "short.parquet", short, synthetic_steps(short, context=1000, steps=2))
+    with pytest.raises(CemsimError, match="no sparse region"):
+        project_file([src], tmp_path / "ps.parquet", context=8192)
     with pytest.raises(CemsimError, match="positive"):
         project_file(sources, tmp_path / "p0.parquet", context=0)
 
