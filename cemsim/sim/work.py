@@ -70,7 +70,7 @@ class _Blocks:
         edges = np.arange(nb + 1) * block_size
         self.lo = np.clip(edges[:-1], start, start + old_n).astype(np.float64)
         self.hi = np.clip(edges[1:], start, start + old_n).astype(np.float64)
-        self.counts = counts  # [M, nb]
+        self.counts = counts.astype(np.float32)  # [M, nb]; the row model runs in float32 (expected counts)
         self.cum = np.concatenate([np.zeros((counts.shape[0], 1)), np.cumsum(counts, axis=-1)], axis=-1)
         self.bs = block_size
 
@@ -96,10 +96,10 @@ class _Blocks:
         b = np.clip((mid // self.bs).astype(np.int64), 0, len(self.lo) - 1)
         valid = self.hi[b] - self.lo[b]
         share = np.divide(length, valid, out=np.zeros_like(length), where=valid > 0)
-        log_closed = np.log1p(-np.minimum(share, 1.0 - 1e-12))  # a piece covering its whole block: ~ -27.6
+        log_closed = np.log1p(-np.minimum(share, 1.0 - 1e-7)).astype(np.float32)  # whole-block piece: ~ -16
         terms = self.counts[:, b]  # [M, pieces]
         terms *= log_closed[None, :]
-        terms *= weight
+        terms *= weight.astype(np.float32)
         row_of = np.searchsorted(row_edges, mid, side="right") - 1
         return _sum_runs(terms, row_of, len(row_edges) - 1)
 
@@ -113,7 +113,7 @@ def _sum_runs(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarra
     counts = np.diff(bounds)
     longest = int(counts.max(initial=0))
     if longest <= 4:
-        out = np.zeros((*values.shape[:-1], n_groups))
+        out = np.zeros((*values.shape[:-1], n_groups), dtype=values.dtype)
         last = values.shape[-1] - 1
         for j in range(longest):
             take = counts > j
@@ -178,13 +178,14 @@ def _add_epochs(work: StepWork, header: TraceHeader, rec: StepRecord, old: np.nd
         r_edges = rec.sinks + np.minimum(np.arange(n_rows + 1) * rows.keys_per_row, new_n) * stretch
         log_closed = blk.log_closed(r_edges, scale)  # [M, n_rows]
         # a row opens only for a survivor: cap by the row's expected survivors (scaled counts are fractional)
-        in_row = np.diff(blk.below(r_edges), axis=-1) * scale
+        in_row = (np.diff(blk.below(r_edges), axis=-1) * scale).astype(np.float32)
         touched = np.minimum(1.0 - np.exp(log_closed), in_row)
         epoch_of_row = np.minimum((np.arange(n_rows) * rows.keys_per_row // rows.slice_keys).astype(np.int64),
                                   n_epochs - 1)
-        ep_rows[mask] = _sum_runs(touched, epoch_of_row, n_epochs)
+        ep_rows[mask] = _sum_runs(touched.astype(np.float64), epoch_of_row, n_epochs)
         # the top-k values are a subset of the survivors: thin each block's survivors by values / survivors
         v = work.values[mask].astype(np.float64)
         thin = np.divide(v, total_new, out=np.zeros_like(v), where=total_new > 0)[:, None]
-        value_rows[mask] = np.minimum(1.0 - np.exp(log_closed * thin), in_row * thin).sum(axis=-1)
+        thin32 = thin.astype(np.float32)
+        value_rows[mask] = np.minimum(1.0 - np.exp(log_closed * thin32), in_row * thin32).sum(axis=-1, dtype=np.float64)
     work.epoch_survivors, work.epoch_rows, work.epoch_blocks, work.value_rows = ep_surv, ep_rows, ep_blocks, value_rows
