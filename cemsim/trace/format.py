@@ -251,6 +251,10 @@ class TraceWriter:
         self._writer.close()
         self._writer = None
         _seal(self._tmp)
+        # mkstemp makes the temp file 0600; a trace is an ordinary output file: 0666 less the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)
 
 
 def _blob_array(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> pa.Array:
