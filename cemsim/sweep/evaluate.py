@@ -4,7 +4,8 @@ simulate_point: the SimPy simulator (cemsim.sim.simulate), one point = one `cems
   replayed at the point's workload.context (scaled below the trace's own context) and workload.batch.
   Spec ``options:`` may set ``steps`` (decode steps replayed, default all) and ``model: analytic`` (the
   closed-form twin instead of the DES).
-eval_point: one `cemsim eval --json` row of the sparse-attention engine, for threshold sweeps.
+eval_point: one `cemsim eval --json` row of the sparse-attention engine (threshold sweeps, Pareto chart);
+  a `kind: eval` spec needs no base system: its axes are the flags of `cemsim eval`.
 """
 
 from __future__ import annotations
@@ -51,11 +52,47 @@ def simulate_point(task: PointTask) -> dict[str, Any]:
     return out
 
 
+# The flags of `cemsim eval`, as the axis and option names of a `kind: eval` sweep.
+EVAL_ARGS = ("model", "tokens", "policy", "window", "sinks", "k", "threshold", "thresholds", "itq", "topk_per",
+             "backend", "text")
+
+
+@lru_cache(maxsize=2)
+def _model(name: str) -> Any:
+    from cemsim.attention.model_loader import load_model
+
+    return load_model(name)
+
+
+@lru_cache(maxsize=2)
+def _text(path: str | None) -> Any:
+    from cemsim.attention.text import load_text
+
+    return load_text(path)
+
+
 def eval_point(task: PointTask) -> dict[str, Any]:
-    """One accuracy / filter-ratio measurement (`cemsim eval --json`) for a threshold sweep point."""
-    try:
-        from cemsim.attention.eval import evaluate_json
-    except ImportError:
-        raise CemsimError("the sparse-attention evaluation (cemsim.attention.eval) is not available in this "
-                          "installation") from None
-    return evaluate_json(task.system, dict(task.params), dict(task.options))
+    """One `cemsim eval --json` row: dense vs sparse perplexity, filter ratio, recall, KV-load reduction.
+    Axes and options are the flags of `cemsim eval` (threshold, itq, k, window, tokens, model, ...)."""
+    from cemsim.attention.eval import evaluate
+    from cemsim.attention.runner import make_policy
+
+    args = {**task.options, **task.params}
+    unknown = sorted(set(args) - set(EVAL_ARGS))
+    if unknown:
+        raise CemsimError(f"unknown eval setting(s) {', '.join(unknown)}; valid: {', '.join(EVAL_ARGS)}")
+    lm = _model(str(args.get("model", "smollm2-135m")))
+    text = _text(args.get("text"))
+    tokens = int(args.get("tokens", 8192))
+    policy = str(args.get("policy", "longsight"))
+    itq = bool(args.get("itq", True))
+    cfg, info = make_policy(
+        lm, text, kind=policy, context=tokens, window=int(args.get("window", 1024)),
+        sinks=int(args.get("sinks", 16)), k=args.get("k"), threshold=args.get("threshold"),
+        thresholds_file=args.get("thresholds"), itq=itq, topk_per=str(args.get("topk_per", "head")),
+        backend=str(args.get("backend", "auto")),
+    )
+    report = evaluate(lm, text, tokens, cfg, itq=itq and policy == "longsight")
+    out = report.to_json()
+    out["policy_info"] = info
+    return out

@@ -119,3 +119,22 @@ axes:
     points = expand(spec)
     assert [p.valid for p in points] == [False, False, True, True]
     assert {p.system.cem.nma.engines for p in points if p.valid} == {8, 16}
+
+
+def test_eval_specs_need_no_system_and_hash_their_settings(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path / "e.yaml", """\
+kind: eval
+options: {tokens: 2048, window: 256}
+axes:
+  threshold: [0, 40, 44]
+  itq: [true, false]
+"""))
+    assert spec.evaluate == "cemsim.sweep.evaluate:eval_point"
+    points = expand(spec)
+    assert len(points) == 6 and all(p.valid and p.system is None for p in points)
+    assert len({p.point_id for p in points}) == 6
+    task = points[0].task(spec.options)
+    assert task.params == {"threshold": 0, "itq": True} and task.options == {"tokens": 2048, "window": 256}
+    # the evaluator's options are part of a point's identity
+    other = load_spec(write_spec(tmp_path / "e2.yaml", (tmp_path / "e.yaml").read_text().replace("2048", "4096")))
+    assert expand(other)[0].point_id != points[0].point_id
