@@ -117,7 +117,6 @@ def test_decode_records_match_the_kernel_definition():
     st = _state(cfg)
     st.observer = recs.append
     hybrid_attention(q, k, v, layer=0, scaling=D**-0.5, q_offset=n - 1, state=st)
-    m = matches_reference(q.numpy()[:, 0][None], k.numpy())  # [HKV? no: 1, HQ, n] per KV head below
     for r in recs:
         grp = slice(r.kv_head * G, (r.kv_head + 1) * G)
         mm = matches_reference(q.numpy()[grp, 0], k.numpy()[r.kv_head])  # [G, n]
@@ -126,7 +125,7 @@ def test_decode_records_match_the_kernel_definition():
         assert r.considered == n - 64 - 4
         for t in r.topk:
             assert len(t) == min(10, len(expect)) and set(t) <= set(expect)
-    assert m.shape[-1] == n
+    assert len(recs) == HKV
 
 
 def test_kv_load_reduction_formula():
