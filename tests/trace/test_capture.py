@@ -131,3 +131,24 @@ def test_shipped_trace_is_a_real_capture():
         assert s.topk_positions is not None
         fr = s.keys_considered.sum() / max(1, s.survivors.sum())
         assert 2 < fr < 500  # a real filter: neither everything nor nothing survives
+
+
+@pytest.mark.slow
+def test_shipped_policies_share_the_run():
+    paths = {p: SHIPPED.with_name(f"smollm2-4k.{p}.parquet") for p in ("dense", "window", "oracle-topk", "quest")}
+    if not SHIPPED.is_file() or not all(p.is_file() for p in paths.values()):
+        pytest.skip("shipped policy traces not present")
+    base = TraceReader(SHIPPED)
+    ctx = [s.context_len for s in base.iter_steps(topk=False)]
+    for policy, p in paths.items():
+        r = TraceReader(p)
+        assert r.header.policy == policy and r.header.text_source == base.header.text_source
+        steps = list(r.iter_steps())
+        assert [s.context_len for s in steps] == ctx
+        if policy == "dense":
+            assert all(s.window == s.context_len and s.survivors.sum() == 0 for s in steps)
+        if policy == "oracle-topk":
+            # Every query head picks exactly k keys (the sparse region holds more than k at 4K).
+            assert all((s.topk_positions >= 0).sum(-1).min() == r.header.k for s in steps)
+        if policy == "quest":
+            assert all(s.metadata_bytes is not None and s.metadata_bytes.min() > 0 for s in steps)
