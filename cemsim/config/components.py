@@ -63,6 +63,10 @@ class GPUConfig(Frozen):
     peak_flops: dict[Literal["fp32", "tf32", "bf16", "fp16", "fp8"], Flops]
     matmul_efficiency: Fraction  # sustained / peak FLOP/s of dense GEMMs (calibration)
     layer_overhead: Time  # launch and synchronisation cost per transformer layer of one decode step
+    # LongSight run on the GPU itself (SCF filter + compaction per KV head, gather, exact scores, top-k):
+    # a fixed cost per layer plus a cost per surviving key, on top of the roofline of the bytes it reads.
+    sparse_pipeline_latency: Time = 0.0
+    sparse_time_per_survivor: Time = 0.0
     energy_per_flop: Energy
     idle_power: Power
     peak_power: Power

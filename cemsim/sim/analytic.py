@@ -48,8 +48,8 @@ class Twin:
 
     def op(self, ops: list[GpuOp]) -> float:
         t = 0.0
-        for _, nbytes, flops in ops:
-            t += gpu_op_time(self.g, self.p.system.workload.dtype, nbytes, flops)
+        for _, nbytes, flops, fixed in ops:
+            t += gpu_op_time(self.g, self.p.system.workload.dtype, nbytes, flops) + fixed
             self.bytes["gpu.hbm"] += nbytes
             self.ops["gpu.flops"] += flops
         return t
@@ -111,20 +111,20 @@ class Twin:
         proj = projection_work(p.system.geometry, sz.dtype_bytes, len(users), self.tp)
         phases: dict[str, float] = defaultdict(float)
         for layer in range(sz.layers):
-            phases["projection"] += self.op([("qkv_proj", *proj["pre"])])
-            plan = layer_plan(p.kind, sz, list(works.values()), layer, self.tp)
+            phases["projection"] += self.op([("qkv_proj", *proj["pre"], 0.0)])
+            plan = layer_plan(p.kind, sz, list(works.values()), layer, self.tp, self.g)
             phases["attention_gpu"] += self.op(plan.before)
             par = self.op(plan.parallel)
             att = max(par, self.offload(users, works, layer))
             phases["attention_gpu"] += par + self.op(plan.after)
             phases["attention_wait"] += att - par
-            phases["projection"] += self.op([("out_proj_mlp", *proj["post"])])
+            phases["projection"] += self.op([("out_proj_mlp", *proj["post"], 0.0)])
             if self.tp > 1 and self.g.peer_link is not None:
                 nbytes = len(users) * p.system.geometry.hidden * sz.dtype_bytes
                 phases["all_reduce"] += 2 * allreduce_time(self.g.peer_link, nbytes, self.tp)
                 self.bytes["gpu.peer_link"] += 2 * 2 * (self.tp - 1) * nbytes / self.tp
             phases["layer_overhead"] += self.g.layer_overhead
-        phases["projection"] += self.op([("lm_head", *proj["head"])])
+        phases["projection"] += self.op([("lm_head", *proj["head"], 0.0)])
         if main:
             for k, v in phases.items():
                 self.phase[k] += v

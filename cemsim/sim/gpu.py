@@ -53,8 +53,8 @@ class GPU:
     def op_time(self, nbytes: float, flops: float) -> float:
         return gpu_op_time(self.cfg, self.dtype, nbytes, flops)
 
-    def op(self, name: str, nbytes: float, flops: float) -> Generator[simpy.Event, None, None]:
-        dt = self.op_time(nbytes, flops)
+    def op(self, name: str, nbytes: float, flops: float, fixed: float = 0.0) -> Generator[simpy.Event, None, None]:
+        dt = self.op_time(nbytes, flops) + fixed
         if dt <= 0:
             return
         with self.sm.request() as sm, self.hbm.port.request() as port:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cemsim.config.components import GPUConfig
 from cemsim.config.system import SystemConfig
 from cemsim.errors import CemsimError
 from cemsim.sim.work import StepWork
 from cemsim.trace.records import TraceHeader
 
-GpuOp = tuple[str, float, float]
+GpuOp = tuple[str, float, float, float]  # (name, HBM bytes, FLOPs, fixed seconds beyond the roofline)
 
 
 def system_kind(system: SystemConfig) -> str:
@@ -69,28 +70,30 @@ class LayerPlan:
     after: list[GpuOp]  # after every offloaded result is in (softmax + weighted values of the sparse part)
 
 
-def layer_plan(kind: str, sz: Sizes, works: list[StepWork], layer: int, tp: int) -> LayerPlan:
+def layer_plan(kind: str, sz: Sizes, works: list[StepWork], layer: int, tp: int, gpu: GPUConfig) -> LayerPlan:
     kb, h, qd = sz.key_bytes, sz.kv_heads, sz.q_heads * sz.head_dim
     before: list[GpuOp] = []
     after: list[GpuOp] = []
     if kind in ("hbm_dense", "host_dense"):
         ctx = sum(w.context for w in works)
         nbytes = ctx * h * 2 * kb if kind == "hbm_dense" else 0.0  # host_dense: the KV arrives over PCIe
-        return LayerPlan([], [("attention", nbytes / tp, 4.0 * qd * ctx / tp)], [])
+        return LayerPlan([], [("attention", nbytes / tp, 4.0 * qd * ctx / tp, 0.0)], [])
     dense_tokens = sum(w.window + w.sinks for w in works)
     considered = float(sum(w.considered[layer].sum() for w in works))
     survivors = float(sum(w.survivors[layer].sum() for w in works))
     values = float(sum(w.values[layer].sum() for w in works))
-    window = ("window_attention", dense_tokens * h * 2 * kb / tp, 4.0 * qd * dense_tokens / tp)
+    window = ("window_attention", dense_tokens * h * 2 * kb / tp, 4.0 * qd * dense_tokens / tp, 0.0)
+    # the GPU's own SCF pipeline (hbm_sparse, host_sparse): calibrated fixed + per-survivor cost
+    pipeline = gpu.sparse_pipeline_latency + survivors / tp * gpu.sparse_time_per_survivor
     if kind == "hbm_sparse":
         nbytes = window[1] + (considered * sz.sign_bytes + (survivors + values) * kb) / tp
         flops = window[2] + 2.0 * sz.group * sz.head_dim * (survivors + values) / tp
-        return LayerPlan([], [("sparse_attention", nbytes, flops)], [])
+        return LayerPlan([], [("sparse_attention", nbytes, flops, pipeline)], [])
     if kind == "host_sparse":
-        before.append(("sign_filter", considered * sz.sign_bytes / tp, 0.0))
+        before.append(("sign_filter", considered * sz.sign_bytes / tp, 0.0, pipeline))
         # scoring the gathered survivor keys on the GPU: they land in HBM, are read once
-        after.append(("score_survivors", survivors * kb / tp, 2.0 * sz.group * sz.head_dim * survivors / tp))
-    after.append(("combine", values * kb / tp, 2.0 * sz.group * sz.head_dim * values / tp))
+        after.append(("score_survivors", survivors * kb / tp, 2.0 * sz.group * sz.head_dim * survivors / tp, 0.0))
+    after.append(("combine", values * kb / tp, 2.0 * sz.group * sz.head_dim * values / tp, 0.0))
     return LayerPlan(before, [window], after)
 
 

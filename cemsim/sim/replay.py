@@ -73,7 +73,7 @@ class Replayer:
             t = env.now
             yield from lane.op("qkv_proj", *proj["pre"])
             phase("projection", t)
-            plan = layer_plan(ss.kind, self.sz, list(works.values()), layer, ss.tp)
+            plan = layer_plan(ss.kind, self.sz, list(works.values()), layer, ss.tp, ss.config.gpu)
             t = env.now
             for op in plan.before:
                 yield from lane.op(*op)
