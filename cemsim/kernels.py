@@ -118,26 +118,46 @@ def _filter_numba_kernel(q, k, d, t, matches, surv, want):
         lo = (task % n_blocks) * _BLOCK
         hi = min(lo + _BLOCK, n_keys)
         if w_n == 1:
-            for n in range(lo, hi):
-                k0 = k[n, 0]
-                best = 1 << 30
-                for g in range(g_n):
-                    pc = _popcount64(q[r, g, 0] ^ k0)
-                    if want:
+            if want:
+                for n in range(lo, hi):
+                    k0 = k[n, 0]
+                    best = 1 << 30
+                    for g in range(g_n):
+                        pc = _popcount64(q[r, g, 0] ^ k0)
                         matches[r, g, n] = d - pc
-                    best = min(best, pc)
-                surv[r, n] = best <= limit
+                        best = min(best, pc)
+                    surv[r, n] = best <= limit
+            else:
+                for n in range(lo, hi):
+                    k0 = k[n, 0]
+                    ok = False
+                    for g in range(g_n):
+                        if _popcount64(q[r, g, 0] ^ k0) <= limit:
+                            ok = True
+                            break
+                    surv[r, n] = ok
         elif w_n == 2:
-            for n in range(lo, hi):
-                k0 = k[n, 0]
-                k1 = k[n, 1]
-                best = 1 << 30
-                for g in range(g_n):
-                    pc = _popcount64(q[r, g, 0] ^ k0) + _popcount64(q[r, g, 1] ^ k1)
-                    if want:
+            if want:
+                for n in range(lo, hi):
+                    k0 = k[n, 0]
+                    k1 = k[n, 1]
+                    best = 1 << 30
+                    for g in range(g_n):
+                        pc = _popcount64(q[r, g, 0] ^ k0) + _popcount64(q[r, g, 1] ^ k1)
                         matches[r, g, n] = d - pc
-                    best = min(best, pc)
-                surv[r, n] = best <= limit
+                        best = min(best, pc)
+                    surv[r, n] = best <= limit
+            else:
+                # Survivors only: the first query that passes decides (the hardware ORs the bitmaps).
+                for n in range(lo, hi):
+                    k0 = k[n, 0]
+                    k1 = k[n, 1]
+                    ok = False
+                    for g in range(g_n):
+                        if _popcount64(q[r, g, 0] ^ k0) + _popcount64(q[r, g, 1] ^ k1) <= limit:
+                            ok = True
+                            break
+                    surv[r, n] = ok
         else:
             for n in range(lo, hi):
                 best = 1 << 30
