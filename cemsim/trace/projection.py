@@ -153,7 +153,7 @@ def fit_traces(
         for rec in r.iter_steps(topk=True):
             keys, ek, dist = _sparse_geometry(rec, h0, early_tokens)
             x = np.log(dist / W)
-            b = np.clip(np.floor(x / np.log(2) * BINS_PER_OCTAVE).astype(int) + 8, 0, n_bins - 1)
+            b = _bin_of(dist, W, n_bins)
             blocks = rec.survivor_blocks.astype(np.float64)
             if early_tokens and ek.any():
                 # Split each block's survivors between the early region and the rest in proportion to keys.
@@ -181,7 +181,7 @@ def fit_traces(
             where=str(paths[0]),
         )
     fit = _shrink(*_wls(bin_keys, bin_surv, bin_x, W), bin_keys, bin_surv, bin_x)
-    rho = _dispersion(readers, h0, fit, early_tokens)
+    rho = _dispersion(readers, h0, bin_keys, bin_surv, early_tokens)
     # Survivors bunch within blocks, so a count carries less information than Poisson assumes: inflate the
     # variance of log a by the beta-binomial design effect 1 + (B - 1) rho.
     fit = (fit[0], fit[1], fit[2] * (1 + (h0.block_size - 1) * rho), *fit[3:])
@@ -301,12 +301,16 @@ def _shrink(
     return new_alpha, new_beta, new_va, post_var, cov, used
 
 
-def _dispersion(readers: list[TraceReader], h0: TraceHeader, fit: tuple, early: int) -> np.ndarray:
-    """Beta-binomial intra-block correlation per head: Var = n p (1 - p) (1 + (n - 1) rho)."""
+def _dispersion(
+    readers: list[TraceReader], h0: TraceHeader, bin_keys: np.ndarray, bin_surv: np.ndarray, early: int
+) -> np.ndarray:
+    """Beta-binomial intra-block correlation per head: Var = n p (1 - p) (1 + (n - 1) rho), with p the observed
+    survival of the block's distance bin (not the fitted law, so misfit of the law is not read as clustering)."""
     L, H = h0.layers, h0.kv_heads
-    probe = SurvivalFit(fit[0], fit[1], *(np.zeros((L, H)) for _ in range(7)), h0.window, h0.sinks, early, [])
+    p_bin = np.divide(bin_surv, bin_keys, out=np.zeros_like(bin_surv), where=bin_keys > 0)
     num = np.zeros((L, H))
     den = np.zeros((L, H))
+    W = max(h0.window, 1)
     for r in readers:
         for rec in r.iter_steps(topk=False):
             keys, ek, dist = _sparse_geometry(rec, h0, early)
@@ -314,12 +318,18 @@ def _dispersion(readers: list[TraceReader], h0: TraceHeader, fit: tuple, early: 
             m = keys == h0.block_size  # whole blocks only: partial blocks would bias the moment
             if not m.any():
                 continue
-            p = probe.p(dist[m])
+            b = _bin_of(dist[m], W, p_bin.shape[-1])
+            p = np.clip(p_bin[:, :, b], 0.0, 1.0)
             n = keys[m][None, None, :]
             c = rec.survivor_blocks[..., m].astype(np.float64)
             num += ((c - n * p) ** 2 - n * p * (1 - p)).sum(-1)
             den += (n * p * (1 - p) * (n - 1)).sum(-1)
     return np.clip(np.divide(num, den, out=np.zeros((L, H)), where=den > 0), 0.0, 0.95)
+
+
+def _bin_of(dist: np.ndarray, W: int, n_bins: int) -> np.ndarray:
+    x = np.log(dist / W)
+    return np.clip(np.floor(x / np.log(2) * BINS_PER_OCTAVE).astype(int) + 8, 0, n_bins - 1)
 
 
 # ------------------------------------------------------------------------------------------ projecting

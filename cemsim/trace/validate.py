@@ -56,6 +56,8 @@ def compare(projected: Path, real: Path) -> dict[str, Any]:
         "survivors_proj_mean": float(p["survivors"].mean()),
         "total_rel_err": float(p["survivors"].sum() / r["survivors"].sum() - 1),
         "head_abs_rel_err_median": float(np.median(np.abs(rel))),
+        # Survivor-weighted: sum |proj - real| / sum real over heads (heads with few survivors weigh little).
+        "head_weighted_abs_err": float(np.abs(p["survivors"] - r["survivors"]).sum() / r["survivors"].sum()),
         "head_abs_rel_err_p90": float(np.percentile(np.abs(rel), 90)),
         "head_log_corr": float(
             np.corrcoef(np.log1p(p["survivors"]).ravel(), np.log1p(r["survivors"]).ravel())[0, 1]
