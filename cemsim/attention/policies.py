@@ -271,12 +271,15 @@ def _chunk(
         if e > s_n:
             region_rows = np.clip(pos.numpy() - w + 1 - s_n, 0, None).astype(np.float64)
             st.considered += region_rows.sum()
-        return _softmax_out(s_dense, v[:, dense_idx], None, None, None, hkv, group, c, d)
+        return _softmax_out(s_dense, v[:, dense_idx], None, None, hkv, group, c, d)
     jr = torch.arange(s_n, e)
     region = jr[None, :] <= (pos[:, None] - w)  # [c, r]
     region_np = region.numpy()
     region_count = np.count_nonzero(region_np, axis=1).astype(np.float64)
     s_sp = torch.bmm(qg, k[:, s_n:e].transpose(1, 2)).mul_(scaling).view(hkv, group, c, -1)
+    # Rows sampled for top-k recall keep their raw scores: selection masks s_sp in place.
+    recall_rows = torch.nonzero((pos % state.recall_stride == 0) & region.any(1)).flatten()
+    recall_raw = s_sp[:, :, recall_rows].clone()
     kk = min(cfg.k, e - s_n)
     meta = np.zeros(hkv)
     if cfg.kind == "longsight":
@@ -298,49 +301,65 @@ def _chunk(
     else:  # pragma: no cover - dense and window return earlier
         raise AssertionError(cfg.kind)
     surv_count = np.count_nonzero(eligible_np, axis=2).astype(np.float64)  # [hkv, c]
+    eligible = torch.from_numpy(np.ascontiguousarray(eligible_np))[:, None]  # [hkv, 1, c, r]
     if cfg.kind == "quest":
         idx, valid, pages_seen = _quest_select(q, k, region, s_n, e, kk, hkv, group)
         meta[:] = pages_seen * 2 * d * cfg.bytes_per_element
+        # scatter_add, not scatter: a padded (invalid) slot clamped onto a real key must not clear it.
+        sel = torch.zeros(hkv, group, c, e - s_n, dtype=torch.uint8).scatter_add_(-1, idx, valid.to(torch.uint8)) > 0
+        sparse_scores = s_sp.masked_fill_(~sel, float("-inf"))
     else:
-        eligible = torch.from_numpy(np.ascontiguousarray(eligible_np))[:, None]
-        masked = s_sp.masked_fill(~eligible, float("-inf"))
-        if cfg.topk_per == "group":
-            top_v, idx = masked.amax(1, keepdim=True).topk(kk, dim=-1, sorted=False)
-            idx = idx.expand(hkv, group, c, kk)
-            valid = top_v.expand(hkv, group, c, kk) > float("-inf")
-        else:
-            top_v, idx = masked.topk(kk, dim=-1, sorted=False)
-            valid = top_v > float("-inf")
-        del masked
-    # Reads: LongSight scores every survivor; Quest and the oracle read what they pick (the oracle also
-    # every considered key); values are the union of the group's picks, counted on tail rows only.
+        sparse_scores, sel = _topk_mask(s_sp, eligible, surv_count, kk, cfg.topk_per == "group")
+    # Reads: LongSight scores every survivor; the oracle reads every considered key; Quest reads its
+    # pages. Values: the union of the group's picks.
+    union = sel.any(1).sum(-1).double().numpy()  # [hkv, c]
+    if cfg.kind == "longsight":
+        keys = surv_count
+    elif cfg.kind == "oracle-topk":
+        keys = np.broadcast_to(region_count, surv_count.shape)
+    else:
+        keys = union
     st.considered += region_count.sum()
     st.survivors += surv_count.sum(1)
-    tail_rows = np.nonzero(tail_mask)[0]
-    union_tail = np.zeros((hkv, len(tail_rows)))
-    if len(tail_rows):
-        tr = torch.from_numpy(tail_rows)
-        picked = torch.zeros(hkv, group, len(tail_rows), e - s_n, dtype=torch.bool)
-        picked.scatter_(-1, idx[:, :, tr], valid[:, :, tr])
-        union_tail = picked.any(1).sum(-1).double().numpy()
-    if cfg.kind == "longsight":
-        keys_tail = surv_count[:, tail_mask]
-    elif cfg.kind == "oracle-topk":
-        keys_tail = np.broadcast_to(region_count[tail_mask], union_tail.shape)
-    else:
-        keys_tail = union_tail
-    st.keys_read += (surv_count if cfg.kind != "oracle-topk" else np.broadcast_to(region_count, surv_count.shape)).sum(1)
-    st.tail_keys_read += keys_tail.sum(1)
-    st.tail_values_read += union_tail.sum(1)
+    st.keys_read += keys.sum(1)
+    st.values_read += union.sum(1)
     st.meta_bytes += meta
-    if len(tail_rows):
-        st.tail_meta_bytes += meta * len(tail_rows) / c
-    _recall(state, st, s_sp, region, idx, valid, pos, kk)
+    st.tail_keys_read += keys[:, tail_mask].sum(1)
+    st.tail_values_read += union[:, tail_mask].sum(1)
+    if tail_mask.any():
+        st.tail_meta_bytes += meta * tail_mask.sum() / c
+    _recall(st, recall_raw, recall_rows, region, sel, kk)
     if state.observer is not None:
-        _observe(state, layer, torch.from_numpy(np.ascontiguousarray(eligible_np))[:, None], idx, valid,
-                 region_count, pos, s_n, k.shape[1], w)
-    s_sel = torch.gather(s_sp, -1, idx).masked_fill_(~valid, float("-inf"))
-    return _softmax_out(s_dense, v[:, dense_idx], s_sel, v[:, s_n:e], idx, hkv, group, c, d)
+        _observe(state, layer, eligible, sel, region_count, pos, s_n, w)
+    return _softmax_out(s_dense, v[:, dense_idx], sparse_scores, v[:, s_n:e], hkv, group, c, d)
+
+
+def _topk_mask(
+    s_sp: torch.Tensor, eligible: torch.Tensor, surv_count: np.ndarray, kk: int, per_group: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k over eligible keys as a mask: (scores with unselected keys at -inf, selection mask).
+
+    Rows whose eligible count is at most k keep everything, so ``topk`` runs only on rows that need it
+    (after tuning, most rows). A key tied with the k-th score is kept too (exact float ties only)."""
+    hkv, group, c, _ = s_sp.shape
+    masked = s_sp.masked_fill_(~eligible, float("-inf"))  # s_sp is not needed unmasked afterwards
+    need = np.nonzero(surv_count > kk)  # (kv head, row) pairs with more survivors than k
+    if len(need[0]) == 0:
+        return masked, eligible.expand(hkv, group, c, -1)
+    hi, ri = torch.from_numpy(need[0]), torch.from_numpy(need[1])
+    if per_group:
+        gmax = masked.amax(1)  # [hkv, c, r]
+        kth = gmax[hi, ri].topk(kk, dim=-1, sorted=False).values.amin(-1)  # [n]
+        thr = torch.full((hkv, c), float("-inf"))
+        thr[hi, ri] = kth
+        sel = (eligible[:, 0] & (gmax >= thr[..., None]))[:, None].expand(hkv, group, c, -1)
+    else:
+        sub = masked[hi, :, ri]  # [n, group, r]
+        kth = sub.topk(kk, dim=-1, sorted=False).values.amin(-1)  # [n, group]
+        thr = torch.full((hkv, group, c), float("-inf"))
+        thr[hi, :, ri] = kth
+        sel = eligible & (masked >= thr[..., None])
+    return masked.masked_fill_(~sel, float("-inf")), sel
 
 
 def _quest_select(q, k, region, s_n, e, kk, hkv, group):
@@ -368,30 +387,22 @@ def _quest_select(q, k, region, s_n, e, kk, hkv, group):
     return idx, valid, pages_seen
 
 
-def _recall(state, st, s_sp, region, idx, valid, pos, kk) -> None:
-    """Top-k recall against the oracle on every ``recall_stride``-th position (full sparse region)."""
-    rows = torch.nonzero((pos % state.recall_stride == 0) & region.any(1)).flatten()
+def _recall(st, raw, rows, region, sel, kk) -> None:
+    """Top-k recall against the oracle (exact top-k over the whole sparse region) on sampled rows."""
     if rows.numel() == 0 or kk == 0:
         return
-    sub = s_sp[:, :, rows].masked_fill(~region[rows], float("-inf"))
-    top_v, oidx = sub.topk(kk, dim=-1, sorted=False)
+    top_v, oidx = raw.masked_fill(~region[rows], float("-inf")).topk(kk, dim=-1, sorted=False)
     ovalid = top_v > float("-inf")
-    picked = torch.zeros(sub.shape, dtype=torch.bool)
-    picked.scatter_(-1, idx[:, :, rows], valid[:, :, rows])
-    hit = torch.gather(picked, -1, oidx) & ovalid
+    hit = torch.gather(sel[:, :, rows], -1, oidx) & ovalid
     st.recall_hits += float(hit.sum())
     st.recall_total += float(ovalid.sum())
 
 
-def _observe(state, layer, eligible, idx, valid, region_count, pos, s_n, n, w) -> None:
-    hkv, group, c, _ = idx.shape
+def _observe(state, layer, eligible, sel, region_count, pos, s_n, w) -> None:
+    hkv, group, c, _ = sel.shape
     for i in range(c):
+        p = int(pos[i])
         for h in range(hkv):
-            surv = (torch.nonzero(eligible[h, 0, i]).flatten() + s_n).to(torch.int32).numpy()
-            tops = [
-                (idx[h, g, i][valid[h, g, i]] + s_n).sort().values.to(torch.int32).numpy() for g in range(group)
-            ]
-            p = int(pos[i])
             state.observer(
                 DecodeRecord(
                     step=state.step,
@@ -399,32 +410,28 @@ def _observe(state, layer, eligible, idx, valid, region_count, pos, s_n, n, w) -
                     kv_head=h,
                     context=p + 1,
                     considered=int(region_count[i]),
-                    survivors=surv,
-                    topk=tops,
+                    survivors=(torch.nonzero(eligible[h, 0, i]).flatten() + s_n).to(torch.int32).numpy(),
+                    topk=[(torch.nonzero(sel[h, g, i]).flatten() + s_n).to(torch.int32).numpy() for g in range(group)],
                     window=min(w, p + 1),
                     sinks=min(s_n, max(0, p + 1 - w)),
                 )
             )
 
 
-def _softmax_out(s_dense, v_dense, s_sel, v_sparse, idx, hkv, group, c, d) -> torch.Tensor:
-    """One softmax over dense and selected sparse scores, then the weighted sum of values. The sparse
-    weights are scattered into a dense row over the region so the value sum is one batched matmul
-    (gathering k value vectors per query row costs far more memory traffic on a CPU)."""
+def _softmax_out(s_dense, v_dense, s_sparse, v_sparse, hkv, group, c, d) -> torch.Tensor:
+    """One softmax over dense scores and the selected sparse scores (unselected at -inf), then the
+    weighted sum of values: two batched matmuls (gathering k value vectors per query row costs far more
+    memory traffic on a CPU)."""
     nd = s_dense.shape[-1]
     m = s_dense.amax(-1, keepdim=True)
-    if s_sel is not None:
-        m = torch.maximum(m, s_sel.amax(-1, keepdim=True))
+    if s_sparse is not None:
+        m = torch.maximum(m, s_sparse.amax(-1, keepdim=True))
     p_d = (s_dense - m).exp_()
     z = p_d.sum(-1, keepdim=True)
-    if s_sel is not None:
-        p_s = (s_sel - m).exp_()
-        z = z + p_s.sum(-1, keepdim=True)
     out = torch.bmm(p_d.view(hkv, group * c, nd), v_dense)
-    if s_sel is not None:
-        r = v_sparse.shape[1]
-        dense_p = torch.zeros(hkv, group, c, r)
-        dense_p.scatter_add_(-1, idx, p_s)
-        out += torch.bmm(dense_p.view(hkv, group * c, r), v_sparse)
+    if s_sparse is not None:
+        p_s = s_sparse.sub_(m).exp_()  # in place: the sparse scores are not used after this
+        z = z + p_s.sum(-1, keepdim=True)
+        out += torch.bmm(p_s.view(hkv, group * c, -1), v_sparse)
     out = out.view(hkv, group, c, d) / z
     return out.reshape(hkv * group, c, d)
