@@ -281,6 +281,9 @@ def _shrink(
     tau2 = max(float(np.var(beta[ok]) - np.mean(vb[ok])), 1e-6)
     post_var = np.where(ok, 1 / (1 / np.where(ok, vb, 1) + 1 / tau2), tau2 + 1 / w.sum())
     new_beta = np.where(ok, post_var * (beta / np.where(ok, vb, 1) + pooled / tau2), pooled)
+    # Survival that grows with distance (beta < 0: in a short capture, the start of the text can survive
+    # more than the recent past) would run to p = 1 over a 1M context; hold it constant instead.
+    new_beta = np.maximum(new_beta, 0.0)
     new_alpha = alpha.copy()
     new_va = va.copy()
     L, H, _ = keys.shape

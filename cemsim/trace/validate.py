@@ -5,7 +5,8 @@ DReX layout: one 128-key block of a context slice per bank, 1,024 banks (8 chann
 block b of a head lands in bank b mod 1024 (at 8K tokens every block has its own bank). It also compares
 the pooled distribution of survivors per block (p50, p90, p99, max).
 
-    python -m cemsim.trace.validate --sources c1k.parquet c2k.parquet c4k.parquet --real c8k.parquet
+    python -m cemsim.trace.validate --sources c2k.parquet c4k.parquet --real c8k.parquet
+    python -m cemsim.trace.validate --source-sets c2k.parquet c4k.parquet c2k.parquet,c4k.parquet --real c8k.parquet
 """
 
 from __future__ import annotations
@@ -82,15 +83,46 @@ def run(sources: list[Path], real: Path, early_tokens: int = 0, seed: int = 0) -
     return res
 
 
+def table(source_sets: list[list[Path]], real: Path, early_tokens: int = 0) -> str:
+    """A markdown table, one row per set of sources, against one real trace."""
+    head = (
+        "| sources | survivors/head real -> proj | total err | weighted head err | median head err | p90 head err "
+        "| log corr | busiest bank real -> proj (err) | block p50/p90/p99/max real | proj | fit rel s.e. | beta |\n"
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|\n"
+    )
+    rows = []
+    for srcs in source_sets:
+        r = run(srcs, real, early_tokens)
+        rows.append(
+            f"| {' + '.join(p.stem for p in srcs)} | {r['survivors_real_mean']:.1f} -> {r['survivors_proj_mean']:.1f} "
+            f"| {100 * r['total_rel_err']:+.0f}% | {100 * r['head_weighted_abs_err']:.0f}% "
+            f"| {100 * r['head_abs_rel_err_median']:.0f}% | {100 * r['head_abs_rel_err_p90']:.0f}% "
+            f"| {r['head_log_corr']:.2f} | {r['bank_max_real_mean']:.1f} -> {r['bank_max_proj_mean']:.1f} "
+            f"({100 * r['bank_max_abs_rel_err_median']:.0f}%) "
+            f"| {'/'.join(f'{x:.0f}' for x in r['block_pct_real'])} | {'/'.join(f'{x:.0f}' for x in r['block_pct_proj'])} "
+            f"| {100 * r['rel_se_median']:.0f}% | {r['beta_median']:.2f} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sources", nargs="+", type=Path, required=True)
+    ap.add_argument("--sources", nargs="+", type=Path, help="one set of source traces")
+    ap.add_argument(
+        "--source-sets", nargs="+", help="several sets, each comma-separated paths: a table row each"
+    )
     ap.add_argument("--real", type=Path, required=True)
     ap.add_argument("--early-tokens", type=int, default=0)
     args = ap.parse_args()
     import json
 
-    print(json.dumps(run(args.sources, args.real, args.early_tokens), indent=2))
+    if args.source_sets:
+        sets = [[Path(p) for p in s.split(",")] for s in args.source_sets]
+        print(table(sets, args.real, args.early_tokens))
+    elif args.sources:
+        print(json.dumps(run(args.sources, args.real, args.early_tokens), indent=2))
+    else:
+        ap.error("give --sources or --source-sets")
 
 
 if __name__ == "__main__":
