@@ -57,7 +57,7 @@ class StepRecord:
     window: int  # dense-window tokens actually attended at this step
     sinks: int  # sink tokens actually attended at this step
     metadata_bytes: np.ndarray | None = None  # [L, H] extra bytes read (Quest page bounds), else None
-    topk_positions: np.ndarray | None = None  # [L, q_heads_per_group... ] optional, capture-only detail
+    topk_positions: np.ndarray | None = None  # [L, H, group, >= k] int32, -1 padded, sorted per query head; capture only
 
     def check(self, header: TraceHeader) -> None:
         """Raise ValueError when shapes or counts are inconsistent with the header."""
