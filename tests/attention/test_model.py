@@ -26,7 +26,7 @@ def lm():
 
 @pytest.fixture(scope="session")
 def ids(lm):
-    return token_ids(lm.tokenizer, load_text(), 256)
+    return token_ids(lm.tokenizer, load_text(), 192)
 
 
 def test_geometry(lm):
@@ -59,12 +59,12 @@ def test_filtering_changes_perplexity_a_little(lm, ids):
 def test_decode_observer_records(lm, ids):
     recs: list[DecodeRecord] = []
     cfg = PolicyConfig(kind="longsight", window=64, sinks=4, k=8, thresholds=np.full((30, 3), 34))
-    run = run_decode(lm, ids[:200], steps=3, config=cfg, observer=recs.append)
+    run = run_decode(lm, ids[:160], steps=3, config=cfg, observer=recs.append)
     assert len(run.generated) == 4
     assert len(recs) == 3 * 30 * 3
     assert [(r.step, r.layer, r.kv_head) for r in recs[:4]] == [(0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 0)]
     for r in recs:
-        assert r.context == 201 + r.step
+        assert r.context == 161 + r.step
         assert r.considered == r.context - 64 - 4
         assert r.survivors.dtype == np.int32 and len(r.survivors) <= r.considered
         assert len(r.topk) == 3 and all(len(t) <= 8 and set(t) <= set(r.survivors) for t in r.topk)
@@ -94,7 +94,7 @@ def test_eval_and_tune_cli(tmp_path, capsys):
         assert key in out
     assert out["backend"] == "numba" and out["filter_ratio"] > 1 and len(out["filter_ratio_per_head"]) == 30
     th = tmp_path / "th.json"
-    main(["tune", "--tokens", "200", "--window", "48", "--sinks", "4", "--no-itq", "--max-evals", "3",
+    main(["tune", "--tokens", "200", "--window", "48", "--sinks", "4", "--no-itq", "--max-evals", "2",
           "--ppl-budget", "0.05", "--out", str(th)])
     data = json.loads(th.read_text())
     assert np.asarray(data["thresholds"]).shape == (30, 3)
