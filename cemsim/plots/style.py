@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from cemsim.atomic import atomic_path
+from cemsim.sweep.store import ordinary_permissions
 from cemsim.sweep.summary import tokens_label
 
 # Fixed colours for the shipped systems so a system looks the same on every chart; others cycle after.
@@ -76,6 +77,7 @@ def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
         target = Path(out_dir) / f"{stem}.{fmt}"
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format=fmt, bbox_inches="tight")
+            ordinary_permissions(tmp)
         paths.append(target)
     plt.close(fig)
     return paths

@@ -6,6 +6,7 @@ table, written atomically at the end. Analysis (plots) reads these files only.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ from cemsim.errors import CemsimError
 
 RESULTS_FILE = "results.parquet"
 META_KEY = b"cemsim.sweep"  # Parquet key-value metadata: the spec's name, kind, axes and chart options
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_permissions(path: Path) -> None:
+    """Result files are for sharing: 0666 less the umask, not the 0600 of the temporary file they began as."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -49,6 +61,7 @@ class ResultStore:
         table = pa.Table.from_pylist([row])
         with atomic_path(self.point_file(point_id)) as tmp:
             pq.write_table(table, tmp)
+            ordinary_permissions(tmp)
 
     def read_point(self, point_id: str) -> dict[str, Any]:
         rows = pq.read_table(self.point_file(point_id)).to_pylist()
@@ -61,6 +74,7 @@ class ResultStore:
         target = self.out / RESULTS_FILE
         with atomic_path(target) as tmp:
             pq.write_table(table, tmp)
+            ordinary_permissions(tmp)
         return target
 
 
