@@ -54,8 +54,7 @@ def figures(frame: pd.DataFrame, x: str | None = None, y: str | None = None,
             else:
                 nofit[i, j] = True
         fig, ax = plt.subplots(figsize=(1.4 + 1.15 * len(xs), 1.3 + 0.75 * len(ys)))
-        cmap = plt.get_cmap("viridis" if metric.startswith("throughput") else "viridis_r").copy()
-        cmap.set_bad("0.85")
+        cmap = plt.get_cmap("viridis" if metric.startswith("throughput") else "viridis_r").with_extremes(bad="0.85")
         im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap=cmap, aspect="auto")
         finite = grid[np.isfinite(grid)]
         mid = (finite.min() + finite.max()) / 2 if finite.size else 0
