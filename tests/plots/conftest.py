@@ -6,13 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from plot_helpers import REPO, SYSTEMS
 
 from cemsim.sweep.runner import run_sweep
 from cemsim.trace.format import TraceWriter
 from cemsim.trace.synthetic import synthetic_header, synthetic_steps
-
-REPO = Path(__file__).resolve().parent.parent.parent
-SYSTEMS = ["h100", "h100x2", "h100-host-offload", "h100-host-offload-sparse", "h100-sparse-hbm", "h100-drex"]
 
 
 @pytest.fixture(scope="session")

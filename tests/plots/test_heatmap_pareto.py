@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
 from hypothesis import given
 from hypothesis import strategies as st
+from plot_helpers import REPO
 
 from cemsim.plots import heatmap, pareto
 from cemsim.plots.data import load

@@ -6,15 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-EVAL = "roofline_eval:evaluate"
-
-
-def write_spec(path: Path, body: str) -> Path:
-    path.write_text(body)
-    return path
+from sweep_helpers import EVAL, HERE, REPO, write_spec
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_spec
+from sweep_helpers import write_spec
 
 from cemsim.sweep.runner import run_sweep
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import EVAL, REPO, write_spec
+from sweep_helpers import EVAL, REPO, write_spec
 
 from cemsim.sweep.runner import run_sweep
 from cemsim.sweep.store import read_results

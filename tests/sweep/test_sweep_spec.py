@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import EVAL, REPO, write_spec
+from sweep_helpers import EVAL, REPO, write_spec
 
 from cemsim.sweep.expand import expand
 from cemsim.sweep.spec import SpecError, load_spec
