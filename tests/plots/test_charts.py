@@ -3,8 +3,6 @@ it was read from: bar stacks add up to the reported totals, no-fit points are cr
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -106,7 +104,10 @@ def test_plot_results_writes_png_and_svg_from_the_files_only(scaling_results: Pa
     assert not list((tmp_path / "charts").glob(".*tmp"))
 
 
-def test_cli_plot_errors_are_one_paragraph(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cemsim.cli", "plot", str(tmp_path / "none"), "--out",
-                           str(tmp_path / "c")], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "no results file" in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_plot_errors_are_one_paragraph(tmp_path: Path, capsys) -> None:
+    from cemsim.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["plot", str(tmp_path / "none"), "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "no results file" in err and "Traceback" not in err

@@ -3,8 +3,6 @@ invalid configs become rows, not crashes; the pool and the inline path give the 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -68,13 +66,16 @@ axes:
     assert run_sweep(spec, tmp_path / "out", workers=1, progress=False).evaluated == 0
 
 
-def test_cli_bad_spec_exits_1_with_one_paragraph(tmp_path: Path) -> None:
+def test_cli_bad_spec_exits_1_with_one_paragraph(tmp_path: Path, capsys) -> None:
+    from cemsim.cli import main
+
     spec = write_spec(tmp_path / "bad.yaml", f"systems: [{REPO}/hwconfigs/h100.yaml]\naxes:\n  workload.contxt: [1]\n")
-    proc = subprocess.run([sys.executable, "-m", "cemsim.cli", "sweep", str(spec), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert f"{spec}, line 3, field axes.workload.contxt" in proc.stderr.replace("\n", "")
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", str(spec), "--out", str(tmp_path / "o")])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{spec}, line 3, field axes.workload.contxt" in err.replace("\n", "")
 
 
 def test_unknown_evaluate_function_is_a_clear_error(small_spec: Path, tmp_path: Path) -> None:
