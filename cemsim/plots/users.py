@@ -6,9 +6,12 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from cemsim.plots.data import fits, ok_rows, pick_value, require
 from cemsim.plots.style import MARKERS, system_colors, system_order, tokens_label
+
+PLAIN = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 10 else f"{v:g}")  # 600, not 6x10^2
 
 
 def figures(frame: pd.DataFrame, context: int | str | None = None, slo_ms: float = 100.0,
@@ -40,6 +43,8 @@ def figures(frame: pd.DataFrame, context: int | str | None = None, slo_ms: float
         for ax in (ax_t, ax_l):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(PLAIN)
+            ax.yaxis.set_minor_formatter(PLAIN)
             ax.set_xlabel("concurrent users (batch)")
             ticks = sorted(sub["batch"].unique())
             ax.set_xticks(ticks)
