@@ -14,7 +14,8 @@ console = Console(stderr=True)
 
 
 def plot(
-    results: Annotated[list[Path], typer.Argument(help="results.parquet files or sweep output folders.")],
+    results: Annotated[list[Path], typer.Argument(help="results.parquet files, sweep output folders, or .json/.jsonl "
+                                                "files of `cemsim eval --json` rows.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the charts (PNG and SVG).")],
     chart: Annotated[list[str] | None, typer.Option("--chart", "-c", help="Only these charts (repeatable): "
                      "context_scaling, energy, time_breakdown, users, heatmap, pareto.")] = None,

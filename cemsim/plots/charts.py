@@ -46,7 +46,7 @@ def plot_results(results: list[Path], out: Path, only: list[str] | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for path in results:
-        frame, metas = load([path])
+        frame, metas = load([path])  # a sweep's results.parquet, or JSON rows of `cemsim eval --json`
         requests = metas[0].get("plots") or inferred(frame)
         if only:
             requests = [r for r in requests if r["chart"] in only] or [{"chart": n} for n in only]

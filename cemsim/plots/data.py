@@ -3,18 +3,34 @@ sweep metadata of each; helpers to pick the columns a chart needs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cemsim.errors import CemsimError
-from cemsim.sweep.store import read_results
+from cemsim.sweep.store import flatten, read_results
+
+
+def read_json_rows(path: Path) -> pd.DataFrame:
+    """Rows printed by `cemsim eval --json` / `cemsim run --json` (one JSON object per line, or one per file)."""
+    try:
+        text = path.read_text()
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise CemsimError(f"{path}: not a file of JSON rows from `cemsim eval --json` or `cemsim run --json` "
+                          f"({exc})") from None
+    return pd.DataFrame([{"status": "ok", **flatten(r)} for r in rows])
 
 
 def load(paths: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     frames, metas = [], []
     for p in paths:
+        if Path(p).suffix in (".json", ".jsonl"):
+            frames.append(read_json_rows(Path(p)))
+            metas.append({})
+            continue
         frame, meta = read_results(p)
         frames.append(frame)
         metas.append(meta)

@@ -29,7 +29,7 @@ def figures(frame: pd.DataFrame, x: str = "filter_ratio", y: str = "ppl_increase
     require(frame, [x, y], "pareto")
     data = ok_rows(frame).dropna(subset=[x, y])
     if group is None:
-        group = next((c for c in ("model", "system", "param.workload.attention.itq") if c in data
+        group = next((c for c in ("param.itq", "itq", "model", "param.workload.attention.itq") if c in data
                       and data[c].nunique() > 1), None)
     groups = list(data.groupby(group)) if group else [("all settings", data)]
     scale = 100.0 if y_percent else 1.0
@@ -43,10 +43,11 @@ def figures(frame: pd.DataFrame, x: str = "filter_ratio", y: str = "ppl_increase
         front = pareto_front(xs, ys)
         ax.plot(xs[front], ys[front], color=color, lw=1.8, marker=MARKERS[k % len(MARKERS)], ms=5,
                 label=f"{label}: Pareto front")
-        if "param.workload.attention.threshold" in sub:
+        tcol = next((c for c in ("param.threshold", "param.workload.attention.threshold") if c in sub), None)
+        if tcol is not None:
             for i in front:
-                ax.annotate(f"T={sub['param.workload.attention.threshold'].iloc[i]:g}", (xs[i], ys[i]),
-                            textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+                ax.annotate(f"T={sub[tcol].iloc[i]:g}", (xs[i], ys[i]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color=color)
     ax.axhline(budget * scale, color="black", ls="--", lw=1.1, label=f"budget {budget * scale:g}%")
     ax.set_xscale("log")
     ax.set_xlabel("filter ratio (keys considered / keys surviving, log)")

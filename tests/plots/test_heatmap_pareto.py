@@ -77,3 +77,20 @@ def test_pareto_chart_from_eval_rows(tmp_path: Path) -> None:
     np.testing.assert_allclose(fronts["itq=True: Pareto front"].get_xdata(), [1.0, 12.0, 30.0])
     np.testing.assert_allclose(fronts["itq=True: Pareto front"].get_ydata(), [0.0, 2.0, 6.0])  # percent
     assert any(line.get_ydata()[0] == pytest.approx(5.0) for line in ax.get_lines() if line.get_linestyle() == "--")
+
+
+def test_pareto_from_eval_json_rows(tmp_path: Path) -> None:
+    """`cemsim eval --json > run.jsonl` rows are results files too: the chart reads them directly."""
+    import json
+
+    from cemsim.plots.charts import plot_results
+
+    rows = [{"model": "smollm2-135m", "policy": "longsight", "itq": itq, "filter_ratio": fr, "ppl_increase": dp,
+             "bytes_breakdown": {"keys": 1.0}} for itq, fr, dp in [(True, 1.0, 0.0), (True, 20.0, 0.04),
+                                                                   (False, 1.0, 0.0), (False, 6.0, 0.05)]]
+    path = tmp_path / "evals.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    written = plot_results([path], tmp_path / "charts")
+    assert [p.name for p in written] == ["pareto_accuracy_filter_ratio.png", "pareto_accuracy_filter_ratio.svg"]
+    svg = written[1].read_text()
+    assert "itq=True: Pareto front" in svg and "budget 5%" in svg
