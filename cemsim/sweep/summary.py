@@ -19,7 +19,7 @@ def tokens_label(n: float) -> str:
     return f"{n:,}"
 
 
-def _header(name: str, width: int = 11) -> str:
+def _header(name: str, width: int = 8) -> str:
     """Break a long system name at its hyphens so narrow terminals show it whole."""
     lines, line = [], ""
     for part in name.split("-"):

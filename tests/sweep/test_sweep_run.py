@@ -83,3 +83,21 @@ def test_unknown_evaluate_function_is_a_clear_error(small_spec: Path, tmp_path: 
 
     with pytest.raises(CemsimError, match="cannot import module 'no_such_module'"):
         run_sweep(small_spec, tmp_path / "o", workers=2, progress=False, evaluate="no_such_module:f")
+
+
+def test_summary_pivots_latency_by_context_and_system(small_spec: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from cemsim.sweep.summary import summary_tables
+
+    report = run_sweep(small_spec, tmp_path / "out", workers=1, progress=False)
+    latency, throughput = summary_tables(report.frame)
+    console = Console(width=80, record=True)
+    console.print(latency)
+    text = console.export_text()
+    assert "Per-token latency (ms), batch 1" in text and "1M" in text and "256K" in text
+    h100_1m = report.frame.query("system == 'h100' and batch == 1 and context_tokens == 1048576").iloc[0]
+    assert not h100_1m["fits"] and "no fit" in text
+    drex_4k = report.frame.query("system == 'h100-drex' and batch == 1 and context_tokens == 4096").iloc[0]
+    assert f"{drex_4k['latency_per_token_s'] * 1e3:.2f}" in text
+    assert "batch 8" in throughput.title
