@@ -95,7 +95,7 @@ def test_summary_pivots_latency_by_context_and_system(small_spec: Path, tmp_path
     console = Console(width=80, record=True)
     console.print(latency)
     text = console.export_text()
-    assert "Per-token latency (ms), batch 1" in text and "1M" in text and "256K" in text
+    assert latency.title == "Per-token latency (ms), batch 1" and "1M" in text and "256K" in text
     h100_1m = report.frame.query("system == 'h100' and batch == 1 and context_tokens == 1048576").iloc[0]
     assert not h100_1m["fits"] and "no fit" in text
     drex_4k = report.frame.query("system == 'h100-drex' and batch == 1 and context_tokens == 4096").iloc[0]
