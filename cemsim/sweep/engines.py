@@ -2,6 +2,8 @@
 
 local: a process pool (forkserver, so workers start clean even while the progress bar's thread runs).
 ray:   tasks on an existing Ray cluster (``address``) or on a Ray started for this run and shut down after.
+       A remote cluster's workers need cemsim installed (and the trace at the same path); results come back
+       to this process, which alone writes the results store.
 Both call worker.run_task, so a point gives the same row whichever engine ran it.
 """
 

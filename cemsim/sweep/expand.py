@@ -186,9 +186,9 @@ def expand(spec: SweepSpec, trace_override: str | None = None) -> list[Point]:
 
 def _expand(spec: SweepSpec, trace_override: str | None) -> list[Point]:
     combos = _combinations(spec)
-    bases = [str(p) for p in spec.systems] or [""]
+    bases = [str(p) for p in spec.systems] or [""]  # "": a `kind: eval` spec without base systems
     dumps = []
-    for base in bases[: len(spec.systems)]:
+    for base in map(str, spec.systems):
         try:
             dumps.append(load_system(base).system.model_dump(mode="json"))
         except ConfigError as exc:

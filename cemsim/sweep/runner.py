@@ -3,6 +3,7 @@ a progress bar, store each result as it arrives, then write the combined results
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from rich.progress import (
 from cemsim import __version__
 from cemsim.sweep.engines import run_engine
 from cemsim.sweep.expand import Point, expand
-from cemsim.sweep.spec import SweepSpec, load_spec
+from cemsim.sweep.spec import DEFAULT_EVALUATE, SweepSpec, load_spec
 from cemsim.sweep.store import ResultStore, flatten
 from cemsim.sweep.worker import Outcome
 
@@ -87,13 +88,16 @@ def run_sweep(spec_path: str | Path, out: str | Path, *, engine: str = "local", 
     console = console or Console(stderr=True)
     spec = load_spec(spec_path)
     if evaluate:
-        spec = SweepSpec(**{**spec.__dict__, "evaluate": evaluate})
+        spec = dataclasses.replace(spec, evaluate=evaluate)
     store = ResultStore(out)
     with _progress(console, progress, transient=True) as bar:
         expanding = bar.add_task("expanding", total=None, note="")
         points = expand(spec, trace_override=trace)
         bar.remove_task(expanding)
     valid = [p for p in points if p.valid]
+    if spec.evaluate == DEFAULT_EVALUATE["run"] and any(p.trace is None for p in valid):
+        raise spec.error(("trace",), "the simulator replays a trace: give 'trace:' in the spec (a file, or a "
+                         "template with {context}) or --trace on the command line")
     unique: dict[str, Point] = {}
     for p in valid:  # two axis values that resolve to the same config are one point
         unique.setdefault(p.point_id, p)  # type: ignore[arg-type]

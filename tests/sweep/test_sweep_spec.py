@@ -138,3 +138,11 @@ axes:
     # the evaluator's options are part of a point's identity
     other = load_spec(write_spec(tmp_path / "e2.yaml", (tmp_path / "e.yaml").read_text().replace("2048", "4096")))
     assert expand(other)[0].point_id != points[0].point_id
+
+
+def test_simulator_sweep_without_a_trace_is_a_spec_error(tmp_path: Path) -> None:
+    from cemsim.sweep.runner import run_sweep
+
+    spec = write_spec(tmp_path / "s.yaml", f"systems: [{H100}]\naxes:\n  workload.batch: [1, 2]\n")
+    with pytest.raises(SpecError, match="--trace"):
+        run_sweep(spec, tmp_path / "out", progress=False)
