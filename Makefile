@@ -19,8 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cemsim config check hwconfigs/*.yaml
-	@for f in hwconfigs/*.yaml; do $(BIN)/cemsim config show $$f; done
+	$(BIN)/cemsim demo --out results/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check cemsim tests benchmarks

@@ -34,18 +34,22 @@ def _root(
 
 
 def _register() -> None:
-    # One line per subcommand module; each module exposes `register(app)`.
-    from cemsim.commands import config_cmd
+    # One module per subcommand group; each exposes `register(app)`. Imports stay light: heavy libraries
+    # (torch, simpy, matplotlib) load inside the commands, so `cemsim --help` is quick.
+    from cemsim.commands import (
+        capture_cmd,
+        config_cmd,
+        demo_cmd,
+        eval_cmd,
+        plot_cmd,
+        run_cmd,
+        sweep_cmd,
+        trace_cmd,
+        tune_cmd,
+    )
 
-    config_cmd.register(app)
-    __import__("cemsim.commands.sweep_cmd", fromlist=["register"]).register(app)
-    __import__("cemsim.commands.demo_cmd", fromlist=["register"]).register(app)
-    __import__("cemsim.commands.plot_cmd", fromlist=["register"]).register(app)
-    __import__("cemsim.commands.trace_cmd", fromlist=["register"]).register(app)
-    __import__("cemsim.commands.capture_cmd", fromlist=["register"]).register(app)
-    __import__("cemsim.commands.run_cmd", fromlist=["register"]).register(app)
-    __import__("cemsim.commands.eval_cmd", fromlist=["register"]).register(app)
-    __import__("cemsim.commands.tune_cmd", fromlist=["register"]).register(app)
+    for module in (demo_cmd, config_cmd, capture_cmd, trace_cmd, run_cmd, eval_cmd, tune_cmd, sweep_cmd, plot_cmd):
+        module.register(app)
 
 
 _register()

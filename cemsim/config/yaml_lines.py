@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,27 @@ class YamlSyntaxError(ValueError):
         super().__init__(message)
 
 
+_PARSED: dict[tuple[str, int, int], tuple[Any, dict[Path_, Where]]] = {}
+_PARSED_MAX = 256
+
+
 def load_with_lines(path: Path) -> tuple[Any, dict[Path_, Where]]:
-    """Parse ``path``; return the plain data and a map from key path to (file, line)."""
+    """Parse ``path``; return the plain data and a map from key path to (file, line).
+
+    Parses are memoised by (file, mtime, size): a sweep loads the same system and preset files once per
+    point, and pure-Python YAML parsing was 90% of expanding one. Callers get a deep copy, since the loader
+    merges into what it reads."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _PARSED:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = _parse(path)
+    return copy.deepcopy(_PARSED[key])
+
+
+def _parse(path: Path) -> tuple[Any, dict[Path_, Where]]:
     text = path.read_text()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)

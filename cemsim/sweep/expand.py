@@ -7,20 +7,16 @@ as an invalid point with the loader's message, reported in the results and never
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import difflib
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from cemsim import __version__
-from cemsim.config import loader as _loader
 from cemsim.config.loader import ConfigError, load_system
 from cemsim.config.system import SystemConfig
 from cemsim.sweep.spec import TRACE_AXIS, SweepSpec
@@ -157,34 +153,8 @@ def _trace_for(spec: SweepSpec, template: str | None, system: SystemConfig | Non
     return str((Path.cwd() / p).resolve())
 
 
-@contextlib.contextmanager
-def _parsed_yaml_cache() -> Iterator[None]:
-    """Parse each YAML file (system, presets) once per expansion instead of once per point: pure-Python
-    YAML parsing was 90% of expanding a 162-point sweep. The loader mutates what it reads, so every call
-    gets a deep copy (about 20x cheaper than parsing again)."""
-    original = _loader.load_with_lines
-    parsed: dict[tuple[str, int], Any] = {}
-
-    def cached(path: Path):
-        key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns)
-        if key not in parsed:
-            parsed[key] = original(path)
-        return copy.deepcopy(parsed[key])
-
-    _loader.load_with_lines = cached
-    try:
-        yield
-    finally:
-        _loader.load_with_lines = original
-
-
 def expand(spec: SweepSpec, trace_override: str | None = None) -> list[Point]:
     """All points of the spec, valid and invalid, in a stable order."""
-    with _parsed_yaml_cache():
-        return _expand(spec, trace_override)
-
-
-def _expand(spec: SweepSpec, trace_override: str | None) -> list[Point]:
     combos = _combinations(spec)
     bases = [str(p) for p in spec.systems] or [""]  # "": a `kind: eval` spec without base systems
     dumps = []
