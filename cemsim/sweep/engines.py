@@ -82,13 +82,14 @@ def run_ray(tasks: list[PointTask], evaluate: str, workers: int | None, address:
     except ImportError:
         raise CemsimError("the Ray engine needs the optional extra: pip install 'cemsim[ray]'") from None
     resolve_callable(evaluate)
+    # Workers see the driver's import path, so evaluate functions outside the package work (on a cluster
+    # whose nodes share this file system; other clusters need the package installed on every node).
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
     if address:
-        ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, ignore_reinit_error=True)
     else:
-        # Workers of a local Ray see the driver's import path, so evaluate functions outside the package work.
-        env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         ray.init(num_cpus=workers or default_workers(), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env}, ignore_reinit_error=True)
+                 runtime_env=runtime_env, ignore_reinit_error=True)
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
         refs = [remote.remote(evaluate, t) for t in tasks]
