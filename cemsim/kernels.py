@@ -81,7 +81,9 @@ class FilterResult:
 # --------------------------------------------------------------------------- numpy reference
 
 
-def _filter_numpy(q: np.ndarray, k: np.ndarray, d: int, t: int, want: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _filter_numpy(
+    q: np.ndarray, k: np.ndarray, d: int, t: int, want: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     x = q[:, :, None, :] ^ k[None, None, :, :]  # [R, G, N, W]
     m = (d - np.bitwise_count(x).sum(-1, dtype=np.int32)).astype(np.uint8)
     surv = (m >= t).any(axis=1)
@@ -171,13 +173,50 @@ def _filter_numba_kernel(q, k, d, t, matches, surv, want):
                 surv[r, n] = best <= limit
 
 
-def _filter_numba(q: np.ndarray, k: np.ndarray, d: int, t: int, want: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _filter_numba(
+    q: np.ndarray, k: np.ndarray, d: int, t: int, want: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     r, g, _ = q.shape
     n = k.shape[0]
     surv = np.empty((r, n), dtype=np.bool_)
     matches = np.empty((r, g, n) if want else (1, 1, 1), dtype=np.uint8)
     _filter_numba_kernel(q, k, np.int64(d), np.int64(t), matches, surv, want)
     return surv, (matches if want else None)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _survivor_lists_kernel(q, k, d, thresholds, start, limits, counts, idx):
+    # q [H, R, G, W], k [H, N, W]; row r of head h considers keys start .. start + limits[r] - 1 and writes
+    # the first cap survivors (relative to start, ascending) into idx[h, r]; counts[h, r] counts them all.
+    h_n, r_n, g_n, w_n = q.shape
+    cap = idx.shape[2]
+    for task in numba.prange(h_n * r_n):
+        h = task // r_n
+        r = task % r_n
+        lim = d - thresholds[h]
+        hi = min(limits[r], k.shape[1] - start)
+        cnt = 0
+        for j in range(hi):
+            ok = False
+            if w_n == 1:
+                k0 = k[h, start + j, 0]
+                for g in range(g_n):
+                    if _popcount64(q[h, r, g, 0] ^ k0) <= lim:
+                        ok = True
+                        break
+            else:
+                for g in range(g_n):
+                    pc = 0
+                    for w in range(w_n):
+                        pc += _popcount64(q[h, r, g, w] ^ k[h, start + j, w])
+                    if pc <= lim:
+                        ok = True
+                        break
+            if ok:
+                if cnt < cap:
+                    idx[h, r, cnt] = j
+                cnt += 1
+        counts[h, r] = cnt
 
 
 # --------------------------------------------------------------------------- cupy
@@ -190,7 +229,9 @@ def _cupy_kernel():
     return cp.RawModule(code=src, options=("-std=c++17",)).get_function("scf_filter")
 
 
-def _filter_cupy(q: np.ndarray, k: np.ndarray, d: int, t: int, want: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _filter_cupy(
+    q: np.ndarray, k: np.ndarray, d: int, t: int, want: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     cp = _cupy()
     r, g, w = q.shape
     n = k.shape[0]
@@ -203,11 +244,66 @@ def _filter_cupy(q: np.ndarray, k: np.ndarray, d: int, t: int, want: bool) -> tu
     blocks = (total + threads - 1) // threads
     m_ptr = m_d if want else np.uint64(0)  # a null pointer when matches are not wanted
     _cupy_kernel()(
-        (blocks,), (threads,),
-        (q_d, k_d, np.int32(r), np.int32(g), np.int64(n), np.int32(w), np.int32(d), np.int32(t), m_ptr, surv_d),
+        (blocks,),
+        (threads,),
+        (
+            q_d,
+            k_d,
+            np.int32(r),
+            np.int32(g),
+            np.int64(n),
+            np.int32(w),
+            np.int32(d),
+            np.int32(t),
+            m_ptr,
+            surv_d,
+        ),
     )
     surv = cp.asnumpy(surv_d).astype(bool)
     return surv, (cp.asnumpy(m_d) if want else None)
+
+
+def scf_filter_device(q_signs, k_signs, head_dim: int, threshold: int):
+    """SCF on tensors that already live on a CUDA device (no host copy): ``q_signs [R, G, W]`` and
+    ``k_signs [N, W]`` packed signs as torch int64 (same bits as uint64, see
+    :func:`cemsim.attention.signs.pack_signs_torch`); returns the survivor mask as a torch bool ``[R, N]`` on
+    the same device. Runs the CuPy kernel on torch's current stream; torch <-> CuPy through DLPack."""
+    import torch
+
+    cp = _cupy()
+    if cp is None:
+        raise CemsimError("scf_filter_device needs CuPy and a CUDA device")
+    q = q_signs.contiguous()
+    k = k_signs.contiguous()
+    r, g, w = q.shape
+    n = k.shape[0]
+    if not 1 <= g <= MAX_GROUP or k.shape[1] != w or head_dim != 64 * w:
+        raise CemsimError(
+            f"bad packed-sign shapes: queries {tuple(q.shape)}, keys {tuple(k.shape)}, D {head_dim}"
+        )
+    surv = torch.empty((r, n), dtype=torch.uint8, device=q.device)
+    if r * n == 0:
+        return surv.bool()
+    threads = 256
+    blocks = (r * n + threads - 1) // threads
+    with cp.cuda.ExternalStream(torch.cuda.current_stream(q.device).cuda_stream):
+        _cupy_kernel()(
+            (blocks,),
+            (threads,),
+            (
+                cp.from_dlpack(q).view(cp.uint64),
+                cp.from_dlpack(k).view(cp.uint64),
+                np.int32(r),
+                np.int32(g),
+                np.int64(n),
+                np.int32(w),
+                np.int32(head_dim),
+                np.int32(threshold),
+                np.uint64(0),
+                cp.from_dlpack(surv),
+            ),
+        )
+    return surv.bool()
 
 
 _IMPLS = {"numpy": _filter_numpy, "numba": _filter_numba, "cupy": _filter_cupy}
@@ -265,9 +361,73 @@ def scf_filter(
     q = np.asarray(q_signs)
     if q.ndim != 2:
         raise CemsimError(f"queries must be [G, W] packed signs, got shape {q.shape}")
-    res = scf_filter_rows(q[None], k_signs, head_dim, threshold, backend=backend, return_matches=return_matches)
+    res = scf_filter_rows(
+        q[None], k_signs, head_dim, threshold, backend=backend, return_matches=return_matches
+    )
     return FilterResult(
         survivors=res.survivors[0],
         matches=None if res.matches is None else res.matches[0],
         backend=res.backend,
     )
+
+
+@dataclass(frozen=True)
+class SurvivorLists:
+    """Survivors per (KV head, row) as padded index lists: ``idx[h, r, :min(counts[h, r], cap)]`` are the
+    surviving key indices relative to ``start``, ascending; the rest of each row is undefined.
+    ``overflow`` is True when some row has more than ``cap`` survivors (its list is then cut short)."""
+
+    counts: np.ndarray  # int64 [H, R]
+    idx: np.ndarray  # int32 [H, R, cap]
+    overflow: bool
+    backend: str
+
+
+def scf_survivor_lists(
+    q_signs: np.ndarray,
+    k_signs: np.ndarray,
+    head_dim: int,
+    thresholds: np.ndarray,
+    limits: np.ndarray,
+    *,
+    start: int = 0,
+    cap: int,
+    backend: Backend | str = "numba",
+) -> SurvivorLists:
+    """SCF for H KV heads at once, returning survivor *lists* instead of an ``[R, N]`` mask.
+
+    ``q_signs [H, R, G, W]``, ``k_signs [H, N, W]``, ``thresholds [H]`` (keep when matches >= T),
+    ``limits [R]``: row r considers keys ``start .. start + limits[r] - 1`` (a causal region per row). Cost
+    and output scale with the keys considered and the survivors, not with R x N. Backends: ``numba`` (CPU)
+    and ``numpy`` (the reference: the mask of :func:`scf_filter_rows`, then ``np.nonzero``)."""
+    q = np.ascontiguousarray(q_signs)
+    k = np.ascontiguousarray(k_signs)
+    th = np.asarray(thresholds, dtype=np.int64).reshape(-1)
+    lim = np.ascontiguousarray(np.minimum(np.asarray(limits, dtype=np.int64), k.shape[1] - start))
+    if q.ndim != 4 or k.ndim != 3 or q.shape[0] != k.shape[0] or th.shape[0] != q.shape[0]:
+        raise CemsimError(
+            f"need queries [H, R, G, W], keys [H, N, W], thresholds [H]; got {q.shape}, {k.shape}, {th.shape}"
+        )
+    if lim.shape != (q.shape[1],) or not 0 <= start <= k.shape[1] or cap < 1:
+        raise CemsimError(
+            f"bad limits {lim.shape} / start {start} / cap {cap} for queries {q.shape} and keys {k.shape}"
+        )
+    for h in range(q.shape[0]):
+        _check(q[h], k[h], head_dim, int(th[h]))
+    hn, rn = q.shape[:2]
+    counts = np.zeros((hn, rn), dtype=np.int64)
+    idx = np.empty((hn, rn, cap), dtype=np.int32)
+    if backend == "numba":
+        _survivor_lists_kernel(q, k, np.int64(head_dim), th, np.int64(start), lim, counts, idx)
+    elif backend == "numpy":
+        hi = int(lim.max(initial=0))
+        for h in range(hn):
+            surv, _ = _filter_numpy(q[h], k[h, start : start + hi], int(head_dim), int(th[h]), False)
+            surv &= np.arange(hi)[None, :] < lim[:, None]
+            counts[h] = surv.sum(1)
+            for r in range(rn):
+                j = np.nonzero(surv[r])[0][:cap]
+                idx[h, r, : len(j)] = j
+    else:
+        raise CemsimError(f"survivor lists run on backends numba and numpy, not {backend!r}")
+    return SurvivorLists(counts=counts, idx=idx, overflow=bool(counts.max(initial=0) > cap), backend=backend)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from cemsim import kernels
-from cemsim.attention.signs import pack_signs
+from cemsim.attention.signs import pack_signs, pack_signs_torch
 from cemsim.errors import CemsimError
 
 PolicyKind = Literal["dense", "longsight", "window", "oracle-topk", "quest"]
@@ -66,7 +66,9 @@ class PolicyConfig:
         if self.kind not in POLICIES:
             raise CemsimError(f"unknown policy {self.kind!r}; valid: {', '.join(POLICIES)}", where="--policy")
         if self.window < 1 or self.sinks < 0 or self.k < 0:
-            raise CemsimError(f"need window >= 1, sinks >= 0, k >= 0; got W={self.window} S={self.sinks} k={self.k}")
+            raise CemsimError(
+                f"need window >= 1, sinks >= 0, k >= 0; got W={self.window} S={self.sinks} k={self.k}"
+            )
         if self.topk_per not in ("head", "group"):
             raise CemsimError(f"topk_per must be 'head' or 'group', got {self.topk_per!r}")
         self.backend = kernels.resolve_backend(self.backend)
@@ -121,12 +123,18 @@ class DecodeRecord:
 
 @dataclass
 class AttentionState:
-    """Per-run state passed to the model as the ``cemsim_state`` keyword; no globals."""
+    """Per-run state passed to the model as the ``cemsim_state`` keyword; no globals.
+
+    ``sparse_path`` picks how LongSight scores its sparse region: ``"gather"`` computes dot products for SCF
+    survivors only (padded survivor lists), ``"full"`` the whole region's QK^T then masks, ``"auto"``
+    gathers unless some row of a query chunk has more than ``gather_cap(region)`` survivors (low thresholds),
+    then falls back to the full product. Both give the same outputs (up to float rounding) and stats."""
 
     config: PolicyConfig
     num_layers: int
     num_kv_heads: int
     chunk_elems: int = 1 << 25  # score-matrix elements per query chunk (128 MB of fp32)
+    max_chunk_rows: int = 256  # the dense band costs (rows + W) keys per row: small chunks waste less
     recall_stride: int = 16  # every n-th query position also computes the oracle top-k for recall
     tail: int = 256
     total_positions: int | None = None  # prefill length; positions >= total - tail count as tail
@@ -134,10 +142,15 @@ class AttentionState:
     on_layer: object | None = None  # callable(layer) after each layer (progress displays)
     step: int = 0
     capture: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # layer -> (q, k) when capturing
+    sparse_path: Literal["auto", "gather", "full"] = "auto"
+    gather_fraction: float = 0.2  # auto: gather while every row's survivors <= this share of the region
     stats: list[LayerStats] = field(default_factory=list)
-    _signs: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> packed key signs [Hkv, n, W]
+    # layer -> packed key signs [Hkv, n, W]: numpy uint64 on the host, or torch int64 on k's CUDA device
+    _signs: dict[int, np.ndarray | torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.sparse_path not in ("auto", "gather", "full"):
+            raise CemsimError(f"sparse_path must be auto, gather or full, got {self.sparse_path!r}")
         self.reset()
 
     def reset(self) -> None:
@@ -145,41 +158,65 @@ class AttentionState:
         self._signs = {}
         self.step = 0
 
-    def key_signs(self, layer: int, k_rot: torch.Tensor) -> np.ndarray:
-        """Packed signs of all N keys of a layer, extending the cached prefix (keys never change)."""
-        n = k_rot.shape[1]
+    def gather_cap(self, region: int) -> int:
+        """Most survivors per row the gather path takes before ``auto`` falls back to the full product."""
+        if self.sparse_path == "gather":
+            return max(1, region)
+        return max(1, self.config.k, int(region * self.gather_fraction))
+
+    def key_signs(self, layer: int, k: torch.Tensor, rot: np.ndarray | None, on_device: bool = False):
+        """Packed signs of all N keys ``k [Hkv, N, D]`` of a layer after rotation, extending the cached
+        prefix (keys never change): only new keys are rotated and packed, so a decode step costs O(1) keys,
+        not O(context). ``on_device``: torch int64 signs on k's device (CUDA), else numpy uint64."""
+        n = k.shape[1]
         have = self._signs.get(layer)
+        hkv = k.shape[0]
         if have is not None and have.shape[1] <= n:
             if have.shape[1] == n:
                 return have
-            new = pack_signs(k_rot[:, have.shape[1] :])
-            out = np.concatenate([have, new], axis=1)
+            new = _pack(_rotate(k[:, have.shape[1] :], rot, hkv, 1), on_device)
+            out = torch.cat([have, new], dim=1) if on_device else np.concatenate([have, new], axis=1)
         else:
-            out = pack_signs(k_rot)
+            out = _pack(_rotate(k, rot, hkv, 1), on_device)
         self._signs[layer] = out
         return out
+
+
+def _pack(x: torch.Tensor, on_device: bool):
+    return pack_signs_torch(x) if on_device else pack_signs(x)
 
 
 def _rotate(x: torch.Tensor, rot: np.ndarray | None, hkv: int, group: int) -> torch.Tensor:
     """x [H, T, D] with H = hkv * group heads; each KV head's rotation applies to its group."""
     if rot is None:
         return x
-    r = torch.from_numpy(rot).to(x.dtype)  # [Hkv, D, D]
+    r = torch.from_numpy(rot).to(device=x.device, dtype=x.dtype)  # [Hkv, D, D]
     if group > 1:
         r = r.repeat_interleave(group, dim=0)
     return torch.bmm(x, r)
 
 
-def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, q_offset: int) -> torch.Tensor:
+def dense_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, q_offset: int
+) -> torch.Tensor:
     """Exact causal attention for queries at ``q_offset..`` (SDPA); q [Hq, Tq, D], k/v [Hkv, N, D]."""
     tq, n = q.shape[1], k.shape[1]
     mask = None
-    if tq > 1:
-        pos = torch.arange(q_offset, q_offset + tq)[:, None]
-        mask = torch.arange(n)[None, :] <= pos
+    causal = (
+        tq > 1 and tq == n
+    )  # the whole sequence: SDPA's own causal mode (skips blocks above the diagonal)
+    if tq > 1 and not causal:
+        pos = torch.arange(q_offset, q_offset + tq, device=q.device)[:, None]
+        mask = torch.arange(n, device=q.device)[None, :] <= pos
     return torch.nn.functional.scaled_dot_product_attention(
-        q[None], k[None], v[None], attn_mask=mask, scale=scaling, enable_gqa=True
+        q[None], k[None], v[None], attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True
     )[0]
+
+
+def _on_device(q: torch.Tensor, cfg: PolicyConfig) -> bool:
+    """SCF runs on the GPU (CuPy kernel, signs as torch tensors) when the tensors are on CUDA and the
+    backend is cupy; otherwise signs and filter stay on the host (Numba / NumPy), as on CPU."""
+    return q.device.type == "cuda" and cfg.backend == "cupy"
 
 
 def hybrid_attention(
@@ -193,7 +230,7 @@ def hybrid_attention(
     state: AttentionState,
 ) -> torch.Tensor:
     """Attention of queries ``q [Hq, Tq, D]`` at positions ``q_offset + i`` over ``k, v [Hkv, N, D]`` under
-    ``state.config``; returns ``[Hq, Tq, D]`` in fp32 and adds to ``state.stats[layer]``."""
+    ``state.config``; returns ``[Hq, Tq, D]`` in fp32 on q's device and adds to ``state.stats[layer]``."""
     cfg = state.config
     if cfg.kind == "dense":
         _count_dense(q, k, q_offset, state, layer)
@@ -202,12 +239,13 @@ def hybrid_attention(
     hkv, n, _ = k.shape
     group = hq // hkv
     rot = None if cfg.rotations is None else cfg.rotations[layer]
-    ksig = None
+    ksig = qsig_all = None
     if cfg.kind == "longsight":
-        ksig = state.key_signs(layer, _rotate(k, rot, hkv, 1))
-    qsig_all = pack_signs(_rotate(q, rot, hkv, group)) if cfg.kind == "longsight" else None
-    chunk = max(1, min(tq, state.chunk_elems // max(1, hq * n)))
-    out = torch.empty(hq, tq, d, dtype=torch.float32)
+        dev = _on_device(q, cfg)
+        ksig = state.key_signs(layer, k, rot, dev)
+        qsig_all = _pack(_rotate(q, rot, hkv, group), dev)
+    chunk = max(1, min(tq, state.chunk_elems // max(1, hq * n), state.max_chunk_rows))
+    out = torch.empty(hq, tq, d, dtype=torch.float32, device=q.device)
     for a in range(0, tq, chunk):
         b = min(tq, a + chunk)
         qs = None if qsig_all is None else qsig_all[:, a:b]
@@ -236,23 +274,27 @@ def _chunk(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    qsig: np.ndarray | None,
-    ksig: np.ndarray | None,
+    qsig,
+    ksig,
     layer: int,
     scaling: float,
     p0: int,
     state: AttentionState,
 ) -> torch.Tensor:
     cfg = state.config
+    dev = q.device
     hq, c, d = q.shape
     hkv = k.shape[0]
     group = hq // hkv
     w, s_n = cfg.window, cfg.sinks
     p1 = p0 + c  # exclusive: the chunk's queries see keys [0, p1)
-    pos = torch.arange(p0, p1)
+    pos_np = np.arange(p0, p1)
+    pos = torch.arange(p0, p1, device=dev)
     # Dense keys: sinks [0, S) and the band [max(S, p0 - W + 1), p1).
     band0 = max(min(s_n, p1), p0 - w + 1)
-    dense_idx = torch.cat([torch.arange(min(s_n, p1)), torch.arange(max(band0, 0), p1)])
+    dense_idx = torch.cat(
+        [torch.arange(min(s_n, p1), device=dev), torch.arange(max(band0, 0), p1, device=dev)]
+    )
     jd = dense_idx[None, :]
     dense_mask = (jd <= pos[:, None]) & ((jd > pos[:, None] - w) | (jd < s_n))  # [c, nd]
     qg = q.reshape(hkv, group * c, d)
@@ -261,64 +303,130 @@ def _chunk(
     # Sparse region [S, e) with e = p1 - W: row p may use keys S <= j <= p - W.
     e = p1 - w
     st = state.stats[layer]
-    tail_mask = (pos >= _tail_start(state, k.shape[1], 0, p1)).numpy()
-    n_dense = dense_mask.sum(1).numpy().astype(np.float64)  # per row
+    tail_mask = pos_np >= _tail_start(state, k.shape[1], 0, p1)
+    # Keys per row in window + sinks (what dense_mask holds), and in the sparse region.
+    n_dense = (np.minimum(w, pos_np + 1) + np.clip(np.minimum(s_n, pos_np - w + 1), 0, None)).astype(
+        np.float64
+    )
+    region_count = np.clip(pos_np - w + 1 - s_n, 0, None).astype(np.float64)
     st.rows += c
     st.dense += n_dense.sum()
     st.tail_rows += tail_mask.sum()
     st.tail_dense += n_dense[tail_mask].sum()
     if e <= s_n or cfg.kind == "window":
         if e > s_n:
-            region_rows = np.clip(pos.numpy() - w + 1 - s_n, 0, None).astype(np.float64)
-            st.considered += region_rows.sum()
+            st.considered += region_count.sum()
         return _softmax_out(s_dense, v[:, dense_idx], None, None, hkv, group, c, d)
-    jr = torch.arange(s_n, e)
-    region = jr[None, :] <= (pos[:, None] - w)  # [c, r]
-    region_np = region.numpy()
-    region_count = np.count_nonzero(region_np, axis=1).astype(np.float64)
-    s_sp = torch.bmm(qg, k[:, s_n:e].transpose(1, 2)).mul_(scaling).view(hkv, group, c, -1)
-    # Rows sampled for top-k recall keep their raw scores: selection masks s_sp in place.
-    recall_rows = torch.nonzero((pos % state.recall_stride == 0) & region.any(1)).flatten()
-    recall_raw = s_sp[:, :, recall_rows].clone()
-    kk = min(cfg.k, e - s_n)
-    meta = np.zeros(hkv)
-    if cfg.kind == "longsight":
-        surv = np.empty((hkv, c, e - s_n), dtype=bool)
-        for h in range(hkv):
+    r = e - s_n
+    kk = min(cfg.k, r)
+    recall_np = np.nonzero((pos_np % state.recall_stride == 0) & (region_count > 0))[0]
+    if cfg.kind == "longsight" and state.sparse_path != "full":
+        found = _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, state.gather_cap(r), cfg, dev)
+        if found is not None:
+            return _chunk_gather(
+                q,
+                k,
+                v,
+                found,
+                s_dense,
+                dense_idx,
+                region_count,
+                recall_np,
+                tail_mask,
+                pos_np,
+                layer,
+                scaling,
+                kk,
+                state,
+            )
+    return _chunk_full(
+        q,
+        k,
+        v,
+        qsig,
+        ksig,
+        s_dense,
+        dense_idx,
+        region_count,
+        recall_np,
+        tail_mask,
+        pos_np,
+        layer,
+        scaling,
+        kk,
+        state,
+    )
+
+
+def _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, cap, cfg, dev):
+    """SCF survivors of one query chunk as padded lists ``(counts [hkv, c] numpy, idx [hkv, c, M] long on
+    dev)`` with idx relative to S, 0 past a row's count, and M = max(1, most survivors in a row); None when a row has more than
+    ``cap`` (the caller then takes the full product)."""
+    hkv = ksig.shape[0]
+    c = qsig.shape[1]
+    th = np.array([cfg.threshold(layer, h) for h in range(hkv)], dtype=np.int64)
+    limits = region_count.astype(np.int64)
+    if cfg.backend == "numba" and not isinstance(ksig, torch.Tensor):
+        qs = np.ascontiguousarray(qsig.reshape(hkv, group, c, -1).transpose(0, 2, 1, 3))
+        res = kernels.scf_survivor_lists(qs, ksig, d, th, limits, start=s_n, cap=cap, backend="numba")
+        if res.overflow:
+            return None
+        m = max(1, int(res.counts.max(initial=0)))
+        idx = res.idx[:, :, :m].astype(np.int64)
+        idx[np.arange(m)[None, None, :] >= res.counts[..., None]] = 0  # slots past a row's count: 0
+        return res.counts, torch.from_numpy(idx).to(dev)
+    # Other backends (NumPy reference, CuPy on the host or on the GPU): the survivor mask, then lists.
+    mask = _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev)
+    counts = mask.sum(-1)
+    counts_np = counts.cpu().numpy()
+    if counts_np.max(initial=0) > cap:
+        return None
+    return counts_np, survivor_lists_from_mask(mask, counts)[1]
+
+
+def survivor_lists_from_mask(
+    mask: torch.Tensor, counts: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded survivor lists from a mask ``[H, R, N]`` (on any device): counts ``[H, R]`` and ascending
+    indices ``[H, R, M]`` (M = max(1, max count); slots past a row's count hold 0)."""
+    h_n, r_n, _ = mask.shape
+    if counts is None:
+        counts = mask.sum(-1)
+    m = max(1, int(counts.max())) if counts.numel() else 1
+    hh, rr, jj = torch.nonzero(mask, as_tuple=True)  # row-major: ascending j within each (h, r)
+    flat = counts.reshape(-1)
+    first = flat.cumsum(0) - flat  # where each (h, r)'s survivors start in the nonzero list
+    slot = torch.arange(jj.numel(), device=mask.device) - first[hh * r_n + rr]
+    idx = torch.zeros(h_n, r_n, m, dtype=torch.long, device=mask.device)
+    idx[hh, rr, slot] = jj
+    return counts, idx
+
+
+def _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev) -> torch.Tensor:
+    """SCF survivors of one chunk inside each row's region: bool ``[hkv, c, r]`` on dev."""
+    hkv = ksig.shape[0]
+    e_rel = int(region_count.max(initial=0))  # the chunk's region width: its last row sees all of it
+    rows = []
+    for h in range(hkv):
+        t = cfg.threshold(layer, h)
+        if isinstance(ksig, torch.Tensor):
+            qs = qsig[h * group : (h + 1) * group].transpose(0, 1)
+            rows.append(kernels.scf_filter_device(qs, ksig[h, s_n : s_n + e_rel], d, t))
+        else:
             res = kernels.scf_filter_rows(
                 np.ascontiguousarray(qsig[h * group : (h + 1) * group].transpose(1, 0, 2)),
-                ksig[h, s_n:e],
+                ksig[h, s_n : s_n + e_rel],
                 d,
-                cfg.threshold(layer, h),
+                t,
                 backend=cfg.backend,
                 return_matches=False,
             )
-            np.logical_and(res.survivors, region_np, out=surv[h])
-        eligible_np = surv
-        meta[:] = region_count.sum() * d / 8  # the PFUs read every considered key's sign bits
-    elif cfg.kind == "oracle-topk" or cfg.kind == "quest":
-        eligible_np = np.broadcast_to(region_np, (hkv, c, e - s_n))
-    else:  # pragma: no cover - dense and window return earlier
-        raise AssertionError(cfg.kind)
-    surv_count = np.count_nonzero(eligible_np, axis=2).astype(np.float64)  # [hkv, c]
-    eligible = torch.from_numpy(np.ascontiguousarray(eligible_np))[:, None]  # [hkv, 1, c, r]
-    if cfg.kind == "quest":
-        idx, valid, pages_seen = _quest_select(q, k, region, s_n, e, kk, hkv, group)
-        meta[:] = pages_seen * 2 * d * cfg.bytes_per_element
-        # scatter_add, not scatter: a padded (invalid) slot clamped onto a real key must not clear it.
-        sel = torch.zeros(hkv, group, c, e - s_n, dtype=torch.uint8).scatter_add_(-1, idx, valid.to(torch.uint8)) > 0
-        sparse_scores = s_sp.masked_fill_(~sel, float("-inf"))
-    else:
-        sparse_scores, sel = _topk_mask(s_sp, eligible, surv_count, kk, cfg.topk_per == "group")
-    # Reads: LongSight scores every survivor; the oracle reads every considered key; Quest reads its
-    # pages. Values: the union of the group's picks.
-    union = sel.any(1).sum(-1).double().numpy()  # [hkv, c]
-    if cfg.kind == "longsight":
-        keys = surv_count
-    elif cfg.kind == "oracle-topk":
-        keys = np.broadcast_to(region_count, surv_count.shape)
-    else:
-        keys = union
+            rows.append(torch.from_numpy(res.survivors).to(dev))
+    region = torch.arange(e_rel, device=dev)[None, :] < torch.from_numpy(region_count).to(dev)[:, None]
+    return torch.stack(rows) & region
+
+
+def _account(st, tail_mask, region_count, surv_count, keys, union, meta, c) -> None:
     st.considered += region_count.sum()
     st.survivors += surv_count.sum(1)
     st.keys_read += keys.sum(1)
@@ -328,10 +436,207 @@ def _chunk(
     st.tail_values_read += union[:, tail_mask].sum(1)
     if tail_mask.any():
         st.tail_meta_bytes += meta * tail_mask.sum() / c
+
+
+def _chunk_full(
+    q,
+    k,
+    v,
+    qsig,
+    ksig,
+    s_dense,
+    dense_idx,
+    region_count,
+    recall_np,
+    tail_mask,
+    pos_np,
+    layer,
+    scaling,
+    kk,
+    state,
+):
+    """The sparse region by full products: QK^T over [S, e) for every row, masks, masked PV."""
+    cfg = state.config
+    dev = q.device
+    hq, c, d = q.shape
+    hkv = k.shape[0]
+    group = hq // hkv
+    w, s_n = cfg.window, cfg.sinks
+    e = pos_np[-1] + 1 - w
+    r = e - s_n
+    region = torch.arange(r, device=dev)[None, :] < torch.from_numpy(region_count).to(dev)[:, None]  # [c, r]
+    qg = q.reshape(hkv, group * c, d)
+    s_sp = torch.bmm(qg, k[:, s_n:e].transpose(1, 2)).mul_(scaling).view(hkv, group, c, -1)
+    # Rows sampled for top-k recall keep their raw scores: selection masks s_sp in place.
+    recall_rows = torch.from_numpy(recall_np).to(dev)
+    recall_raw = s_sp[:, :, recall_rows].clone()
+    meta = np.zeros(hkv)
+    if cfg.kind == "longsight":
+        eligible = _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev)  # [hkv, c, r]
+        meta[:] = region_count.sum() * d / 8  # the PFUs read every considered key's sign bits
+    elif cfg.kind == "oracle-topk" or cfg.kind == "quest":
+        eligible = region.expand(hkv, c, r)
+    else:  # pragma: no cover - dense and window return earlier
+        raise AssertionError(cfg.kind)
+    surv_count = eligible.sum(-1).cpu().numpy().astype(np.float64)  # [hkv, c]
+    eligible = eligible[:, None]  # [hkv, 1, c, r]
+    if cfg.kind == "quest":
+        idx, valid, pages_seen = _quest_select(q, k, region, s_n, e, kk, hkv, group)
+        meta[:] = pages_seen * 2 * d * cfg.bytes_per_element
+        # scatter_add, not scatter: a padded (invalid) slot clamped onto a real key must not clear it.
+        sel = (
+            torch.zeros(hkv, group, c, r, dtype=torch.uint8, device=dev).scatter_add_(
+                -1, idx, valid.to(torch.uint8)
+            )
+            > 0
+        )
+        sparse_scores = s_sp.masked_fill_(~sel, float("-inf"))
+    else:
+        sparse_scores, sel = _topk_mask(s_sp, eligible, surv_count, kk, cfg.topk_per == "group")
+    # Reads: LongSight scores every survivor; the oracle reads every considered key; Quest reads its
+    # pages. Values: the union of the group's picks.
+    union = sel.any(1).sum(-1).double().cpu().numpy()  # [hkv, c]
+    if cfg.kind == "longsight":
+        keys = surv_count
+    elif cfg.kind == "oracle-topk":
+        keys = np.broadcast_to(region_count, surv_count.shape)
+    else:
+        keys = union
+    st = state.stats[layer]
+    _account(st, tail_mask, region_count, surv_count, keys, union, meta, c)
     _recall(st, recall_raw, recall_rows, region, sel, kk)
     if state.observer is not None:
-        _observe(state, layer, eligible, sel, region_count, pos, s_n, w)
+        _observe(state, layer, eligible, sel, region_count, pos_np, s_n, w)
     return _softmax_out(s_dense, v[:, dense_idx], sparse_scores, v[:, s_n:e], hkv, group, c, d)
+
+
+GATHER_BLOCK = 1 << 20  # survivor x query-head x D elements per block of the compact products (4 MB)
+
+
+def _chunk_gather(
+    q, k, v, found, s_dense, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, scaling, kk, state
+):
+    """The sparse region from SCF survivor lists: dot products, top-k and PV for survivors only.
+
+    Key and value vectors are gathered for the T actual survivors of the chunk (a compact list, so cost
+    follows T, not rows x the longest list); scores are then laid out padded ``[hkv, c, m, G]`` (cheap:
+    no D axis) for the top-k and the softmax."""
+    cfg = state.config
+    dev = q.device
+    hq, c, d = q.shape
+    hkv, n, _ = k.shape
+    group = hq // hkv
+    w, s_n = cfg.window, cfg.sinks
+    counts_np, idx = found
+    m = idx.shape[2]
+    counts = torch.from_numpy(counts_np).to(dev)
+    valid = torch.arange(m, device=dev)[None, None, :] < counts[..., None]  # [hkv, c, m]
+    hh, rr, ss = torch.nonzero(valid, as_tuple=True)  # the T survivors, ordered by (head, row, slot)
+    key_rows = hh * n + s_n + idx[hh, rr, ss]  # rows of the flattened [hkv * n, D] cache
+    seg = hh * c + rr  # (head, row) of each survivor
+    kf, vf = k.reshape(hkv * n, d), v.reshape(hkv * n, d)
+    qh = q.reshape(hkv, group, c, d).transpose(1, 2).reshape(hkv * c, group, d)
+    t_n = key_rows.numel()
+    blk = max(1, GATHER_BLOCK // (group * d))
+    flat_scores = torch.empty(t_n, group, dtype=torch.float32, device=dev)
+    for a in range(0, t_n, blk):
+        b = min(t_n, a + blk)
+        kg = kf.index_select(0, key_rows[a:b])  # [B, D]
+        flat_scores[a:b] = torch.bmm(qh.index_select(0, seg[a:b]), kg[:, :, None])[..., 0]
+    flat_scores.mul_(scaling)
+    padded = torch.full((hkv, c, m, group), float("-inf"), device=dev)
+    padded[valid] = flat_scores
+    scores = padded.transpose(2, 3)  # [hkv, c, G, m] view
+    # Exact top-k over survivors (rows with at most k survivors keep all); ties with the k-th score kept.
+    sel = valid[:, :, None, :].expand(hkv, c, group, m)
+    need = np.nonzero(counts_np > kk)
+    if len(need[0]):
+        hi, ri = torch.from_numpy(need[0]).to(dev), torch.from_numpy(need[1]).to(dev)
+        if cfg.topk_per == "group":
+            gmax = scores.amax(2)  # [hkv, c, m]
+            kth = gmax[hi, ri].topk(kk, dim=-1, sorted=False).values.amin(-1)
+            thr = torch.full((hkv, c), float("-inf"), device=dev)
+            thr[hi, ri] = kth
+            sel = (valid & (gmax >= thr[..., None]))[:, :, None, :].expand(hkv, c, group, m)
+        else:
+            kth = scores[hi, ri].topk(kk, dim=-1, sorted=False).values.amin(-1)  # [nneed, G]
+            thr = torch.full((hkv, c, group), float("-inf"), device=dev)
+            thr[hi, ri] = kth
+            sel = valid[:, :, None, :] & (scores >= thr[..., None])
+        scores.masked_fill_(~sel, float("-inf"))
+    surv_count = counts_np.astype(np.float64)
+    union = sel.any(2).sum(-1).double().cpu().numpy()  # [hkv, c]
+    meta = np.full(hkv, region_count.sum() * d / 8)  # the PFUs read every considered key's sign bits
+    st = state.stats[layer]
+    _account(st, tail_mask, region_count, surv_count, surv_count, union, meta, c)
+    if len(recall_np) and kk:
+        _recall_gather(st, q, k, recall_np, region_count, idx, sel, s_n, kk, scaling)
+    if state.observer is not None:
+        _observe_lists(state, layer, counts_np, idx, sel, region_count, pos_np, s_n, w)
+    # One softmax over dense and sparse scores, then the weighted sum of dense and gathered values.
+    mx = torch.maximum(s_dense.amax(-1), scores.amax(-1).transpose(1, 2))  # [hkv, G, c]
+    p_d = (s_dense - mx[..., None]).exp_()
+    z = p_d.sum(-1)
+    nd = s_dense.shape[-1]
+    out = torch.bmm(p_d.view(hkv, group * c, nd), v[:, dense_idx]).view(hkv, group, c, d)
+    p_s = padded.sub_(mx.transpose(1, 2)[:, :, None, :]).exp_()  # [hkv, c, m, G]; unselected -> 0
+    z += p_s.sum(2).transpose(1, 2)
+    flat_p = p_s[valid]  # [T, G]
+    out_s = torch.zeros(hkv * c, group, d, dtype=torch.float32, device=dev)
+    for a in range(0, t_n, blk):
+        b = min(t_n, a + blk)
+        vg = vf.index_select(0, key_rows[a:b])  # [B, D]
+        out_s.index_add_(0, seg[a:b], flat_p[a:b, :, None] * vg[:, None, :])
+    out += out_s.view(hkv, c, group, d).transpose(1, 2)
+    out /= z[..., None]
+    return out.reshape(hkv * group, c, d)
+
+
+def _recall_gather(st, q, k, recall_np, region_count, idx, sel, s_n, kk, scaling) -> None:
+    """Top-k recall on the sampled rows: their full region scores (those rows only) against the picks."""
+    dev = q.device
+    hq, _, d = q.shape
+    hkv = k.shape[0]
+    group = hq // hkv
+    rows = torch.from_numpy(recall_np).to(dev)
+    nr = len(recall_np)
+    r = int(region_count.max())  # the chunk's region width (>= k), as in the full path
+    raw = torch.bmm(q[:, rows].reshape(hkv, group * nr, d), k[:, s_n : s_n + r].transpose(1, 2)).mul_(scaling)
+    raw = raw.view(hkv, group, nr, r)
+    region = torch.arange(r, device=dev)[None, :] < torch.from_numpy(region_count[recall_np]).to(dev)[:, None]
+    picks = sel[:, rows].transpose(1, 2)  # [hkv, G, nr, m]
+    ids = idx[:, rows][:, None].expand(-1, group, -1, -1)  # [hkv, G, nr, m]
+    chosen = (
+        torch.zeros(hkv, group, nr, r, dtype=torch.uint8, device=dev).scatter_add_(
+            -1, ids, picks.to(torch.uint8)
+        )
+        > 0
+    )
+    _recall(st, raw, torch.arange(nr, device=dev), region, chosen, kk)
+
+
+def _observe_lists(state, layer, counts, idx, sel, region_count, pos_np, s_n, w) -> None:
+    hkv, c, group, _ = sel.shape
+    idx_np = idx.cpu().numpy()
+    sel_np = sel.cpu().numpy()
+    for i in range(c):
+        p = int(pos_np[i])
+        for h in range(hkv):
+            cnt = int(counts[h, i])
+            ids = idx_np[h, i, :cnt]
+            state.observer(
+                DecodeRecord(
+                    step=state.step,
+                    layer=layer,
+                    kv_head=h,
+                    context=p + 1,
+                    considered=int(region_count[i]),
+                    survivors=(ids + s_n).astype(np.int32),
+                    topk=[(ids[sel_np[h, i, g, :cnt]] + s_n).astype(np.int32) for g in range(group)],
+                    window=min(w, p + 1),
+                    sinks=min(s_n, max(0, p + 1 - w)),
+                )
+            )
 
 
 def _topk_mask(
@@ -346,17 +651,18 @@ def _topk_mask(
     need = np.nonzero(surv_count > kk)  # (kv head, row) pairs with more survivors than k
     if len(need[0]) == 0:
         return masked, eligible.expand(hkv, group, c, -1)
-    hi, ri = torch.from_numpy(need[0]), torch.from_numpy(need[1])
+    dev = s_sp.device
+    hi, ri = torch.from_numpy(need[0]).to(dev), torch.from_numpy(need[1]).to(dev)
     if per_group:
         gmax = masked.amax(1)  # [hkv, c, r]
         kth = gmax[hi, ri].topk(kk, dim=-1, sorted=False).values.amin(-1)  # [n]
-        thr = torch.full((hkv, c), float("-inf"))
+        thr = torch.full((hkv, c), float("-inf"), device=dev)
         thr[hi, ri] = kth
         sel = (eligible[:, 0] & (gmax >= thr[..., None]))[:, None].expand(hkv, group, c, -1)
     else:
         sub = masked[hi, :, ri]  # [n, group, r]
         kth = sub.topk(kk, dim=-1, sorted=False).values.amin(-1)  # [n, group]
-        thr = torch.full((hkv, group, c), float("-inf"))
+        thr = torch.full((hkv, group, c), float("-inf"), device=dev)
         thr[hi, :, ri] = kth
         sel = eligible & (masked >= thr[..., None])
     return masked.masked_fill_(~sel, float("-inf")), sel
@@ -369,17 +675,21 @@ def _quest_select(q, k, region, s_n, e, kk, hkv, group):
     pad = npages * PAGE - r
     ks = k[:, s_n:e]
     kmin = torch.nn.functional.pad(ks, (0, 0, 0, pad), value=float("inf")).view(hkv, npages, PAGE, -1).amin(2)
-    kmax = torch.nn.functional.pad(ks, (0, 0, 0, pad), value=float("-inf")).view(hkv, npages, PAGE, -1).amax(2)
+    kmax = (
+        torch.nn.functional.pad(ks, (0, 0, 0, pad), value=float("-inf")).view(hkv, npages, PAGE, -1).amax(2)
+    )
     _hq, c, d = q.shape
     qg = q.reshape(hkv, group * c, d)
-    bound = torch.bmm(qg.clamp(min=0), kmax.transpose(1, 2)) + torch.bmm(qg.clamp(max=0), kmin.transpose(1, 2))
+    bound = torch.bmm(qg.clamp(min=0), kmax.transpose(1, 2)) + torch.bmm(
+        qg.clamp(max=0), kmin.transpose(1, 2)
+    )
     bound = bound.view(hkv, group, c, npages)
-    first = torch.arange(npages) * PAGE  # page start, relative to S
+    first = torch.arange(npages, device=q.device) * PAGE  # page start, relative to S
     last_ok = region.sum(1) - 1  # [c] last region index per row (-1 when empty)
     page_ok = first[None, :] <= last_ok[:, None]  # [c, npages]
     npick = min(npages, max(1, math.ceil(kk / PAGE)))
     top_v, pages = bound.masked_fill(~page_ok, float("-inf")).topk(npick, dim=-1, sorted=False)
-    idx = (pages[..., None] * PAGE + torch.arange(PAGE)).reshape(hkv, group, c, npick * PAGE)
+    idx = (pages[..., None] * PAGE + torch.arange(PAGE, device=q.device)).reshape(hkv, group, c, npick * PAGE)
     valid = (top_v[..., None] > float("-inf")).expand(-1, -1, -1, -1, PAGE).reshape(idx.shape)
     valid = valid & (idx <= last_ok[None, None, :, None])
     idx = idx.clamp(max=r - 1)
@@ -410,8 +720,14 @@ def _observe(state, layer, eligible, sel, region_count, pos, s_n, w) -> None:
                     kv_head=h,
                     context=p + 1,
                     considered=int(region_count[i]),
-                    survivors=(torch.nonzero(eligible[h, 0, i]).flatten() + s_n).to(torch.int32).numpy(),
-                    topk=[(torch.nonzero(sel[h, g, i]).flatten() + s_n).to(torch.int32).numpy() for g in range(group)],
+                    survivors=(torch.nonzero(eligible[h, 0, i]).flatten() + s_n)
+                    .to(torch.int32)
+                    .cpu()
+                    .numpy(),
+                    topk=[
+                        (torch.nonzero(sel[h, g, i]).flatten() + s_n).to(torch.int32).cpu().numpy()
+                        for g in range(group)
+                    ],
                     window=min(w, p + 1),
                     sinks=min(s_n, max(0, p + 1 - w)),
                 )

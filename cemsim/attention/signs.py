@@ -46,3 +46,14 @@ def matches_reference(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     qs = np.asarray(q) >= 0
     ks = np.asarray(k) >= 0
     return (qs[..., :, None, :] == ks[..., None, :, :]).sum(-1).astype(np.int32)
+
+
+def pack_signs_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_signs` on ``x``'s own device (for CUDA tensors: no host copy). Returns int64 words with
+    the same bits as pack_signs's uint64 (bit 63 is the int64 sign bit); view them as uint64 where needed."""
+    d = x.shape[-1]
+    nw = words_for(d)
+    bits = (x >= 0).reshape(*x.shape[:-1], nw, 64).to(torch.int64)
+    shifts = torch.arange(64, device=x.device, dtype=torch.int64)
+    # Distinct bits never carry, so the sum is the bitwise OR (bit 63 wraps to the sign bit, as intended).
+    return (bits << shifts).sum(-1)
