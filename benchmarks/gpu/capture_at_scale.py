@@ -58,7 +58,7 @@ def trace_summary(path: Path) -> dict:
             blocks.append(s.survivor_blocks[..., lo:hi].reshape(-1))
         size = os.path.getsize(path)
     surv_m, kc_m = np.mean(surv, 0), np.mean(kc, 0)
-    allb = np.concatenate(blocks) if blocks else np.zeros(1)
+    allb = np.concatenate(blocks) if blocks else np.zeros(0)
     return {
         "trace": path.name,
         "bytes": size,
@@ -73,7 +73,10 @@ def trace_summary(path: Path) -> dict:
         "survival_fraction_overall": float(surv_m.sum() / max(kc_m.sum(), 1)),
         "busiest_bank_mean_per_head": np.mean(bank_max, 0).round(2).tolist(),
         "mean_bank_load_per_head": np.mean(bank_mean, 0).round(3).tolist(),
-        "block_survivors_p50_p90_p99_max": [float(np.percentile(allb, q)) for q in (50, 90, 99, 100)],
+        # dense and window traces have no sparse region, hence no blocks to describe
+        "block_survivors_p50_p90_p99_max": [float(np.percentile(allb, q)) for q in (50, 90, 99, 100)]
+        if allb.size
+        else None,
         "header_extra": h.extra,
     }
 
