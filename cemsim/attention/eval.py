@@ -63,7 +63,9 @@ def _ratio(num: float, den: float) -> float:
 
 def filter_ratios(state: AttentionState) -> np.ndarray:
     """[layers, kv_heads] keys considered / keys surviving (inf where nothing survived)."""
-    return np.array([[_ratio(s.considered[h], s.survivors[h]) for h in range(len(s.survivors))] for s in state.stats])
+    return np.array(
+        [[_ratio(s.considered[h], s.survivors[h]) for h in range(len(s.survivors))] for s in state.stats]
+    )
 
 
 def kv_load_reduction(fr: np.ndarray, n: int, window: int, k: int) -> float | None:
@@ -102,7 +104,12 @@ def summarize(
         fr_metric = fr
         if cfg.kind in ("oracle-topk", "quest"):
             # Neither filters: the keys they read are their picks (Quest) or everything (oracle).
-            fr_metric = np.array([[_ratio(s.considered[h], s.keys_read[h]) for h in range(len(s.keys_read))] for s in state.stats])
+            fr_metric = np.array(
+                [
+                    [_ratio(s.considered[h], s.keys_read[h]) for h in range(len(s.keys_read))]
+                    for s in state.stats
+                ]
+            )
         kvr = kv_load_reduction(fr_metric, n, cfg.window, cfg.k)
     elem = lm.head_dim * cfg.bytes_per_element
     keys_b = vals_b = dense_b = meta_b = 0.0
@@ -112,7 +119,12 @@ def summarize(
         vals_b += float((s.tail_values_read / rows).sum()) * elem
         dense_b += float((2 * s.tail_dense / rows).sum()) * elem
         meta_b += float((s.tail_meta_bytes / rows).sum())
-    breakdown = {"sparse_keys": keys_b, "sparse_values": vals_b, "dense_window_kv": dense_b, "metadata": meta_b}
+    breakdown = {
+        "sparse_keys": keys_b,
+        "sparse_values": vals_b,
+        "dense_window_kv": dense_b,
+        "metadata": meta_b,
+    }
     return fr_all, fr.tolist(), recall, per_layer, kvr, breakdown
 
 
@@ -127,13 +139,13 @@ def evaluate(
 ) -> EvalReport:
     """Run dense (cached on disk) and sparse prefill evaluation over the first ``tokens`` tokens."""
     ids = token_ids(lm.tokenizer, text, tokens)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     nll_dense, cached = dense_nll_cached(lm, ids, text)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     state = new_state(lm, cfg, total_positions=tokens)
     state.on_layer = on_layer
     nll_sparse = token_nll(lm, ids, state)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     fr_all, fr, recall, recall_layers, kvr, breakdown = summarize(state, lm, cfg, tokens)
     ppl_d, ppl_s = perplexity(nll_dense), perplexity(nll_sparse)
     return EvalReport(
@@ -155,8 +167,13 @@ def evaluate(
         topk_recall_per_layer=recall_layers,
         kv_load_reduction=kvr,
         bytes_per_token=sum(breakdown.values()),
-        dense_bytes_per_token=2.0 * tokens * lm.head_dim * cfg.bytes_per_element * lm.num_layers * lm.num_kv_heads,
+        dense_bytes_per_token=2.0
+        * tokens
+        * lm.head_dim
+        * cfg.bytes_per_element
+        * lm.num_layers
+        * lm.num_kv_heads,
         bytes_breakdown=breakdown,
-        seconds={"dense": t1 - t0, "sparse": t2 - t1},
+        seconds={"dense": t1 - t0, "sparse": t2 - t1, "dense_cpu": c1 - c0, "sparse_cpu": c2 - c1},
         dense_cached=cached,
     )
