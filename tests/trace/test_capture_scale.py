@@ -211,3 +211,23 @@ def test_capture_path_imports_no_pydantic_or_simpy():
     script = str(REPO / "benchmarks" / "gpu" / "capture_at_scale.py")
     res = subprocess.run([sys.executable, "-c", code, script], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr
+
+
+def test_shipped_gpu_capture_at_1m():
+    """The H100 capture at 1M tokens (docs/projection.md): a real, streaming-readable trace whose header says
+    where it came from, and the finding it documents: past the trained positions the 4K thresholds pass most keys."""
+    from cemsim.trace.format import TraceReader
+
+    path = REPO / "traces" / "gpu" / "smollm2-1m-h100.parquet"
+    assert path.stat().st_size <= 20 * 2**20  # issue 7: ship the 1M trace if it is at most 20 MB
+    with TraceReader(path) as r:
+        h = r.header
+        assert (h.model, h.dtype, h.policy, h.k) == ("smollm2-135m", "bf16", "longsight", 1024)
+        assert h.extra["device"] == "cuda" and "H100" in h.extra["device_name"]
+        assert h.extra["extrapolated"] and not h.projected
+        steps = list(r.iter_steps(topk=False))
+    assert len(steps) == 4 and steps[0].context_len == 1_048_577
+    for s in steps:
+        assert (s.survivor_blocks.sum(-1) == s.survivors).all()
+        survival = s.survivors.sum() / s.keys_considered.sum()
+        assert 0.5 < survival < 0.7
