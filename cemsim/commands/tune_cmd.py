@@ -17,8 +17,8 @@ def tune_command(
     sinks: int = typer.Option(16, "--sinks", help="Sink tokens S."),
     k: int | None = typer.Option(None, "--k", help="Top-k per query head (default: LongSight's schedule)."),
     step: int = typer.Option(2, "--step", help="Threshold increment per accepted move."),
-    start: int | None = typer.Option(None, "--start", help="Initial threshold of every head (default D/2: at 0..D/2 "
-                                     "the filter removes almost nothing for roughly isotropic signs)."),
+    start: int | None = typer.Option(None, "--start", help="Initial threshold of every head (default 0, as published; "
+                                     "D/2 skips moves that filter almost nothing for roughly isotropic signs)."),
     max_evals: int = typer.Option(60, "--max-evals", help="Stop after this many perplexity evaluations."),
     itq: bool = typer.Option(True, "--itq/--no-itq", help="Tune for ITQ-rotated signs."),
     text: Path | None = typer.Option(None, "--text", help="UTF-8 text file (default: Python's bundled language reference)."),
