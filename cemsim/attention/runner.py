@@ -31,6 +31,7 @@ from cemsim.attention.itq import ITQ_FILE, ItqRotations, train_all
 from cemsim.attention.model_loader import LoadedModel
 from cemsim.attention.policies import AttentionState, DecodeRecord, PolicyConfig
 from cemsim.attention.text import EvalText, token_ids
+from cemsim.errors import CemsimError
 from cemsim.paths import cache_dir
 
 LOGIT_CHUNK = 1024  # rows of the LM head at a time: 8K x 49K fp32 logits would be 1.6 GB
@@ -95,19 +96,32 @@ def itq_path(lm: LoadedModel) -> Path:
 
 @torch.inference_mode()
 def capture_qk(lm: LoadedModel, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Post-RoPE keys ``[L, Hkv, n, D]`` and queries ``[L, Hq, n, D]`` of a dense forward pass."""
+    """Post-RoPE keys ``[L, Hkv, n, D]`` and queries ``[L, Hq, n, D]`` (fp32, host) of a dense forward pass
+    on the model's device."""
     state = new_state(lm, PolicyConfig(kind="dense"))
     state.capture = {}
-    lm.model.model(input_ids=torch.as_tensor([ids]), use_cache=False, cemsim_state=state)
+    lm.model.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False, cemsim_state=state)
     keys = np.stack([state.capture[i][1].numpy() for i in range(lm.num_layers)])
     queries = np.stack([state.capture[i][0].numpy() for i in range(lm.num_layers)])
     return keys, queries
 
 
 def load_or_train_itq(
-    lm: LoadedModel, text: EvalText, *, tokens: int = 1024, iters: int = 50, retrain: bool = False
+    lm: LoadedModel,
+    text: EvalText,
+    *,
+    tokens: int = 1024,
+    iters: int = 50,
+    retrain: bool = False,
+    path: Path | None = None,
 ) -> tuple[ItqRotations, Path, bool]:
-    """(rotations, file, trained_now). Trains on the *last* ``tokens`` tokens of the text."""
+    """(rotations, file, trained_now). ``path``: a given rotations file, which must exist; otherwise the
+    model's cached file, trained on the *last* ``tokens`` tokens of the text when absent."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise CemsimError("no such ITQ file", where=str(path))
+        geo = {"layers": lm.num_layers, "kv_heads": lm.num_kv_heads, "head_dim": lm.head_dim}
+        return ItqRotations.load(Path(path), **geo), Path(path), False
     path = itq_path(lm)
     if path.is_file() and not retrain:
         return ItqRotations.load(path, layers=lm.num_layers, kv_heads=lm.num_kv_heads, head_dim=lm.head_dim), path, False

@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cemsim.commands.progress import step_progress
 from cemsim.config.workload import parse_tokens
 from cemsim.errors import CemsimError
 
@@ -182,14 +182,7 @@ def project(
         n = parse_tokens(context)
     except ValueError as exc:
         raise CemsimError(str(exc), where="--context") from None
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
+    with step_progress() as bar:
         task = bar.add_task("projecting", total=None)
 
         def progress(_: str, done: int, total: int) -> None:

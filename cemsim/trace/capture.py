@@ -267,44 +267,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def capture_qk_on_device(lm: Any, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Post-RoPE keys ``[L, Hkv, n, D]`` and queries ``[L, Hq, n, D]`` (fp32, host) of a dense forward pass
-    of ``ids`` on the model's device."""
-    import torch
-
-    from cemsim.attention.policies import PolicyConfig
-    from cemsim.attention.runner import new_state
-
-    state = new_state(lm, PolicyConfig(kind="dense"))
-    state.capture = {}
-    with torch.inference_mode():
-        lm.model.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False, cemsim_state=state)
-    keys = np.stack([state.capture[i][1].numpy() for i in range(lm.num_layers)])
-    queries = np.stack([state.capture[i][0].numpy() for i in range(lm.num_layers)])
-    return keys, queries
-
-
-def itq_rotations(lm: Any, text: Any, itq_file: Path | None) -> tuple[np.ndarray, str]:
-    """(rotations [L, Hkv, D, D], source file): ``itq_file`` if given, else the model's cached ITQ file,
-    trained here (on the text's last 1024 tokens, on the model's device) when absent."""
-    from cemsim.attention.itq import ItqRotations, train_all
-    from cemsim.attention.runner import itq_path
-    from cemsim.attention.text import token_ids
-
-    geo = {"layers": lm.num_layers, "kv_heads": lm.num_kv_heads, "head_dim": lm.head_dim}
-    if itq_file is not None:
-        if not Path(itq_file).is_file():
-            raise CemsimError("no such ITQ file", where=str(itq_file))
-        return ItqRotations.load(Path(itq_file), **geo).rotations, str(itq_file)
-    path = itq_path(lm)
-    if path.is_file():
-        return ItqRotations.load(path, **geo).rotations, str(path)
-    keys, queries = capture_qk_on_device(lm, token_ids(lm.tokenizer, text, CALIBRATION_TOKENS, from_end=True))
-    rot = train_all(keys, queries, iters=50)
-    rot.save(path)
-    return rot.rotations, str(path)
-
-
 def capture(
     spec: CaptureSpec,
     out: Path,
@@ -318,7 +280,7 @@ def capture(
 
     from cemsim.attention.model_loader import load_model
     from cemsim.attention.policies import PolicyConfig, published_k
-    from cemsim.attention.runner import new_state
+    from cemsim.attention.runner import capture_qk, load_or_train_itq, new_state
     from cemsim.attention.text import load_text, long_token_ids
 
     times = timings if timings is not None else {}
@@ -367,13 +329,14 @@ def capture(
     if "longsight" in spec.policies:
         tick("ITQ and thresholds", 0, 1)
         if spec.itq:
-            rotations, itq_file = itq_rotations(lm, text, spec.itq_file)
+            rot, itq_path, _ = load_or_train_itq(lm, text, tokens=CALIBRATION_TOKENS, path=spec.itq_file)
+            rotations, itq_file = rot.rotations, str(itq_path)
         if spec.thresholds_file is not None:
             thresholds = load_thresholds(spec.thresholds_file, lm.num_layers, lm.num_kv_heads, lm.head_dim)
             threshold_source = f"file {spec.thresholds_file}"
         else:
             calib = prompt[-CALIBRATION_TOKENS:]
-            keys, queries = capture_qk_on_device(lm, calib)
+            keys, queries = capture_qk(lm, calib)
             thresholds = calibrate_thresholds(keys, queries, rotations, spec.target_ratio)
             threshold_source = (
                 f"calibrated to filter ratio {spec.target_ratio:g}x on the last {len(calib)} prompt tokens "

@@ -1,0 +1,18 @@
+"""The progress bar long-running commands share: description, bar, done/total, elapsed time, on stderr."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def step_progress() -> Progress:
+    """A transient bar on stderr, so stdout stays clean for tables and JSON."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
