@@ -318,47 +318,23 @@ def _chunk(
         if flash is not None:
             return flash[0].reshape(hq, c, d)
         s_dense = _band_scores(q, k, dense_idx, dense_mask, scaling)
-        return _softmax_out(s_dense, v[:, dense_idx], None, None, hkv, group, c, d)
+        _, out, z = _merge_band(s_dense, v, dense_idx, torch.full(s_dense.shape[:3], float("-inf"), device=dev))
+        return (out / z[..., None]).reshape(hq, c, d)
     r = e - s_n
     kk = min(cfg.k, r)
     recall_np = np.nonzero((pos_np % state.recall_stride == 0) & (region_count > 0))[0]
+    band = _band_flash(q, k, v, dense_idx, dense_mask, scaling) if state.flash_band else None
+    if band is None:
+        band = _band_scores(q, k, dense_idx, dense_mask, scaling)
+    qs_sc = q * scaling  # sparse scores from pre-scaled queries: one pass over [Hq, c, D], not over scores
+    args = (q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state)
+    if cfg.kind == "quest":
+        return _chunk_quest(*args)
     if cfg.kind == "longsight" and state.sparse_path != "full":
         found = _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, state.gather_cap(r), cfg, dev)
         if found is not None:
-            band = _band_flash(q, k, v, dense_idx, dense_mask, scaling) if state.flash_band else None
-            return _chunk_gather(
-                q,
-                k,
-                v,
-                found,
-                band if band is not None else _band_scores(q, k, dense_idx, dense_mask, scaling),
-                dense_idx,
-                region_count,
-                recall_np,
-                tail_mask,
-                pos_np,
-                layer,
-                scaling,
-                kk,
-                state,
-            )
-    return _chunk_full(
-        q,
-        k,
-        v,
-        qsig,
-        ksig,
-        _band_scores(q, k, dense_idx, dense_mask, scaling),
-        dense_idx,
-        region_count,
-        recall_np,
-        tail_mask,
-        pos_np,
-        layer,
-        scaling,
-        kk,
-        state,
-    )
+            return _chunk_gather(*args, found)
+    return _chunk_full(*args, qsig, ksig)
 
 
 def _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, cap, cfg, dev):
@@ -441,24 +417,29 @@ def _account(st, tail_mask, region_count, surv_count, keys, union, meta, c) -> N
         st.tail_meta_bytes += meta * tail_mask.sum() / c
 
 
+def _merge_band(band, v, dense_idx, mx_sparse):
+    """The dense part of one softmax over dense and sparse scores: ``(mx, out, z)`` with ``mx [hkv, G, c]``
+    the running max (band and ``mx_sparse``), ``out [hkv, G, c, D]`` the band's weighted values and ``z`` its
+    weights' sum, both relative to ``mx``. ``band`` is either its scores ``[hkv, G, c, nd]`` or (flash
+    kernel) its normalised output and log-sum-exp."""
+    if isinstance(band, tuple):
+        o_d, lse = band  # [hkv, G, c, D], [hkv, G, c]
+        mx = torch.maximum(lse, mx_sparse)
+        w_d = (lse - mx).exp_()
+        return mx, o_d * w_d[..., None], w_d.clone()
+    hkv, group, c, nd = band.shape
+    mx = torch.maximum(band.amax(-1), mx_sparse)
+    p_d = (band - mx[..., None]).exp_()
+    out = torch.bmm(p_d.view(hkv, group * c, nd), v[:, dense_idx]).view(hkv, group, c, -1)
+    return mx, out, p_d.sum(-1)
+
+
 def _chunk_full(
-    q,
-    k,
-    v,
-    qsig,
-    ksig,
-    s_dense,
-    dense_idx,
-    region_count,
-    recall_np,
-    tail_mask,
-    pos_np,
-    layer,
-    scaling,
-    kk,
-    state,
+    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, qsig, ksig
 ):
-    """The sparse region by full products: QK^T over [S, e) for every row, masks, masked PV."""
+    """The sparse region by full products (LongSight at low thresholds, oracle top-k): QK^T over [S, e) for
+    every row, eligible keys masked, exact top-k by index; the softmax and PV touch the k picks only (their
+    weights scattered into one zeroed score-sized matrix for a single PV product)."""
     cfg = state.config
     dev = q.device
     hq, c, d = q.shape
@@ -468,62 +449,100 @@ def _chunk_full(
     e = pos_np[-1] + 1 - w
     r = e - s_n
     region = torch.arange(r, device=dev)[None, :] < torch.from_numpy(region_count).to(dev)[:, None]  # [c, r]
-    qg = q.reshape(hkv, group * c, d)
-    s_sp = torch.bmm(qg, k[:, s_n:e].transpose(1, 2)).mul_(scaling).view(hkv, group, c, -1)
-    # Rows sampled for top-k recall keep their raw scores: selection masks s_sp in place.
+    s_sp = torch.bmm(qs_sc.reshape(hkv, group * c, d), k[:, s_n:e].transpose(1, 2)).view(hkv, group, c, r)
+    # Rows sampled for top-k recall keep their raw scores: the eligibility mask is applied in place.
     recall_rows = torch.from_numpy(recall_np).to(dev)
     recall_raw = s_sp[:, :, recall_rows].clone()
     meta = np.zeros(hkv)
     if cfg.kind == "longsight":
         eligible = _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev)  # [hkv, c, r]
         meta[:] = region_count.sum() * d / 8  # the PFUs read every considered key's sign bits
-    elif cfg.kind == "oracle-topk" or cfg.kind == "quest":
-        eligible = region.expand(hkv, c, r)
-    else:  # pragma: no cover - dense and window return earlier
-        raise AssertionError(cfg.kind)
-    surv_count = eligible.sum(-1).cpu().numpy().astype(np.float64)  # [hkv, c]
-    eligible = eligible[:, None]  # [hkv, 1, c, r]
-    if cfg.kind == "quest":
-        idx, valid, pages_seen = _quest_select(q, k, region, s_n, e, kk, hkv, group)
-        meta[:] = pages_seen * 2 * d * cfg.bytes_per_element
-        # scatter_add, not scatter: a padded (invalid) slot clamped onto a real key must not clear it.
-        sel = (
-            torch.zeros(hkv, group, c, r, dtype=torch.uint8, device=dev).scatter_add_(
-                -1, idx, valid.to(torch.uint8)
-            )
-            > 0
-        )
-        sparse_scores = s_sp.masked_fill_(~sel, float("-inf"))
-    else:
-        sparse_scores, sel = _topk_mask(s_sp, eligible, surv_count, kk, cfg.topk_per == "group")
-    # Reads: LongSight scores every survivor; the oracle reads every considered key; Quest reads its
-    # pages. Values: the union of the group's picks.
-    union = sel.any(1).sum(-1).double().cpu().numpy()  # [hkv, c]
-    if cfg.kind == "longsight":
+        surv_count = eligible.sum(-1).cpu().numpy().astype(np.float64)  # [hkv, c]
+        s_sp.masked_fill_(~eligible[:, None], float("-inf"))
         keys = surv_count
-    elif cfg.kind == "oracle-topk":
-        keys = np.broadcast_to(region_count, surv_count.shape)
+    else:  # oracle top-k: the whole region is eligible and read
+        eligible = region.expand(hkv, c, r)
+        surv_count = np.broadcast_to(region_count, (hkv, c)).astype(np.float64)
+        s_sp.masked_fill_(~region, float("-inf"))
+        keys = surv_count
+    # Exact top-k by index; rows with fewer eligible keys than k get -inf picks, which weigh nothing.
+    if cfg.topk_per == "group":
+        top = s_sp.amax(1).topk(kk, dim=-1, sorted=False).indices[:, None].expand(hkv, group, c, kk)
+        vals = s_sp.gather(-1, top)
     else:
-        keys = union
+        vals, top = s_sp.topk(kk, dim=-1, sorted=False)  # [hkv, G, c, kk]
+    picked = vals > float("-inf")
+    union = torch.zeros(hkv, c, r, dtype=torch.uint8, device=dev).scatter_add_(
+        -1, top.transpose(1, 2).reshape(hkv, c, group * kk), picked.transpose(1, 2).reshape(hkv, c, group * kk).to(torch.uint8)
+    )
+    union_np = (union > 0).sum(-1).double().cpu().numpy()  # [hkv, c] values read: the group's picks
     st = state.stats[layer]
-    _account(st, tail_mask, region_count, surv_count, keys, union, meta, c)
+    _account(st, tail_mask, region_count, surv_count, keys, union_np, meta, c)
+    if len(recall_np) and kk:
+        chosen = torch.zeros(hkv, group, len(recall_np), r, dtype=torch.bool, device=dev).scatter_(
+            -1, top[:, :, recall_rows], picked[:, :, recall_rows]
+        )
+        _recall(st, recall_raw, torch.arange(len(recall_np), device=dev), region[recall_rows], chosen, kk)
+    if state.observer is not None:
+        sel = torch.zeros(hkv, group, c, r, dtype=torch.bool, device=dev).scatter_(-1, top, picked)
+        _observe(state, layer, eligible[:, None], sel, region_count, pos_np, s_n, w)
+    if not kk:
+        mx, out, z = _merge_band(band, v, dense_idx, torch.full((hkv, group, c), float("-inf"), device=dev))
+    else:
+        mx, out, z = _merge_band(band, v, dense_idx, vals.amax(-1))
+        p_top = (vals - mx[..., None]).exp_()  # unpicked (-inf) -> 0
+        z += p_top.sum(-1)
+        p_s = torch.zeros(hkv, group, c, r, dtype=torch.float32, device=dev).scatter_(-1, top, p_top)
+        out += torch.bmm(p_s.view(hkv, group * c, r), v[:, s_n:e]).view(hkv, group, c, d)
+    out /= z[..., None]
+    return out.reshape(hq, c, d)
+
+
+def _chunk_quest(q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state):
+    """Quest: page top-k by the min/max bound, every key of a chosen page read and attended."""
+    cfg = state.config
+    dev = q.device
+    hq, c, d = q.shape
+    hkv = k.shape[0]
+    group = hq // hkv
+    s_n = cfg.sinks
+    e = pos_np[-1] + 1 - cfg.window
+    r = e - s_n
+    region = torch.arange(r, device=dev)[None, :] < torch.from_numpy(region_count).to(dev)[:, None]  # [c, r]
+    s_sp = torch.bmm(qs_sc.reshape(hkv, group * c, d), k[:, s_n:e].transpose(1, 2)).view(hkv, group, c, r)
+    recall_rows = torch.from_numpy(recall_np).to(dev)
+    recall_raw = s_sp[:, :, recall_rows].clone()
+    idx, valid, pages_seen = _quest_select(q, k, region, s_n, e, kk, hkv, group)
+    meta = np.full(hkv, pages_seen * 2 * d * cfg.bytes_per_element)
+    # scatter_add, not scatter: a padded (invalid) slot clamped onto a real key must not clear it.
+    sel = torch.zeros(hkv, group, c, r, dtype=torch.uint8, device=dev).scatter_add_(-1, idx, valid.to(torch.uint8)) > 0
+    s_sp.masked_fill_(~sel, float("-inf"))
+    surv_count = np.broadcast_to(region_count, (hkv, c)).astype(np.float64)
+    union = sel.any(1).sum(-1).double().cpu().numpy()  # [hkv, c]
+    st = state.stats[layer]
+    _account(st, tail_mask, region_count, surv_count, union, union, meta, c)
     _recall(st, recall_raw, recall_rows, region, sel, kk)
     if state.observer is not None:
-        _observe(state, layer, eligible, sel, region_count, pos_np, s_n, w)
-    return _softmax_out(s_dense, v[:, dense_idx], sparse_scores, v[:, s_n:e], hkv, group, c, d)
+        _observe(state, layer, region.expand(hkv, c, r)[:, None], sel, region_count, pos_np, s_n, cfg.window)
+    mx, out, z = _merge_band(band, v, dense_idx, s_sp.amax(-1))
+    p_s = s_sp.sub_(mx[..., None]).exp_()
+    z += p_s.sum(-1)
+    out += torch.bmm(p_s.view(hkv, group * c, r), v[:, s_n:e]).view(hkv, group, c, d)
+    out /= z[..., None]
+    return out.reshape(hq, c, d)
 
 
 GATHER_BLOCK = 1 << 20  # survivor x query-head x D elements per block of the compact products (4 MB)
 
 
 def _chunk_gather(
-    q, k, v, found, s_dense, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, scaling, kk, state
+    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, found
 ):
     """The sparse region from SCF survivor lists: dot products, top-k and PV for survivors only.
 
-    Key and value vectors are gathered for the T actual survivors of the chunk (a compact list, so cost
-    follows T, not rows x the longest list); scores are then laid out padded ``[hkv, c, m, G]`` (cheap:
-    no D axis) for the top-k and the softmax."""
+    Key vectors are gathered for the T actual survivors of the chunk (a compact list, so cost follows T,
+    not rows x the longest list); scores are then laid out padded ``[hkv, c, m, G]`` (cheap: no D axis) for
+    the top-k and the softmax; value vectors are gathered for the group's picks only."""
     cfg = state.config
     dev = q.device
     hq, c, d = q.shape
@@ -535,10 +554,9 @@ def _chunk_gather(
     counts = torch.from_numpy(counts_np).to(dev)
     valid = torch.arange(m, device=dev)[None, None, :] < counts[..., None]  # [hkv, c, m]
     hh, rr, ss = torch.nonzero(valid, as_tuple=True)  # the T survivors, ordered by (head, row, slot)
-    key_rows = hh * n + s_n + idx[hh, rr, ss]  # rows of the flattened [hkv * n, D] cache
-    seg = hh * c + rr  # (head, row) of each survivor
     kf, vf = k.reshape(hkv * n, d), v.reshape(hkv * n, d)
-    qh = q.reshape(hkv, group, c, d).transpose(1, 2).reshape(hkv * c, group, d)
+    qh = qs_sc.reshape(hkv, group, c, d).transpose(1, 2).reshape(hkv * c, group, d)
+    key_rows, seg = hh * n + s_n + idx[hh, rr, ss], hh * c + rr  # cache row and (head, row) of each survivor
     t_n = key_rows.numel()
     blk = max(1, GATHER_BLOCK // (group * d))
     flat_scores = torch.empty(t_n, group, dtype=torch.float32, device=dev)
@@ -546,64 +564,49 @@ def _chunk_gather(
         b = min(t_n, a + blk)
         kg = kf.index_select(0, key_rows[a:b])  # [B, D]
         flat_scores[a:b] = torch.bmm(qh.index_select(0, seg[a:b]), kg[:, :, None])[..., 0]
-    flat_scores.mul_(scaling)
     padded = torch.full((hkv, c, m, group), float("-inf"), device=dev)
     padded[valid] = flat_scores
-    scores = padded.transpose(2, 3)  # [hkv, c, G, m] view
-    # Exact top-k over survivors (rows with at most k survivors keep all); ties with the k-th score kept.
-    sel = valid[:, :, None, :].expand(hkv, c, group, m)
-    need = np.nonzero(counts_np > kk)
-    if len(need[0]):
-        hi, ri = torch.from_numpy(need[0]).to(dev), torch.from_numpy(need[1]).to(dev)
+    # Exact top-k by index over survivors; rows with at most k survivors keep all.
+    if m > kk:
+        scores = padded.transpose(2, 3)  # [hkv, c, G, m] view
         if cfg.topk_per == "group":
-            gmax = scores.amax(2)  # [hkv, c, m]
-            kth = gmax[hi, ri].topk(kk, dim=-1, sorted=False).values.amin(-1)
-            thr = torch.full((hkv, c), float("-inf"), device=dev)
-            thr[hi, ri] = kth
-            sel = (valid & (gmax >= thr[..., None]))[:, :, None, :].expand(hkv, c, group, m)
+            top = scores.amax(2).topk(kk, dim=-1, sorted=False).indices  # [hkv, c, kk]
+            pick = torch.zeros(hkv, c, m, dtype=torch.bool, device=dev).scatter_(-1, top, True) & valid
+            sel = pick[:, :, None, :].expand(hkv, c, group, m)
         else:
-            kth = scores[hi, ri].topk(kk, dim=-1, sorted=False).values.amin(-1)  # [nneed, G]
-            thr = torch.full((hkv, c, group), float("-inf"), device=dev)
-            thr[hi, ri] = kth
-            sel = valid[:, :, None, :] & (scores >= thr[..., None])
+            vals, top = scores.topk(kk, dim=-1, sorted=False)  # [hkv, c, G, kk]
+            sel = torch.zeros(hkv, c, group, m, dtype=torch.bool, device=dev).scatter_(-1, top, vals > float("-inf"))
         scores.masked_fill_(~sel, float("-inf"))
+    else:
+        sel = valid[:, :, None, :].expand(hkv, c, group, m)
     surv_count = counts_np.astype(np.float64)
-    union = sel.any(2).sum(-1).double().cpu().numpy()  # [hkv, c]
+    any_sel = sel.any(2)  # [hkv, c, m]: survivors some query head of the group picked
+    union = any_sel.sum(-1).double().cpu().numpy()  # [hkv, c]
     meta = np.full(hkv, region_count.sum() * d / 8)  # the PFUs read every considered key's sign bits
     st = state.stats[layer]
     _account(st, tail_mask, region_count, surv_count, surv_count, union, meta, c)
     if len(recall_np) and kk:
-        _recall_gather(st, q, k, recall_np, region_count, idx, sel, s_n, kk, scaling)
+        _recall_gather(st, qs_sc, k, recall_np, region_count, idx, sel, s_n, kk)
     if state.observer is not None:
         _observe_lists(state, layer, counts_np, idx, sel, region_count, pos_np, s_n, w)
-    # One softmax over dense and sparse scores, then the weighted sum of dense and gathered values. The
-    # dense part is either its scores or (flash kernel) its normalised output and log-sum-exp.
-    if isinstance(s_dense, tuple):
-        o_d, lse = s_dense  # [hkv, G, c, D], [hkv, G, c]
-        mx = torch.maximum(lse, scores.amax(-1).transpose(1, 2))  # [hkv, G, c]
-        w_d = (lse - mx).exp_()
-        z = w_d.clone()
-        out = o_d * w_d[..., None]
-    else:
-        mx = torch.maximum(s_dense.amax(-1), scores.amax(-1).transpose(1, 2))  # [hkv, G, c]
-        p_d = (s_dense - mx[..., None]).exp_()
-        z = p_d.sum(-1)
-        nd = s_dense.shape[-1]
-        out = torch.bmm(p_d.view(hkv, group * c, nd), v[:, dense_idx]).view(hkv, group, c, d)
+    mx, out, z = _merge_band(band, v, dense_idx, padded.amax(2).transpose(1, 2))
     p_s = padded.sub_(mx.transpose(1, 2)[:, :, None, :]).exp_()  # [hkv, c, m, G]; unselected -> 0
     z += p_s.sum(2).transpose(1, 2)
-    flat_p = p_s[valid]  # [T, G]
+    # PV over the picks only: past the top-k cut most survivors weigh nothing.
+    ph, pr, ps = torch.nonzero(any_sel, as_tuple=True)
+    val_rows, pseg = ph * n + s_n + idx[ph, pr, ps], ph * c + pr
+    flat_p = p_s[ph, pr, ps]  # [P, G]
     out_s = torch.zeros(hkv * c, group, d, dtype=torch.float32, device=dev)
-    for a in range(0, t_n, blk):
-        b = min(t_n, a + blk)
-        vg = vf.index_select(0, key_rows[a:b])  # [B, D]
-        out_s.index_add_(0, seg[a:b], flat_p[a:b, :, None] * vg[:, None, :])
+    for a in range(0, val_rows.numel(), blk):
+        b = min(val_rows.numel(), a + blk)
+        vg = vf.index_select(0, val_rows[a:b])  # [B, D]
+        out_s.index_add_(0, pseg[a:b], flat_p[a:b, :, None] * vg[:, None, :])
     out += out_s.view(hkv, c, group, d).transpose(1, 2)
     out /= z[..., None]
-    return out.reshape(hkv * group, c, d)
+    return out.reshape(hq, c, d)
 
 
-def _recall_gather(st, q, k, recall_np, region_count, idx, sel, s_n, kk, scaling) -> None:
+def _recall_gather(st, q, k, recall_np, region_count, idx, sel, s_n, kk) -> None:
     """Top-k recall on the sampled rows: their full region scores (those rows only) against the picks."""
     dev = q.device
     hq, _, d = q.shape
@@ -612,7 +615,7 @@ def _recall_gather(st, q, k, recall_np, region_count, idx, sel, s_n, kk, scaling
     rows = torch.from_numpy(recall_np).to(dev)
     nr = len(recall_np)
     r = int(region_count.max())  # the chunk's region width (>= k), as in the full path
-    raw = torch.bmm(q[:, rows].reshape(hkv, group * nr, d), k[:, s_n : s_n + r].transpose(1, 2)).mul_(scaling)
+    raw = torch.bmm(q[:, rows].reshape(hkv, group * nr, d), k[:, s_n : s_n + r].transpose(1, 2))  # q pre-scaled
     raw = raw.view(hkv, group, nr, r)
     region = torch.arange(r, device=dev)[None, :] < torch.from_numpy(region_count[recall_np]).to(dev)[:, None]
     picks = sel[:, rows].transpose(1, 2)  # [hkv, G, nr, m]
@@ -648,35 +651,6 @@ def _observe_lists(state, layer, counts, idx, sel, region_count, pos_np, s_n, w)
                     sinks=min(s_n, max(0, p + 1 - w)),
                 )
             )
-
-
-def _topk_mask(
-    s_sp: torch.Tensor, eligible: torch.Tensor, surv_count: np.ndarray, kk: int, per_group: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k over eligible keys as a mask: (scores with unselected keys at -inf, selection mask).
-
-    Rows whose eligible count is at most k keep everything, so ``topk`` runs only on rows that need it
-    (after tuning, most rows). A key tied with the k-th score is kept too (exact float ties only)."""
-    hkv, group, c, _ = s_sp.shape
-    masked = s_sp.masked_fill_(~eligible, float("-inf"))  # s_sp is not needed unmasked afterwards
-    need = np.nonzero(surv_count > kk)  # (kv head, row) pairs with more survivors than k
-    if len(need[0]) == 0:
-        return masked, eligible.expand(hkv, group, c, -1)
-    dev = s_sp.device
-    hi, ri = torch.from_numpy(need[0]).to(dev), torch.from_numpy(need[1]).to(dev)
-    if per_group:
-        gmax = masked.amax(1)  # [hkv, c, r]
-        kth = gmax[hi, ri].topk(kk, dim=-1, sorted=False).values.amin(-1)  # [n]
-        thr = torch.full((hkv, c), float("-inf"), device=dev)
-        thr[hi, ri] = kth
-        sel = (eligible[:, 0] & (gmax >= thr[..., None]))[:, None].expand(hkv, group, c, -1)
-    else:
-        sub = masked[hi, :, ri]  # [n, group, r]
-        kth = sub.topk(kk, dim=-1, sorted=False).values.amin(-1)  # [n, group]
-        thr = torch.full((hkv, group, c), float("-inf"), device=dev)
-        thr[hi, :, ri] = kth
-        sel = eligible & (masked >= thr[..., None])
-    return masked.masked_fill_(~sel, float("-inf")), sel
 
 
 def _quest_select(q, k, region, s_n, e, kk, hkv, group):
@@ -781,22 +755,3 @@ def _band_flash(q, k, v, dense_idx, dense_mask, scaling):
     except RuntimeError:  # pragma: no cover - a kernel that refuses these arguments
         return None
     return out[0].view(hkv, group, c, d), lse[0].view(hkv, group, c)
-
-
-def _softmax_out(s_dense, v_dense, s_sparse, v_sparse, hkv, group, c, d) -> torch.Tensor:
-    """One softmax over dense scores and the selected sparse scores (unselected at -inf), then the
-    weighted sum of values: two batched matmuls (gathering k value vectors per query row costs far more
-    memory traffic on a CPU)."""
-    nd = s_dense.shape[-1]
-    m = s_dense.amax(-1, keepdim=True)
-    if s_sparse is not None:
-        m = torch.maximum(m, s_sparse.amax(-1, keepdim=True))
-    p_d = (s_dense - m).exp_()
-    z = p_d.sum(-1, keepdim=True)
-    out = torch.bmm(p_d.view(hkv, group * c, nd), v_dense)
-    if s_sparse is not None:
-        p_s = s_sparse.sub_(m).exp_()  # in place: the sparse scores are not used after this
-        z = z + p_s.sum(-1, keepdim=True)
-        out += torch.bmm(p_s.view(hkv, group * c, -1), v_sparse)
-    out = out.view(hkv, group, c, d) / z
-    return out.reshape(hkv * group, c, d)
