@@ -21,11 +21,14 @@ order of moves and its stopping rule but makes it affordable on 2 CPU cores:
 from __future__ import annotations
 
 import heapq
+import os
+import platform
 import time
 from pathlib import Path
 
 import numba
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -202,6 +205,7 @@ def tune_thresholds(
         provenance={
             "tool": "cemsim tune",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} on {lm.device}",
             "procedure": "LongSight greedy (lowest filter ratio first) with bisection over the fixed move order",
             "ppl_budget": ppl_budget,
             "tokens": tokens,
