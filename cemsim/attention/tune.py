@@ -33,7 +33,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cemsim.attention.eval import filter_ratios
 from cemsim.attention.model_loader import load_model
 from cemsim.attention.policies import PolicyConfig, published_k
 from cemsim.attention.runner import (
@@ -164,12 +163,15 @@ def tune_thresholds(
         cfg = PolicyConfig(kind="longsight", window=window, sinks=sinks, k=kk, rotations=base.rotations,
                            thresholds=thresholds_after(moves, n_moves, shape, start), backend=base.backend)
         state = new_state(lm, cfg, total_positions=tokens)
+        t_eval = time.perf_counter()
         ppl = perplexity(token_nll(lm, ids, state))
-        fr = filter_ratios(state)
         cons = sum(float(s.considered.sum()) for s in state.stats)
         sv = sum(float(s.survivors.sum()) for s in state.stats)
         results[n_moves] = (ppl, cons / sv if sv else float("inf"))
-        del fr
+        # One line per evaluation: visible above the bar in a terminal and in logs where the bar is not.
+        console.print(f"evaluation {len(results)}: {n_moves}/{len(moves)} moves, perplexity {ppl:.4f} "
+                      f"({ppl / ppl_dense - 1:+.2%}), filter ratio {results[n_moves][1]:.2f}x, "
+                      f"{time.perf_counter() - t_eval:.0f} s")
         return ppl
 
     expected = int(np.ceil(np.log2(len(moves) + 1))) + 1
