@@ -52,6 +52,7 @@ class EvalReport:
     bytes_breakdown: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
     dense_cached: bool = False
+    device: str = "cpu fp32"  # where the model ran and in which dtype
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -176,4 +177,5 @@ def evaluate(
         bytes_breakdown=breakdown,
         seconds={"dense": t1 - t0, "sparse": t2 - t1, "dense_cpu": c1 - c0, "sparse_cpu": c2 - c1},
         dense_cached=cached,
+        device=f"{lm.device} {lm.dtype}",
     )

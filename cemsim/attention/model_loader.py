@@ -166,6 +166,8 @@ def load_model(model: str = BUNDLED, *, dtype: str | None = None, device: str = 
             where="--model",
         )
     register()
+    if str(device) not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise CemsimError(f"--device must be cpu or cuda, got {device!r}", where="--device")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise CemsimError("--device cuda asked for, but torch sees no CUDA GPU", where="--device")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[short]

@@ -44,14 +44,14 @@ def new_state(lm: LoadedModel, config: PolicyConfig, **kw) -> AttentionState:
 @torch.inference_mode()
 def token_nll(lm: LoadedModel, ids: list[int] | torch.Tensor, state: AttentionState | None = None) -> np.ndarray:
     """Negative log-likelihood of tokens 1..N-1 given their prefix, under ``state``'s policy (None: dense)."""
-    x = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
+    x = torch.as_tensor(ids, dtype=torch.long, device=lm.device).reshape(1, -1)
     kwargs = {} if state is None else {"cemsim_state": state}
     hidden = lm.model.model(input_ids=x, use_cache=False, **kwargs).last_hidden_state[0]
     nll = np.empty(x.shape[1] - 1, dtype=np.float64)
     for a in range(0, x.shape[1] - 1, LOGIT_CHUNK):
         b = min(x.shape[1] - 1, a + LOGIT_CHUNK)
         logits = lm.model.lm_head(hidden[a:b]).float()
-        nll[a:b] = torch.nn.functional.cross_entropy(logits, x[0, a + 1 : b + 1], reduction="none").numpy()
+        nll[a:b] = torch.nn.functional.cross_entropy(logits, x[0, a + 1 : b + 1], reduction="none").cpu().numpy()
     return nll
 
 
@@ -66,8 +66,10 @@ def _model_key(lm: LoadedModel) -> str:
 
 
 def dense_nll_cached(lm: LoadedModel, ids: list[int], text: EvalText) -> tuple[np.ndarray, bool]:
-    """Dense NLL, cached on disk per (model weights, text, token count): eval and tune reuse it."""
-    key = hashlib.sha256(f"{_model_key(lm)}|{text.sha256}|{len(ids)}|{ids[:4]}".encode()).hexdigest()[:24]
+    """Dense NLL, cached on disk per (model weights, text, token count, device kind and dtype): eval and
+    tune reuse it."""
+    run = "" if (lm.device, lm.dtype) == ("cpu", "fp32") else f"|{torch.device(lm.device).type}|{lm.dtype}"
+    key = hashlib.sha256(f"{_model_key(lm)}|{text.sha256}|{len(ids)}|{ids[:4]}{run}".encode()).hexdigest()[:24]
     path = cache_dir() / "eval" / f"dense-nll-{key}.npy"
     if path.is_file():
         try:

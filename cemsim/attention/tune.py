@@ -117,6 +117,10 @@ def thresholds_after(moves: list[tuple[int, int, int]], n: int, shape: tuple[int
     return th
 
 
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu"
+
+
 def tune_thresholds(
     *,
     model: str,
@@ -131,6 +135,7 @@ def tune_thresholds(
     itq: bool,
     text_path: Path | None,
     out: Path,
+    device: str = "cpu",
     console: Console | None = None,
 ) -> ThresholdFile:
     console = console or Console(stderr=True)
@@ -140,7 +145,7 @@ def tune_thresholds(
         raise CemsimError(f"--tokens {tokens} leaves no sparse region with W={window}, S={sinks}", where="--tokens")
     t0 = time.perf_counter()
     with console.status("loading model"):
-        lm = load_model(model)
+        lm = load_model(model, device=device, dtype="fp32")  # perplexity budgets are judged in fp32
     if tokens > lm.max_positions:
         raise CemsimError(f"{tokens} tokens exceed the model's {lm.max_positions} positions", where="--tokens")
     text = load_text(text_path)
@@ -207,7 +212,7 @@ def tune_thresholds(
         provenance={
             "tool": "cemsim tune",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} on {lm.device}",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, model on {_device_name(lm.device)}",
             "procedure": "LongSight greedy (lowest filter ratio first) with bisection over the fixed move order",
             "ppl_budget": ppl_budget,
             "tokens": tokens,

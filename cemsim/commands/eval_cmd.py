@@ -35,6 +35,7 @@ def eval_command(
     itq: bool = typer.Option(True, "--itq/--no-itq", help="Rotate q and k by per-head ITQ rotations before taking signs."),
     topk_per: str = typer.Option("head", "--topk-per", help="head (published) or group (one top-k per KV group)."),
     backend: str = typer.Option("auto", "--backend", help="SCF kernel backend: auto | numpy | numba | cupy."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the model runs (fp32 either way)."),
     text: Path | None = typer.Option(None, "--text", help="UTF-8 text file (default: Python's bundled language reference)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
@@ -47,7 +48,7 @@ def eval_command(
     if tokens < 2:
         raise CemsimError(f"--tokens must be at least 2, got {tokens}", where="--tokens")
     with err.status("loading model"):
-        lm = load_model(model)
+        lm = load_model(model, device=device, dtype="fp32")
     if tokens > lm.max_positions:
         raise CemsimError(f"{tokens} tokens exceed the model's {lm.max_positions} positions", where="--tokens")
     txt = load_text(text)

@@ -21,6 +21,7 @@ def tune_command(
                                      "D/2 skips moves that filter almost nothing for roughly isotropic signs)."),
     max_evals: int = typer.Option(60, "--max-evals", help="Stop after this many perplexity evaluations."),
     itq: bool = typer.Option(True, "--itq/--no-itq", help="Tune for ITQ-rotated signs."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the model runs (fp32 either way)."),
     text: Path | None = typer.Option(None, "--text", help="UTF-8 text file (default: Python's bundled language reference)."),
     out: Path = typer.Option(Path("thresholds.json"), "--out", help="Thresholds file to write (.json or .yaml)."),
 ) -> None:
@@ -31,7 +32,7 @@ def tune_command(
         raise CemsimError(f"--ppl-budget must be positive, got {ppl_budget}", where="--ppl-budget")
     tune_thresholds(
         model=model, tokens=tokens, window=window, sinks=sinks, k=k, step=step, start=start, max_evals=max_evals,
-        ppl_budget=ppl_budget, itq=itq, text_path=text, out=out,
+        ppl_budget=ppl_budget, itq=itq, text_path=text, out=out, device=device,
     )
 
 

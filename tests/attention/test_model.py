@@ -87,6 +87,16 @@ def test_bad_model_paths(tmp_path):
         load_model(str(tmp_path / "gpt"))
 
 
+@pytest.mark.parametrize("command", ["eval", "tune"])
+def test_bad_device_is_one_clear_error(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--device", "tpu", "--tokens", "512"])
+    assert exc.value.code == 1 and "--device must be cpu or cuda" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(CemsimError, match="no CUDA GPU"):
+            load_model("smollm2-135m", device="cuda")
+
+
 def test_eval_and_tune_cli(tmp_path, capsys):
     main(["eval", "--tokens", "200", "--window", "48", "--sinks", "4", "--threshold", "35", "--no-itq", "--json"])
     out = json.loads(capsys.readouterr().out)
