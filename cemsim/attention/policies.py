@@ -328,19 +328,48 @@ def _chunk(
         band = _band_scores(q, k, dense_idx, dense_mask, scaling)
     qs_sc = q * scaling  # sparse scores from pre-scaled queries: one pass over [Hq, c, D], not over scores
     args = (q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state)
+    every = np.arange(hkv)
     if cfg.kind == "quest":
         return _chunk_quest(*args)
-    if cfg.kind == "longsight" and state.sparse_path != "full":
-        found = _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, state.gather_cap(r), cfg, dev)
-        if found is not None:
-            return _chunk_gather(*args, found)
-    return _chunk_full(*args, qsig, ksig)
+    if cfg.kind != "longsight" or state.sparse_path == "full":
+        return _chunk_full(*args, qsig, ksig, heads=every)
+    split = _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, state.gather_cap(r), cfg, dev)
+    if not len(split.full):
+        return _chunk_gather(*args, (split.counts, split.idx), heads=every)
+    if not len(split.gather):
+        return _chunk_full(*args, qsig, ksig, heads=every, mask=split.full_mask)
+    # Per KV head: heads whose survivors are sparse take the gather path, the others the full product.
+    out = torch.empty(hq, c, d, dtype=torch.float32, device=dev)
+    for heads, gather in ((split.gather, True), (split.full, False)):
+        rows = (heads[:, None] * group + np.arange(group)).ravel()
+        rs, hs = torch.from_numpy(rows).to(dev), torch.from_numpy(heads).to(dev)
+        sub_band = (band[0][hs], band[1][hs]) if isinstance(band, tuple) else band[hs]
+        sub = (q[rs], qs_sc[rs], k[hs], v[hs], sub_band, *args[5:])
+        if gather:
+            out[rs] = _chunk_gather(*sub, (split.counts, split.idx), heads=heads)
+        else:
+            host = isinstance(ksig, np.ndarray)
+            qs_h, ks_h = (qsig[rows], ksig[heads]) if host else (qsig[rs], ksig[hs])
+            out[rs] = _chunk_full(*sub, qs_h, ks_h, heads=heads, mask=split.full_mask)
+    return out
 
 
-def _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, cap, cfg, dev):
-    """SCF survivors of one query chunk as padded lists ``(counts [hkv, c] numpy, idx [hkv, c, M] long on
-    dev)`` with idx relative to S, 0 past a row's count, and M = max(1, most survivors in a row); None when a row has more than
-    ``cap`` (the caller then takes the full product)."""
+@dataclass
+class SurvivorSplit:
+    """SCF survivors of one query chunk, split by KV head: ``gather`` heads (every row within the gather
+    cap) as padded lists ``counts [ng, c]`` and ``idx [ng, c, M]`` (relative to S, 0 past a row's count);
+    ``full`` heads (some row over the cap), with their mask ``[nf, c, r]`` where the backend made one."""
+
+    gather: np.ndarray
+    counts: np.ndarray
+    idx: torch.Tensor
+    full: np.ndarray
+    full_mask: torch.Tensor | None
+
+
+def _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, cap, cfg, dev) -> SurvivorSplit:
+    """SCF survivors of one query chunk for every KV head, as lists for heads whose rows all have at most
+    ``cap`` survivors and as a mask (where the backend made one) for the rest."""
     hkv = ksig.shape[0]
     c = qsig.shape[1]
     th = np.array([cfg.threshold(layer, h) for h in range(hkv)], dtype=np.int64)
@@ -348,19 +377,20 @@ def _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, cap, cfg, de
     if cfg.backend == "numba" and not isinstance(ksig, torch.Tensor):
         qs = np.ascontiguousarray(qsig.reshape(hkv, group, c, -1).transpose(0, 2, 1, 3))
         res = kernels.scf_survivor_lists(qs, ksig, d, th, limits, start=s_n, cap=cap, backend="numba")
-        if res.overflow:
-            return None
-        m = max(1, int(res.counts.max(initial=0)))
-        idx = res.idx[:, :, :m].astype(np.int64)
-        idx[np.arange(m)[None, None, :] >= res.counts[..., None]] = 0  # slots past a row's count: 0
-        return res.counts, torch.from_numpy(idx).to(dev)
+        over = res.counts.max(axis=1, initial=0) > cap  # counts are complete even where lists were cut
+        g = np.nonzero(~over)[0]
+        counts = res.counts[g]
+        m = max(1, int(counts.max(initial=0)))
+        idx = res.idx[g, :, :m].astype(np.int64)
+        idx[np.arange(m)[None, None, :] >= counts[..., None]] = 0  # slots past a row's count: 0
+        return SurvivorSplit(g, counts, torch.from_numpy(idx).to(dev), np.nonzero(over)[0], None)
     # Other backends (NumPy reference, CuPy on the host or on the GPU): the survivor mask, then lists.
-    mask = _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev)
+    mask = _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev, np.arange(hkv))
     counts = mask.sum(-1)
-    counts_np = counts.cpu().numpy()
-    if counts_np.max(initial=0) > cap:
-        return None
-    return counts_np, survivor_lists_from_mask(mask, counts)[1]
+    over = counts.amax(-1).cpu().numpy() > cap
+    g, f = np.nonzero(~over)[0], np.nonzero(over)[0]
+    gt, ft = torch.from_numpy(g).to(dev), torch.from_numpy(f).to(dev)
+    return SurvivorSplit(g, counts[gt].cpu().numpy(), survivor_lists_from_mask(mask[gt], counts[gt])[1], f, mask[ft])
 
 
 def survivor_lists_from_mask(
@@ -381,13 +411,14 @@ def survivor_lists_from_mask(
     return counts, idx
 
 
-def _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev) -> torch.Tensor:
-    """SCF survivors of one chunk inside each row's region: bool ``[hkv, c, r]`` on dev."""
+def _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev, heads) -> torch.Tensor:
+    """SCF survivors of one chunk inside each row's region: bool ``[hkv, c, r]`` on dev, for the KV heads
+    ``heads`` (global indices, for their thresholds) whose signs ``ksig``/``qsig`` hold."""
     hkv = ksig.shape[0]
     e_rel = int(region_count.max(initial=0))  # the chunk's region width: its last row sees all of it
     rows = []
     for h in range(hkv):
-        t = cfg.threshold(layer, h)
+        t = cfg.threshold(layer, int(heads[h]))
         if isinstance(ksig, torch.Tensor):
             qs = qsig[h * group : (h + 1) * group].transpose(0, 1)
             rows.append(kernels.scf_filter_device(qs, ksig[h, s_n : s_n + e_rel], d, t))
@@ -405,16 +436,17 @@ def _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev) -> 
     return torch.stack(rows) & region
 
 
-def _account(st, tail_mask, region_count, surv_count, keys, union, meta, c) -> None:
-    st.considered += region_count.sum()
-    st.survivors += surv_count.sum(1)
-    st.keys_read += keys.sum(1)
-    st.values_read += union.sum(1)
-    st.meta_bytes += meta
-    st.tail_keys_read += keys[:, tail_mask].sum(1)
-    st.tail_values_read += union[:, tail_mask].sum(1)
+def _account(st, heads, tail_mask, region_count, surv_count, keys, union, meta, c) -> None:
+    """Adds one chunk's reads to the layer's per-KV-head sums at ``heads`` (the chunk's heads, global)."""
+    st.considered[heads] += region_count.sum()
+    st.survivors[heads] += surv_count.sum(1)
+    st.keys_read[heads] += keys.sum(1)
+    st.values_read[heads] += union.sum(1)
+    st.meta_bytes[heads] += meta
+    st.tail_keys_read[heads] += keys[:, tail_mask].sum(1)
+    st.tail_values_read[heads] += union[:, tail_mask].sum(1)
     if tail_mask.any():
-        st.tail_meta_bytes += meta * tail_mask.sum() / c
+        st.tail_meta_bytes[heads] += meta * tail_mask.sum() / c
 
 
 def _merge_band(band, v, dense_idx, mx_sparse):
@@ -435,7 +467,8 @@ def _merge_band(band, v, dense_idx, mx_sparse):
 
 
 def _chunk_full(
-    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, qsig, ksig
+    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, qsig, ksig,
+    *, heads, mask=None
 ):
     """The sparse region by full products (LongSight at low thresholds, oracle top-k): QK^T over [S, e) for
     every row, eligible keys masked, exact top-k by index; the softmax and PV touch the k picks only (their
@@ -455,7 +488,9 @@ def _chunk_full(
     recall_raw = s_sp[:, :, recall_rows].clone()
     meta = np.zeros(hkv)
     if cfg.kind == "longsight":
-        eligible = _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev)  # [hkv, c, r]
+        if mask is None:
+            mask = _survivor_mask(qsig, ksig, region_count, layer, s_n, d, group, cfg, dev, heads)
+        eligible = mask  # [hkv, c, r]
         meta[:] = region_count.sum() * d / 8  # the PFUs read every considered key's sign bits
         surv_count = eligible.sum(-1).cpu().numpy().astype(np.float64)  # [hkv, c]
         s_sp.masked_fill_(~eligible[:, None], float("-inf"))
@@ -477,7 +512,7 @@ def _chunk_full(
     )
     union_np = (union > 0).sum(-1).double().cpu().numpy()  # [hkv, c] values read: the group's picks
     st = state.stats[layer]
-    _account(st, tail_mask, region_count, surv_count, keys, union_np, meta, c)
+    _account(st, heads, tail_mask, region_count, surv_count, keys, union_np, meta, c)
     if len(recall_np) and kk:
         chosen = torch.zeros(hkv, group, len(recall_np), r, dtype=torch.bool, device=dev).scatter_(
             -1, top[:, :, recall_rows], picked[:, :, recall_rows]
@@ -485,7 +520,7 @@ def _chunk_full(
         _recall(st, recall_raw, torch.arange(len(recall_np), device=dev), region[recall_rows], chosen, kk)
     if state.observer is not None:
         sel = torch.zeros(hkv, group, c, r, dtype=torch.bool, device=dev).scatter_(-1, top, picked)
-        _observe(state, layer, eligible[:, None], sel, region_count, pos_np, s_n, w)
+        _observe(state, layer, heads, eligible[:, None], sel, region_count, pos_np, s_n, w)
     if not kk:
         mx, out, z = _merge_band(band, v, dense_idx, torch.full((hkv, group, c), float("-inf"), device=dev))
     else:
@@ -520,10 +555,10 @@ def _chunk_quest(q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_
     surv_count = np.broadcast_to(region_count, (hkv, c)).astype(np.float64)
     union = sel.any(1).sum(-1).double().cpu().numpy()  # [hkv, c]
     st = state.stats[layer]
-    _account(st, tail_mask, region_count, surv_count, union, union, meta, c)
+    _account(st, np.arange(hkv), tail_mask, region_count, surv_count, union, union, meta, c)
     _recall(st, recall_raw, recall_rows, region, sel, kk)
     if state.observer is not None:
-        _observe(state, layer, region.expand(hkv, c, r)[:, None], sel, region_count, pos_np, s_n, cfg.window)
+        _observe(state, layer, np.arange(hkv), region.expand(hkv, c, r)[:, None], sel, region_count, pos_np, s_n, cfg.window)
     mx, out, z = _merge_band(band, v, dense_idx, s_sp.amax(-1))
     p_s = s_sp.sub_(mx[..., None]).exp_()
     z += p_s.sum(-1)
@@ -536,7 +571,7 @@ GATHER_BLOCK = 1 << 20  # survivor x query-head x D elements per block of the co
 
 
 def _chunk_gather(
-    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, found
+    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, found, *, heads
 ):
     """The sparse region from SCF survivor lists: dot products, top-k and PV for survivors only.
 
@@ -584,11 +619,11 @@ def _chunk_gather(
     union = any_sel.sum(-1).double().cpu().numpy()  # [hkv, c]
     meta = np.full(hkv, region_count.sum() * d / 8)  # the PFUs read every considered key's sign bits
     st = state.stats[layer]
-    _account(st, tail_mask, region_count, surv_count, surv_count, union, meta, c)
+    _account(st, heads, tail_mask, region_count, surv_count, surv_count, union, meta, c)
     if len(recall_np) and kk:
         _recall_gather(st, qs_sc, k, recall_np, region_count, idx, sel, s_n, kk)
     if state.observer is not None:
-        _observe_lists(state, layer, counts_np, idx, sel, region_count, pos_np, s_n, w)
+        _observe_lists(state, layer, heads, counts_np, idx, sel, region_count, pos_np, s_n, w)
     mx, out, z = _merge_band(band, v, dense_idx, padded.amax(2).transpose(1, 2))
     p_s = padded.sub_(mx.transpose(1, 2)[:, :, None, :]).exp_()  # [hkv, c, m, G]; unselected -> 0
     z += p_s.sum(2).transpose(1, 2)
@@ -629,7 +664,7 @@ def _recall_gather(st, q, k, recall_np, region_count, idx, sel, s_n, kk) -> None
     _recall(st, raw, torch.arange(nr, device=dev), region, chosen, kk)
 
 
-def _observe_lists(state, layer, counts, idx, sel, region_count, pos_np, s_n, w) -> None:
+def _observe_lists(state, layer, heads, counts, idx, sel, region_count, pos_np, s_n, w) -> None:
     hkv, c, group, _ = sel.shape
     idx_np = idx.cpu().numpy()
     sel_np = sel.cpu().numpy()
@@ -642,7 +677,7 @@ def _observe_lists(state, layer, counts, idx, sel, region_count, pos_np, s_n, w)
                 DecodeRecord(
                     step=state.step,
                     layer=layer,
-                    kv_head=h,
+                    kv_head=int(heads[h]),
                     context=p + 1,
                     considered=int(region_count[i]),
                     survivors=(ids + s_n).astype(np.int32),
@@ -693,7 +728,7 @@ def _recall(st, raw, rows, region, sel, kk) -> None:
     st.recall_total += float(ovalid.sum())
 
 
-def _observe(state, layer, eligible, sel, region_count, pos, s_n, w) -> None:
+def _observe(state, layer, heads, eligible, sel, region_count, pos, s_n, w) -> None:
     hkv, group, c, _ = sel.shape
     for i in range(c):
         p = int(pos[i])
@@ -702,7 +737,7 @@ def _observe(state, layer, eligible, sel, region_count, pos, s_n, w) -> None:
                 DecodeRecord(
                     step=state.step,
                     layer=layer,
-                    kv_head=h,
+                    kv_head=int(heads[h]),
                     context=p + 1,
                     considered=int(region_count[i]),
                     survivors=(torch.nonzero(eligible[h, 0, i]).flatten() + s_n)

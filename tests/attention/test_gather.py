@@ -103,6 +103,37 @@ def test_auto_falls_back_when_survivors_are_dense():
         AttentionState(config=cfg, num_layers=1, num_kv_heads=HKV, sparse_path="fast")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_auto_splits_kv_heads_between_gather_and_full(backend, monkeypatch):
+    """T = 0 on KV head 0 (every key survives: full product), T = 44 on head 1 (few: gather)."""
+    from cemsim.attention import policies
+
+    n, tq = 420, 150
+    q, k, v = _qkv(n, tq, seed=11)
+    cfg = PolicyConfig(kind="longsight", window=40, sinks=5, k=12, thresholds=np.array([[0, 44]]), backend=backend)
+    calls: list[tuple[str, list[int]]] = []
+    for name in ("_chunk_gather", "_chunk_full"):
+        fn = getattr(policies, name)
+
+        def spy(*a, _fn=fn, _name=name, **kw):
+            calls.append((_name, kw["heads"].tolist()))
+            return _fn(*a, **kw)
+
+        monkeypatch.setattr(policies, name, spy)
+    out_a, st_a, rec_a = _run("auto", cfg, q, k, v, n - tq, chunk_rows=50)
+    assert ("_chunk_gather", [1]) in calls and ("_chunk_full", [0]) in calls
+    out_f, st_f, rec_f = _run("full", cfg, q, k, v, n - tq, chunk_rows=50)
+    torch.testing.assert_close(out_a, out_f, atol=1e-5, rtol=1e-5)
+    for f in st_a.stats[0].__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(st_a.stats[0], f), getattr(st_f.stats[0], f), err_msg=f)
+    key = lambda r: (r.context, r.kv_head)  # noqa: E731 - records of split heads arrive in another order
+    for a, b in zip(sorted(rec_a, key=key), sorted(rec_f, key=key), strict=True):
+        assert (a.kv_head, a.context, a.considered) == (b.kv_head, b.context, b.considered)
+        np.testing.assert_array_equal(a.survivors, b.survivors)
+        for ta, tb in zip(a.topk, b.topk, strict=True):
+            np.testing.assert_array_equal(ta, tb)
+
+
 @pytest.mark.parametrize("w", [1, 2])
 def test_survivor_lists_backends_agree(w):
     rng = np.random.default_rng(w)
