@@ -127,8 +127,9 @@ class AttentionState:
 
     ``sparse_path`` picks how LongSight scores its sparse region: ``"gather"`` computes dot products for SCF
     survivors only (padded survivor lists), ``"full"`` the whole region's QK^T then masks, ``"auto"``
-    gathers unless some row of a query chunk has more than ``gather_cap(region)`` survivors (low thresholds),
-    then falls back to the full product. Both give the same outputs (up to float rounding) and stats."""
+    decides per KV head and query chunk: gather unless some row of the head has more than
+    ``gather_cap(region)`` survivors (low thresholds), else the full product. All give the same outputs (up
+    to float rounding) and stats."""
 
     config: PolicyConfig
     num_layers: int
@@ -172,7 +173,7 @@ class AttentionState:
         return buf[:n].view(shape)
 
     def gather_cap(self, region: int) -> int:
-        """Most survivors per row the gather path takes before ``auto`` falls back to the full product."""
+        """Most survivors per row the gather path takes before ``auto`` gives a head the full product."""
         if self.sparse_path == "gather":
             return max(1, region)
         return max(1, self.config.k, int(region * self.gather_fraction))
