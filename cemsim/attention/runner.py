@@ -214,6 +214,8 @@ def make_policy(
             rotations = rot.rotations
             info["itq_file"] = str(path)
             info["itq_trained_now"] = trained
+    if backend == "auto" and torch.device(lm.device).type != "cuda":
+        backend = "numba"  # SCF runs where the keys are: CuPy would copy host keys to a GPU and back per chunk
     cfg = PolicyConfig(
         kind=kind,  # type: ignore[arg-type]
         window=window,

@@ -141,3 +141,19 @@ def test_bad_policy_config():
         PolicyConfig(kind="magic")  # type: ignore[arg-type]
     with pytest.raises(CemsimError, match="window"):
         PolicyConfig(window=0)
+
+
+def test_auto_backend_follows_the_model_device(monkeypatch):
+    """A CPU model filters with Numba even where CuPy sees a GPU; a CUDA model takes CuPy."""
+    from types import SimpleNamespace
+
+    from cemsim import kernels
+    from cemsim.attention.runner import make_policy
+
+    monkeypatch.setattr(kernels, "cupy_available", lambda: True)
+    lm = SimpleNamespace(num_layers=2, num_kv_heads=2, head_dim=64, device="cpu")
+    cfg, _ = make_policy(lm, None, kind="longsight", context=4096, threshold=30, itq=False)
+    assert cfg.backend == "numba"
+    cfg, _ = make_policy(SimpleNamespace(**{**vars(lm), "device": "cuda"}), None, kind="longsight", context=4096,
+                         threshold=30, itq=False)
+    assert cfg.backend == "cupy"
