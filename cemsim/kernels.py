@@ -59,9 +59,12 @@ def cupy_available() -> bool:
     return _cupy() is not None
 
 
-def resolve_backend(backend: Backend | str = "auto") -> str:
+def resolve_backend(backend: Backend | str = "auto", device: str | None = None) -> str:
+    """``auto``: CuPy when it sees a GPU, else Numba; given the ``device`` the keys live on, CuPy only for a
+    CUDA device (for host tensors CuPy would copy them to the GPU and back on every call)."""
     if backend == "auto":
-        return "cupy" if cupy_available() else "numba"
+        on_gpu = device is None or str(device).startswith("cuda")
+        return "cupy" if on_gpu and cupy_available() else "numba"
     if backend not in BACKENDS:
         raise CemsimError(f"unknown kernel backend {backend!r}; valid: auto, {', '.join(BACKENDS)}")
     if backend == "cupy" and not cupy_available():

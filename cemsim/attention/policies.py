@@ -324,21 +324,19 @@ def _chunk(
     st.dense += n_dense.sum()
     st.tail_rows += tail_mask.sum()
     st.tail_dense += n_dense[tail_mask].sum()
+    band = _band_flash(q, k, v, dense_idx, dense_mask, scaling) if state.flash_band else None
+    if band is None:
+        band = _band_scores(q, k, dense_idx, dense_mask, scaling)
     if e <= s_n or cfg.kind == "window":
         if e > s_n:
             st.considered += region_count.sum()
-        flash = _band_flash(q, k, v, dense_idx, dense_mask, scaling) if state.flash_band else None
-        if flash is not None:
-            return flash[0].reshape(hq, c, d)
-        s_dense = _band_scores(q, k, dense_idx, dense_mask, scaling)
-        _, out, z = _merge_band(s_dense, v, dense_idx, torch.full(s_dense.shape[:3], float("-inf"), device=dev))
+        if isinstance(band, tuple):
+            return band[0].reshape(hq, c, d)
+        _, out, z = _merge_band(band, v, dense_idx, torch.full(band.shape[:3], float("-inf"), device=dev))
         return (out / z[..., None]).reshape(hq, c, d)
     r = e - s_n
     kk = min(cfg.k, r)
     recall_np = np.nonzero((pos_np % state.recall_stride == 0) & (region_count > 0))[0]
-    band = _band_flash(q, k, v, dense_idx, dense_mask, scaling) if state.flash_band else None
-    if band is None:
-        band = _band_scores(q, k, dense_idx, dense_mask, scaling)
     qs_sc = q * scaling  # sparse scores from pre-scaled queries: one pass over [Hq, c, D], not over scores
     args = (q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state)
     every = np.arange(hkv)
@@ -347,23 +345,27 @@ def _chunk(
     if cfg.kind != "longsight" or state.sparse_path == "full":
         return _chunk_full(*args, qsig, ksig, heads=every)
     split = _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, state.gather_cap(r), cfg, dev)
-    if not len(split.full):
-        return _chunk_gather(*args, (split.counts, split.idx), heads=every)
-    if not len(split.gather):
-        return _chunk_full(*args, qsig, ksig, heads=every, mask=split.full_mask)
-    # Per KV head: heads whose survivors are sparse take the gather path, the others the full product.
+    # Per KV head: heads whose survivors are sparse take the gather path, the others the full product. A
+    # path that takes every head gets the tensors whole (no copies of K and V).
     out = torch.empty(hq, c, d, dtype=torch.float32, device=dev)
     for heads, gather in ((split.gather, True), (split.full, False)):
-        rows = (heads[:, None] * group + np.arange(group)).ravel()
-        rs, hs = torch.from_numpy(rows).to(dev), torch.from_numpy(heads).to(dev)
-        sub_band = (band[0][hs], band[1][hs]) if isinstance(band, tuple) else band[hs]
-        sub = (q[rs], qs_sc[rs], k[hs], v[hs], sub_band, *args[5:])
-        if gather:
-            out[rs] = _chunk_gather(*sub, (split.counts, split.idx), heads=heads)
+        if not len(heads):
+            continue
+        if len(heads) == hkv:
+            sub, qs_h, ks_h, rs = args, qsig, ksig, None
         else:
-            host = isinstance(ksig, np.ndarray)
-            qs_h, ks_h = (qsig[rows], ksig[heads]) if host else (qsig[rs], ksig[hs])
-            out[rs] = _chunk_full(*sub, qs_h, ks_h, heads=heads, mask=split.full_mask)
+            rows = (heads[:, None] * group + np.arange(group)).ravel()
+            rs, hs = torch.from_numpy(rows).to(dev), torch.from_numpy(heads).to(dev)
+            sub_band = (band[0][hs], band[1][hs]) if isinstance(band, tuple) else band[hs]
+            sub = (q[rs], qs_sc[rs], k[hs], v[hs], sub_band, *args[5:])
+            qs_h, ks_h = (qsig[rows], ksig[heads]) if isinstance(ksig, np.ndarray) else (qsig[rs], ksig[hs])
+        if gather:
+            res = _chunk_gather(*sub, (split.counts, split.idx), heads=heads)
+        else:
+            res = _chunk_full(*sub, qs_h, ks_h, heads=heads, mask=split.full_mask)
+        if rs is None:
+            return res
+        out[rs] = res
     return out
 
 
@@ -485,6 +487,24 @@ def _merge_band(band, v, dense_idx, mx_sparse):
     return mx, out, p_d.sum(-1)
 
 
+def _region_scores(qs_sc, k, region_count, recall_np, pos_np, state):
+    """Scores of a chunk's queries against its whole sparse region [S, e): ``(e, region [c, r], scores
+    [hkv, G, c, r] in the reused "scores" buffer, sampled recall rows, their raw scores copied)``."""
+    dev = qs_sc.device
+    hq, c, d = qs_sc.shape
+    hkv = k.shape[0]
+    s_n = state.config.sinks
+    e = pos_np[-1] + 1 - state.config.window
+    r = e - s_n
+    region = torch.arange(r, device=dev)[None, :] < torch.from_numpy(region_count).to(dev)[:, None]
+    s_sp = state.scratch("scores", (hkv, hq // hkv * c, r), dev)
+    torch.bmm(qs_sc.reshape(hkv, hq // hkv * c, d), k[:, s_n:e].transpose(1, 2), out=s_sp)
+    s_sp = s_sp.view(hkv, hq // hkv, c, r)
+    # Rows sampled for top-k recall keep their raw scores: selection masks the scores in place.
+    recall_rows = torch.from_numpy(recall_np).to(dev)
+    return e, region, s_sp, recall_rows, s_sp[:, :, recall_rows].clone()
+
+
 def _chunk_full(
     q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, qsig, ksig,
     *, heads, mask=None
@@ -498,15 +518,8 @@ def _chunk_full(
     hkv = k.shape[0]
     group = hq // hkv
     w, s_n = cfg.window, cfg.sinks
-    e = pos_np[-1] + 1 - w
+    e, region, s_sp, recall_rows, recall_raw = _region_scores(qs_sc, k, region_count, recall_np, pos_np, state)
     r = e - s_n
-    region = torch.arange(r, device=dev)[None, :] < torch.from_numpy(region_count).to(dev)[:, None]  # [c, r]
-    s_sp = state.scratch("scores", (hkv, group * c, r), dev)
-    torch.bmm(qs_sc.reshape(hkv, group * c, d), k[:, s_n:e].transpose(1, 2), out=s_sp)
-    s_sp = s_sp.view(hkv, group, c, r)
-    # Rows sampled for top-k recall keep their raw scores: the eligibility mask is applied in place.
-    recall_rows = torch.from_numpy(recall_np).to(dev)
-    recall_raw = s_sp[:, :, recall_rows].clone()
     meta = np.zeros(hkv)
     if cfg.kind == "longsight":
         if mask is None:
@@ -515,12 +528,11 @@ def _chunk_full(
         meta[:] = region_count.sum() * d / 8  # the PFUs read every considered key's sign bits
         surv_count = _count(eligible).cpu().numpy().astype(np.float64)  # [hkv, c]
         s_sp.masked_fill_(~eligible[:, None], float("-inf"))
-        keys = surv_count
-    else:  # oracle top-k: the whole region is eligible and read
+    else:  # oracle top-k: the whole region is eligible
         eligible = region.expand(hkv, c, r)
         surv_count = np.broadcast_to(region_count, (hkv, c)).astype(np.float64)
         s_sp.masked_fill_(~region, float("-inf"))
-        keys = surv_count
+    keys = surv_count  # LongSight scores every survivor; the oracle every considered key
     # Exact top-k by index; rows with fewer eligible keys than k get -inf picks, which weigh nothing.
     if cfg.topk_per == "group":
         top = s_sp.amax(1).topk(kk, dim=-1, sorted=False).indices[:, None].expand(hkv, group, c, kk)
@@ -564,12 +576,8 @@ def _chunk_quest(q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_
     hkv = k.shape[0]
     group = hq // hkv
     s_n = cfg.sinks
-    e = pos_np[-1] + 1 - cfg.window
+    e, region, s_sp, recall_rows, recall_raw = _region_scores(qs_sc, k, region_count, recall_np, pos_np, state)
     r = e - s_n
-    region = torch.arange(r, device=dev)[None, :] < torch.from_numpy(region_count).to(dev)[:, None]  # [c, r]
-    s_sp = torch.bmm(qs_sc.reshape(hkv, group * c, d), k[:, s_n:e].transpose(1, 2)).view(hkv, group, c, r)
-    recall_rows = torch.from_numpy(recall_np).to(dev)
-    recall_raw = s_sp[:, :, recall_rows].clone()
     idx, valid, pages_seen = _quest_select(q, k, region, s_n, e, kk, hkv, group)
     meta = np.full(hkv, pages_seen * 2 * d * cfg.bytes_per_element)
     # scatter_add, not scatter: a padded (invalid) slot clamped onto a real key must not clear it.

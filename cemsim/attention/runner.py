@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cemsim import kernels
 from cemsim.attention.itq import ITQ_FILE, ItqRotations, train_all
 from cemsim.attention.model_loader import LoadedModel
 from cemsim.attention.policies import AttentionState, DecodeRecord, PolicyConfig
@@ -214,8 +215,7 @@ def make_policy(
             rotations = rot.rotations
             info["itq_file"] = str(path)
             info["itq_trained_now"] = trained
-    if backend == "auto" and torch.device(lm.device).type != "cuda":
-        backend = "numba"  # SCF runs where the keys are: CuPy would copy host keys to a GPU and back per chunk
+    backend = kernels.resolve_backend(backend, device=lm.device)  # SCF runs where the keys are
     cfg = PolicyConfig(
         kind=kind,  # type: ignore[arg-type]
         window=window,

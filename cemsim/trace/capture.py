@@ -278,6 +278,7 @@ def capture(
     at each boundary."""
     import torch
 
+    from cemsim import kernels
     from cemsim.attention.model_loader import load_model
     from cemsim.attention.policies import PolicyConfig, published_k
     from cemsim.attention.runner import capture_qk, load_or_train_itq, new_state
@@ -376,6 +377,7 @@ def capture(
                 topk_per=spec.topk_per,  # type: ignore[arg-type]
                 thresholds=thresholds if policy == "longsight" else None,
                 rotations=rotations if policy == "longsight" else None,
+                backend=kernels.resolve_backend("auto", device=spec.device),
             )
             header = TraceHeader(
                 schema_version=SCHEMA_VERSION,
