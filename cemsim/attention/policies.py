@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from cemsim import kernels
+from cemsim.attention import fused
 from cemsim.attention.signs import pack_signs, pack_signs_torch
 from cemsim.errors import CemsimError
 
@@ -125,8 +126,10 @@ class DecodeRecord:
 class AttentionState:
     """Per-run state passed to the model as the ``cemsim_state`` keyword; no globals.
 
-    ``sparse_path`` picks how LongSight scores its sparse region: ``"gather"`` computes dot products for SCF
-    survivors only (padded survivor lists), ``"full"`` the whole region's QK^T then masks, ``"auto"``
+    ``sparse_path`` picks how LongSight scores its sparse region: ``"fused"`` runs filter, survivor scores,
+    top-k and softmax in one Numba kernel per (KV head, row) (:mod:`cemsim.attention.fused`; CPU prefill
+    without a decode observer), ``"gather"`` computes dot products for SCF survivors only (padded survivor
+    lists), ``"full"`` the whole region's QK^T then masks; ``"auto"`` takes fused where it applies, else
     decides per KV head and query chunk: gather unless some row of the head has more than
     ``gather_cap(region)`` survivors (low thresholds), else the full product. All give the same outputs (up
     to float rounding) and stats."""
@@ -143,7 +146,7 @@ class AttentionState:
     on_layer: object | None = None  # callable(layer) after each layer (progress displays)
     step: int = 0
     capture: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # layer -> (q, k) when capturing
-    sparse_path: Literal["auto", "gather", "full"] = "auto"
+    sparse_path: Literal["auto", "fused", "gather", "full"] = "auto"
     flash_band: bool = True  # window + sinks through torch's fused CPU attention kernel where it exists
     gather_fraction: float = 0.2  # auto: gather while every row's survivors <= this share of the region
     stats: list[LayerStats] = field(default_factory=list)
@@ -152,8 +155,8 @@ class AttentionState:
     _scratch: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.sparse_path not in ("auto", "gather", "full"):
-            raise CemsimError(f"sparse_path must be auto, gather or full, got {self.sparse_path!r}")
+        if self.sparse_path not in ("auto", "fused", "gather", "full"):
+            raise CemsimError(f"sparse_path must be auto, fused, gather or full, got {self.sparse_path!r}")
         self.reset()
 
     def reset(self) -> None:
@@ -258,6 +261,8 @@ def hybrid_attention(
         dev = _on_device(q, cfg)
         ksig = state.key_signs(layer, k, rot, dev)
         qsig_all = _pack(_rotate(q, rot, hkv, group), dev)
+        if not dev:  # the fused kernel reads K and V rows in place: one copy per layer, not one per chunk
+            k, v = k.contiguous(), v.contiguous()
     chunk = max(1, min(tq, state.chunk_elems // max(1, hq * n), state.max_chunk_rows))
     out = torch.empty(hq, tq, d, dtype=torch.float32, device=q.device)
     for a in range(0, tq, chunk):
@@ -342,6 +347,8 @@ def _chunk(
     every = np.arange(hkv)
     if cfg.kind == "quest":
         return _chunk_quest(*args)
+    if _fused_applies(state, q, band, ksig):
+        return _chunk_fused(*args, qsig, ksig)
     if cfg.kind != "longsight" or state.sparse_path == "full":
         return _chunk_full(*args, qsig, ksig, heads=every)
     split = _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, state.gather_cap(r), cfg, dev)
@@ -367,6 +374,56 @@ def _chunk(
             return res
         out[rs] = res
     return out
+
+
+def _fused_applies(state: AttentionState, q: torch.Tensor, band, ksig) -> bool:
+    """The fused Numba kernel serves LongSight prefill on CPU (fp32, Numba filter, flash band, no per-step
+    records); ``sparse_path="fused"`` demands it, ``auto`` takes it wherever it applies."""
+    cfg = state.config
+    ok = (
+        cfg.kind == "longsight"
+        and cfg.backend == "numba"
+        and isinstance(ksig, np.ndarray)
+        and isinstance(band, tuple)
+        and q.dtype == torch.float32
+        and state.observer is None
+    )
+    if state.sparse_path == "fused" and not ok:
+        raise CemsimError(
+            "sparse_path='fused' needs the longsight policy on CPU in fp32 with the numba backend, the flash "
+            "band and no decode observer; use 'auto' to fall back to the torch paths elsewhere"
+        )
+    return ok and state.sparse_path in ("auto", "fused")
+
+
+def _chunk_fused(
+    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, qsig, ksig
+):
+    """The sparse region by :func:`cemsim.attention.fused.sparse_rows`: filter, survivor scores, top-k and
+    the merged softmax in one pass per (KV head, row), with the same stats as the torch paths."""
+    cfg = state.config
+    hq, c, d = q.shape
+    hkv = k.shape[0]
+    group = hq // hkv
+    th = np.array([cfg.threshold(layer, h) for h in range(hkv)], dtype=np.int64)
+    s_n, r = cfg.sinks, int(region_count.max())
+    rows = torch.from_numpy(recall_np)
+    recall_scores = torch.bmm(  # whole-region scores of the sampled rows, for recall only
+        qs_sc[:, rows].reshape(hkv, group * len(recall_np), d), k[:, s_n : s_n + r].transpose(1, 2)
+    ).view(hkv, group, len(recall_np), r)
+    o_band, lse = band
+    out, counts, union, hits, totals = fused.sparse_rows(
+        qsig.reshape(hkv, group, c, -1), ksig, d, th, s_n, region_count.astype(np.int64),
+        qs_sc.view(hkv, group, c, d).numpy(), k.numpy(), v.numpy(), kk, cfg.topk_per == "group",
+        o_band.numpy(), lse.numpy(), recall_np, recall_scores.numpy(),
+    )
+    surv = counts.astype(np.float64)
+    meta = np.full(hkv, region_count.sum() * d / 8)  # the PFUs read every considered key's sign bits
+    st = state.stats[layer]
+    _account(st, np.arange(hkv), tail_mask, region_count, surv, surv, union.astype(np.float64), meta, c)
+    st.recall_hits += float(hits.sum())
+    st.recall_total += float(totals.sum())
+    return torch.from_numpy(out).view(hq, c, d)
 
 
 @dataclass
