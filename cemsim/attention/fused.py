@@ -54,15 +54,7 @@ def _prefetch_row(base, row, row_bytes):
         _prefetch(a + off)
 
 
-@numba.njit(inline="always", fastmath=_FAST)
-def _dot(q, k, d):
-    acc = np.float32(0.0)
-    for t in range(d):
-        acc += q[t] * k[t]
-    return acc
-
-
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _kth_largest(x, n, kk, buf):
     """The kk-th largest of ``x[:n]`` (1 <= kk <= n): quickselect (Hoare, median of three) on ``buf``,
     2-4x faster than Numba's ``np.partition`` on these score rows."""
@@ -94,7 +86,7 @@ def _kth_largest(x, n, kk, buf):
 _BINS = 256  # histogram bins of the k-th-score search (rows of at least this many scores use it)
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _kth_largest_hist(x, n, kk, buf, bins, hist):
     """The kk-th largest of ``x[:n]`` (1 <= kk <= n): a histogram over [min, max] finds its bin, quickselect
     finishes among that bin's few scores. Quickselect alone mispredicts about every other comparison on
@@ -107,7 +99,8 @@ def _kth_largest_hist(x, n, kk, buf, bins, hist):
     if hi == lo:
         return hi
     scale = (_BINS - 1) / (np.float64(hi) - np.float64(lo))
-    hist[:] = 0
+    for i in range(_BINS):
+        hist[i] = 0
     for i in range(n):
         bins[i] = np.int32((np.float64(x[i]) - lo) * scale)  # computed once: both passes see one bin
         hist[bins[i]] += 1
@@ -123,18 +116,18 @@ def _kth_largest_hist(x, n, kk, buf, bins, hist):
     return _kth_largest(buf, c, kk - above, buf)
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _kth(x, n, kk, buf, bins, hist):
     return _kth_largest(x, n, kk, buf) if n < _BINS else _kth_largest_hist(x, n, kk, buf, bins, hist)
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _select(scores, ns, kk, sel, buf, bins, hist):
     """Marks in ``sel[:ns]`` the ``min(kk, ns)`` largest of ``scores[:ns]``, ties to the lower index."""
+    for s in range(ns):
+        sel[s] = ns <= kk
     if ns <= kk:
-        sel[:ns] = True
         return
-    sel[:ns] = False
     thr = _kth(scores, ns, kk, buf, bins, hist)
     above = 0
     for s in range(ns):
@@ -150,129 +143,188 @@ def _select(scores, ns, kk, sel, buf, bins, hist):
             need -= 1
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+@numba.njit(cache=True)
+def _survivors(qs, ks, start, lim, maxpc, sidx, best):
+    """SCF over keys ``start .. start + lim - 1``: positions whose smallest popcount over the group's
+    queries ``qs [G, W]`` is at most ``maxpc`` go to ``sidx``; returns their count."""
+    g_n, w_n = qs.shape
+    ns = 0
+    for lo in range(start, start + lim, _FILTER_BLOCK):
+        nb = min(_FILTER_BLOCK, start + lim - lo)
+        # Query-outer, key-inner: the key loop vectorises (LLVM widens popcount to AVX2 shuffles).
+        if w_n == 1:
+            kw = ks[lo : lo + nb, 0]
+            for g in range(g_n):
+                qg = qs[g, 0]
+                if g == 0:
+                    for j in range(nb):
+                        best[j] = _popcount64(qg ^ kw[j])
+                else:
+                    for j in range(nb):
+                        best[j] = min(best[j], _popcount64(qg ^ kw[j]))
+        else:
+            for g in range(g_n):
+                for j in range(nb):
+                    pc = 0
+                    for w in range(w_n):
+                        pc += _popcount64(qs[g, w] ^ ks[lo + j, w])
+                    best[j] = pc if g == 0 else min(best[j], pc)
+        for j in range(nb):
+            if best[j] <= maxpc:
+                sidx[ns] = lo + j
+                ns += 1
+    return ns
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def _scores(qr, kh, sidx, ns, sc):
+    """``sc[g, s] = qr[g] . kh[sidx[s]]``, prefetching the key rows ahead."""
+    g_n, d = qr.shape
+    base = kh.ctypes.data
+    row_bytes = kh.shape[1] * 4
+    for s in range(ns):
+        if s + _AHEAD < ns:
+            _prefetch_row(base, sidx[s + _AHEAD], row_bytes)
+        kr = kh[sidx[s]]
+        for g in range(g_n):
+            acc = np.float32(0.0)
+            for t in range(d):
+                acc += qr[g, t] * kr[t]
+            sc[g, s] = acc
+
+
+@numba.njit(cache=True)
+def _pick(sc, ns, kk, per_group, sel, buf, bins, hist):
+    """Exact top-k over the survivors: per query head, or one set for the group by its best score."""
+    g_n = sc.shape[0]
+    if per_group and ns > 0:
+        best = np.empty(ns, dtype=np.float32)
+        for s in range(ns):
+            m = sc[0, s]
+            for g in range(1, g_n):
+                m = max(m, sc[g, s])
+            best[s] = m
+        _select(best, ns, kk, sel[0], buf, bins, hist)
+        for g in range(1, g_n):
+            for s in range(ns):
+                sel[g, s] = sel[0, s]
+    else:
+        for g in range(g_n):
+            _select(sc[g], ns, kk, sel[g], buf, bins, hist)
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def _merge(sc, sel, sidx, ns, vh, b_out, b_lse, out):
+    """One softmax per query head over the band (its normalised output ``b_out [G, D]`` and log-sum-exp
+    ``b_lse [G]``) and the picks; writes ``out [G, D]``. Value rows are read once for the group, for the
+    survivors some head picked (the union); returns the union's size."""
+    g_n, d = b_out.shape
+    mx = np.empty(g_n, dtype=np.float32)
+    z = np.empty(g_n, dtype=np.float32)
+    acc = np.empty((g_n, d), dtype=np.float32)
+    for g in range(g_n):
+        m = b_lse[g]
+        for s in range(ns):
+            if sel[g, s]:
+                m = max(m, sc[g, s])
+        mx[g] = m
+        wb = np.exp(b_lse[g] - m)
+        z[g] = wb
+        for t in range(d):
+            acc[g, t] = b_out[g, t] * wb
+    picked = np.empty(ns, dtype=np.int64)
+    u = 0
+    for s in range(ns):
+        for g in range(g_n):
+            if sel[g, s]:
+                picked[u] = s
+                u += 1
+                break
+    base = vh.ctypes.data
+    row_bytes = d * 4
+    for i in range(u):
+        if i + _AHEAD < u:
+            _prefetch_row(base, sidx[picked[i + _AHEAD]], row_bytes)
+        s = picked[i]
+        vr = vh[sidx[s]]
+        for g in range(g_n):
+            if sel[g, s]:
+                p = np.exp(sc[g, s] - mx[g])
+                z[g] += p
+                for t in range(d):
+                    acc[g, t] += p * vr[t]
+    for g in range(g_n):
+        for t in range(d):
+            out[g, t] = acc[g, t] / z[g]
+    return u
+
+
+@numba.njit(cache=True)
+def _recall(full, sel, sidx, ns, start, lim, kk, buf, bins, hist):
+    """Recall of one row against the oracle: ``full [G, R]`` the row's region scores; returns (hits,
+    oracle picks) summed over the group's query heads."""
+    hits = 0
+    total = 0
+    for g in range(full.shape[0]):
+        if lim <= kk:
+            thr = np.float32(-3.0e38)
+            total += lim
+        else:
+            thr = _kth(full[g], lim, kk, buf, bins, hist)
+            total += kk
+        hit = 0
+        for s in range(ns):
+            if sel[g, s] and full[g, sidx[s] - start] >= thr:
+                hit += 1
+        hits += min(hit, kk)
+    return hits, total
+
+
+@numba.njit(cache=True)
+def _row(qs, ks, start, lim, maxpc, qr, kh, vh, kk, per_group, b_out, b_lse, out, sampled, full):
+    """One (KV head, query row): returns (survivors, union, recall hits, recall total); ``full`` holds the
+    row's region scores where it is ``sampled`` for recall."""
+    g_n = qs.shape[0]
+    sidx = np.empty(lim, dtype=np.int64)
+    best = np.empty(_FILTER_BLOCK, dtype=np.int64)
+    ns = _survivors(qs, ks, start, lim, maxpc, sidx, best)
+    sc = np.empty((g_n, ns), dtype=np.float32)
+    _scores(qr, kh, sidx, ns, sc)
+    sel = np.empty((g_n, ns), dtype=np.bool_)
+    buf = np.empty(lim, dtype=np.float32)  # k-th-score scratch (recall needs lim; ns <= lim)
+    bins = np.empty(lim, dtype=np.int32)
+    hist = np.empty(_BINS, dtype=np.int64)
+    _pick(sc, ns, kk, per_group, sel, buf, bins, hist)
+    u = _merge(sc, sel, sidx, ns, vh, b_out, b_lse, out)
+    hits, total = 0, 0
+    if sampled and kk > 0 and lim > 0:
+        hits, total = _recall(full, sel, sidx, ns, start, lim, kk, buf, bins, hist)
+    return ns, u, hits, total
+
+
+@numba.njit(parallel=True, cache=True)
 def _sparse_rows_kernel(
     qsig, ksig, d, thresholds, start, limits, q, k, v, kk, per_group, band_out, band_lse, recall_slot,
     recall_scores, out, counts, union, hits, totals,
 ):
-    # qsig [H, G, C, W] uint64, ksig [H, N, W]; q [H, G, C, D] (pre-scaled), k/v [H, N, D]; band_out
-    # [H, G, C, D] (normalised), band_lse [H, G, C]; row r considers keys start .. start + limits[r] - 1.
-    # Writes out [H, G, C, D], and per (h, r): counts (survivors), union (survivors some head picked),
-    # hits/totals (recall: on rows with recall_slot[r] >= 0, whose region scores are recall_scores[:, :,
-    # slot]).
-    h_n, g_n, c_n, w_n = qsig.shape
-    n_keys = k.shape[1]
-    row_bytes = d * 4
-    k_base, v_base = k.ctypes.data, v.ctypes.data
+    # Row-major layouts, so every per-task view is contiguous: qsig [H, C, G, W] uint64, ksig [H, N, W];
+    # q [H, C, G, D] (pre-scaled), k/v [H, N, D]; band_out [H, C, G, D] (normalised), band_lse [H, C, G];
+    # row r considers keys start .. start + limits[r] - 1. Writes out [H, C, G, D], and per (h, r): counts
+    # (survivors), union (survivors some head picked), hits/totals (recall: on rows with recall_slot[r] >= 0,
+    # whose region scores are recall_scores[h, slot] [G, R]).
+    h_n, c_n = qsig.shape[0], qsig.shape[1]
     for task in numba.prange(h_n * c_n):
         r = task // h_n  # row-major: the static split gives each thread rows of every head
         h = task % h_n
-        lim = limits[r]
-        maxpc = d - thresholds[h]
-        sidx = np.empty(lim, dtype=np.int64)
-        best = np.empty(_FILTER_BLOCK, dtype=np.int64)
-        ns = 0
-        for lo in range(start, start + lim, _FILTER_BLOCK):
-            nb = min(_FILTER_BLOCK, start + lim - lo)
-            # Smallest popcount over the group per key, query-outer so the key loop vectorises.
-            if w_n == 1:
-                kw = ksig[h, lo : lo + nb, 0]
-                qg = qsig[h, 0, r, 0]
-                for j in range(nb):
-                    best[j] = _popcount64(qg ^ kw[j])
-                for g in range(1, g_n):
-                    qg = qsig[h, g, r, 0]
-                    for j in range(nb):
-                        best[j] = min(best[j], _popcount64(qg ^ kw[j]))
-            else:
-                for g in range(g_n):
-                    for j in range(nb):
-                        pc = 0
-                        for w in range(w_n):
-                            pc += _popcount64(qsig[h, g, r, w] ^ ksig[h, lo + j, w])
-                        best[j] = pc if g == 0 else min(best[j], pc)
-            for j in range(nb):
-                if best[j] <= maxpc:
-                    sidx[ns] = lo + j
-                    ns += 1
-        sc = np.empty((g_n, ns), dtype=np.float32)
-        for s in range(ns):
-            if s + _AHEAD < ns:
-                _prefetch_row(k_base, h * n_keys + sidx[s + _AHEAD], row_bytes)
-            for g in range(g_n):
-                sc[g, s] = _dot(q[h, g, r], k[h, sidx[s]], d)
-        counts[h, r] = ns
-        # Exact top-k over the survivors, per query head or one set for the group (by its best score).
-        sel = np.empty((g_n, ns), dtype=np.bool_)
-        buf = np.empty(lim, dtype=np.float32)  # k-th-score scratch (recall needs lim, ns <= lim)
-        bins = np.empty(lim, dtype=np.int32)
-        hist = np.empty(_BINS, dtype=np.int64)
-        if per_group and ns > 0:
-            best = np.empty(ns, dtype=np.float32)
-            for s in range(ns):
-                m = sc[0, s]
-                for g in range(1, g_n):
-                    m = max(m, sc[g, s])
-                best[s] = m
-            _select(best, ns, kk, sel[0], buf, bins, hist)
-            for g in range(1, g_n):
-                sel[g] = sel[0]
-        else:
-            for g in range(g_n):
-                _select(sc[g], ns, kk, sel[g], buf, bins, hist)
-        # One softmax over band and picks per query head; the band enters as its normalised output and
-        # log-sum-exp. Value rows are read once for the group, for survivors some head picked (the union).
-        mx = np.empty(g_n, dtype=np.float32)
-        z = np.empty(g_n, dtype=np.float32)
-        acc = np.empty((g_n, d), dtype=np.float32)
-        for g in range(g_n):
-            m = band_lse[h, g, r]
-            for s in range(ns):
-                if sel[g, s]:
-                    m = max(m, sc[g, s])
-            mx[g] = m
-            wb = np.exp(band_lse[h, g, r] - m)
-            z[g] = wb
-            for t in range(d):
-                acc[g, t] = band_out[h, g, r, t] * wb
-        picked = np.empty(ns, dtype=np.int64)
-        u = 0
-        for s in range(ns):
-            for g in range(g_n):
-                if sel[g, s]:
-                    picked[u] = s
-                    u += 1
-                    break
-        union[h, r] = u
-        for i in range(u):
-            if i + _AHEAD < u:
-                _prefetch_row(v_base, h * n_keys + sidx[picked[i + _AHEAD]], row_bytes)
-            s = picked[i]
-            vr = v[h, sidx[s]]
-            for g in range(g_n):
-                if sel[g, s]:
-                    p = np.exp(sc[g, s] - mx[g])
-                    z[g] += p
-                    for t in range(d):
-                        acc[g, t] += p * vr[t]
-        for g in range(g_n):
-            for t in range(d):
-                out[h, g, r, t] = acc[g, t] / z[g]
         slot = recall_slot[r]
-        if slot >= 0 and kk > 0 and lim > 0:
-            for g in range(g_n):
-                full = recall_scores[h, g, slot, :lim]
-                if lim <= kk:
-                    thr = np.float32(-3.0e38)
-                    totals[h, r] += lim
-                else:
-                    thr = _kth(full, lim, kk, buf, bins, hist)
-                    totals[h, r] += kk
-                hit = 0
-                for s in range(ns):
-                    if sel[g, s] and full[sidx[s] - start] >= thr:
-                        hit += 1
-                hits[h, r] += min(hit, kk)
+        ns, u, hit, tot = _row(
+            qsig[h, r], ksig[h], start, limits[r], d - thresholds[h], q[h, r], k[h], v[h], kk, per_group,
+            band_out[h, r], band_lse[h, r], out[h, r], slot >= 0, recall_scores[h, max(slot, 0)],
+        )
+        counts[h, r] = ns
+        union[h, r] = u
+        hits[h, r] = hit
+        totals[h, r] = tot
 
 
 def sparse_rows(
@@ -297,24 +349,30 @@ def sparse_rows(
     ``qsig [H, G, C, W]`` and ``ksig [H, N, W]`` packed signs; ``thresholds [H]``; ``limits [C]`` region
     lengths from ``start``; ``q [H, G, C, D]`` queries already multiplied by the softmax scale; ``k, v [H,
     N, D]`` fp32; ``kk`` keys per pick; ``band_out [H, G, C, D]``, ``band_lse [H, G, C]`` the window and
-    sinks' attention; ``recall_rows [nr]`` the rows sampled for recall and ``recall_scores [H, G, nr, R]``
-    their scores over the region (R >= their limits). Returns ``(out [H, G, C, D], survivors [H, C], union [H, C],
-    recall hits [H, C], recall totals [H, C])``."""
+    sinks' attention; ``recall_rows [nr]`` the rows sampled for recall and ``recall_scores [H, nr, G, R]``
+    their scores over the region (R >= their limits). Returns ``(out [H, G, C, D], survivors [H, C],
+    union [H, C], recall hits [H, C], recall totals [H, C])``."""
     h_n, g_n, c_n, _ = qsig.shape
     d = q.shape[-1]
-    out = np.empty((h_n, g_n, c_n, d), dtype=np.float32)
+    out = np.empty((h_n, c_n, g_n, d), dtype=np.float32)
     counts = np.zeros((h_n, c_n), dtype=np.int64)
     union = np.zeros((h_n, c_n), dtype=np.int64)
     hits = np.zeros((h_n, c_n), dtype=np.int64)
     totals = np.zeros((h_n, c_n), dtype=np.int64)
     slot = np.full(c_n, -1, dtype=np.int64)
     slot[np.asarray(recall_rows, dtype=np.int64)] = np.arange(len(recall_rows))
+    if recall_scores.shape[1] == 0:  # the kernel indexes slot 0 of rows it does not sample
+        recall_scores = np.zeros((h_n, 1, g_n, 1), dtype=np.float32)
     c = np.ascontiguousarray
+
+    def rows_first(x):  # [H, G, C, ...] -> contiguous [H, C, G, ...]
+        return c(np.swapaxes(x, 1, 2), dtype=x.dtype if x.dtype == np.uint64 else np.float32)
+
     _sparse_rows_kernel(
-        c(qsig), c(ksig), np.int64(head_dim), c(thresholds, dtype=np.int64), np.int64(start),
-        c(np.minimum(limits, ksig.shape[1] - start), dtype=np.int64), c(q, dtype=np.float32),
+        rows_first(qsig), c(ksig), np.int64(head_dim), c(thresholds, dtype=np.int64), np.int64(start),
+        c(np.minimum(limits, ksig.shape[1] - start), dtype=np.int64), rows_first(q),
         c(k, dtype=np.float32), c(v, dtype=np.float32), np.int64(kk), bool(per_group),
-        c(band_out, dtype=np.float32), c(band_lse, dtype=np.float32), slot,
+        rows_first(band_out), rows_first(band_lse), slot,
         c(recall_scores, dtype=np.float32), out, counts, union, hits, totals,
     )
-    return out, counts, union, hits, totals
+    return np.swapaxes(out, 1, 2), counts, union, hits, totals

@@ -408,9 +408,9 @@ def _chunk_fused(
     th = np.array([cfg.threshold(layer, h) for h in range(hkv)], dtype=np.int64)
     s_n, r = cfg.sinks, int(region_count.max())
     rows = torch.from_numpy(recall_np)
-    recall_scores = torch.bmm(  # whole-region scores of the sampled rows, for recall only
-        qs_sc[:, rows].reshape(hkv, group * len(recall_np), d), k[:, s_n : s_n + r].transpose(1, 2)
-    ).view(hkv, group, len(recall_np), r)
+    nr = len(recall_np)
+    q_rec = qs_sc[:, rows].view(hkv, group, nr, d).transpose(1, 2).reshape(hkv, nr * group, d)
+    recall_scores = torch.bmm(q_rec, k[:, s_n : s_n + r].transpose(1, 2)).view(hkv, nr, group, r)  # recall only
     o_band, lse = band
     out, counts, union, hits, totals = fused.sparse_rows(
         qsig.reshape(hkv, group, c, -1), ksig, d, th, s_n, region_count.astype(np.int64),
@@ -423,7 +423,7 @@ def _chunk_fused(
     _account(st, np.arange(hkv), tail_mask, region_count, surv, surv, union.astype(np.float64), meta, c)
     st.recall_hits += float(hits.sum())
     st.recall_total += float(totals.sum())
-    return torch.from_numpy(out).view(hq, c, d)
+    return torch.from_numpy(out).reshape(hq, c, d)
 
 
 @dataclass
