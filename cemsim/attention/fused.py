@@ -126,7 +126,7 @@ def _select(scores, ns, kk, sel, buf, bins, hist):
     """Marks in ``sel[:ns]`` the ``min(kk, ns)`` largest of ``scores[:ns]``, ties to the lower index."""
     for s in range(ns):
         sel[s] = ns <= kk
-    if ns <= kk:
+    if ns <= kk or kk == 0:
         return
     thr = _kth(scores, ns, kk, buf, bins, hist)
     above = 0
