@@ -1,12 +1,13 @@
 """LongSight's sparse region fused into one Numba kernel per (KV head, query row), for prefill evaluation
 on CPU.
 
-For each row the kernel walks the row's sparse region once: the SCF test on packed signs, and for a survivor
-its G scores (pre-scaled queries . key) while the key is in cache; then the exact top-k over the survivors
-(quickselect for the k-th score, ties to the lower position), and the softmax over the picks merged
-with the dense band's log-sum-exp, its value rows read for the picks only. No score or mask matrix is
-built: cost follows keys considered (a popcount each) and survivors (G dot products each), where the
-torch paths pay a full region product for any head with one dense row, or gather and pad survivor lists.
+For each row the kernel walks the row's sparse region once with the SCF test on packed signs, scores each
+survivor against the group's G queries (pre-scaled, key rows prefetched), picks the exact top-k over the
+survivors (the k-th score by quickselect, through a histogram for long rows; ties to the lower position),
+and merges the picks' softmax with the dense band's log-sum-exp, reading each picked value row once for the
+group. No score or mask matrix is built: cost follows keys considered (a popcount per query) and survivors
+(G dot products each), where the torch paths pay a full region product for any head with one dense row, or
+gather and pad survivor lists.
 
 Top-k recall against the oracle on sampled rows takes their whole-region scores from the caller (one BLAS
 product per chunk): a pick is a hit when its score there reaches that query head's k-th largest.

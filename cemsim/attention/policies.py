@@ -380,9 +380,10 @@ def _fused_applies(state: AttentionState, q: torch.Tensor, band, ksig) -> bool:
     """The fused Numba kernel serves LongSight prefill on CPU (fp32, Numba filter, flash band, no per-step
     records); ``sparse_path="fused"`` demands it, ``auto`` takes it wherever it applies."""
     cfg = state.config
+    if cfg.kind != "longsight" or state.sparse_path not in ("auto", "fused"):
+        return False  # sparse_path concerns LongSight only, as for gather and full
     ok = (
-        cfg.kind == "longsight"
-        and cfg.backend == "numba"
+        cfg.backend == "numba"
         and isinstance(ksig, np.ndarray)
         and isinstance(band, tuple)
         and q.dtype == torch.float32
@@ -390,10 +391,10 @@ def _fused_applies(state: AttentionState, q: torch.Tensor, band, ksig) -> bool:
     )
     if state.sparse_path == "fused" and not ok:
         raise CemsimError(
-            "sparse_path='fused' needs the longsight policy on CPU in fp32 with the numba backend, the flash "
-            "band and no decode observer; use 'auto' to fall back to the torch paths elsewhere"
+            "sparse_path='fused' needs LongSight on CPU in fp32 with the numba backend, the flash band and no "
+            "decode observer; use 'auto' to fall back to the torch paths elsewhere"
         )
-    return ok and state.sparse_path in ("auto", "fused")
+    return ok
 
 
 def _chunk_fused(

@@ -197,3 +197,12 @@ def test_fused_refuses_where_it_does_not_apply(why):
     )
     with pytest.raises(CemsimError, match="fused"):
         hybrid_attention(q, k, v, layer=0, scaling=D**-0.5, q_offset=150, state=st_)
+
+
+def test_fused_is_ignored_by_other_policies():
+    """sparse_path concerns LongSight only: oracle top-k under "fused" is the oracle top-k of "auto"."""
+    q, k, v = _qkv(HQ, HKV, D, 200, 50, seed=6)
+    cfg = PolicyConfig(kind="oracle-topk", window=32, sinks=4, k=8)
+    out_f, st_f = _run("fused", cfg, q, k, v, 150, 50, HKV)
+    out_a, st_a = _run("auto", cfg, q, k, v, 150, 50, HKV)
+    assert torch.equal(out_f, out_a) and np.array_equal(st_f.keys_read, st_a.keys_read)
