@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_eval.py [--tokens 8192] [--policy longsight] [--thresholds FILE]
                                               [--threshold T] [--no-itq] [--cold]
+                                              [--sparse-path auto|fused|gather|full]
 
 --cold drops the cached dense NLL first, so the dense pass is timed too (a first run); otherwise the
 dense pass comes from the cache when an earlier run made it. CPU seconds (``time.process_time``, all threads
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--no-itq", action="store_true")
     ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--sparse-path", default="auto", choices=["auto", "fused", "gather", "full"],
+                    help="LongSight's implementation: auto takes the fused Numba kernel on CPU")
     a = ap.parse_args()
     if a.cold:
         for p in (cache_dir() / "eval").glob("dense-nll-*.npy"):
@@ -45,11 +48,11 @@ def main() -> None:
     cfg, info = make_policy(lm, text, kind=a.policy, context=a.tokens, window=a.window, threshold=a.threshold,
                             thresholds_file=a.thresholds, itq=not a.no_itq)
     t2 = time.perf_counter()
-    rep = evaluate(lm, text, a.tokens, cfg, itq=not a.no_itq)
+    rep = evaluate(lm, text, a.tokens, cfg, itq=not a.no_itq, sparse_path=a.sparse_path)
     t3 = time.perf_counter()
     c3 = time.process_time()
     print(json.dumps({
-        "tokens": a.tokens, "policy": a.policy, "load_s": round(t1 - t0, 1), "policy_setup_s": round(t2 - t1, 1),
+        "tokens": a.tokens, "policy": a.policy, "sparse_path": a.sparse_path, "load_s": round(t1 - t0, 1), "policy_setup_s": round(t2 - t1, 1),
         "dense_s": round(rep.seconds["dense"], 1), "dense_cached": rep.dense_cached,
         "sparse_s": round(rep.seconds["sparse"], 1), "dense_cpu_s": round(rep.seconds["dense_cpu"], 1),
         "sparse_cpu_s": round(rep.seconds["sparse_cpu"], 1), "total_s": round(t3 - t0, 1),

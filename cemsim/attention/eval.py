@@ -137,13 +137,15 @@ def evaluate(
     *,
     itq: bool,
     on_layer=None,
+    sparse_path: str = "auto",
 ) -> EvalReport:
-    """Run dense (cached on disk) and sparse prefill evaluation over the first ``tokens`` tokens."""
+    """Run dense (cached on disk) and sparse prefill evaluation over the first ``tokens`` tokens;
+    ``sparse_path`` (see :class:`AttentionState`) lets benchmarks compare LongSight's implementations."""
     ids = token_ids(lm.tokenizer, text, tokens)
     t0, c0 = time.perf_counter(), time.process_time()
     nll_dense, cached = dense_nll_cached(lm, ids, text)
     t1, c1 = time.perf_counter(), time.process_time()
-    state = new_state(lm, cfg, total_positions=tokens)
+    state = new_state(lm, cfg, total_positions=tokens, sparse_path=sparse_path)
     state.on_layer = on_layer
     nll_sparse = token_nll(lm, ids, state)
     t2, c2 = time.perf_counter(), time.process_time()
