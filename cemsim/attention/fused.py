@@ -28,6 +28,7 @@ from cemsim.kernels import _popcount64
 
 _FILTER_BLOCK = 512  # keys per filter block: the popcount buffer stays in L1
 _AHEAD = 4  # survivor rows prefetched ahead of the dot products and the PV
+_NEG = np.float32(-3.0e38)  # below any score: the kernel keeps away from inf (see _FAST)
 # Float flags without nnan/ninf: the kernel never sees inf, but LLVM must not assume comparisons away.
 _FAST = {"nsz", "arcp", "contract", "reassoc", "afn"}
 
@@ -268,7 +269,7 @@ def _recall(full, sel, sidx, ns, start, lim, kk, buf, bins, hist):
     total = 0
     for g in range(full.shape[0]):
         if lim <= kk:
-            thr = np.float32(-3.0e38)
+            thr = _NEG
             total += lim
         else:
             thr = _kth(full[g], lim, kk, buf, bins, hist)
@@ -366,11 +367,11 @@ def sparse_rows(
         recall_scores = np.zeros((h_n, 1, g_n, 1), dtype=np.float32)
     c = np.ascontiguousarray
 
-    def rows_first(x):  # [H, G, C, ...] -> contiguous [H, C, G, ...]
-        return c(np.swapaxes(x, 1, 2), dtype=x.dtype if x.dtype == np.uint64 else np.float32)
+    def rows_first(x, dtype=np.float32):  # [H, G, C, ...] -> contiguous [H, C, G, ...]
+        return c(np.swapaxes(x, 1, 2), dtype=dtype)
 
     _sparse_rows_kernel(
-        rows_first(qsig), c(ksig), np.int64(head_dim), c(thresholds, dtype=np.int64), np.int64(start),
+        rows_first(qsig, np.uint64), c(ksig), np.int64(head_dim), c(thresholds, dtype=np.int64), np.int64(start),
         c(np.minimum(limits, ksig.shape[1] - start), dtype=np.int64), rows_first(q),
         c(k, dtype=np.float32), c(v, dtype=np.float32), np.int64(kk), bool(per_group),
         rows_first(band_out), rows_first(band_lse), slot,
