@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check cemsim tests benchmarks
+	$(BIN)/ruff format --check cemsim tests benchmarks
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -32,6 +33,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cemsim tests benchmarks
+	$(BIN)/ruff format --check cemsim tests benchmarks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,8 +33,12 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--no-itq", action="store_true")
     ap.add_argument("--cold", action="store_true")
-    ap.add_argument("--sparse-path", default="auto", choices=["auto", "fused", "gather", "full"],
-                    help="LongSight's implementation: auto takes the fused Numba kernel on CPU")
+    ap.add_argument(
+        "--sparse-path",
+        default="auto",
+        choices=["auto", "fused", "gather", "full"],
+        help="LongSight's implementation: auto takes the fused Numba kernel on CPU",
+    )
     a = ap.parse_args()
     if a.cold:
         for p in (cache_dir() / "eval").glob("dense-nll-*.npy"):
@@ -45,25 +49,51 @@ def main() -> None:
     lm = load_model()
     text = load_text()
     t1 = time.perf_counter()
-    cfg, info = make_policy(lm, text, kind=a.policy, context=a.tokens, window=a.window, threshold=a.threshold,
-                            thresholds_file=a.thresholds, itq=not a.no_itq)
+    cfg, info = make_policy(
+        lm,
+        text,
+        kind=a.policy,
+        context=a.tokens,
+        window=a.window,
+        threshold=a.threshold,
+        thresholds_file=a.thresholds,
+        itq=not a.no_itq,
+    )
     t2 = time.perf_counter()
     rep = evaluate(lm, text, a.tokens, cfg, itq=not a.no_itq, sparse_path=a.sparse_path)
     t3 = time.perf_counter()
     c3 = time.process_time()
-    print(json.dumps({
-        "tokens": a.tokens, "policy": a.policy, "sparse_path": a.sparse_path, "load_s": round(t1 - t0, 1), "policy_setup_s": round(t2 - t1, 1),
-        "dense_s": round(rep.seconds["dense"], 1), "dense_cached": rep.dense_cached,
-        "sparse_s": round(rep.seconds["sparse"], 1), "dense_cpu_s": round(rep.seconds["dense_cpu"], 1),
-        "sparse_cpu_s": round(rep.seconds["sparse_cpu"], 1), "total_s": round(t3 - t0, 1),
-        "total_cpu_s": round(c3 - c0, 1), "ppl_increase": round(rep.ppl_increase, 4),
-        "ppl_dense": round(rep.ppl_dense, 4), "ppl_sparse": round(rep.ppl_sparse, 4),
-        "filter_ratio": round(rep.filter_ratio, 2), "topk_recall": rep.topk_recall,
-        "kv_load_reduction": rep.kv_load_reduction, "bytes_per_token": rep.bytes_per_token,
-        "dense_bytes_per_token": rep.dense_bytes_per_token, "backend": rep.backend,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()], **info,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "tokens": a.tokens,
+                "policy": a.policy,
+                "sparse_path": a.sparse_path,
+                "load_s": round(t1 - t0, 1),
+                "policy_setup_s": round(t2 - t1, 1),
+                "dense_s": round(rep.seconds["dense"], 1),
+                "dense_cached": rep.dense_cached,
+                "sparse_s": round(rep.seconds["sparse"], 1),
+                "dense_cpu_s": round(rep.seconds["dense_cpu"], 1),
+                "sparse_cpu_s": round(rep.seconds["sparse_cpu"], 1),
+                "total_s": round(t3 - t0, 1),
+                "total_cpu_s": round(c3 - c0, 1),
+                "ppl_increase": round(rep.ppl_increase, 4),
+                "ppl_dense": round(rep.ppl_dense, 4),
+                "ppl_sparse": round(rep.ppl_sparse, 4),
+                "filter_ratio": round(rep.filter_ratio, 2),
+                "topk_recall": rep.topk_recall,
+                "kv_load_reduction": rep.kv_load_reduction,
+                "bytes_per_token": rep.bytes_per_token,
+                "dense_bytes_per_token": rep.dense_bytes_per_token,
+                "backend": rep.backend,
+                "load_average_before": [round(x, 2) for x in load_before],
+                "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                **info,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from cemsim import kernels
 from cemsim.attention.signs import pack_signs
 
 
-def bench(backend: str, q: np.ndarray, k: np.ndarray, d: int, t: int, repeat: int, want: bool) -> tuple[float, float]:
+def bench(
+    backend: str, q: np.ndarray, k: np.ndarray, d: int, t: int, repeat: int, want: bool
+) -> tuple[float, float]:
     """(best seconds, survivor fraction)."""
     res = kernels.scf_filter(q, k, d, t, backend=backend, return_matches=want)  # compile / warm up
     best = float("inf")
@@ -50,7 +52,9 @@ def main() -> None:
                 t, frac = bench(b, q, k, a.dim, thr, reps, want)
                 rate = a.keys * a.group / t
                 what = "survivors+matches" if want else "survivors only"
-                print(f"T={thr:3d} survive={frac:5.3f} {b:6s} {what:18s} {t * 1e3:8.2f} ms  {rate / 1e9:6.2f} G comparisons/s")
+                print(
+                    f"T={thr:3d} survive={frac:5.3f} {b:6s} {what:18s} {t * 1e3:8.2f} ms  {rate / 1e9:6.2f} G comparisons/s"
+                )
 
 
 if __name__ == "__main__":

@@ -48,9 +48,16 @@ def run_case(name: str) -> dict:
     t2, c2 = time.perf_counter(), time.process_time()
     assert res.fits and res.truncated is None, (res.why_not, res.truncated)
     return {
-        "case": name, "context": case["context"], "batch": case["batch"], "prepare_s": t1 - t0,
-        "simulate_s": t2 - t1, "total_s": t2 - t0, "total_cpu_s": c2 - c0, "events": res.events,
-        "events_per_s": res.events_per_s, "events_per_cpu_s": res.events / max(c2 - c1, 1e-9),
+        "case": name,
+        "context": case["context"],
+        "batch": case["batch"],
+        "prepare_s": t1 - t0,
+        "simulate_s": t2 - t1,
+        "total_s": t2 - t0,
+        "total_cpu_s": c2 - c0,
+        "events": res.events,
+        "events_per_s": res.events_per_s,
+        "events_per_cpu_s": res.events / max(c2 - c1, 1e-9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "simulated_latency_ms": res.latency_per_token_s * 1e3,
     }
@@ -66,21 +73,30 @@ def main() -> None:
         return
     rows = []
     for name in CASES:
-        out = subprocess.run([sys.executable, __file__, "--case", name], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--case", name], capture_output=True, text=True, check=True
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{name:>9}: prepare {r['prepare_s']:.3f} s, simulate {r['simulate_s']:.3f} s, "
-              f"{r['events']} events ({r['events_per_s']:,.0f}/s), peak RSS {r['peak_rss_mb']:.0f} MB, "
-              f"simulated step {r['simulated_latency_ms']:.2f} ms", file=sys.stderr)
+        print(
+            f"{name:>9}: prepare {r['prepare_s']:.3f} s, simulate {r['simulate_s']:.3f} s, "
+            f"{r['events']} events ({r['events_per_s']:,.0f}/s), peak RSS {r['peak_rss_mb']:.0f} MB, "
+            f"simulated step {r['simulated_latency_ms']:.2f} ms",
+            file=sys.stderr,
+        )
     if args.markdown:
-        print("| case | context | batch | prepare (s) | simulate (s) | total (s) | total CPU (s) | events | events/s "
-              "| events/CPU-s | peak RSS (MB) | simulated step (ms) |")
+        print(
+            "| case | context | batch | prepare (s) | simulate (s) | total (s) | total CPU (s) | events | events/s "
+            "| events/CPU-s | peak RSS (MB) | simulated step (ms) |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['case']} | {r['context']} | {r['batch']} | {r['prepare_s']:.3f} | {r['simulate_s']:.3f} | "
-                  f"{r['total_s']:.3f} | {r['total_cpu_s']:.3f} | {r['events']} | {r['events_per_s']:,.0f} | "
-                  f"{r['events_per_cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} | "
-                  f"{r['simulated_latency_ms']:.2f} |")
+            print(
+                f"| {r['case']} | {r['context']} | {r['batch']} | {r['prepare_s']:.3f} | {r['simulate_s']:.3f} | "
+                f"{r['total_s']:.3f} | {r['total_cpu_s']:.3f} | {r['events']} | {r['events_per_s']:,.0f} | "
+                f"{r['events_per_cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['simulated_latency_ms']:.2f} |"
+            )
     else:
         print(json.dumps(rows, indent=2))
 

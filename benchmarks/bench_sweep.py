@@ -41,8 +41,10 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
         trace = args.trace or str(synthetic_trace(Path(tmp) / "llama3-8b-1m.parquet"))
-        print(f"spec {args.spec}\ntrace {trace}\nworkers {args.workers}, cpus {os.cpu_count()}, "
-              f"load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"spec {args.spec}\ntrace {trace}\nworkers {args.workers}, cpus {os.cpu_count()}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
         times: dict[str, float] = {}
         frames = {}
         for engine in args.engines.split(","):
@@ -53,18 +55,32 @@ def main() -> None:
                     print("ray: not installed (pip install 'cemsim[ray]'), skipped")
                     continue
             t0 = time.perf_counter()
-            report = run_sweep(args.spec, Path(tmp) / f"out_{engine}", engine=engine, workers=args.workers,
-                               trace=trace, progress=False)
+            report = run_sweep(
+                args.spec,
+                Path(tmp) / f"out_{engine}",
+                engine=engine,
+                workers=args.workers,
+                trace=trace,
+                progress=False,
+            )
             times[engine] = time.perf_counter() - t0
             frames[engine] = report.frame
-            print(f"{engine:>5}: {len(report.frame)} points ({dict(report.counts)}) in {times[engine]:.1f} s "
-                  f"= {len(report.frame) / times[engine]:.2f} points/s")
+            print(
+                f"{engine:>5}: {len(report.frame)} points ({dict(report.counts)}) in {times[engine]:.1f} s "
+                f"= {len(report.frame) / times[engine]:.2f} points/s"
+            )
         if "local" in times and "ray" in times:
             cols = ["point_id", "status", "latency_per_token_s", "energy_per_token_j", "fits"]
-            same = frames["local"][cols].sort_values("point_id").reset_index(drop=True).equals(
-                frames["ray"][cols].sort_values("point_id").reset_index(drop=True))
-            print(f"ray overhead over local: {100 * (times['ray'] / times['local'] - 1):+.1f}% "
-                  f"(same results: {same})")
+            same = (
+                frames["local"][cols]
+                .sort_values("point_id")
+                .reset_index(drop=True)
+                .equals(frames["ray"][cols].sort_values("point_id").reset_index(drop=True))
+            )
+            print(
+                f"ray overhead over local: {100 * (times['ray'] / times['local'] - 1):+.1f}% "
+                f"(same results: {same})"
+            )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """cemsim: capture key-access traces from a model, replay them on simulated hardware, sweep and plot."""
 
@@ -48,7 +50,17 @@ def _register() -> None:
         tune_cmd,
     )
 
-    for module in (demo_cmd, config_cmd, capture_cmd, trace_cmd, run_cmd, eval_cmd, tune_cmd, sweep_cmd, plot_cmd):
+    for module in (
+        demo_cmd,
+        config_cmd,
+        capture_cmd,
+        trace_cmd,
+        run_cmd,
+        eval_cmd,
+        tune_cmd,
+        sweep_cmd,
+        plot_cmd,
+    ):
         module.register(app)
 
 

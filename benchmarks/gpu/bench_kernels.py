@@ -94,7 +94,11 @@ def main() -> None:
                 qh = rng.integers(0, 2**64, size=(g, w), dtype=np.uint64)
                 q = cp.asarray(qh)
                 # threshold that keeps ~5% of random keys overall
-                t = int(np.ceil(d / 2 + np.sqrt(d) / 2 * {1: 1.65, 4: 2.25, 8: 2.5, 16: 2.75, 32: 2.95}.get(g, 2.5)))
+                t = int(
+                    np.ceil(
+                        d / 2 + np.sqrt(d) / 2 * {1: 1.65, 4: 2.25, 8: 2.5, 16: 2.75, 32: 2.95}.get(g, 2.5)
+                    )
+                )
                 grid = (-(-n // BLOCK),)
                 bitmap = cp.empty(-(-n // 32), dtype=cp.uint32)
                 out_idx = cp.empty(n, dtype=cp.int32)
@@ -117,38 +121,107 @@ def main() -> None:
                 assert np.array_equal(bits, ref), "bitmap kernel disagrees with NumPy"
                 cgrid = (-(-n // (BLOCK * COMPACT_KPT)),)
                 count.fill(0)
-                fc(cgrid, (BLOCK,), (q, keys[0], np.int64(n), np.int32(g), np.int32(d), np.int32(t), out_idx, count))
+                fc(
+                    cgrid,
+                    (BLOCK,),
+                    (q, keys[0], np.int64(n), np.int32(g), np.int32(d), np.int32(t), out_idx, count),
+                )
                 c = int(count.get()[0])
-                assert np.array_equal(np.sort(cp.asnumpy(out_idx[:c])), np.flatnonzero(ref)), "compaction wrong"
+                assert np.array_equal(np.sort(cp.asnumpy(out_idx[:c])), np.flatnonzero(ref)), (
+                    "compaction wrong"
+                )
                 tq = torch.as_tensor(q, device="cuda").view(torch.int64)
-                assert np.array_equal(torch_filter(tq, tkeys[0], d, t).cpu().numpy(), ref), "torch version wrong"
+                assert np.array_equal(torch_filter(tq, tkeys[0], d, t).cpu().numpy(), ref), (
+                    "torch version wrong"
+                )
                 surv = c / n
                 variants = {
-                    "bitmap": (lambda: fb(grid, (BLOCK,), (q, keys[nxt()], np.int64(n), np.int32(g), np.int32(d),
-                                                          np.int32(t), bitmap)), nbytes + n / 8),
-                    "compact": (lambda: (count.fill(0), fc(cgrid, (BLOCK,), (q, keys[nxt()], np.int64(n), np.int32(g),
-                                np.int32(d), np.int32(t), out_idx, count))), nbytes + 4 * c),
+                    "bitmap": (
+                        lambda: fb(
+                            grid,
+                            (BLOCK,),
+                            (q, keys[nxt()], np.int64(n), np.int32(g), np.int32(d), np.int32(t), bitmap),
+                        ),
+                        nbytes + n / 8,
+                    ),
+                    "compact": (
+                        lambda: (
+                            count.fill(0),
+                            fc(
+                                cgrid,
+                                (BLOCK,),
+                                (
+                                    q,
+                                    keys[nxt()],
+                                    np.int64(n),
+                                    np.int32(g),
+                                    np.int32(d),
+                                    np.int32(t),
+                                    out_idx,
+                                    count,
+                                ),
+                            ),
+                        ),
+                        nbytes + 4 * c,
+                    ),
                 }
                 if g <= 16:
-                    variants["bytemask"] = (lambda: ff(grid, (BLOCK,), (q, keys[nxt()], np.int32(1), np.int32(g),
-                                            np.int64(n), np.int32(w), np.int32(d), np.int32(t), 0, mask)), nbytes + n)
+                    variants["bytemask"] = (
+                        lambda: ff(
+                            grid,
+                            (BLOCK,),
+                            (
+                                q,
+                                keys[nxt()],
+                                np.int32(1),
+                                np.int32(g),
+                                np.int64(n),
+                                np.int32(w),
+                                np.int32(d),
+                                np.int32(t),
+                                0,
+                                mask,
+                            ),
+                        ),
+                        nbytes + n,
+                    )
                 if g * n <= 2**27:
                     matches = cp.empty(g * n, dtype=cp.int32)
                     ngrid = (-(-g * n // BLOCK),)
-                    variants["naive"] = (lambda: fn_(ngrid, (BLOCK,), (q, keys[nxt()], np.int64(n), np.int32(g),
-                                         np.int32(w), np.int32(d), matches)), nbytes + 4 * g * n)
+                    variants["naive"] = (
+                        lambda: fn_(
+                            ngrid,
+                            (BLOCK,),
+                            (q, keys[nxt()], np.int64(n), np.int32(g), np.int32(w), np.int32(d), matches),
+                        ),
+                        nbytes + 4 * g * n,
+                    )
                 if g * n * w <= 2**26:
                     variants["torch"] = (lambda: torch_filter(tq, tkeys[nxt()], d, t), nbytes + n)
                 for name, (fn, moved) in variants.items():
                     us = time_us(fn)
                     floor_us = moved / bw * 1e6
-                    rows.append({"variant": name, "D": d, "N": n, "G": g, "threshold": t, "survive_frac": surv,
-                                 "median_us": us, "bytes": moved, "floor_us": floor_us,
-                                 "fraction_of_copy_bw": floor_us / us,
-                                 "gcomparisons_per_s": g * n / (us * 1e-6) / 1e9})
+                    rows.append(
+                        {
+                            "variant": name,
+                            "D": d,
+                            "N": n,
+                            "G": g,
+                            "threshold": t,
+                            "survive_frac": surv,
+                            "median_us": us,
+                            "bytes": moved,
+                            "floor_us": floor_us,
+                            "fraction_of_copy_bw": floor_us / us,
+                            "gcomparisons_per_s": g * n / (us * 1e-6) / 1e9,
+                        }
+                    )
                     r = rows[-1]
-                    print(f"{name:9s} D={d:3d} N={n:>9,d} G={g:2d} {us:9.1f} us  floor {floor_us:8.1f} us  "
-                          f"{r['fraction_of_copy_bw']:6.1%} of copy BW  {r['gcomparisons_per_s']:8.1f} Gcmp/s", flush=True)
+                    print(
+                        f"{name:9s} D={d:3d} N={n:>9,d} G={g:2d} {us:9.1f} us  floor {floor_us:8.1f} us  "
+                        f"{r['fraction_of_copy_bw']:6.1%} of copy BW  {r['gcomparisons_per_s']:8.1f} Gcmp/s",
+                        flush=True,
+                    )
             keys.clear()
             tkeys.clear()
             cp.get_default_memory_pool().free_all_blocks()
@@ -157,7 +230,9 @@ def main() -> None:
     fc = bitmap_mod.get_function("scf_compact_w2")
     for n in (1 << 20, 1 << 22):
         keys_full = torch.randn(n, 128, dtype=torch.bfloat16, device="cuda")
-        signs = torch.as_tensor(rng.integers(0, 2**64, size=(n, 2), dtype=np.uint64).view(np.int64), device="cuda")
+        signs = torch.as_tensor(
+            rng.integers(0, 2**64, size=(n, 2), dtype=np.uint64).view(np.int64), device="cuda"
+        )
         qv = torch.randn(4, 128, dtype=torch.bfloat16, device="cuda")
         q = cp.asarray(rng.integers(0, 2**64, size=(4, 2), dtype=np.uint64))
         t = 64 + 18
@@ -167,7 +242,11 @@ def main() -> None:
 
         def run() -> torch.Tensor:
             count.fill(0)
-            fc(grid, (BLOCK,), (q, cp.asarray(signs), np.int64(n), np.int32(4), np.int32(128), np.int32(t), out_idx, count))
+            fc(
+                grid,
+                (BLOCK,),
+                (q, cp.asarray(signs), np.int64(n), np.int32(4), np.int32(128), np.int32(t), out_idx, count),
+            )
             c = int(count.get()[0])
             idx = torch.as_tensor(out_idx[:c], device="cuda").long()
             scores = keys_full.index_select(0, idx) @ qv.T / 128**0.5
@@ -178,13 +257,32 @@ def main() -> None:
         run()
         c = int(count.get()[0])
         moved = n * 16 + c * (4 + 256)
-        pipe.append({"N": n, "G": 4, "survivors": c, "median_us": us, "bytes": moved,
-                     "floor_us": moved / bw * 1e6, "fraction_of_copy_bw": moved / bw * 1e6 / us})
+        pipe.append(
+            {
+                "N": n,
+                "G": 4,
+                "survivors": c,
+                "median_us": us,
+                "bytes": moved,
+                "floor_us": moved / bw * 1e6,
+                "fraction_of_copy_bw": moved / bw * 1e6 / us,
+            }
+        )
         print(f"pipeline N={n:,} survivors={c:,}: {us:.1f} us (floor {moved / bw * 1e6:.1f} us)", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"copy_bandwidth_bytes_per_s": bw, "gpu": torch.cuda.get_device_name(0),
-                                              "cupy": cp.__version__, "torch": torch.__version__,
-                                              "filters": rows, "pipeline": pipe}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "copy_bandwidth_bytes_per_s": bw,
+                    "gpu": torch.cuda.get_device_name(0),
+                    "cupy": cp.__version__,
+                    "torch": torch.__version__,
+                    "filters": rows,
+                    "pipeline": pipe,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

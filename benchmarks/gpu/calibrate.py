@@ -74,22 +74,35 @@ def decode_attention(context: int, batch: int) -> dict:
 
     ms = time_ms(run, reps=30)
     kv_bytes = 2 * k.numel() * 2
-    return {"context": context, "batch": batch, "median_ms": ms, "kv_bytes": kv_bytes,
-            "achieved_bytes_per_s": kv_bytes / (ms / 1e3), "layers": 1}
+    return {
+        "context": context,
+        "batch": batch,
+        "median_ms": ms,
+        "kv_bytes": kv_bytes,
+        "achieved_bytes_per_s": kv_bytes / (ms / 1e3),
+        "layers": 1,
+    }
 
 
 def layer_linear(batch: int) -> dict:
     g = GEOM
-    h, q_out, kv_out, inter = g["hidden"], g["q_heads"] * g["head_dim"], g["kv_heads"] * g["head_dim"], g["intermediate"]
+    h, q_out, kv_out, inter = (
+        g["hidden"],
+        g["q_heads"] * g["head_dim"],
+        g["kv_heads"] * g["head_dim"],
+        g["intermediate"],
+    )
     # separate weights per layer so 32 layers stream 32 x the bytes (no L2 reuse between layers)
     layers = []
     for _ in range(g["layers"]):
-        layers.append((
-            torch.randn(q_out + 2 * kv_out, h, dtype=torch.bfloat16, device="cuda"),
-            torch.randn(h, q_out, dtype=torch.bfloat16, device="cuda"),
-            torch.randn(2 * inter, h, dtype=torch.bfloat16, device="cuda"),
-            torch.randn(h, inter, dtype=torch.bfloat16, device="cuda"),
-        ))
+        layers.append(
+            (
+                torch.randn(q_out + 2 * kv_out, h, dtype=torch.bfloat16, device="cuda"),
+                torch.randn(h, q_out, dtype=torch.bfloat16, device="cuda"),
+                torch.randn(2 * inter, h, dtype=torch.bfloat16, device="cuda"),
+                torch.randn(h, inter, dtype=torch.bfloat16, device="cuda"),
+            )
+        )
     x = torch.randn(batch, h, dtype=torch.bfloat16, device="cuda")
 
     def one_layer(w) -> torch.Tensor:
@@ -110,27 +123,40 @@ def layer_linear(batch: int) -> dict:
     ms_one = time_ms(lambda: one_layer(layers[0]), reps=30, graph=True)
     layers.clear()
     torch.cuda.empty_cache()
-    return {"batch": batch, "median_ms_32_layers": ms_all, "median_ms_one_layer_graph": ms_one,
-            "weight_bytes_32_layers": weight_bytes, "flops_32_layers": flops,
-            "achieved_bytes_per_s": weight_bytes / (ms_all / 1e3)}
+    return {
+        "batch": batch,
+        "median_ms_32_layers": ms_all,
+        "median_ms_one_layer_graph": ms_one,
+        "weight_bytes_32_layers": weight_bytes,
+        "flops_32_layers": flops,
+        "achieved_bytes_per_s": weight_bytes / (ms_all / 1e3),
+    }
 
 
 def decode_step(context: int, batch: int) -> dict:
     """One whole decode step of Llama-3-8B geometry (32 layers: QKV, attention over a KV cache of ``context``
     tokens, O, MLP; then the LM head), captured in a CUDA graph as serving engines run decode."""
     g = GEOM
-    h, qd, kvd, inter, vocab = g["hidden"], g["q_heads"] * g["head_dim"], g["kv_heads"] * g["head_dim"], g["intermediate"], 128256
+    h, qd, kvd, inter, vocab = (
+        g["hidden"],
+        g["q_heads"] * g["head_dim"],
+        g["kv_heads"] * g["head_dim"],
+        g["intermediate"],
+        128256,
+    )
     dev, bf = "cuda", torch.bfloat16
     layers = []
     for _ in range(g["layers"]):
-        layers.append((
-            torch.randn(qd + 2 * kvd, h, dtype=bf, device=dev) * 0.02,
-            torch.randn(h, qd, dtype=bf, device=dev) * 0.02,
-            torch.randn(2 * inter, h, dtype=bf, device=dev) * 0.02,
-            torch.randn(h, inter, dtype=bf, device=dev) * 0.02,
-            torch.randn(batch, g["kv_heads"], context, g["head_dim"], dtype=bf, device=dev),
-            torch.randn(batch, g["kv_heads"], context, g["head_dim"], dtype=bf, device=dev),
-        ))
+        layers.append(
+            (
+                torch.randn(qd + 2 * kvd, h, dtype=bf, device=dev) * 0.02,
+                torch.randn(h, qd, dtype=bf, device=dev) * 0.02,
+                torch.randn(2 * inter, h, dtype=bf, device=dev) * 0.02,
+                torch.randn(h, inter, dtype=bf, device=dev) * 0.02,
+                torch.randn(batch, g["kv_heads"], context, g["head_dim"], dtype=bf, device=dev),
+                torch.randn(batch, g["kv_heads"], context, g["head_dim"], dtype=bf, device=dev),
+            )
+        )
     head = torch.randn(vocab, h, dtype=bf, device=dev) * 0.02
     x0 = torch.randn(batch, h, dtype=bf, device=dev)
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -152,10 +178,18 @@ def decode_step(context: int, batch: int) -> dict:
     weight_bytes = (sum(t.numel() for w in layers for t in w[:4]) + head.numel()) * 2
     layers.clear()
     torch.cuda.empty_cache()
-    return {"context": context, "batch": batch, "median_ms": ms, "kv_bytes": kv_bytes, "weight_bytes": weight_bytes}
+    return {
+        "context": context,
+        "batch": batch,
+        "median_ms": ms,
+        "kv_bytes": kv_bytes,
+        "weight_bytes": weight_bytes,
+    }
 
 
-def sparse_layer(context: int, survive_target: float = 0.05, k: int = 1024, window: int = 1024, sinks: int = 16) -> dict:
+def sparse_layer(
+    context: int, survive_target: float = 0.05, k: int = 1024, window: int = 1024, sinks: int = 16
+) -> dict:
     """LongSight on the GPU, one layer of Llama-3-8B geometry at batch 1 (the h100-sparse-hbm system): per KV
     head the SCF filter + compaction (kernels/scf_bitmap.cu), survivors' keys gathered and scored exactly,
     top-k per query head, those values gathered; dense attention over window + sinks; one softmax over both.
@@ -168,8 +202,10 @@ def sparse_layer(context: int, survive_target: float = 0.05, k: int = 1024, wind
     g = GEOM
     hk, grp, d = g["kv_heads"], g["q_heads"] // g["kv_heads"], g["head_dim"]
     dev, bf = "cuda", torch.bfloat16
-    mod = cp.RawModule(code=(Path(__file__).resolve().parents[2] / "kernels" / "scf_bitmap.cu").read_text(),
-                       options=("-std=c++17",))
+    mod = cp.RawModule(
+        code=(Path(__file__).resolve().parents[2] / "kernels" / "scf_bitmap.cu").read_text(),
+        options=("-std=c++17",),
+    )
     compact = mod.get_function("scf_compact_w2")
     sparse_n = context - window - sinks
     keys = torch.randn(hk, context, d, dtype=bf, device=dev)
@@ -178,23 +214,37 @@ def sparse_layer(context: int, survive_target: float = 0.05, k: int = 1024, wind
     qsig = torch.randint(-(2**62), 2**62, (hk, grp, 2), dtype=torch.int64, device=dev)
     q = torch.randn(hk, grp, d, dtype=bf, device=dev)
     threshold = 77  # ~5% of random keys survive for G = 4, D = 128
-    cap = max(k, int(sparse_n * survive_target * 3))  # the kernel writes up to the survivor count: keep headroom
+    cap = max(
+        k, int(sparse_n * survive_target * 3)
+    )  # the kernel writes up to the survivor count: keep headroom
     idx = torch.zeros(hk, cap, dtype=torch.int32, device=dev)
     count = torch.zeros(hk, dtype=torch.int64, device=dev)
     ar = torch.arange(cap, device=dev)
     block, kpt = 256, 8
     grid = (-(-sparse_n // (block * kpt)),)
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    dense_k = torch.cat([keys[:, :sinks], keys[:, context - window:]], 1)[None]
-    dense_v = torch.cat([vals[:, :sinks], vals[:, context - window:]], 1)[None]
+    dense_k = torch.cat([keys[:, :sinks], keys[:, context - window :]], 1)[None]
+    dense_v = torch.cat([vals[:, :sinks], vals[:, context - window :]], 1)[None]
 
     def layer() -> torch.Tensor:
         stream = cp.cuda.Stream.from_external(torch.cuda.current_stream())
         count.zero_()
         with stream:
             for hh in range(hk):
-                compact(grid, (block,), (qsig[hh].data_ptr(), signs[hh].data_ptr(), np.int64(sparse_n), np.int32(grp),
-                                         np.int32(d), np.int32(threshold), idx[hh].data_ptr(), count[hh:hh + 1].data_ptr()))
+                compact(
+                    grid,
+                    (block,),
+                    (
+                        qsig[hh].data_ptr(),
+                        signs[hh].data_ptr(),
+                        np.int64(sparse_n),
+                        np.int32(grp),
+                        np.int32(d),
+                        np.int32(threshold),
+                        idx[hh].data_ptr(),
+                        count[hh : hh + 1].data_ptr(),
+                    ),
+                )
         valid = ar[None, :] < count[:, None]
         pos = torch.where(valid, idx.long() + sinks, 0)
         # torch.gather measured faster here than advanced indexing keys[heads, pos] (1.04 vs 1.39 ms at 1M)
@@ -214,10 +264,21 @@ def sparse_layer(context: int, survive_target: float = 0.05, k: int = 1024, wind
     torch.cuda.synchronize()
     survivors = int(count.sum().item())
     assert int(count.max().item()) <= cap, "survivors overflowed the capacity"
-    bytes_read = hk * sparse_n * 16 + survivors * d * 2 + hk * k * grp * d * 2 + 2 * hk * (window + sinks) * d * 2
-    return {"context": context, "batch": 1, "median_ms_per_layer": ms, "survivors_per_layer": survivors,
-            "kv_heads": hk, "k": k, "window": window, "sinks": sinks, "threshold": threshold,
-            "bytes_read_per_layer": bytes_read}
+    bytes_read = (
+        hk * sparse_n * 16 + survivors * d * 2 + hk * k * grp * d * 2 + 2 * hk * (window + sinks) * d * 2
+    )
+    return {
+        "context": context,
+        "batch": 1,
+        "median_ms_per_layer": ms,
+        "survivors_per_layer": survivors,
+        "kv_heads": hk,
+        "k": k,
+        "window": window,
+        "sinks": sinks,
+        "threshold": threshold,
+        "bytes_read_per_layer": bytes_read,
+    }
 
 
 def matmul_peak() -> dict:
@@ -231,8 +292,12 @@ def matmul_peak() -> dict:
 def provenance() -> dict:
     def smi(q: str) -> str:
         try:
-            return subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
-                                  capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(
+                ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
         except OSError:
             return "unknown"
 
@@ -243,9 +308,14 @@ def provenance() -> dict:
     except ImportError:
         cupy_version = None
     return {
-        "gpu": torch.cuda.get_device_name(0), "driver": smi("driver_version"), "memory": smi("memory.total"),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cupy": cupy_version,
-        "python": platform.python_version(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "gpu": torch.cuda.get_device_name(0),
+        "driver": smi("driver_version"),
+        "memory": smi("memory.total"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cupy": cupy_version,
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "method": "CUDA events, median of 15-30 timed runs after warm-up; random bf16 data",
     }
 
@@ -282,7 +352,12 @@ def main() -> None:
         result["decode_linear"] = lin
     if args.only in ("all", "step"):
         steps = []
-        for batch, contexts in ((1, (4096, 16384, 65536, 131072, 262144)), (8, (4096, 16384, 32768)), (32, (4096,)), (64, (4096,))):
+        for batch, contexts in (
+            (1, (4096, 16384, 65536, 131072, 262144)),
+            (8, (4096, 16384, 32768)),
+            (32, (4096,)),
+            (64, (4096,)),
+        ):
             for ctx in contexts:
                 steps.append(decode_step(ctx, batch))
                 print("step", steps[-1], flush=True)

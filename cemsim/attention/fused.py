@@ -306,8 +306,26 @@ def _row(qs, ks, start, lim, maxpc, qr, kh, vh, kk, per_group, b_out, b_lse, out
 
 @numba.njit(parallel=True, cache=True)
 def _sparse_rows_kernel(
-    qsig, ksig, d, thresholds, start, limits, q, k, v, kk, per_group, band_out, band_lse, recall_slot,
-    recall_scores, out, counts, union, hits, totals,
+    qsig,
+    ksig,
+    d,
+    thresholds,
+    start,
+    limits,
+    q,
+    k,
+    v,
+    kk,
+    per_group,
+    band_out,
+    band_lse,
+    recall_slot,
+    recall_scores,
+    out,
+    counts,
+    union,
+    hits,
+    totals,
 ):
     # Row-major layouts, so every per-task view is contiguous: qsig [H, C, G, W] uint64, ksig [H, N, W];
     # q [H, C, G, D] (pre-scaled), k/v [H, N, D]; band_out [H, C, G, D] (normalised), band_lse [H, C, G];
@@ -320,8 +338,21 @@ def _sparse_rows_kernel(
         h = task % h_n
         slot = recall_slot[r]
         ns, u, hit, tot = _row(
-            qsig[h, r], ksig[h], start, limits[r], d - thresholds[h], q[h, r], k[h], v[h], kk, per_group,
-            band_out[h, r], band_lse[h, r], out[h, r], slot >= 0, recall_scores[h, max(slot, 0)],
+            qsig[h, r],
+            ksig[h],
+            start,
+            limits[r],
+            d - thresholds[h],
+            q[h, r],
+            k[h],
+            v[h],
+            kk,
+            per_group,
+            band_out[h, r],
+            band_lse[h, r],
+            out[h, r],
+            slot >= 0,
+            recall_scores[h, max(slot, 0)],
         )
         counts[h, r] = ns
         union[h, r] = u
@@ -371,11 +402,26 @@ def sparse_rows(
         return c(np.swapaxes(x, 1, 2), dtype=dtype)
 
     _sparse_rows_kernel(
-        rows_first(qsig, np.uint64), c(ksig), np.int64(head_dim), c(thresholds, dtype=np.int64), np.int64(start),
-        c(np.minimum(limits, ksig.shape[1] - start), dtype=np.int64), rows_first(q),
-        c(k, dtype=np.float32), c(v, dtype=np.float32), np.int64(kk), bool(per_group),
-        rows_first(band_out), rows_first(band_lse), slot,
-        c(recall_scores, dtype=np.float32), out, counts, union, hits, totals,
+        rows_first(qsig, np.uint64),
+        c(ksig),
+        np.int64(head_dim),
+        c(thresholds, dtype=np.int64),
+        np.int64(start),
+        c(np.minimum(limits, ksig.shape[1] - start), dtype=np.int64),
+        rows_first(q),
+        c(k, dtype=np.float32),
+        c(v, dtype=np.float32),
+        np.int64(kk),
+        bool(per_group),
+        rows_first(band_out),
+        rows_first(band_lse),
+        slot,
+        c(recall_scores, dtype=np.float32),
+        out,
+        counts,
+        union,
+        hits,
+        totals,
     )
     return np.swapaxes(out, 1, 2), counts, union, hits, totals
 
@@ -386,9 +432,19 @@ def warm() -> None:
     h, g, c, d, n = 1, 2, 2, 64, 8
     rng = np.random.default_rng(0)
     sparse_rows(
-        rng.integers(0, 2**63, (h, g, c, 1), dtype=np.uint64), rng.integers(0, 2**63, (h, n, 1), dtype=np.uint64),
-        d, np.zeros(h, dtype=np.int64), 1, np.array([3, 7]), rng.standard_normal((h, g, c, d)).astype(np.float32),
-        rng.standard_normal((h, n, d)).astype(np.float32), rng.standard_normal((h, n, d)).astype(np.float32), 2,
-        False, np.zeros((h, g, c, d), dtype=np.float32), np.zeros((h, g, c), dtype=np.float32), np.array([1]),
+        rng.integers(0, 2**63, (h, g, c, 1), dtype=np.uint64),
+        rng.integers(0, 2**63, (h, n, 1), dtype=np.uint64),
+        d,
+        np.zeros(h, dtype=np.int64),
+        1,
+        np.array([3, 7]),
+        rng.standard_normal((h, g, c, d)).astype(np.float32),
+        rng.standard_normal((h, n, d)).astype(np.float32),
+        rng.standard_normal((h, n, d)).astype(np.float32),
+        2,
+        False,
+        np.zeros((h, g, c, d), dtype=np.float32),
+        np.zeros((h, g, c), dtype=np.float32),
+        np.array([1]),
         np.zeros((h, 1, g, 7), dtype=np.float32),
     )

@@ -48,9 +48,13 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def procrustes(b: np.ndarray | torch.Tensor, v: np.ndarray | torch.Tensor, *, transposed: bool = False) -> np.ndarray:
+def procrustes(
+    b: np.ndarray | torch.Tensor, v: np.ndarray | torch.Tensor, *, transposed: bool = False
+) -> np.ndarray:
     """Orthogonal R minimising ||B - V R||_F (``transposed`` gives the artifact's wrong variant)."""
-    return _procrustes(torch.as_tensor(b, dtype=torch.float64), torch.as_tensor(v, dtype=torch.float64), transposed).numpy()
+    return _procrustes(
+        torch.as_tensor(b, dtype=torch.float64), torch.as_tensor(v, dtype=torch.float64), transposed
+    ).numpy()
 
 
 def _procrustes(b: torch.Tensor, v: torch.Tensor, transposed: bool) -> torch.Tensor:
@@ -104,8 +108,14 @@ class ItqRotations:
             np.savez(fh, rotations=self.rotations, losses=self.losses, tokens=np.int64(self.tokens))
 
     @classmethod
-    def load(cls, path: Path, *, layers: int | None = None, kv_heads: int | None = None,
-             head_dim: int | None = None) -> ItqRotations:
+    def load(
+        cls,
+        path: Path,
+        *,
+        layers: int | None = None,
+        kv_heads: int | None = None,
+        head_dim: int | None = None,
+    ) -> ItqRotations:
         try:
             with np.load(path) as z:
                 rot, losses, tokens = z["rotations"], z["losses"], int(z["tokens"])
@@ -117,9 +127,7 @@ class ItqRotations:
         return cls(rotations=rot.astype(np.float32), losses=losses, tokens=tokens)
 
 
-def train_all(
-    keys: np.ndarray, queries: np.ndarray, *, iters: int = 50, seed: int = 0
-) -> ItqRotations:
+def train_all(keys: np.ndarray, queries: np.ndarray, *, iters: int = 50, seed: int = 0) -> ItqRotations:
     """Rotations for every (layer, KV head) from post-RoPE ``keys [L, Hkv, n, D]`` and
     ``queries [L, Hq, n, D]`` (query head h belongs to KV head h // (Hq // Hkv))."""
     layers, hkv, n, d = keys.shape

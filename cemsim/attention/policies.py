@@ -411,12 +411,26 @@ def _chunk_fused(
     rows = torch.from_numpy(recall_np)
     nr = len(recall_np)
     q_rec = qs_sc[:, rows].view(hkv, group, nr, d).transpose(1, 2).reshape(hkv, nr * group, d)
-    recall_scores = torch.bmm(q_rec, k[:, s_n : s_n + r].transpose(1, 2)).view(hkv, nr, group, r)  # recall only
+    recall_scores = torch.bmm(q_rec, k[:, s_n : s_n + r].transpose(1, 2)).view(
+        hkv, nr, group, r
+    )  # recall only
     o_band, lse = band
     out, counts, union, hits, totals = fused.sparse_rows(
-        qsig.reshape(hkv, group, c, -1), ksig, d, th, s_n, region_count.astype(np.int64),
-        qs_sc.view(hkv, group, c, d).numpy(), k.numpy(), v.numpy(), kk, cfg.topk_per == "group",
-        o_band.numpy(), lse.numpy(), recall_np, recall_scores.numpy(),
+        qsig.reshape(hkv, group, c, -1),
+        ksig,
+        d,
+        th,
+        s_n,
+        region_count.astype(np.int64),
+        qs_sc.view(hkv, group, c, d).numpy(),
+        k.numpy(),
+        v.numpy(),
+        kk,
+        cfg.topk_per == "group",
+        o_band.numpy(),
+        lse.numpy(),
+        recall_np,
+        recall_scores.numpy(),
     )
     surv = counts.astype(np.float64)
     meta = np.full(hkv, region_count.sum() * d / 8)  # the PFUs read every considered key's sign bits
@@ -463,7 +477,9 @@ def _survivor_lists(qsig, ksig, region_count, layer, s_n, d, group, cap, cfg, de
     over = counts.amax(-1).cpu().numpy() > cap
     g, f = np.nonzero(~over)[0], np.nonzero(over)[0]
     gt, ft = torch.from_numpy(g).to(dev), torch.from_numpy(f).to(dev)
-    return SurvivorSplit(g, counts[gt].cpu().numpy(), survivor_lists_from_mask(mask[gt], counts[gt])[1], f, mask[ft])
+    return SurvivorSplit(
+        g, counts[gt].cpu().numpy(), survivor_lists_from_mask(mask[gt], counts[gt])[1], f, mask[ft]
+    )
 
 
 def _count(mask: torch.Tensor) -> torch.Tensor:
@@ -564,8 +580,24 @@ def _region_scores(qs_sc, k, region_count, recall_np, pos_np, state):
 
 
 def _chunk_full(
-    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, qsig, ksig,
-    *, heads, mask=None
+    q,
+    qs_sc,
+    k,
+    v,
+    band,
+    dense_idx,
+    region_count,
+    recall_np,
+    tail_mask,
+    pos_np,
+    layer,
+    kk,
+    state,
+    qsig,
+    ksig,
+    *,
+    heads,
+    mask=None,
 ):
     """The sparse region by full products (LongSight at low thresholds, oracle top-k): QK^T over [S, e) for
     every row, eligible keys masked, exact top-k by index; the softmax and PV touch the k picks only (their
@@ -576,7 +608,9 @@ def _chunk_full(
     hkv = k.shape[0]
     group = hq // hkv
     w, s_n = cfg.window, cfg.sinks
-    e, region, s_sp, recall_rows, recall_raw = _region_scores(qs_sc, k, region_count, recall_np, pos_np, state)
+    e, region, s_sp, recall_rows, recall_raw = _region_scores(
+        qs_sc, k, region_count, recall_np, pos_np, state
+    )
     r = e - s_n
     meta = np.zeros(hkv)
     if cfg.kind == "longsight":
@@ -601,7 +635,9 @@ def _chunk_full(
     # Values read: the union of the group's picks. A key is picked for every query head that lists it or
     # for none (eligibility is per KV group), so a plain scatter of 0/1 marks the union exactly.
     union = torch.zeros(hkv, c, r, dtype=torch.bool, device=dev).scatter_(
-        -1, top.transpose(1, 2).reshape(hkv, c, group * kk), picked.transpose(1, 2).reshape(hkv, c, group * kk)
+        -1,
+        top.transpose(1, 2).reshape(hkv, c, group * kk),
+        picked.transpose(1, 2).reshape(hkv, c, group * kk),
     )
     union_np = _count(union).double().cpu().numpy()  # [hkv, c]
     st = state.stats[layer]
@@ -626,7 +662,9 @@ def _chunk_full(
     return out.reshape(hq, c, d)
 
 
-def _chunk_quest(q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state):
+def _chunk_quest(
+    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state
+):
     """Quest: page top-k by the min/max bound, every key of a chosen page read and attended."""
     cfg = state.config
     dev = q.device
@@ -634,12 +672,19 @@ def _chunk_quest(q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_
     hkv = k.shape[0]
     group = hq // hkv
     s_n = cfg.sinks
-    e, region, s_sp, recall_rows, recall_raw = _region_scores(qs_sc, k, region_count, recall_np, pos_np, state)
+    e, region, s_sp, recall_rows, recall_raw = _region_scores(
+        qs_sc, k, region_count, recall_np, pos_np, state
+    )
     r = e - s_n
     idx, valid, pages_seen = _quest_select(q, k, region, s_n, e, kk, hkv, group)
     meta = np.full(hkv, pages_seen * 2 * d * cfg.bytes_per_element)
     # scatter_add, not scatter: a padded (invalid) slot clamped onto a real key must not clear it.
-    sel = torch.zeros(hkv, group, c, r, dtype=torch.uint8, device=dev).scatter_add_(-1, idx, valid.to(torch.uint8)) > 0
+    sel = (
+        torch.zeros(hkv, group, c, r, dtype=torch.uint8, device=dev).scatter_add_(
+            -1, idx, valid.to(torch.uint8)
+        )
+        > 0
+    )
     s_sp.masked_fill_(~sel, float("-inf"))
     surv_count = np.broadcast_to(region_count, (hkv, c)).astype(np.float64)
     union = _count(sel.any(1)).double().cpu().numpy()  # [hkv, c]
@@ -647,7 +692,17 @@ def _chunk_quest(q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_
     _account(st, np.arange(hkv), tail_mask, region_count, surv_count, union, union, meta, c)
     _recall(st, recall_raw, recall_rows, region, sel, kk)
     if state.observer is not None:
-        _observe(state, layer, np.arange(hkv), region.expand(hkv, c, r)[:, None], sel, region_count, pos_np, s_n, cfg.window)
+        _observe(
+            state,
+            layer,
+            np.arange(hkv),
+            region.expand(hkv, c, r)[:, None],
+            sel,
+            region_count,
+            pos_np,
+            s_n,
+            cfg.window,
+        )
     mx, out, z = _merge_band(band, v, dense_idx, s_sp.amax(-1))
     p_s = s_sp.sub_(mx[..., None]).exp_()
     z += p_s.sum(-1)
@@ -660,7 +715,22 @@ GATHER_BLOCK = 1 << 20  # survivor x query-head x D elements per block of the co
 
 
 def _chunk_gather(
-    q, qs_sc, k, v, band, dense_idx, region_count, recall_np, tail_mask, pos_np, layer, kk, state, found, *, heads
+    q,
+    qs_sc,
+    k,
+    v,
+    band,
+    dense_idx,
+    region_count,
+    recall_np,
+    tail_mask,
+    pos_np,
+    layer,
+    kk,
+    state,
+    found,
+    *,
+    heads,
 ):
     """The sparse region from SCF survivor lists: dot products, top-k and PV for survivors only.
 
@@ -699,7 +769,9 @@ def _chunk_gather(
             sel = pick[:, :, None, :].expand(hkv, c, group, m)
         else:
             vals, top = scores.topk(kk, dim=-1, sorted=False)  # [hkv, c, G, kk]
-            sel = torch.zeros(hkv, c, group, m, dtype=torch.bool, device=dev).scatter_(-1, top, vals > float("-inf"))
+            sel = torch.zeros(hkv, c, group, m, dtype=torch.bool, device=dev).scatter_(
+                -1, top, vals > float("-inf")
+            )
         scores.masked_fill_(~sel, float("-inf"))
     else:
         sel = valid[:, :, None, :].expand(hkv, c, group, m)
@@ -739,7 +811,9 @@ def _recall_gather(st, q, k, recall_np, region_count, idx, sel, s_n, kk) -> None
     rows = torch.from_numpy(recall_np).to(dev)
     nr = len(recall_np)
     r = int(region_count.max())  # the chunk's region width (>= k), as in the full path
-    raw = torch.bmm(q[:, rows].reshape(hkv, group * nr, d), k[:, s_n : s_n + r].transpose(1, 2))  # q pre-scaled
+    raw = torch.bmm(
+        q[:, rows].reshape(hkv, group * nr, d), k[:, s_n : s_n + r].transpose(1, 2)
+    )  # q pre-scaled
     raw = raw.view(hkv, group, nr, r)
     region = torch.arange(r, device=dev)[None, :] < torch.from_numpy(region_count[recall_np]).to(dev)[:, None]
     picks = sel[:, rows].transpose(1, 2)  # [hkv, G, nr, m]

@@ -43,7 +43,9 @@ def new_state(lm: LoadedModel, config: PolicyConfig, **kw) -> AttentionState:
 
 
 @torch.inference_mode()
-def token_nll(lm: LoadedModel, ids: list[int] | torch.Tensor, state: AttentionState | None = None) -> np.ndarray:
+def token_nll(
+    lm: LoadedModel, ids: list[int] | torch.Tensor, state: AttentionState | None = None
+) -> np.ndarray:
     """Negative log-likelihood of tokens 1..N-1 given their prefix, under ``state``'s policy (None: dense)."""
     x = torch.as_tensor(ids, dtype=torch.long, device=lm.device).reshape(1, -1)
     kwargs = {} if state is None else {"cemsim_state": state}
@@ -52,7 +54,9 @@ def token_nll(lm: LoadedModel, ids: list[int] | torch.Tensor, state: AttentionSt
     for a in range(0, x.shape[1] - 1, LOGIT_CHUNK):
         b = min(x.shape[1] - 1, a + LOGIT_CHUNK)
         logits = lm.model.lm_head(hidden[a:b]).float()
-        nll[a:b] = torch.nn.functional.cross_entropy(logits, x[0, a + 1 : b + 1], reduction="none").cpu().numpy()
+        nll[a:b] = (
+            torch.nn.functional.cross_entropy(logits, x[0, a + 1 : b + 1], reduction="none").cpu().numpy()
+        )
     return nll
 
 
@@ -70,7 +74,9 @@ def dense_nll_cached(lm: LoadedModel, ids: list[int], text: EvalText) -> tuple[n
     """Dense NLL, cached on disk per (model weights, text, token count, device kind and dtype): eval and
     tune reuse it."""
     run = "" if (lm.device, lm.dtype) == ("cpu", "fp32") else f"|{torch.device(lm.device).type}|{lm.dtype}"
-    key = hashlib.sha256(f"{_model_key(lm)}|{text.sha256}|{len(ids)}|{ids[:4]}{run}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{_model_key(lm)}|{text.sha256}|{len(ids)}|{ids[:4]}{run}".encode()).hexdigest()[
+        :24
+    ]
     path = cache_dir() / "eval" / f"dense-nll-{key}.npy"
     if path.is_file():
         try:
@@ -127,7 +133,11 @@ def load_or_train_itq(
         return ItqRotations.load(Path(path), **geo), Path(path), False
     path = itq_path(lm)
     if path.is_file() and not retrain:
-        return ItqRotations.load(path, layers=lm.num_layers, kv_heads=lm.num_kv_heads, head_dim=lm.head_dim), path, False
+        return (
+            ItqRotations.load(path, layers=lm.num_layers, kv_heads=lm.num_kv_heads, head_dim=lm.head_dim),
+            path,
+            False,
+        )
     ids = token_ids(lm.tokenizer, text, tokens, from_end=True)
     keys, queries = capture_qk(lm, ids)
     rot = train_all(keys, queries, iters=iters)
@@ -199,7 +209,9 @@ def make_policy(
         if threshold is not None and thresholds_file is not None:
             raise CemsimError("give either --threshold or --thresholds, not both")
         if thresholds_file is not None:
-            tf = load_thresholds(thresholds_file, layers=lm.num_layers, kv_heads=lm.num_kv_heads, head_dim=lm.head_dim)
+            tf = load_thresholds(
+                thresholds_file, layers=lm.num_layers, kv_heads=lm.num_kv_heads, head_dim=lm.head_dim
+            )
             thresholds = tf.thresholds
             info["thresholds"] = f"file {thresholds_file}"
             if tf.itq != itq:

@@ -76,17 +76,24 @@ def load_thresholds(
         else:
             data = json.loads(raw)
     except Exception as exc:
-        raise CemsimError(f"not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}", where=where) from exc
+        raise CemsimError(
+            f"not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}", where=where
+        ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CemsimError(f"field 'format' must be {FORMAT!r} (write one with `cemsim tune`)", where=where)
     if data.get("convention", CONVENTION) != CONVENTION:
-        raise CemsimError(f"field 'convention' must be {CONVENTION!r}, got {data.get('convention')!r}", where=where)
+        raise CemsimError(
+            f"field 'convention' must be {CONVENTION!r}, got {data.get('convention')!r}", where=where
+        )
     try:
         th = np.asarray(data["thresholds"])
     except KeyError:
         raise CemsimError("field 'thresholds' is missing", where=where) from None
     if th.ndim != 2 or th.size == 0 or not np.issubdtype(th.dtype, np.integer):
-        raise CemsimError(f"field 'thresholds' must be a [layers][kv_heads] list of integers, got {th.tolist()!r:.80}", where=where)
+        raise CemsimError(
+            f"field 'thresholds' must be a [layers][kv_heads] list of integers, got {th.tolist()!r:.80}",
+            where=where,
+        )
     hd = int(data.get("head_dim", head_dim or 0))
     if head_dim is not None and hd != head_dim:
         raise CemsimError(f"field 'head_dim' is {hd}, the model has {head_dim}", where=where)
@@ -94,7 +101,8 @@ def load_thresholds(
         raise CemsimError(f"field 'thresholds' holds values outside 0..{hd + 1}", where=where)
     if (layers is not None and th.shape[0] != layers) or (kv_heads is not None and th.shape[1] != kv_heads):
         raise CemsimError(
-            f"field 'thresholds' has shape {list(th.shape)}, the model needs [{layers}][{kv_heads}]", where=where
+            f"field 'thresholds' has shape {list(th.shape)}, the model needs [{layers}][{kv_heads}]",
+            where=where,
         )
     return ThresholdFile(
         model=str(data.get("model", "")),

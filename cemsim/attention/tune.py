@@ -68,7 +68,9 @@ def _match_histogram(qs, ks, d, window, sinks):
     return hist.sum(axis=0)
 
 
-def survivor_tables(keys: np.ndarray, queries: np.ndarray, rotations: np.ndarray | None, window: int, sinks: int) -> np.ndarray:
+def survivor_tables(
+    keys: np.ndarray, queries: np.ndarray, rotations: np.ndarray | None, window: int, sinks: int
+) -> np.ndarray:
     """[layers, kv_heads, D + 2] keys surviving at each threshold T = 0..D+1 (index T), from captured
     post-RoPE ``keys [L, Hkv, n, D]`` and ``queries [L, Hq, n, D]``."""
     layers, hkv, _n, d = keys.shape
@@ -81,12 +83,16 @@ def survivor_tables(keys: np.ndarray, queries: np.ndarray, rotations: np.ndarray
             if rotations is not None:
                 r = rotations[layer, h]
                 k, q = k @ r, q @ r
-            hist = _match_histogram(np.ascontiguousarray(pack_signs(q).transpose(1, 0, 2)), pack_signs(k), d, window, sinks)
+            hist = _match_histogram(
+                np.ascontiguousarray(pack_signs(q).transpose(1, 0, 2)), pack_signs(k), d, window, sinks
+            )
             out[layer, h, : d + 1] = np.cumsum(hist[::-1])[::-1]  # survivors at T = sum_{m >= T} hist[m]
     return out
 
 
-def move_sequence(surv: np.ndarray, start: int, step: int, max_moves: int = 100_000) -> list[tuple[int, int, int]]:
+def move_sequence(
+    surv: np.ndarray, start: int, step: int, max_moves: int = 100_000
+) -> list[tuple[int, int, int]]:
     """The greedy order: (layer, head, new threshold) moves, always raising the head whose filter ratio
     at its current threshold is lowest (ties: lowest layer, then head)."""
     layers, hkv, tmax = surv.shape
@@ -110,7 +116,9 @@ def move_sequence(surv: np.ndarray, start: int, step: int, max_moves: int = 100_
     return moves
 
 
-def thresholds_after(moves: list[tuple[int, int, int]], n: int, shape: tuple[int, int], start: int) -> np.ndarray:
+def thresholds_after(
+    moves: list[tuple[int, int, int]], n: int, shape: tuple[int, int], start: int
+) -> np.ndarray:
     th = np.full(shape, start, dtype=np.int64)
     for i, h, t in moves[:n]:
         th[i, h] = t
@@ -142,18 +150,24 @@ def tune_thresholds(
     if step < 1:
         raise CemsimError(f"--step must be at least 1, got {step}", where="--step")
     if tokens <= window + sinks:
-        raise CemsimError(f"--tokens {tokens} leaves no sparse region with W={window}, S={sinks}", where="--tokens")
+        raise CemsimError(
+            f"--tokens {tokens} leaves no sparse region with W={window}, S={sinks}", where="--tokens"
+        )
     t0 = time.perf_counter()
     with console.status("loading model"):
         lm = load_model(model, device=device, dtype="fp32")  # perplexity budgets are judged in fp32
     if tokens > lm.max_positions:
-        raise CemsimError(f"{tokens} tokens exceed the model's {lm.max_positions} positions", where="--tokens")
+        raise CemsimError(
+            f"{tokens} tokens exceed the model's {lm.max_positions} positions", where="--tokens"
+        )
     text = load_text(text_path)
     ids = token_ids(lm.tokenizer, text, tokens)
     start = 0 if start is None else start
     kk = published_k(tokens) if k is None else k
     with console.status("ITQ rotations, dense perplexity, filter-ratio tables (cached dense attention)"):
-        base, info = make_policy(lm, text, kind="longsight", context=tokens, window=window, sinks=sinks, k=kk, itq=itq)
+        base, info = make_policy(
+            lm, text, kind="longsight", context=tokens, window=window, sinks=sinks, k=kk, itq=itq
+        )
         nll_dense, _ = dense_nll_cached(lm, ids, text)
         ppl_dense = perplexity(nll_dense)
         keys, queries = capture_qk(lm, ids)
@@ -165,8 +179,15 @@ def tune_thresholds(
     results: dict[int, tuple[float, float]] = {}
 
     def run(n_moves: int) -> float:
-        cfg = PolicyConfig(kind="longsight", window=window, sinks=sinks, k=kk, rotations=base.rotations,
-                           thresholds=thresholds_after(moves, n_moves, shape, start), backend=base.backend)
+        cfg = PolicyConfig(
+            kind="longsight",
+            window=window,
+            sinks=sinks,
+            k=kk,
+            rotations=base.rotations,
+            thresholds=thresholds_after(moves, n_moves, shape, start),
+            backend=base.backend,
+        )
         state = new_state(lm, cfg, total_positions=tokens)
         t_eval = time.perf_counter()
         ppl = perplexity(token_nll(lm, ids, state))
@@ -174,20 +195,29 @@ def tune_thresholds(
         sv = sum(float(s.survivors.sum()) for s in state.stats)
         results[n_moves] = (ppl, cons / sv if sv else float("inf"))
         # One line per evaluation: visible above the bar in a terminal and in logs where the bar is not.
-        console.print(f"evaluation {len(results)}: {n_moves}/{len(moves)} moves, perplexity {ppl:.4f} "
-                      f"({ppl / ppl_dense - 1:+.2%}), filter ratio {results[n_moves][1]:.2f}x, "
-                      f"{time.perf_counter() - t_eval:.0f} s")
+        console.print(
+            f"evaluation {len(results)}: {n_moves}/{len(moves)} moves, perplexity {ppl:.4f} "
+            f"({ppl / ppl_dense - 1:+.2%}), filter ratio {results[n_moves][1]:.2f}x, "
+            f"{time.perf_counter() - t_eval:.0f} s"
+        )
         return ppl
 
     expected = int(np.ceil(np.log2(len(moves) + 1))) + 1
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} evals"),
-                  TimeElapsedColumn(), console=console) as prog:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} evals"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as prog:
         task = prog.add_task("tuning", total=min(expected, max_evals))
         lo, hi = 0, len(moves)  # invariant: setting `lo` is under budget; settings past `hi` are over
         prog.update(task, description=f"start: all T={start}")
         if run(0) > limit:
-            console.print(f"[yellow]even T={start} everywhere exceeds the budget "
-                          f"({results[0][0]:.3f} > {limit:.3f}): top-k / window alone cost too much[/]")
+            console.print(
+                f"[yellow]even T={start} everywhere exceeds the budget "
+                f"({results[0][0]:.3f} > {limit:.3f}): top-k / window alone cost too much[/]"
+            )
             hi = 0
         prog.advance(task)
         evals = 1
@@ -196,7 +226,9 @@ def tune_thresholds(
             ppl = run(mid)
             evals += 1
             ok = ppl <= limit
-            prog.update(task, description=f"moves {mid}/{len(moves)}: ppl {ppl:.3f} {'<=' if ok else '>'} {limit:.3f}")
+            prog.update(
+                task, description=f"moves {mid}/{len(moves)}: ppl {ppl:.3f} {'<=' if ok else '>'} {limit:.3f}"
+            )
             prog.advance(task)
             if ok:
                 lo = mid
@@ -234,7 +266,9 @@ def tune_thresholds(
         },
     )
     tf.save(out)
-    table = Table(title=f"cemsim tune: {lm.name}, {tokens} tokens, budget {ppl_budget:.1%}", show_header=False)
+    table = Table(
+        title=f"cemsim tune: {lm.name}, {tokens} tokens, budget {ppl_budget:.1%}", show_header=False
+    )
     for a, b in [
         ("dense perplexity", f"{ppl_dense:.4f}"),
         ("tuned perplexity", f"{ppl_best:.4f} ({ppl_best / ppl_dense - 1:+.2%})"),

@@ -37,8 +37,16 @@ def dense_rows(cal: dict, fitted: dict | None = None) -> list[dict]:
         system = load_system(_hwconfig("h100.yaml"), overrides).system
         header = synthetic_header("llama3-8b", policy="dense", k=1024)
         res = analytic(prepare(system, header, synthetic_steps(header, context=ctx, steps=1)))
-        rows.append({"system": "h100", "what": "decode step", "context": ctx, "batch": batch,
-                     "measured_s": m["median_ms"] / 1e3, "predicted_s": res.latency_per_token_s})
+        rows.append(
+            {
+                "system": "h100",
+                "what": "decode step",
+                "context": ctx,
+                "batch": batch,
+                "measured_s": m["median_ms"] / 1e3,
+                "predicted_s": res.latency_per_token_s,
+            }
+        )
     return rows
 
 
@@ -52,11 +60,13 @@ def _uniform_step(header, context: int, survivors_per_head: int) -> StepRecord:
     blocks = np.zeros((*shape, n_blocks), dtype=np.uint16)
     base, extra = divmod(survivors_per_head, span)
     blocks[..., first:last] = base
-    blocks[..., first:first + extra] += 1
+    blocks[..., first : first + extra] += 1
     considered = context - window - sinks
     surv = np.full(shape, survivors_per_head, dtype=np.int64)
     values = np.minimum(surv, header.k * header.group_size)
-    return StepRecord(0, context, np.full(shape, considered, dtype=np.int64), surv, blocks, values, window, sinks)
+    return StepRecord(
+        0, context, np.full(shape, considered, dtype=np.int64), surv, blocks, values, window, sinks
+    )
 
 
 def sparse_rows(cal: dict, fitted: dict | None = None) -> list[dict]:
@@ -64,16 +74,30 @@ def sparse_rows(cal: dict, fitted: dict | None = None) -> list[dict]:
     for m in cal.get("sparse_layer", []):
         ctx = int(m["context"])
         # the measurement ran one layer, so all 32 layers' KV need not fit: capacity is not what is validated
-        overrides = {"workload.context": ctx, "workload.batch": 1, "workload.attention.k": int(m["k"]),
-                     "gpu.hbm.capacity": "1 TB", **(fitted or {})}
+        overrides = {
+            "workload.context": ctx,
+            "workload.batch": 1,
+            "workload.attention.k": int(m["k"]),
+            "gpu.hbm.capacity": "1 TB",
+            **(fitted or {}),
+        }
         system = load_system(_hwconfig("h100-sparse-hbm.yaml"), overrides).system
-        header = synthetic_header("llama3-8b", policy="longsight", k=int(m["k"]), window=int(m["window"]),
-                                  sinks=int(m["sinks"]))
+        header = synthetic_header(
+            "llama3-8b", policy="longsight", k=int(m["k"]), window=int(m["window"]), sinks=int(m["sinks"])
+        )
         step = _uniform_step(header, ctx, int(m["survivors_per_layer"]) // int(m["kv_heads"]))
         res = analytic(prepare(system, header, [step]))
         per_layer = res.time_breakdown_s["attention_gpu"] / system.geometry.layers
-        rows.append({"system": "h100-sparse-hbm", "what": "sparse attention, one layer", "context": ctx,
-                     "batch": 1, "measured_s": m["median_ms_per_layer"] / 1e3, "predicted_s": per_layer})
+        rows.append(
+            {
+                "system": "h100-sparse-hbm",
+                "what": "sparse attention, one layer",
+                "context": ctx,
+                "batch": 1,
+                "measured_s": m["median_ms_per_layer"] / 1e3,
+                "predicted_s": per_layer,
+            }
+        )
     return rows
 
 
@@ -85,8 +109,10 @@ def validation_table(path: Path = H100) -> pd.DataFrame:
 
 
 # The constants fitted to these same measurements (gpu preset fields), per system.
-FITTED = {"h100": ("gpu.layer_overhead",),
-          "h100-sparse-hbm": ("gpu.sparse_pipeline_latency", "gpu.sparse_time_per_survivor")}
+FITTED = {
+    "h100": ("gpu.layer_overhead",),
+    "h100-sparse-hbm": ("gpu.sparse_pipeline_latency", "gpu.sparse_time_per_survivor"),
+}
 
 
 def _linear_model(cal: dict, system: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,25 +161,35 @@ def leave_one_out(path: Path = H100) -> pd.DataFrame:
 def main() -> None:
     """Print the table in Markdown (for docs/validation.md)."""
     df = validation_table()
-    print("| system | what | context | batch | measured (ms) | predicted (ms) | error |\n|---|---|---|---|---|---|---|")
+    print(
+        "| system | what | context | batch | measured (ms) | predicted (ms) | error |\n|---|---|---|---|---|---|---|"
+    )
     for r in df.itertuples():
-        print(f"| {r.system} | {r.what} | {r.context:,} | {r.batch} | {r.measured_s * 1e3:.3f} | "
-              f"{r.predicted_s * 1e3:.3f} | {r.error:+.1%} |")
+        print(
+            f"| {r.system} | {r.what} | {r.context:,} | {r.batch} | {r.measured_s * 1e3:.3f} | "
+            f"{r.predicted_s * 1e3:.3f} | {r.error:+.1%} |"
+        )
     for system, g in df.groupby("system"):
         print(f"\n{system}: mean absolute error {g['error'].abs().mean():.1%} over {len(g)} points")
     loo = leave_one_out()
     print("\nLeave-one-out: the fitted constants refitted without each point, then that point predicted.\n")
-    print("| system | context | batch | measured (ms) | LOO predicted (ms) | LOO error |\n|---|---|---|---|---|---|")
+    print(
+        "| system | context | batch | measured (ms) | LOO predicted (ms) | LOO error |\n|---|---|---|---|---|---|"
+    )
     for r in loo.itertuples():
-        print(f"| {r.system} | {r.context:,} | {r.batch} | {r.measured_s * 1e3:.3f} | {r.loo_predicted_s * 1e3:.3f} | "
-              f"{r.loo_error:+.1%} |")
+        print(
+            f"| {r.system} | {r.context:,} | {r.batch} | {r.measured_s * 1e3:.3f} | {r.loo_predicted_s * 1e3:.3f} | "
+            f"{r.loo_error:+.1%} |"
+        )
     for system, g in loo.groupby("system"):
         fit = ", ".join(
             f"{k} = {v * 1e9:.3g} ns" if "per_survivor" in k else f"{k} = {v * 1e6:.3g} us"
             for k, v in g["refit_all"].iloc[0].items()
         )
-        print(f"\n{system}: leave-one-out mean absolute error {g['loo_error'].abs().mean():.1%} over {len(g)} "
-              f"points (least-squares refit on all points: {fit})")
+        print(
+            f"\n{system}: leave-one-out mean absolute error {g['loo_error'].abs().mean():.1%} over {len(g)} "
+            f"points (least-squares refit on all points: {fit})"
+        )
 
 
 if __name__ == "__main__":

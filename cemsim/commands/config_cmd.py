@@ -59,7 +59,9 @@ def _lookup(data: dict, dotted: str) -> object:
 @config_app.command("show")
 def show(
     file: Path = typer.Argument(..., help="System YAML file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the resolved config, derived figures and provenance as JSON."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the resolved config, derived figures and provenance as JSON."
+    ),
 ) -> None:
     """Print the resolved config (values in SI, each with its tag and source) and the derived figures."""
     lc = load_system(file)

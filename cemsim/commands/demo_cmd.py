@@ -52,7 +52,9 @@ def _synthetic_source(path: Path) -> None:
     from cemsim.trace.format import TraceWriter
     from cemsim.trace.synthetic import synthetic_header, synthetic_steps
 
-    header = synthetic_header("smollm2-135m", k=256, text_source="synthetic survival law (no capture available)")
+    header = synthetic_header(
+        "smollm2-135m", k=256, text_source="synthetic survival law (no capture available)"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with TraceWriter(path, header) as writer:
         for rec in synthetic_steps(header, context=4096, steps=CAPTURE_STEPS):
@@ -61,18 +63,24 @@ def _synthetic_source(path: Path) -> None:
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for traces, results and charts.")] = Path(
-        "results/demo"),
-    workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="Sweep workers (default: all "
-                                                "cores).")] = None,
+        "results/demo"
+    ),
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", min=1, help="Sweep workers (default: all cores).")
+    ] = None,
     engine: Annotated[str, typer.Option("--engine", help="Sweep engine: local or ray.")] = "local",
-    fresh: Annotated[bool, typer.Option("--fresh", help="Redo every stage, even those whose outputs exist.")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Redo every stage, even those whose outputs exist.")
+    ] = False,
 ) -> None:
     """Capture -> project -> sweep every shipped system from 4K to 1M tokens -> table + charts."""
     root = repo_root()
     spec = root / "analysis" / "context_scaling.yaml" if root else None
     if spec is None or not spec.is_file():
-        raise CemsimError("the demo runs analysis/context_scaling.yaml from a cemsim source checkout; "
-                          "run it from a clone of the repository")
+        raise CemsimError(
+            "the demo runs analysis/context_scaling.yaml from a cemsim source checkout; "
+            "run it from a clone of the repository"
+        )
     t0 = time.perf_counter()
     traces = out / "traces"
     source = traces / f"smollm2-135m-{CAPTURE_TOKENS}.parquet"
@@ -83,18 +91,54 @@ def demo(
     commands = _cli_commands()
     if not source.is_file():
         if "capture" in commands:
-            _run(["capture", "--tokens", CAPTURE_TOKENS, "--decode-steps", str(CAPTURE_STEPS), "--device", "cpu",
-                  "--policy", "longsight", "--out", str(source)], "capture a trace from the bundled model (CPU)")
+            _run(
+                [
+                    "capture",
+                    "--tokens",
+                    CAPTURE_TOKENS,
+                    "--decode-steps",
+                    str(CAPTURE_STEPS),
+                    "--device",
+                    "cpu",
+                    "--policy",
+                    "longsight",
+                    "--out",
+                    str(source),
+                ],
+                "capture a trace from the bundled model (CPU)",
+            )
         else:
             console.rule("[bold]source trace")
-            console.print("[yellow]`cemsim capture` is not in this installation: using a synthetic survival-law "
-                          "trace in the bundled model's geometry instead[/]")
+            console.print(
+                "[yellow]`cemsim capture` is not in this installation: using a synthetic survival-law "
+                "trace in the bundled model's geometry instead[/]"
+            )
             _synthetic_source(source)
     if not projected.is_file() or projected.stat().st_mtime < source.stat().st_mtime:
-        _run(["trace", "project", str(source), "--context", TARGET_CONTEXT, "--geometry", GEOMETRY,
-              "--out", str(projected)], f"project to {GEOMETRY} at {TARGET_CONTEXT} tokens")
-    sweep_args = ["sweep", str(spec.relative_to(Path.cwd()) if spec.is_relative_to(Path.cwd()) else spec),
-                  "--trace", str(projected), "--out", str(out / "context_scaling"), "--engine", engine]
+        _run(
+            [
+                "trace",
+                "project",
+                str(source),
+                "--context",
+                TARGET_CONTEXT,
+                "--geometry",
+                GEOMETRY,
+                "--out",
+                str(projected),
+            ],
+            f"project to {GEOMETRY} at {TARGET_CONTEXT} tokens",
+        )
+    sweep_args = [
+        "sweep",
+        str(spec.relative_to(Path.cwd()) if spec.is_relative_to(Path.cwd()) else spec),
+        "--trace",
+        str(projected),
+        "--out",
+        str(out / "context_scaling"),
+        "--engine",
+        engine,
+    ]
     if workers:
         sweep_args += ["--workers", str(workers)]
     if fresh:
@@ -104,8 +148,11 @@ def demo(
     _run(sweep_args, "sweep: 6 systems x 9 contexts x 3 batch sizes on the simulator")
     _run(["plot", str(out / "context_scaling"), "--out", str(out / "charts")], "charts")
     console.rule("[bold]done")
-    console.print(f"results: {out / 'context_scaling' / 'results.parquet'}\ncharts:  {out / 'charts'}\n"
-                  f"demo took {time.perf_counter() - t0:,.0f} s", highlight=False)
+    console.print(
+        f"results: {out / 'context_scaling' / 'results.parquet'}\ncharts:  {out / 'charts'}\n"
+        f"demo took {time.perf_counter() - t0:,.0f} s",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

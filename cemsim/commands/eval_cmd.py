@@ -24,19 +24,39 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
 
 
 def eval_command(
-    model: str = typer.Option("smollm2-135m", "--model", help="Bundled model name or a local Llama checkpoint folder."),
-    tokens: int = typer.Option(8192, "--tokens", help="Tokens of the evaluation text (at most the model's positions)."),
-    policy: str = typer.Option("longsight", "--policy", help="dense | longsight | window | oracle-topk | quest"),
+    model: str = typer.Option(
+        "smollm2-135m", "--model", help="Bundled model name or a local Llama checkpoint folder."
+    ),
+    tokens: int = typer.Option(
+        8192, "--tokens", help="Tokens of the evaluation text (at most the model's positions)."
+    ),
+    policy: str = typer.Option(
+        "longsight", "--policy", help="dense | longsight | window | oracle-topk | quest"
+    ),
     window: int = typer.Option(1024, "--window", help="Dense window W (tokens, the current one included)."),
     sinks: int = typer.Option(16, "--sinks", help="Sink tokens S attended densely."),
-    k: int | None = typer.Option(None, "--k", help="Top-k per query head (default: LongSight's schedule, 256 to 32K)."),
-    threshold: int | None = typer.Option(None, "--threshold", help="One SCF threshold for every head (keep if matches >= T)."),
-    thresholds: Path | None = typer.Option(None, "--thresholds", help="Thresholds file from `cemsim tune` (JSON/YAML)."),
-    itq: bool = typer.Option(True, "--itq/--no-itq", help="Rotate q and k by per-head ITQ rotations before taking signs."),
-    topk_per: str = typer.Option("head", "--topk-per", help="head (published) or group (one top-k per KV group)."),
+    k: int | None = typer.Option(
+        None, "--k", help="Top-k per query head (default: LongSight's schedule, 256 to 32K)."
+    ),
+    threshold: int | None = typer.Option(
+        None, "--threshold", help="One SCF threshold for every head (keep if matches >= T)."
+    ),
+    thresholds: Path | None = typer.Option(
+        None, "--thresholds", help="Thresholds file from `cemsim tune` (JSON/YAML)."
+    ),
+    itq: bool = typer.Option(
+        True, "--itq/--no-itq", help="Rotate q and k by per-head ITQ rotations before taking signs."
+    ),
+    topk_per: str = typer.Option(
+        "head", "--topk-per", help="head (published) or group (one top-k per KV group)."
+    ),
     backend: str = typer.Option("auto", "--backend", help="SCF kernel backend: auto | numpy | numba | cupy."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the model runs (fp32 either way)."),
-    text: Path | None = typer.Option(None, "--text", help="UTF-8 text file (default: Python's bundled language reference)."),
+    device: str = typer.Option(
+        "cpu", "--device", help="cpu or cuda: where the model runs (fp32 either way)."
+    ),
+    text: Path | None = typer.Option(
+        None, "--text", help="UTF-8 text file (default: Python's bundled language reference)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Dense vs sparse perplexity of a sparse-attention policy on a long text, with LongSight's metrics."""
@@ -50,18 +70,43 @@ def eval_command(
     with err.status("loading model"):
         lm = load_model(model, device=device, dtype="fp32")
     if tokens > lm.max_positions:
-        raise CemsimError(f"{tokens} tokens exceed the model's {lm.max_positions} positions", where="--tokens")
+        raise CemsimError(
+            f"{tokens} tokens exceed the model's {lm.max_positions} positions", where="--tokens"
+        )
     txt = load_text(text)
     with err.status("preparing policy (ITQ trains once per model, about a minute)"):
         cfg, info = make_policy(
-            lm, txt, kind=policy, context=tokens, window=window, sinks=sinks, k=k, threshold=threshold,
-            thresholds_file=thresholds, itq=itq, topk_per=topk_per, backend=backend,
+            lm,
+            txt,
+            kind=policy,
+            context=tokens,
+            window=window,
+            sinks=sinks,
+            k=k,
+            threshold=threshold,
+            thresholds_file=thresholds,
+            itq=itq,
+            topk_per=topk_per,
+            backend=backend,
         )
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("layer {task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err, transient=True, disable=as_json and not err.is_terminal) as prog:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("layer {task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json and not err.is_terminal,
+    ) as prog:
         task = prog.add_task(f"{policy} over {tokens} tokens (dense pass first, cached)", total=lm.num_layers)
-        rep = evaluate(lm, txt, tokens, cfg, itq=itq and policy == "longsight",
-                       on_layer=lambda layer: prog.update(task, completed=layer + 1))
+        rep = evaluate(
+            lm,
+            txt,
+            tokens,
+            cfg,
+            itq=itq and policy == "longsight",
+            on_layer=lambda layer: prog.update(task, completed=layer + 1),
+        )
     out = rep.to_json()
     out["policy_info"] = info
     if as_json:
@@ -79,11 +124,17 @@ def _print(rep, info: dict) -> None:
         ("filter ratio (considered / survivors)", _fmt(rep.filter_ratio, ".2f") + "x"),
         ("top-k recall vs oracle", _fmt(rep.topk_recall, ".3f")),
         ("KV-load reduction (artifact metric)", _fmt(rep.kv_load_reduction, ".2f") + "x"),
-        ("bytes read per token", f"{rep.bytes_per_token / 1e6:.3f} MB (dense {rep.dense_bytes_per_token / 1e6:.3f} MB)"),
+        (
+            "bytes read per token",
+            f"{rep.bytes_per_token / 1e6:.3f} MB (dense {rep.dense_bytes_per_token / 1e6:.3f} MB)",
+        ),
         ("W / S / k", f"{rep.window} / {rep.sinks} / {rep.k}"),
         ("ITQ", str(rep.itq)),
         ("SCF backend", rep.backend),
-        ("time dense / sparse", f"{rep.seconds['dense']:.1f} s{' (cached)' if rep.dense_cached else ''} / {rep.seconds['sparse']:.1f} s"),
+        (
+            "time dense / sparse",
+            f"{rep.seconds['dense']:.1f} s{' (cached)' if rep.dense_cached else ''} / {rep.seconds['sparse']:.1f} s",
+        ),
         ("text", rep.text),
     ]
     rows += [(key, str(v)) for key, v in info.items()]
@@ -97,7 +148,9 @@ def _print(rep, info: dict) -> None:
             h.add_column(f"kv{i}", justify="right")
         h.add_column("recall", justify="right")
         for layer, row in enumerate(rep.filter_ratio_per_head):
-            h.add_row(str(layer), *[_fmt(x, ".1f") for x in row], _fmt(rep.topk_recall_per_layer[layer], ".2f"))
+            h.add_row(
+                str(layer), *[_fmt(x, ".1f") for x in row], _fmt(rep.topk_recall_per_layer[layer], ".2f")
+            )
         console.print(h)
 
 

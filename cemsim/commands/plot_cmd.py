@@ -14,11 +14,23 @@ console = Console(stderr=True)
 
 
 def plot(
-    results: Annotated[list[Path], typer.Argument(help="results.parquet files, sweep output folders, or .json/.jsonl "
-                                                "files of `cemsim eval --json` rows.")],
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="results.parquet files, sweep output folders, or .json/.jsonl "
+            "files of `cemsim eval --json` rows."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the charts (PNG and SVG).")],
-    chart: Annotated[list[str] | None, typer.Option("--chart", "-c", help="Only these charts (repeatable): "
-                     "context_scaling, energy, time_breakdown, users, heatmap, pareto.")] = None,
+    chart: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--chart",
+            "-c",
+            help="Only these charts (repeatable): "
+            "context_scaling, energy, time_breakdown, users, heatmap, pareto.",
+        ),
+    ] = None,
 ) -> None:
     """Draw the charts each results file's sweep spec asks for (else every chart its columns allow)."""
     from cemsim.plots.charts import plot_results

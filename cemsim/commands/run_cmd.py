@@ -45,6 +45,7 @@ def _table(res: Any, twin: Any) -> Table:
             if v is None:
                 return "-"
             return format_quantity(v, dim) if dim else f"{v:.4g}"
+
         t.add_row(name, fmt(a), fmt(b))
 
     row("latency per token", res.latency_per_token_s, twin.latency_per_token_s, "time")
@@ -64,14 +65,30 @@ def _table(res: Any, twin: Any) -> Table:
 
 def run(
     hwconfig: Path = typer.Argument(..., help="System YAML (hwconfigs/*.yaml)."),
-    trace: Path = typer.Option(..., "--trace", help="Trace file written by `cemsim capture` or `cemsim trace`."),
-    context: str | None = typer.Option(None, "--context", help="Context tokens (131072, 128K, 1M); default: the trace's. Below the trace's, survival is scaled; above, project the trace first."),
-    batch: int | None = typer.Option(None, "--batch", help="Users decoding together; default: workload.batch."),
-    steps: int | None = typer.Option(None, "--steps", help="Decode steps to replay (default: every step of the trace)."),
+    trace: Path = typer.Option(
+        ..., "--trace", help="Trace file written by `cemsim capture` or `cemsim trace`."
+    ),
+    context: str | None = typer.Option(
+        None,
+        "--context",
+        help="Context tokens (131072, 128K, 1M); default: the trace's. Below the trace's, survival is scaled; above, project the trace first.",
+    ),
+    batch: int | None = typer.Option(
+        None, "--batch", help="Users decoding together; default: workload.batch."
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Decode steps to replay (default: every step of the trace)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    out: Path | None = typer.Option(None, "--out", help="Write a run directory: resolved config, result.json, Parquet stats."),
-    timeline: Path | None = typer.Option(None, "--timeline", help="Write a Perfetto/Chrome trace of the first step."),
-    sets: list[str] = typer.Option([], "--set", help="Override a config field: dotted.path=value (repeatable)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write a run directory: resolved config, result.json, Parquet stats."
+    ),
+    timeline: Path | None = typer.Option(
+        None, "--timeline", help="Write a Perfetto/Chrome trace of the first step."
+    ),
+    sets: list[str] = typer.Option(
+        [], "--set", help="Override a config field: dotted.path=value (repeatable)."
+    ),
 ) -> None:
     """Simulate decode steps of TRACE on HWCONFIG: latency, throughput, energy, bandwidth per token."""
     from cemsim.sim.analytic import analytic
@@ -97,11 +114,19 @@ def run(
                 yield rec
                 bar.advance(reading)
 
-        prep = prepare(loaded.system, reader.header, records(), context=ctx, batch=batch, max_steps=steps,
-                       where=str(trace))
+        prep = prepare(
+            loaded.system,
+            reader.header,
+            records(),
+            context=ctx,
+            batch=batch,
+            max_steps=steps,
+            where=str(trace),
+        )
         sim_task = bar.add_task("simulating", total=len(prep.works))
-        res = simulate(prep, timeline=timeline is not None,
-                       progress=lambda i: bar.update(sim_task, completed=i + 1))
+        res = simulate(
+            prep, timeline=timeline is not None, progress=lambda i: bar.update(sim_task, completed=i + 1)
+        )
     twin = analytic(prep)
     if timeline is not None and res.spans:
         write_timeline(timeline, res.spans, res.system)
@@ -115,7 +140,9 @@ def run(
         typer.echo(json.dumps(d, default=str))
         return
     if not res.fits:
-        console.print(f"[bold yellow]{res.system} does not fit[/] at {res.context_tokens} tokens, batch {res.batch}:")
+        console.print(
+            f"[bold yellow]{res.system} does not fit[/] at {res.context_tokens} tokens, batch {res.batch}:"
+        )
         for why in res.why_not:
             console.print(f"  - {why}", highlight=False)
         return

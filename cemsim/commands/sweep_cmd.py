@@ -17,17 +17,35 @@ err_console = Console(stderr=True)
 
 def sweep(
     spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML), e.g. analysis/context_scaling.yaml.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: points/<hash>.parquet and results.parquet.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder: points/<hash>.parquet and results.parquet.")
+    ],
     engine: Annotated[str, typer.Option("--engine", help="local (a process pool) or ray.")] = "local",
-    workers: Annotated[int | None, typer.Option("--workers", "-j", min=1,
-                                                help="Parallel workers (default: all cores).")] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (ray engine); "
-                                                "default: start a local Ray for this run.")] = None,
-    trace: Annotated[str | None, typer.Option("--trace", help="Trace file, or a template with {context} / "
-                                              "{system}; replaces the spec's trace.")] = None,
-    evaluate: Annotated[str | None, typer.Option("--evaluate", help="Evaluate function 'module:function' "
-                                                 "(default: the spec's, else the simulator).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", min=1, help="Parallel workers (default: all cores).")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Ray cluster address (ray engine); default: start a local Ray for this run."
+        ),
+    ] = None,
+    trace: Annotated[
+        str | None,
+        typer.Option(
+            "--trace", help="Trace file, or a template with {context} / {system}; replaces the spec's trace."
+        ),
+    ] = None,
+    evaluate: Annotated[
+        str | None,
+        typer.Option(
+            "--evaluate",
+            help="Evaluate function 'module:function' (default: the spec's, else the simulator).",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")
+    ] = False,
 ) -> None:
     """Evaluate every point of SPEC; finished points are skipped, so a killed sweep resumes where it stopped."""
     if engine not in ENGINES:
@@ -37,21 +55,39 @@ def sweep(
     from cemsim.sweep.runner import run_sweep  # pandas and the store load only when a sweep runs
     from cemsim.sweep.summary import summary_tables
 
-    report = run_sweep(spec, out, engine=engine, workers=workers, address=address, trace=trace, evaluate=evaluate,
-                       console=err_console, progress=not quiet)
+    report = run_sweep(
+        spec,
+        out,
+        engine=engine,
+        workers=workers,
+        address=address,
+        trace=trace,
+        evaluate=evaluate,
+        console=err_console,
+        progress=not quiet,
+    )
     if not quiet:
         for table in summary_tables(report.frame):
             console.print(table)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()))
-    err_console.print(f"{report.results_path}: {len(report.frame)} rows ({counts}); "
-                      f"{report.evaluated} evaluated now, {report.skipped} reused", highlight=False)
+    err_console.print(
+        f"{report.results_path}: {len(report.frame)} rows ({counts}); "
+        f"{report.evaluated} evaluated now, {report.skipped} reused",
+        highlight=False,
+    )
     bad = report.frame[report.frame["status"] != "ok"] if len(report.frame) else report.frame
     for _, row in bad.head(5).iterrows():
-        err_console.print(f"  [yellow]{row['status']}[/] {row['system']} {row['params']}: "
-                          f"{str(row['error']).strip().splitlines()[-1]}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"  [yellow]{row['status']}[/] {row['system']} {row['params']}: "
+            f"{str(row['error']).strip().splitlines()[-1]}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report.counts.get("failed"):
-        raise CemsimError(f"{report.counts['failed']} points failed with an unexpected exception (not stored; "
-                          "rerun to retry them); see the 'error' column of the results")
+        raise CemsimError(
+            f"{report.counts['failed']} points failed with an unexpected exception (not stored; "
+            "rerun to retry them); see the 'error' column of the results"
+        )
 
 
 def register(app: typer.Typer) -> None:

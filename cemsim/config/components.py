@@ -87,7 +87,9 @@ class HostMemoryConfig(Frozen):
     latency: Time
     energy_per_bit: EnergyPerBit
     static_power: Power = 0.0
-    kv_write_group: Count = 128  # new tokens' KV go back to host memory in groups of this many (LongSight: 128)
+    kv_write_group: Count = (
+        128  # new tokens' KV go back to host memory in groups of this many (LongSight: 128)
+    )
 
 
 register("host_memory", "ddr5")(HostMemoryConfig)
@@ -101,7 +103,9 @@ class LpddrTimings(Frozen):
     tCL: Time
     row_buffer: Bytes  # bytes one activation opens in one channel
     burst: Bytes  # bytes one column burst returns on one channel
-    activations_in_flight: Count = 1  # row activations a channel overlaps during survivor fetches (1: one by one)
+    activations_in_flight: Count = (
+        1  # row activations a channel overlaps during survivor fetches (1: one by one)
+    )
 
 
 class PFUConfig(Frozen):

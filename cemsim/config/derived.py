@@ -23,7 +23,10 @@ def drex_figures(cem: DReXConfig, head_dim: int | None = None) -> dict[str, floa
         "cem.nma_bandwidth_bytes_per_s": channels * cem.channel_bandwidth,
         "cem.package_bandwidth_bytes_per_s": cem.channels_per_package * cem.channel_bandwidth,
         # each PFU consumes one 128-bit column (16 bytes of sign bits) per bitmap_time_per_dim
-        "cem.pfu_bandwidth_bytes_per_s": pfus * cem.pfu.keys_per_column_access / 8 / cem.pfu.bitmap_time_per_dim,
+        "cem.pfu_bandwidth_bytes_per_s": pfus
+        * cem.pfu.keys_per_column_access
+        / 8
+        / cem.pfu.bitmap_time_per_dim,
         "cem.scratchpad_addresses": cem.nma.address_scratchpad // cem.nma.address_bytes,
         "cem.slice_keys": channels // cem.packages * cem.banks_per_channel * cem.layout.keys_per_block,
         "cem.peak_power_w": cem.packages * cem.package_peak_power,
@@ -62,7 +65,9 @@ def derived_figures(system: SystemConfig) -> dict[str, float]:
     if system.host_memory is not None:
         h = system.host_memory
         out["host_memory.peak_bandwidth_bytes_per_s"] = h.channels * h.channel_bandwidth
-        out["host_memory.sustained_bandwidth_bytes_per_s"] = h.channels * h.channel_bandwidth * h.sustained_efficiency
+        out["host_memory.sustained_bandwidth_bytes_per_s"] = (
+            h.channels * h.channel_bandwidth * h.sustained_efficiency
+        )
         out["host_memory.capacity_bytes"] = h.capacity
     if isinstance(system.cem, DReXConfig):
         out.update(drex_figures(system.cem, geo.head_dim))

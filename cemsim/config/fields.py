@@ -47,9 +47,16 @@ Count = Annotated[int, Field(gt=0, strict=False)]
 
 # Which dimension each annotated type carries, so `config show` can print values with units again.
 DIMENSION_OF = {
-    "Bytes": "bytes", "Bandwidth": "bandwidth", "Time": "time", "PositiveTime": "time",
-    "Frequency": "frequency", "EnergyPerBit": "energy_per_bit", "Energy": "energy", "Power": "power",
-    "Flops": "flops", "Area": "area",
+    "Bytes": "bytes",
+    "Bandwidth": "bandwidth",
+    "Time": "time",
+    "PositiveTime": "time",
+    "Frequency": "frequency",
+    "EnergyPerBit": "energy_per_bit",
+    "Energy": "energy",
+    "Power": "power",
+    "Flops": "flops",
+    "Area": "area",
 }
 
 

@@ -67,7 +67,9 @@ class ConfigError(CemsimError):
         if len(problems) == 1:
             msg = str(problems[0])
         else:
-            msg = f"{len(problems)} problems in the configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+            msg = f"{len(problems)} problems in the configuration:\n" + "\n".join(
+                f"  - {p}" for p in problems
+            )
         super().__init__(msg)
 
 
@@ -179,7 +181,9 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         node[keys[-1]] = value
 
 
-def _peel_provenance(data: Any, path: Path_, ctx: _Ctx, prov: dict[str, Provenance], preset_files: set[str]) -> Any:
+def _peel_provenance(
+    data: Any, path: Path_, ctx: _Ctx, prov: dict[str, Provenance], preset_files: set[str]
+) -> Any:
     if _is_provenance_leaf(data):
         tag, source = data.get("tag"), data.get("source")
         if tag not in (*TAGS, "setting"):
@@ -212,7 +216,10 @@ def _model_fields_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> lis
         if model is None or not isinstance(key, str) or key not in model.model_fields:
             return []
         ann = model.model_fields[key].annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = next(
+            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+            None,
+        )
     return list(model.model_fields) if model is not None else []
 
 
@@ -269,7 +276,9 @@ def resolve_geometry(model: str, ctx: _Ctx | None = None, base_dir: Path | None 
     preset = PRESET_DIR / "model" / f"{model}.yaml"
     if preset.is_file():
         data, _ = load_with_lines(preset)
-        return ModelGeometry.model_validate({k: (v["value"] if _is_provenance_leaf(v) else v) for k, v in data.items()})
+        return ModelGeometry.model_validate(
+            {k: (v["value"] if _is_provenance_leaf(v) else v) for k, v in data.items()}
+        )
     path = Path(model)
     if not path.is_absolute() and base_dir is not None and not path.exists():
         path = base_dir / path
@@ -300,7 +309,9 @@ def geometry_from_hf_config(path: Path) -> ModelGeometry:
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         )
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
-        raise CemsimError(f"{path}: not a usable HuggingFace config.json ({type(exc).__name__}: {exc})") from None
+        raise CemsimError(
+            f"{path}: not a usable HuggingFace config.json ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def load_system(path: str | Path, overrides: dict[str, Any] | None = None) -> LoadedConfig:
@@ -311,12 +322,17 @@ def load_system(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
         raise ConfigError([Problem("", "no such file" if not path.exists() else "not a file", str(path))])
     data = _read(path, ctx)
     if not isinstance(data, dict):
-        raise ConfigError([Problem("", "a system file must be a YAML mapping at the top level", str(path), 1)])
+        raise ConfigError(
+            [Problem("", "a system file must be a YAML mapping at the top level", str(path), 1)]
+        )
     seen = {path.resolve()}
     while "base" in data:  # `base: other.yaml` (relative to this file): inherit, then override
         base_path = (path.parent / str(data.pop("base"))).resolve()
         if base_path in seen or not base_path.is_file():
-            ctx.add(("base",), f"base file {base_path} " + ("is a cycle" if base_path in seen else "does not exist"))
+            ctx.add(
+                ("base",),
+                f"base file {base_path} " + ("is a cycle" if base_path in seen else "does not exist"),
+            )
             raise ConfigError(ctx.problems)
         seen.add(base_path)
         own = dict(ctx.lines)
@@ -351,7 +367,11 @@ def load_system(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
         except CemsimError as exc:
             ctx.add(("workload", "model"), str(exc))
         built["workload"] = workload
-    rest = {k: v for k, v in data.items() if k not in built and k not in ("gpu", "cem", "link", "host_memory", "workload")}
+    rest = {
+        k: v
+        for k, v in data.items()
+        if k not in built and k not in ("gpu", "cem", "link", "host_memory", "workload")
+    }
     if ctx.problems:
         raise ConfigError(ctx.problems)
     try:

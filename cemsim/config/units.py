@@ -14,8 +14,20 @@ import re
 from dataclasses import dataclass
 
 _SI_PREFIX = {
-    "": 1.0, "f": 1e-15, "p": 1e-12, "n": 1e-9, "u": 1e-6, "µ": 1e-6, "μ": 1e-6, "m": 1e-3,
-    "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+    "": 1.0,
+    "f": 1e-15,
+    "p": 1e-12,
+    "n": 1e-9,
+    "u": 1e-6,
+    "µ": 1e-6,
+    "μ": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "K": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
 }
 _BIG_PREFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _BINARY_PREFIX = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
@@ -98,7 +110,9 @@ def parse_quantity(value: object, dimension: str) -> float:
         raise UnitError(f"{value!r} has no unit; write it with one, like '{dim.example}'")
     m = _QUANTITY.match(value)
     if not m:
-        raise UnitError(f"cannot read {value!r} as {dim.noun}; write a number and a unit, like '{dim.example}'")
+        raise UnitError(
+            f"cannot read {value!r} as {dim.noun}; write a number and a unit, like '{dim.example}'"
+        )
     number, unit = float(m.group(1)), m.group(2)
     if not math.isfinite(number):
         raise UnitError(f"{value!r} is not a finite number")

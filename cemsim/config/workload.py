@@ -60,7 +60,9 @@ class ModelGeometry(Frozen):
 
     def weight_params(self) -> int:
         """Parameters of one full model (attention, MLP, norms, embeddings, LM head)."""
-        attn = self.hidden * (self.q_heads * self.head_dim) * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        attn = (
+            self.hidden * (self.q_heads * self.head_dim) * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        )
         mlp = 3 * self.hidden * self.intermediate
         norms = 2 * self.hidden
         per_layer = attn + mlp + norms

@@ -45,7 +45,9 @@ def _parse(path: Path) -> tuple[Any, dict[Path_, Where]]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise YamlSyntaxError(str(path), mark.line + 1 if mark else None, f"malformed YAML: {problem}") from exc
+        raise YamlSyntaxError(
+            str(path), mark.line + 1 if mark else None, f"malformed YAML: {problem}"
+        ) from exc
     lines: dict[Path_, Where] = {}
     if node is None:
         return {}, lines

@@ -53,7 +53,9 @@ def plot_results(results: list[Path], out: Path, only: list[str] | None = None) 
         for req in requests:
             name = req["chart"]
             if name not in CHARTS:
-                raise CemsimError(f"{path}: the spec asks for unknown chart {name!r}; charts: {', '.join(CHARTS)}")
+                raise CemsimError(
+                    f"{path}: the spec asks for unknown chart {name!r}; charts: {', '.join(CHARTS)}"
+                )
             fn, _needs = CHARTS[name]
             options = {k: v for k, v in req.items() if k != "chart"}
             for stem, fig in fn(frame, **options):

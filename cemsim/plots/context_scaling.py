@@ -14,18 +14,32 @@ from cemsim.plots.style import MARKERS, TOKENS_FORMATTER, system_colors, system_
 COLUMNS = ["system", "context_tokens", "batch", "latency_per_token_s", "throughput_tokens_per_s"]
 
 
-def _panel(ax, strip, sub: pd.DataFrame, metric: str, scale: float, systems: list[str],
-           colors: dict[str, str]) -> None:
+def _panel(
+    ax, strip, sub: pd.DataFrame, metric: str, scale: float, systems: list[str], colors: dict[str, str]
+) -> None:
     """Lines on ``ax``; crosses for points that do not fit on ``strip``, a thin band above it, one row per
     system, so a cross is never mistaken for a value."""
     for i, s in enumerate(systems):
         rows = sub[sub["system"] == s].sort_values("context_tokens")
         ok = rows[fits(rows)]
-        ax.plot(ok["context_tokens"], ok[metric] * scale, marker=MARKERS[i % len(MARKERS)], ms=4.5, lw=1.6,
-                color=colors[s], label=s)
+        ax.plot(
+            ok["context_tokens"],
+            ok[metric] * scale,
+            marker=MARKERS[i % len(MARKERS)],
+            ms=4.5,
+            lw=1.6,
+            color=colors[s],
+            label=s,
+        )
         nofit = rows[~fits(rows)]
-        strip.scatter(nofit["context_tokens"], [len(systems) - 1 - i] * len(nofit), marker="x", s=30,
-                      color=colors[s], clip_on=False)
+        strip.scatter(
+            nofit["context_tokens"],
+            [len(systems) - 1 - i] * len(nofit),
+            marker="x",
+            s=30,
+            color=colors[s],
+            clip_on=False,
+        )
     strip.set_ylim(-0.7, len(systems) - 0.3)
     strip.set_yticks([])
     strip.set_ylabel("does not\nfit", rotation=0, ha="right", va="center", fontsize=8, color="0.3")
@@ -37,10 +51,16 @@ def _panel(ax, strip, sub: pd.DataFrame, metric: str, scale: float, systems: lis
     ax.set_xlabel("context length (tokens)")
 
 
-def figures(frame: pd.DataFrame, batch: int | list[int] | None = None, **_: object) -> list[tuple[str, Figure]]:
+def figures(
+    frame: pd.DataFrame, batch: int | list[int] | None = None, **_: object
+) -> list[tuple[str, Figure]]:
     require(frame, COLUMNS, "context_scaling")
     data = ok_rows(frame)
-    batches = sorted(data["batch"].dropna().unique()) if batch is None else ([batch] if isinstance(batch, int) else batch)
+    batches = (
+        sorted(data["batch"].dropna().unique())
+        if batch is None
+        else ([batch] if isinstance(batch, int) else batch)
+    )
     figs: list[tuple[str, Figure]] = []
     for b in batches:
         sub = data[data["batch"] == b]
@@ -48,8 +68,9 @@ def figures(frame: pd.DataFrame, batch: int | list[int] | None = None, **_: obje
             continue
         systems = system_order(sub["system"])
         colors = system_colors(systems)
-        fig, axes = plt.subplots(2, 2, figsize=(12, 5.8), sharex="col",
-                                 gridspec_kw={"height_ratios": [1.4, 5.5], "hspace": 0.05})
+        fig, axes = plt.subplots(
+            2, 2, figsize=(12, 5.8), sharex="col", gridspec_kw={"height_ratios": [1.4, 5.5], "hspace": 0.05}
+        )
         (strip_lat, strip_thr), (ax_lat, ax_thr) = axes
         _panel(ax_lat, strip_lat, sub, "latency_per_token_s", 1e3, systems, colors)
         ax_lat.set_ylabel("per-token latency (ms, log)")
@@ -64,10 +85,18 @@ def figures(frame: pd.DataFrame, batch: int | list[int] | None = None, **_: obje
         handles, labels = ax_lat.get_legend_handles_labels()
         handles.append(Line2D([], [], ls="", marker="x", color="0.3"))
         labels.append("does not fit in memory")
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False,
-                   bbox_to_anchor=(0.5, -0.02))
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=min(len(labels), 4),
+            frameon=False,
+            bbox_to_anchor=(0.5, -0.02),
+        )
         model = sub["trace_model"].iloc[0] if "trace_model" in sub else None
-        fig.suptitle(f"Context scaling, batch {int(b)}" + (f", {model}" if isinstance(model, str) else ""), y=1.0)
+        fig.suptitle(
+            f"Context scaling, batch {int(b)}" + (f", {model}" if isinstance(model, str) else ""), y=1.0
+        )
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.88, wspace=0.22, hspace=0.05)
         figs.append((f"context_scaling_b{int(b)}", fig))
     return figs

@@ -19,8 +19,9 @@ def read_json_rows(path: Path) -> pd.DataFrame:
         text = path.read_text()
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, ValueError) as exc:
-        raise CemsimError(f"{path}: not a file of JSON rows from `cemsim eval --json` or `cemsim run --json` "
-                          f"({exc})") from None
+        raise CemsimError(
+            f"{path}: not a file of JSON rows from `cemsim eval --json` or `cemsim run --json` ({exc})"
+        ) from None
     return pd.DataFrame([{"status": "ok", **flatten(r)} for r in rows])
 
 
@@ -75,5 +76,7 @@ def pick_value(frame: pd.DataFrame, column: str, wanted: Any, default: str = "mi
     except ValueError:
         target = wanted
     if target not in values:
-        raise CemsimError(f"{column} = {wanted!r} is not in the results; present: {', '.join(map(str, values))}")
+        raise CemsimError(
+            f"{column} = {wanted!r} is not in the results; present: {', '.join(map(str, values))}"
+        )
     return target

@@ -14,8 +14,9 @@ from cemsim.plots.style import component_colors, system_order, tokens_label
 PREFERRED = (32 * 1024, 128 * 1024, 1024 * 1024)  # the contexts the LongSight paper discusses most
 
 
-def figures(frame: pd.DataFrame, batch: int | None = None, contexts: list | None = None,
-         **_: object) -> list[tuple[str, Figure]]:
+def figures(
+    frame: pd.DataFrame, batch: int | None = None, contexts: list | None = None, **_: object
+) -> list[tuple[str, Figure]]:
     require(frame, ["system", "context_tokens", "batch"], "energy")
     data = ok_rows(frame)
     parts = prefixed(data, "energy_breakdown_j")
@@ -30,8 +31,9 @@ def figures(frame: pd.DataFrame, batch: int | None = None, contexts: list | None
         chosen = [c for c in PREFERRED if c in present] or present[-3:]
     systems = system_order(sub["system"])
     colors = component_colors(parts, "energy_breakdown_j")
-    fig, axes = plt.subplots(1, len(chosen), figsize=(1.2 + 0.85 * len(systems) * len(chosen), 4.8), squeeze=False,
-                             sharey=False)
+    fig, axes = plt.subplots(
+        1, len(chosen), figsize=(1.2 + 0.85 * len(systems) * len(chosen), 4.8), squeeze=False, sharey=False
+    )
     for ax, c in zip(axes.flat, chosen, strict=True):
         rows = []
         for s in systems:
@@ -44,8 +46,15 @@ def figures(frame: pd.DataFrame, batch: int | None = None, contexts: list | None
         for lbl in ax.get_xticklabels():
             lbl.set_horizontalalignment("right")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in parts]
-    fig.legend(handles, [p.removeprefix("energy_breakdown_j.") for p in parts], loc="upper center",
-               ncol=min(len(parts), 6), frameon=False, title="component", bbox_to_anchor=(0.5, 0.02))
+    fig.legend(
+        handles,
+        [p.removeprefix("energy_breakdown_j.") for p in parts],
+        loc="upper center",
+        ncol=min(len(parts), 6),
+        frameon=False,
+        title="component",
+        bbox_to_anchor=(0.5, 0.02),
+    )
     fig.suptitle(f"Energy per generated token by component, batch {int(b)}")
     fig.tight_layout()
     return [(f"energy_breakdown_b{int(b)}", fig)]

@@ -29,16 +29,26 @@ def _tick(value: float, scale: float) -> str:
     return f"{v:g}" if abs(v) < 1e4 else f"{v:.3g}"
 
 
-def figures(frame: pd.DataFrame, x: str | None = None, y: str | None = None,
-         metric: str = "throughput_tokens_per_s", x_label: str | None = None, x_scale: float = 1.0,
-         y_label: str | None = None, y_scale: float = 1.0, **_: object) -> list[tuple[str, Figure]]:
+def figures(
+    frame: pd.DataFrame,
+    x: str | None = None,
+    y: str | None = None,
+    metric: str = "throughput_tokens_per_s",
+    x_label: str | None = None,
+    x_scale: float = 1.0,
+    y_label: str | None = None,
+    y_scale: float = 1.0,
+    **_: object,
+) -> list[tuple[str, Figure]]:
     data = ok_rows(frame)
     varied = _varied_params(data)
     xc = f"param.{x}" if x else (varied[0] if len(varied) >= 2 else None)
     yc = f"param.{y}" if y else (varied[1] if len(varied) >= 2 else None)
     if xc is None or yc is None or xc not in data or yc not in data:
-        raise CemsimError("the heatmap needs two swept hardware axes (param.* columns); "
-                          f"found {', '.join(varied) or 'none'}; name them with x: and y: in the spec's plots")
+        raise CemsimError(
+            "the heatmap needs two swept hardware axes (param.* columns); "
+            f"found {', '.join(varied) or 'none'}; name them with x: and y: in the spec's plots"
+        )
     if metric not in data:
         raise CemsimError(f"the heatmap metric {metric!r} is not a column of the results")
     label, mscale = LABELS.get(metric, (metric, 1.0))
@@ -54,7 +64,9 @@ def figures(frame: pd.DataFrame, x: str | None = None, y: str | None = None,
             else:
                 nofit[i, j] = True
         fig, ax = plt.subplots(figsize=(1.4 + 1.15 * len(xs), 1.3 + 0.75 * len(ys)))
-        cmap = plt.get_cmap("viridis" if metric.startswith("throughput") else "viridis_r").with_extremes(bad="0.85")
+        cmap = plt.get_cmap("viridis" if metric.startswith("throughput") else "viridis_r").with_extremes(
+            bad="0.85"
+        )
         im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap=cmap, aspect="auto")
         finite = grid[np.isfinite(grid)]
         mid = (finite.min() + finite.max()) / 2 if finite.size else 0

@@ -24,13 +24,26 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(front[::-1], dtype=int)
 
 
-def figures(frame: pd.DataFrame, x: str = "filter_ratio", y: str = "ppl_increase", group: str | None = None,
-         budget: float = 0.05, y_percent: bool = True, **_: object) -> list[tuple[str, Figure]]:
+def figures(
+    frame: pd.DataFrame,
+    x: str = "filter_ratio",
+    y: str = "ppl_increase",
+    group: str | None = None,
+    budget: float = 0.05,
+    y_percent: bool = True,
+    **_: object,
+) -> list[tuple[str, Figure]]:
     require(frame, [x, y], "pareto")
     data = ok_rows(frame).dropna(subset=[x, y])
     if group is None:
-        group = next((c for c in ("param.itq", "itq", "model", "param.workload.attention.itq") if c in data
-                      and data[c].nunique() > 1), None)
+        group = next(
+            (
+                c
+                for c in ("param.itq", "itq", "model", "param.workload.attention.itq")
+                if c in data and data[c].nunique() > 1
+            ),
+            None,
+        )
     groups = list(data.groupby(group)) if group else [("all settings", data)]
     scale = 100.0 if y_percent else 1.0
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -39,15 +52,36 @@ def figures(frame: pd.DataFrame, x: str = "filter_ratio", y: str = "ppl_increase
         xs, ys = sub[x].to_numpy(float), sub[y].to_numpy(float) * scale
         color = colors[k % len(colors)]
         label = f"{group.removeprefix('param.')}={name}" if group else str(name)
-        ax.scatter(xs, ys, s=22, color=color, alpha=0.45, marker=MARKERS[k % len(MARKERS)], label=f"{label}: settings")
+        ax.scatter(
+            xs,
+            ys,
+            s=22,
+            color=color,
+            alpha=0.45,
+            marker=MARKERS[k % len(MARKERS)],
+            label=f"{label}: settings",
+        )
         front = pareto_front(xs, ys)
-        ax.plot(xs[front], ys[front], color=color, lw=1.8, marker=MARKERS[k % len(MARKERS)], ms=5,
-                label=f"{label}: Pareto front")
+        ax.plot(
+            xs[front],
+            ys[front],
+            color=color,
+            lw=1.8,
+            marker=MARKERS[k % len(MARKERS)],
+            ms=5,
+            label=f"{label}: Pareto front",
+        )
         tcol = next((c for c in ("param.threshold", "param.workload.attention.threshold") if c in sub), None)
         if tcol is not None:
             for i in front:
-                ax.annotate(f"T={sub[tcol].iloc[i]:g}", (xs[i], ys[i]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color=color)
+                ax.annotate(
+                    f"T={sub[tcol].iloc[i]:g}",
+                    (xs[i], ys[i]),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color=color,
+                )
     ax.axhline(budget * scale, color="black", ls="--", lw=1.1, label=f"budget {budget * scale:g}%")
     ax.set_xscale("log")
     ax.set_xlabel("filter ratio (keys considered / keys surviving, log)")

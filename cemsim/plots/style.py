@@ -29,10 +29,19 @@ CYCLE = ["#ff7f0e", "#17becf", "#bcbd22", "#8c564b", "#7f7f7f", "#aec7e8"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 FORMATS = ("png", "svg")
 
-plt.rcParams.update({
-    "figure.dpi": 110, "savefig.dpi": 150, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
-    "legend.fontsize": 9, "axes.grid": True, "grid.alpha": 0.3, "svg.fonttype": "none",
-})
+plt.rcParams.update(
+    {
+        "figure.dpi": 110,
+        "savefig.dpi": 150,
+        "font.size": 10,
+        "axes.titlesize": 11,
+        "axes.labelsize": 10,
+        "legend.fontsize": 9,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "svg.fonttype": "none",
+    }
+)
 
 
 def system_colors(systems: list[str]) -> dict[str, str]:

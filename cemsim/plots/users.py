@@ -14,12 +14,20 @@ from cemsim.plots.style import MARKERS, system_colors, system_order, tokens_labe
 PLAIN = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 10 else f"{v:g}")  # 600, not 6x10^2
 
 
-def figures(frame: pd.DataFrame, context: int | str | None = None, slo_ms: float = 100.0,
-         **_: object) -> list[tuple[str, Figure]]:
-    require(frame, ["system", "context_tokens", "batch", "latency_per_token_s", "throughput_tokens_per_s"], "users")
+def figures(
+    frame: pd.DataFrame, context: int | str | None = None, slo_ms: float = 100.0, **_: object
+) -> list[tuple[str, Figure]]:
+    require(
+        frame,
+        ["system", "context_tokens", "batch", "latency_per_token_s", "throughput_tokens_per_s"],
+        "users",
+    )
     data = ok_rows(frame)
-    contexts = [pick_value(data, "context_tokens", context)] if context is not None else sorted(
-        data["context_tokens"].dropna().unique())
+    contexts = (
+        [pick_value(data, "context_tokens", context)]
+        if context is not None
+        else sorted(data["context_tokens"].dropna().unique())
+    )
     figs: list[tuple[str, Figure]] = []
     for ctx in contexts:
         sub = data[(data["context_tokens"] == ctx) & fits(data)]
@@ -33,12 +41,32 @@ def figures(frame: pd.DataFrame, context: int | str | None = None, slo_ms: float
             marker = MARKERS[i % len(MARKERS)]
             ax_t.plot(rows["batch"], rows["throughput_tokens_per_s"], color=colors[s], lw=1.6, label=s)
             within = rows["latency_per_token_s"] * 1e3 <= slo_ms
-            ax_t.scatter(rows["batch"][within], rows["throughput_tokens_per_s"][within], color=colors[s],
-                         marker=marker, s=26, zorder=3)
-            ax_t.scatter(rows["batch"][~within], rows["throughput_tokens_per_s"][~within], facecolors="white",
-                         edgecolors=colors[s], marker=marker, s=26, zorder=3)
-            ax_l.plot(rows["batch"], rows["latency_per_token_s"] * 1e3, color=colors[s], marker=marker, ms=4.5,
-                      lw=1.6, label=s)
+            ax_t.scatter(
+                rows["batch"][within],
+                rows["throughput_tokens_per_s"][within],
+                color=colors[s],
+                marker=marker,
+                s=26,
+                zorder=3,
+            )
+            ax_t.scatter(
+                rows["batch"][~within],
+                rows["throughput_tokens_per_s"][~within],
+                facecolors="white",
+                edgecolors=colors[s],
+                marker=marker,
+                s=26,
+                zorder=3,
+            )
+            ax_l.plot(
+                rows["batch"],
+                rows["latency_per_token_s"] * 1e3,
+                color=colors[s],
+                marker=marker,
+                ms=4.5,
+                lw=1.6,
+                label=s,
+            )
         ax_l.axhline(slo_ms, color="black", ls="--", lw=1.2, label=f"SLO {slo_ms:g} ms/token")
         for ax in (ax_t, ax_l):
             ax.set_xscale("log", base=2)

@@ -40,8 +40,11 @@ class Twin:
         self.g, self.link, self.host = s.gpu, s.link, s.host_memory
         self.tp = self.g.count if self.g.parallelism == "tensor" else 1
         self.sz = prep.sizes
-        self.shape = drex_shape(s.cem, self.sz.head_dim, self.sz.group, self.sz.dtype_bytes) \
-            if prep.kind == "cem" else None  # type: ignore[arg-type]
+        self.shape = (
+            drex_shape(s.cem, self.sz.head_dim, self.sz.group, self.sz.dtype_bytes)
+            if prep.kind == "cem"
+            else None
+        )  # type: ignore[arg-type]
         self.bytes: dict[str, float] = defaultdict(float)
         self.ops: dict[str, float] = defaultdict(float)
         self.phase: dict[str, float] = defaultdict(float)
@@ -61,7 +64,9 @@ class Twin:
         cap = int(cem.nma.address_scratchpad // cem.nma.address_bytes)  # type: ignore[union-attr]
         t = 0.0
         for grp in scratchpad_groups(surv, w.epoch_blocks[layer, head], cap):  # type: ignore[index]
-            t += filter_time(sh, len(grp)) + scoring_time(cem, sh, float(surv[grp].sum()), float(rows[grp].sum()))
+            t += filter_time(sh, len(grp)) + scoring_time(
+                cem, sh, float(surv[grp].sum()), float(rows[grp].sum())
+            )
         return t + fetch_time(cem, sh, float(w.values[layer, head]), float(w.value_rows[layer, head]))  # type: ignore[arg-type,index]
 
     def offload(self, users: list[int], works: dict[int, StepWork], layer: int) -> float:
@@ -75,12 +80,19 @@ class Twin:
             ready = [0.0] * len(jobs)
             for j in sorted(range(len(jobs)), key=lambda i: (arrive[i], i)):
                 u, h = jobs[j]
-                pkg = (u * sz.kv_heads + h) % cem.packages if cem.layout.kv_heads_across_packages \
-                    else u % cem.packages  # type: ignore[union-attr]
+                pkg = (
+                    (u * sz.kv_heads + h) % cem.packages
+                    if cem.layout.kv_heads_across_packages
+                    else u % cem.packages
+                )  # type: ignore[union-attr]
                 pkg_free[pkg] = max(pkg_free[pkg], arrive[j]) + self.service(works[u], layer, h)
                 ready[j] = pkg_free[pkg]
-            resp = [sz.response_bytes(self.p.header.k, int(works[u].survivors[layer, h]),
-                                      int(works[u].values[layer, h])) for u, h in jobs]
+            resp = [
+                sz.response_bytes(
+                    self.p.header.k, int(works[u].survivors[layer, h]), int(works[u].values[layer, h])
+                )
+                for u, h in jobs
+            ]
             self.bytes["link.to_device"] += sz.request_bytes() * len(jobs)
             self.bytes["link.to_host"] += sum(resp)
             ends = fifo(ready, [link_occupancy(link, r) for r in resp])
@@ -95,7 +107,10 @@ class Twin:
                 return max(n / hb, link_occupancy(link, n)) if n > 0 else 0.0
 
             if kind == "host_dense":
-                ends = fifo([0.0] * len(users), [occ(works[u].context * sz.kv_heads * 2 * sz.key_bytes) for u in users])
+                ends = fifo(
+                    [0.0] * len(users),
+                    [occ(works[u].context * sz.kv_heads * 2 * sz.key_bytes) for u in users],
+                )
                 return max(ends) + lat
             keys = [occ(float(works[u].survivors[layer].sum()) * sz.key_bytes) for u in users]
             k_ends = fifo([0.0] * len(users), keys)
@@ -139,7 +154,9 @@ class Twin:
             out.append(max(self.lane_step(us, i, g == 0) for g, us in enumerate(lane_users) if us))
             if self.shape is not None:
                 for u in range(p.batch):
-                    for key, n in work_counters(p.system.cem, self.shape, p.works[(i + u) % len(p.works)]).items():
+                    for key, n in work_counters(
+                        p.system.cem, self.shape, p.works[(i + u) % len(p.works)]
+                    ).items():
                         (self.ops if key.startswith("ops:") else self.bytes)[key.removeprefix("ops:")] += n
             if p.kind == "cem" or p.kind.startswith("host"):
                 nbytes = kv_write_bytes_per_step(self.sz, p.batch)

@@ -26,8 +26,9 @@ def _gb(n: float) -> str:
     return format_quantity(n, "bytes")
 
 
-def check_fit(system: SystemConfig, kind: str, sz: Sizes, context: int, batch: int,
-              window: int, sinks: int) -> FitReport:
+def check_fit(
+    system: SystemConfig, kind: str, sz: Sizes, context: int, batch: int, window: int, sinks: int
+) -> FitReport:
     g = system.gpu
     tp = g.count if g.parallelism == "tensor" else 1
     users_per_gpu = batch if tp > 1 else math.ceil(batch / g.count)
@@ -54,8 +55,10 @@ def check_fit(system: SystemConfig, kind: str, sz: Sizes, context: int, batch: i
         rep.memory["host_memory"] = {"need": need, "have": system.host_memory.capacity}
         if need > system.host_memory.capacity:
             rep.fits = False
-            rep.why_not.append(f"host memory: KV of {batch} user(s) at {context} tokens is {_gb(need)}, over "
-                               f"its {_gb(system.host_memory.capacity)}")
+            rep.why_not.append(
+                f"host memory: KV of {batch} user(s) at {context} tokens is {_gb(need)}, over "
+                f"its {_gb(system.host_memory.capacity)}"
+            )
     if kind == "cem" and isinstance(system.cem, DReXConfig):
         cem = system.cem
         have = cem.packages * cem.package_capacity
@@ -63,6 +66,8 @@ def check_fit(system: SystemConfig, kind: str, sz: Sizes, context: int, batch: i
         rep.memory["cem"] = {"need": need, "have": have}
         if need > have:
             rep.fits = False
-            rep.why_not.append(f"CEM device: KV and sign bits of {batch} user(s) at {context} tokens are "
-                               f"{_gb(need)}, over its {_gb(have)}")
+            rep.why_not.append(
+                f"CEM device: KV and sign bits of {batch} user(s) at {context} tokens are "
+                f"{_gb(need)}, over its {_gb(have)}"
+            )
     return rep

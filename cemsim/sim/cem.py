@@ -61,8 +61,16 @@ def drex_shape(cfg: DReXConfig, head_dim: int, group: int, dtype_bytes: int) -> 
         keys_per_block=cfg.layout.keys_per_block,
     )
     gen = head_dim * cfg.pfu.bitmap_time_per_dim * passes
-    return DrexShape(gen, cfg.pfu.bitmap_read_latency, cfg.pfu.address_generation_time, key_bytes, group,
-                     head_dim, passes, rows)
+    return DrexShape(
+        gen,
+        cfg.pfu.bitmap_read_latency,
+        cfg.pfu.address_generation_time,
+        key_bytes,
+        group,
+        head_dim,
+        passes,
+        rows,
+    )
 
 
 def filter_time(shape: DrexShape, epochs: int) -> float:
@@ -89,7 +97,9 @@ def scoring_time(cfg: DReXConfig, shape: DrexShape, keys: float, rows: float) ->
     return max(fetch_time(cfg, shape, keys, rows), keys * shape.head_dim * shape.group / nma_mac_rate(cfg))
 
 
-def scratchpad_groups(epoch_survivors: np.ndarray, epoch_blocks: np.ndarray, capacity: int) -> list[list[int]]:
+def scratchpad_groups(
+    epoch_survivors: np.ndarray, epoch_blocks: np.ndarray, capacity: int
+) -> list[list[int]]:
     """Epochs filtered between two scoring phases: a group closes when the next epoch would overflow."""
     groups: list[list[int]] = []
     cur: list[int] = []
@@ -123,14 +133,19 @@ def work_counters(cfg: DReXConfig, shape: DrexShape, w: StepWork) -> dict[str, f
 
 @register_sim("cem", "drex")
 class DReX:
-    def __init__(self, env: simpy.Environment, cfg: DReXConfig, shape: DrexShape, rec: Recorder,
-                 kv_heads: int) -> None:
+    def __init__(
+        self, env: simpy.Environment, cfg: DReXConfig, shape: DrexShape, rec: Recorder, kv_heads: int
+    ) -> None:
         self.env, self.cfg, self.shape, self.rec, self.kv_heads = env, cfg, shape, rec, kv_heads
         self.nmas = [simpy.Resource(env, capacity=1) for _ in range(cfg.packages)]
         self.queue = simpy.Resource(env, capacity=cfg.request_queue_depth)  # CXL controller request queue
-        self.responses = simpy.Resource(env, capacity=cfg.response_buffers)  # scores + values awaiting the link
+        self.responses = simpy.Resource(
+            env, capacity=cfg.response_buffers
+        )  # scores + values awaiting the link
         self.capacity = int(cfg.nma.address_scratchpad // cfg.nma.address_bytes)
-        self.buffers_can_fill = True  # the replayer clears it when fewer requests can be in flight than buffers
+        self.buffers_can_fill = (
+            True  # the replayer clears it when fewer requests can be in flight than buffers
+        )
 
     def bound_in_flight(self, requests: int) -> None:
         """Wiring: at most ``requests`` are ever in flight; queues that can hold them all never block."""
@@ -163,7 +178,9 @@ class DReX:
                 start = env.now
                 yield env.timeout(sh.gen + sh.read + sh.addr if in_run == 0 else sh.bottleneck)
                 if rec.record_spans:
-                    rec.span(start, env.now, track, "filter_epoch", user=user, layer=layer, head=head, epoch=e)
+                    rec.span(
+                        start, env.now, track, "filter_epoch", user=user, layer=layer, head=head, epoch=e
+                    )
                 fill += s
                 fill_rows += rows[e]
                 in_run += 1
@@ -188,8 +205,9 @@ class DReX:
             else:
                 self.rec.add_bytes(key, n)
 
-    def _score(self, track: str, keys: float, rows: float, user: int, layer: int,
-               head: int) -> Generator[simpy.Event, None, None]:
+    def _score(
+        self, track: str, keys: float, rows: float, user: int, layer: int, head: int
+    ) -> Generator[simpy.Event, None, None]:
         dt = scoring_time(self.cfg, self.shape, keys, rows)
         if dt > 0:
             start = self.env.now

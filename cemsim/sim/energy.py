@@ -12,8 +12,9 @@ from cemsim.config.system import SystemConfig
 BITS = 8
 
 
-def energy_breakdown(system: SystemConfig, nbytes: dict[str, float], ops: dict[str, float],
-                     seconds: float) -> dict[str, float]:
+def energy_breakdown(
+    system: SystemConfig, nbytes: dict[str, float], ops: dict[str, float], seconds: float
+) -> dict[str, float]:
     """Joules by dotted component key ("gpu.compute", "cem.pfu", ...), over the whole run."""
     g = system.gpu
     out = {
@@ -32,7 +33,9 @@ def energy_breakdown(system: SystemConfig, nbytes: dict[str, float], ops: dict[s
         out["host_memory.static"] = h.static_power * seconds
     if isinstance(system.cem, DReXConfig) and system.kv_location == "cem":
         c = system.cem
-        dram = nbytes.get("cem.lpddr", 0.0) + nbytes.get("cem.bitmaps", 0.0) + nbytes.get("cem.lpddr_write", 0.0)
+        dram = (
+            nbytes.get("cem.lpddr", 0.0) + nbytes.get("cem.bitmaps", 0.0) + nbytes.get("cem.lpddr_write", 0.0)
+        )
         out["cem.dram"] = dram * BITS * c.dram_energy_per_bit
         out["cem.pfu"] = ops.get("cem.pfu_seconds", 0.0) * c.pfu.power
         out["cem.nma"] = ops.get("cem.nma_macs", 0.0) * c.nma.ops_per_lane_per_cycle * c.nma.energy_per_op

@@ -29,7 +29,9 @@ def gpu_op_time(cfg: GPUConfig, dtype: str, nbytes: float, flops: float) -> floa
     return max(hbm_read_time(cfg.hbm, nbytes), flops / sustained_flops(cfg, dtype))
 
 
-def projection_work(geo: ModelGeometry, dtype_bytes: int, users: int, tp: int) -> dict[str, tuple[float, float]]:
+def projection_work(
+    geo: ModelGeometry, dtype_bytes: int, users: int, tp: int
+) -> dict[str, tuple[float, float]]:
     """(HBM bytes, FLOPs) of the non-attention kernels of one layer ("pre": QKV projection; "post": output
     projection, MLP and norms) and of the final norm + LM head ("head"); weights stream once per step,
     FLOPs scale with the users in the batch; tensor parallel splits both over tp GPUs."""
@@ -53,7 +55,9 @@ class GPU:
     def op_time(self, nbytes: float, flops: float) -> float:
         return gpu_op_time(self.cfg, self.dtype, nbytes, flops)
 
-    def op(self, name: str, nbytes: float, flops: float, fixed: float = 0.0) -> Generator[simpy.Event, None, None]:
+    def op(
+        self, name: str, nbytes: float, flops: float, fixed: float = 0.0
+    ) -> Generator[simpy.Event, None, None]:
         dt = self.op_time(nbytes, flops) + fixed
         if dt <= 0:
             return

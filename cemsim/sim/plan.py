@@ -59,8 +59,17 @@ class Sizes:
 
 def sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
     geo, dt = system.geometry, system.workload.dtype_bytes
-    return Sizes(geo.head_dim * dt, geo.head_dim / 8, geo.q_heads, geo.kv_heads, geo.group_size, geo.head_dim,
-                 geo.layers, dt, geo.group_size if header.topk_scope == "query_head" else 1)
+    return Sizes(
+        geo.head_dim * dt,
+        geo.head_dim / 8,
+        geo.q_heads,
+        geo.kv_heads,
+        geo.group_size,
+        geo.head_dim,
+        geo.layers,
+        dt,
+        geo.group_size if header.topk_scope == "query_head" else 1,
+    )
 
 
 @dataclass
@@ -92,7 +101,9 @@ def layer_plan(kind: str, sz: Sizes, works: list[StepWork], layer: int, tp: int,
     if kind == "host_sparse":
         before.append(("sign_filter", considered * sz.sign_bytes / tp, 0.0, pipeline))
         # scoring the gathered survivor keys on the GPU: they land in HBM, are read once
-        after.append(("score_survivors", survivors * kb / tp, 2.0 * sz.group * sz.head_dim * survivors / tp, 0.0))
+        after.append(
+            ("score_survivors", survivors * kb / tp, 2.0 * sz.group * sz.head_dim * survivors / tp, 0.0)
+        )
     after.append(("combine", values * kb / tp, 2.0 * sz.group * sz.head_dim * values / tp, 0.0))
     return LayerPlan(before, [window], after)
 

@@ -60,7 +60,9 @@ class Replayer:
             ss.cem.bound_in_flight(batch * self.sz.kv_heads)  # type: ignore[attr-defined]
 
     # -- one step --------------------------------------------------------------------------------------
-    def lane_step(self, lane: GPU, users: list[int], step: int, main: bool) -> Generator[simpy.Event, None, None]:
+    def lane_step(
+        self, lane: GPU, users: list[int], step: int, main: bool
+    ) -> Generator[simpy.Event, None, None]:
         env, rec, ss = self.env, self.rec, self.ss
         works = {u: self.works[(step + u) % len(self.works)] for u in users}
         proj = projection_work(ss.config.geometry, self.sz.dtype_bytes, len(users), ss.tp)
@@ -99,8 +101,9 @@ class Replayer:
             if ss.peer is not None:
                 t = env.now
                 for _ in range(2):  # after attention's output projection and after the MLP
-                    yield from ss.peer.allreduce(len(users) * ss.config.geometry.hidden * self.sz.dtype_bytes,
-                                                 ss.tp, lane.track)
+                    yield from ss.peer.allreduce(
+                        len(users) * ss.config.geometry.hidden * self.sz.dtype_bytes, ss.tp, lane.track
+                    )
                 phase("all_reduce", t)
             t = env.now
             yield from lane.overhead()
@@ -116,7 +119,9 @@ class Replayer:
         return self.env.now - start
 
     # -- offloaded attention ---------------------------------------------------------------------------
-    def _offload(self, users: list[int], works: dict[int, StepWork], layer: int, t0: float) -> list[simpy.Process]:
+    def _offload(
+        self, users: list[int], works: dict[int, StepWork], layer: int, t0: float
+    ) -> list[simpy.Process]:
         ss, env, kb = self.ss, self.env, self.sz.key_bytes
         procs: list[simpy.Process] = []
         if ss.kind == "cem":
@@ -127,7 +132,11 @@ class Replayer:
         elif ss.kind == "host_dense" and ss.host is not None and ss.link is not None:
             for u in users:
                 nbytes = works[u].context * self.sz.kv_heads * 2 * kb
-                procs.append(env.process(self._timed(u, t0, ss.host.stream(ss.link, nbytes, "kv_stream", "host_memory"))))
+                procs.append(
+                    env.process(
+                        self._timed(u, t0, ss.host.stream(ss.link, nbytes, "kv_stream", "host_memory"))
+                    )
+                )
         elif ss.kind == "host_sparse":
             for u in users:
                 procs.append(env.process(self._timed(u, t0, self._host_gather(works[u], layer))))
@@ -140,11 +149,14 @@ class Replayer:
     def _host_gather(self, w: StepWork, layer: int) -> Generator[simpy.Event, None, None]:
         ss, kb = self.ss, self.sz.key_bytes
         assert ss.host is not None and ss.link is not None
-        yield from ss.host.stream(ss.link, float(w.survivors[layer].sum()) * kb, "survivor_keys", "host_memory")
+        yield from ss.host.stream(
+            ss.link, float(w.survivors[layer].sum()) * kb, "survivor_keys", "host_memory"
+        )
         yield from ss.host.stream(ss.link, float(w.values[layer].sum()) * kb, "topk_values", "host_memory")
 
-    def _cem_request(self, user: int, layer: int, head: int, w: StepWork, t0: float,
-                     left: dict[int, int]) -> Generator[simpy.Event, None, None]:
+    def _cem_request(
+        self, user: int, layer: int, head: int, w: StepWork, t0: float, left: dict[int, int]
+    ) -> Generator[simpy.Event, None, None]:
         ss, sz = self.ss, self.sz
         assert ss.cem is not None and ss.link is not None
         slot = ss.cem.queue.request() if self.queue_can_fill else None  # type: ignore[attr-defined]
@@ -203,16 +215,20 @@ class Replayer:
         return None
 
     # -- driver ----------------------------------------------------------------------------------------
-    def run(self, steps: int, timeline_step: int | None = None,
-            progress: Callable[[int], None] | None = None) -> ReplayOutcome:
+    def run(
+        self, steps: int, timeline_step: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> ReplayOutcome:
         env = self.env
         out = ReplayOutcome()
         t_wall = time.perf_counter()
         for i in range(steps):
             self.rec.record_spans = i == timeline_step
             start = env.now
-            procs = [env.process(self.lane_step(lane, users, i, g == 0))
-                     for g, (lane, users) in enumerate(zip(self.ss.lanes, self.lane_users, strict=True)) if users]
+            procs = [
+                env.process(self.lane_step(lane, users, i, g == 0))
+                for g, (lane, users) in enumerate(zip(self.ss.lanes, self.lane_users, strict=True))
+                if users
+            ]
             done = simpy.AllOf(env, procs)
             out.truncated = self._run_until(done, out)
             if out.truncated:

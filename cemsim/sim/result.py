@@ -54,8 +54,12 @@ class SimResult:
         d["bytes_moved"] = nest(self.bytes_moved)
         d["events_per_s"] = self.events_per_s
         d["step_latencies_s"] = list(self.step_latencies_s)
-        d["units"] = {"latency_per_token_s": "s per decode step", "energy_breakdown_j": "J per token",
-                      "bytes_moved": "bytes per token", "time_breakdown_s": "s per decode step"}
+        d["units"] = {
+            "latency_per_token_s": "s per decode step",
+            "energy_breakdown_j": "J per token",
+            "bytes_moved": "bytes per token",
+            "time_breakdown_s": "s per decode step",
+        }
         return d
 
 
@@ -66,8 +70,14 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 95, 99)} | {"max": float(arr.max())}
 
 
-def fill_metrics(res: SimResult, system: SystemConfig, nbytes: dict[str, float], ops: dict[str, float],
-                 phases: dict[str, float], step_latencies: list[float]) -> None:
+def fill_metrics(
+    res: SimResult,
+    system: SystemConfig,
+    nbytes: dict[str, float],
+    ops: dict[str, float],
+    phases: dict[str, float],
+    step_latencies: list[float],
+) -> None:
     """Per-token metrics from run totals over ``len(step_latencies)`` steps."""
     steps = len(step_latencies)
     if steps == 0:

@@ -38,14 +38,25 @@ class Prepared:
     trace_context: int
 
 
-def prepare(system: SystemConfig, header: TraceHeader, steps: Iterable[StepRecord], *, context: int | None = None,
-            batch: int | None = None, max_steps: int | None = None, where: str = "trace") -> Prepared:
+def prepare(
+    system: SystemConfig,
+    header: TraceHeader,
+    steps: Iterable[StepRecord],
+    *,
+    context: int | None = None,
+    batch: int | None = None,
+    max_steps: int | None = None,
+    where: str = "trace",
+) -> Prepared:
     geo = system.geometry
     check_geometry(header, geo.layers, geo.kv_heads, geo.head_dim, where)
     kind = system_kind(system)
     if kind == "cem" and isinstance(system.cem, DReXConfig) and header.k > system.cem.nma.topk_max:
-        raise CemsimError(f"the trace's top-k ({header.k}) exceeds the NMA's top-k unit "
-                          f"(cem.nma.topk_max = {system.cem.nma.topk_max})", where=where)
+        raise CemsimError(
+            f"the trace's top-k ({header.k}) exceeds the NMA's top-k unit "
+            f"(cem.nma.topk_max = {system.cem.nma.topk_max})",
+            where=where,
+        )
     if batch is not None and batch < 1:
         raise CemsimError(f"batch must be at least 1, got {batch}")
     if max_steps is not None and max_steps < 1:
@@ -74,15 +85,27 @@ def prepare(system: SystemConfig, header: TraceHeader, steps: Iterable[StepRecor
 
 def empty_result(prep: Prepared, model: str) -> SimResult:
     return SimResult(
-        system=prep.system.name, model=model, kind=prep.kind, context_tokens=prep.context, batch=prep.batch,
-        steps=0, fits=prep.fit.fits, why_not=list(prep.fit.why_not), gpus_needed=prep.fit.gpus_needed,
+        system=prep.system.name,
+        model=model,
+        kind=prep.kind,
+        context_tokens=prep.context,
+        batch=prep.batch,
+        steps=0,
+        fits=prep.fit.fits,
+        why_not=list(prep.fit.why_not),
+        gpus_needed=prep.fit.gpus_needed,
         memory=prep.fit.memory,
         context_scaled_from=prep.trace_context if prep.trace_context != prep.context else None,
     )
 
 
-def simulate(prep: Prepared, *, steps: int | None = None, timeline: bool = False,
-             progress: Callable[[int], None] | None = None) -> SimResult:
+def simulate(
+    prep: Prepared,
+    *,
+    steps: int | None = None,
+    timeline: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
     """The discrete-event model. A system that does not fit returns a result saying why, unsimulated."""
     res = empty_result(prep, "des")
     if not prep.fit.fits:
@@ -91,7 +114,9 @@ def simulate(prep: Prepared, *, steps: int | None = None, timeline: bool = False
     rp = Replayer(ss, prep.header, prep.works, prep.batch)
     n = steps if steps is not None else len(prep.works)
     out = rp.run(n, timeline_step=0 if timeline else None, progress=progress)
-    fill_metrics(res, prep.system, dict(ss.rec.bytes), dict(ss.rec.ops), dict(ss.rec.phase), out.step_latencies)
+    fill_metrics(
+        res, prep.system, dict(ss.rec.bytes), dict(ss.rec.ops), dict(ss.rec.phase), out.step_latencies
+    )
     res.user_latency_s = percentiles(ss.rec.user_latency)
     res.events, res.wall_s, res.truncated = out.events, out.wall_s, out.truncated
     res.spans = ss.rec.spans

@@ -30,11 +30,22 @@ def trace_events(spans: list[Span], system: str) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     for t in tracks:
         events.append({"ph": "M", "name": "process_name", "pid": pid[t], "tid": 0, "args": {"name": t}})
-        events.append({"ph": "M", "name": "process_sort_index", "pid": pid[t], "tid": 0,
-                       "args": {"sort_index": pid[t]}})
+        events.append(
+            {"ph": "M", "name": "process_sort_index", "pid": pid[t], "tid": 0, "args": {"sort_index": pid[t]}}
+        )
     for s in sorted(spans, key=lambda s: (s.start, pid[s.track])):
-        events.append({"ph": "X", "name": s.name, "cat": s.track.split(".")[0], "pid": pid[s.track], "tid": 0,
-                       "ts": s.start * US, "dur": (s.end - s.start) * US, "args": s.args})
+        events.append(
+            {
+                "ph": "X",
+                "name": s.name,
+                "cat": s.track.split(".")[0],
+                "pid": pid[s.track],
+                "tid": 0,
+                "ts": s.start * US,
+                "dur": (s.end - s.start) * US,
+                "args": s.args,
+            }
+        )
     return {"traceEvents": events, "displayTimeUnit": "ns", "otherData": {"system": system, "tool": "cemsim"}}
 
 

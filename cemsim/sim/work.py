@@ -152,7 +152,9 @@ def step_work(
     return work
 
 
-def _add_epochs(work: StepWork, header: TraceHeader, rec: StepRecord, old: np.ndarray, rows: RowGeometry) -> None:
+def _add_epochs(
+    work: StepWork, header: TraceHeader, rec: StepRecord, old: np.ndarray, rows: RowGeometry
+) -> None:
     lay, hea = work.considered.shape
     n_epochs = max(1, -(-int(work.considered.max()) // rows.slice_keys))
     ep_surv = np.zeros((lay, hea, n_epochs), np.int64)
@@ -180,12 +182,20 @@ def _add_epochs(work: StepWork, header: TraceHeader, rec: StepRecord, old: np.nd
         # a row opens only for a survivor: cap by the row's expected survivors (scaled counts are fractional)
         in_row = (np.diff(blk.below(r_edges), axis=-1) * scale).astype(np.float32)
         touched = np.minimum(1.0 - np.exp(log_closed), in_row)
-        epoch_of_row = np.minimum((np.arange(n_rows) * rows.keys_per_row // rows.slice_keys).astype(np.int64),
-                                  n_epochs - 1)
+        epoch_of_row = np.minimum(
+            (np.arange(n_rows) * rows.keys_per_row // rows.slice_keys).astype(np.int64), n_epochs - 1
+        )
         ep_rows[mask] = _sum_runs(touched.astype(np.float64), epoch_of_row, n_epochs)
         # the top-k values are a subset of the survivors: thin each block's survivors by values / survivors
         v = work.values[mask].astype(np.float64)
         thin = np.divide(v, total_new, out=np.zeros_like(v), where=total_new > 0)[:, None]
         thin32 = thin.astype(np.float32)
-        value_rows[mask] = np.minimum(1.0 - np.exp(log_closed * thin32), in_row * thin32).sum(axis=-1, dtype=np.float64)
-    work.epoch_survivors, work.epoch_rows, work.epoch_blocks, work.value_rows = ep_surv, ep_rows, ep_blocks, value_rows
+        value_rows[mask] = np.minimum(1.0 - np.exp(log_closed * thin32), in_row * thin32).sum(
+            axis=-1, dtype=np.float64
+        )
+    work.epoch_survivors, work.epoch_rows, work.epoch_blocks, work.value_rows = (
+        ep_surv,
+        ep_rows,
+        ep_blocks,
+        value_rows,
+    )

@@ -61,7 +61,10 @@ def run_local(tasks: list[PointTask], evaluate: str, workers: int) -> Iterator[O
         return
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["cemsim.sweep.worker", evaluate.partition(":")[0]])
-    with _single_threaded_children(), ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+    with (
+        _single_threaded_children(),
+        ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool,
+    ):
         pending = {pool.submit(run_task, evaluate, t) for t in tasks}
         try:
             while pending:
@@ -69,14 +72,18 @@ def run_local(tasks: list[PointTask], evaluate: str, workers: int) -> Iterator[O
                 for fut in done:
                     yield fut.result()
         except BrokenProcessPool:
-            raise CemsimError("a sweep worker process died (killed, or out of memory); the points it finished "
-                              "are kept: run the same command again to resume") from None
+            raise CemsimError(
+                "a sweep worker process died (killed, or out of memory); the points it finished "
+                "are kept: run the same command again to resume"
+            ) from None
         finally:
             for fut in pending:
                 fut.cancel()
 
 
-def run_ray(tasks: list[PointTask], evaluate: str, workers: int | None, address: str | None) -> Iterator[Outcome]:
+def run_ray(
+    tasks: list[PointTask], evaluate: str, workers: int | None, address: str | None
+) -> Iterator[Outcome]:
     try:
         import ray
     except ImportError:
@@ -88,8 +95,13 @@ def run_ray(tasks: list[PointTask], evaluate: str, workers: int | None, address:
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, ignore_reinit_error=True)
     else:
-        ray.init(num_cpus=workers or default_workers(), include_dashboard=False, log_to_driver=False,
-                 runtime_env=runtime_env, ignore_reinit_error=True)
+        ray.init(
+            num_cpus=workers or default_workers(),
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env=runtime_env,
+            ignore_reinit_error=True,
+        )
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
         refs = [remote.remote(evaluate, t) for t in tasks]
@@ -104,8 +116,9 @@ def run_ray(tasks: list[PointTask], evaluate: str, workers: int | None, address:
         ray.shutdown()
 
 
-def run_engine(engine: str, tasks: list[PointTask], evaluate: str, workers: int | None = None,
-               address: str | None = None) -> Iterator[Outcome]:
+def run_engine(
+    engine: str, tasks: list[PointTask], evaluate: str, workers: int | None = None, address: str | None = None
+) -> Iterator[Outcome]:
     if engine == "local":
         return run_local(tasks, evaluate, workers or default_workers())
     if engine == "ray":

@@ -38,8 +38,15 @@ def simulate_point(task: PointTask) -> dict[str, Any]:
     header, records = _trace(task.trace)
     opts = task.options
     steps = opts.get("steps")
-    prep = prepare(system, header, records, context=system.workload.context, batch=system.workload.batch,
-                   max_steps=int(steps) if steps else None, where=task.trace)
+    prep = prepare(
+        system,
+        header,
+        records,
+        context=system.workload.context,
+        batch=system.workload.batch,
+        max_steps=int(steps) if steps else None,
+        where=task.trace,
+    )
     model = opts.get("model", "des")
     if model not in ("des", "analytic"):
         raise CemsimError(f"options.model must be 'des' or 'analytic', got {model!r}")
@@ -53,8 +60,20 @@ def simulate_point(task: PointTask) -> dict[str, Any]:
 
 
 # The flags of `cemsim eval`, as the axis and option names of a `kind: eval` sweep.
-EVAL_ARGS = ("model", "tokens", "policy", "window", "sinks", "k", "threshold", "thresholds", "itq", "topk_per",
-             "backend", "text")
+EVAL_ARGS = (
+    "model",
+    "tokens",
+    "policy",
+    "window",
+    "sinks",
+    "k",
+    "threshold",
+    "thresholds",
+    "itq",
+    "topk_per",
+    "backend",
+    "text",
+)
 
 
 @lru_cache(maxsize=2)
@@ -87,9 +106,17 @@ def eval_point(task: PointTask) -> dict[str, Any]:
     policy = str(args.get("policy", "longsight"))
     itq = bool(args.get("itq", True))
     cfg, info = make_policy(
-        lm, text, kind=policy, context=tokens, window=int(args.get("window", 1024)),
-        sinks=int(args.get("sinks", 16)), k=args.get("k"), threshold=args.get("threshold"),
-        thresholds_file=args.get("thresholds"), itq=itq, topk_per=str(args.get("topk_per", "head")),
+        lm,
+        text,
+        kind=policy,
+        context=tokens,
+        window=int(args.get("window", 1024)),
+        sinks=int(args.get("sinks", 16)),
+        k=args.get("k"),
+        threshold=args.get("threshold"),
+        thresholds_file=args.get("thresholds"),
+        itq=itq,
+        topk_per=str(args.get("topk_per", "head")),
         backend=str(args.get("backend", "auto")),
     )
     report = evaluate(lm, text, tokens, cfg, itq=itq and policy == "longsight")

@@ -102,8 +102,11 @@ def _check_one(spec: SweepSpec, dumps: list[dict[str, Any]], at: tuple[str, ...]
         hints.extend(keys)
     last = name.split(".")[-1]
     close = difflib.get_close_matches(last, sorted(set(hints)), n=1)
-    raise spec.error(at, f"unknown config path {name!r} in every base system"
-                     + (f" (did you mean {'.'.join([*name.split('.')[:-1], close[0]])!r}?)" if close else ""))
+    raise spec.error(
+        at,
+        f"unknown config path {name!r} in every base system"
+        + (f" (did you mean {'.'.join([*name.split('.')[:-1], close[0]])!r}?)" if close else ""),
+    )
 
 
 def _combinations(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -128,10 +131,21 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def point_hash(config: dict[str, Any] | None, params: dict[str, Any], trace_id: str | None, evaluate: str,
-               options: dict[str, Any] | None = None) -> str:
-    payload = {"config": config, "params": params if config is None else None, "trace": trace_id,
-               "evaluate": evaluate, "options": options or {}, "cemsim": __version__}
+def point_hash(
+    config: dict[str, Any] | None,
+    params: dict[str, Any],
+    trace_id: str | None,
+    evaluate: str,
+    options: dict[str, Any] | None = None,
+) -> str:
+    payload = {
+        "config": config,
+        "params": params if config is None else None,
+        "trace": trace_id,
+        "evaluate": evaluate,
+        "options": options or {},
+        "cemsim": __version__,
+    }
     blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -142,7 +156,9 @@ def _trace_for(spec: SweepSpec, template: str | None, system: SystemConfig | Non
     try:
         text = template.format(**fields)
     except (KeyError, IndexError) as exc:
-        raise spec.error(("trace",), f"unknown placeholder {exc} in trace template; use {{context}} or {{system}}") from None
+        raise spec.error(
+            ("trace",), f"unknown placeholder {exc} in trace template; use {{context}} or {{system}}"
+        ) from None
     p = Path(text)
     if p.is_absolute():
         return str(p)

@@ -69,7 +69,9 @@ def _uniform(frame: pd.DataFrame) -> pd.DataFrame:
     """Parquet wants one type per column: a column mixing text with numbers becomes text."""
     for col in frame.columns:
         if frame[col].dtype == object:
-            kinds = {type(v) for v in frame[col] if v is not None and not (isinstance(v, float) and pd.isna(v))}
+            kinds = {
+                type(v) for v in frame[col] if v is not None and not (isinstance(v, float) and pd.isna(v))
+            }
             if len(kinds) > 1 and str in kinds:
                 frame[col] = frame[col].map(lambda v: None if v is None else str(v))
     return frame
@@ -77,14 +79,30 @@ def _uniform(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _progress(console: Console, enabled: bool, transient: bool = False) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled, transient=transient,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        transient=transient,
     )
 
 
-def run_sweep(spec_path: str | Path, out: str | Path, *, engine: str = "local", workers: int | None = None,
-              address: str | None = None, trace: str | None = None, evaluate: str | None = None,
-              console: Console | None = None, progress: bool = True) -> SweepReport:
+def run_sweep(
+    spec_path: str | Path,
+    out: str | Path,
+    *,
+    engine: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    trace: str | None = None,
+    evaluate: str | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> SweepReport:
     console = console or Console(stderr=True)
     spec = load_spec(spec_path)
     if evaluate:
@@ -96,22 +114,30 @@ def run_sweep(spec_path: str | Path, out: str | Path, *, engine: str = "local", 
         bar.remove_task(expanding)
     valid = [p for p in points if p.valid]
     if spec.evaluate == DEFAULT_EVALUATE["run"] and any(p.trace is None for p in valid):
-        raise spec.error(("trace",), "the simulator replays a trace: give 'trace:' in the spec (a file, or a "
-                         "template with {context}) or --trace on the command line")
+        raise spec.error(
+            ("trace",),
+            "the simulator replays a trace: give 'trace:' in the spec (a file, or a "
+            "template with {context}) or --trace on the command line",
+        )
     unique: dict[str, Point] = {}
     for p in valid:  # two axis values that resolve to the same config are one point
         unique.setdefault(p.point_id, p)  # type: ignore[arg-type]
     todo = [p for pid, p in unique.items() if not store.done(pid)]
     report = SweepReport(spec, store.out / "results.parquet", pd.DataFrame(), skipped=len(unique) - len(todo))
-    console.print(f"sweep [bold]{spec.name}[/]: {len(points)} points, {len(points) - len(valid)} invalid, "
-                  f"{report.skipped} already done, {len(todo)} to evaluate ({engine})", highlight=False)
+    console.print(
+        f"sweep [bold]{spec.name}[/]: {len(points)} points, {len(points) - len(valid)} invalid, "
+        f"{report.skipped} already done, {len(todo)} to evaluate ({engine})",
+        highlight=False,
+    )
 
     failed: dict[str, Outcome] = {}
     if todo:
         with _progress(console, progress) as bar:
             task_id = bar.add_task(spec.name, total=len(todo), note="")
             errors = 0
-            for outcome in run_engine(engine, [p.task(spec.options) for p in todo], spec.evaluate, workers, address):
+            for outcome in run_engine(
+                engine, [p.task(spec.options) for p in todo], spec.evaluate, workers, address
+            ):
                 pt = unique[outcome["point_id"]]
                 if outcome["status"] == "failed":
                     failed[pt.point_id] = outcome  # type: ignore[index]
@@ -130,14 +156,30 @@ def run_sweep(spec_path: str | Path, out: str | Path, *, engine: str = "local", 
         else:
             stored = store.read_point(pt.point_id)  # type: ignore[arg-type]
             # a duplicate point shares its result; keep this point's own axis values
-            rows.append({**stored, **{k: v for k, v in _row(spec, pt, None).items()
-                                      if k.startswith("param.") or k in ("params", "base")}})
+            rows.append(
+                {
+                    **stored,
+                    **{
+                        k: v
+                        for k, v in _row(spec, pt, None).items()
+                        if k.startswith("param.") or k in ("params", "base")
+                    },
+                }
+            )
     frame = _uniform(pd.DataFrame(rows))
     report.counts = Counter(frame["status"]) if len(frame) else Counter()
-    meta = {"name": spec.name, "kind": spec.kind, "spec": str(spec.path), "evaluate": spec.evaluate,
-            "options": spec.options,
-            "axes": spec.axis_names(), "systems": [str(s) for s in spec.systems], "plots": spec.plots,
-            "cemsim": __version__, "counts": dict(report.counts)}
+    meta = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "spec": str(spec.path),
+        "evaluate": spec.evaluate,
+        "options": spec.options,
+        "axes": spec.axis_names(),
+        "systems": [str(s) for s in spec.systems],
+        "plots": spec.plots,
+        "cemsim": __version__,
+        "counts": dict(report.counts),
+    }
     report.results_path = store.write_results(frame, meta)
     report.frame = frame
     return report

@@ -22,7 +22,17 @@ DEFAULT_EVALUATE = {
     "eval": "cemsim.sweep.evaluate:eval_point",
 }
 TOP_KEYS = (
-    "name", "description", "kind", "evaluate", "options", "systems", "trace", "overrides", "axes", "zip", "plots",
+    "name",
+    "description",
+    "kind",
+    "evaluate",
+    "options",
+    "systems",
+    "trace",
+    "overrides",
+    "axes",
+    "zip",
+    "plots",
 )
 
 
@@ -102,18 +112,26 @@ def load_spec(path: str | Path) -> SweepSpec:
     for key in data:
         if key not in TOP_KEYS:
             hint = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
-            raise err((str(key),), f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                      + f"; valid keys: {', '.join(TOP_KEYS)}")
+            raise err(
+                (str(key),),
+                f"unknown key {key!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; valid keys: {', '.join(TOP_KEYS)}",
+            )
     kind = data.get("kind", "run")
     if kind not in DEFAULT_EVALUATE:
         raise err(("kind",), f"kind must be one of {', '.join(DEFAULT_EVALUATE)}; got {kind!r}")
     evaluate = data.get("evaluate") or DEFAULT_EVALUATE[kind]
     if not isinstance(evaluate, str) or evaluate.count(":") != 1:
-        raise err(("evaluate",), f"evaluate must be an import path 'package.module:function'; got {evaluate!r}")
+        raise err(
+            ("evaluate",), f"evaluate must be an import path 'package.module:function'; got {evaluate!r}"
+        )
 
     raw_systems = data.get("systems")
     if kind == "run" and not raw_systems:
-        raise err(("systems",), "a 'run' sweep needs 'systems:', a list of base system files (hwconfigs/*.yaml)")
+        raise err(
+            ("systems",), "a 'run' sweep needs 'systems:', a list of base system files (hwconfigs/*.yaml)"
+        )
     if raw_systems is None:
         raw_systems = []
     if not isinstance(raw_systems, list):
@@ -122,7 +140,10 @@ def load_spec(path: str | Path) -> SweepSpec:
     for i, raw in enumerate(raw_systems):
         found = _resolve_file(str(raw), path.parent)
         if found is None:
-            raise err(("systems", str(i)), f"base system file {raw!r} not found (relative to {path.parent} or the repo root)")
+            raise err(
+                ("systems", str(i)),
+                f"base system file {raw!r} not found (relative to {path.parent} or the repo root)",
+            )
         systems.append(found)
 
     options = data.get("options") or {}
@@ -159,7 +180,17 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(plots, list) or not all(isinstance(p, dict) and "chart" in p for p in plots):
         raise err(("plots",), "plots must be a list of mappings, each with a 'chart:' name and its options")
     return SweepSpec(
-        path=path.resolve(), name=str(data.get("name") or path.stem), kind=kind, evaluate=evaluate,
-        systems=systems, trace=trace, overrides=overrides, axes=axes, zips=zips, plots=plots, options=options,
-        description=str(data.get("description") or ""), lines=lines,
+        path=path.resolve(),
+        name=str(data.get("name") or path.stem),
+        kind=kind,
+        evaluate=evaluate,
+        systems=systems,
+        trace=trace,
+        overrides=overrides,
+        axes=axes,
+        zips=zips,
+        plots=plots,
+        options=options,
+        description=str(data.get("description") or ""),
+        lines=lines,
     )

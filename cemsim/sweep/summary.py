@@ -6,7 +6,13 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
-HEADLINE = ("latency_per_token_s", "throughput_tokens_per_s", "energy_per_token_j", "filter_ratio", "ppl_increase")
+HEADLINE = (
+    "latency_per_token_s",
+    "throughput_tokens_per_s",
+    "energy_per_token_j",
+    "filter_ratio",
+    "ppl_increase",
+)
 
 
 def tokens_label(n: float) -> str:
@@ -62,8 +68,11 @@ def summary_tables(frame: pd.DataFrame, limit: int = 40) -> list[Table]:
         batches = sorted(ok["batch"].dropna().unique())
         tables = [_pivot(frame, int(batches[0]), "latency_per_token_s", 1e3, ".2f", "Per-token latency (ms)")]
         if "throughput_tokens_per_s" in frame:
-            tables.append(_pivot(frame, int(batches[-1]), "throughput_tokens_per_s", 1.0, ",.0f",
-                                 "Throughput (tokens/s)"))
+            tables.append(
+                _pivot(
+                    frame, int(batches[-1]), "throughput_tokens_per_s", 1.0, ",.0f", "Throughput (tokens/s)"
+                )
+            )
         return tables
     table = Table(title=f"Sweep points (first {min(limit, len(frame))} of {len(frame)})")
     params = [c for c in frame.columns if c.startswith("param.")]
@@ -71,6 +80,10 @@ def summary_tables(frame: pd.DataFrame, limit: int = 40) -> list[Table]:
     for c in cols:
         table.add_column(c.removeprefix("param."), overflow="fold")
     for _, row in frame.head(limit).iterrows():
-        table.add_row(*("" if pd.isna(row.get(c)) else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
-                        for c in cols))
+        table.add_row(
+            *(
+                "" if pd.isna(row.get(c)) else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
+                for c in cols
+            )
+        )
     return [table]

@@ -23,7 +23,9 @@ def resolve_callable(path: str) -> Callable[[PointTask], dict[str, Any]]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise CemsimError(f"evaluate function {path!r}: cannot import module {module_name!r} ({exc})") from None
+        raise CemsimError(
+            f"evaluate function {path!r}: cannot import module {module_name!r} ({exc})"
+        ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise CemsimError(f"evaluate function {path!r}: module {module_name!r} has no callable {attr!r}")
@@ -41,5 +43,10 @@ def run_task(evaluate: str, task: PointTask) -> Outcome:
         result, status, error = None, "error", str(exc)
     except Exception:
         result, status, error = None, "failed", traceback.format_exc(limit=8)
-    return {"point_id": task.point_id, "status": status, "result": result, "error": error,
-            "elapsed_s": time.perf_counter() - start}
+    return {
+        "point_id": task.point_id,
+        "status": status,
+        "result": result,
+        "error": error,
+        "elapsed_s": time.perf_counter() - start,
+    }

@@ -53,11 +53,15 @@ class StepRecord:
     keys_considered: np.ndarray  # [L, H] int64: keys the sparse stage looked at (excludes window and sinks)
     survivors: np.ndarray  # [L, H] int64: keys passing the filter (LongSight) or selected (oracle, Quest)
     survivor_blocks: np.ndarray  # [L, H, ceil(context_len / block_size)] uint16: survivors per position block
-    values_fetched: np.ndarray  # [L, H] int64: distinct value vectors the sparse top-k needs (union over the group)
+    values_fetched: (
+        np.ndarray
+    )  # [L, H] int64: distinct value vectors the sparse top-k needs (union over the group)
     window: int  # dense-window tokens actually attended at this step
     sinks: int  # sink tokens actually attended at this step
     metadata_bytes: np.ndarray | None = None  # [L, H] extra bytes read (Quest page bounds), else None
-    topk_positions: np.ndarray | None = None  # [L, H, group, >= k] int32, -1 padded, sorted per query head; capture only
+    topk_positions: np.ndarray | None = (
+        None  # [L, H, group, >= k] int32, -1 padded, sorted per query head; capture only
+    )
 
     def check(self, header: TraceHeader) -> None:
         """Raise ValueError when shapes or counts are inconsistent with the header."""

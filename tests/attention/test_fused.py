@@ -74,7 +74,9 @@ def test_kernel_matches_reference(h_n, g_n, d, c_n, n, kk, per_group, seed):
     b_lse = (rng.standard_normal((h_n, g_n, c_n)) * 3).astype(np.float32)
     rec_rows = np.nonzero(rng.random(c_n) < 0.5)[0]
     r_max = max(1, int(limits.max()))
-    rec_scores = np.einsum("hgrd,hnd->hrgn", q[:, :, rec_rows], k[:, start : start + r_max]).astype(np.float32)
+    rec_scores = np.einsum("hgrd,hnd->hrgn", q[:, :, rec_rows], k[:, start : start + r_max]).astype(
+        np.float32
+    )
     args = (qsig, ksig, d, th, start, limits, q, k, v, kk, per_group, b_out, b_lse, rec_rows, rec_scores)
     got = fused.sparse_rows(*args)
     want = _reference(*args)
@@ -147,7 +149,13 @@ def test_fused_equals_full_product(topk_per, hq, hkv, d, n, tq, th, kk):
     q, k, v = _qkv(hq, hkv, d, n, tq, seed=n + tq + kk)
     rot = np.stack([np.linalg.qr(np.random.default_rng(h).standard_normal((d, d)))[0] for h in range(hkv)])
     cfg = PolicyConfig(
-        kind="longsight", window=40, sinks=5, k=kk, topk_per=topk_per, thresholds=np.array([th]), rotations=rot[None]
+        kind="longsight",
+        window=40,
+        sinks=5,
+        k=kk,
+        topk_per=topk_per,
+        thresholds=np.array([th]),
+        rotations=rot[None],
     )
     out_f, sf = _run("fused", cfg, q, k, v, n - tq, 53, hkv)
     out_t, stt = _run("full", cfg, q, k, v, n - tq, 53, hkv)
@@ -188,12 +196,20 @@ def test_auto_takes_fused_for_cpu_prefill_only(monkeypatch):
 def test_fused_refuses_where_it_does_not_apply(why):
     q, k, v = _qkv(HQ, HKV, D, 200, 50, seed=5)
     cfg = PolicyConfig(
-        kind="longsight", window=32, sinks=4, k=8, thresholds=np.full((1, HKV), 36),
+        kind="longsight",
+        window=32,
+        sinks=4,
+        k=8,
+        thresholds=np.full((1, HKV), 36),
         backend="numpy" if why == "numpy backend" else "numba",
     )
     st_ = AttentionState(
-        config=cfg, num_layers=1, num_kv_heads=HKV, sparse_path="fused",
-        observer=(lambda rec: None) if why == "observer" else None, flash_band=why != "no flash band",
+        config=cfg,
+        num_layers=1,
+        num_kv_heads=HKV,
+        sparse_path="fused",
+        observer=(lambda rec: None) if why == "observer" else None,
+        flash_band=why != "no flash band",
     )
     with pytest.raises(CemsimError, match="fused"):
         hybrid_attention(q, k, v, layer=0, scaling=D**-0.5, q_offset=150, state=st_)

@@ -110,7 +110,9 @@ def test_auto_splits_kv_heads_between_gather_and_full(backend, monkeypatch):
 
     n, tq = 420, 150
     q, k, v = _qkv(n, tq, seed=11)
-    cfg = PolicyConfig(kind="longsight", window=40, sinks=5, k=12, thresholds=np.array([[0, 44]]), backend=backend)
+    cfg = PolicyConfig(
+        kind="longsight", window=40, sinks=5, k=12, thresholds=np.array([[0, 44]]), backend=backend
+    )
     calls: list[tuple[str, list[int]]] = []
     for name in ("_chunk_gather", "_chunk_full"):
         fn = getattr(policies, name)
@@ -194,7 +196,9 @@ def test_device_resident_path_equals_cpu_path():
     q, k, v = _qkv(n, tq, seed=11)
     runs = {}
     for backend, dev in (("numba", "cpu"), ("cupy", "cuda")):
-        cfg = PolicyConfig(kind="longsight", window=40, sinks=5, k=12, thresholds=np.array([[0, 44]]), backend=backend)
+        cfg = PolicyConfig(
+            kind="longsight", window=40, sinks=5, k=12, thresholds=np.array([[0, 44]]), backend=backend
+        )
         runs[dev] = _run("auto", cfg, q.to(dev), k.to(dev), v.to(dev), n - tq, chunk_rows=50)
     (out_c, st_c, rec_c), (out_g, st_g, rec_g) = runs["cpu"], runs["cuda"]
     assert out_g.device.type == "cuda"

@@ -93,14 +93,18 @@ def test_cupy_unavailable_is_reported_not_crashing():
 
 
 def test_every_cuda_kernel_compiles_to_ptx(tmp_path):
-    nvcc = shutil.which("nvcc") or next((p for p in ["/usr/local/bin/nvcc", "/usr/local/cuda/bin/nvcc"] if Path(p).exists()), None)
+    nvcc = shutil.which("nvcc") or next(
+        (p for p in ["/usr/local/bin/nvcc", "/usr/local/cuda/bin/nvcc"] if Path(p).exists()), None
+    )
     if nvcc is None:
         pytest.skip("nvcc not installed")
     sources = kernels.kernel_sources()
     assert sources, f"no CUDA sources found in {kernels.KERNEL_DIR}"
     for src in sources:
         out = tmp_path / (src.stem + ".ptx")
-        proc = subprocess.run([nvcc, "-ptx", "-std=c++17", str(src), "-o", str(out)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [nvcc, "-ptx", "-std=c++17", str(src), "-o", str(out)], capture_output=True, text=True
+        )
         assert proc.returncode == 0, f"{src.name} failed to compile:\n{proc.stderr}"
         assert ".entry scf_filter" in out.read_text() or src.stem != "scf_filter"
 

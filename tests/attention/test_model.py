@@ -98,18 +98,62 @@ def test_bad_device_is_one_clear_error(command, capsys):
 
 
 def test_eval_and_tune_cli(tmp_path, capsys):
-    main(["eval", "--tokens", "200", "--window", "48", "--sinks", "4", "--threshold", "35", "--no-itq", "--json"])
+    main(
+        [
+            "eval",
+            "--tokens",
+            "200",
+            "--window",
+            "48",
+            "--sinks",
+            "4",
+            "--threshold",
+            "35",
+            "--no-itq",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     for key in ("ppl_dense", "ppl_sparse", "filter_ratio", "kv_load_reduction", "backend", "topk_recall"):
         assert key in out
     assert out["backend"] == "numba" and out["filter_ratio"] > 1 and len(out["filter_ratio_per_head"]) == 30
     th = tmp_path / "th.json"
-    main(["tune", "--tokens", "200", "--window", "48", "--sinks", "4", "--no-itq", "--max-evals", "2",
-          "--ppl-budget", "0.05", "--out", str(th)])
+    main(
+        [
+            "tune",
+            "--tokens",
+            "200",
+            "--window",
+            "48",
+            "--sinks",
+            "4",
+            "--no-itq",
+            "--max-evals",
+            "2",
+            "--ppl-budget",
+            "0.05",
+            "--out",
+            str(th),
+        ]
+    )
     data = json.loads(th.read_text())
     assert np.asarray(data["thresholds"]).shape == (30, 3)
     prov = data["provenance"]
     assert prov["ppl_sparse"] <= prov["ppl_dense"] * 1.05 + 1e-9
-    main(["eval", "--tokens", "200", "--window", "48", "--sinks", "4", "--thresholds", str(th), "--no-itq", "--json"])
+    main(
+        [
+            "eval",
+            "--tokens",
+            "200",
+            "--window",
+            "48",
+            "--sinks",
+            "4",
+            "--thresholds",
+            str(th),
+            "--no-itq",
+            "--json",
+        ]
+    )
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["ppl_sparse"] == pytest.approx(prov["ppl_sparse"], rel=1e-6)

@@ -30,7 +30,9 @@ def _qkv(n: int, tq: int, seed: int = 0):
 
 
 def _state(cfg: PolicyConfig, chunk_elems: int = 60_000) -> AttentionState:
-    return AttentionState(config=cfg, num_layers=1, num_kv_heads=HKV, chunk_elems=chunk_elems, recall_stride=3)
+    return AttentionState(
+        config=cfg, num_layers=1, num_kv_heads=HKV, chunk_elems=chunk_elems, recall_stride=3
+    )
 
 
 def _run(cfg, q, k, v, offset, **kw):
@@ -42,7 +44,9 @@ def _run(cfg, q, k, v, offset, **kw):
 @pytest.mark.parametrize(("n", "tq"), [(300, 300), (300, 1), (257, 40)])
 def test_no_filter_and_large_k_equals_dense(kind, n, tq):
     q, k, v = _qkv(n, tq)
-    rot = np.stack([np.linalg.qr(np.random.default_rng(h).standard_normal((D, D)))[0] for h in range(HKV)])[None]
+    rot = np.stack([np.linalg.qr(np.random.default_rng(h).standard_normal((D, D)))[0] for h in range(HKV)])[
+        None
+    ]
     cfg = PolicyConfig(kind=kind, window=32, sinks=4, k=n, thresholds=np.zeros((1, HKV), int), rotations=rot)
     out, st = _run(cfg, q, k, v, n - tq)
     ref = dense_reference(q, k, v, D**-0.5, n - tq)
@@ -80,7 +84,9 @@ def test_longsight_matches_brute_force(topk_per):
     n, tq = 160, 48
     q, k, v = _qkv(n, tq, seed=3)
     th = [36, 40]
-    cfg = PolicyConfig(kind="longsight", window=24, sinks=3, k=7, thresholds=np.array([th]), topk_per=topk_per)
+    cfg = PolicyConfig(
+        kind="longsight", window=24, sinks=3, k=7, thresholds=np.array([th]), topk_per=topk_per
+    )
     out, st = _run(cfg, q, k, v, n - tq, chunk_elems=HQ * n * 10)
     ref = _brute_force(q, k, v, n - tq, 24, 3, 7, th)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -92,7 +98,9 @@ def test_group_topk_shares_keys_and_window_policy():
     n = 200
     q, k, v = _qkv(n, 1, seed=5)
     recs: list[DecodeRecord] = []
-    cfg = PolicyConfig(kind="longsight", window=16, sinks=2, k=5, topk_per="group", thresholds=np.array([[30, 30]]))
+    cfg = PolicyConfig(
+        kind="longsight", window=16, sinks=2, k=5, topk_per="group", thresholds=np.array([[30, 30]])
+    )
     st = _state(cfg)
     st.observer = recs.append
     hybrid_attention(q, k, v, layer=0, scaling=D**-0.5, q_offset=n - 1, state=st)
@@ -100,7 +108,9 @@ def test_group_topk_shares_keys_and_window_policy():
     for r in recs:
         assert all(np.array_equal(t, r.topk[0]) for t in r.topk)  # one set per KV group
         assert len(r.topk[0]) == 5 and set(r.topk[0]) <= set(r.survivors)
-        assert (r.context == n and r.considered == n - 16 - 2 + 1 - 1 + 1 - 1) or r.considered == n - 16 - 2 + 1
+        assert (
+            r.context == n and r.considered == n - 16 - 2 + 1 - 1 + 1 - 1
+        ) or r.considered == n - 16 - 2 + 1
         assert r.window == 16 and r.sinks == 2
     # Window + sinks only: equals dense attention restricted to those keys.
     win, _ = _run(PolicyConfig(kind="window", window=16, sinks=2), q, k, v, n - 1)
@@ -154,6 +164,12 @@ def test_auto_backend_follows_the_model_device(monkeypatch):
     lm = SimpleNamespace(num_layers=2, num_kv_heads=2, head_dim=64, device="cpu")
     cfg, _ = make_policy(lm, None, kind="longsight", context=4096, threshold=30, itq=False)
     assert cfg.backend == "numba"
-    cfg, _ = make_policy(SimpleNamespace(**{**vars(lm), "device": "cuda"}), None, kind="longsight", context=4096,
-                         threshold=30, itq=False)
+    cfg, _ = make_policy(
+        SimpleNamespace(**{**vars(lm), "device": "cuda"}),
+        None,
+        kind="longsight",
+        context=4096,
+        threshold=30,
+        itq=False,
+    )
     assert cfg.backend == "cupy"

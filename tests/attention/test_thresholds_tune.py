@@ -58,10 +58,12 @@ def test_match_histogram_counts_region_pairs():
 def test_move_sequence_raises_lowest_filter_ratio_first():
     # survivors[layer, head, T] for T = 0..5 (D + 1 = 5)
     t = np.arange(6)
-    surv = np.stack([
-        np.stack([100 - 5 * t, 100 - 30 * t.clip(max=3)]),
-        np.stack([100 - 10 * t, 100 - 10 * t]),
-    ])
+    surv = np.stack(
+        [
+            np.stack([100 - 5 * t, 100 - 30 * t.clip(max=3)]),
+            np.stack([100 - 10 * t, 100 - 10 * t]),
+        ]
+    )
     moves = move_sequence(surv, start=0, step=1)
     assert moves[0] == (0, 0, 1)  # all FR equal at T=0: ties go to the lowest layer/head
     # Ties at T=0 (all FR 1) raise every head once; then (0,0) has the lowest FR (100/95) and goes first.

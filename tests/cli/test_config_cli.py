@@ -29,13 +29,22 @@ def test_check_all_shipped_configs() -> None:
     ("text", "fragment"),
     [
         ("name: t\ngpu: [\n", "malformed YAML"),
-        ("name: t\ngpu:\n  preset: h100-sxm\n  hbm:\n    peak_bandwith: 3 TB/s\nworkload: {model: llama3-8b}\n",
-         "did you mean 'peak_bandwidth'"),
-        ("name: t\ngpu:\n  preset: h100-sxm\n  hbm:\n    peak_bandwidth: 3 TB\nworkload: {model: llama3-8b}\n",
-         "is a size in bytes"),
-        ("name: t\ngpu:\n  preset: h100-sxm\n  impl: rooflin\nworkload: {model: llama3-8b}\n", "valid: roofline"),
-        ("name: t\ngpu:\n  preset: h100-sxm\n  hbm:\n    capacity: -1 GB\nworkload: {model: llama3-8b}\n",
-         "greater than zero"),
+        (
+            "name: t\ngpu:\n  preset: h100-sxm\n  hbm:\n    peak_bandwith: 3 TB/s\nworkload: {model: llama3-8b}\n",
+            "did you mean 'peak_bandwidth'",
+        ),
+        (
+            "name: t\ngpu:\n  preset: h100-sxm\n  hbm:\n    peak_bandwidth: 3 TB\nworkload: {model: llama3-8b}\n",
+            "is a size in bytes",
+        ),
+        (
+            "name: t\ngpu:\n  preset: h100-sxm\n  impl: rooflin\nworkload: {model: llama3-8b}\n",
+            "valid: roofline",
+        ),
+        (
+            "name: t\ngpu:\n  preset: h100-sxm\n  hbm:\n    capacity: -1 GB\nworkload: {model: llama3-8b}\n",
+            "greater than zero",
+        ),
     ],
 )
 def test_check_bad_file_exits_1_with_one_message(tmp_path: Path, text: str, fragment: str) -> None:
@@ -58,9 +67,14 @@ def test_show_json_has_the_derived_contract() -> None:
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     for key in (
-        "cem.pfu_count", "cem.nma_count", "cem.capacity_bytes", "cem.nma_flops",
-        "cem.nma_bandwidth_bytes_per_s", "cem.pfu_bandwidth_bytes_per_s",
-        "gpu.hbm_capacity_bytes", "gpu.hbm_bandwidth_bytes_per_s",
+        "cem.pfu_count",
+        "cem.nma_count",
+        "cem.capacity_bytes",
+        "cem.nma_flops",
+        "cem.nma_bandwidth_bytes_per_s",
+        "cem.pfu_bandwidth_bytes_per_s",
+        "gpu.hbm_capacity_bytes",
+        "gpu.hbm_bandwidth_bytes_per_s",
     ):
         assert isinstance(data["derived"][key], int | float), key
     assert data["config"]["cem"]["pfu"]["bitmap_time_per_dim"] == pytest.approx(1.25e-9)

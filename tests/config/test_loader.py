@@ -155,13 +155,18 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
 
 
 def test_nested_unknown_key_suggests(tmp_path: Path) -> None:
-    p = write(tmp_path, GOOD.replace("  preset: drex", "  preset: drex\n  pfu:\n    bitmap_time_per_dimension: 2 ns"))
+    p = write(
+        tmp_path,
+        GOOD.replace("  preset: drex", "  preset: drex\n  pfu:\n    bitmap_time_per_dimension: 2 ns"),
+    )
     msg = problems_of(p)
     assert "cem.pfu.bitmap_time_per_dimension" in msg and "did you mean 'bitmap_time_per_dim'" in msg
 
 
 def test_wrong_unit_names_field_and_line(tmp_path: Path) -> None:
-    p = write(tmp_path, GOOD.replace("  preset: cxl2-x16", "  preset: cxl2-x16\n  bandwidth_per_direction: 63 GB"))
+    p = write(
+        tmp_path, GOOD.replace("  preset: cxl2-x16", "  preset: cxl2-x16\n  bandwidth_per_direction: 63 GB")
+    )
     msg = problems_of(p)
     assert "line 9" in msg and "link.bandwidth_per_direction" in msg and "is a size in bytes" in msg
 
@@ -174,7 +179,10 @@ def test_missing_unit(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["0 GB/s", "-5 GB/s"])
 def test_zero_or_negative_bandwidth(tmp_path: Path, value: str) -> None:
-    p = write(tmp_path, GOOD.replace("  preset: cxl2-x16", f"  preset: cxl2-x16\n  bandwidth_per_direction: {value}"))
+    p = write(
+        tmp_path,
+        GOOD.replace("  preset: cxl2-x16", f"  preset: cxl2-x16\n  bandwidth_per_direction: {value}"),
+    )
     msg = problems_of(p)
     assert "link.bandwidth_per_direction" in msg and "greater than zero" in msg
 
@@ -213,6 +221,8 @@ def test_bad_token_count(tmp_path: Path) -> None:
 
 
 def test_all_problems_reported_together(tmp_path: Path) -> None:
-    p = write(tmp_path, GOOD.replace("  preset: cxl2-x16", "  preset: cxl2-x16\n  latency: 250\n  lattency: 1 ns"))
+    p = write(
+        tmp_path, GOOD.replace("  preset: cxl2-x16", "  preset: cxl2-x16\n  latency: 250\n  lattency: 1 ns")
+    )
     msg = problems_of(p)
     assert "2 problems" in msg and "link.latency" in msg and "link.lattency" in msg

@@ -87,8 +87,11 @@ def test_users_chart_marks_points_over_the_slo(scaling_results: Path) -> None:
     assert any(line.get_ydata()[0] == 20 for line in ax_l.get_lines() if line.get_linestyle() == "--")
     sub = frame[(frame["context_tokens"] == 8192) & frame["fits"].astype(bool)]
     over = int((sub["latency_per_token_s"] * 1e3 > 20).sum())
-    hollow = sum(len(c.get_offsets()) for c in ax_t.collections
-                 if len(c.get_facecolors()) and tuple(c.get_facecolors()[0][:3]) == (1.0, 1.0, 1.0))
+    hollow = sum(
+        len(c.get_offsets())
+        for c in ax_t.collections
+        if len(c.get_facecolors()) and tuple(c.get_facecolors()[0][:3]) == (1.0, 1.0, 1.0)
+    )
     assert hollow == over
 
 

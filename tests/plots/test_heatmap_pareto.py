@@ -64,9 +64,17 @@ def test_pareto_front_is_exactly_the_non_dominated_points(points: list[tuple[flo
 
 
 def test_pareto_chart_from_eval_rows(tmp_path: Path) -> None:
-    rows = [{"status": "ok", "param.threshold": t, "param.itq": itq, "filter_ratio": fr, "ppl_increase": dp}
-            for t, itq, fr, dp in [(0, True, 1.0, 0.0), (40, True, 12.0, 0.02), (44, True, 30.0, 0.06),
-                                   (0, False, 1.0, 0.0), (40, False, 4.0, 0.03), (44, False, 9.0, 0.08)]]
+    rows = [
+        {"status": "ok", "param.threshold": t, "param.itq": itq, "filter_ratio": fr, "ppl_increase": dp}
+        for t, itq, fr, dp in [
+            (0, True, 1.0, 0.0),
+            (40, True, 12.0, 0.02),
+            (44, True, 30.0, 0.06),
+            (0, False, 1.0, 0.0),
+            (40, False, 4.0, 0.03),
+            (44, False, 9.0, 0.08),
+        ]
+    ]
     ResultStore(tmp_path).write_results(pd.DataFrame(rows), {"name": "t", "plots": []})
     frame, _ = load([tmp_path])
     [(stem, fig)] = pareto.figures(frame, group="param.itq", budget=0.05)
@@ -76,7 +84,9 @@ def test_pareto_chart_from_eval_rows(tmp_path: Path) -> None:
     assert set(fronts) == {"itq=True: Pareto front", "itq=False: Pareto front"}
     np.testing.assert_allclose(fronts["itq=True: Pareto front"].get_xdata(), [1.0, 12.0, 30.0])
     np.testing.assert_allclose(fronts["itq=True: Pareto front"].get_ydata(), [0.0, 2.0, 6.0])  # percent
-    assert any(line.get_ydata()[0] == pytest.approx(5.0) for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert any(
+        line.get_ydata()[0] == pytest.approx(5.0) for line in ax.get_lines() if line.get_linestyle() == "--"
+    )
 
 
 def test_pareto_from_eval_json_rows(tmp_path: Path) -> None:
@@ -85,12 +95,23 @@ def test_pareto_from_eval_json_rows(tmp_path: Path) -> None:
 
     from cemsim.plots.charts import plot_results
 
-    rows = [{"model": "smollm2-135m", "policy": "longsight", "itq": itq, "filter_ratio": fr, "ppl_increase": dp,
-             "bytes_breakdown": {"keys": 1.0}} for itq, fr, dp in [(True, 1.0, 0.0), (True, 20.0, 0.04),
-                                                                   (False, 1.0, 0.0), (False, 6.0, 0.05)]]
+    rows = [
+        {
+            "model": "smollm2-135m",
+            "policy": "longsight",
+            "itq": itq,
+            "filter_ratio": fr,
+            "ppl_increase": dp,
+            "bytes_breakdown": {"keys": 1.0},
+        }
+        for itq, fr, dp in [(True, 1.0, 0.0), (True, 20.0, 0.04), (False, 1.0, 0.0), (False, 6.0, 0.05)]
+    ]
     path = tmp_path / "evals.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     written = plot_results([path], tmp_path / "charts")
-    assert [p.name for p in written] == ["pareto_accuracy_filter_ratio.png", "pareto_accuracy_filter_ratio.svg"]
+    assert [p.name for p in written] == [
+        "pareto_accuracy_filter_ratio.png",
+        "pareto_accuracy_filter_ratio.svg",
+    ]
     svg = written[1].read_text()
     assert "itq=True: Pareto front" in svg and "budget 5%" in svg

@@ -16,18 +16,39 @@ REPO = Path(__file__).resolve().parents[2]
 HWCONFIGS = sorted((REPO / "hwconfigs").glob("*.yaml"))
 
 
-def make_header(geo: ModelGeometry, *, k: int = 1024, window: int = 1024, sinks: int = 16,
-                block_size: int = 128, policy: str = "longsight") -> TraceHeader:
+def make_header(
+    geo: ModelGeometry,
+    *,
+    k: int = 1024,
+    window: int = 1024,
+    sinks: int = 16,
+    block_size: int = 128,
+    policy: str = "longsight",
+) -> TraceHeader:
     return TraceHeader(
-        schema_version=SCHEMA_VERSION, model=geo.name, layers=geo.layers, q_heads=geo.q_heads,
-        kv_heads=geo.kv_heads, head_dim=geo.head_dim, dtype="bf16", policy=policy, window=window, sinks=sinks,
-        k=k, topk_scope="query_head", block_size=block_size, itq=True, thresholds=None,
-        text_source="tests/sim", cemsim_version="test",
+        schema_version=SCHEMA_VERSION,
+        model=geo.name,
+        layers=geo.layers,
+        q_heads=geo.q_heads,
+        kv_heads=geo.kv_heads,
+        head_dim=geo.head_dim,
+        dtype="bf16",
+        policy=policy,
+        window=window,
+        sinks=sinks,
+        k=k,
+        topk_scope="query_head",
+        block_size=block_size,
+        itq=True,
+        thresholds=None,
+        text_source="tests/sim",
+        cemsim_version="test",
     )
 
 
-def make_step(header: TraceHeader, context: int, *, survival: float = 0.05, step: int = 0,
-              seed: int = 0) -> StepRecord:
+def make_step(
+    header: TraceHeader, context: int, *, survival: float = 0.05, step: int = 0, seed: int = 0
+) -> StepRecord:
     """Survivors spread over the considered range [sinks, context - window) with a deterministic per-head
     rate around ``survival`` (heads differ by up to +-50%), binomial per block."""
     rng = np.random.default_rng(seed + step)
@@ -44,9 +65,14 @@ def make_step(header: TraceHeader, context: int, *, survival: float = 0.05, step
     survivors = blocks.sum(axis=-1).astype(np.int64)
     values = np.minimum(survivors, header.k * header.group_size).astype(np.int64)
     return StepRecord(
-        step=step, context_len=context, keys_considered=np.full((L, H), considered, np.int64),
-        survivors=survivors, survivor_blocks=blocks.astype(np.uint16), values_fetched=values,
-        window=window, sinks=min(sinks, context - window),
+        step=step,
+        context_len=context,
+        keys_considered=np.full((L, H), considered, np.int64),
+        survivors=survivors,
+        survivor_blocks=blocks.astype(np.uint16),
+        values_fetched=values,
+        window=window,
+        sinks=min(sinks, context - window),
     )
 
 

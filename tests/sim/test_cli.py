@@ -11,8 +11,19 @@ from cemsim.cli import main
 from cemsim.trace.format import TraceWriter
 from tests.sim.conftest import HWCONFIGS, REPO, load, make_header, make_step
 
-KEYS = {"system", "context_tokens", "batch", "fits", "latency_per_token_s", "throughput_tokens_per_s",
-        "energy_per_token_j", "energy_breakdown_j", "time_breakdown_s", "bandwidth_utilization", "bytes_moved"}
+KEYS = {
+    "system",
+    "context_tokens",
+    "batch",
+    "fits",
+    "latency_per_token_s",
+    "throughput_tokens_per_s",
+    "energy_per_token_j",
+    "energy_breakdown_j",
+    "time_breakdown_s",
+    "bandwidth_utilization",
+    "bytes_moved",
+}
 DREX = str(REPO / "hwconfigs" / "h100-drex.yaml")
 
 
@@ -53,8 +64,20 @@ def test_json_has_the_contract(capsys, trace_128k):
 
 def test_run_directory_and_timeline(capsys, trace_128k, tmp_path):
     out_dir, tl = tmp_path / "run", tmp_path / "step.json"
-    code, out, _ = run_cli(capsys, DREX, "--trace", str(trace_128k), "--batch", "2", "--context", "32K",
-                           "--out", str(out_dir), "--timeline", str(tl))
+    code, out, _ = run_cli(
+        capsys,
+        DREX,
+        "--trace",
+        str(trace_128k),
+        "--batch",
+        "2",
+        "--context",
+        "32K",
+        "--out",
+        str(out_dir),
+        "--timeline",
+        str(tl),
+    )
     assert code == 0 and "latency per token" in out
     assert json.loads((out_dir / "config.json").read_text())
     result = json.loads((out_dir / "result.json").read_text())
@@ -74,17 +97,21 @@ def test_set_overrides_reach_the_config(capsys, trace_128k):
 
 
 def test_does_not_fit_is_reported_not_failed(capsys, trace_128k):
-    code, out, _ = run_cli(capsys, str(REPO / "hwconfigs" / "h100.yaml"), "--trace", str(trace_128k),
-                           "--batch", "16")
+    code, out, _ = run_cli(
+        capsys, str(REPO / "hwconfigs" / "h100.yaml"), "--trace", str(trace_128k), "--batch", "16"
+    )
     assert code == 0 and "does not fit" in out and "GPU HBM" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--context", "2M"], "cemsim trace project"),
-    (["--context", "lots"], "--context"),
-    (["--set", "nonsense"], "dotted.path=value"),
-    (["--steps", "0"], "--steps"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--context", "2M"], "cemsim trace project"),
+        (["--context", "lots"], "--context"),
+        (["--set", "nonsense"], "dotted.path=value"),
+        (["--steps", "0"], "--steps"),
+    ],
+)
 def test_bad_flags_exit_1_with_one_paragraph(capsys, trace_128k, args, message):
     code, _, err = run_cli(capsys, DREX, "--trace", str(trace_128k), *args)
     assert code == 1 and message in err and "Traceback" not in err

@@ -23,7 +23,9 @@ GEO = load(REPO / "hwconfigs" / "h100-drex.yaml", **{"workload.model": str(TINY)
     slice_keys=st.sampled_from([1024, 4096, 131072]),
     scale_to=st.floats(0.05, 1.0),
 )
-def test_epochs_and_rows_conserve_and_bound(context, block_size, survival, keys_per_row, slice_keys, scale_to):
+def test_epochs_and_rows_conserve_and_bound(
+    context, block_size, survival, keys_per_row, slice_keys, scale_to
+):
     header = make_header(GEO, block_size=block_size, k=64)
     rec = make_step(header, context, survival=survival)
     rows = RowGeometry(slice_keys=slice_keys, keys_per_row=keys_per_row, keys_per_block=128)

@@ -35,13 +35,18 @@ def test_twin_matches_des_at_batch_1(hw, context):
 
 def test_twin_matches_when_the_scratchpad_forces_alternation():
     # a 64 KiB scratchpad holds 16K addresses: 30% survival at 1M tokens fills it every epoch
-    system = load("hwconfigs/h100-drex.yaml", **{"cem.nma.address_scratchpad": "64 KiB",
-                                                 "workload.model": "llama3-1b"})
+    system = load(
+        "hwconfigs/h100-drex.yaml", **{"cem.nma.address_scratchpad": "64 KiB", "workload.model": "llama3-1b"}
+    )
     header = make_header(system.geometry)
     prep = prepare(system, header, [make_step(header, 1 << 20, survival=0.3)], batch=1)
     des, twin = simulate(prep), analytic(prep)
     _agree(des.latency_per_token_s, twin.latency_per_token_s)
-    roomy = prepare(load("hwconfigs/h100-drex.yaml", **{"workload.model": "llama3-1b"}), header,
-                    [make_step(header, 1 << 20, survival=0.3)], batch=1)
+    roomy = prepare(
+        load("hwconfigs/h100-drex.yaml", **{"workload.model": "llama3-1b"}),
+        header,
+        [make_step(header, 1 << 20, survival=0.3)],
+        batch=1,
+    )
     # alternating filter and scoring re-fills the epoch pipeline: slower than one long filtering run
     assert des.latency_per_token_s > simulate(roomy).latency_per_token_s

@@ -18,9 +18,17 @@ SLICE_KEYS = 131_072  # 8 channels x 128 banks x 128 keys
 def one_slice(survivors: int, rows: float, values: int, value_rows: float) -> StepWork:
     a = lambda v: np.array([[v]], dtype=np.int64)  # noqa: E731
     return StepWork(
-        step=0, context=SLICE_KEYS + 1040, window=1024, sinks=16, considered=a(SLICE_KEYS), survivors=a(survivors),
-        values=a(values), epoch_survivors=np.array([[[survivors]]]), epoch_rows=np.array([[[rows]]]),
-        epoch_blocks=np.array([[[SLICE_KEYS // 128]]]), value_rows=np.array([[float(value_rows)]]),
+        step=0,
+        context=SLICE_KEYS + 1040,
+        window=1024,
+        sinks=16,
+        considered=a(SLICE_KEYS),
+        survivors=a(survivors),
+        values=a(values),
+        epoch_survivors=np.array([[[survivors]]]),
+        epoch_rows=np.array([[[rows]]]),
+        epoch_blocks=np.array([[[SLICE_KEYS // 128]]]),
+        value_rows=np.array([[float(value_rows)]]),
     )
 
 

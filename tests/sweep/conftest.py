@@ -11,7 +11,9 @@ from sweep_helpers import EVAL, HERE, REPO, write_spec
 
 @pytest.fixture
 def small_spec(tmp_path: Path) -> Path:
-    return write_spec(tmp_path / "small.yaml", f"""\
+    return write_spec(
+        tmp_path / "small.yaml",
+        f"""\
 name: small
 evaluate: {EVAL}
 systems:
@@ -20,7 +22,8 @@ systems:
 axes:
   workload.context: [4K, 256K, 1M]
   workload.batch: [1, 8]
-""")
+""",
+    )
 
 
 @pytest.fixture

@@ -31,8 +31,10 @@ def evaluate(task: PointTask) -> dict[str, Any]:
         capacity, kv_bw, kv_comp = s.gpu.hbm.capacity * s.gpu.count - weights, hbm_bw, "gpu.hbm"
     elif s.kv_location == "host_memory":
         capacity, kv_comp = s.host_memory.capacity, "host_memory"
-        kv_bw = min(s.link.bandwidth_per_direction * s.link.protocol_efficiency,
-                    s.host_memory.channels * s.host_memory.channel_bandwidth * s.host_memory.sustained_efficiency)
+        kv_bw = min(
+            s.link.bandwidth_per_direction * s.link.protocol_efficiency,
+            s.host_memory.channels * s.host_memory.channel_bandwidth * s.host_memory.sustained_efficiency,
+        )
     else:
         cem = s.cem
         capacity, kv_comp = cem.packages * cem.package_capacity, "cem"
@@ -43,14 +45,22 @@ def evaluate(task: PointTask) -> dict[str, Any]:
     e_hbm = weights * 8 * s.gpu.hbm.energy_per_bit / w.batch
     e_kv = kv * 8 * 4e-12 / w.batch
     return {
-        "system": s.name, "context_tokens": w.context, "batch": w.batch, "fits": fits,
+        "system": s.name,
+        "context_tokens": w.context,
+        "batch": w.batch,
+        "fits": fits,
         "fits_reason": None if fits else f"KV cache {kv / 1e9:.1f} GB > {capacity / 1e9:.1f} GB",
         "latency_per_token_s": step if fits else None,
         "throughput_tokens_per_s": w.batch / step if fits else None,
         "energy_per_token_j": (e_hbm + e_kv) if fits else None,
         "energy_breakdown_j": {"gpu": e_hbm, kv_comp.split(".")[0] if kv_comp != "gpu.hbm" else "hbm": e_kv},
-        "time_breakdown_s": {"weights": t_weights, "attention": t_kv,
-                             "overhead": s.gpu.layer_overhead * s.geometry.layers},
-        "bandwidth_utilization": {"gpu.hbm": min(1.0, (weights / step) / (s.gpu.hbm.peak_bandwidth * s.gpu.count))},
+        "time_breakdown_s": {
+            "weights": t_weights,
+            "attention": t_kv,
+            "overhead": s.gpu.layer_overhead * s.geometry.layers,
+        },
+        "bandwidth_utilization": {
+            "gpu.hbm": min(1.0, (weights / step) / (s.gpu.hbm.peak_bandwidth * s.gpu.count))
+        },
         "bytes_moved": {"weights": weights, "kv": kv},
     }

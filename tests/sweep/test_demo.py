@@ -15,8 +15,13 @@ pytest.importorskip("transformers")
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "cemsim.cli", "demo", "--out", str(out)], capture_output=True,
-                          text=True, timeout=1200, cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-m", "cemsim.cli", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     frame = pd.read_parquet(out / "context_scaling" / "results.parquet")
     assert len(frame) == 162 and set(frame["status"]) == {"ok"}

@@ -15,12 +15,15 @@ pytest.importorskip("cemsim.attention.eval")
 
 @pytest.mark.slow
 def test_threshold_sweep_rows(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "t.yaml", """\
+    spec = write_spec(
+        tmp_path / "t.yaml",
+        """\
 kind: eval
 options: {model: smollm2-135m, tokens: 1536, policy: longsight, window: 256, k: 64}
 axes:
   threshold: [0, 44]
-""")
+""",
+    )
     report = run_sweep(spec, tmp_path / "out", workers=1, progress=False)
     rows = report.frame.set_index("param.threshold")
     assert set(rows["status"]) == {"ok"}, rows["error"].tolist()

@@ -24,8 +24,21 @@ def _points(out: Path) -> set[str]:
 def test_killed_sweep_resumes_to_the_same_table(small_spec: Path, tmp_path: Path, subprocess_env) -> None:
     out = tmp_path / "out"
     env = dict(subprocess_env, CEMSIM_TEST_EVAL_SLEEP="0.2")
-    cmd = [sys.executable, "-m", "cemsim.cli", "sweep", str(small_spec), "--out", str(out), "--workers", "2", "-q"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "cemsim.cli",
+        "sweep",
+        str(small_spec),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "-q",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.monotonic() + 60
     while len(_points(out)) < 4 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -39,8 +52,9 @@ def test_killed_sweep_resumes_to_the_same_table(small_spec: Path, tmp_path: Path
         assert len(pd.read_parquet(out / "points" / f"{pid}.parquet")) == 1
 
     log = tmp_path / "resume.log"
-    resumed = subprocess.run(cmd, env=dict(env, CEMSIM_TEST_EVAL_LOG=str(log)), capture_output=True, text=True,
-                             timeout=120)
+    resumed = subprocess.run(
+        cmd, env=dict(env, CEMSIM_TEST_EVAL_LOG=str(log)), capture_output=True, text=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert len(log.read_text().splitlines()) == 12 - len(done_before)
     assert f"{len(done_before)} already done" in resumed.stderr

@@ -19,7 +19,9 @@ def stable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=VOLATILE).sort_values("params", kind="stable").reset_index(drop=True)
 
 
-def test_sweep_stores_points_and_reruns_evaluate_nothing(small_spec: Path, tmp_path: Path, monkeypatch) -> None:
+def test_sweep_stores_points_and_reruns_evaluate_nothing(
+    small_spec: Path, tmp_path: Path, monkeypatch
+) -> None:
     log = tmp_path / "calls.log"
     monkeypatch.setenv("CEMSIM_TEST_EVAL_LOG", str(log))
     out = tmp_path / "out"
@@ -48,12 +50,15 @@ def test_pool_matches_inline(small_spec: Path, tmp_path: Path) -> None:
 
 
 def test_errors_and_invalid_points_are_rows(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "s.yaml", f"""\
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        f"""\
 evaluate: {EVAL}
 systems: [{REPO}/hwconfigs/h100.yaml]
 axes:
   workload.attention.policy: [dense, quest, bogus]
-""")
+""",
+    )
     report = run_sweep(spec, tmp_path / "out", workers=1, progress=False)
     by_policy = report.frame.set_index("param.workload.attention.policy")
     assert by_policy.loc["dense", "status"] == "ok"
@@ -69,7 +74,9 @@ axes:
 def test_cli_bad_spec_exits_1_with_one_paragraph(tmp_path: Path, capsys) -> None:
     from cemsim.cli import main
 
-    spec = write_spec(tmp_path / "bad.yaml", f"systems: [{REPO}/hwconfigs/h100.yaml]\naxes:\n  workload.contxt: [1]\n")
+    spec = write_spec(
+        tmp_path / "bad.yaml", f"systems: [{REPO}/hwconfigs/h100.yaml]\naxes:\n  workload.contxt: [1]\n"
+    )
     with pytest.raises(SystemExit) as info:
         main(["sweep", str(spec), "--out", str(tmp_path / "o")])
     assert info.value.code == 1

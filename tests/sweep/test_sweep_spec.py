@@ -16,7 +16,10 @@ DREX = f"{REPO}/hwconfigs/h100-drex.yaml"
 
 
 def test_product_times_zip_times_systems(tmp_path: Path) -> None:
-    spec = load_spec(write_spec(tmp_path / "s.yaml", f"""\
+    spec = load_spec(
+        write_spec(
+            tmp_path / "s.yaml",
+            f"""\
 evaluate: {EVAL}
 systems: [{H100}, {DREX}]
 axes:
@@ -24,7 +27,9 @@ axes:
 zip:
   - workload.context: [32K, 64K, 128K, 256K]
     workload.attention.k: [256, 512, 1024, 1024]
-"""))
+""",
+        )
+    )
     points = expand(spec)
     assert len(points) == 2 * 3 * 4
     assert all(p.valid for p in points)
@@ -36,12 +41,17 @@ zip:
 
 
 def test_invalid_points_are_kept_with_the_loader_message(tmp_path: Path) -> None:
-    spec = load_spec(write_spec(tmp_path / "s.yaml", f"""\
+    spec = load_spec(
+        write_spec(
+            tmp_path / "s.yaml",
+            f"""\
 evaluate: {EVAL}
 systems: [{H100}]
 axes:
   workload.batch: [1, 0, 4]
-"""))
+""",
+        )
+    )
     points = expand(spec)
     bad = [p for p in points if not p.valid]
     assert len(points) == 3 and len(bad) == 1
@@ -66,13 +76,18 @@ def test_hash_follows_resolved_config_and_trace_bytes(tmp_path: Path) -> None:
 
 def test_trace_template_and_missing_trace(tmp_path: Path) -> None:
     (tmp_path / "ctx4096.trace").write_bytes(b"x")
-    spec = load_spec(write_spec(tmp_path / "s.yaml", f"""\
+    spec = load_spec(
+        write_spec(
+            tmp_path / "s.yaml",
+            f"""\
 evaluate: {EVAL}
 systems: [{H100}]
 trace: ctx{{context}}.trace
 axes:
   workload.context: [4K, 8K]
-"""))
+""",
+        )
+    )
     a, b = expand(spec)
     assert a.valid and a.trace == str(tmp_path / "ctx4096.trace")
     assert not b.valid and "ctx8192.trace does not exist" in b.error
@@ -82,10 +97,22 @@ axes:
     ("body", "line", "needle"),
     [
         (f"systems: [{H100}]\naxes:\n  workload.contxt: [1]\n", 3, "did you mean 'workload.context'"),
-        (f"systems: [{H100}]\naxes:\n  gpu.hbm.peak_bandwith: [1]\n", 3, "did you mean 'gpu.hbm.peak_bandwidth'"),
-        ("systems:\n  - hwconfigs/h100.yaml\n  - hwconfigs/nope.yaml\n", 3, "'hwconfigs/nope.yaml' not found"),
+        (
+            f"systems: [{H100}]\naxes:\n  gpu.hbm.peak_bandwith: [1]\n",
+            3,
+            "did you mean 'gpu.hbm.peak_bandwidth'",
+        ),
+        (
+            "systems:\n  - hwconfigs/h100.yaml\n  - hwconfigs/nope.yaml\n",
+            3,
+            "'hwconfigs/nope.yaml' not found",
+        ),
         (f"systems: [{H100}]\naxis:\n  workload.batch: [1]\n", 2, "did you mean 'axes'"),
-        (f"systems: [{H100}]\nzip:\n  - workload.batch: [1, 2]\n    workload.context: [4K]\n", 3, "equal lengths"),
+        (
+            f"systems: [{H100}]\nzip:\n  - workload.batch: [1, 2]\n    workload.context: [4K]\n",
+            3,
+            "equal lengths",
+        ),
         (f"systems: [{H100}]\naxes:\n  workload.batch: []\n", 3, "non-empty list"),
         (f"systems: [{H100}]\naxes: [workload.batch\n", 3, "malformed YAML"),
         ("axes:\n  workload.batch: [1]\n", None, "needs 'systems:'"),
@@ -110,25 +137,35 @@ def test_missing_spec_file(tmp_path: Path) -> None:
 
 def test_path_known_only_to_some_systems_is_invalid_there(tmp_path: Path) -> None:
     # cem.nma.engines exists for DReX only: the GPU-only points are invalid, not the whole spec
-    spec = load_spec(write_spec(tmp_path / "s.yaml", f"""\
+    spec = load_spec(
+        write_spec(
+            tmp_path / "s.yaml",
+            f"""\
 evaluate: {EVAL}
 systems: [{H100}, {DREX}]
 axes:
   cem.nma.engines: [8, 16]
-"""))
+""",
+        )
+    )
     points = expand(spec)
     assert [p.valid for p in points] == [False, False, True, True]
     assert {p.system.cem.nma.engines for p in points if p.valid} == {8, 16}
 
 
 def test_eval_specs_need_no_system_and_hash_their_settings(tmp_path: Path) -> None:
-    spec = load_spec(write_spec(tmp_path / "e.yaml", """\
+    spec = load_spec(
+        write_spec(
+            tmp_path / "e.yaml",
+            """\
 kind: eval
 options: {tokens: 2048, window: 256}
 axes:
   threshold: [0, 40, 44]
   itq: [true, false]
-"""))
+""",
+        )
+    )
     assert spec.evaluate == "cemsim.sweep.evaluate:eval_point"
     points = expand(spec)
     assert len(points) == 6 and all(p.valid and p.system is None for p in points)
@@ -136,7 +173,9 @@ axes:
     task = points[0].task(spec.options)
     assert task.params == {"threshold": 0, "itq": True} and task.options == {"tokens": 2048, "window": 256}
     # the evaluator's options are part of a point's identity
-    other = load_spec(write_spec(tmp_path / "e2.yaml", (tmp_path / "e.yaml").read_text().replace("2048", "4096")))
+    other = load_spec(
+        write_spec(tmp_path / "e2.yaml", (tmp_path / "e.yaml").read_text().replace("2048", "4096"))
+    )
     assert expand(other)[0].point_id != points[0].point_id
 
 

@@ -34,7 +34,10 @@ def records(h, ctx, rng):
         for kv in range(h.kv_heads):
             region = np.arange(h.sinks, ctx - h.window)
             surv = np.sort(rng.choice(region, size=rng.integers(0, 20), replace=False)).astype(np.int32)
-            tops = [np.sort(rng.choice(surv, size=min(h.k, surv.size), replace=False)) for _ in range(h.group_size)]
+            tops = [
+                np.sort(rng.choice(surv, size=min(h.k, surv.size), replace=False))
+                for _ in range(h.group_size)
+            ]
             out.append(DecodeRecord(0, layer, kv, ctx, region.size, surv, tops, h.window, h.sinks))
     return out
 
@@ -51,7 +54,9 @@ def test_assembler_longsight_counts_blocks_and_union():
     r = recs[7]
     layer, kv = r.layer, r.kv_head
     assert step.survivors[layer, kv] == r.survivors.size
-    np.testing.assert_array_equal(step.survivor_blocks[layer, kv], np.bincount(r.survivors // 32, minlength=10))
+    np.testing.assert_array_equal(
+        step.survivor_blocks[layer, kv], np.bincount(r.survivors // 32, minlength=10)
+    )
     assert step.values_fetched[layer, kv] == np.unique(np.concatenate(r.topk)).size
     assert step.keys_considered[layer, kv] == 300 - 64 - 4
     got = step.topk_positions[layer, kv]
@@ -73,7 +78,12 @@ def test_assembler_other_policies():
     assert step.metadata_bytes[0, 0] == -(-(300 - 68) // 16) * 2 * 64 * 2
     # Dense and window report nothing through the observer: the step is built from the geometry.
     dense = StepAssembler(header("dense"), "dense", 2).build(3, 500)
-    assert dense.window == 500 and dense.sinks == 0 and dense.survivors.sum() == 0 and dense.topk_positions is None
+    assert (
+        dense.window == 500
+        and dense.sinks == 0
+        and dense.survivors.sum() == 0
+        and dense.topk_positions is None
+    )
     win = StepAssembler(header("window"), "window", 2).build(3, 500)
     assert (win.window, win.sinks) == (64, 4) and win.keys_considered.sum() == 0
 
@@ -108,8 +118,8 @@ def test_calibrated_thresholds_hit_the_target_ratio():
     queries = rng.standard_normal((1, 2, 1024, 64)).astype(np.float32)
     t = calibrate_thresholds(keys, queries, None, target_ratio=20.0)
     # Independent random signs: matches ~ Binomial(64, 1/2), the max of 2 query heads exceeds T w.p. ~ 1/20.
-    q = (queries[0, :, -256:] >= 0)
-    k = (keys[0, 0] >= 0)
+    q = queries[0, :, -256:] >= 0
+    k = keys[0, 0] >= 0
     m = np.maximum(*(qq.astype(int) @ k.T.astype(int) + (~qq).astype(int) @ (~k).T.astype(int) for qq in q))
     frac = (m[:, :512] >= t[0, 0]).mean()
     assert 1 / 40 < frac <= 1 / 20 + 0.01
@@ -135,7 +145,9 @@ def test_shipped_trace_is_a_real_capture():
 
 @pytest.mark.slow
 def test_shipped_policies_share_the_run():
-    paths = {p: SHIPPED.with_name(f"smollm2-4k.{p}.parquet") for p in ("dense", "window", "oracle-topk", "quest")}
+    paths = {
+        p: SHIPPED.with_name(f"smollm2-4k.{p}.parquet") for p in ("dense", "window", "oracle-topk", "quest")
+    }
     if not SHIPPED.is_file() or not all(p.is_file() for p in paths.values()):
         pytest.skip("shipped policy traces not present")
     base = TraceReader(SHIPPED)

@@ -56,15 +56,24 @@ def assert_same(a: StepRecord, b: StepRecord) -> None:
 def traces(draw):
     block = draw(st.sampled_from([1, 16, 128, 300]))
     k = draw(st.integers(1, 40))
-    header = synthetic_header(TINY, window=draw(st.integers(0, 64)), sinks=draw(st.integers(0, 8)), k=k,
-                              block_size=block)
+    header = synthetic_header(
+        TINY, window=draw(st.integers(0, 64)), sinks=draw(st.integers(0, 8)), k=k, block_size=block
+    )
     context = draw(st.integers(1, 700))
     steps = draw(st.integers(0, 4))
     law = SurvivalLaw(
         survival=draw(st.floats(0, 1)), decay=draw(st.floats(0, 1)), clustering=draw(st.floats(0, 0.9))
     )
-    recs = list(synthetic_steps(header, context=context, steps=steps, law=law, with_topk=draw(st.booleans()),
-                                seed=draw(st.integers(0, 2**16))))
+    recs = list(
+        synthetic_steps(
+            header,
+            context=context,
+            steps=steps,
+            law=law,
+            with_topk=draw(st.booleans()),
+            seed=draw(st.integers(0, 2**16)),
+        )
+    )
     if recs and draw(st.booleans()):
         recs[0].metadata_bytes = np.arange(TINY.layers * TINY.kv_heads, dtype=np.int64).reshape(2, 2) * 7
     return header, recs

@@ -78,7 +78,13 @@ def test_projection_matches_synthetic_truth_at_32k(sources, tmp_path):
 def test_projection_to_llama8b_at_1m_is_small(sources, tmp_path):
     out = tmp_path / "p1m.parquet"
     header = project_file(sources, out, context=1 << 20, target="llama3-8b", k=1024, steps=2)
-    assert (header.model, header.layers, header.kv_heads, header.head_dim, header.k) == ("llama3-8b", 32, 8, 128, 1024)
+    assert (header.model, header.layers, header.kv_heads, header.head_dim, header.k) == (
+        "llama3-8b",
+        32,
+        8,
+        128,
+        1024,
+    )
     assert os.path.getsize(out) / 2 < 4e6
     recs = list(TraceReader(out).iter_steps())
     assert recs[0].survivor_blocks.shape == (32, 8, 8192)
@@ -123,7 +129,9 @@ def test_validation_on_a_known_law(tmp_path):
     h = synthetic_header("smollm2-135m", k=64)
     paths = []
     for c, n in ((1024, 4), (2048, 4), (4096, 4), (8160, 4)):
-        paths.append(write(tmp_path / f"y{c}.parquet", h, synthetic_steps(h, context=c + 1, steps=n, law=LAW, seed=3)))
+        paths.append(
+            write(tmp_path / f"y{c}.parquet", h, synthetic_steps(h, context=c + 1, steps=n, law=LAW, seed=3))
+        )
     res = run(paths[:3], paths[3])
     assert abs(res["total_rel_err"]) < 0.1
     assert res["head_abs_rel_err_median"] < 0.2

@@ -44,7 +44,21 @@ def test_info_table(src, capsys):
 
 def test_project_then_info(src, tmp_path, capsys):
     out = tmp_path / "p.parquet"
-    main(["trace", "project", str(src), "--context", "64K", "--geometry", "llama3-1b", "--steps", "2", "--out", str(out)])
+    main(
+        [
+            "trace",
+            "project",
+            str(src),
+            "--context",
+            "64K",
+            "--geometry",
+            "llama3-1b",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     r = TraceReader(out)
     assert r.header.projected and r.header.model == "llama3-1b" and r.summary["context_min"] == 65536
     capsys.readouterr()
@@ -59,5 +73,7 @@ def test_errors_exit_1(tmp_path, capsys):
     bad.write_text("this is a text file, not a trace at all")
     code, _, err = run(["trace", "info", str(bad)], capsys)
     assert code == 1 and "not a Parquet file" in err
-    code, _, err = run(["trace", "project", str(bad), "--context", "lots", "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run(
+        ["trace", "project", str(bad), "--context", "lots", "--out", str(tmp_path / "o")], capsys
+    )
     assert code == 1 and "--context" in err
