@@ -46,7 +46,9 @@ def test_no_preset_cites_a_secondary_page() -> None:
     [n for n in NUMBERS if n[2].get("tag") == "measured"],
     ids=lambda x: x.name if isinstance(x, Path) else (x if isinstance(x, str) else ""),
 )
-def test_every_measured_number_names_a_measurement_file_that_exists(preset: Path, path: str, node: dict) -> None:
+def test_every_measured_number_names_a_measurement_file_that_exists(
+    preset: Path, path: str, node: dict
+) -> None:
     files = MEASUREMENT_FILE.findall(node["source"])
     assert files, f"{preset.name}:{path} is tagged measured but names no measurement file"
     for f in files:
