@@ -95,17 +95,15 @@ class HostMemoryConfig(Frozen):
 register("host_memory", "ddr5")(HostMemoryConfig)
 
 
-class LpddrTimings(Frozen):
-    """LPDDR5X timings used by the NMA's survivor fetches (row hits vs misses)."""
+class LpddrConfig(Frozen):
+    """The DReX package's LPDDR5X channels: which DRAM device the engine simulates (cemsim/dram presets:
+    every timing lives there) and how DReX organises a channel's banks on it."""
 
-    tRCD: Time
-    tRP: Time
-    tCL: Time
+    device: str  # a cemsim DRAM preset name (config/presets/dram/) or a DRAM preset YAML path
+    ranks: Count  # per channel; DReX's dies each count as a rank (own tRRD/tFAW window)
+    bankgroups: Count  # per rank (die)
     row_buffer: Bytes  # bytes one activation opens in one channel
     burst: Bytes  # bytes one column burst returns on one channel
-    activations_in_flight: Count = (
-        1  # row activations a channel overlaps during survivor fetches (1: one by one)
-    )
 
 
 class PFUConfig(Frozen):
@@ -115,8 +113,10 @@ class PFUConfig(Frozen):
     queries_per_pass: Count
     match_counter_bits: Count
     bitmap_time_per_dim: PositiveTime  # one column access + XOR + count, per dimension, per 128 keys
-    bitmap_read_latency: PositiveTime  # reading one channel's bitmaps into the NMA
     address_generation_time: PositiveTime  # memory controller turns bitmaps into survivor addresses
+    # how the PFUs' row activations are issued: "broadcast" (one command reaches every bank, no
+    # tRRD/tFAW; what DReX's bitmap times imply) or "jedec" (one ACT per bank under tRRD/tFAW)
+    activation: Literal["broadcast", "jedec"] = "broadcast"
     power: Power
     area: Area
 
@@ -131,6 +131,7 @@ class NMAConfig(Frozen):
     topk_max: Count
     address_scratchpad: Bytes
     address_bytes: Bytes
+    outstanding_keys: Count  # survivor keys the NMA keeps in flight per channel while it fetches
     peak_power: Power
     idle_power: Power
     scratchpad_energy_per_bit: EnergyPerBit
@@ -150,7 +151,10 @@ class KeyLayoutConfig(Frozen):
 
     keys_per_block: Count = 128  # one Key Block: the keys whose sign bits share one bank's columns
     kv_heads_across_packages: bool = True  # a user's KV heads go to different packages
+    # how consecutive Key Blocks' sign bits are dealt over a package's (channel, bank) pairs
     interleave: Literal["channel_then_bank", "bank_then_channel"] = "channel_then_bank"
+    # full-precision keys and values: DRAM field order from most to least significant (sim/drex_layout.py)
+    key_mapping: str = "RoBaRaCoCh"
 
 
 class DReXConfig(CEMConfig):
@@ -159,7 +163,7 @@ class DReXConfig(CEMConfig):
     banks_per_channel: Count
     channel_bandwidth: Bandwidth
     package_capacity: Bytes
-    lpddr: LpddrTimings
+    lpddr: LpddrConfig
     dram_energy_per_bit: EnergyPerBit
     package_static_power: Power
     package_peak_power: Power
@@ -168,6 +172,10 @@ class DReXConfig(CEMConfig):
     request_queue_depth: Count
     response_buffers: Count
     layout: KeyLayoutConfig = Field(default_factory=KeyLayoutConfig)
+    # "full": every phase's requests through the DRAM engine; "sampled": a sample of the phases, the rest
+    # scaled by their request counts and rows (docs/benchmarks.md gives its error against full)
+    dram_detail: Literal["full", "sampled"] = "full"
+    sampled_phases: Count = 12  # phases of each kind run through the engine per decode step in sampled mode
 
 
 register("cem", "drex")(DReXConfig)
