@@ -7,9 +7,9 @@ Metrics (all from the prefill-evaluation pass, where every position applies the 
   surviving SCF; the scalar ``filter_ratio`` in JSON is over all layers and heads together.
 - ``topk_recall``: share of the oracle top-k (exact scores over the whole sparse region) that the policy
   also chose, sampled every 16th position.
-- ``kv_load_reduction``: the artifact's metric (REFERENCE.md section 1) at context N: per layer FR_min is
-  the worst head's filter ratio, keys read = (N - W) / FR_min, values read = min(keys read, k),
-  reduction = sum 2(N - W) / sum(keys read + values read).
+- ``kv_load_reduction``: the LongSight artifact's metric (ae-micro-scf-attn ``src/example.py``) at context N:
+  per layer FR_min is the worst head's filter ratio, keys read = (N - W) / FR_min,
+  values read = min(keys read, k), reduction = sum 2(N - W) / sum(keys read + values read).
 - ``bytes_per_token``: bytes one decode step at context ~N reads over all layers and KV heads (keys,
   values, metadata: sign bits or page bounds), averaged over the last 256 positions, against
   ``dense_bytes_per_token`` = 2 N D bytes per (layer, KV head).
