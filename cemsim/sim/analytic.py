@@ -35,13 +35,13 @@ def fifo(ready: list[float], occupancy: list[float], free: float = 0.0) -> list[
 
 class Twin:
     def __init__(self, prep: Prepared) -> None:
-        self.p = prep
-        s = prep.system
-        self.g, self.link, self.host = s.gpu, s.link, s.host_memory
-        self.tp = self.g.count if self.g.parallelism == "tensor" else 1
-        self.sz = prep.sizes
+        self.prep = prep
+        system = prep.system
+        self.gpu, self.link, self.host = system.gpu, system.link, system.host_memory
+        self.tp = self.gpu.count if self.gpu.parallelism == "tensor" else 1
+        self.sizes = prep.sizes
         self.shape = (
-            drex_shape(s.cem, self.sz.head_dim, self.sz.group, self.sz.dtype_bytes)
+            drex_shape(system.cem, self.sizes.head_dim, self.sizes.group, self.sizes.dtype_bytes)
             if prep.kind == "cem"
             else None
         )  # type: ignore[arg-type]
@@ -52,48 +52,48 @@ class Twin:
     def op(self, ops: list[GpuOp]) -> float:
         t = 0.0
         for _, nbytes, flops, fixed in ops:
-            t += gpu_op_time(self.g, self.p.system.workload.dtype, nbytes, flops) + fixed
+            t += gpu_op_time(self.gpu, self.prep.system.workload.dtype, nbytes, flops) + fixed
             self.bytes["gpu.hbm"] += nbytes
             self.ops["gpu.flops"] += flops
         return t
 
     def service(self, w: StepWork, layer: int, head: int) -> float:
-        cem, sh = self.p.system.cem, self.shape
-        assert sh is not None
+        cem, shape = self.prep.system.cem, self.shape
+        assert shape is not None
         surv, rows = w.epoch_survivors[layer, head], w.epoch_rows[layer, head]  # type: ignore[index]
         cap = int(cem.nma.address_scratchpad // cem.nma.address_bytes)  # type: ignore[union-attr]
         t = 0.0
         for grp in scratchpad_groups(surv, w.epoch_blocks[layer, head], cap):  # type: ignore[index]
-            t += filter_time(sh, len(grp)) + scoring_time(
-                cem, sh, float(surv[grp].sum()), float(rows[grp].sum())
+            t += filter_time(shape, len(grp)) + scoring_time(
+                cem, shape, float(surv[grp].sum()), float(rows[grp].sum())
             )
-        return t + fetch_time(cem, sh, float(w.values[layer, head]), float(w.value_rows[layer, head]))  # type: ignore[arg-type,index]
+        return t + fetch_time(cem, shape, float(w.values[layer, head]), float(w.value_rows[layer, head]))  # type: ignore[arg-type,index]
 
     def offload(self, users: list[int], works: dict[int, StepWork], layer: int) -> float:
-        kind, sz, link = self.p.kind, self.sz, self.link
+        kind, sizes, link = self.prep.kind, self.sizes, self.link
         if kind == "cem" and link is not None:
-            cem = self.p.system.cem
-            jobs = [(u, h) for u in users for h in range(sz.kv_heads)]
-            d = link_occupancy(link, sz.request_bytes())
+            cem = self.prep.system.cem
+            jobs = [(u, h) for u in users for h in range(sizes.kv_heads)]
+            d = link_occupancy(link, sizes.request_bytes())
             arrive = [(j + 1) * d + link.latency for j in range(len(jobs))]
             pkg_free: dict[int, float] = defaultdict(float)
             ready = [0.0] * len(jobs)
             for j in sorted(range(len(jobs)), key=lambda i: (arrive[i], i)):
                 u, h = jobs[j]
                 pkg = (
-                    (u * sz.kv_heads + h) % cem.packages
+                    (u * sizes.kv_heads + h) % cem.packages
                     if cem.layout.kv_heads_across_packages
                     else u % cem.packages
                 )  # type: ignore[union-attr]
                 pkg_free[pkg] = max(pkg_free[pkg], arrive[j]) + self.service(works[u], layer, h)
                 ready[j] = pkg_free[pkg]
             resp = [
-                sz.response_bytes(
-                    self.p.header.k, int(works[u].survivors[layer, h]), int(works[u].values[layer, h])
+                sizes.response_bytes(
+                    self.prep.header.k, int(works[u].survivors[layer, h]), int(works[u].values[layer, h])
                 )
                 for u, h in jobs
             ]
-            self.bytes["link.to_device"] += sz.request_bytes() * len(jobs)
+            self.bytes["link.to_device"] += sizes.request_bytes() * len(jobs)
             self.bytes["link.to_host"] += sum(resp)
             ends = fifo(ready, [link_occupancy(link, r) for r in resp])
             return max(ends) + link.latency
@@ -109,36 +109,36 @@ class Twin:
             if kind == "host_dense":
                 ends = fifo(
                     [0.0] * len(users),
-                    [occ(works[u].context * sz.kv_heads * 2 * sz.key_bytes) for u in users],
+                    [occ(works[u].context * sizes.kv_heads * 2 * sizes.key_bytes) for u in users],
                 )
                 return max(ends) + lat
-            keys = [occ(float(works[u].survivors[layer].sum()) * sz.key_bytes) for u in users]
+            keys = [occ(float(works[u].survivors[layer].sum()) * sizes.key_bytes) for u in users]
             k_ends = fifo([0.0] * len(users), keys)
-            vals = [occ(float(works[u].values[layer].sum()) * sz.key_bytes) for u in users]
+            vals = [occ(float(works[u].values[layer].sum()) * sizes.key_bytes) for u in users]
             ready = [e + (lat if k > 0 else 0.0) for e, k in zip(k_ends, keys, strict=True)]
             v_ends = fifo(ready, vals, free=max(k_ends))
             return max(e + (lat if v > 0 else 0.0) for e, v in zip(v_ends, vals, strict=True))
         return 0.0
 
     def lane_step(self, users: list[int], step: int, main: bool) -> float:
-        p, sz = self.p, self.sz
-        works = {u: p.works[(step + u) % len(p.works)] for u in users}
-        proj = projection_work(p.system.geometry, sz.dtype_bytes, len(users), self.tp)
+        prep, sizes = self.prep, self.sizes
+        works = {u: prep.works[(step + u) % len(prep.works)] for u in users}
+        proj = projection_work(prep.system.geometry, sizes.dtype_bytes, len(users), self.tp)
         phases: dict[str, float] = defaultdict(float)
-        for layer in range(sz.layers):
+        for layer in range(sizes.layers):
             phases["projection"] += self.op([("qkv_proj", *proj["pre"], 0.0)])
-            plan = layer_plan(p.kind, sz, list(works.values()), layer, self.tp, self.g)
+            plan = layer_plan(prep.kind, sizes, list(works.values()), layer, self.tp, self.gpu)
             phases["attention_gpu"] += self.op(plan.before)
             par = self.op(plan.parallel)
             att = max(par, self.offload(users, works, layer))
             phases["attention_gpu"] += par + self.op(plan.after)
             phases["attention_wait"] += att - par
             phases["projection"] += self.op([("out_proj_mlp", *proj["post"], 0.0)])
-            if self.tp > 1 and self.g.peer_link is not None:
-                nbytes = len(users) * p.system.geometry.hidden * sz.dtype_bytes
-                phases["all_reduce"] += 2 * allreduce_time(self.g.peer_link, nbytes, self.tp)
+            if self.tp > 1 and self.gpu.peer_link is not None:
+                nbytes = len(users) * prep.system.geometry.hidden * sizes.dtype_bytes
+                phases["all_reduce"] += 2 * allreduce_time(self.gpu.peer_link, nbytes, self.tp)
                 self.bytes["gpu.peer_link"] += 2 * 2 * (self.tp - 1) * nbytes / self.tp
-            phases["layer_overhead"] += self.g.layer_overhead
+            phases["layer_overhead"] += self.gpu.layer_overhead
         phases["projection"] += self.op([("lm_head", *proj["head"], 0.0)])
         if main:
             for k, v in phases.items():
@@ -146,22 +146,22 @@ class Twin:
         return sum(phases.values())
 
     def run(self, steps: int) -> list[float]:
-        p = self.p
-        lanes = self.g.count // self.tp
-        lane_users = [[u for u in range(p.batch) if u % lanes == g] for g in range(lanes)]
+        prep = self.prep
+        lanes = self.gpu.count // self.tp
+        lane_users = [[u for u in range(prep.batch) if u % lanes == g] for g in range(lanes)]
         out = []
         for i in range(steps):
             out.append(max(self.lane_step(us, i, g == 0) for g, us in enumerate(lane_users) if us))
             if self.shape is not None:
-                for u in range(p.batch):
+                for u in range(prep.batch):
                     for key, n in work_counters(
-                        p.system.cem, self.shape, p.works[(i + u) % len(p.works)]
+                        prep.system.cem, self.shape, prep.works[(i + u) % len(prep.works)]
                     ).items():
                         (self.ops if key.startswith("ops:") else self.bytes)[key.removeprefix("ops:")] += n
-            if p.kind == "cem" or p.kind.startswith("host"):
-                nbytes = kv_write_bytes_per_step(self.sz, p.batch)
+            if prep.kind == "cem" or prep.kind.startswith("host"):
+                nbytes = kv_write_bytes_per_step(self.sizes, prep.batch)
                 self.bytes["link.to_device"] += nbytes
-                self.bytes["cem.lpddr_write" if p.kind == "cem" else "host_memory"] += nbytes
+                self.bytes["cem.lpddr_write" if prep.kind == "cem" else "host_memory"] += nbytes
         return out
 
 
