@@ -146,7 +146,7 @@ class CEMConfig(Frozen):
 
 
 class KeyLayoutConfig(Frozen):
-    """Where a (user, layer, KV head) context slice lives: see DReX section 4 and REFERENCE.md section 2."""
+    """Where a (user, layer, KV head) context slice lives: see DReX (ISCA 2025), section 4."""
 
     keys_per_block: Count = 128  # one Key Block: the keys whose sign bits share one bank's columns
     kv_heads_across_packages: bool = True  # a user's KV heads go to different packages

@@ -93,7 +93,7 @@ class AttentionConfig(Frozen):
         return self
 
     def k_for(self, context: int) -> int:
-        """Top-k at a context length: explicit k, else LongSight's schedule (REFERENCE.md section 1)."""
+        """Top-k at a context length: explicit k, else LongSight's schedule (MICRO 2025, evaluation setup)."""
         if self.k is not None:
             return self.k
         if context <= 32 * 1024:

@@ -1,4 +1,5 @@
-"""What one layer of one decode step asks of each component, by system kind (shared by the DES and the twin).
+"""What one layer of one decode step asks of each component, by system kind (the DES's; the analytic model
+writes its own, analytic.py).
 
 Kinds (from kv_location and the attention policy):
   hbm_dense    every key and value read from HBM by the GPU
@@ -57,18 +58,18 @@ class Sizes:
         return self.scores_per_key * min(k, survivors) * self.dtype_bytes + values * self.key_bytes
 
 
-def sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
-    geo, dt = system.geometry, system.workload.dtype_bytes
+def workload_sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
+    geo, dtype_bytes = system.geometry, system.workload.dtype_bytes
     return Sizes(
-        geo.head_dim * dt,
-        geo.head_dim / 8,
-        geo.q_heads,
-        geo.kv_heads,
-        geo.group_size,
-        geo.head_dim,
-        geo.layers,
-        dt,
-        geo.group_size if header.topk_scope == "query_head" else 1,
+        key_bytes=geo.head_dim * dtype_bytes,
+        sign_bytes=geo.head_dim / 8,
+        q_heads=geo.q_heads,
+        kv_heads=geo.kv_heads,
+        group=geo.group_size,
+        head_dim=geo.head_dim,
+        layers=geo.layers,
+        dtype_bytes=dtype_bytes,
+        scores_per_key=geo.group_size if header.topk_scope == "query_head" else 1,
     )
 
 
@@ -79,35 +80,45 @@ class LayerPlan:
     after: list[GpuOp]  # after every offloaded result is in (softmax + weighted values of the sparse part)
 
 
-def layer_plan(kind: str, sz: Sizes, works: list[StepWork], layer: int, tp: int, gpu: GPUConfig) -> LayerPlan:
-    kb, h, qd = sz.key_bytes, sz.kv_heads, sz.q_heads * sz.head_dim
+def layer_plan(
+    kind: str, sizes: Sizes, works: list[StepWork], layer: int, tp: int, gpu: GPUConfig
+) -> LayerPlan:
+    key_bytes, kv_heads = sizes.key_bytes, sizes.kv_heads
+    query_dim = sizes.q_heads * sizes.head_dim  # every query head's vector: the FLOPs of one key
     before: list[GpuOp] = []
     after: list[GpuOp] = []
     if kind in ("hbm_dense", "host_dense"):
-        ctx = sum(w.context for w in works)
-        nbytes = ctx * h * 2 * kb if kind == "hbm_dense" else 0.0  # host_dense: the KV arrives over PCIe
-        return LayerPlan([], [("attention", nbytes / tp, 4.0 * qd * ctx / tp, 0.0)], [])
+        context = sum(w.context for w in works)
+        # host_dense: the KV arrives over PCIe, not from HBM
+        nbytes = context * kv_heads * 2 * key_bytes if kind == "hbm_dense" else 0.0
+        return LayerPlan([], [("attention", nbytes / tp, 4.0 * query_dim * context / tp, 0.0)], [])
     dense_tokens = sum(w.window + w.sinks for w in works)
     considered = float(sum(w.considered[layer].sum() for w in works))
     survivors = float(sum(w.survivors[layer].sum() for w in works))
     values = float(sum(w.values[layer].sum() for w in works))
-    window = ("window_attention", dense_tokens * h * 2 * kb / tp, 4.0 * qd * dense_tokens / tp, 0.0)
+    window = (
+        "window_attention",
+        dense_tokens * kv_heads * 2 * key_bytes / tp,
+        4.0 * query_dim * dense_tokens / tp,
+        0.0,
+    )
     # the GPU's own SCF pipeline (hbm_sparse, host_sparse): calibrated fixed + per-survivor cost
     pipeline = gpu.sparse_pipeline_latency + survivors / tp * gpu.sparse_time_per_survivor
+    group_flops_per_key = 2.0 * sizes.group * sizes.head_dim  # one key against the group's queries
     if kind == "hbm_sparse":
-        nbytes = window[1] + (considered * sz.sign_bytes + (survivors + values) * kb) / tp
-        flops = window[2] + 2.0 * sz.group * sz.head_dim * (survivors + values) / tp
+        nbytes = window[1] + (considered * sizes.sign_bytes + (survivors + values) * key_bytes) / tp
+        flops = window[2] + group_flops_per_key * (survivors + values) / tp
         return LayerPlan([], [("sparse_attention", nbytes, flops, pipeline)], [])
     if kind == "host_sparse":
-        before.append(("sign_filter", considered * sz.sign_bytes / tp, 0.0, pipeline))
+        before.append(("sign_filter", considered * sizes.sign_bytes / tp, 0.0, pipeline))
         # scoring the gathered survivor keys on the GPU: they land in HBM, are read once
         after.append(
-            ("score_survivors", survivors * kb / tp, 2.0 * sz.group * sz.head_dim * survivors / tp, 0.0)
+            ("score_survivors", survivors * key_bytes / tp, group_flops_per_key * survivors / tp, 0.0)
         )
-    after.append(("combine", values * kb / tp, 2.0 * sz.group * sz.head_dim * values / tp, 0.0))
+    after.append(("combine", values * key_bytes / tp, group_flops_per_key * values / tp, 0.0))
     return LayerPlan(before, [window], after)
 
 
-def kv_write_bytes_per_step(sz: Sizes, users: int) -> float:
+def kv_write_bytes_per_step(sizes: Sizes, users: int) -> float:
     """New tokens' K and V over the link per decode step, amortized (sent in groups, off the critical path)."""
-    return users * sz.layers * sz.kv_token_bytes
+    return users * sizes.layers * sizes.kv_token_bytes

@@ -1,8 +1,8 @@
-"""Public entry points: prepare the work of a trace for a system, then simulate (DES) or evaluate the twin.
+"""Public entry points: prepare the work of a trace for a system, then simulate it (DES).
 
     prep = prepare(system, header, steps, context=None, batch=None, max_steps=None)
     result = simulate(prep, timeline=False)        # SimPy discrete-event model
-    twin = analytic(prep)                         # closed form (cemsim.sim.analytic)
+    estimate = analytic(prep)                     # independent closed-form bounds (cemsim.sim.analytic)
 
 ``steps`` is any iterable of StepRecord (a TraceReader's iter_steps(), or records built in memory), so
 replay does not care where the trace came from. Sweeps call these with a SystemConfig from load_system.
@@ -17,7 +17,7 @@ from cemsim.config.components import DReXConfig
 from cemsim.config.system import SystemConfig
 from cemsim.errors import CemsimError
 from cemsim.sim.capacity import FitReport, check_fit
-from cemsim.sim.plan import Sizes, sizes, system_kind
+from cemsim.sim.plan import Sizes, system_kind, workload_sizes
 from cemsim.sim.replay import Replayer
 from cemsim.sim.result import SimResult, fill_metrics, percentiles
 from cemsim.sim.system import build, drex_shape_for
@@ -61,8 +61,8 @@ def prepare(
         raise CemsimError(f"batch must be at least 1, got {batch}")
     if max_steps is not None and max_steps < 1:
         raise CemsimError(f"steps must be at least 1, got {max_steps}")
-    sz = sizes(system, header)
-    shape = drex_shape_for(system, sz)
+    sizes = workload_sizes(system, header)
+    shape = drex_shape_for(system, sizes)
     rows = shape.rows if shape is not None else None
     works: list[StepWork] = []
     trace_context = 0
@@ -77,10 +77,10 @@ def prepare(
             break  # before pulling another record: a 1M-token step costs a read and a decode
     if not works:
         raise CemsimError("the trace has no decode steps", where=where)
-    ctx = works[0].context
-    b = batch if batch is not None else system.workload.batch
-    fit = check_fit(system, kind, sz, ctx, b, works[0].window, works[0].sinks)
-    return Prepared(system, header, kind, sz, works, ctx, b, fit, trace_context)
+    target_context = works[0].context
+    users = batch if batch is not None else system.workload.batch
+    fit = check_fit(system, kind, sizes, target_context, users, works[0].window, works[0].sinks)
+    return Prepared(system, header, kind, sizes, works, target_context, users, fit, trace_context)
 
 
 def empty_result(prep: Prepared, model: str) -> SimResult:
@@ -110,14 +110,13 @@ def simulate(
     res = empty_result(prep, "des")
     if not prep.fit.fits:
         return res
-    ss = build(prep.system, prep.sizes)
-    rp = Replayer(ss, prep.header, prep.works, prep.batch)
-    n = steps if steps is not None else len(prep.works)
-    out = rp.run(n, timeline_step=0 if timeline else None, progress=progress)
-    fill_metrics(
-        res, prep.system, dict(ss.rec.bytes), dict(ss.rec.ops), dict(ss.rec.phase), out.step_latencies
-    )
-    res.user_latency_s = percentiles(ss.rec.user_latency)
+    sim = build(prep.system, prep.sizes)
+    replayer = Replayer(sim, prep.header, prep.works, prep.batch)
+    n_steps = steps if steps is not None else len(prep.works)
+    out = replayer.run(n_steps, timeline_step=0 if timeline else None, progress=progress)
+    rec = sim.rec
+    fill_metrics(res, prep.system, dict(rec.bytes), dict(rec.ops), dict(rec.phase), out.step_latencies)
+    res.user_latency_s = percentiles(rec.user_latency)
     res.events, res.wall_s, res.truncated = out.events, out.wall_s, out.truncated
-    res.spans = ss.rec.spans
+    res.spans = rec.spans
     return res
