@@ -1,4 +1,5 @@
-"""What one layer of one decode step asks of each component, by system kind (shared by the DES and the twin).
+"""What one layer of one decode step asks of each component, by system kind (the DES's; the analytic model
+writes its own, analytic.py).
 
 Kinds (from kv_location and the attention policy):
   hbm_dense    every key and value read from HBM by the GPU

@@ -1,8 +1,8 @@
-"""Public entry points: prepare the work of a trace for a system, then simulate (DES) or evaluate the twin.
+"""Public entry points: prepare the work of a trace for a system, then simulate it (DES).
 
     prep = prepare(system, header, steps, context=None, batch=None, max_steps=None)
     result = simulate(prep, timeline=False)        # SimPy discrete-event model
-    twin = analytic(prep)                         # closed form (cemsim.sim.analytic)
+    estimate = analytic(prep)                     # independent closed-form bounds (cemsim.sim.analytic)
 
 ``steps`` is any iterable of StepRecord (a TraceReader's iter_steps(), or records built in memory), so
 replay does not care where the trace came from. Sweeps call these with a SystemConfig from load_system.
