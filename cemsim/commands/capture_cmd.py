@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cemsim.commands.outputs import check_output_file
 from cemsim.commands.progress import step_progress
 from cemsim.config.workload import parse_tokens
 from cemsim.errors import CemsimError
@@ -77,6 +78,7 @@ def capture_command(
         n = parse_tokens(tokens)
     except ValueError as exc:
         raise CemsimError(str(exc), where="--tokens") from None
+    check_output_file(out, "--out")
     spec = CaptureSpec(
         model=model,
         tokens=n,

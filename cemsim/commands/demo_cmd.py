@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cemsim.commands.outputs import check_output_dir
 from cemsim.errors import CemsimError
 from cemsim.paths import repo_root
 
@@ -28,12 +29,10 @@ TARGET_CONTEXT = "1M"  # the simulator replays it below 1M with survival scaled 
 GEOMETRY = "llama3-8b"  # the shipped hwconfigs model Llama-3-8B
 
 
-def _cli_commands() -> set[str]:
-    import typer.main
-
-    from cemsim.cli import app
-
-    return set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+def _cli_commands(ctx: typer.Context) -> set[str]:
+    """The subcommands of the running `cemsim` (read from click's context: importing cemsim.cli here would
+    be an import cycle, and a second copy of the module under `python -m cemsim.cli`)."""
+    return set(getattr(ctx.find_root().command, "commands", {}))
 
 
 def _run(args: list[str], what: str) -> None:
@@ -62,6 +61,7 @@ def _synthetic_source(path: Path) -> None:
 
 
 def demo(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for traces, results and charts.")] = Path(
         "results/demo"
     ),
@@ -74,6 +74,11 @@ def demo(
     ] = False,
 ) -> None:
     """Capture -> project -> sweep every shipped system from 4K to 1M tokens -> table + charts."""
+    from cemsim.sweep.engines import ENGINES
+
+    if engine not in ENGINES:  # checked here, not minutes later when the sweep stage starts
+        raise CemsimError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    check_output_dir(out, "--out")
     root = repo_root()
     spec = root / "analysis" / "context_scaling.yaml" if root else None
     if spec is None or not spec.is_file():
@@ -88,7 +93,7 @@ def demo(
     if fresh:
         for p in (source, projected):
             p.unlink(missing_ok=True)
-    commands = _cli_commands()
+    commands = _cli_commands(ctx)
     if not source.is_file():
         if "capture" in commands:
             _run(

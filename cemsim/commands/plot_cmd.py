@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cemsim.commands.outputs import check_output_dir
 from cemsim.errors import CemsimError
 
 console = Console(stderr=True)
@@ -35,6 +36,7 @@ def plot(
     """Draw the charts each results file's sweep spec asks for (else every chart its columns allow)."""
     from cemsim.plots.charts import plot_results
 
+    check_output_dir(out, "--out")
     written = plot_results(results, out, chart)
     if not written:
         raise CemsimError("no chart could be drawn from these results (no rows with the needed columns)")

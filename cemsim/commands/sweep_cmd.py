@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cemsim.commands.outputs import check_output_dir
 from cemsim.errors import CemsimError
 from cemsim.sweep.engines import ENGINES
 
@@ -52,6 +53,7 @@ def sweep(
         raise CemsimError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if address and engine != "ray":
         raise CemsimError("--address names a Ray cluster; it needs --engine ray")
+    check_output_dir(out, "--out")
     from cemsim.sweep.runner import run_sweep  # pandas and the store load only when a sweep runs
     from cemsim.sweep.summary import summary_tables
 

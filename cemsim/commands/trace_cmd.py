@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cemsim.commands.outputs import check_output_file
 from cemsim.commands.progress import step_progress
 from cemsim.config.workload import parse_tokens
 from cemsim.errors import CemsimError
@@ -182,6 +183,7 @@ def project(
         n = parse_tokens(context)
     except ValueError as exc:
         raise CemsimError(str(exc), where="--context") from None
+    check_output_file(out, "--out")
     with step_progress() as bar:
         task = bar.add_task("projecting", total=None)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cemsim.commands.outputs import check_output_file
 from cemsim.errors import CemsimError
 
 
@@ -46,6 +47,7 @@ def tune_command(
 
     if ppl_budget <= 0:
         raise CemsimError(f"--ppl-budget must be positive, got {ppl_budget}", where="--ppl-budget")
+    check_output_file(out, "--out")
     tune_thresholds(
         model=model,
         tokens=tokens,
