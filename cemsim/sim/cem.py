@@ -52,7 +52,9 @@ def drex_shape(cfg: DReXConfig, head_dim: int, group: int, dtype_bytes: int) -> 
         keys_per_row=cfg.lpddr.row_buffer * cfg.channels_per_package / key_bytes,
         keys_per_block=cfg.layout.keys_per_block,
     )
-    return DrexShape(head_dim * cfg.pfu.bitmap_time_per_dim * passes, key_bytes, group, head_dim, passes, rows)
+    return DrexShape(
+        head_dim * cfg.pfu.bitmap_time_per_dim * passes, key_bytes, group, head_dim, passes, rows
+    )
 
 
 def work_counters(cfg: DReXConfig, shape: DrexShape, w: StepWork) -> dict[str, float]:

@@ -177,7 +177,7 @@ class DrexLayout:
         return rank, bankgroup, bank
 
 
-_TABLES = 97  # random subsets per (block size, count): enough that neighbouring blocks differ
+_TABLES = 251  # random subsets per (block size, count): enough that neighbouring blocks differ
 
 
 @functools.lru_cache(maxsize=4)

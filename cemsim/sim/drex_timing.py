@@ -62,7 +62,11 @@ def drex_dram_spec(cfg: DReXConfig) -> DramSpec:
             f"{spec.columns} bursts of {spec.burst_bytes} B = {spec.columns * spec.burst_bytes} B"
         )
     return replace(
-        spec, ranks=lp.ranks, bankgroups=lp.bankgroups, banks_per_group=per_group, act_limits=cfg.pfu.activation
+        spec,
+        ranks=lp.ranks,
+        bankgroups=lp.bankgroups,
+        banks_per_group=per_group,
+        act_limits=cfg.pfu.activation,
     )
 
 
@@ -110,7 +114,9 @@ class RequestPhases:
     keys: list[float]  # survivors scored in each phase
 
 
-def scratchpad_groups(epoch_survivors: np.ndarray, epoch_blocks: np.ndarray, capacity: int) -> list[list[int]]:
+def scratchpad_groups(
+    epoch_survivors: np.ndarray, epoch_blocks: np.ndarray, capacity: int
+) -> list[list[int]]:
     """Epochs filtered between two scoring phases: a group closes when the next epoch would overflow."""
     groups: list[list[int]] = []
     cur: list[int] = []
@@ -171,8 +177,12 @@ class DrexTimer:
         reads = math.ceil(n * bitmap_bytes / lay.burst)
         src = np.minimum((np.arange(reads) * lay.burst) // bitmap_bytes, n - 1)
         k = np.concatenate([np.full(len(op_row), 2), np.zeros(reads, np.int64)])
+        # the controller sends the PFU commands of every bank at once (DReX's lockstep filtering), so its
+        # queue holds the whole epoch rather than the read queue's depth
+        ctrl = self.spec.controller
+        spec = replace(self.spec, controller=replace(ctrl, queue_size=max(ctrl.queue_size, len(k))))
         res = replay(
-            self.spec,
+            spec,
             rank=np.concatenate([op_rank, rank[src]]),
             bankgroup=np.concatenate([op_bg, bg[src]]),
             bank=np.concatenate([op_bank, bank[src]]),
@@ -221,7 +231,9 @@ class DrexTimer:
         channel = np.concatenate([p["channel"] + j * chans for j, p in enumerate(parts)])
         key_off = np.cumsum([0] + [len(phases[i]) for i in idx[:-1]])
         key = np.concatenate([p["key"] + key_off[j] for j, p in enumerate(parts)])
-        cols = {f: np.concatenate([p[f] for p in parts]) for f in ("rank", "bankgroup", "bank", "row", "column")}
+        cols = {
+            f: np.concatenate([p[f] for p in parts]) for f in ("rank", "bankgroup", "bank", "row", "column")
+        }
         order = np.argsort(channel, kind="stable")  # each engine channel's requests together, in order
         res = replay(
             self.spec,

@@ -95,6 +95,8 @@ def expected_rows(counts: np.ndarray, considered: int, rows: RowGeometry, epochs
     none of them with probability C(w - c, n) / C(w, n), and a row holds none when none of its pieces do."""
     kpb, kpr = rows.keys_per_block, rows.keys_per_row
     n_blocks = counts.shape[-1]
+    if float(kpr).is_integer() and kpb % int(kpr) == 0 and rows.slice_keys % kpb == 0:
+        return _expected_rows_aligned(counts, considered, kpb, int(kpr), rows.slice_keys // kpb, epochs)
     n_rows = int(np.ceil(considered / kpr))
     row_edges = np.ceil(np.minimum(np.arange(n_rows + 1) * kpr, considered))  # integer key positions
     blk_edges = np.minimum(np.arange(n_blocks + 1) * kpb, considered).astype(np.float64)
@@ -122,6 +124,34 @@ def expected_rows(counts: np.ndarray, considered: int, rows: RowGeometry, epochs
     e_bounds = np.searchsorted(epoch_of_row, np.arange(epochs + 1))
     tc = np.concatenate([np.zeros((len(n), 1)), np.cumsum(touched, axis=-1)], axis=-1)
     return tc[:, e_bounds[1:]] - tc[:, e_bounds[:-1]]
+
+
+def _none_in_piece(lf: np.ndarray, n: np.ndarray, w: int, c: int) -> np.ndarray:
+    """P(a piece of c of a block's w keys holds none of its n keys) = C(w - c, n) / C(w, n)."""
+    free = w - c
+    fit = n <= free
+    return np.where(fit, np.exp(lf[free] - lf[np.where(fit, free - n, 0)] - lf[w] + lf[w - n]), 0.0)
+
+
+def _expected_rows_aligned(
+    counts: np.ndarray, considered: int, kpb: int, kpr: int, blocks_per_epoch: int, epochs: int
+) -> np.ndarray:
+    """expected_rows when rows tile Key Blocks (the usual case): a table of the expectation per count."""
+    lf = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, kpb + 2)))])
+    n_all = np.arange(kpb + 1)
+    table = (kpb // kpr) * (1.0 - _none_in_piece(lf, n_all, kpb, kpr))  # rows touched by a full block
+    n = np.asarray(counts, dtype=np.int64)
+    per_block = table[np.minimum(n, kpb)]
+    last_w = considered - (counts.shape[-1] - 1) * kpb
+    if 0 < last_w < kpb:  # the last block is cut short: its own pieces
+        last_n = np.minimum(n[:, -1], last_w)
+        per_block[:, -1] = sum(
+            1.0 - _none_in_piece(lf, last_n, last_w, min(kpr, last_w - k)) for k in range(0, last_w, kpr)
+        ) * (last_n > 0)
+    starts = np.arange(0, counts.shape[-1], blocks_per_epoch)
+    out = np.zeros((len(n), epochs))
+    out[:, : len(starts)] = np.add.reduceat(per_block, starts, axis=-1)
+    return out
 
 
 def step_work(
@@ -203,5 +233,7 @@ def _add_epochs(
         ep_rows[mask] = expected_rows(surv, new_n, rows, n_epochs)
         value_rows[mask] = expected_rows(vals, new_n, rows, n_epochs).sum(axis=-1)
     work.block_survivors, work.block_values = blk_surv, blk_vals
-    work.epoch_survivors = np.add.reduceat(blk_surv.astype(np.int64), np.arange(0, n_blocks, per_epoch), axis=-1)
+    work.epoch_survivors = np.add.reduceat(
+        blk_surv.astype(np.int64), np.arange(0, n_blocks, per_epoch), axis=-1
+    )
     work.epoch_rows, work.epoch_blocks, work.value_rows = ep_rows, ep_blocks, value_rows

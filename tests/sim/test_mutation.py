@@ -19,7 +19,8 @@ from cemsim.sim import cem as cem_module
 from cemsim.sim.link import Link, link_occupancy
 from tests.sim.conftest import REPO
 from tests.sim.test_analytic import agreement_failures, prepared
-from tests.sim.test_validation import hbm_measurement_failures, one_slice, serve_time
+from tests.sim.test_drex_validation import drex_slice_failures
+from tests.sim.test_validation import hbm_measurement_failures
 
 HW = REPO / "hwconfigs"
 
@@ -67,17 +68,6 @@ def drop_link_latency(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(Link, "transfer", transfer)
 
 
-def drex_slice_by_hand() -> list[str]:
-    """test_validation's full-slice case, worked by hand from the DReX and LPDDR5X figures."""
-    hand = 1304.4e-9 + 73738.6e-9 + 36874.6e-9
-    t, _ = serve_time(one_slice(2048, 2048, 1024, 1024))
-    return (
-        []
-        if t == pytest.approx(hand, rel=1e-9)
-        else [f"DReX slice: {t * 1e9:.1f} ns, by hand {hand * 1e9:.1f} ns"]
-    )
-
-
 CHECKS: dict[str, Callable[[], list[str]]] = {
     "agreement h100 4K": lambda: agreement_failures(prepared(HW / "h100.yaml", 4096, 1)),
     "agreement h100x2 4K": lambda: agreement_failures(prepared(HW / "h100x2.yaml", 4096, 1)),
@@ -87,7 +77,7 @@ CHECKS: dict[str, Callable[[], list[str]]] = {
         prepared(HW / "h100-host-offload.yaml", 4096, 1)
     ),
     "held-out H100 HBM measurements": hbm_measurement_failures,
-    "DReX slice by hand": drex_slice_by_hand,
+    "DReX slice by hand": drex_slice_failures,
 }
 
 

@@ -1,0 +1,121 @@
+"""DReX phase times on the DRAM engine against hand bounds from the device's timings (docs/validation.md, 1).
+
+The bounds are worked from JEDEC-style reasoning on the preset's own numbers (tCK, burst, tRCD, tFAW ...),
+independently of how the engine schedules: a phase can be no faster than its busiest resource (data bus,
+command bus, a rank's activation window, one bank's row cycles) and, with the NMA keeping its queue full, no
+slower than that plus a pipeline fill.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import simpy
+
+from cemsim.sim.cem import DReX, drex_shape
+from cemsim.sim.stats import Recorder
+from cemsim.sim.work import StepWork
+from tests.sim.conftest import REPO, load
+
+DREX = REPO / "hwconfigs" / "h100-drex.yaml"
+SLICE_KEYS = 131_072  # 8 channels x 128 banks x 128 keys
+
+
+def drex(**overrides):
+    cfg = load(DREX, **overrides).cem
+    env, rec = simpy.Environment(), Recorder()
+    return env, rec, DReX(env, cfg, drex_shape(cfg, head_dim=128, group=4, dtype_bytes=2), rec, kv_heads=8)
+
+
+def slice_row_miss_bounds() -> tuple[float, float, float]:
+    """2,048 survivors, one in each 64-key row of a slice (positions 64 i): every key is a row miss. Under
+    RoBaRaCoCh consecutive rows rotate over 4 ranks, then 32 banks: 16 rows per bank, every bank busy.
+    Returns (lower bound, engine time, upper bound), seconds."""
+    _, _, d = drex()
+    t = d.timer
+    s, tck = t.spec, t.tck
+    tm = s.timing
+    keys = 2048
+    (fetch,) = t.fetch_times([np.arange(keys) * 64])
+    # per key: ACT (nCMD_ACT slots, twice on LPDDR5: ACT-1 and ACT-2) + RD (nCMD_CAS) on one command bus
+    act_slots = tm["nCMD_ACT"] * (2 if tm["nAAD"] else 1)
+    command_bus = keys * (act_slots + tm["nCMD_CAS"]) * tck
+    data_bus = keys * tm["nBL"] * tck
+    faw = keys / s.ranks / 4 * tm["nFAW"] * tck  # four ACTs per tFAW per rank (die), ranks in parallel
+    row_cycles = keys / 128 * tm["nRC"] * tck  # 16 row cycles per bank
+    lower = max(command_bus, data_bus, faw, row_cycles)
+    # plus the first key's unloaded latency and a quarter for scheduling gaps (refresh, bank-group turns)
+    upper = 1.25 * lower + (tm["nRCD"] + tm["nCL"] + tm["nBL"]) * tck
+    return lower, fetch, upper
+
+
+def drex_slice_failures() -> list[str]:
+    """The hand-bounded DReX fetch (test_mutation.py runs it against mutated cost functions)."""
+    lower, fetch, upper = slice_row_miss_bounds()
+    if lower <= fetch <= upper:
+        return []
+    return [
+        f"DReX slice fetch {fetch * 1e9:.1f} ns outside the hand bounds [{lower * 1e9:.1f}, {upper * 1e9:.1f}]"
+    ]
+
+
+def test_one_survivor_per_row_is_bound_by_the_command_bus():
+    assert drex_slice_failures() == []
+    _, fetch, _ = slice_row_miss_bounds()
+    # the closed form this replaces charged every survivor tRP + tRCD one after another: 2,048 x 36 ns
+    assert fetch < 0.2 * 2048 * 36e-9
+
+
+def test_a_full_slice_streams_between_the_pin_bound_and_the_row_bound():
+    # Every key of one slice (131,072 x 256 B = 32 MiB per package, 2,048 rows of 64 keys per channel):
+    # no faster than the pins (32 B per 2 CK per channel), no slower than the pins plus every row's
+    # PRE + ACT + RD latency exposed one after another.
+    _, _, d = drex()
+    t = d.timer
+    tm, tck = t.spec.timing, t.tck
+    (fetch,) = t.fetch_times([np.arange(SLICE_KEYS)])
+    pins = SLICE_KEYS * tm["nBL"] * tck  # one burst per key per channel, channels in parallel
+    rows = SLICE_KEYS / 64
+    exposed = rows * (tm["nRP"] + tm["nRCD"] + tm["nCL"]) * tck
+    assert pins <= fetch <= pins + exposed
+    assert fetch < 1.1 * pins  # row hits stream: 64 keys per activation hide the next row's opening
+
+
+def slice_work(block_survivors: np.ndarray, values: np.ndarray) -> StepWork:
+    a = lambda v: np.array([[v]], dtype=np.int64)  # noqa: E731
+    surv = int(block_survivors.sum())
+    return StepWork(
+        step=0,
+        context=SLICE_KEYS + 1040,
+        window=1024,
+        sinks=16,
+        considered=a(SLICE_KEYS),
+        survivors=a(surv),
+        values=a(int(values.sum())),
+        epoch_survivors=np.array([[[surv]]]),
+        epoch_rows=np.array([[[0.0]]]),
+        epoch_blocks=np.array([[[SLICE_KEYS // 128]]]),
+        value_rows=np.array([[0.0]]),
+        block_survivors=block_survivors.astype(np.uint8)[None, None, :],
+        block_values=values.astype(np.uint8)[None, None, :],
+    )
+
+
+def test_a_request_is_filter_then_scoring_then_values_on_the_nma():
+    env, rec, d = drex()
+    blocks = np.full(1024, 6)  # 6,144 survivors, ~5 %
+    values = np.full(1024, 1)
+    w = slice_work(blocks, values)
+    env.process(d.serve(0, 0, 0, w))
+    env.run()
+    t = d.timer
+    phases = t.request(w, 0, 0)
+    gen, read = t.epoch_stages(1024)
+    addr = d.cfg.pfu.address_generation_time
+    assert phases.increments == [[pytest.approx(gen + read + addr)]]
+    macs = 6144 * 128 * 4 / (16 * 68 * 1e9)
+    assert phases.scoring[0] >= macs
+    assert env.now == pytest.approx(gen + read + addr + phases.scoring[0] + phases.value, rel=1e-12)
+    assert rec.busy["nma0"] == pytest.approx(env.now, rel=1e-12)
+    # fewer values than survivors, in a subset of their rows: the value fetch is the shorter one
+    assert 0 < phases.value < phases.scoring[0]
