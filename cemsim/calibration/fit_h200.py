@@ -32,6 +32,7 @@ import pandas as pd
 
 from cemsim.calibration import CALIBRATION_DIR, load_calibration
 from cemsim.config.loader import load_system
+from cemsim.errors import CemsimError
 from cemsim.paths import repo_root
 from cemsim.sim import prepare, simulate
 from cemsim.sim.result import SimResult
@@ -41,7 +42,6 @@ DECODE = CALIBRATION_DIR / "h200-decode-2026-12-02.json"
 HF_GRID = CALIBRATION_DIR / "h200-hf-generate-grid-2026-12-02.json"
 HF_RUN3 = CALIBRATION_DIR / "h200-hf-generate-2026-12-02.json"
 SERVING_FIT_CONTEXTS = (1024, 16384, 65536)  # the rest of the serving grid (4K, 32K, 128K) is held out
-PEAK_BF16 = 989e12  # the presets' peak_flops.bf16 (NVIDIA H200 datasheet, dense)
 EFFICIENCY = "gpu.hbm.sustained_efficiency"
 OVERHEAD = "gpu.layer_overhead"
 UNITS = {OVERHEAD: "s", "gpu.idle_power": "W", "gpu.hbm.energy_per_bit": "J/bit", "gpu.energy_per_flop": "J"}
@@ -108,7 +108,10 @@ def _predict(system: str, points: list[Point], constants: dict[str, float]) -> n
     for p in points:
         lat = replay(system, p.model, p.context, p.batch, constants).latency_per_token_s
         if lat is None:
-            raise ValueError(f"{system}: {p.model} at {p.context} tokens x {p.batch} does not fit the GPU")
+            raise CemsimError(
+                f"{p.model} at {p.context} tokens x {p.batch} users does not fit the GPU, but it was measured on one",
+                where=f"hwconfigs/{system}.yaml",
+            )
         out.append(lat)
     return np.array(out)
 
@@ -182,9 +185,10 @@ def run_to_run() -> dict:
 
 def matmul_efficiency() -> float:
     """Sustained bf16 rate of decode-shaped GEMMs: the linear layers of each model at batch 1024 (compute-bound),
-    mean over the two models, over the datasheet peak."""
+    mean over the two models, over the preset's datasheet peak."""
+    peak = load_system(_hwconfig("h200-serving")).system.gpu.peak_flops["bf16"]
     rows = [r for r in load_calibration(DECODE)["linear_vs_batch"] if r["batch"] == 1024]
-    return float(np.mean([r["achieved_flops_per_s"] for r in rows]) / PEAK_BF16)
+    return float(np.mean([r["achieved_flops_per_s"] for r in rows]) / peak)
 
 
 def energy_constants() -> dict[str, float]:

@@ -48,6 +48,11 @@ def summary():
     return fit.summary(fit.validation_tables()).set_index(["system", "split"])
 
 
+@pytest.fixture(scope="module")
+def refit() -> fit.Fit:
+    return fit.fit_all()
+
+
 @pytest.mark.slow
 def test_serving_preset_predicts_held_out_steps(summary) -> None:
     held = summary.loc[("h200-serving", "held out")]
@@ -69,10 +74,9 @@ def test_hf_eager_preset_on_another_machine_start(summary) -> None:
 
 
 @pytest.mark.slow
-def test_shipped_presets_are_the_fit() -> None:
+def test_shipped_presets_are_the_fit(refit: fit.Fit) -> None:
     """Refit from the measurement files; the presets hold the result to their three significant digits."""
-    result = fit.fit_all()
-    for system, constants in result.constants.items():
+    for system, constants in refit.constants.items():
         gpu = load_system(fit._hwconfig(system)).system.gpu
         shipped = {
             "gpu.matmul_efficiency": gpu.matmul_efficiency,
@@ -88,11 +92,9 @@ def test_shipped_presets_are_the_fit() -> None:
 
 
 @pytest.mark.slow
-def test_a_per_step_overhead_would_halve_the_hf_error(summary) -> None:
+def test_a_per_step_overhead_would_halve_the_hf_error(summary, refit: fit.Fit) -> None:
     shared = {
-        k: v
-        for k, v in fit.fit_all().constants["h200-hf-eager"].items()
-        if k not in (fit.EFFICIENCY, fit.OVERHEAD)
+        k: v for k, v in refit.constants["h200-hf-eager"].items() if k not in (fit.EFFICIENCY, fit.OVERHEAD)
     }
     what_if = fit.step_overhead_what_if(shared)
     assert what_if["held out"]["mean_abs_error"] <= 0.17
