@@ -160,7 +160,7 @@ class KeyLayoutConfig(Frozen):
     # how consecutive Key Blocks' sign bits are dealt over a package's (channel, bank) pairs
     interleave: Literal["channel_then_bank", "bank_then_channel"] = "channel_then_bank"
     # full-precision keys and values: DRAM field order from most to least significant (sim/drex_layout.py)
-    key_mapping: str = "RoBaRaCoCh"
+    key_mapping: str = "RoBaRaCoBgCh"
 
     def package_of(self, user: int, head: int, kv_heads: int, packages: int) -> int:
         """head_per_package: a user's heads on distinct packages, users continuing in turn, (u * H + h) mod P
@@ -192,7 +192,9 @@ class DReXConfig(CEMConfig):
     # "full": every phase's requests through the DRAM engine; "sampled": a sample of the phases, the rest
     # scaled by their request counts and rows (docs/benchmarks.md gives its error against full)
     dram_detail: Literal["full", "sampled"] = "full"
-    sampled_phases: Count = 12  # phases of each kind run through the engine per decode step in sampled mode
+    sampled_phases: Count = 8  # scoring (and value) phases measured per decode step in sampled mode
+    sampled_keys: Count = 4096  # keys replayed per measured phase, in sampled_windows runs spread through it
+    sampled_windows: Count = 4
 
 
 register("cem", "drex")(DReXConfig)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import simpy
 
 from cemsim.config.components import DReXConfig
-from cemsim.sim.drex_timing import DrexTimer
+from cemsim.sim.drex_timing import DrexTimer, drex_layout
 from cemsim.sim.registry import register_sim
 from cemsim.sim.stats import Recorder
 from cemsim.sim.work import RowGeometry, StepWork
@@ -48,8 +48,9 @@ def drex_shape(cfg: DReXConfig, head_dim: int, group: int, dtype_bytes: int) -> 
     key_bytes = head_dim * dtype_bytes
     rows = RowGeometry(
         slice_keys=cfg.channels_per_package * cfg.banks_per_channel * cfg.layout.keys_per_block,
-        # a key is interleaved over the package's channels, so one "row" spans every channel's row buffer
-        keys_per_row=cfg.lpddr.row_buffer * cfg.channels_per_package / key_bytes,
+        # keys of a Key Block per opened row under the key mapping (64 contiguous keys with RoBaRaCoCh;
+        # 32 per bank group with RoBaRaCoBgCh): the rows' expected count is the fetches' row signature
+        keys_per_row=drex_layout(cfg, head_dim, key_bytes, group).keys_per_row(),
         keys_per_block=cfg.layout.keys_per_block,
     )
     return DrexShape(

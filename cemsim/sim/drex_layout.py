@@ -95,6 +95,13 @@ class DrexLayout:
         order = parse_mapping(self.key_mapping)
         return order[-1] == "Ch" and self.bursts_per_key % self.channels == 0
 
+    def keys_per_row(self) -> float:
+        """Keys of one Key Block that share a DRAM row (of a channel): the block's keys over the distinct rows
+        its bursts open. With bank groups below the columns a block spans one row per bank group."""
+        c = self.data_coordinates(np.arange(self.keys_per_block))
+        rows = np.unique(np.stack([c["channel"], c["rank"], c["bankgroup"], c["bank"], c["row"]]), axis=1)
+        return self.keys_per_block / rows.shape[1]
+
     def check(self) -> None:
         if self.key_bytes % self.burst:
             raise CemsimError(

@@ -162,23 +162,29 @@ class DrexTimer:
         return self._stages[blocks]
 
     def _pfu_channel(self, n: int) -> tuple[float, float]:
+        """(generation, readout) seconds of one channel whose first ``n`` banks each filter a Key Block."""
         lay = self.layout
         rank, bg, bank = lay.bank_coordinates(n)
+        if self.cfg.pfu.activation == "broadcast":
+            # one command reaches every bank and the banks step in lockstep: the channel behaves like one
+            # bank per bank group, each standing for its group's banks (the readout still moves every bitmap)
+            keep = min(n, lay.bankgroups)
+            rank, bg, bank = rank[:keep], bg[:keep], bank[:keep]
+        banks = len(rank)
         rows = lay.sign_rows_per_block
         dims = [min(lay.dims_per_row, lay.head_dim - r * lay.dims_per_row) for r in range(rows)]
         t_col = self.cfg.pfu.bitmap_time_per_dim * lay.passes
-        # PFU operations: row r of every bank (banks in lockstep), each D_r column steps long
-        op_rank = np.tile(rank, rows)
-        op_bg, op_bank = np.tile(bg, rows), np.tile(bank, rows)
-        op_row = np.repeat(np.arange(rows, dtype=np.int64), n)
-        op_hold = np.repeat([math.ceil(d * t_col / self.tck - 1e-9) for d in dims], n).astype(np.int64)
-        # bitmap readout: 16 B per bank and pass, packed into bursts, read from the banks' open last row
+        # PFU operations: sign row r of each bank, D_r column steps without the data bus
+        op_rank, op_bg, op_bank = np.tile(rank, rows), np.tile(bg, rows), np.tile(bank, rows)
+        op_row = np.repeat(np.arange(rows, dtype=np.int64), banks)
+        op_hold = np.repeat([math.ceil(d * t_col / self.tck - 1e-9) for d in dims], banks).astype(np.int64)
+        # bitmap readout: 16 B per bank and pass, packed into bursts, from the banks' open last sign row,
+        # consecutive bursts from consecutive bank groups
         bitmap_bytes = lay.keys_per_block // 8 * lay.passes
         reads = math.ceil(n * bitmap_bytes / lay.burst)
-        src = np.minimum((np.arange(reads) * lay.burst) // bitmap_bytes, n - 1)
+        src = np.arange(reads) % banks
         k = np.concatenate([np.full(len(op_row), 2), np.zeros(reads, np.int64)])
-        # the controller sends the PFU commands of every bank at once (DReX's lockstep filtering), so its
-        # queue holds the whole epoch rather than the read queue's depth
+        # the controller sends every bank's PFU command at once, so its queue holds the whole epoch
         ctrl = self.spec.controller
         spec = replace(self.spec, controller=replace(ctrl, queue_size=max(ctrl.queue_size, len(k))))
         res = replay(
@@ -328,6 +334,38 @@ class DrexTimer:
             out.update(zip(chunk, self.fetch_times(arrays), strict=True))
         return out
 
+    def _windowed(self, positions, which: list[int]) -> dict[int, float]:  # type: ignore[no-untyped-def]
+        """Sampled mode's measurement of a phase: ``sampled_windows`` runs of consecutive survivors spread
+        through it (``sampled_keys`` keys in all, each run on idle banks), scaled to the phase's keys:
+        t = L + (sum over runs of (t_run - L)) x keys / keys in the runs, L one key's unloaded latency."""
+        runs, per_run = self.cfg.sampled_windows, max(1, self.cfg.sampled_keys // self.cfg.sampled_windows)
+        latency = self.fetch_times([np.zeros(1, np.int64)])[0]
+        arrays: list[np.ndarray] = []
+        owner: list[tuple[int, int, int]] = []  # (phase, keys of the phase, keys in this run)
+        for i in which:
+            pos = positions(i)
+            if len(pos) <= runs * per_run:
+                arrays.append(pos)
+                owner.append((i, len(pos), -1))
+                continue
+            for start in np.linspace(0, len(pos) - per_run, runs).astype(np.int64):
+                arrays.append(pos[start : start + per_run])
+                owner.append((i, len(pos), per_run))
+        times = self.fetch_times(arrays)
+        out: dict[int, float] = {}
+        spent: dict[int, float] = {}
+        sampled: dict[int, int] = {}
+        for (i, n, k), t in zip(owner, times, strict=True):
+            if k < 0:
+                out[i] = t
+            else:
+                spent[i] = spent.get(i, 0.0) + t - latency
+                sampled[i] = sampled.get(i, 0) + k
+        for i, extra in spent.items():
+            n = next(o[1] for o in owner if o[0] == i)
+            out[i] = latency + extra * n / sampled[i]
+        return out
+
     def _sampled(self, positions, sig: list[tuple[float, float]], kinds: list[tuple[int, int, int]]):  # type: ignore[no-untyped-def]
         out: dict[int, float] = {}
         budget = self.cfg.sampled_phases
@@ -340,7 +378,7 @@ class DrexTimer:
                 continue
             order = sorted(idx, key=lambda i: sig[i])
             pick = sorted({order[round(q)] for q in np.linspace(0, len(order) - 1, min(budget, len(order)))})
-            measured = self._timed(positions, pick)
+            measured = self._windowed(positions, pick)
             out.update(measured)
             rest = [i for i in idx if i not in measured]
             self.sampled["run" if not is_value else "run_values"] = len(pick)

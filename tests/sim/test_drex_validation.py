@@ -28,24 +28,32 @@ def drex(**overrides):
 
 
 def slice_row_miss_bounds() -> tuple[float, float, float]:
-    """2,048 survivors, one in each 64-key row of a slice (positions 64 i): every key is a row miss. Under
-    RoBaRaCoCh consecutive rows rotate over 4 ranks, then 32 banks: 16 rows per bank, every bank busy.
+    """2,048 survivors, the first key of each of a slice's rows (column 0 under the preset's key mapping):
+    every key is a row miss; the rows rotate over bank groups, ranks and banks, 16 per bank.
     Returns (lower bound, engine time, upper bound), seconds."""
     _, _, d = drex()
     t = d.timer
     s, tck = t.spec, t.tck
     tm = s.timing
-    keys = 2048
-    (fetch,) = t.fetch_times([np.arange(keys) * 64])
-    # per key: ACT (nCMD_ACT slots, twice on LPDDR5: ACT-1 and ACT-2) + RD (nCMD_CAS) on one command bus
+    coords = t.layout.data_coordinates(np.arange(SLICE_KEYS))
+    first = np.flatnonzero(coords["column"] == 0)
+    keys = len(first)
+    assert keys == 2048
+    (fetch,) = t.fetch_times([first])
+    # Every key needs ACT-1 and ACT-2 (LPDDR5's two-part activate), a RD and, but for the first row of a
+    # bank or one a refresh closed, a PRE: one command-bus slot each (nCMD_ACT = nCMD_CAS = 1), on one
+    # command bus per channel. That bus is the busiest resource:
     act_slots = tm["nCMD_ACT"] * (2 if tm["nAAD"] else 1)
-    command_bus = keys * (act_slots + tm["nCMD_CAS"]) * tck
+    command_bus = keys * (act_slots + tm["nCMD_CAS"]) * tck  # without the PREs
     data_bus = keys * tm["nBL"] * tck
     faw = keys / s.ranks / 4 * tm["nFAW"] * tck  # four ACTs per tFAW per rank (die), ranks in parallel
     row_cycles = keys / 128 * tm["nRC"] * tck  # 16 row cycles per bank
     lower = max(command_bus, data_bus, faw, row_cycles)
-    # plus the first key's unloaded latency and a quarter for scheduling gaps (refresh, bank-group turns)
-    upper = 1.25 * lower + (tm["nRCD"] + tm["nCL"] + tm["nBL"]) * tck
+    # upper: a PRE for every key too, every all-bank refresh that falls in the fetch blocking it for
+    # tRPab + tRFC, and the first key's unloaded latency
+    busy = keys * (act_slots + tm["nCMD_CAS"] + 1) * tck
+    refreshes = np.ceil(busy / (tm["nREFI"] * tck)) + 1
+    upper = busy + refreshes * (tm["nRPab"] + tm["nRFC"]) * tck + (tm["nRCD"] + tm["nCL"] + tm["nBL"]) * tck
     return lower, fetch, upper
 
 
@@ -78,7 +86,10 @@ def test_a_full_slice_streams_between_the_pin_bound_and_the_row_bound():
     rows = SLICE_KEYS / 64
     exposed = rows * (tm["nRP"] + tm["nRCD"] + tm["nCL"]) * tck
     assert pins <= fetch <= pins + exposed
-    assert fetch < 1.1 * pins  # row hits stream: 64 keys per activation hide the next row's opening
+    # row hits stream: a row's keys hide the next row's opening; what remains is all-bank refresh
+    # (tRPab + tRFC of every tREFI) and a few percent of row and bank-group turns
+    refresh = (tm["nRPab"] + tm["nRFC"]) / tm["nREFI"]
+    assert fetch < pins / (1 - refresh) * 1.05
 
 
 def slice_work(block_survivors: np.ndarray, values: np.ndarray) -> StepWork:
