@@ -46,8 +46,11 @@ The three numbers per step (seconds):
   descriptors back to back, each NMA serving that user's requests; rows opened by the survivors and values
   are the expectation for keys placed uniformly at random over the considered range (keys interleaved over
   the package's channels: row_buffer x channels / key bytes keys per opened row), each row miss exposing
-  tRP + tRCD (divided by the activations the controller overlaps); filtering pipelined with the expected
-  number of scratchpad phases for evenly spread survivors. Background KV write-back is off the critical path.
+  tRP + tRCD (divided by the activations the controller overlaps). Where instead the NMA keeps
+  nma.outstanding_keys keys in flight per channel, a fetch takes the slowest of the pins, the ranks'
+  activation rate (a row per max(tRRD, tFAW / 4) per rank) and the closed loop (each key's share of
+  precharge + activate, its CAS latency and burst, over the keys in flight). Filtering pipelined with the
+  expected number of scratchpad phases for evenly spread survivors. KV write-back is off the critical path.
 
 What it ignores, on purpose: queueing order and the interaction between users (only the bounds see
 contention, in aggregate), survivor clustering (the DES reads the trace's per-block distribution),
@@ -153,6 +156,8 @@ class DramTimings:
     tCL: float
     tRC: float  # ACT to ACT in one bank: the shortest cycle of a row miss there
     refresh: float  # fraction of time a bank is blocked by refresh (tRFC / tREFI; 0 when not given)
+    tRRD: float = 0.0  # ACT to ACT in one rank (other bank group); 0 when not given
+    tFAW: float = 0.0  # window of four ACTs in one rank; 0 when not given
 
 
 def lpddr_timings(cem: DReXConfig) -> DramTimings:
@@ -168,7 +173,8 @@ def lpddr_timings(cem: DReXConfig) -> DramTimings:
     rcd, rp, cl = ticks["nRCD"] * tck, ticks["nRP"] * tck, ticks["nCL"] * tck
     rc = max(ticks.get("nRC", 0) * tck, rp + rcd)
     refi = ticks.get("nREFI", 0)
-    return DramTimings(rcd, rp, cl, rc, ticks.get("nRFC", 0) / refi if refi else 0.0)
+    refresh = ticks.get("nRFC", 0) / refi if refi else 0.0
+    return DramTimings(rcd, rp, cl, rc, refresh, ticks.get("nRRD_S", 0) * tck, ticks.get("nFAW", 0) * tck)
 
 
 class DrexRates:
@@ -195,7 +201,20 @@ class DrexRates:
         self.dram = lpddr_timings(cem)
         # keys are interleaved over the package's channels: one opened row in each channel holds this many
         self.keys_per_row = cem.lpddr.row_buffer * cem.channels_per_package / key_bytes
+        # how the NMA issues its reads: one by one with a configured activation overlap (DReX 5.4), or a
+        # closed loop keeping nma.outstanding_keys keys in flight per channel over the ranks' banks
         self.activations_overlapped = float(getattr(cem.lpddr, "activations_in_flight", 1))
+        self.outstanding = int(getattr(cem.nma, "outstanding_keys", 0))
+        self.ranks = int(getattr(cem.lpddr, "ranks", 1))
+
+    def row_miss_cost(self) -> float:
+        """What one more opened row adds to a bandwidth-unbound fetch in the estimate."""
+        t = self.dram
+        if not self.outstanding:
+            return (t.tRP + t.tRCD) / self.activations_overlapped
+        # closed loop: the precharge + activate is shared by the keys in flight, but a rank opens at most
+        # one row per tRRD and four per tFAW
+        return max((t.tRP + t.tRCD) / self.outstanding, max(t.tRRD, t.tFAW / 4) / self.ranks)
 
     def phases(self, epochs: int, survivors: float) -> tuple[int, float, int]:
         """Scratchpad phases: (fewest possible, expected for evenly spread survivors, most possible)."""
@@ -236,7 +255,11 @@ class DrexRates:
         fewest, expected, _ = phases
         t = self.dram
         data = keys * self.key_bytes / self.package_bytes_per_s
-        miss = self.expected_rows(keys, considered) * (t.tRP + t.tRCD) / self.activations_overlapped
+        rows = self.expected_rows(keys, considered)
+        miss = rows * self.row_miss_cost()
+        if self.outstanding:  # each key in flight also waits for its CAS latency and its burst
+            burst = self.key_bytes / self.package_bytes_per_s
+            miss = max(miss, (rows * (t.tRP + t.tRCD) + keys * (t.tCL + burst)) / self.outstanding)
         # upper: each key its own row miss, one after another: a bank's full ACT-to-ACT cycle (or precharge +
         # activate where no tRC is known) and the CAS latency, plus the data, stretched by refresh
         serial = keys * (max(t.tRC, t.tRP + t.tRCD) + t.tCL) + data

@@ -35,7 +35,8 @@ def value_row_slack(prep: Prepared) -> float:
     The trace gives how many top-k values a request fetches, not which rows they sit in. Values are a subset
     of the survivors; placed uniformly at random (the estimate) they open the occupancy expectation of
     rows, and at most they open one row each (min(values, rows spanned)). A model may land anywhere in that
-    range, and each row more costs one precharge + activate (tRP + tRCD, over the activations overlapped).
+    range, and each row more costs what the estimate charges a row miss (DrexRates.row_miss_cost: one
+    precharge + activate, tRP + tRCD, over the activations overlapped).
     The DES thins each row's no-survivor probability P^t for the values, which overcounts (it is the
     pessimistic end when rows are as large as Key Blocks), so this range is what separates the two.
     Requests of a layer run in parallel on different NMAs: the slowest sets the layer, so per layer the
@@ -45,7 +46,7 @@ def value_row_slack(prep: Prepared) -> float:
         return 0.0
     cem, geo = prep.system.cem, prep.system.geometry
     rates = DrexRates(cem, geo.head_dim, geo.group_size, geo.head_dim * prep.system.workload.dtype_bytes)
-    miss = (rates.dram.tRP + rates.dram.tRCD) / rates.activations_overlapped
+    miss = rates.row_miss_cost()
     total = 0.0
     for w in prep.works:
         for layer in range(geo.layers):
