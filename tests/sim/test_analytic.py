@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cemsim.sim.analytic import DrexRates, StepModel, analytic, analytic_bounds, fifo_makespan, link_seconds
 from cemsim.sim.simulate import Prepared, prepare, simulate
@@ -249,3 +251,35 @@ def test_drex_stage_times_from_first_principles_match_the_paper():
     span = rates.service(131_072, 2048, 1024)
     assert span.lower <= 111_917.6e-9 <= span.upper
     assert rates.expected_rows(2048, 131_072) == pytest.approx(2048 * (1 - (1 - 1 / 64) ** 64), rel=1e-12)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    hw=st.sampled_from(["h100-drex", "h100-host-offload-sparse", "h100-host-offload", "h100x2"]),
+    model=st.sampled_from(["llama3-1b", "smollm2-135m"]),
+    context=st.integers(2048, 65_536),
+    batch=st.integers(1, 4),
+    survival=st.floats(0.0, 0.5),
+    lanes=st.sampled_from([1, 2]),
+    depth=st.sampled_from([1, 4, 512]),
+    buffers=st.sampled_from([1, 512]),
+    scratchpad=st.sampled_from(["64 KiB", "2 MiB"]),
+)
+def test_des_always_within_the_bounds(hw, model, context, batch, survival, lanes, depth, buffers, scratchpad):
+    over: dict[str, object] = {"workload.model": model}
+    if hw == "h100-drex":
+        over |= {
+            "cem.request_queue_depth": depth,
+            "cem.response_buffers": buffers,
+            "cem.nma.address_scratchpad": scratchpad,
+        }
+    if hw != "h100x2":
+        over |= {"gpu.count": lanes, "gpu.parallelism": "data"}
+    system = load(REPO / "hwconfigs" / f"{hw}.yaml", **over)
+    header = make_header(system.geometry, k=64)
+    steps = [make_step(header, context, survival=survival, step=i) for i in range(2)]
+    prep = prepare(system, header, steps, batch=batch)
+    des = simulate(prep)
+    assert des.fits == analytic(prep).fits
+    if des.fits:
+        assert bounds_failures(prep, des.latency_per_token_s) == []
