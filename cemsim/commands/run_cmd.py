@@ -117,7 +117,11 @@ def run(
         check_output_dir(out, "--out")
     overrides, labels = parse_sets(sets)
     loaded = load_system(hwconfig, overrides or None, labels)
-    with TraceReader(trace) as reader, Progress(console=console, transient=True, disable=as_json) as bar:
+    bar_console = Console(stderr=True)  # stdout holds only the table or the JSON
+    with (
+        TraceReader(trace) as reader,
+        Progress(console=bar_console, transient=True, disable=not bar_console.is_terminal) as bar,
+    ):
         total = min(reader.num_steps, steps) if steps else reader.num_steps
         reading = bar.add_task("reading + preparing steps", total=total or None)
 

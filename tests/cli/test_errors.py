@@ -235,3 +235,104 @@ def test_demo_reads_the_subcommands_from_the_running_cli() -> None:
         with demo.make_context("demo", [], parent=root) as ctx:
             names = _cli_commands(ctx)
     assert {"capture", "trace", "sweep", "plot", "run", "demo"} <= names
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "bogus"], "--policy: unknown policy 'bogus'"),
+        (["--topk-per", "layer"], "--topk-per: must be 'head' or 'group'"),
+        (["--backend", "gpu"], "--backend: unknown kernel backend 'gpu'"),
+    ],
+)
+def test_eval_rejects_bad_choices_before_loading_the_model(capsys, monkeypatch, args, message) -> None:
+    import cemsim.attention.model_loader as loader
+    from cemsim.cli import main
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(loader, "load_model", no_model)
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--tokens", "300", *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and message in err and "Traceback" not in err
+
+
+def test_piped_output_has_no_progress_residue(trace: Path, tmp_path: Path) -> None:
+    """Progress bars are off when the stream is not a terminal: stdout starts with the table, and an error
+    is the whole of stderr (a stopped bar used to leave a blank line in both)."""
+    r = cemsim("run", DREX, "--trace", str(trace), "--steps", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].strip().startswith("h100-drex:") and r.stderr == ""
+    r = cemsim("trace", "project", str(trace), "--context", "0", "--out", str(tmp_path / "p.parquet"))
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and not list(tmp_path.iterdir())
+
+
+def _truncated(trace: Path, tmp_path: Path) -> Path:
+    cut = tmp_path / "cut.parquet"
+    data = trace.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return cut
+
+
+BAD_INPUTS = [
+    (["run", DREX, "--trace", "{cut}"], "{cut}: not a Parquet file"),
+    (["trace", "info", "{cut}"], "{cut}: not a Parquet file"),
+    (["trace", "project", "{cut}", "--context", "64K", "--out", "{tmp}/p.parquet"], "{cut}: not a Parquet"),
+    (["run", "{yaml}", "--trace", "{trace}"], "{yaml}, line 2: malformed YAML"),
+    (["sweep", "{yaml}", "--out", "{tmp}/sw"], "{yaml}, line 2: malformed YAML"),
+    (["eval", "--model", "{tmp}/no-model", "--tokens", "300"], "--model: model '{tmp}/no-model' is neither"),
+    (["tune", "--model", "no-model", "--out", "{tmp}/t.json"], "--model: model 'no-model' is neither"),
+    (
+        [
+            "capture",
+            "--model",
+            "no-model",
+            "--tokens",
+            "1K",
+            "--decode-steps",
+            "1",
+            "--out",
+            "{tmp}/c.parquet",
+        ],
+        "--model: model 'no-model' is neither",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[" ".join(a[:2]) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_paragraph_naming_what_and_where(
+    capsys, trace: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    from cemsim.cli import main
+
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text("name: [\n")
+    fill = {"trace": trace, "cut": _truncated(trace, tmp_path), "tmp": tmp_path, "yaml": yaml_file}
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(SystemExit) as info:
+        main([a.format(**fill) for a in args])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and message.format(**fill) in err.replace("\n", " "), err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert sorted(tmp_path.iterdir()) == before  # nothing written, not even a temp file
+
+
+@pytest.mark.parametrize("command", ["eval", "tune", "capture"])
+def test_device_cuda_without_a_gpu_is_one_clear_error(capsys, tmp_path: Path, command: str) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    from cemsim.cli import main
+
+    extra = {
+        "eval": ["--tokens", "300"],
+        "tune": ["--tokens", "300", "--out", str(tmp_path / "t.json")],
+        "capture": ["--tokens", "1K", "--decode-steps", "1", "--out", str(tmp_path / "c.parquet")],
+    }[command]
+    with pytest.raises(SystemExit) as info:
+        main([command, "--device", "cuda", *extra])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "--device: --device cuda asked for, but torch sees no CUDA GPU" in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
