@@ -116,6 +116,24 @@ def test_des_agrees_with_the_analytic_model_at_batch_1(hw, context):
     assert agreement_failures(prep) == []
 
 
+POLICIES = [
+    (hw, policy)
+    for hw in ("h100-sparse-hbm", "h100-host-offload-sparse", "h100-drex")
+    for policy in ("window", "oracle-topk", "quest")
+    if not (hw == "h100-drex" and policy == "quest")  # DReX has no Quest unit: refused (settings.py)
+]
+
+
+@pytest.mark.parametrize("hw, policy", POLICIES, ids=[f"{hw}-{p}" for hw, p in POLICIES])
+def test_agreement_under_every_attention_policy(hw, policy):
+    """What each policy reads (window only; the oracle's exact top-k, no selection cost; Quest's page bounds
+    of 2 x D x 2 B per 16-key page) is written in both models: they agree as above."""
+    system = load(REPO / "hwconfigs" / f"{hw}.yaml", **{"workload.attention.policy": policy})
+    header = make_header(system.geometry, policy=policy)
+    prep = prepare(system, header, [make_step(header, 16384, step=i) for i in range(2)], batch=1)
+    assert agreement_failures(prep) == []
+
+
 def test_agreement_when_the_scratchpad_forces_alternation():
     # a 64 KiB scratchpad holds 16K addresses: 30% survival at 1M tokens fills it every epoch
     over = {"cem.nma.address_scratchpad": "64 KiB", "workload.model": "llama3-1b"}
@@ -243,7 +261,10 @@ def test_drex_stage_times_from_first_principles_match_the_paper():
     Llama-3-8B's D = 128 with 4 query heads per KV head (one pass of up to 16): 160 ns."""
     cem = load(DREX).cem
     rates = DrexRates(cem, head_dim=128, group=4, key_bytes=256)
-    assert rates.bitmap_read == pytest.approx(120.4e-9, rel=2e-3)
+    derived = 128 * 128 / 8 / cem.channel_bandwidth
+    assert derived == pytest.approx(120.4e-9, rel=2e-3) and rates.bitmap_read == pytest.approx(
+        120.4e-9, rel=2e-3
+    )
     assert rates.bitmap_generation == pytest.approx(160e-9)
     assert rates.slice_keys == 131_072 and rates.keys_per_row == 64
     # a slice's 2,048 survivors, one per row, and 1,024 values (test_validation's hand case): the estimate's
