@@ -24,7 +24,9 @@ cut short keeps what it measured. Run on the device machine:
     python3 benchmarks/gpu/decode_baselines.py --out $OUT/h200-decode.json --parts idle,micro,serving,generate
     python3 benchmarks/gpu/decode_baselines.py --out $OUT/h200-hf-generate.json --parts hf_generate,generate
 (cemsim/calibration/h200-*-2026-12-02.json hold the three runs and their commands; runs 1 and 2 polled NVML from
-a thread, since moved to a process: a polling thread takes the GIL from generate's host-bound Python loop.)
+a thread, run 3 from a process: a polling thread competes for the GIL with generate's host-bound Python loop;
+run 3's steps are a median 11% shorter than run 2's (16 of 20 points), small beside the 1.6-3x that
+generate() moved between machine starts with no poller running at all: run 1 against run 3, 4K, batch 1.)
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ DEV = "cuda"
 # --------------------------------------------------------------------------------------------- NVML power
 def _poll_nvml(conn) -> None:
     """Child process: between "start" and "stop", record every change of the total-energy counter and a power
-    sample every 10 ms; answer "stop" with both lists. A process, not a thread: a polling thread takes the GIL
-    from a host-bound Python loop (HF eager decode ran 3-4x slower beside one)."""
+    sample every 10 ms; answer "stop" with both lists. A process, not a thread: a polling thread would compete
+    for the GIL with the host-bound Python loop of HF eager decode that it measures."""
     import pynvml
 
     pynvml.nvmlInit()
