@@ -44,6 +44,7 @@ class SimResult:
     wall_s: float = 0.0
     truncated: str | None = None
     context_scaled_from: int | None = None
+    attention: dict[str, Any] = field(default_factory=dict)  # settings replayed, rules, survival source
     spans: list[Span] = field(default_factory=list, repr=False)
 
     @property
