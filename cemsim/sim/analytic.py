@@ -406,11 +406,7 @@ class StepModel:
         for u in users:
             x = works[u]
             for h in range(w.kv_heads):
-                pkg = (
-                    (u * w.kv_heads + h) % cem.packages
-                    if cem.layout.kv_heads_across_packages
-                    else u % cem.packages
-                )
+                pkg = cem.layout.package_of(u, h, w.kv_heads, cem.packages)
                 n, s, v = (
                     float(x.considered[layer, h]),
                     float(x.survivors[layer, h]),
