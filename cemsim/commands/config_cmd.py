@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cemsim.config.fields import field_dimension
@@ -25,7 +26,7 @@ def check(files: list[Path] = typer.Argument(..., help="System YAML files to val
     for f in files:
         try:
             load_system(f)
-            console.print(f"[green]ok[/]  {f}")
+            console.print(f"[green]ok[/]  {escape(str(f))}")
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:
@@ -70,7 +71,9 @@ def show(
         typer.echo(json.dumps(data, indent=2, sort_keys=False))
         return
     sys = lc.system
-    console.print(f"[bold]{sys.name}[/]  kv_location={sys.kv_location}  model={sys.geometry.name}")
+    console.print(
+        f"[bold]{escape(sys.name)}[/]  kv_location={sys.kv_location}  model={escape(sys.geometry.name)}"
+    )
     table = Table(title="Resolved values", show_lines=False)
     table.add_column("field", no_wrap=True)
     table.add_column("value", no_wrap=True, justify="right")

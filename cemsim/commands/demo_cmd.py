@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cemsim.commands.outputs import check_output_dir
 from cemsim.errors import CemsimError
@@ -38,7 +39,7 @@ def _cli_commands(ctx: typer.Context) -> set[str]:
 def _run(args: list[str], what: str) -> None:
     cmd = [sys.executable, "-m", "cemsim.cli", *args]
     console.rule(f"[bold]{what}")
-    console.print("$ cemsim " + shlex.join(args), highlight=False, soft_wrap=True)
+    console.print("$ cemsim " + escape(shlex.join(args)), highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0:
@@ -154,7 +155,8 @@ def demo(
     _run(["plot", str(out / "context_scaling"), "--out", str(out / "charts")], "charts")
     console.rule("[bold]done")
     console.print(
-        f"results: {out / 'context_scaling' / 'results.parquet'}\ncharts:  {out / 'charts'}\n"
+        f"results: {escape(str(out / 'context_scaling' / 'results.parquet'))}\n"
+        f"charts:  {escape(str(out / 'charts'))}\n"
         f"demo took {time.perf_counter() - t0:,.0f} s",
         highlight=False,
     )

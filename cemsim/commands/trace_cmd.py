@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cemsim.commands.outputs import check_output_file
@@ -203,7 +204,7 @@ def project(
         )
     e = (header.projection or {}).get("expected_survivors_at_target", {})
     console.print(
-        f"[green]wrote[/] {out}: {header.model} at {n:,} tokens, "
+        f"[green]wrote[/] {escape(str(out))}: {header.model} at {n:,} tokens, "
         f"{os.path.getsize(out) / 1e6:,.2f} MB; expected survivors per head {e.get('mean_per_head', 0):,.0f} "
         f"(±{100 * e.get('rel_se_median', 0):.1f}% median s.e.)"
     )
