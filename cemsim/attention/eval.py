@@ -7,9 +7,9 @@ Metrics (all from the prefill-evaluation pass, where every position applies the 
   surviving SCF; the scalar ``filter_ratio`` in JSON is over all layers and heads together.
 - ``topk_recall``: share of the oracle top-k (exact scores over the whole sparse region) that the policy
   also chose, sampled every 16th position.
-- ``kv_load_reduction``: the artifact's metric (REFERENCE.md section 1) at context N: per layer FR_min is
-  the worst head's filter ratio, keys read = (N - W) / FR_min, values read = min(keys read, k),
-  reduction = sum 2(N - W) / sum(keys read + values read).
+- ``kv_load_reduction``: the LongSight artifact's metric (ae-micro-scf-attn ``src/example.py``) at context N:
+  per layer FR_min is the worst head's filter ratio, keys read = (N - W) / FR_min,
+  values read = min(keys read, k), reduction = sum 2(N - W) / sum(keys read + values read).
 - ``bytes_per_token``: bytes one decode step at context ~N reads over all layers and KV heads (keys,
   values, metadata: sign bits or page bounds), averaged over the last 256 positions, against
   ``dense_bytes_per_token`` = 2 N D bytes per (layer, KV head).
@@ -43,7 +43,7 @@ class EvalReport:
     ppl_sparse: float
     ppl_increase: float
     filter_ratio: float
-    filter_ratio_per_head: list[list[float]]
+    filter_ratio_per_head: list[list[float | None]]  # None for sliding-window layers (no sparse stage)
     topk_recall: float | None
     topk_recall_per_layer: list[float | None]
     kv_load_reduction: float | None
@@ -53,6 +53,7 @@ class EvalReport:
     seconds: dict[str, float] = field(default_factory=dict)
     dense_cached: bool = False
     device: str = "cpu fp32"  # where the model ran and in which dtype
+    layer_types: list[str] = field(default_factory=list)  # "full" | "sliding" per layer
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -85,8 +86,9 @@ def kv_load_reduction(fr: np.ndarray, n: int, window: int, k: int) -> float | No
 
 def summarize(
     state: AttentionState, lm: LoadedModel, cfg: PolicyConfig, n: int
-) -> tuple[float, list[list[float]], float | None, list[float | None], float | None, dict[str, float]]:
-    fr = filter_ratios(state)
+) -> tuple[float, list[list[float | None]], float | None, list[float | None], float | None, dict[str, float]]:
+    full = lm.full_layers  # sparse policies act on full-attention layers only
+    fr = filter_ratios(state)[full]
     cons = sum(float(s.considered.sum()) for s in state.stats)
     surv = sum(float(s.survivors.sum()) for s in state.stats)
     if cfg.kind == "window":
@@ -110,7 +112,7 @@ def summarize(
                     [_ratio(s.considered[h], s.keys_read[h]) for h in range(len(s.keys_read))]
                     for s in state.stats
                 ]
-            )
+            )[full]
         kvr = kv_load_reduction(fr_metric, n, cfg.window, cfg.k)
     elem = lm.head_dim * cfg.bytes_per_element
     keys_b = vals_b = dense_b = meta_b = 0.0
@@ -126,7 +128,10 @@ def summarize(
         "dense_window_kv": dense_b,
         "metadata": meta_b,
     }
-    return fr_all, fr.tolist(), recall, per_layer, kvr, breakdown
+    per_head: list[list[float | None]] = [[None] * lm.num_kv_heads for _ in range(lm.num_layers)]
+    for row, layer in zip(fr.tolist(), full, strict=True):
+        per_head[layer] = row
+    return fr_all, per_head, recall, per_layer, kvr, breakdown
 
 
 def evaluate(
@@ -141,7 +146,7 @@ def evaluate(
 ) -> EvalReport:
     """Run dense (cached on disk) and sparse prefill evaluation over the first ``tokens`` tokens;
     ``sparse_path`` (see :class:`AttentionState`) lets benchmarks compare LongSight's implementations."""
-    ids = token_ids(lm.tokenizer, text, tokens)
+    ids = token_ids(lm.tokenizer, text, tokens, bos=lm.bos_id)
     t0, c0 = time.perf_counter(), time.process_time()
     nll_dense, cached = dense_nll_cached(lm, ids, text)
     t1, c1 = time.perf_counter(), time.process_time()
@@ -180,4 +185,5 @@ def evaluate(
         seconds={"dense": t1 - t0, "sparse": t2 - t1, "dense_cpu": c1 - c0, "sparse_cpu": c2 - c1},
         dense_cached=cached,
         device=f"{lm.device} {lm.dtype}",
+        layer_types=[lm.layer_type(i) for i in range(lm.num_layers)],
     )

@@ -36,6 +36,7 @@ from cemsim.errors import CemsimError
 from cemsim.paths import cache_dir
 
 LOGIT_CHUNK = 1024  # rows of the LM head at a time: 8K x 49K fp32 logits would be 1.6 GB
+LOGIT_CHUNK_ELEMS = 1 << 26  # and at most this many logits (256 MB fp32): Gemma's vocabulary is 262K
 
 
 def new_state(lm: LoadedModel, config: PolicyConfig, **kw) -> AttentionState:
@@ -51,8 +52,9 @@ def token_nll(
     kwargs = {} if state is None else {"cemsim_state": state}
     hidden = lm.model.model(input_ids=x, use_cache=False, **kwargs).last_hidden_state[0]
     nll = np.empty(x.shape[1] - 1, dtype=np.float64)
-    for a in range(0, x.shape[1] - 1, LOGIT_CHUNK):
-        b = min(x.shape[1] - 1, a + LOGIT_CHUNK)
+    rows = max(1, min(LOGIT_CHUNK, LOGIT_CHUNK_ELEMS // lm.model.lm_head.out_features))
+    for a in range(0, x.shape[1] - 1, rows):
+        b = min(x.shape[1] - 1, a + rows)
         logits = lm.model.lm_head(hidden[a:b]).float()
         nll[a:b] = (
             torch.nn.functional.cross_entropy(logits, x[0, a + 1 : b + 1], reduction="none").cpu().numpy()
@@ -138,7 +140,7 @@ def load_or_train_itq(
             path,
             False,
         )
-    ids = token_ids(lm.tokenizer, text, tokens, from_end=True)
+    ids = token_ids(lm.tokenizer, text, tokens, from_end=True, bos=lm.bos_id)
     keys, queries = capture_qk(lm, ids)
     rot = train_all(keys, queries, iters=iters)
     rot.save(path)

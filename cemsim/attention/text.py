@@ -200,17 +200,28 @@ def load_text(path: str | Path | None = None) -> EvalText:
     return EvalText(text, f"user file {p.resolve()}")
 
 
-def token_ids(tokenizer, text: EvalText, count: int, *, from_end: bool = False) -> list[int]:
-    """The first (or last) ``count`` tokens of the text; an error when the text is shorter."""
+def token_ids(
+    tokenizer, text: EvalText, count: int, *, from_end: bool = False, bos: int | None = None
+) -> list[int]:
+    """The first (or last) ``count`` tokens of the text; an error when the text is shorter. ``bos``: a
+    token put at position 0 (then ``count - 1`` text tokens follow), for models that need one (Gemma)."""
     ids = tokenizer(text.text, add_special_tokens=False)["input_ids"]
     if len(ids) < count:
         raise CemsimError(f"the evaluation text has {len(ids)} tokens, fewer than the {count} asked for")
+    if bos is not None:
+        return [bos, *(ids[len(ids) - count + 1 :] if from_end else ids[: count - 1])]
     return ids[-count:] if from_end else ids[:count]
 
 
-def long_token_ids(tokenizer, text: EvalText, count: int, *, repeat: bool = False) -> tuple[list[int], int]:
+def long_token_ids(
+    tokenizer, text: EvalText, count: int, *, repeat: bool = False, bos: int | None = None
+) -> tuple[list[int], int]:
     """The first ``count`` tokens, and how many tokens the text has. With ``repeat``, a text shorter than
-    ``count`` is cycled (joined by a blank line); without it, a clear error that says how many it has."""
+    ``count`` is cycled (joined by a blank line); without it, a clear error that says how many it has.
+    ``bos``: a token put at position 0, before ``count - 1`` text tokens (models that need one)."""
+    if bos is not None:
+        ids, n = long_token_ids(tokenizer, text, count - 1, repeat=repeat)
+        return [bos, *ids], n
     ids = tokenizer(text.text, add_special_tokens=False)["input_ids"]
     n = len(ids)
     if n >= count:

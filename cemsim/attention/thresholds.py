@@ -10,6 +10,8 @@ Format (JSON, or the same keys in YAML)::
     convention: "keep key when matches >= T"   # the published artifact uses > T: T_cemsim = T_artifact + 1
     itq: true                       # whether queries/keys were ITQ-rotated before taking signs
     thresholds: [[T, T, T], ...]    # shape [layers][kv_heads], integers in 0..head_dim + 1
+    layer_types: [sliding, ..., full, ...]  # optional: models with sliding-window layers, whose thresholds
+                                    # are unused (no sparse stage there)
     provenance: {...}               # free-form: how they were found (tune settings, text, budget, results)
 """
 
@@ -34,6 +36,7 @@ class ThresholdFile:
     head_dim: int
     thresholds: np.ndarray  # int [layers, kv_heads]
     itq: bool = True
+    layer_types: list[str] | None = None  # "full" | "sliding" per layer, for models that have both
     provenance: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -45,6 +48,7 @@ class ThresholdFile:
             "convention": CONVENTION,
             "itq": self.itq,
             "thresholds": self.thresholds.astype(int).tolist(),
+            **({"layer_types": self.layer_types} if self.layer_types else {}),
             "provenance": self.provenance,
         }
 
@@ -109,5 +113,6 @@ def load_thresholds(
         head_dim=hd,
         thresholds=th.astype(np.int64),
         itq=bool(data.get("itq", True)),
+        layer_types=data.get("layer_types"),
         provenance=dict(data.get("provenance") or {}),
     )

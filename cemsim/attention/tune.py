@@ -161,7 +161,7 @@ def tune_thresholds(
             f"{tokens} tokens exceed the model's {lm.max_positions} positions", where="--tokens"
         )
     text = load_text(text_path)
-    ids = token_ids(lm.tokenizer, text, tokens)
+    ids = token_ids(lm.tokenizer, text, tokens, bos=lm.bos_id)
     start = 0 if start is None else start
     kk = published_k(tokens) if k is None else k
     with console.status("ITQ rotations, dense perplexity, filter-ratio tables (cached dense attention)"):
@@ -171,7 +171,12 @@ def tune_thresholds(
         nll_dense, _ = dense_nll_cached(lm, ids, text)
         ppl_dense = perplexity(nll_dense)
         keys, queries = capture_qk(lm, ids)
-        surv = survivor_tables(keys, queries, base.rotations, window, sinks)
+        # Only full-attention layers have a sparse stage; sliding layers keep an empty table, so the greedy
+        # order never moves their thresholds (they stay at `start` and are never used).
+        full = lm.full_layers
+        rot = None if base.rotations is None else base.rotations[full]
+        surv = np.zeros((lm.num_layers, lm.num_kv_heads, lm.head_dim + 2), dtype=np.int64)
+        surv[full] = survivor_tables(keys[full], queries[full], rot, window, sinks)
         del keys, queries
     moves = move_sequence(surv, start, step)
     shape = (lm.num_layers, lm.num_kv_heads)
@@ -241,6 +246,7 @@ def tune_thresholds(
         head_dim=lm.head_dim,
         thresholds=best,
         itq=itq,
+        layer_types=[lm.layer_type(i) for i in range(lm.num_layers)] if lm.sliding_window else None,
         provenance={
             "tool": "cemsim tune",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -273,7 +279,10 @@ def tune_thresholds(
         ("dense perplexity", f"{ppl_dense:.4f}"),
         ("tuned perplexity", f"{ppl_best:.4f} ({ppl_best / ppl_dense - 1:+.2%})"),
         ("filter ratio", f"{fr_best:.2f}x"),
-        ("thresholds (min / mean / max)", f"{best.min()} / {best.mean():.1f} / {best.max()}"),
+        (
+            "thresholds (min / mean / max)" + (" of full-attention layers" if lm.sliding_window else ""),
+            f"{best[full].min()} / {best[full].mean():.1f} / {best[full].max()}",
+        ),
         ("evaluations", str(len(results))),
         ("written", str(out)),
     ]:

@@ -3,8 +3,8 @@
 Dense: whole decode steps of Llama-3-8B geometry on one H100 (CUDA graphs) against ``hwconfigs/h100.yaml``
 at the same context and batch. Sparse: one layer of LongSight run on the GPU (SCF filter + compaction,
 gather, exact scores, top-k, window attention) against the attention time per layer of
-``hwconfigs/h100-sparse-hbm.yaml`` fed a trace with the measured survivor counts. Both use the analytic twin,
-which equals the discrete-event model at batch 1 (tests/sim) and costs milliseconds.
+``hwconfigs/h100-sparse-hbm.yaml`` fed a trace with the measured survivor counts. Both replay the
+discrete-event model itself (the model being validated), one decode step per point.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from cemsim.calibration import H100, load_calibration
 from cemsim.config.loader import load_system
 from cemsim.paths import repo_root
-from cemsim.sim import analytic, prepare
+from cemsim.sim import prepare, simulate
 from cemsim.trace.records import StepRecord
 from cemsim.trace.synthetic import synthetic_header, synthetic_steps
 
@@ -36,7 +36,7 @@ def dense_rows(cal: dict, fitted: dict | None = None) -> list[dict]:
         overrides = {"workload.context": ctx, "workload.batch": batch, **(fitted or {})}
         system = load_system(_hwconfig("h100.yaml"), overrides).system
         header = synthetic_header("llama3-8b", policy="dense", k=1024)
-        res = analytic(prepare(system, header, synthetic_steps(header, context=ctx, steps=1)))
+        res = simulate(prepare(system, header, synthetic_steps(header, context=ctx, steps=1)))
         rows.append(
             {
                 "system": "h100",
@@ -86,7 +86,7 @@ def sparse_rows(cal: dict, fitted: dict | None = None) -> list[dict]:
             "llama3-8b", policy="longsight", k=int(m["k"]), window=int(m["window"]), sinks=int(m["sinks"])
         )
         step = _uniform_step(header, ctx, int(m["survivors_per_layer"]) // int(m["kv_heads"]))
-        res = analytic(prepare(system, header, [step]))
+        res = simulate(prepare(system, header, [step]))
         per_layer = res.time_breakdown_s["attention_gpu"] / system.geometry.layers
         rows.append(
             {

@@ -27,27 +27,30 @@ def _gb(n: float) -> str:
 
 
 def check_fit(
-    system: SystemConfig, kind: str, sz: Sizes, context: int, batch: int, window: int, sinks: int
+    system: SystemConfig, kind: str, sizes: Sizes, context: int, batch: int, window: int, sinks: int
 ) -> FitReport:
-    g = system.gpu
-    tp = g.count if g.parallelism == "tensor" else 1
-    users_per_gpu = batch if tp > 1 else math.ceil(batch / g.count)
-    weights = system.geometry.weight_params() * sz.dtype_bytes
-    kv_token = sz.layers * sz.kv_token_bytes
-    sign_token = sz.layers * sz.kv_heads * sz.sign_bytes
+    gpu = system.gpu
+    tp = gpu.count if gpu.parallelism == "tensor" else 1
+    users_per_gpu = batch if tp > 1 else math.ceil(batch / gpu.count)
+    weights = system.geometry.weight_params() * sizes.dtype_bytes
+    kv_token = sizes.layers * sizes.kv_token_bytes
+    sign_token = sizes.layers * sizes.kv_heads * sizes.sign_bytes  # DReX keeps sign bits beside the keys
+    select_token = sizes.layers * sizes.kv_heads * sizes.select_bytes_per_key  # the GPU's selection data
     hbm_tokens = context if kind.startswith("hbm") else min(window + sinks, context)
-    hbm_user = hbm_tokens * kv_token + (context * sign_token if kind in ("hbm_sparse", "host_sparse") else 0)
+    hbm_user = hbm_tokens * kv_token + (
+        context * select_token if kind in ("hbm_sparse", "host_sparse") else 0
+    )
     hbm_need = (weights + users_per_gpu * hbm_user) / tp
     rep = FitReport(True)
-    rep.memory["gpu.hbm"] = {"need": hbm_need, "have": g.hbm.capacity}
-    if hbm_need > g.hbm.capacity:
+    rep.memory["gpu.hbm"] = {"need": hbm_need, "have": gpu.hbm.capacity}
+    if hbm_need > gpu.hbm.capacity:
         rep.fits = False
         total = weights + batch * hbm_user
-        rep.gpus_needed = math.ceil(total / g.hbm.capacity)
+        rep.gpus_needed = math.ceil(total / gpu.hbm.capacity)
         rep.why_not.append(
             f"GPU HBM: weights {_gb(weights / tp)} + KV{' and sign bits' if 'sparse' in kind else ''} "
             f"{_gb(users_per_gpu * hbm_user / tp)} for {users_per_gpu} user(s) at {context} tokens need "
-            f"{_gb(hbm_need)} per GPU, over its {_gb(g.hbm.capacity)}; it would take {rep.gpus_needed} GPUs "
+            f"{_gb(hbm_need)} per GPU, over its {_gb(gpu.hbm.capacity)}; it would take {rep.gpus_needed} GPUs "
             "(tensor parallel)"
         )
     if kind.startswith("host") and system.host_memory is not None:
@@ -59,7 +62,7 @@ def check_fit(
                 f"host memory: KV of {batch} user(s) at {context} tokens is {_gb(need)}, over "
                 f"its {_gb(system.host_memory.capacity)}"
             )
-    if kind == "cem" and isinstance(system.cem, DReXConfig):
+    if kind.startswith("cem") and isinstance(system.cem, DReXConfig):
         cem = system.cem
         have = cem.packages * cem.package_capacity
         need = batch * context * (kv_token + sign_token)

@@ -1,12 +1,11 @@
 """GPU HBM: a streaming memory at a sustained fraction of peak bandwidth, plus a first-access latency.
 
-Contract: ``read_time(nbytes)`` is the whole cost model (the analytic twin calls it too); ``read`` holds
-the HBM for that long. Implementations may change the cost model, not the signature.
+``hbm_read_time(cfg, nbytes)`` is the whole cost model; GPU kernels (gpu.py) take the max of it and their
+compute time and hold the HBM port while they run. Implementations may change the cost model, not the
+signature.
 """
 
 from __future__ import annotations
-
-from collections.abc import Generator
 
 import simpy
 
@@ -21,23 +20,12 @@ def hbm_read_time(cfg: HBMConfig, nbytes: float) -> float:
 
 
 class HBM:
+    """One GPU's HBM: the port its kernels hold, and its byte and busy counters."""
+
     def __init__(self, env: simpy.Environment, cfg: HBMConfig, rec: Recorder, name: str) -> None:
         self.env, self.cfg, self.rec, self.name = env, cfg, rec, name
         self.port = simpy.Resource(env, capacity=1)
 
-    def read_time(self, nbytes: float) -> float:
-        return hbm_read_time(self.cfg, nbytes)
-
     def account(self, nbytes: float, seconds: float) -> None:
         self.rec.add_bytes("gpu.hbm", nbytes)
         self.rec.add_busy(self.name, seconds)
-
-    def read(self, nbytes: float) -> Generator[simpy.Event, None, None]:
-        """A streaming read on its own (validation, host-side copies); GPU kernels use GPU.op."""
-        with self.port.request() as req:
-            yield req
-            start = self.env.now
-            dt = self.read_time(nbytes)
-            yield self.env.timeout(dt)
-            self.account(nbytes, dt)
-            self.rec.span(start, self.env.now, self.name, "read", bytes=nbytes)

@@ -10,7 +10,7 @@ from collections.abc import Generator
 
 import simpy
 
-from cemsim.config.components import HostMemoryConfig, LinkConfig
+from cemsim.config.components import HostMemoryConfig
 from cemsim.sim.link import Link, link_occupancy
 from cemsim.sim.registry import register_sim
 from cemsim.sim.stats import Recorder
@@ -18,13 +18,6 @@ from cemsim.sim.stats import Recorder
 
 def host_bandwidth(cfg: HostMemoryConfig) -> float:
     return cfg.channels * cfg.channel_bandwidth * cfg.sustained_efficiency
-
-
-def host_stream_time(cfg: HostMemoryConfig, link: LinkConfig, nbytes: float) -> float:
-    if nbytes <= 0:
-        return 0.0
-    occupancy = max(nbytes / host_bandwidth(cfg), link_occupancy(link, nbytes))
-    return occupancy + cfg.latency + link.latency
 
 
 @register_sim("host_memory", "ddr5")
@@ -51,7 +44,3 @@ class HostMemory:
         self.rec.add_busy(f"{link.name}.to_host", occ)
         self.rec.span(start, self.env.now, track, label, bytes=nbytes)
         yield self.env.timeout(self.cfg.latency + link.cfg.latency)
-
-    def write(self, link: Link, nbytes: float, label: str, track: str) -> Generator[simpy.Event, None, None]:
-        """New tokens' KV, GPU -> host, in the background (bytes counted amortized by the caller)."""
-        yield from link.transfer("to_device", nbytes, label, priority=1, account=False)

@@ -26,11 +26,6 @@ def link_occupancy(cfg: LinkConfig, nbytes: float) -> float:
     return nbytes / (cfg.bandwidth_per_direction * cfg.protocol_efficiency) if nbytes > 0 else 0.0
 
 
-def link_transfer_time(cfg: LinkConfig, nbytes: float) -> float:
-    """Unloaded time of one transfer: occupancy plus flight."""
-    return link_occupancy(cfg, nbytes) + cfg.latency if nbytes > 0 else 0.0
-
-
 def allreduce_time(cfg: LinkConfig, nbytes: float, parties: int) -> float:
     """Ring all-reduce: 2 (p - 1) steps, each moving nbytes / p and paying the link latency."""
     if parties <= 1 or nbytes <= 0:
@@ -69,8 +64,13 @@ class Link:
     def transfer(
         self, direction: str, nbytes: float, label: str, priority: int = URGENT, account: bool = True
     ) -> Generator[simpy.Event, None, None]:
-        """Move nbytes; ``account=False`` for traffic whose bytes the caller counts itself (amortized)."""
-        if nbytes <= 0:
+        """Move nbytes; ``account=False`` for traffic whose bytes the caller counts itself (amortized).
+        Zero bytes is a bare completion message (a DReX request whose every key was filtered out still
+        tells the GPU it is done): no occupancy, only the flight."""
+        if nbytes < 0:
+            return
+        if nbytes == 0:
+            yield self.env.timeout(self.cfg.latency)
             return
         if account:
             self.rec.add_bytes(f"{self.name}.{direction}", nbytes)
@@ -88,14 +88,14 @@ class Link:
         dt = allreduce_time(self.cfg, nbytes, parties)
         if dt <= 0:
             return
-        a, b = (self.dirs[d].request() for d in DIRECTIONS)
-        yield a & b
+        to_device, to_host = (self.dirs[d].request() for d in DIRECTIONS)
+        yield to_device & to_host
         start = self.env.now
         yield self.env.timeout(dt)
         moved = 2 * (parties - 1) * nbytes / parties
         self.rec.add_bytes(self.name, moved)
         for d in DIRECTIONS:
             self.rec.add_busy(f"{self.name}.{d}", dt)
-        self.dirs["to_device"].release(a)
-        self.dirs["to_host"].release(b)
+        self.dirs["to_device"].release(to_device)
+        self.dirs["to_host"].release(to_host)
         self.rec.span(start, self.env.now, track, "all_reduce", bytes=nbytes)

@@ -1,11 +1,16 @@
-"""What one layer of one decode step asks of each component, by system kind (shared by the DES and the twin).
+"""What one layer of one decode step asks of each component, by system kind (the DES's; the analytic model
+writes its own, analytic.py).
 
-Kinds (from kv_location and the attention policy):
+Kinds (from kv_location and the attention policy; settings.py checks the policy against the trace):
   hbm_dense    every key and value read from HBM by the GPU
-  hbm_sparse   LongSight on the GPU: window + sinks, all sign bits, survivors' keys and top-k values from HBM
+  hbm_sparse   a selecting policy on the GPU: window + sinks, the selection's metadata for every considered
+               key (LongSight: sign bits; Quest: page min/max; oracle-topk: none), the selected keys and the
+               top-k values from HBM
   host_dense   every key and value streamed from host DDR5 over PCIe; the GPU attends as it arrives
-  host_sparse  sign bits and window in HBM (GPU filters), survivors' keys then top-k values over PCIe
-  cem          window + sinks on the GPU from HBM, overlapped with DReX requests over CXL
+  host_sparse  selection metadata and window in HBM (GPU selects), selected keys then top-k values over PCIe
+  cem          window + sinks on the GPU from HBM, overlapped with DReX requests over CXL (LongSight; the
+               oracle's exact top-k as DReX's survivors: an upper bound)
+  *_window     window policy: window + sinks from HBM, where every system keeps them; nothing else read
 Amounts are (name, HBM bytes, FLOPs) of GPU kernels; tensor parallel divides the GPU side by tp.
 """
 
@@ -23,13 +28,23 @@ GpuOp = tuple[str, float, float, float]  # (name, HBM bytes, FLOPs, fixed second
 
 
 def system_kind(system: SystemConfig) -> str:
-    dense = system.workload.attention.policy == "dense"
+    policy = system.workload.attention.policy
+    dense = policy == "dense"
+    where = {"hbm": "hbm", "host_memory": "host", "cem": "cem"}[system.kv_location]
+    if policy == "window":
+        return f"{where}_window"
     if system.kv_location == "hbm":
         return "hbm_dense" if dense else "hbm_sparse"
     if system.kv_location == "host_memory":
         return "host_dense" if dense else "host_sparse"
     if system.cem is None or system.cem.impl != "drex":
         raise CemsimError(f"system {system.name!r}: the simulator models CEM impl 'drex' only")
+    if dense:
+        raise CemsimError(
+            f"system {system.name!r}: workload.attention.policy 'dense' with kv_location cem would stream "
+            "every key and value out of the CEM device, a data path the simulator does not model; use "
+            "kv_location hbm or host_memory for dense attention, or a filtering policy (longsight) on the CEM"
+        )
     return "cem"
 
 
@@ -44,6 +59,8 @@ class Sizes:
     layers: int
     dtype_bytes: int
     scores_per_key: int  # top-k scores returned per kept key (query_head scope: one per query of the group)
+    policy: str = "longsight"
+    select_bytes_per_key: float = 0.0  # HBM bytes the GPU reads per considered key to select (see module doc)
 
     @property
     def kv_token_bytes(self) -> int:  # K and V of one token, one layer, all KV heads
@@ -57,18 +74,32 @@ class Sizes:
         return self.scores_per_key * min(k, survivors) * self.dtype_bytes + values * self.key_bytes
 
 
-def sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
-    geo, dt = system.geometry, system.workload.dtype_bytes
+def selection_bytes_per_key(policy: str, head_dim: int, dtype_bytes: int, page_size: int) -> float:
+    """What the GPU reads per considered key to choose the keys it fetches: LongSight's sign bits, Quest's
+    page bounds (a min and a max vector per page), nothing for the oracle (it knows: an upper bound)."""
+    if policy == "longsight":
+        return head_dim / 8
+    if policy == "quest":
+        return 2 * head_dim * dtype_bytes / page_size
+    return 0.0
+
+
+def workload_sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
+    """``header``: the replayed one (settings applied: k, topk_scope)."""
+    geo, dtype_bytes = system.geometry, system.workload.dtype_bytes
+    att = system.workload.attention
     return Sizes(
-        geo.head_dim * dt,
-        geo.head_dim / 8,
-        geo.q_heads,
-        geo.kv_heads,
-        geo.group_size,
-        geo.head_dim,
-        geo.layers,
-        dt,
-        geo.group_size if header.topk_scope == "query_head" else 1,
+        key_bytes=geo.head_dim * dtype_bytes,
+        sign_bytes=geo.head_dim / 8,
+        q_heads=geo.q_heads,
+        kv_heads=geo.kv_heads,
+        group=geo.group_size,
+        head_dim=geo.head_dim,
+        layers=geo.layers,
+        dtype_bytes=dtype_bytes,
+        scores_per_key=geo.group_size if header.topk_scope == "query_head" else 1,
+        policy=att.policy,
+        select_bytes_per_key=selection_bytes_per_key(att.policy, geo.head_dim, dtype_bytes, att.page_size),
     )
 
 
@@ -79,35 +110,50 @@ class LayerPlan:
     after: list[GpuOp]  # after every offloaded result is in (softmax + weighted values of the sparse part)
 
 
-def layer_plan(kind: str, sz: Sizes, works: list[StepWork], layer: int, tp: int, gpu: GPUConfig) -> LayerPlan:
-    kb, h, qd = sz.key_bytes, sz.kv_heads, sz.q_heads * sz.head_dim
+def layer_plan(
+    kind: str, sizes: Sizes, works: list[StepWork], layer: int, tp: int, gpu: GPUConfig
+) -> LayerPlan:
+    key_bytes, kv_heads = sizes.key_bytes, sizes.kv_heads
+    query_dim = sizes.q_heads * sizes.head_dim  # every query head's vector: the FLOPs of one key
     before: list[GpuOp] = []
     after: list[GpuOp] = []
     if kind in ("hbm_dense", "host_dense"):
-        ctx = sum(w.context for w in works)
-        nbytes = ctx * h * 2 * kb if kind == "hbm_dense" else 0.0  # host_dense: the KV arrives over PCIe
-        return LayerPlan([], [("attention", nbytes / tp, 4.0 * qd * ctx / tp, 0.0)], [])
+        context = sum(w.context for w in works)
+        # host_dense: the KV arrives over PCIe, not from HBM
+        nbytes = context * kv_heads * 2 * key_bytes if kind == "hbm_dense" else 0.0
+        return LayerPlan([], [("attention", nbytes / tp, 4.0 * query_dim * context / tp, 0.0)], [])
     dense_tokens = sum(w.window + w.sinks for w in works)
     considered = float(sum(w.considered[layer].sum() for w in works))
     survivors = float(sum(w.survivors[layer].sum() for w in works))
     values = float(sum(w.values[layer].sum() for w in works))
-    window = ("window_attention", dense_tokens * h * 2 * kb / tp, 4.0 * qd * dense_tokens / tp, 0.0)
-    # the GPU's own SCF pipeline (hbm_sparse, host_sparse): calibrated fixed + per-survivor cost
+    window = (
+        "window_attention",
+        dense_tokens * kv_heads * 2 * key_bytes / tp,
+        4.0 * query_dim * dense_tokens / tp,
+        0.0,
+    )
+    if kind.endswith("_window"):
+        return LayerPlan([], [window], [])
+    # the GPU's own selection + gather pipeline (hbm_sparse, host_sparse): fixed + per-selected-key cost,
+    # calibrated on LongSight's (cemsim/calibration) and charged alike to Quest and the oracle
     pipeline = gpu.sparse_pipeline_latency + survivors / tp * gpu.sparse_time_per_survivor
+    group_flops_per_key = 2.0 * sizes.group * sizes.head_dim  # one key against the group's queries
+    select = considered * sizes.select_bytes_per_key
     if kind == "hbm_sparse":
-        nbytes = window[1] + (considered * sz.sign_bytes + (survivors + values) * kb) / tp
-        flops = window[2] + 2.0 * sz.group * sz.head_dim * (survivors + values) / tp
+        nbytes = window[1] + (select + (survivors + values) * key_bytes) / tp
+        flops = window[2] + group_flops_per_key * (survivors + values) / tp
         return LayerPlan([], [("sparse_attention", nbytes, flops, pipeline)], [])
     if kind == "host_sparse":
-        before.append(("sign_filter", considered * sz.sign_bytes / tp, 0.0, pipeline))
+        name = {"longsight": "sign_filter", "quest": "page_select"}.get(sizes.policy, "select")
+        before.append((name, select / tp, 0.0, pipeline))
         # scoring the gathered survivor keys on the GPU: they land in HBM, are read once
         after.append(
-            ("score_survivors", survivors * kb / tp, 2.0 * sz.group * sz.head_dim * survivors / tp, 0.0)
+            ("score_survivors", survivors * key_bytes / tp, group_flops_per_key * survivors / tp, 0.0)
         )
-    after.append(("combine", values * kb / tp, 2.0 * sz.group * sz.head_dim * values / tp, 0.0))
+    after.append(("combine", values * key_bytes / tp, group_flops_per_key * values / tp, 0.0))
     return LayerPlan(before, [window], after)
 
 
-def kv_write_bytes_per_step(sz: Sizes, users: int) -> float:
+def kv_write_bytes_per_step(sizes: Sizes, users: int) -> float:
     """New tokens' K and V over the link per decode step, amortized (sent in groups, off the critical path)."""
-    return users * sz.layers * sz.kv_token_bytes
+    return users * sizes.layers * sizes.kv_token_bytes

@@ -36,46 +36,46 @@ class ReplayOutcome:
     truncated: str | None = None  # why the run stopped early, when it did
 
 
-def write_group(ss: SimSystem) -> int:
-    cfg = ss.config
-    if ss.kind == "cem" and cfg.cem is not None:
+def write_group(sim: SimSystem) -> int:
+    cfg = sim.config
+    if sim.kind.startswith("cem") and cfg.cem is not None:  # the KV lives there, whatever the policy reads
         return cfg.cem.layout.keys_per_block  # type: ignore[attr-defined]
-    if ss.kind.startswith("host") and cfg.host_memory is not None:
+    if sim.kind.startswith("host") and cfg.host_memory is not None:
         return cfg.host_memory.kv_write_group
     return 0
 
 
 class Replayer:
-    def __init__(self, ss: SimSystem, header: TraceHeader, works: list[StepWork], batch: int) -> None:
-        self.ss, self.header, self.works, self.batch = ss, header, works, batch
-        self.env, self.rec, self.sz = ss.env, ss.rec, ss.sizes
-        n_lanes = len(ss.lanes)
+    def __init__(self, sim: SimSystem, header: TraceHeader, works: list[StepWork], batch: int) -> None:
+        self.sim, self.header, self.works, self.batch = sim, header, works, batch
+        self.env, self.rec, self.sizes = sim.env, sim.rec, sim.sizes
+        n_lanes = len(sim.lanes)
         self.lane_users = [[u for u in range(batch) if u % n_lanes == g] for g in range(n_lanes)]
-        self.group = write_group(ss)
+        self.group = write_group(sim)
         # at most batch x kv_heads requests are in flight (a lane waits for its layer's before the next):
         # when the controller queue holds them all it never blocks, and skipping it saves two events each
-        depth = getattr(ss.config.cem, "request_queue_depth", 0)
-        self.queue_can_fill = ss.cem is not None and batch * self.sz.kv_heads > depth
-        if ss.cem is not None:
-            ss.cem.bound_in_flight(batch * self.sz.kv_heads)  # type: ignore[attr-defined]
+        depth = getattr(sim.config.cem, "request_queue_depth", 0)
+        self.queue_can_fill = sim.cem is not None and batch * self.sizes.kv_heads > depth
+        if sim.cem is not None:
+            sim.cem.bound_in_flight(batch * self.sizes.kv_heads)  # type: ignore[attr-defined]
 
     # -- one step --------------------------------------------------------------------------------------
     def lane_step(
         self, lane: GPU, users: list[int], step: int, main: bool
     ) -> Generator[simpy.Event, None, None]:
-        env, rec, ss = self.env, self.rec, self.ss
+        env, rec, sim = self.env, self.rec, self.sim
         works = {u: self.works[(step + u) % len(self.works)] for u in users}
-        proj = projection_work(ss.config.geometry, self.sz.dtype_bytes, len(users), ss.tp)
+        proj = projection_work(sim.config.geometry, self.sizes.dtype_bytes, len(users), sim.tp)
 
         def phase(name: str, since: float) -> None:
             if main:
                 rec.add_phase(name, env.now - since)
 
-        for layer in range(self.sz.layers):
+        for layer in range(self.sizes.layers):
             t = env.now
             yield from lane.op("qkv_proj", *proj["pre"])
             phase("projection", t)
-            plan = layer_plan(ss.kind, self.sz, list(works.values()), layer, ss.tp, ss.config.gpu)
+            plan = layer_plan(sim.kind, self.sizes, list(works.values()), layer, sim.tp, sim.config.gpu)
             t = env.now
             for op in plan.before:
                 yield from lane.op(*op)
@@ -98,11 +98,11 @@ class Replayer:
             t = env.now
             yield from lane.op("out_proj_mlp", *proj["post"])
             phase("projection", t)
-            if ss.peer is not None:
+            if sim.peer is not None:
                 t = env.now
                 for _ in range(2):  # after attention's output projection and after the MLP
-                    yield from ss.peer.allreduce(
-                        len(users) * ss.config.geometry.hidden * self.sz.dtype_bytes, ss.tp, lane.track
+                    yield from sim.peer.allreduce(
+                        len(users) * sim.config.geometry.hidden * self.sizes.dtype_bytes, sim.tp, lane.track
                     )
                 phase("all_reduce", t)
             t = env.now
@@ -122,22 +122,22 @@ class Replayer:
     def _offload(
         self, users: list[int], works: dict[int, StepWork], layer: int, t0: float
     ) -> list[simpy.Process]:
-        ss, env, kb = self.ss, self.env, self.sz.key_bytes
+        sim, env, key_bytes = self.sim, self.env, self.sizes.key_bytes
         procs: list[simpy.Process] = []
-        if ss.kind == "cem":
-            left = {u: self.sz.kv_heads for u in users}
+        if sim.kind == "cem":
+            left = {u: self.sizes.kv_heads for u in users}
             for u in users:
-                for h in range(self.sz.kv_heads):
+                for h in range(self.sizes.kv_heads):
                     procs.append(env.process(self._cem_request(u, layer, h, works[u], t0, left)))
-        elif ss.kind == "host_dense" and ss.host is not None and ss.link is not None:
+        elif sim.kind == "host_dense" and sim.host is not None and sim.link is not None:
             for u in users:
-                nbytes = works[u].context * self.sz.kv_heads * 2 * kb
+                nbytes = works[u].context * self.sizes.kv_heads * 2 * key_bytes
                 procs.append(
                     env.process(
-                        self._timed(u, t0, ss.host.stream(ss.link, nbytes, "kv_stream", "host_memory"))
+                        self._timed(u, t0, sim.host.stream(sim.link, nbytes, "kv_stream", "host_memory"))
                     )
                 )
-        elif ss.kind == "host_sparse":
+        elif sim.kind == "host_sparse":
             for u in users:
                 procs.append(env.process(self._timed(u, t0, self._host_gather(works[u], layer))))
         return procs
@@ -147,58 +147,62 @@ class Replayer:
         self.rec.user_latency.append(self.env.now - t0)
 
     def _host_gather(self, w: StepWork, layer: int) -> Generator[simpy.Event, None, None]:
-        ss, kb = self.ss, self.sz.key_bytes
-        assert ss.host is not None and ss.link is not None
-        yield from ss.host.stream(
-            ss.link, float(w.survivors[layer].sum()) * kb, "survivor_keys", "host_memory"
+        sim, key_bytes = self.sim, self.sizes.key_bytes
+        assert sim.host is not None and sim.link is not None
+        yield from sim.host.stream(
+            sim.link, float(w.survivors[layer].sum()) * key_bytes, "survivor_keys", "host_memory"
         )
-        yield from ss.host.stream(ss.link, float(w.values[layer].sum()) * kb, "topk_values", "host_memory")
+        yield from sim.host.stream(
+            sim.link, float(w.values[layer].sum()) * key_bytes, "topk_values", "host_memory"
+        )
 
     def _cem_request(
         self, user: int, layer: int, head: int, w: StepWork, t0: float, left: dict[int, int]
     ) -> Generator[simpy.Event, None, None]:
-        ss, sz = self.ss, self.sz
-        assert ss.cem is not None and ss.link is not None
-        slot = ss.cem.queue.request() if self.queue_can_fill else None  # type: ignore[attr-defined]
+        sim, sizes = self.sim, self.sizes
+        assert sim.cem is not None and sim.link is not None
+        slot = sim.cem.queue.request() if self.queue_can_fill else None  # type: ignore[attr-defined]
         if slot is not None:
             yield slot
-        yield from ss.link.transfer("to_device", sz.request_bytes(), "request")
-        buf = yield from ss.cem.serve(user, layer, head, w)  # type: ignore[attr-defined]
-        resp = sz.response_bytes(self.header.k, int(w.survivors[layer, head]), int(w.values[layer, head]))
-        yield from ss.link.transfer("to_host", resp, "response")
+        yield from sim.link.transfer("to_device", sizes.request_bytes(), "request")
+        buf = yield from sim.cem.serve(user, layer, head, w)  # type: ignore[attr-defined]
+        resp = sizes.response_bytes(self.header.k, int(w.survivors[layer, head]), int(w.values[layer, head]))
+        yield from sim.link.transfer("to_host", resp, "response")
         if buf is not None:
-            ss.cem.responses.release(buf)  # type: ignore[attr-defined]
+            sim.cem.responses.release(buf)  # type: ignore[attr-defined]
         if slot is not None:
-            ss.cem.queue.release(slot)  # type: ignore[attr-defined]
+            sim.cem.queue.release(slot)  # type: ignore[attr-defined]
         left[user] -= 1
         if left[user] == 0:
             self.rec.user_latency.append(self.env.now - t0)
 
     def _write_back(self, users: list[int], step: int, layer: int) -> None:
-        ss = self.ss
-        if not self.group or ss.link is None:
+        sim = self.sim
+        if not self.group or sim.link is None:
             return
-        nbytes = self.group * self.sz.kv_token_bytes
+        nbytes = self.group * self.sizes.kv_token_bytes
         for u in users:
             if (step + u) % self.group == 0:
-                self.env.process(ss.link.transfer("to_device", nbytes, "kv_write", BACKGROUND, account=False))
+                self.env.process(
+                    sim.link.transfer("to_device", nbytes, "kv_write", BACKGROUND, account=False)
+                )
 
     def account_step(self, step: int) -> None:
         """Amortized and per-step counters: DReX work of every user, KV write-back bytes."""
-        if self.ss.cem is not None:
+        if self.sim.cem is not None:
             for u in range(self.batch):
-                self.ss.cem.account(self.works[(step + u) % len(self.works)])  # type: ignore[attr-defined]
+                self.sim.cem.account(self.works[(step + u) % len(self.works)])  # type: ignore[attr-defined]
         if not self.group:
             return
-        nbytes = kv_write_bytes_per_step(self.sz, self.batch)
+        nbytes = kv_write_bytes_per_step(self.sizes, self.batch)
         self.rec.add_bytes("link.to_device", nbytes)
-        self.rec.add_bytes("cem.lpddr_write" if self.ss.kind == "cem" else "host_memory", nbytes)
+        self.rec.add_bytes("cem.lpddr_write" if self.sim.kind.startswith("cem") else "host_memory", nbytes)
 
     def _run_until(self, done: simpy.Event, out: ReplayOutcome) -> str | None:
         """Step the engine until ``done``, within the configured bounds on events and simulated time."""
-        env, sim = self.env, self.ss.config.simulation
+        env, limits = self.env, self.sim.config.simulation
         step, peek = env.step, env.peek
-        max_events, max_time = sim.max_events, sim.max_simulated_time
+        max_events, max_time = limits.max_events, limits.max_simulated_time
         n = out.events
         try:
             while not done.triggered:
@@ -226,7 +230,7 @@ class Replayer:
             start = env.now
             procs = [
                 env.process(self.lane_step(lane, users, i, g == 0))
-                for g, (lane, users) in enumerate(zip(self.ss.lanes, self.lane_users, strict=True))
+                for g, (lane, users) in enumerate(zip(self.sim.lanes, self.lane_users, strict=True))
                 if users
             ]
             done = simpy.AllOf(env, procs)

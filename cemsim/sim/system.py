@@ -37,29 +37,29 @@ class SimSystem:
     shape: DrexShape | None
 
 
-def drex_shape_for(system: SystemConfig, sz: Sizes) -> DrexShape | None:
+def drex_shape_for(system: SystemConfig, sizes: Sizes) -> DrexShape | None:
     if isinstance(system.cem, DReXConfig) and system.kv_location == "cem":
-        return drex_shape(system.cem, sz.head_dim, sz.group, sz.dtype_bytes)
+        return drex_shape(system.cem, sizes.head_dim, sizes.group, sizes.dtype_bytes)
     return None
 
 
-def build(system: SystemConfig, sz: Sizes, rec: Recorder | None = None) -> SimSystem:
+def build(system: SystemConfig, sizes: Sizes, rec: Recorder | None = None) -> SimSystem:
     env = simpy.Environment()
     rec = rec or Recorder()
     kind = system_kind(system)
-    g = system.gpu
-    tp = g.count if g.parallelism == "tensor" else 1
-    gpu_cls = sim_class("gpu", g.impl)
-    lanes = [gpu_cls(env, g, system.workload.dtype, rec, i) for i in range(g.count // tp)]
+    gpu = system.gpu
+    tp = gpu.count if gpu.parallelism == "tensor" else 1
+    gpu_cls = sim_class("gpu", gpu.impl)
+    lanes = [gpu_cls(env, gpu, system.workload.dtype, rec, i, tp) for i in range(gpu.count // tp)]
     link = sim_class("link", system.link.impl)(env, system.link, rec, "link") if system.link else None
     peer = None
-    if tp > 1 and g.peer_link is not None:
-        peer = sim_class("link", g.peer_link.impl)(env, g.peer_link, rec, "gpu.peer_link")
-    shape = drex_shape_for(system, sz)
+    if tp > 1 and gpu.peer_link is not None:
+        peer = sim_class("link", gpu.peer_link.impl)(env, gpu.peer_link, rec, "gpu.peer_link")
+    shape = drex_shape_for(system, sizes)
     cem = None
     if kind == "cem" and system.cem is not None and shape is not None:
-        cem = sim_class("cem", system.cem.impl)(env, system.cem, shape, rec, sz.kv_heads)
+        cem = sim_class("cem", system.cem.impl)(env, system.cem, shape, rec, sizes.kv_heads)
     host = None
     if kind.startswith("host") and system.host_memory is not None:
         host = sim_class("host_memory", system.host_memory.impl)(env, system.host_memory, rec)
-    return SimSystem(env, system, kind, sz, rec, lanes, tp, link, peer, cem, host, shape)
+    return SimSystem(env, system, kind, sizes, rec, lanes, tp, link, peer, cem, host, shape)

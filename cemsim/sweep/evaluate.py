@@ -3,7 +3,7 @@
 simulate_point: the SimPy simulator (cemsim.sim.simulate), one point = one `cemsim run --json`: the trace is
   replayed at the point's workload.context (scaled below the trace's own context) and workload.batch.
   Spec ``options:`` may set ``steps`` (decode steps replayed, default all) and ``model: analytic`` (the
-  closed-form twin instead of the DES).
+  independent analytic model's point estimate instead of the DES; it serves each user as if alone).
 eval_point: one `cemsim eval --json` row of the sparse-attention engine (threshold sweeps, Pareto chart);
   a `kind: eval` spec needs no base system: its axes are the flags of `cemsim eval`.
 """

@@ -321,7 +321,7 @@ def capture(
         )
     tick("text", 0, 1)
     text = load_text(spec.text)
-    ids, text_tokens = long_token_ids(lm.tokenizer, text, total, repeat=spec.repeat_text)
+    ids, text_tokens = long_token_ids(lm.tokenizer, text, total, repeat=spec.repeat_text, bos=lm.bos_id)
     prompt, continuation = ids[: spec.tokens], ids[spec.tokens :]
     t = phase("text", t)
     k = spec.k or published_k(spec.tokens)
@@ -337,8 +337,11 @@ def capture(
             threshold_source = f"file {spec.thresholds_file}"
         else:
             calib = prompt[-CALIBRATION_TOKENS:]
+            if lm.bos_id is not None:  # a model that needs its BOS first gets it here too
+                calib = [lm.bos_id, *prompt[-(CALIBRATION_TOKENS - 1) :]]
             keys, queries = capture_qk(lm, calib)
             thresholds = calibrate_thresholds(keys, queries, rotations, spec.target_ratio)
+            thresholds[[i for i in range(lm.num_layers) if i not in lm.full_layers]] = 0  # no filter there
             threshold_source = (
                 f"calibrated to filter ratio {spec.target_ratio:g}x on the last {len(calib)} prompt tokens "
                 "(not perplexity-tuned; pass --thresholds from `cemsim tune`)"
@@ -356,7 +359,10 @@ def capture(
     with torch.inference_mode():
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=model.config)
+        # A full cache for every layer, sliding ones included: the attention function applies their window
+        # from positions, and the cache must crop back to the prompt after each policy (transformers'
+        # sliding layers cannot once past their window).
+        cache = DynamicCache()
         prompt_t = torch.tensor([prompt], dtype=torch.long)
         nchunks = -(-spec.tokens // chunk)
         for c, a in enumerate(range(0, spec.tokens, chunk)):
@@ -400,6 +406,8 @@ def capture(
                 text_source=f"{text.provenance}; sha256 {text.sha256[:16]}; first {spec.tokens} tokens, "
                 f"decode teacher-forced on the next {spec.decode_steps}{text_note}",
                 cemsim_version=__version__,
+                layer_types=list(lm.layer_types) if lm.sliding_window is not None else None,
+                local_window=lm.sliding_window,
                 extra={
                     **spec.extra,
                     "prompt_tokens": spec.tokens,
@@ -409,6 +417,7 @@ def capture(
                     **info,
                     "prefill_chunk": chunk,
                     "model_max_positions": lm.max_positions,
+                    "rope_theta": lm.rope_theta,
                     "allow_extrapolation": spec.allow_extrapolation,
                     "extrapolated": extrapolating,
                     "text_sha256": text.sha256,

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from cemsim.atomic import atomic_path
 from cemsim.errors import CemsimError
-from cemsim.trace.records import SCHEMA_VERSION, StepRecord, TraceHeader
+from cemsim.trace.records import READABLE_VERSIONS, SCHEMA_VERSION, StepRecord, TraceHeader
 
 KEY_VERSION = "cemsim.schema_version"
 KEY_HEADER = "cemsim.header"
@@ -124,6 +124,10 @@ class TraceWriter:
                 f"header schema_version {header.schema_version}, this writer writes {SCHEMA_VERSION}"
             )
         self.path = Path(path)
+        try:
+            header.check_layer_types()
+        except ValueError as exc:
+            raise CemsimError(f"trace header: {exc}", where=str(path)) from None
         self.header = header
         self.schema = arrow_schema()
         self._block_dtype = block_dtype(header.block_size)
@@ -191,8 +195,14 @@ class TraceWriter:
         r["layer"].extend(np.repeat(np.arange(h.layers), h.kv_heads).tolist())
         r["kv_head"].extend(np.tile(np.arange(h.kv_heads), h.layers).tolist())
         r["context_len"].extend([rec.context_len] * n_rows)
-        r["window"].extend([rec.window] * n_rows)
-        r["sinks"].extend([rec.sinks] * n_rows)
+        if h.sliding_layers:  # per row: sliding layers attend their local window, no sinks
+            local = [h.layer_type(i) != "full" for i in range(h.layers) for _ in range(h.kv_heads)]
+            lw = h.local_window_at(rec.context_len)
+            r["window"].extend([lw if x else rec.window for x in local])
+            r["sinks"].extend([0 if x else rec.sinks for x in local])
+        else:
+            r["window"].extend([rec.window] * n_rows)
+            r["sinks"].extend([rec.sinks] * n_rows)
         for name in ("keys_considered", "survivors", "values_fetched"):
             r[name].append(np.asarray(getattr(rec, name), dtype=np.int64).reshape(-1))
         md = rec.metadata_bytes
@@ -423,13 +433,23 @@ class TraceReader:
         if KEY_VERSION not in meta or KEY_HEADER not in meta:
             raise CemsimError("a Parquet file without cemsim trace metadata: not a cemsim trace", where=where)
         version = meta[KEY_VERSION]
-        if version != str(SCHEMA_VERSION):
+        if version not in {str(v) for v in READABLE_VERSIONS}:
             raise CemsimError(
-                f"trace schema version {version}, but this cemsim reads version {SCHEMA_VERSION}; "
-                "recapture the trace with this cemsim (or use the cemsim release that wrote it)",
+                f"trace schema version {version}, but this cemsim reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; recapture the trace with this cemsim (or use the "
+                "cemsim release that wrote it)",
                 where=where,
             )
         self.header = header_from_json(meta[KEY_HEADER], where)
+        if str(self.header.schema_version) != version:
+            raise CemsimError(
+                f"the header says schema version {self.header.schema_version}, the file metadata {version}",
+                where=where,
+            )
+        try:
+            self.header.check_layer_types()
+        except ValueError as exc:
+            raise CemsimError(f"trace header: {exc}", where=where) from None
         try:
             self.summary: dict[str, Any] = json.loads(meta.get(KEY_SUMMARY, "{}"))
         except ValueError:
@@ -493,6 +513,9 @@ class TraceReader:
             tc_off, tc_val, tc_valid = _blob_view(t.column("topk_counts"), np.dtype("<i2"))
             tp_off, tp_val, _ = _blob_view(t.column("topk_positions"), np.dtype("<i4"))
         expect_layer = np.repeat(np.arange(h.layers), h.kv_heads)
+        full = h.full_layers
+        # The step's window and sinks are those of a full-attention row (sliding rows hold the local window).
+        w_row = full[0] * h.kv_heads if full else 0
         expect_head = np.tile(np.arange(h.kv_heads), h.layers)
         for s in range(t.num_rows // n_rows):
             a, b = s * n_rows, (s + 1) * n_rows
@@ -523,8 +546,8 @@ class TraceReader:
                 survivors=scal["survivors"][a:b].reshape(h.layers, h.kv_heads).astype(np.int64),
                 survivor_blocks=blocks,
                 values_fetched=scal["values_fetched"][a:b].reshape(h.layers, h.kv_heads).astype(np.int64),
-                window=int(scal["window"][a]),
-                sinks=int(scal["sinks"][a]),
+                window=int(scal["window"][a + w_row]),
+                sinks=int(scal["sinks"][a + w_row]),
                 metadata_bytes=None if metadata is None else metadata.reshape(h.layers, h.kv_heads),
                 topk_positions=topk_positions,
             )

@@ -38,7 +38,7 @@ from cemsim import __version__
 from cemsim.config.workload import ModelGeometry
 from cemsim.errors import CemsimError
 from cemsim.trace.format import TraceReader, TraceWriter
-from cemsim.trace.records import StepRecord, TraceHeader
+from cemsim.trace.records import SCHEMA_VERSION, StepRecord, TraceHeader
 from cemsim.trace.synthetic import block_distance, draw_blocks, geometry, sparse_keys_per_block
 
 MODEL_NAME = "distance-power-law/1"
@@ -405,6 +405,7 @@ def projected_header(
     tfit = mapped(fit, ls, hs)
     dst = dataclasses.replace(
         src,
+        schema_version=SCHEMA_VERSION,
         model=target.name,
         layers=target.layers,
         q_heads=target.q_heads,

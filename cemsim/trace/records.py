@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this cemsim reads. 2 added the header's ``layer_types`` and ``local_window`` (Gemma-style
+# sliding-window layers: their rows hold no sparse stage, and their ``window`` column is the local window);
+# a version-1 trace reads as every layer full attention, which is what it was.
+READABLE_VERSIONS = (1, 2)
+FULL, SLIDING = "full", "sliding"
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,42 @@ class TraceHeader:
     projected: bool = False
     projection: dict[str, Any] | None = None  # the statistical model, its fit and uncertainty
     extra: dict[str, Any] = field(default_factory=dict)
+    layer_types: list[str] | None = None  # "full" | "sliding" per layer; None: every layer full (version 1)
+    local_window: int | None = None  # keys a sliding layer attends (current one included); None without any
 
     @property
     def group_size(self) -> int:
         return self.q_heads // self.kv_heads
+
+    def layer_type(self, layer: int) -> str:
+        return FULL if self.layer_types is None else self.layer_types[layer]
+
+    @property
+    def full_layers(self) -> list[int]:
+        """Layers with full (global) attention: the only ones with a sparse stage."""
+        return [i for i in range(self.layers) if self.layer_type(i) == FULL]
+
+    @property
+    def sliding_layers(self) -> list[int]:
+        return [i for i in range(self.layers) if self.layer_type(i) == SLIDING]
+
+    def local_window_at(self, context_len: int) -> int:
+        """Keys a sliding layer attends at a decode step with ``context_len`` keys in the cache."""
+        return min(self.local_window or 0, context_len)
+
+    def check_layer_types(self) -> None:
+        """Raise ValueError when ``layer_types`` / ``local_window`` are inconsistent."""
+        if self.layer_types is None:
+            if self.local_window is not None:
+                raise ValueError("local_window is set but layer_types is not")
+            return
+        if len(self.layer_types) != self.layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.layers} layers")
+        bad = sorted(set(self.layer_types) - {FULL, SLIDING})
+        if bad:
+            raise ValueError(f"layer_types holds {bad}; each entry must be {FULL!r} or {SLIDING!r}")
+        if self.sliding_layers and (self.local_window is None or self.local_window < 1):
+            raise ValueError("a trace with sliding layers needs local_window >= 1")
 
 
 @dataclass
@@ -79,3 +116,9 @@ class StepRecord:
             )
         if not np.array_equal(self.survivor_blocks.sum(axis=-1, dtype=np.int64), self.survivors):
             raise ValueError(f"step {self.step}: survivor_blocks do not add up to survivors")
+        local = header.sliding_layers
+        if local and (self.keys_considered[local].any() or self.values_fetched[local].any()):
+            raise ValueError(
+                f"step {self.step}: sliding-window layers {local} have a sparse stage (keys considered or "
+                "values fetched); they attend densely within their window only"
+            )

@@ -1,4 +1,5 @@
-"""Validation against hand calculations and bandwidth ceilings (docs/validation.md reports these)."""
+"""Validation against hand calculations from datasheet numbers and held-out H100 measurements
+(docs/validation.md reports these)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 import simpy
 
+from cemsim.calibration import H100, load_calibration
 from cemsim.sim.cem import DReX, drex_shape
-from cemsim.sim.hbm import HBM
+from cemsim.sim.gpu import GPU
 from cemsim.sim.stats import Recorder
 from cemsim.sim.work import StepWork
 from tests.sim.conftest import load
@@ -53,31 +55,59 @@ def test_full_slice_phase_times_match_the_hand_calculation():
     assert rec.busy["nma0"] == pytest.approx(hand, rel=1e-9)
 
 
-def test_lpddr_streaming_reaches_the_package_bandwidth():
-    cfg = load("hwconfigs/h100-drex.yaml").cem
-    t, _ = serve_time(one_slice(SLICE_KEYS, SLICE_KEYS / 64, 0, 0))
-    filt = 1304.4e-9
-    achieved = SLICE_KEYS * 256 / (t - filt)
-    assert achieved >= 0.9 * cfg.channels_per_package * cfg.channel_bandwidth
+def test_lpddr_streaming_lies_between_datasheet_bounds():
+    # Every key of one slice (131,072 x 256 B = 32 MiB) fetched by one NMA, hand-bounded from datasheet
+    # numbers alone (JESD209-5C LPDDR5X-8533: a x16 channel moves 8,533 MT/s x 2 B = 17.07 GB/s; 8 channels
+    # per package; tRP = tRCD = 18 ns, tCL = 10.6 ns; 2 KiB rows per channel, keys interleaved over the 8,
+    # so 64 keys per opened row and 2,048 rows):
+    #   lower: the pins cannot move data faster: 33,554,432 B / (8 x 17.07 GB/s) = 245.8 us
+    #   upper: every row's precharge + activate + CAS exposed, serial with the data: + 2,048 x 46.6 ns = 95.4 us
+    # plus the one filter epoch before the fetch (1,304.4 ns, test above).
+    nbytes, rows = SLICE_KEYS * 256, SLICE_KEYS / 64
+    lower = nbytes / (8 * 8533e6 * 2) + 1304.4e-9
+    upper = lower + rows * (18e-9 + 18e-9 + 10.6e-9)
+    t, _ = serve_time(one_slice(SLICE_KEYS, rows, 0, 0))
+    assert lower <= t <= upper, (lower, t, upper)
 
 
-@pytest.mark.parametrize("nbytes, at_least", [(1 << 30, 0.9), (64 << 20, 0.9)])
-def test_hbm_streaming_reaches_the_sustained_bandwidth(nbytes, at_least):
-    gpu = load("hwconfigs/h100.yaml").gpu
+def _attention_kernel_time(gpu_cfg, kv_bytes: float, flops: float) -> float:
+    """One dense decode-attention kernel on the simulated GPU (GPU.op: HBM port, roofline), alone."""
     env, rec = simpy.Environment(), Recorder()
-    hbm = HBM(env, gpu.hbm, rec, "gpu0.hbm")
-    env.process(hbm.read(nbytes))
+    gpu = GPU(env, gpu_cfg, "bf16", rec, 0)
+    env.process(gpu.op("attention", kv_bytes, flops))
     env.run()
-    sustained = gpu.hbm.peak_bandwidth * gpu.hbm.sustained_efficiency
-    assert nbytes / env.now >= at_least * sustained
-    assert rec.bytes["gpu.hbm"] == nbytes
+    assert rec.bytes["gpu.hbm"] == kv_bytes
+    return env.now
 
 
-def test_hbm_small_reads_are_latency_bound():
-    # the ceiling check above can fail: a 4 KiB read is dominated by the access latency
-    gpu = load("hwconfigs/h100.yaml").gpu
-    env, rec = simpy.Environment(), Recorder()
-    hbm = HBM(env, gpu.hbm, rec, "gpu0.hbm")
-    env.process(hbm.read(4096))
-    env.run()
-    assert 4096 / env.now < 0.1 * gpu.hbm.peak_bandwidth * gpu.hbm.sustained_efficiency
+def hbm_measurement_failures() -> list[str]:
+    """The simulated attention kernel against every held-out H100 measurement (see the test below)."""
+    cal = load_calibration(H100)
+    gpu_cfg = load("hwconfigs/h100.yaml").gpu
+    geo = cal["geometry"]
+    out, checked = [], 0
+    for m in cal["decode_attention_per_layer"]:
+        flops = 4.0 * geo["q_heads"] * geo["head_dim"] * m["context"] * m["batch"]
+        simulated = _attention_kernel_time(gpu_cfg, m["kv_bytes"], flops)
+        measured = m["median_ms"] / 1e3
+        where = f"{m['kv_bytes'] / 2**20:,.0f} MiB (context {m['context']}, batch {m['batch']})"
+        if m["kv_bytes"] >= 2 << 30:
+            checked += 1
+            if abs(simulated / measured - 1) > 0.05:
+                out.append(f"{where}: simulated {simulated * 1e3:.3f} ms, measured {measured * 1e3:.3f} ms")
+        elif m["kv_bytes"] < 256 << 20 and simulated >= measured:
+            out.append(
+                f"{where}: simulated {simulated * 1e3:.3f} ms not below measured {measured * 1e3:.3f} ms"
+            )
+    assert checked >= 4
+    return out
+
+
+def test_hbm_bound_attention_matches_held_out_h100_measurements():
+    """The H100 preset's HBM efficiency (0.90) comes from a device-to-device copy (hbm_copy in the
+    calibration file). Dense decode attention over a KV cache (decode_attention_per_layer, same campaign) is
+    held out from that fit: reads of 2 GiB and more stream at 2.9-3.1 TB/s, where launch costs no longer
+    matter, so the simulated kernel must land within 5% of the measured time (it does within -3.6%..+2.4%).
+    Below 256 MiB the measured kernel pays ~45 us of launch and setup that the model charges once per layer
+    (gpu.layer_overhead), not per kernel: there the simulated kernel must be faster than the measured one."""
+    assert hbm_measurement_failures() == []

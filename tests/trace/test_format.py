@@ -204,7 +204,7 @@ def test_wrong_schema_version(tmp_path, monkeypatch):
     monkeypatch.setattr(fmt, "SCHEMA_VERSION", 99)
     path = write(tmp_path / "v99.parquet", dataclasses.replace(header, schema_version=99), recs)
     monkeypatch.undo()
-    with pytest.raises(CemsimError, match=r"schema version 99.*reads version 1"):
+    with pytest.raises(CemsimError, match=r"schema version 99.*reads versions 1, 2"):
         TraceReader(path)
 
 
