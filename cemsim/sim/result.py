@@ -44,6 +44,7 @@ class SimResult:
     wall_s: float = 0.0
     truncated: str | None = None
     context_scaled_from: int | None = None
+    busy_s: dict[str, float] = field(default_factory=dict)  # seconds per step each resource (NMA) was held
     attention: dict[str, Any] = field(default_factory=dict)  # settings replayed, rules, survival source
     spans: list[Span] = field(default_factory=list, repr=False)
 

@@ -126,6 +126,8 @@ def simulate(
     rec = sim.rec
     fill_metrics(res, prep.system, dict(rec.bytes), dict(rec.ops), dict(rec.phase), out.step_latencies)
     res.user_latency_s = percentiles(rec.user_latency)
+    if res.steps:
+        res.busy_s = {k: v / res.steps for k, v in sorted(rec.busy.items())}
     res.events, res.wall_s, res.truncated = out.events, out.wall_s, out.truncated
     res.spans = rec.spans
     return res

@@ -152,6 +152,7 @@ def replay_works(
     works: list[StepWork] = []
     trace_context = 0
     drawn: Iterator[StepRecord] | None = None
+    first: int | None = None
     sources: set[str] = set()
     for rec in records:
         check(rec)
@@ -162,14 +163,18 @@ def replay_works(
             sources.add("none needed (dense or window)")
         else:
             use, at = rec, context
-            if context is not None and context != rec.context_len and can_project(header):
+            first = rec.context_len if first is None else first
+            # the trace's own steps span [first, rec.context_len]: a context inside is the trace's (a step
+            # past it replays a few tokens shorter, the fraction kept over those few keys)
+            own = context is None or first <= context <= rec.context_len
+            if not own and can_project(header):
                 if drawn is None:
                     drawn = _projection_steps(header, context, max_steps or 1 << 30)
                 use, at = next(drawn), None
                 sources.add(f"projection ({(header.projection or {}).get('model')}) to {context} tokens")
-            elif at is None or at == rec.context_len:
+            elif own:
                 kind = "projected" if header.projected else "captured"
-                sources.add(f"{kind} at {rec.context_len} tokens")
+                sources.add(f"{kind} at {ctx if context is not None else first} tokens")
             else:
                 sources.add(
                     f"scaled from the trace at {rec.context_len} tokens (no projection in the trace: "

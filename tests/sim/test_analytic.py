@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cemsim.sim.analytic import DrexRates, StepModel, analytic, analytic_bounds, fifo_makespan, link_seconds
 from cemsim.sim.simulate import Prepared, prepare, simulate
@@ -35,7 +37,8 @@ def value_row_slack(prep: Prepared) -> float:
     The trace gives how many top-k values a request fetches, not which rows they sit in. Values are a subset
     of the survivors; placed uniformly at random (the estimate) they open the occupancy expectation of
     rows, and at most they open one row each (min(values, rows spanned)). A model may land anywhere in that
-    range, and each row more costs one precharge + activate (tRP + tRCD, over the activations overlapped).
+    range, and each row more costs what the estimate charges a row miss (DrexRates.row_miss_cost: one
+    precharge + activate, tRP + tRCD, over the activations overlapped).
     The DES thins each row's no-survivor probability P^t for the values, which overcounts (it is the
     pessimistic end when rows are as large as Key Blocks), so this range is what separates the two.
     Requests of a layer run in parallel on different NMAs: the slowest sets the layer, so per layer the
@@ -45,7 +48,7 @@ def value_row_slack(prep: Prepared) -> float:
         return 0.0
     cem, geo = prep.system.cem, prep.system.geometry
     rates = DrexRates(cem, geo.head_dim, geo.group_size, geo.head_dim * prep.system.workload.dtype_bytes)
-    miss = (rates.dram.tRP + rates.dram.tRCD) / rates.activations_overlapped
+    miss = rates.row_miss_cost()
     total = 0.0
     for w in prep.works:
         for layer in range(geo.layers):
@@ -110,6 +113,24 @@ CASES = [(hw, ctx) for hw in HWCONFIGS for ctx in (4096, 65536)] + [(DREX, 1 << 
 @pytest.mark.parametrize("hw, context", CASES, ids=[f"{hw.stem}-{ctx}" for hw, ctx in CASES])
 def test_des_agrees_with_the_analytic_model_at_batch_1(hw, context):
     prep = prepared(hw, context, batch=1)
+    assert agreement_failures(prep) == []
+
+
+POLICIES = [
+    (hw, policy)
+    for hw in ("h100-sparse-hbm", "h100-host-offload-sparse", "h100-drex")
+    for policy in ("window", "oracle-topk", "quest")
+    if not (hw == "h100-drex" and policy == "quest")  # DReX has no Quest unit: refused (settings.py)
+]
+
+
+@pytest.mark.parametrize("hw, policy", POLICIES, ids=[f"{hw}-{p}" for hw, p in POLICIES])
+def test_agreement_under_every_attention_policy(hw, policy):
+    """What each policy reads (window only; the oracle's exact top-k, no selection cost; Quest's page bounds
+    of 2 x D x 2 B per 16-key page) is written in both models: they agree as above."""
+    system = load(REPO / "hwconfigs" / f"{hw}.yaml", **{"workload.attention.policy": policy})
+    header = make_header(system.geometry, policy=policy)
+    prep = prepare(system, header, [make_step(header, 16384, step=i) for i in range(2)], batch=1)
     assert agreement_failures(prep) == []
 
 
@@ -240,7 +261,10 @@ def test_drex_stage_times_from_first_principles_match_the_paper():
     Llama-3-8B's D = 128 with 4 query heads per KV head (one pass of up to 16): 160 ns."""
     cem = load(DREX).cem
     rates = DrexRates(cem, head_dim=128, group=4, key_bytes=256)
-    assert rates.bitmap_read == pytest.approx(120.4e-9, rel=2e-3)
+    derived = 128 * 128 / 8 / cem.channel_bandwidth
+    assert derived == pytest.approx(120.4e-9, rel=2e-3) and rates.bitmap_read == pytest.approx(
+        120.4e-9, rel=2e-3
+    )
     assert rates.bitmap_generation == pytest.approx(160e-9)
     assert rates.slice_keys == 131_072 and rates.keys_per_row == 64
     # a slice's 2,048 survivors, one per row, and 1,024 values (test_validation's hand case): the estimate's
@@ -248,3 +272,35 @@ def test_drex_stage_times_from_first_principles_match_the_paper():
     span = rates.service(131_072, 2048, 1024)
     assert span.lower <= 111_917.6e-9 <= span.upper
     assert rates.expected_rows(2048, 131_072) == pytest.approx(2048 * (1 - (1 - 1 / 64) ** 64), rel=1e-12)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    hw=st.sampled_from(["h100-drex", "h100-host-offload-sparse", "h100-host-offload", "h100x2"]),
+    model=st.sampled_from(["llama3-1b", "smollm2-135m"]),
+    context=st.integers(2048, 65_536),
+    batch=st.integers(1, 4),
+    survival=st.floats(0.0, 0.5),
+    lanes=st.sampled_from([1, 2]),
+    depth=st.sampled_from([1, 4, 512]),
+    buffers=st.sampled_from([1, 512]),
+    scratchpad=st.sampled_from(["64 KiB", "2 MiB"]),
+)
+def test_des_always_within_the_bounds(hw, model, context, batch, survival, lanes, depth, buffers, scratchpad):
+    over: dict[str, object] = {"workload.model": model}
+    if hw == "h100-drex":
+        over |= {
+            "cem.request_queue_depth": depth,
+            "cem.response_buffers": buffers,
+            "cem.nma.address_scratchpad": scratchpad,
+        }
+    if hw != "h100x2":
+        over |= {"gpu.count": lanes, "gpu.parallelism": "data"}
+    system = load(REPO / "hwconfigs" / f"{hw}.yaml", **over)
+    header = make_header(system.geometry, k=64)
+    steps = [make_step(header, context, survival=survival, step=i) for i in range(2)]
+    prep = prepare(system, header, steps, batch=batch)
+    des = simulate(prep)
+    assert des.fits == analytic(prep).fits
+    if des.fits:
+        assert bounds_failures(prep, des.latency_per_token_s) == []
