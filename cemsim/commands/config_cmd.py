@@ -20,7 +20,9 @@ console = Console()
 
 
 @config_app.command("check")
-def check(files: list[Path] = typer.Argument(..., help="System YAML files to validate.")) -> None:
+def check(
+    files: list[Path] = typer.Argument(..., metavar="FILE", help="System YAML files to validate."),
+) -> None:
     """Validate FILES; on a problem, name the file, the line and the field, and exit 1."""
     problems: list[str] = []
     for f in files:
@@ -59,7 +61,7 @@ def _lookup(data: dict, dotted: str) -> object:
 
 @config_app.command("show")
 def show(
-    file: Path = typer.Argument(..., help="System YAML file."),
+    file: Path = typer.Argument(..., metavar="FILE", help="System YAML file."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the resolved config, derived figures and provenance as JSON."
     ),

@@ -9,6 +9,7 @@ the demo doubles as a tour of the CLI. Finished stages are reused when their out
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -148,10 +149,15 @@ def demo(
     if workers:
         sweep_args += ["--workers", str(workers)]
     if fresh:
-        import shutil
-
         shutil.rmtree(out / "context_scaling", ignore_errors=True)
     _run(sweep_args, "sweep: 6 systems x 9 contexts x 3 batch sizes on the simulator")
+    # DReX at two more survival scenarios (20x, 28.9x): the band on the context-scaling chart (issue 15)
+    band = spec.parent / "drex_filter_ratio.yaml"
+    band_args = [*sweep_args[:1], str(band), *sweep_args[2:]]
+    band_args[band_args.index("--out") + 1] = str(out / "drex_filter_ratio")
+    if fresh:
+        shutil.rmtree(out / "drex_filter_ratio", ignore_errors=True)
+    _run(band_args, "sweep: DReX at filter ratios 20x and 28.9x (9 contexts x 3 batch sizes)")
     _run(["plot", str(out / "context_scaling"), "--out", str(out / "charts")], "charts")
     console.rule("[bold]done")
     console.print(

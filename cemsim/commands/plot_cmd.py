@@ -19,8 +19,9 @@ def plot(
     results: Annotated[
         list[Path],
         typer.Argument(
+            metavar="RESULTS",
             help="results.parquet files, sweep output folders, or .json/.jsonl "
-            "files of `cemsim eval --json` rows."
+            "files of `cemsim eval --json` rows.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the charts (PNG and SVG).")],

@@ -70,7 +70,7 @@ def _table(res: Any, twin: Any) -> Table:
 
 
 def run(
-    hwconfig: Path = typer.Argument(..., help="System YAML (hwconfigs/*.yaml)."),
+    hwconfig: Path = typer.Argument(..., metavar="HWCONFIG", help="System YAML (hwconfigs/*.yaml)."),
     trace: Path = typer.Option(
         ..., "--trace", help="Trace file written by `cemsim capture` or `cemsim trace`."
     ),

@@ -18,7 +18,9 @@ err_console = Console(stderr=True)
 
 
 def sweep(
-    spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML), e.g. analysis/context_scaling.yaml.")],
+    spec: Annotated[
+        Path, typer.Argument(metavar="SPEC", help="Sweep spec (YAML), e.g. analysis/context_scaling.yaml.")
+    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder: points/<hash>.parquet and results.parquet.")
     ],

@@ -94,7 +94,7 @@ def _fmt_stats(s: dict[str, float], digits: int = 1) -> str:
 
 @trace_app.command("info")
 def info(
-    trace: Annotated[Path, typer.Argument(help="A trace file (.parquet).")],
+    trace: Annotated[Path, typer.Argument(metavar="TRACE", help="A trace file (.parquet).")],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of a table.")
     ] = False,
@@ -158,7 +158,8 @@ Opt = typer.Option
 @trace_app.command("project")
 def project(
     traces: Annotated[
-        list[Path], typer.Argument(help="Captured source trace(s); several lengths constrain the fit.")
+        list[Path],
+        typer.Argument(metavar="TRACE", help="Captured source trace(s); several lengths constrain the fit."),
     ],
     context: Annotated[str, Opt("--context", help="Target context in tokens: 1048576, 128K or 1M.")],
     out: Annotated[Path, Opt("--out", help="Projected trace to write.")],

@@ -41,19 +41,19 @@ def trace(tmp_path_factory) -> Path:
 
 
 USAGE_ERRORS = [
-    (["run"], "Missing argument"),
+    (["run"], "Missing argument 'HWCONFIG'"),
     (["run", "--bogus"], "No such option: --bogus"),
     (["run", DREX, "--trace", "t.parquet", "--batch", "x"], "Invalid value for '--batch'"),
     (["run", DREX, "--trace", "t.parquet", "--batch", "0"], "Invalid value for '--batch'"),
     (["run", DREX], "Missing option '--trace'"),
-    (["config", "check"], "Missing argument"),
+    (["config", "check"], "Missing argument 'FILE'"),
     (["config", "show", "--bogus"], "No such option"),
-    (["trace", "info"], "Missing argument"),
+    (["trace", "info"], "Missing argument 'TRACE'"),
     (["trace", "project", "x.parquet", "--context", "1M"], "Missing option '--out'"),
     (["capture", "--tokens", "4K"], "Missing option '--decode-steps'"),
     (["eval", "--tokens", "many"], "Invalid value for '--tokens'"),
     (["tune", "--max-evals", "x"], "Invalid value for '--max-evals'"),
-    (["sweep"], "Missing argument"),
+    (["sweep"], "Missing argument 'SPEC'"),
     (["plot", "results"], "Missing option '--out'"),
     (["demo", "--workers", "0"], "Invalid value for '--workers'"),
     (["no-such-command"], "No such command"),
