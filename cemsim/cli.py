@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cemsim import __version__
 from cemsim.errors import CemsimError, one_line, write_traceback_report
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except CemsimError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
@@ -88,13 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: one line here, the whole traceback in a file
         report = write_traceback_report(exc, ["cemsim", *(sys.argv[1:] if argv is None else argv)])
         err_console.print(
-            f"[bold red]internal error:[/] {one_line(exc)}; full traceback in {report} "
+            f"[bold red]internal error:[/] {escape(one_line(exc))}; full traceback in {escape(str(report))} "
             "(please include it in a bug report)",
             highlight=False,
             soft_wrap=True,
         )
         sys.exit(1)
     if isinstance(code, int) and code:  # typer.Exit(n) inside a command returns n without standalone mode
+        if code == 130:  # typer turns Ctrl-C into Exit(130)
+            err_console.print("interrupted")
         sys.exit(code)
 
 

@@ -3,23 +3,30 @@
 Two ways of running one decode step of Llama-3.2-1B and Llama-3-8B geometry (bf16, randomly initialised
 weights: timing and power do not depend on the values, and nothing can be downloaded on the device machine):
 
-  hf_eager   a Hugging Face transformers ``LlamaForCausalLM`` forward of one token per user with a
-             ``DynamicCache`` (pre-filled with random keys and values to the context), greedy argmax and one
-             host sync per step, as ``generate`` runs decode: the LongSight paper's GPU baseline.
+  hf_generate  Hugging Face transformers ``LlamaForCausalLM.generate()`` (greedy) over a ``DynamicCache``
+             pre-filled with random keys and values to the context; each token timed by a stopping criterion's
+             host clock (generate syncs once per token): the LongSight paper's kind of GPU baseline. (Part
+             ``hf``, a hand-written forward loop, ran slower than generate() on the same machine for a host-side
+             reason not established; it is kept to reproduce run 1 and is not the baseline.)
   serving    the same layers written out as a serving engine runs decode: fused QKV and gate/up weights, a
              static KV cache written in place at the new position, RoPE, SDPA over the cache, LM head and argmax,
              the whole step captured in one CUDA graph and replayed.
 
 Plus the pieces the GPU model's presets need: HBM copy bandwidth, the bf16 GEMM ceiling, per-launch costs
 (eager dispatch, graph replay, host sync), the linear layers' time against batch, decode attention's time
-against context and batch. Energy through NVML: a thread polls the total-energy counter
+against context and batch. Energy through NVML: a child process polls the total-energy counter
 (``nvmlDeviceGetTotalEnergyConsumption``, mJ) and samples ``nvmlDeviceGetPowerUsage``; a window's power is
 the counter's change between its first and last update inside the window, over the time between them, while
 the GPU runs the same work back to back. Idle power is read before CUDA is initialised and again at the end.
 
 Everything goes to one JSON file with provenance, rewritten (temp file + rename) after every point, so a run
 cut short keeps what it measured. Run on the device machine:
-    python3 benchmarks/gpu/decode_baselines.py --out $OUT/h200-decode.json --budget-s 420
+    python3 benchmarks/gpu/decode_baselines.py --out $OUT/h200-decode.json --parts idle,micro,serving,generate
+    python3 benchmarks/gpu/decode_baselines.py --out $OUT/h200-hf-generate.json --parts hf_generate,generate
+(cemsim/calibration/h200-*-2026-12-02.json hold the three runs and their commands; runs 1 and 2 polled NVML from
+a thread, run 3 from a process: a polling thread competes for the GIL with generate's host-bound Python loop;
+run 3's steps are a median 11% shorter than run 2's (16 of 20 points), small beside the 1.6-3x that
+generate() moved between machine starts with no poller running at all: run 1 against run 3, 4K, batch 1.)
 """
 
 from __future__ import annotations
@@ -80,8 +87,8 @@ DEV = "cuda"
 # --------------------------------------------------------------------------------------------- NVML power
 def _poll_nvml(conn) -> None:
     """Child process: between "start" and "stop", record every change of the total-energy counter and a power
-    sample every 10 ms; answer "stop" with both lists. A process, not a thread: a polling thread takes the GIL
-    from a host-bound Python loop (HF eager decode ran 3-4x slower beside one)."""
+    sample every 10 ms; answer "stop" with both lists. A process, not a thread: a polling thread would compete
+    for the GIL with the host-bound Python loop of HF eager decode that it measures."""
     import pynvml
 
     pynvml.nvmlInit()

@@ -9,6 +9,7 @@ the demo doubles as a tour of the CLI. Finished stages are reused when their out
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cemsim.commands.outputs import check_output_dir
 from cemsim.errors import CemsimError
@@ -38,7 +40,7 @@ def _cli_commands(ctx: typer.Context) -> set[str]:
 def _run(args: list[str], what: str) -> None:
     cmd = [sys.executable, "-m", "cemsim.cli", *args]
     console.rule(f"[bold]{what}")
-    console.print("$ cemsim " + shlex.join(args), highlight=False, soft_wrap=True)
+    console.print("$ cemsim " + escape(shlex.join(args)), highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0:
@@ -147,14 +149,24 @@ def demo(
     if workers:
         sweep_args += ["--workers", str(workers)]
     if fresh:
-        import shutil
-
         shutil.rmtree(out / "context_scaling", ignore_errors=True)
     _run(sweep_args, "sweep: 6 systems x 9 contexts x 3 batch sizes on the simulator")
+    # DReX at two more survival scenarios (20x, 28.9x): the band on the context-scaling chart (issue 15)
+    band = spec.parent / "drex_filter_ratio.yaml"
+    band_args = [
+        *sweep_args[:1],
+        str(band.relative_to(Path.cwd()) if band.is_relative_to(Path.cwd()) else band),
+    ]
+    band_args += sweep_args[2:]
+    band_args[band_args.index("--out") + 1] = str(out / "drex_filter_ratio")
+    if fresh:
+        shutil.rmtree(out / "drex_filter_ratio", ignore_errors=True)
+    _run(band_args, "sweep: DReX at filter ratios 20x and 28.9x (9 contexts x 3 batch sizes)")
     _run(["plot", str(out / "context_scaling"), "--out", str(out / "charts")], "charts")
     console.rule("[bold]done")
     console.print(
-        f"results: {out / 'context_scaling' / 'results.parquet'}\ncharts:  {out / 'charts'}\n"
+        f"results: {escape(str(out / 'context_scaling' / 'results.parquet'))}\n"
+        f"charts:  {escape(str(out / 'charts'))}\n"
         f"demo took {time.perf_counter() - t0:,.0f} s",
         highlight=False,
     )

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -69,7 +70,7 @@ def _table(res: Any, twin: Any) -> Table:
 
 
 def run(
-    hwconfig: Path = typer.Argument(..., help="System YAML (hwconfigs/*.yaml)."),
+    hwconfig: Path = typer.Argument(..., metavar="HWCONFIG", help="System YAML (hwconfigs/*.yaml)."),
     trace: Path = typer.Option(
         ..., "--trace", help="Trace file written by `cemsim capture` or `cemsim trace`."
     ),
@@ -160,14 +161,14 @@ def run(
         return
     if not res.fits:
         console.print(
-            f"[bold yellow]{res.system} does not fit[/] at {res.context_tokens} tokens, batch {res.batch}:"
+            f"[bold yellow]{escape(res.system)} does not fit[/] at {res.context_tokens} tokens, batch {res.batch}:"
         )
         for why in res.why_not:
-            console.print(f"  - {why}", highlight=False)
+            console.print(f"  - {escape(why)}", highlight=False)
         return
     console.print(_table(res, twin))
     if res.truncated:
-        console.print(f"[bold red]incomplete:[/] {res.truncated}")
+        console.print(f"[bold red]incomplete:[/] {escape(str(res.truncated))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cemsim.commands.outputs import check_output_dir
 from cemsim.errors import CemsimError
@@ -17,7 +18,9 @@ err_console = Console(stderr=True)
 
 
 def sweep(
-    spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML), e.g. analysis/context_scaling.yaml.")],
+    spec: Annotated[
+        Path, typer.Argument(metavar="SPEC", help="Sweep spec (YAML), e.g. analysis/context_scaling.yaml.")
+    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder: points/<hash>.parquet and results.parquet.")
     ],
@@ -73,15 +76,15 @@ def sweep(
             console.print(table)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()))
     err_console.print(
-        f"{report.results_path}: {len(report.frame)} rows ({counts}); "
+        f"{escape(str(report.results_path))}: {len(report.frame)} rows ({counts}); "
         f"{report.evaluated} evaluated now, {report.skipped} reused",
         highlight=False,
     )
     bad = report.frame[report.frame["status"] != "ok"] if len(report.frame) else report.frame
     for _, row in bad.head(5).iterrows():
         err_console.print(
-            f"  [yellow]{row['status']}[/] {row['system']} {row['params']}: "
-            f"{str(row['error']).strip().splitlines()[-1]}",
+            f"  [yellow]{row['status']}[/] {escape(str(row['system']))} {escape(str(row['params']))}: "
+            f"{escape(str(row['error']).strip().splitlines()[-1])}",
             highlight=False,
             soft_wrap=True,
         )

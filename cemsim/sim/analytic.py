@@ -46,14 +46,21 @@ The three numbers per step (seconds):
   descriptors back to back, each NMA serving that user's requests; rows opened by the survivors and values
   are the expectation for keys placed uniformly at random over the considered range (keys interleaved over
   the package's channels: row_buffer x channels / key bytes keys per opened row), each row miss exposing
-  tRP + tRCD (divided by the activations the controller overlaps); filtering pipelined with the expected
-  number of scratchpad phases for evenly spread survivors. Background KV write-back is off the critical path.
+  tRP + tRCD (divided by the activations the controller overlaps). Where instead the NMA keeps
+  nma.outstanding_keys keys in flight per channel, a fetch takes the slowest of the pins, the ranks'
+  activation rate (a row per max(tRRD, tFAW / 4) per rank), the closed loop (each key's share of
+  precharge + activate, its CAS latency and burst, over the keys in flight) and the column spacing (keys
+  of one row follow one another in one bank group, tCCD_L apart; JESD209-5 bank-group mode), stretched by
+  refresh (tRFC per tREFI) where the DRAM preset gives those. Filtering pipelined with the expected number
+  of scratchpad phases for evenly spread survivors. KV write-back is off the critical path. Request-queue
+  and response-buffer limits are left to the bounds.
 
 What it ignores, on purpose: queueing order and the interaction between users (only the bounds see
-contention, in aggregate), survivor clustering (the DES reads the trace's per-block distribution),
-refresh, tRAS / tFAW limits, bank conflicts between PFUs and the NMA, the GPU's own scheduling between
-lanes. So at batch 1 the estimate and the DES agree within the row-occupancy difference, and under
-contention the DES is higher than the estimate (tests/sim/test_analytic.py states both).
+contention, in aggregate), survivor clustering (the DES reads the trace's per-block distribution), the DRAM
+controller's scheduling beyond the limits above (WCK sync, command-bus conflicts, the order it serves its
+queue in), bank conflicts between PFUs and the NMA, the GPU's own scheduling between lanes. So at batch 1
+the estimate and the DES agree within the row-occupancy difference, and under contention the DES is higher
+than the estimate (tests/sim/test_analytic.py states both).
 """
 
 from __future__ import annotations
@@ -93,12 +100,26 @@ def _const(t: float) -> Span3:
 
 
 def system_kind(system: SystemConfig) -> str:
-    """hbm_dense | hbm_sparse | host_dense | host_sparse | cem (where the KV lives, the policy)."""
-    dense = system.workload.attention.policy == "dense"
+    """Where the KV lives and what the policy reads: hbm_dense | hbm_sparse | host_dense | host_sparse | cem,
+    or <where>_window (the window and sinks only, kept in HBM everywhere)."""
+    policy = system.workload.attention.policy
     where = {"hbm": "hbm", "host_memory": "host", "cem": "cem"}[system.kv_location]
+    if policy == "window":
+        return f"{where}_window"
     if where == "cem":
         return "cem"
-    return f"{where}_{'dense' if dense else 'sparse'}"
+    return f"{where}_{'dense' if policy == 'dense' else 'sparse'}"
+
+
+def selection_bytes_per_key(system: SystemConfig) -> float:
+    """HBM bytes the GPU reads per considered key to choose what to fetch: LongSight's sign bits (one bit per
+    dimension), Quest's page bounds (a min and a max vector per page), none for the oracle's exact top-k."""
+    att, geo = system.workload.attention, system.geometry
+    if att.policy == "longsight":
+        return geo.head_dim / BITS_PER_BYTE
+    if att.policy == "quest":
+        return 2 * geo.head_dim * system.workload.dtype_bytes / att.page_size
+    return 0.0
 
 
 # -- hardware rates ---------------------------------------------------------------------------------------
@@ -153,6 +174,10 @@ class DramTimings:
     tCL: float
     tRC: float  # ACT to ACT in one bank: the shortest cycle of a row miss there
     refresh: float  # fraction of time a bank is blocked by refresh (tRFC / tREFI; 0 when not given)
+    tRRD: float = 0.0  # ACT to ACT in one rank (other bank group); 0 when not given
+    tFAW: float = 0.0  # window of four ACTs in one rank; 0 when not given
+    tCCD_L: float = 0.0  # read to read in one bank group (LPDDR5 bank-group mode); 0 when not given
+    tCCD_S: float = 0.0  # read to read in another bank group; 0 when not given
 
 
 def lpddr_timings(cem: DReXConfig) -> DramTimings:
@@ -168,7 +193,18 @@ def lpddr_timings(cem: DReXConfig) -> DramTimings:
     rcd, rp, cl = ticks["nRCD"] * tck, ticks["nRP"] * tck, ticks["nCL"] * tck
     rc = max(ticks.get("nRC", 0) * tck, rp + rcd)
     refi = ticks.get("nREFI", 0)
-    return DramTimings(rcd, rp, cl, rc, ticks.get("nRFC", 0) / refi if refi else 0.0)
+    refresh = ticks.get("nRFC", 0) / refi if refi else 0.0
+    return DramTimings(
+        rcd,
+        rp,
+        cl,
+        rc,
+        refresh,
+        ticks.get("nRRD_S", 0) * tck,
+        ticks.get("nFAW", 0) * tck,
+        ticks.get("nCCD_L", 0) * tck,
+        ticks.get("nCCD_S", 0) * tck,
+    )
 
 
 class DrexRates:
@@ -183,9 +219,13 @@ class DrexRates:
         self.keys_per_block = keys_per_block
         self.slice_keys = cem.channels_per_package * cem.banks_per_channel * keys_per_block
         self.bitmap_generation = head_dim * cem.pfu.bitmap_time_per_dim * self.passes
-        # one bit per key per pass, every bank of a channel, over that channel's bus
+        # one bit per key per pass, every bank of a channel, over that channel's bus (DReX states 120.4 ns
+        # for one pass; where the config carries that figure it is used, else this derivation)
         bitmap_bytes = cem.banks_per_channel * keys_per_block / BITS_PER_BYTE * self.passes
-        self.bitmap_read = bitmap_bytes / cem.channel_bandwidth
+        stated = getattr(cem.pfu, "bitmap_read_latency", None)
+        self.bitmap_read = (
+            stated * self.passes if stated is not None else bitmap_bytes / cem.channel_bandwidth
+        )
         self.address_generation = cem.pfu.address_generation_time
         self.epoch_fill = self.bitmap_generation + self.bitmap_read + self.address_generation
         self.epoch_bottleneck = max(self.bitmap_generation, self.bitmap_read, self.address_generation)
@@ -195,7 +235,20 @@ class DrexRates:
         self.dram = lpddr_timings(cem)
         # keys are interleaved over the package's channels: one opened row in each channel holds this many
         self.keys_per_row = cem.lpddr.row_buffer * cem.channels_per_package / key_bytes
+        # how the NMA issues its reads: one by one with a configured activation overlap (DReX 5.4), or a
+        # closed loop keeping nma.outstanding_keys keys in flight per channel over the ranks' banks
         self.activations_overlapped = float(getattr(cem.lpddr, "activations_in_flight", 1))
+        self.outstanding = int(getattr(cem.nma, "outstanding_keys", 0))
+        self.ranks = int(getattr(cem.lpddr, "ranks", 1))
+
+    def row_miss_cost(self) -> float:
+        """What one more opened row adds to a bandwidth-unbound fetch in the estimate."""
+        t = self.dram
+        if not self.outstanding:
+            return (t.tRP + t.tRCD) / self.activations_overlapped
+        # closed loop: the precharge + activate is shared by the keys in flight, but a rank opens at most
+        # one row per tRRD and four per tFAW
+        return max((t.tRP + t.tRCD) / self.outstanding, max(t.tRRD, t.tFAW / 4) / self.ranks)
 
     def phases(self, epochs: int, survivors: float) -> tuple[int, float, int]:
         """Scratchpad phases: (fewest possible, expected for evenly spread survivors, most possible)."""
@@ -236,11 +289,20 @@ class DrexRates:
         fewest, expected, _ = phases
         t = self.dram
         data = keys * self.key_bytes / self.package_bytes_per_s
-        miss = self.expected_rows(keys, considered) * (t.tRP + t.tRCD) / self.activations_overlapped
+        rows = self.expected_rows(keys, considered)
+        miss = rows * self.row_miss_cost()
+        if self.outstanding:  # each key in flight also waits for its CAS latency and its burst
+            burst = self.key_bytes / self.package_bytes_per_s
+            miss = max(miss, (rows * (t.tRP + t.tRCD) + keys * (t.tCL + burst)) / self.outstanding)
+            # keys fetched in address order: the keys sharing an opened row follow one another in one bank
+            # group, tCCD_L apart; a new row is in another bank (group), tCCD_S after the previous read
+            miss = max(miss, (keys - rows) * t.tCCD_L + rows * t.tCCD_S)
         # upper: each key its own row miss, one after another: a bank's full ACT-to-ACT cycle (or precharge +
         # activate where no tRC is known) and the CAS latency, plus the data, stretched by refresh
         serial = keys * (max(t.tRC, t.tRP + t.tRCD) + t.tCL) + data
-        return Span3(fewest * t.tCL + data, expected * t.tCL + max(data, miss), serial * (1.0 + t.refresh))
+        # the estimate: refresh blocks the banks tRFC out of every tREFI, stretching the fetch that long
+        estimate = (expected * t.tCL + max(data, miss)) * (1.0 + t.refresh)
+        return Span3(fewest * t.tCL + data, estimate, serial * (1.0 + t.refresh))
 
     def service(self, considered: float, survivors: float, values: float) -> Span3:
         """NMA time of one request: filter runs alternating with scoring phases, then the value fetch."""
@@ -376,22 +438,24 @@ class StepModel:
             nbytes = tokens * w.kv_token_bytes if kind == "hbm_dense" else 0.0  # host: over PCIe instead
             return ZERO, self.gpu_kernel(nbytes, 4.0 * q_dim * tokens, 0.0, count), ZERO
         dense = float(sum(x.window + x.sinks for x in works))
+        if kind.endswith("_window"):
+            return ZERO, self.gpu_kernel(dense * w.kv_token_bytes, 4.0 * q_dim * dense, 0.0, count), ZERO
         considered = float(sum(x.considered[layer].sum() for x in works))
         survivors = float(sum(x.survivors[layer].sum() for x in works))
         values = float(sum(x.values[layer].sum() for x in works))
-        sign_bytes = considered * w.head_dim / BITS_PER_BYTE
+        select_bytes = considered * selection_bytes_per_key(self.system)
         g = self.system.gpu
         pipeline = g.sparse_pipeline_latency + survivors / self.tp * g.sparse_time_per_survivor
         window_bytes, window_flops = dense * w.kv_token_bytes, 4.0 * q_dim * dense
         if kind == "hbm_sparse":
-            nbytes = window_bytes + sign_bytes + (survivors + values) * w.key_bytes
+            nbytes = window_bytes + select_bytes + (survivors + values) * w.key_bytes
             flops = window_flops + per_key * (survivors + values)
             return ZERO, self.gpu_kernel(nbytes, flops, pipeline, count), ZERO
         window = self.gpu_kernel(window_bytes, window_flops, 0.0, count)
         after = self.gpu_kernel(values * w.key_bytes, per_key * values, 0.0, count)  # softmax + values
         before = ZERO
         if kind == "host_sparse":
-            before = self.gpu_kernel(sign_bytes, 0.0, pipeline, count)  # the GPU filters the sign bits
+            before = self.gpu_kernel(select_bytes, 0.0, pipeline, count)  # the GPU selects (sign bits, pages)
             after = after + self.gpu_kernel(survivors * w.key_bytes, per_key * survivors, 0.0, count)
         return before, window, after
 
@@ -518,7 +582,7 @@ class StepModel:
             post = self.gpu_kernel(params["post"] * db, 2.0 * params["post"] * users, 0.0, main)
             if self.kind == "cem":
                 offload = self.cem_offload(lane_users, list(range(self.batch)), works, layer)
-            elif self.kind.startswith("host"):
+            elif self.kind in ("host_dense", "host_sparse"):
                 offload = self.host_offload(lane_users, list(range(self.batch)), works, layer)
             else:
                 offload = ZERO
@@ -603,10 +667,12 @@ class StepModel:
             elif self.kind == "host_sparse":
                 add("nbytes", "host_memory", (surv + vals) * w.key_bytes)
                 add("nbytes", "link.to_host", (surv + vals) * w.key_bytes)
-        if self.kind == "cem" or self.kind.startswith("host"):
-            nbytes = self.batch * w.layers * w.kv_token_bytes  # one new token per user, written back
+        if self.kind.startswith(("cem", "host")):
+            nbytes = (
+                self.batch * w.layers * w.kv_token_bytes
+            )  # one new token per user, written where KV lives
             add("nbytes", "link.to_device", nbytes)
-            add("nbytes", "cem.lpddr_write" if self.kind == "cem" else "host_memory", nbytes)
+            add("nbytes", "cem.lpddr_write" if self.kind.startswith("cem") else "host_memory", nbytes)
 
 
 # -- capacity and energy ----------------------------------------------------------------------------------
@@ -617,10 +683,11 @@ def capacity(system: SystemConfig, kind: str, context: int, batch: int, window: 
     geo, db, gpu = system.geometry, system.workload.dtype_bytes, system.gpu
     tp = gpu.count if gpu.parallelism == "tensor" else 1
     kv_token = 2 * geo.layers * geo.kv_heads * geo.head_dim * db
-    sign_token = geo.layers * geo.kv_heads * geo.head_dim / BITS_PER_BYTE
+    sign_token = geo.layers * geo.kv_heads * geo.head_dim / BITS_PER_BYTE  # DReX keeps sign bits by the keys
+    select_token = geo.layers * geo.kv_heads * selection_bytes_per_key(system)  # the GPU's selection data
     users_per_gpu = batch if tp > 1 else math.ceil(batch / gpu.count)
     in_hbm = context if kind.startswith("hbm") else min(window + sinks, context)
-    per_user = in_hbm * kv_token + (context * sign_token if kind in ("hbm_sparse", "host_sparse") else 0.0)
+    per_user = in_hbm * kv_token + (context * select_token if kind in ("hbm_sparse", "host_sparse") else 0.0)
     need = (geo.weight_params() * db + users_per_gpu * per_user) / tp
     out = []
     if need > gpu.hbm.capacity:
@@ -629,7 +696,7 @@ def capacity(system: SystemConfig, kind: str, context: int, batch: int, window: 
         need = batch * context * kv_token
         if need > system.host_memory.capacity:
             out.append(f"host memory: {need:.4g} B of KV, {system.host_memory.capacity:.4g} B present")
-    if kind == "cem" and isinstance(system.cem, DReXConfig):
+    if kind.startswith("cem") and isinstance(system.cem, DReXConfig):
         need = batch * context * (kv_token + sign_token)
         have = system.cem.packages * system.cem.package_capacity
         if need > have:

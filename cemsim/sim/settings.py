@@ -66,6 +66,9 @@ class AttentionSettings:
     upper_bound: bool
     rules: list[str] = field(default_factory=list)  # rescaling rules applied, in words
     survival_source: str = ""  # filled per context by survival.py
+    replayed_filter_ratio: float | None = (
+        None  # keys considered / survivors over every replayed head and step
+    )
 
     def record(self) -> dict[str, Any]:
         d = asdict(self)
@@ -195,13 +198,19 @@ def resolve(system: SystemConfig, header: TraceHeader, context: int, where: str)
                 f"thresholds: trace mean {traced.mean():.1f} -> {thresholds.mean():.1f}: survival per head "
                 "by the binomial concordance rule"
             )
-    if att.filter_ratio is not None:
-        if policy != "longsight":
+    filter_ratio = att.filter_ratio
+    if filter_ratio is not None:
+        if policy in ("dense", "window"):  # nothing filtered: the scenario does not apply (a sweep axis may
+            rules.append(f"filter ratio {filter_ratio:g} not applicable: the {policy} policy filters nothing")
+            filter_ratio = None  # cross every system), and the record says so
+        elif policy != "longsight":
             raise CemsimError(
-                f"workload.attention.filter_ratio is a LongSight survival scenario; the policy is {policy!r}",
+                f"workload.attention.filter_ratio is a LongSight survival scenario; the policy is {policy!r}, "
+                "which selects about k keys per head whatever the ratio",
                 where=where,
             )
-        rules.append(f"filter ratio {att.filter_ratio:g}: survivors of every head scaled to it together")
+        else:
+            rules.append(f"filter ratio {filter_ratio:g}: survivors of every head scaled to it together")
     return AttentionSettings(
         policy=policy,
         trace_policy=tpol,
@@ -215,7 +224,7 @@ def resolve(system: SystemConfig, header: TraceHeader, context: int, where: str)
         page_size=page_size,
         thresholds=thresholds,
         thresholds_from=th_from,
-        filter_ratio=att.filter_ratio,
+        filter_ratio=filter_ratio,
         upper_bound=policy == "oracle-topk",
         rules=rules,
     )

@@ -41,19 +41,19 @@ def trace(tmp_path_factory) -> Path:
 
 
 USAGE_ERRORS = [
-    (["run"], "Missing argument"),
+    (["run"], "Missing argument 'HWCONFIG'"),
     (["run", "--bogus"], "No such option: --bogus"),
     (["run", DREX, "--trace", "t.parquet", "--batch", "x"], "Invalid value for '--batch'"),
     (["run", DREX, "--trace", "t.parquet", "--batch", "0"], "Invalid value for '--batch'"),
     (["run", DREX], "Missing option '--trace'"),
-    (["config", "check"], "Missing argument"),
+    (["config", "check"], "Missing argument 'FILE'"),
     (["config", "show", "--bogus"], "No such option"),
-    (["trace", "info"], "Missing argument"),
+    (["trace", "info"], "Missing argument 'TRACE'"),
     (["trace", "project", "x.parquet", "--context", "1M"], "Missing option '--out'"),
     (["capture", "--tokens", "4K"], "Missing option '--decode-steps'"),
     (["eval", "--tokens", "many"], "Invalid value for '--tokens'"),
     (["tune", "--max-evals", "x"], "Invalid value for '--max-evals'"),
-    (["sweep"], "Missing argument"),
+    (["sweep"], "Missing argument 'SPEC'"),
     (["plot", "results"], "Missing option '--out'"),
     (["demo", "--workers", "0"], "Invalid value for '--workers'"),
     (["no-such-command"], "No such command"),
@@ -336,3 +336,29 @@ def test_device_cuda_without_a_gpu_is_one_clear_error(capsys, tmp_path: Path, co
     err = capsys.readouterr().err
     assert info.value.code == 1 and "--device: --device cuda asked for, but torch sees no CUDA GPU" in err
     assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+def test_messages_with_brackets_are_printed_verbatim(tmp_path: Path) -> None:
+    """Error text goes through rich: a '[/b]' in a key used to raise MarkupError (a traceback), and
+    '[fast]' vanished as an unknown style."""
+    bad = tmp_path / "br.yaml"
+    bad.write_text(
+        'name: t\ngpu:\n  preset: h100-sxm\n  hbm:\n    "peak[/b]": 3 TB/s\nworkload: {model: llama3-8b}\n'
+    )
+    r = cemsim("config", "check", str(bad))
+    assert r.returncode == 1 and "unknown key 'peak[/b]'" in r.stderr and "Traceback" not in r.stderr
+    r = cemsim("run", DREX, "--trace", "x.parquet", "--set", "gpu.hbm.peak_bandwidth=[fast]")
+    assert r.returncode == 1 and "--set gpu.hbm.peak_bandwidth=[fast]: expected a bandwidth" in r.stderr
+
+
+def test_ctrl_c_exits_130_with_one_word(capsys, monkeypatch) -> None:
+    import cemsim.commands.config_cmd as config_cmd
+    from cemsim.cli import main
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config_cmd, "load_system", interrupted)
+    with pytest.raises(SystemExit) as info:
+        main(["config", "show", "hwconfigs/h100.yaml"])
+    assert info.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"

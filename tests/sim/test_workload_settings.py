@@ -238,3 +238,15 @@ def test_the_result_records_what_was_replayed():
     a = simulate(run(DREX, "longsight")).to_json_dict()["attention"]
     assert a["policy"] == a["trace_policy"] == "longsight" and a["k"] == 256
     assert a["thresholds_from"] == "trace" and a["survival_source"].startswith("captured at 4097")
+
+
+def test_a_filter_ratio_scenario_does_not_apply_to_dense_or_window_and_says_so():
+    prep = run(H100, "longsight", **{"workload.attention.filter_ratio": 20})
+    assert prep.attention.filter_ratio is None
+    assert "filter ratio 20 not applicable: the dense policy filters nothing" in prep.attention.rules
+    with pytest.raises(CemsimError, match="selects about k keys"):
+        run(
+            SPARSE_HBM,
+            "quest",
+            **{"workload.attention.policy": "quest", "workload.attention.filter_ratio": 20},
+        )
