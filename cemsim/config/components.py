@@ -80,18 +80,13 @@ register("gpu", "roofline")(GPUConfig)
 class HostMemoryConfig(Frozen):
     impl: str
     name: str = ""
-    device: str  # a cemsim DRAM preset name (config/presets/dram/) or YAML path: every timing lives there
     channels: Count
-    channel_bandwidth: Bandwidth  # one DIMM channel's peak (it may hold several engine channels)
-    # a STREAM-class fraction of peak: the analytic model's host rate (the DES replays the DRAM engine)
+    channel_bandwidth: Bandwidth
     sustained_efficiency: Fraction
     capacity: Bytes
-    latency: Time  # load-to-use beyond the DRAM itself (controller, fabric, DMA), paid once per stream
+    latency: Time
     energy_per_bit: EnergyPerBit
     static_power: Power = 0.0
-    # physical addresses over the engine channels: DRAM field order from most to least significant
-    mapping: str = "RoBaRaCoCh"
-    gather_bytes: Bytes = 256  # bytes one random read of a sparse gather fetches (one key vector)
     kv_write_group: Count = (
         128  # new tokens' KV go back to host memory in groups of this many (LongSight: 128)
     )
@@ -160,7 +155,7 @@ class KeyLayoutConfig(Frozen):
     # how consecutive Key Blocks' sign bits are dealt over a package's (channel, bank) pairs
     interleave: Literal["channel_then_bank", "bank_then_channel"] = "channel_then_bank"
     # full-precision keys and values: DRAM field order from most to least significant (sim/drex_layout.py)
-    key_mapping: str = "RoBaRaCoBgCh"
+    key_mapping: str = "RoBaRaCoCh"
 
     def package_of(self, user: int, head: int, kv_heads: int, packages: int) -> int:
         """head_per_package: a user's heads on distinct packages, users continuing in turn, (u * H + h) mod P

@@ -355,15 +355,16 @@ class DrexTimer:
         out: dict[int, float] = {}
         spent: dict[int, float] = {}
         sampled: dict[int, int] = {}
+        total: dict[int, int] = {}
         for (i, n, k), t in zip(owner, times, strict=True):
             if k < 0:
                 out[i] = t
             else:
                 spent[i] = spent.get(i, 0.0) + t - latency
                 sampled[i] = sampled.get(i, 0) + k
+                total[i] = n
         for i, extra in spent.items():
-            n = next(o[1] for o in owner if o[0] == i)
-            out[i] = latency + extra * n / sampled[i]
+            out[i] = latency + extra * total[i] / sampled[i]
         return out
 
     def _sampled(self, positions, sig: list[tuple[float, float]], kinds: list[tuple[int, int, int]]):  # type: ignore[no-untyped-def]

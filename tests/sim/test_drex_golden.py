@@ -17,8 +17,9 @@ from tests.sim.conftest import REPO, load
 DREX = REPO / "hwconfigs" / "h100-drex.yaml"
 
 
-def timer() -> DrexTimer:
-    return DrexTimer(load(DREX).cem, head_dim=128, key_bytes=256, group=4, kv_heads=8)
+def timer(mapping: str = "RoBaRaCoCh") -> DrexTimer:
+    cem = load(DREX, **{"cem.layout.key_mapping": mapping}).cem
+    return DrexTimer(cem, head_dim=128, key_bytes=256, group=4, kv_heads=8)
 
 
 def test_four_keys_in_four_bank_groups():
@@ -26,7 +27,7 @@ def test_four_keys_in_four_bank_groups():
     # row 0, column 0. ACT-1 at 0, 6, 12, 18 (tRRD_S = 6 between bank groups of one rank); each RD nRCD = 20
     # after its ACT-1; data nCL + nBL = 25 after the RD; the first read also waits one tick for the CAS that
     # wakes the data clock. So the keys return at 46, 51, 57, 63 ticks.
-    t = timer()
+    t = timer("RoBaRaCoBgCh")
     c = t.layout.data_coordinates(np.arange(4))
     assert list(c["bankgroup"]) == [0, 1, 2, 3] and set(c["row"]) == {0} and set(c["column"]) == {0}
     res = replay(
@@ -41,11 +42,14 @@ def test_four_keys_in_four_bank_groups():
 
 
 def test_one_bank_group_serialises_row_hits_at_tccd_l():
-    # Keys 0, 4, 8, 12: the same row of bank group 0 (columns 0..3): one ACT, then RDs tCCD_L = 4 apart:
-    # 46, 50, 54, 58 (the first as above).
-    t = timer()
-    (fetch,) = t.fetch_times([np.array([0, 4, 8, 12])])
-    assert round(fetch / t.tck) == 58
+    # The preset's RoBaRaCoCh: keys 0..3 share one row of bank group 0 (columns 0..3): one ACT, then RDs
+    # tCCD_L = 4 apart: 46, 50, 54, 58 (the first as above). RoBaRaCoBgCh's keys 0, 4, 8, 12 likewise.
+    for mapping, keys in (("RoBaRaCoCh", [0, 1, 2, 3]), ("RoBaRaCoBgCh", [0, 4, 8, 12])):
+        t = timer(mapping)
+        c = t.layout.data_coordinates(np.array(keys))
+        assert set(c["bankgroup"]) == {0} and set(c["row"]) == {0} and list(c["column"]) == [0, 1, 2, 3]
+        (fetch,) = t.fetch_times([np.array(keys)])
+        assert round(fetch / t.tck) == 58
 
 
 def test_full_epoch_stages():

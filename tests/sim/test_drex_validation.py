@@ -21,7 +21,7 @@ DREX = REPO / "hwconfigs" / "h100-drex.yaml"
 SLICE_KEYS = 131_072  # 8 channels x 128 banks x 128 keys
 
 
-def drex(**overrides):
+def drex(**overrides: object):
     cfg = load(DREX, **overrides).cem
     env, rec = simpy.Environment(), Recorder()
     return env, rec, DReX(env, cfg, drex_shape(cfg, head_dim=128, group=4, dtype_bytes=2), rec, kv_heads=8)
@@ -74,22 +74,26 @@ def test_one_survivor_per_row_is_bound_by_the_command_bus():
     assert fetch < 0.2 * 2048 * 36e-9
 
 
-def test_a_full_slice_streams_between_the_pin_bound_and_the_row_bound():
-    # Every key of one slice (131,072 x 256 B = 32 MiB per package, 2,048 rows of 64 keys per channel):
-    # no faster than the pins (32 B per 2 CK per channel), no slower than the pins plus every row's
-    # PRE + ACT + RD latency exposed one after another.
-    _, _, d = drex()
+@pytest.mark.parametrize("mapping", ["RoBaRaCoCh", "RoBaRaCoBgCh"])
+def test_a_full_slice_streams_at_its_column_bound(mapping):
+    # Every key of one slice (131,072 x 256 B = 32 MiB per package, 2,048 rows of 64 keys per channel).
+    # No faster than the columns allow: one burst per key per channel, and back-to-back reads of one bank
+    # group only tCCD_L apart (RoBaRaCoCh keeps a row's consecutive keys in one bank group; RoBaRaCoBgCh
+    # alternates them, so the pins bound it). No slower than that plus every row's PRE + ACT + RD latency
+    # exposed one after another; in fact close to the column bound, stretched by all-bank refresh (tRPab +
+    # tRFC of every tREFI) and a few percent of row turns.
+    _, _, d = drex(**{"cem.layout.key_mapping": mapping})
     t = d.timer
     tm, tck = t.spec.timing, t.tck
+    c = t.layout.data_coordinates(np.arange(2))
+    spacing = tm["nCCD_L"] if c["bankgroup"][0] == c["bankgroup"][1] else tm["nBL"]
     (fetch,) = t.fetch_times([np.arange(SLICE_KEYS)])
-    pins = SLICE_KEYS * tm["nBL"] * tck  # one burst per key per channel, channels in parallel
+    columns = SLICE_KEYS * max(tm["nBL"], spacing) * tck
     rows = SLICE_KEYS / 64
     exposed = rows * (tm["nRP"] + tm["nRCD"] + tm["nCL"]) * tck
-    assert pins <= fetch <= pins + exposed
-    # row hits stream: a row's keys hide the next row's opening; what remains is all-bank refresh
-    # (tRPab + tRFC of every tREFI) and a few percent of row and bank-group turns
+    assert columns <= fetch <= columns + exposed
     refresh = (tm["nRPab"] + tm["nRFC"]) / tm["nREFI"]
-    assert fetch < pins / (1 - refresh) * 1.05
+    assert fetch < columns / (1 - refresh) * 1.05
 
 
 def slice_work(block_survivors: np.ndarray, values: np.ndarray) -> StepWork:
