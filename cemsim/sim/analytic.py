@@ -48,15 +48,19 @@ The three numbers per step (seconds):
   the package's channels: row_buffer x channels / key bytes keys per opened row), each row miss exposing
   tRP + tRCD (divided by the activations the controller overlaps). Where instead the NMA keeps
   nma.outstanding_keys keys in flight per channel, a fetch takes the slowest of the pins, the ranks'
-  activation rate (a row per max(tRRD, tFAW / 4) per rank) and the closed loop (each key's share of
-  precharge + activate, its CAS latency and burst, over the keys in flight). Filtering pipelined with the
-  expected number of scratchpad phases for evenly spread survivors. KV write-back is off the critical path.
+  activation rate (a row per max(tRRD, tFAW / 4) per rank), the closed loop (each key's share of
+  precharge + activate, its CAS latency and burst, over the keys in flight) and the column spacing (keys
+  of one row follow one another in one bank group, tCCD_L apart; JESD209-5 bank-group mode), stretched by
+  refresh (tRFC per tREFI) where the DRAM preset gives those. Filtering pipelined with the expected number
+  of scratchpad phases for evenly spread survivors. KV write-back is off the critical path. Request-queue
+  and response-buffer limits are left to the bounds.
 
 What it ignores, on purpose: queueing order and the interaction between users (only the bounds see
-contention, in aggregate), survivor clustering (the DES reads the trace's per-block distribution),
-refresh, tRAS / tFAW limits, bank conflicts between PFUs and the NMA, the GPU's own scheduling between
-lanes. So at batch 1 the estimate and the DES agree within the row-occupancy difference, and under
-contention the DES is higher than the estimate (tests/sim/test_analytic.py states both).
+contention, in aggregate), survivor clustering (the DES reads the trace's per-block distribution), the DRAM
+controller's scheduling beyond the limits above (WCK sync, command-bus conflicts, the order it serves its
+queue in), bank conflicts between PFUs and the NMA, the GPU's own scheduling between lanes. So at batch 1
+the estimate and the DES agree within the row-occupancy difference, and under contention the DES is higher
+than the estimate (tests/sim/test_analytic.py states both).
 """
 
 from __future__ import annotations
@@ -172,6 +176,8 @@ class DramTimings:
     refresh: float  # fraction of time a bank is blocked by refresh (tRFC / tREFI; 0 when not given)
     tRRD: float = 0.0  # ACT to ACT in one rank (other bank group); 0 when not given
     tFAW: float = 0.0  # window of four ACTs in one rank; 0 when not given
+    tCCD_L: float = 0.0  # read to read in one bank group (LPDDR5 bank-group mode); 0 when not given
+    tCCD_S: float = 0.0  # read to read in another bank group; 0 when not given
 
 
 def lpddr_timings(cem: DReXConfig) -> DramTimings:
@@ -188,7 +194,17 @@ def lpddr_timings(cem: DReXConfig) -> DramTimings:
     rc = max(ticks.get("nRC", 0) * tck, rp + rcd)
     refi = ticks.get("nREFI", 0)
     refresh = ticks.get("nRFC", 0) / refi if refi else 0.0
-    return DramTimings(rcd, rp, cl, rc, refresh, ticks.get("nRRD_S", 0) * tck, ticks.get("nFAW", 0) * tck)
+    return DramTimings(
+        rcd,
+        rp,
+        cl,
+        rc,
+        refresh,
+        ticks.get("nRRD_S", 0) * tck,
+        ticks.get("nFAW", 0) * tck,
+        ticks.get("nCCD_L", 0) * tck,
+        ticks.get("nCCD_S", 0) * tck,
+    )
 
 
 class DrexRates:
@@ -278,10 +294,15 @@ class DrexRates:
         if self.outstanding:  # each key in flight also waits for its CAS latency and its burst
             burst = self.key_bytes / self.package_bytes_per_s
             miss = max(miss, (rows * (t.tRP + t.tRCD) + keys * (t.tCL + burst)) / self.outstanding)
+            # keys fetched in address order: the keys sharing an opened row follow one another in one bank
+            # group, tCCD_L apart; a new row is in another bank (group), tCCD_S after the previous read
+            miss = max(miss, (keys - rows) * t.tCCD_L + rows * t.tCCD_S)
         # upper: each key its own row miss, one after another: a bank's full ACT-to-ACT cycle (or precharge +
         # activate where no tRC is known) and the CAS latency, plus the data, stretched by refresh
         serial = keys * (max(t.tRC, t.tRP + t.tRCD) + t.tCL) + data
-        return Span3(fewest * t.tCL + data, expected * t.tCL + max(data, miss), serial * (1.0 + t.refresh))
+        # the estimate: refresh blocks the banks tRFC out of every tREFI, stretching the fetch that long
+        estimate = (expected * t.tCL + max(data, miss)) * (1.0 + t.refresh)
+        return Span3(fewest * t.tCL + data, estimate, serial * (1.0 + t.refresh))
 
     def service(self, considered: float, survivors: float, values: float) -> Span3:
         """NMA time of one request: filter runs alternating with scoring phases, then the value fetch."""
