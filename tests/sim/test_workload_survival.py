@@ -131,3 +131,9 @@ def test_a_projection_draw_is_reused_across_systems_and_batches(projected):
     b = prepare(load(DREX, **{"workload.batch": 4}), header, records, context=16384)
     for x, y in zip(a.works, b.works, strict=True):
         np.testing.assert_array_equal(x.survivors, y.survivors)
+
+
+def test_the_replayed_filter_ratio_is_recorded(projected):
+    header, records = projected
+    prep = prepare(load(DREX, **{"workload.attention.filter_ratio": 40}), header, records, max_steps=1)
+    assert prep.attention.record()["replayed_filter_ratio"] == pytest.approx(40, rel=0.01)
