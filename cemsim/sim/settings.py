@@ -66,6 +66,9 @@ class AttentionSettings:
     upper_bound: bool
     rules: list[str] = field(default_factory=list)  # rescaling rules applied, in words
     survival_source: str = ""  # filled per context by survival.py
+    replayed_filter_ratio: float | None = (
+        None  # keys considered / survivors over every replayed head and step
+    )
 
     def record(self) -> dict[str, Any]:
         d = asdict(self)

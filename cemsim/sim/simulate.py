@@ -81,6 +81,9 @@ def prepare(
     works, trace_context = replay_works(
         settings, header, itertools.chain([first], stream), context, rows, where, check, max_steps
     )
+    survivors = sum(float(w.survivors.sum()) for w in works)
+    if survivors > 0:
+        settings.replayed_filter_ratio = sum(float(w.considered.sum()) for w in works) / survivors
     target_context = works[0].context
     users = batch if batch is not None else system.workload.batch
     fit = check_fit(system, kind, sizes, target_context, users, works[0].window, works[0].sinks)

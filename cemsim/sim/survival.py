@@ -24,6 +24,7 @@ Rules applied on top, in order (settings.py decides which apply):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -126,11 +127,30 @@ def adjust_counts(
 
 
 def _projection_steps(header: TraceHeader, context: int, steps: int) -> Iterator[StepRecord]:
+    """Steps drawn from the trace's projection at ``context``, lazily; the first few are kept (a sweep
+    replays one trace at one context for many systems and batch sizes: the draw is seeded, so identical)."""
+    key = (json.dumps(header.projection, sort_keys=True, default=str), header.model, header.k, context)
+    cached = _DRAWN.setdefault(key, [])  # filled in place as steps are drawn (callers stop early)
+    while len(_DRAWN) > _KEEP_CONTEXTS:
+        _DRAWN.pop(next(iter(_DRAWN)))
+    yield from list(cached)
+    if len(cached) >= steps:
+        return
     from cemsim.trace.projection import SurvivalFit, project_steps
 
     proj = header.projection or {}
     fit = SurvivalFit.from_dict(proj["fit"])
-    return project_steps(header, fit, context=context, steps=steps, seed=int(proj.get("seed", 0)))
+    drawn = project_steps(header, fit, context=context, steps=steps, seed=int(proj.get("seed", 0)))
+    for i, rec in enumerate(drawn):
+        if i < len(cached):
+            continue
+        if i < _KEEP_STEPS:
+            cached.append(rec)
+        yield rec
+
+
+_DRAWN: dict[tuple, list[StepRecord]] = {}  # (projection, model, k, context) -> the first steps drawn
+_KEEP_STEPS, _KEEP_CONTEXTS = 8, 4  # at most 32 steps held (a 512K-token step of Llama-3-8B: 2 MB)
 
 
 def can_project(header: TraceHeader) -> bool:

@@ -118,3 +118,22 @@ def test_filter_ratio_with_thresholds_is_refused():
 
     with pytest.raises(ConfigError, match="filter_ratio"):
         load(DREX, **{"workload.attention.filter_ratio": 20, "workload.attention.threshold": 36})
+
+
+def test_a_projection_draw_is_reused_across_systems_and_batches(projected):
+    """A sweep replays one trace at one context on many systems: the seeded draw is made once."""
+    from cemsim.sim import survival
+
+    header, records = projected
+    a = prepare(load(DREX), header, records, context=16384)
+    key = [k for k in survival._DRAWN if k[-1] == 16384]
+    assert len(key) == 1 and len(survival._DRAWN[key[0]]) == len(records)
+    b = prepare(load(DREX, **{"workload.batch": 4}), header, records, context=16384)
+    for x, y in zip(a.works, b.works, strict=True):
+        np.testing.assert_array_equal(x.survivors, y.survivors)
+
+
+def test_the_replayed_filter_ratio_is_recorded(projected):
+    header, records = projected
+    prep = prepare(load(DREX, **{"workload.attention.filter_ratio": 40}), header, records, max_steps=1)
+    assert prep.attention.record()["replayed_filter_ratio"] == pytest.approx(40, rel=0.01)

@@ -93,7 +93,7 @@ def test_the_context_scaling_chart_draws_drex_as_a_band(sweep, tmp_path):
         max(worst, frame[frame["system"] == "h100-drex"]["latency_per_token_s"].max() * 1e3)
     )
     labels = ax_lat.get_legend_handles_labels()[1]
-    assert "h100-drex (band: filter ratio 5x, 50x)" in labels
+    assert "h100-drex (band: filter ratio 5x, 50x; line: the trace's)" in labels
     # through `cemsim plot`: the spec's scenarios option names the sibling sweep folder
     written = plot_results([own.parent], tmp_path)
     assert (tmp_path / "context_scaling_b8.png") in written
