@@ -153,7 +153,11 @@ def demo(
     _run(sweep_args, "sweep: 6 systems x 9 contexts x 3 batch sizes on the simulator")
     # DReX at two more survival scenarios (20x, 28.9x): the band on the context-scaling chart (issue 15)
     band = spec.parent / "drex_filter_ratio.yaml"
-    band_args = [*sweep_args[:1], str(band), *sweep_args[2:]]
+    band_args = [
+        *sweep_args[:1],
+        str(band.relative_to(Path.cwd()) if band.is_relative_to(Path.cwd()) else band),
+    ]
+    band_args += sweep_args[2:]
     band_args[band_args.index("--out") + 1] = str(out / "drex_filter_ratio")
     if fresh:
         shutil.rmtree(out / "drex_filter_ratio", ignore_errors=True)

@@ -20,6 +20,7 @@ from cemsim.dram.kernel_state import (
     B_OPEN,
     C_AUTO_PRE,
     C_END,
+    C_EVENTS,
     C_READ_HITS,
     C_READS,
     C_STATUS,
@@ -29,6 +30,8 @@ from cemsim.dram.kernel_state import (
     K_WRITE,
     NBSTATE,
     NCOL,
+    NFIELD,
+    NSLOT,
     NSTATE,
     P_BANKQ,
     P_BROADCAST,
@@ -56,11 +59,14 @@ from cemsim.dram.kernel_state import (
     S_DRAIN,
     S_FIN,
     S_HN,
+    S_NA2,
+    S_NDIRTY,
     S_RBN,
     S_REFQN,
     S_TQN,
     S_WBN,
     S_WCKEXP,
+    S_WMODE,
     S_WQN,
     _apply,
     _earliest,
@@ -69,8 +75,23 @@ from cemsim.dram.kernel_state import (
     _issue_bank,
     _remove_at,
 )
-from cemsim.dram.schedule import select_per_bank, select_shared
+from cemsim.dram.schedule import (
+    rebuild_per_bank,
+    rebuild_shared,
+    select_per_bank,
+    select_shared,
+    update_ticks,
+)
 from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, WR
+
+
+@numba.njit(cache=True, inline="always")
+def _mark(b, bdirty, dstack, S):
+    """Queue bank b for a candidate rebuild (once)."""
+    if not bdirty[b]:
+        bdirty[b] = True
+        dstack[S[S_NDIRTY]] = b
+        S[S_NDIRTY] += 1
 
 
 @numba.njit(cache=True)
@@ -182,7 +203,7 @@ def _retire(
 
 
 @numba.njit(cache=True)
-def _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, dry):
+def _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, dry, bdirty, dstack):
     """Per-bank profile, end of tick: move the first waiting transaction whose bank queue has room (writes
     while draining). With ``dry`` only report whether one could move."""
     if not dry and S[S_DRAIN] == 0 and (S[S_WQN] >= wqsize or S[S_WQN] > 8):
@@ -206,6 +227,7 @@ def _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, dry):
                 return True
             bq[b, bqn[b]] = i
             bqn[b] += 1
+            _mark(b, bdirty, dstack, S)
             stage[i] = 1
             if use_w:
                 S[S_WQN] = _remove_at(wq, S[S_WQN], j)
@@ -273,6 +295,11 @@ def _simulate_channel(
     ref_next = ref_interval
     ref_rank = 0
     sel = np.empty(4, dtype=np.int64)
+    slots = np.zeros((nb, NSLOT, NFIELD), dtype=np.int64)
+    nslot = np.zeros(nb, dtype=np.int64)
+    bdirty = np.ones(nb, dtype=np.bool_)
+    dstack = np.arange(nb + 1, dtype=np.int64)
+    S[S_NDIRTY] = nb
     # client
     nxt = 0
     pend = np.empty(n + 1, dtype=np.int64)
@@ -295,6 +322,7 @@ def _simulate_channel(
     t = np.int64(0)
 
     while S[S_FIN] < n:
+        counts[C_EVENTS] += 1
         # ---- refresh falling due
         # the loop never jumps past ref_next (see "next tick"), so at most one refresh falls due per tick
         if refmode != 0 and ref_next <= t:
@@ -352,6 +380,7 @@ def _simulate_channel(
                     b = bank[cand]
                     bq[b, bqn[b]] = cand
                     bqn[b] += 1
+                    _mark(b, bdirty, dstack, S)
                     if kd == K_WRITE:
                         S[S_WBN] += 1
                     else:
@@ -378,17 +407,34 @@ def _simulate_channel(
             sel[3] = -1
             col_only = slot == 1 and last_col == 0
             row_only = slot == 1 and last_col == 1
+            if not per_bank:
+                wm = S[S_WMODE] == 1
+                if not wm:
+                    wm = S[S_WBN] > 0.8 * wqsize or S[S_RBN] == 0
+                elif S[S_WBN] < 0.2 * wqsize and S[S_RBN] != 0:
+                    wm = False
+                if wm != (S[S_WMODE] == 1):
+                    S[S_WMODE] = 1 if wm else 0
+                    for b in range(nb):
+                        _mark(b, bdirty, dstack, S)
+            for k in range(S[S_NDIRTY]):
+                b = dstack[k]
+                if per_bank:
+                    rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot)
+                else:
+                    rebuild_shared(b, BS, bq, bqn, stage, row, kind, S[S_WMODE] == 1, broadcast, slots, nslot)
+                update_ticks(b, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                bdirty[b] = False
+            S[S_NDIRTY] = 0
             if per_bank:
                 e = select_per_bank(
                     t,
                     S,
                     sel,
                     BS,
-                    bq,
-                    bqn,
                     refq,
-                    row,
-                    kind,
+                    slots,
+                    nslot,
                     ready,
                     nodes,
                     faw,
@@ -400,8 +446,6 @@ def _simulate_channel(
                     nrank,
                     rk0,
                     pc0,
-                    hitcap,
-                    broadcast,
                     col_only,
                     row_only,
                 )
@@ -411,11 +455,9 @@ def _simulate_channel(
                     S,
                     sel,
                     BS,
-                    bq,
-                    bqn,
-                    stage,
                     refq,
-                    row,
+                    slots,
+                    nslot,
                     kind,
                     bank,
                     ready,
@@ -429,10 +471,8 @@ def _simulate_channel(
                     nrank,
                     rk0,
                     pc0,
-                    wqsize,
                     naad,
                     wck,
-                    broadcast,
                     col_only,
                     row_only,
                 )
@@ -445,11 +485,15 @@ def _simulate_channel(
             counts[cmd] += 1
             i = sel[0]
             b = sel[2]
+            if cmd != CAS and b >= 0:
+                _mark(b, bdirty, dstack, S)
             if cmd in (REF, PREA):
                 r = sel[3]
                 _apply(ready, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False)
                 _apply(ready, pc0 + r // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
                 _apply(ready, rk0 + r, 2, cmd, t, cl_n, cl_nx, cl_l, False)
+                for bb in range(bpr):
+                    _mark(r * bpr + bb, bdirty, dstack, S)
                 if cmd == PREA:
                     for bb in range(bpr):
                         BS[r * bpr + bb, B_OPEN] = -1
@@ -462,6 +506,7 @@ def _simulate_channel(
             if cmd == ACT2:
                 BS[b, B_A2DL] = -1
                 BS[b, B_A2REQ] = -1
+                S[S_NA2] -= 1
                 stage[i] = 2
                 break
             if i >= 0 and first[i] < 0:
@@ -498,6 +543,7 @@ def _simulate_channel(
                     if naad > 0:
                         stage[i] = 1
                         BS[b, B_A2DL] = t + naad
+                        S[S_NA2] += 1
                         BS[b, B_A2REQ] = i
                     else:
                         stage[i] = 2
@@ -543,18 +589,15 @@ def _simulate_channel(
 
         # ---- per-bank profile: one transaction into its bank queue at the end of the tick
         more_moves = False
-        if per_bank and _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, False):
-            more_moves = _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, True)
+        if per_bank and _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, False, bdirty, dstack):
+            more_moves = _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, True, bdirty, dstack)
 
         # ---- next tick where something can happen
         if S[S_FIN] >= n:
             break
         nt = t + 1 if (issued > 0 or more_moves or S[S_CAS] >= 0) else next_e
-        if naad > 0:
-            for b in range(nb):
-                if BS[b, B_A2DL] >= 0:
-                    nt = t + 1
-                    break
+        if S[S_NA2] > 0:
+            nt = t + 1
         if refmode != 0 and ref_next < nt:
             nt = ref_next
         if depth > 0:

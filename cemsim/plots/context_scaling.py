@@ -54,7 +54,7 @@ def _panel(
         if scenarios is not None and s in set(scenarios["system"]):
             ratios = _band(ax, ok, scenarios[scenarios["system"] == s], metric, scale, colors[s])
             if ratios:
-                label = f"{s} (band: filter ratio {ratios})"
+                label = f"{s} (band: filter ratio {ratios}; line: the trace's)"
         ax.plot(
             ok["context_tokens"],
             ok[metric] * scale,

@@ -13,11 +13,15 @@ What each part costs, from first principles:
   layer: QKV projection, attention kernels, output projection + MLP (+ norms), gpu.layer_overhead, and under
   tensor parallelism two ring all-reduces (2 (p - 1) steps of bytes / p each, each paying the link latency).
   Weights stream once per step; FLOPs scale with the users; tensor parallelism splits both over p GPUs.
+  What attention reads by policy: dense every key and value; window the window and sinks only; a selecting
+  policy the window and sinks, its selection data per considered key (LongSight's sign bits, Quest's page
+  min/max vectors, nothing for the oracle's exact top-k) and the selected keys and top-k values.
 - Link: bytes / (bandwidth per direction x protocol efficiency), then the flight latency.
 - DReX request (one user, layer and KV head), on the NMA of the package holding it:
   filtering in epochs of one Key Block per bank (a slice of channels x banks x keys_per_block keys); per epoch
   three pipelined stages: bitmap generation D x bitmap_time_per_dim x query passes in every bank at once, the
-  bitmap read (banks x keys_per_block / 8 bytes x passes over one channel's bus) and address generation.
+  bitmap read (banks x keys_per_block / 8 bytes x passes over one channel's bus; DReX's stated 120.4 ns where
+  the config carries it) and address generation.
   The 2 MiB address scratchpad holds C addresses; when it would overflow, filtering stops and the survivors
   are fetched and scored, then filtering resumes with a refilled pipeline: F >= ceil(S / C) scoring phases,
   and, since two consecutive phases together exceed C, F <= 2 ceil(S / C) + 1 (never more than the epochs).
@@ -34,8 +38,9 @@ The three numbers per step (seconds):
   the package's pin bandwidth with one CAS latency per phase and no row misses; and per layer the busiest
   resource (an NMA's requests back to back, all descriptors on the link, all responses on the link, the
   host stream) as well as the longest single request path. So it holds under contention too.
-- upper: every survivor and value a row miss whose precharge, activate and CAS latency are exposed one after
-  another (the NMA issues survivors one by one, DReX section 5.4) plus the data time; MACs not overlapped;
+- upper: every survivor and value a row miss whose bank cycle (tRC, or tRP + tRCD) and CAS latency are
+  exposed one after another (the NMA issues survivors one by one, DReX section 5.4) plus the data time,
+  stretched by refresh; MACs not overlapped;
   epochs not pipelined; GPU kernels with compute and memory in series; and per layer every request of the
   batch waiting behind every other one on its NMA and on the link, plus one background KV write-back ahead
   of the descriptors. With a request queue or response-buffer pool smaller than the requests in flight,
@@ -48,15 +53,19 @@ The three numbers per step (seconds):
   the package's channels: row_buffer x channels / key bytes keys per opened row), each row miss exposing
   tRP + tRCD (divided by the activations the controller overlaps). Where instead the NMA keeps
   nma.outstanding_keys keys in flight per channel, a fetch takes the slowest of the pins, the ranks'
-  activation rate (a row per max(tRRD, tFAW / 4) per rank) and the closed loop (each key's share of
-  precharge + activate, its CAS latency and burst, over the keys in flight). Filtering pipelined with the
-  expected number of scratchpad phases for evenly spread survivors. KV write-back is off the critical path.
+  activation rate (a row per max(tRRD, tFAW / 4) per rank), the closed loop (each key's share of
+  precharge + activate, its CAS latency and burst, over the keys in flight) and the column spacing (keys
+  of one row follow one another in one bank group, tCCD_L apart; JESD209-5 bank-group mode), stretched by
+  refresh (tRFC per tREFI) where the DRAM preset gives those. Filtering pipelined with the expected number
+  of scratchpad phases for evenly spread survivors. KV write-back is off the critical path. Request-queue
+  and response-buffer limits are left to the bounds.
 
 What it ignores, on purpose: queueing order and the interaction between users (only the bounds see
-contention, in aggregate), survivor clustering (the DES reads the trace's per-block distribution),
-refresh, tRAS / tFAW limits, bank conflicts between PFUs and the NMA, the GPU's own scheduling between
-lanes. So at batch 1 the estimate and the DES agree within the row-occupancy difference, and under
-contention the DES is higher than the estimate (tests/sim/test_analytic.py states both).
+contention, in aggregate), survivor clustering (the DES reads the trace's per-block distribution), the DRAM
+controller's scheduling beyond the limits above (WCK sync, command-bus conflicts, the order it serves its
+queue in), bank conflicts between PFUs and the NMA, the GPU's own scheduling between lanes. So at batch 1
+the estimate and the DES agree within the row-occupancy difference, and under contention the DES is higher
+than the estimate (tests/sim/test_analytic.py states both).
 """
 
 from __future__ import annotations
@@ -172,6 +181,8 @@ class DramTimings:
     refresh: float  # fraction of time a bank is blocked by refresh (tRFC / tREFI; 0 when not given)
     tRRD: float = 0.0  # ACT to ACT in one rank (other bank group); 0 when not given
     tFAW: float = 0.0  # window of four ACTs in one rank; 0 when not given
+    tCCD_L: float = 0.0  # read to read in one bank group (LPDDR5 bank-group mode); 0 when not given
+    tCCD_S: float = 0.0  # read to read in another bank group; 0 when not given
 
 
 def lpddr_timings(cem: DReXConfig) -> DramTimings:
@@ -188,7 +199,17 @@ def lpddr_timings(cem: DReXConfig) -> DramTimings:
     rc = max(ticks.get("nRC", 0) * tck, rp + rcd)
     refi = ticks.get("nREFI", 0)
     refresh = ticks.get("nRFC", 0) / refi if refi else 0.0
-    return DramTimings(rcd, rp, cl, rc, refresh, ticks.get("nRRD_S", 0) * tck, ticks.get("nFAW", 0) * tck)
+    return DramTimings(
+        rcd,
+        rp,
+        cl,
+        rc,
+        refresh,
+        ticks.get("nRRD_S", 0) * tck,
+        ticks.get("nFAW", 0) * tck,
+        ticks.get("nCCD_L", 0) * tck,
+        ticks.get("nCCD_S", 0) * tck,
+    )
 
 
 class DrexRates:
@@ -278,10 +299,15 @@ class DrexRates:
         if self.outstanding:  # each key in flight also waits for its CAS latency and its burst
             burst = self.key_bytes / self.package_bytes_per_s
             miss = max(miss, (rows * (t.tRP + t.tRCD) + keys * (t.tCL + burst)) / self.outstanding)
+            # keys fetched in address order: the keys sharing an opened row follow one another in one bank
+            # group, tCCD_L apart; a new row is in another bank (group), tCCD_S after the previous read
+            miss = max(miss, (keys - rows) * t.tCCD_L + rows * t.tCCD_S)
         # upper: each key its own row miss, one after another: a bank's full ACT-to-ACT cycle (or precharge +
         # activate where no tRC is known) and the CAS latency, plus the data, stretched by refresh
         serial = keys * (max(t.tRC, t.tRP + t.tRCD) + t.tCL) + data
-        return Span3(fewest * t.tCL + data, expected * t.tCL + max(data, miss), serial * (1.0 + t.refresh))
+        # the estimate: refresh blocks the banks tRFC out of every tREFI, stretching the fetch that long
+        estimate = (expected * t.tCL + max(data, miss)) * (1.0 + t.refresh)
+        return Span3(fewest * t.tCL + data, estimate, serial * (1.0 + t.refresh))
 
     def service(self, considered: float, survivors: float, values: float) -> Span3:
         """NMA time of one request: filter runs alternating with scoring phases, then the value fetch."""
@@ -300,7 +326,7 @@ class DrexRates:
 
 
 @dataclass
-class Workload:
+class ModelSizes:
     """Sizes of the model and the batch, from the system's geometry and the trace's header."""
 
     layers: int
@@ -340,8 +366,8 @@ class Tally:
     phases: dict[str, float] = field(default_factory=dict)
 
     def add(self, table: str, key: str, amount: float) -> None:
-        d = getattr(self, table)
-        d[key] = d.get(key, 0.0) + amount
+        counters = getattr(self, table)
+        counters[key] = counters.get(key, 0.0) + amount
 
 
 @dataclass
@@ -368,7 +394,7 @@ class StepModel:
         self.system, self.kind, self.batch = system, system_kind(system), prep.batch
         geo, wl = system.geometry, system.workload
         scope = getattr(prep.header, "topk_scope", "query_head")
-        self.work = Workload(
+        self.sizes = ModelSizes(
             geo.layers,
             geo.kv_heads,
             geo.q_heads,
@@ -385,7 +411,7 @@ class StepModel:
         self.lanes = gpu.count // self.tp
         self.gpu = GpuRates(gpu, wl.dtype)
         self.drex = (
-            DrexRates(system.cem, geo.head_dim, geo.group_size, self.work.key_bytes)
+            DrexRates(system.cem, geo.head_dim, geo.group_size, self.sizes.key_bytes)
             if self.kind == "cem" and isinstance(system.cem, DReXConfig)
             else None
         )
@@ -395,10 +421,14 @@ class StepModel:
     # -- GPU work -------------------------------------------------------------------------------------
     def weights(self) -> dict[str, float]:
         """Parameters of the kernels that stream weights: per layer before and after attention, LM head."""
-        w = self.work
-        qkv = w.hidden * (w.q_heads + 2 * w.kv_heads) * w.head_dim
-        out_mlp = w.q_heads * w.head_dim * w.hidden + 3 * w.hidden * w.intermediate + 2 * w.hidden  # + norms
-        return {"pre": qkv, "post": out_mlp, "head": w.vocab * w.hidden + w.hidden}
+        model = self.sizes
+        qkv = model.hidden * (model.q_heads + 2 * model.kv_heads) * model.head_dim
+        out_mlp = (
+            model.q_heads * model.head_dim * model.hidden
+            + 3 * model.hidden * model.intermediate
+            + 2 * model.hidden
+        )  # + norms
+        return {"pre": qkv, "post": out_mlp, "head": model.vocab * model.hidden + model.hidden}
 
     def gpu_kernel(self, nbytes: float, flops: float, fixed: float, count: bool) -> Span3:
         """A kernel of the tensor-parallel group (bytes and FLOPs of the whole group), per GPU."""
@@ -409,33 +439,33 @@ class StepModel:
 
     def attention_kernels(self, works: list[Any], layer: int, count: bool) -> tuple[Span3, Span3, Span3]:
         """(before the offload, overlapping it, after it) on the GPU, for the lane's users at one layer."""
-        w, kind = self.work, self.kind
-        q_dim = w.q_heads * w.head_dim
-        per_key = 2.0 * w.group * w.head_dim  # one key against the group's query heads
+        model, kind = self.sizes, self.kind
+        q_dim = model.q_heads * model.head_dim
+        per_key = 2.0 * model.group * model.head_dim  # one key against the group's query heads
         if kind in ("hbm_dense", "host_dense"):
-            tokens = float(sum(x.context for x in works))
-            nbytes = tokens * w.kv_token_bytes if kind == "hbm_dense" else 0.0  # host: over PCIe instead
+            tokens = float(sum(work.context for work in works))
+            nbytes = tokens * model.kv_token_bytes if kind == "hbm_dense" else 0.0  # host: over PCIe instead
             return ZERO, self.gpu_kernel(nbytes, 4.0 * q_dim * tokens, 0.0, count), ZERO
-        dense = float(sum(x.window + x.sinks for x in works))
+        dense = float(sum(work.window + work.sinks for work in works))
         if kind.endswith("_window"):
-            return ZERO, self.gpu_kernel(dense * w.kv_token_bytes, 4.0 * q_dim * dense, 0.0, count), ZERO
-        considered = float(sum(x.considered[layer].sum() for x in works))
-        survivors = float(sum(x.survivors[layer].sum() for x in works))
-        values = float(sum(x.values[layer].sum() for x in works))
+            return ZERO, self.gpu_kernel(dense * model.kv_token_bytes, 4.0 * q_dim * dense, 0.0, count), ZERO
+        considered = float(sum(work.considered[layer].sum() for work in works))
+        survivors = float(sum(work.survivors[layer].sum() for work in works))
+        values = float(sum(work.values[layer].sum() for work in works))
         select_bytes = considered * selection_bytes_per_key(self.system)
-        g = self.system.gpu
-        pipeline = g.sparse_pipeline_latency + survivors / self.tp * g.sparse_time_per_survivor
-        window_bytes, window_flops = dense * w.kv_token_bytes, 4.0 * q_dim * dense
+        gpu = self.system.gpu
+        pipeline = gpu.sparse_pipeline_latency + survivors / self.tp * gpu.sparse_time_per_survivor
+        window_bytes, window_flops = dense * model.kv_token_bytes, 4.0 * q_dim * dense
         if kind == "hbm_sparse":
-            nbytes = window_bytes + select_bytes + (survivors + values) * w.key_bytes
+            nbytes = window_bytes + select_bytes + (survivors + values) * model.key_bytes
             flops = window_flops + per_key * (survivors + values)
             return ZERO, self.gpu_kernel(nbytes, flops, pipeline, count), ZERO
         window = self.gpu_kernel(window_bytes, window_flops, 0.0, count)
-        after = self.gpu_kernel(values * w.key_bytes, per_key * values, 0.0, count)  # softmax + values
+        after = self.gpu_kernel(values * model.key_bytes, per_key * values, 0.0, count)  # softmax + values
         before = ZERO
         if kind == "host_sparse":
             before = self.gpu_kernel(select_bytes, 0.0, pipeline, count)  # the GPU selects (sign bits, pages)
-            after = after + self.gpu_kernel(survivors * w.key_bytes, per_key * survivors, 0.0, count)
+            after = after + self.gpu_kernel(survivors * model.key_bytes, per_key * survivors, 0.0, count)
         return before, window, after
 
     # -- offloaded attention --------------------------------------------------------------------------
@@ -444,18 +474,18 @@ class StepModel:
     ) -> list[tuple[int, Span3, float]]:
         """(package, NMA service, response bytes) of every (user, KV head) request at ``layer``."""
         assert self.drex is not None
-        cem, w = self.drex.cem, self.work
+        cem, model = self.drex.cem, self.sizes
         out = []
         for u in users:
-            x = works[u]
-            for h in range(w.kv_heads):
-                pkg = cem.layout.package_of(u, h, w.kv_heads, cem.packages)
+            work = works[u]
+            for h in range(model.kv_heads):
+                pkg = cem.layout.package_of(u, h, model.kv_heads, cem.packages)
                 n, s, v = (
-                    float(x.considered[layer, h]),
-                    float(x.survivors[layer, h]),
-                    float(x.values[layer, h]),
+                    float(work.considered[layer, h]),
+                    float(work.survivors[layer, h]),
+                    float(work.values[layer, h]),
                 )
-                out.append((pkg, self.drex.service(n, s, v), w.response_bytes(s, v)))
+                out.append((pkg, self.drex.service(n, s, v), model.response_bytes(s, v)))
         return out
 
     def cem_offload(
@@ -465,7 +495,7 @@ class StepModel:
         assert link is not None and self.drex is not None
         cem = self.drex.cem
         flight = link.latency
-        desc = link_seconds(link, self.work.group * self.work.key_bytes)  # the group's query vectors
+        desc = link_seconds(link, self.sizes.group * self.sizes.key_bytes)  # the group's query vectors
         mine = self.cem_requests(lane_users, works, layer)
         if not mine:
             return ZERO
@@ -499,7 +529,7 @@ class StepModel:
         )
         # upper: every request of the batch in flight at once, behind one another on NMAs and the link
         every = mine if len(all_users) == len(lane_users) else self.cem_requests(all_users, works, layer)
-        write_back = link_seconds(link, cem.layout.keys_per_block * self.work.kv_token_bytes)
+        write_back = link_seconds(link, cem.layout.keys_per_block * self.sizes.kv_token_bytes)
         every_resp = sum(link_seconds(link, r) for _, _, r in every)
         if cem.request_queue_depth >= len(every) and cem.response_buffers >= len(every):
             busy: dict[int, float] = {}
@@ -520,13 +550,16 @@ class StepModel:
             link.bandwidth_per_direction * link.protocol_efficiency,
         )
         flight = host.latency + link.latency
-        w = self.work
+        model = self.sizes
 
         def streams(u: int) -> list[float]:
-            x = works[u]
+            work = works[u]
             if self.kind == "host_dense":
-                return [x.context * w.kv_token_bytes]
-            return [float(x.survivors[layer].sum()) * w.key_bytes, float(x.values[layer].sum()) * w.key_bytes]
+                return [work.context * model.kv_token_bytes]
+            return [
+                float(work.survivors[layer].sum()) * model.key_bytes,
+                float(work.values[layer].sum()) * model.key_bytes,
+            ]
 
         def alone(u: int) -> float:
             return sum(b / rate + flight for b in streams(u) if b > 0)
@@ -546,7 +579,7 @@ class StepModel:
         lane_works = [works[u] for u in lane_users]
         users = len(lane_users)
         params = self.weights()
-        db, geo = self.work.dtype_bytes, self.system.geometry
+        dtype_bytes, geo = self.sizes.dtype_bytes, self.system.geometry
         total = ZERO
         phases: dict[str, float] = {}
 
@@ -555,10 +588,10 @@ class StepModel:
 
         shared_work = 0.0
         peer = self.system.gpu.peer_link
-        for layer in range(self.work.layers):
-            pre = self.gpu_kernel(params["pre"] * db, 2.0 * params["pre"] * users, 0.0, main)
+        for layer in range(self.sizes.layers):
+            pre = self.gpu_kernel(params["pre"] * dtype_bytes, 2.0 * params["pre"] * users, 0.0, main)
             before, parallel, after = self.attention_kernels(lane_works, layer, main)
-            post = self.gpu_kernel(params["post"] * db, 2.0 * params["post"] * users, 0.0, main)
+            post = self.gpu_kernel(params["post"] * dtype_bytes, 2.0 * params["post"] * users, 0.0, main)
             if self.kind == "cem":
                 offload = self.cem_offload(lane_users, list(range(self.batch)), works, layer)
             elif self.kind in ("host_dense", "host_sparse"):
@@ -568,7 +601,7 @@ class StepModel:
             shared_work += offload.upper
             reduce = 0.0
             if self.tp > 1 and peer is not None:
-                nbytes = users * geo.hidden * db
+                nbytes = users * geo.hidden * dtype_bytes
                 reduce = 2 * ring_allreduce_seconds(peer, nbytes, self.tp)  # after attention, after the MLP
                 if main:
                     self.tally.add("nbytes", "gpu.peer_link", 2 * 2 * (self.tp - 1) * nbytes / self.tp)
@@ -584,7 +617,7 @@ class StepModel:
             phase("attention_wait", attention.estimate - parallel.estimate)
             phase("all_reduce", reduce)
             phase("layer_overhead", overhead)
-        head = self.gpu_kernel(params["head"] * db, 2.0 * params["head"] * users, 0.0, main)
+        head = self.gpu_kernel(params["head"] * dtype_bytes, 2.0 * params["head"] * users, 0.0, main)
         phase("projection", head.estimate)
         if main:
             for k, v in phases.items():
@@ -617,38 +650,38 @@ class StepModel:
 
     def count_device_work(self, step: int) -> None:
         """Bytes and operations off the GPU: links, DReX, host memory, KV write-back (per step)."""
-        w, n = self.work, len(self.works)
+        model, n_works = self.sizes, len(self.works)
         add = self.tally.add
         for u in range(self.batch):
-            x = self.works[(step + u) % n]
-            surv, vals = float(x.survivors.sum()), float(x.values.sum())
+            work = self.works[(step + u) % n_works]
+            surv, vals = float(work.survivors.sum()), float(work.values.sum())
             if self.kind == "cem" and self.drex is not None:
-                d = self.drex
+                drex = self.drex
                 blocks = sum(
-                    math.ceil(float(c) / d.keys_per_block) for c in x.considered.ravel()
+                    math.ceil(float(c) / drex.keys_per_block) for c in work.considered.ravel()
                 )  # one Key Block per bank per epoch
-                requests = w.layers * w.kv_heads
-                add("nbytes", "link.to_device", requests * w.group * w.key_bytes)
+                requests = model.layers * model.kv_heads
+                add("nbytes", "link.to_device", requests * model.group * model.key_bytes)
                 resp = sum(
-                    w.response_bytes(float(s), float(v))
-                    for s, v in zip(x.survivors.ravel(), x.values.ravel(), strict=True)
+                    model.response_bytes(float(s), float(v))
+                    for s, v in zip(work.survivors.ravel(), work.values.ravel(), strict=True)
                 )
                 add("nbytes", "link.to_host", resp)
-                add("nbytes", "cem.lpddr", (surv + vals) * w.key_bytes)
-                add("nbytes", "cem.bitmaps", blocks * d.keys_per_block / BITS_PER_BYTE * d.passes)
-                add("nbytes", "cem.scratchpad", 2 * surv * d.cem.nma.address_bytes)  # written, then read
-                add("ops", "cem.pfu_seconds", blocks * d.bitmap_generation)
-                add("ops", "cem.nma_macs", surv * w.head_dim * w.group)
+                add("nbytes", "cem.lpddr", (surv + vals) * model.key_bytes)
+                add("nbytes", "cem.bitmaps", blocks * drex.keys_per_block / BITS_PER_BYTE * drex.passes)
+                add("nbytes", "cem.scratchpad", 2 * surv * drex.cem.nma.address_bytes)  # written, then read
+                add("ops", "cem.pfu_seconds", blocks * drex.bitmap_generation)
+                add("ops", "cem.nma_macs", surv * model.head_dim * model.group)
             elif self.kind == "host_dense":
-                nbytes = x.context * w.kv_token_bytes * w.layers
+                nbytes = work.context * model.kv_token_bytes * model.layers
                 add("nbytes", "host_memory", nbytes)
                 add("nbytes", "link.to_host", nbytes)
             elif self.kind == "host_sparse":
-                add("nbytes", "host_memory", (surv + vals) * w.key_bytes)
-                add("nbytes", "link.to_host", (surv + vals) * w.key_bytes)
+                add("nbytes", "host_memory", (surv + vals) * model.key_bytes)
+                add("nbytes", "link.to_host", (surv + vals) * model.key_bytes)
         if self.kind.startswith(("cem", "host")):
             nbytes = (
-                self.batch * w.layers * w.kv_token_bytes
+                self.batch * model.layers * model.kv_token_bytes
             )  # one new token per user, written where KV lives
             add("nbytes", "link.to_device", nbytes)
             add("nbytes", "cem.lpddr_write" if self.kind.startswith("cem") else "host_memory", nbytes)
@@ -659,15 +692,15 @@ class StepModel:
 
 def capacity(system: SystemConfig, kind: str, context: int, batch: int, window: int, sinks: int) -> list[str]:
     """Why the workload does not fit (empty when it does)."""
-    geo, db, gpu = system.geometry, system.workload.dtype_bytes, system.gpu
+    geo, dtype_bytes, gpu = system.geometry, system.workload.dtype_bytes, system.gpu
     tp = gpu.count if gpu.parallelism == "tensor" else 1
-    kv_token = 2 * geo.layers * geo.kv_heads * geo.head_dim * db
+    kv_token = 2 * geo.layers * geo.kv_heads * geo.head_dim * dtype_bytes
     sign_token = geo.layers * geo.kv_heads * geo.head_dim / BITS_PER_BYTE  # DReX keeps sign bits by the keys
     select_token = geo.layers * geo.kv_heads * selection_bytes_per_key(system)  # the GPU's selection data
     users_per_gpu = batch if tp > 1 else math.ceil(batch / gpu.count)
     in_hbm = context if kind.startswith("hbm") else min(window + sinks, context)
     per_user = in_hbm * kv_token + (context * select_token if kind in ("hbm_sparse", "host_sparse") else 0.0)
-    need = (geo.weight_params() * db + users_per_gpu * per_user) / tp
+    need = (geo.weight_params() * dtype_bytes + users_per_gpu * per_user) / tp
     out = []
     if need > gpu.hbm.capacity:
         out.append(f"GPU HBM: {need:.4g} B needed per GPU, {gpu.hbm.capacity:.4g} B present")

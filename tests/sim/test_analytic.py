@@ -31,34 +31,42 @@ def prepared(hw: Path | str, context: int, batch: int, steps: int = 2, **overrid
     return prepare(system, header, [make_step(header, context, step=i) for i in range(steps)], batch=batch)
 
 
-def value_row_slack(prep: Prepared) -> float:
-    """Seconds per step by which the DES may exceed the estimate at batch 1 on a DReX system.
+def drex_slack(prep: Prepared) -> tuple[float, float]:
+    """Seconds per step by which the DES may fall below / exceed the estimate at batch 1 on a DReX system,
+    from the two things the trace's counts and the DRAM timings leave open:
 
-    The trace gives how many top-k values a request fetches, not which rows they sit in. Values are a subset
-    of the survivors; placed uniformly at random (the estimate) they open the occupancy expectation of
-    rows, and at most they open one row each (min(values, rows spanned)). A model may land anywhere in that
-    range, and each row more costs what the estimate charges a row miss (DrexRates.row_miss_cost: one
-    precharge + activate, tRP + tRCD, over the activations overlapped).
-    The DES thins each row's no-survivor probability P^t for the values, which overcounts (it is the
-    pessimistic end when rows are as large as Key Blocks), so this range is what separates the two.
+    Value rows (above). The trace gives how many top-k values a request fetches, not which rows they sit
+    in. Values are a subset of the survivors; placed uniformly at random (the estimate) they open the
+    occupancy expectation of rows, and at most they open one row each (min(values, rows spanned)). A model
+    may land anywhere in that range, and each row more costs what the estimate charges a row miss
+    (DrexRates.row_miss_cost). The formula DES thins each row's no-survivor probability P^t for the values,
+    which lands near the pessimistic end when rows are as large as Key Blocks.
+    Refresh (below). Where the DRAM preset gives tRFC and tREFI the estimate stretches every fetch by their
+    ratio, the average share of time a bank is refreshing; a fetch shorter than tREFI may fall between two
+    refreshes (the DRAM-engine DES restarts the refresh schedule with each phase), so up to that share of
+    the estimate's fetch time may be absent.
     Requests of a layer run in parallel on different NMAs: the slowest sets the layer, so per layer the
     largest range counts, summed over layers, averaged over the steps.
     """
     if prep.kind != "cem":
-        return 0.0
+        return 0.0, 0.0
     cem, geo = prep.system.cem, prep.system.geometry
     rates = DrexRates(cem, geo.head_dim, geo.group_size, geo.head_dim * prep.system.workload.dtype_bytes)
-    miss = rates.row_miss_cost()
-    total = 0.0
+    miss, refresh = rates.row_miss_cost(), rates.dram.refresh / (1 + rates.dram.refresh)
+    below = above = 0.0
     for w in prep.works:
         for layer in range(geo.layers):
-            worst = 0.0
+            rows = refreshed = 0.0
             for head in range(geo.kv_heads):
-                n, v = float(w.considered[layer, head]), float(w.values[layer, head])
+                n, s, v = (float(x[layer, head]) for x in (w.considered, w.survivors, w.values))
                 spanned = math.ceil(n / rates.keys_per_row)
-                worst = max(worst, min(v, spanned) - rates.expected_rows(v, n))
-            total += worst * miss
-    return total / len(prep.works)
+                rows = max(rows, min(v, spanned) - rates.expected_rows(v, n))
+                epochs = math.ceil(n / rates.slice_keys)
+                fetch = rates.fetch(s, n, rates.phases(epochs, s)) + rates.fetch(v, n, (1, 1.0, 1))
+                refreshed = max(refreshed, fetch.estimate * refresh)
+            above += rows * miss
+            below += refreshed
+    return below / len(prep.works), above / len(prep.works)
 
 
 def agreement_failures(prep: Prepared) -> list[str]:
@@ -71,12 +79,13 @@ def agreement_failures(prep: Prepared) -> list[str]:
     d, e = des.latency_per_token_s, est.latency_per_token_s
     assert d is not None and e is not None
     # GPU, link and host memory are the same physics written twice (roofline, occupancy + flight, ring
-    # all-reduce): they must agree to floating point. On DReX the one modelling difference is the value
-    # rows (value_row_slack), plus 1% of the offload for the survivor rows: the synthetic traces draw
+    # all-reduce): they must agree to floating point. On DReX what the counts leave open is the value rows
+    # and refresh (drex_slack), plus 1% of the offload for the survivor rows: the synthetic traces draw
     # survivors binomially per 128-key block at one rate per head, so the DES's per-block occupancy and the
     # estimate's uniform occupancy are the same law up to the blocks' sampling noise (0.3% of rows measured).
     noise = 0.01 * est.time_breakdown_s.get("attention_wait", 0.0)
-    below, above = noise + FP * e, value_row_slack(prep) + noise + FP * e
+    refresh, value_rows = drex_slack(prep)
+    below, above = refresh + noise + FP * e, value_rows + noise + FP * e
     if not (-below <= d - e <= above):
         out.append(
             f"latency: DES {d * 1e3:.4f} ms, analytic {e * 1e3:.4f} ms (DES - analytic allowed in "
@@ -167,7 +176,7 @@ def contention_margin(prep: Prepared) -> float:
     estimate also charges the user's responses draining over the link, which the DES may overlap: they are
     taken off. Host memory: each user's streams hold host DDR and PCIe, so users' streams follow one another:
     (batch - 1) x the shortest user's data time (its latencies overlap). Services are the estimate's: at
-    batch 1 the DES matches them within the value-row range (value_row_slack), also taken off.
+    batch 1 the DES matches them within the value-row range (drex_slack), also taken off.
     """
     model = StepModel(prep)
     users = list(range(prep.batch))
@@ -193,7 +202,7 @@ def contention_margin(prep: Prepared) -> float:
                 flights = (1 if prep.kind == "host_dense" else 2) * (host.latency + link.latency)
                 alone = [model.host_offload([u], [u], works, layer).estimate - flights for u in users]
                 total += (len(users) - 1) * min(alone)
-    return total / steps - value_row_slack(prep)
+    return total / steps - drex_slack(prep)[1]
 
 
 @pytest.mark.parametrize(
@@ -304,3 +313,25 @@ def test_des_always_within_the_bounds(hw, model, context, batch, survival, lanes
     assert des.fits == analytic(prep).fits
     if des.fits:
         assert bounds_failures(prep, des.latency_per_token_s) == []
+
+
+@pytest.mark.parametrize("hw", HWCONFIGS, ids=[p.stem for p in HWCONFIGS])
+def test_capacity_agrees_with_the_simulator_on_every_fit_boundary(hw):
+    """Weights, KV and selection data against each memory, written twice: the same verdict over a grid of
+    contexts and batches that crosses every shipped system's limits (HBM at 128K-1M, host and CEM beyond)."""
+    from cemsim.sim.analytic import capacity, system_kind
+    from cemsim.sim.capacity import check_fit
+    from cemsim.sim.plan import workload_sizes
+
+    system = load(hw)
+    header = make_header(system.geometry, policy=system.workload.attention.policy)
+    sizes = workload_sizes(system, header)
+    kind = system_kind(system)
+    verdicts = set()
+    for context in (4096, 65536, 131072, 262144, 524288, 1 << 20, 1 << 22):
+        for batch in (1, 2, 4, 16, 64, 256):
+            window, sinks = min(1024, context), 16
+            des = check_fit(system, kind, sizes, context, batch, window, sinks).fits
+            assert (capacity(system, kind, context, batch, window, sinks) == []) == des, (context, batch)
+            verdicts.add(des)
+    assert verdicts == {True, False}  # the grid crosses the limit

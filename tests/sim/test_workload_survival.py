@@ -131,3 +131,18 @@ def test_a_projection_draw_is_reused_across_systems_and_batches(projected):
     b = prepare(load(DREX, **{"workload.batch": 4}), header, records, context=16384)
     for x, y in zip(a.works, b.works, strict=True):
         np.testing.assert_array_equal(x.survivors, y.survivors)
+
+
+def test_the_replayed_filter_ratio_is_recorded(projected):
+    header, records = projected
+    prep = prepare(load(DREX, **{"workload.attention.filter_ratio": 40}), header, records, max_steps=1)
+    assert prep.attention.record()["replayed_filter_ratio"] == pytest.approx(40, rel=0.01)
+
+
+def test_a_point_that_does_not_fit_derives_only_its_first_step(projected):
+    header, records = projected
+    prep = prepare(load(DREX), header, records, batch=64)  # 64 users x 256K tokens: over DReX's 512 GB
+    assert not prep.fit.fits and len(prep.works) == 1
+    res = simulate(prep)
+    assert not res.fits and "CEM device" in res.why_not[0]
+    assert len(prepare(load(DREX), header, records, batch=1, max_steps=1).works) == 1
