@@ -13,11 +13,15 @@ What each part costs, from first principles:
   layer: QKV projection, attention kernels, output projection + MLP (+ norms), gpu.layer_overhead, and under
   tensor parallelism two ring all-reduces (2 (p - 1) steps of bytes / p each, each paying the link latency).
   Weights stream once per step; FLOPs scale with the users; tensor parallelism splits both over p GPUs.
+  What attention reads by policy: dense every key and value; window the window and sinks only; a selecting
+  policy the window and sinks, its selection data per considered key (LongSight's sign bits, Quest's page
+  min/max vectors, nothing for the oracle's exact top-k) and the selected keys and top-k values.
 - Link: bytes / (bandwidth per direction x protocol efficiency), then the flight latency.
 - DReX request (one user, layer and KV head), on the NMA of the package holding it:
   filtering in epochs of one Key Block per bank (a slice of channels x banks x keys_per_block keys); per epoch
   three pipelined stages: bitmap generation D x bitmap_time_per_dim x query passes in every bank at once, the
-  bitmap read (banks x keys_per_block / 8 bytes x passes over one channel's bus) and address generation.
+  bitmap read (banks x keys_per_block / 8 bytes x passes over one channel's bus; DReX's stated 120.4 ns where
+  the config carries it) and address generation.
   The 2 MiB address scratchpad holds C addresses; when it would overflow, filtering stops and the survivors
   are fetched and scored, then filtering resumes with a refilled pipeline: F >= ceil(S / C) scoring phases,
   and, since two consecutive phases together exceed C, F <= 2 ceil(S / C) + 1 (never more than the epochs).
@@ -34,8 +38,9 @@ The three numbers per step (seconds):
   the package's pin bandwidth with one CAS latency per phase and no row misses; and per layer the busiest
   resource (an NMA's requests back to back, all descriptors on the link, all responses on the link, the
   host stream) as well as the longest single request path. So it holds under contention too.
-- upper: every survivor and value a row miss whose precharge, activate and CAS latency are exposed one after
-  another (the NMA issues survivors one by one, DReX section 5.4) plus the data time; MACs not overlapped;
+- upper: every survivor and value a row miss whose bank cycle (tRC, or tRP + tRCD) and CAS latency are
+  exposed one after another (the NMA issues survivors one by one, DReX section 5.4) plus the data time,
+  stretched by refresh; MACs not overlapped;
   epochs not pipelined; GPU kernels with compute and memory in series; and per layer every request of the
   batch waiting behind every other one on its NMA and on the link, plus one background KV write-back ahead
   of the descriptors. With a request queue or response-buffer pool smaller than the requests in flight,

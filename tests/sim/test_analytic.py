@@ -313,3 +313,25 @@ def test_des_always_within_the_bounds(hw, model, context, batch, survival, lanes
     assert des.fits == analytic(prep).fits
     if des.fits:
         assert bounds_failures(prep, des.latency_per_token_s) == []
+
+
+@pytest.mark.parametrize("hw", HWCONFIGS, ids=[p.stem for p in HWCONFIGS])
+def test_capacity_agrees_with_the_simulator_on_every_fit_boundary(hw):
+    """Weights, KV and selection data against each memory, written twice: the same verdict over a grid of
+    contexts and batches that crosses every shipped system's limits (HBM at 128K-1M, host and CEM beyond)."""
+    from cemsim.sim.analytic import capacity, system_kind
+    from cemsim.sim.capacity import check_fit
+    from cemsim.sim.plan import workload_sizes
+
+    system = load(hw)
+    header = make_header(system.geometry, policy=system.workload.attention.policy)
+    sizes = workload_sizes(system, header)
+    kind = system_kind(system)
+    verdicts = set()
+    for context in (4096, 65536, 131072, 262144, 524288, 1 << 20, 1 << 22):
+        for batch in (1, 2, 4, 16, 64, 256):
+            window, sinks = min(1024, context), 16
+            des = check_fit(system, kind, sizes, context, batch, window, sinks).fits
+            assert (capacity(system, kind, context, batch, window, sinks) == []) == des, (context, batch)
+            verdicts.add(des)
+    assert verdicts == {True, False}  # the grid crosses the limit
