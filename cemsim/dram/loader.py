@@ -90,6 +90,7 @@ def _load_yaml(path: Path) -> DramSpec:
 
     known = {"name", "tck", "burst_bytes", "pseudo_channels", "ranks", "bankgroups", "banks_per_group"}
     known |= {"rows", "columns", "timing", "mapping", "controller", "act_limits", "energy", "standard"}
+    known |= {"rank_scope"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CemsimError(f"{path}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
@@ -141,9 +142,13 @@ def _load_yaml(path: Path) -> DramSpec:
     act_limits = data.get("act_limits", "jedec")
     if act_limits not in ("jedec", "broadcast"):
         raise CemsimError(f"{path}: act_limits must be 'jedec' or 'broadcast', got {act_limits!r}")
+    rank_scope = data.get("rank_scope", "rank")
+    if rank_scope not in ("rank", "pseudo_channel"):
+        raise CemsimError(f"{path}: rank_scope must be 'rank' or 'pseudo_channel', got {rank_scope!r}")
     return DramSpec(
         name=str(data.get("name", path.stem)),
         tck_s=tck,
+        rank_scope=rank_scope,
         timing=timing,
         mapping=str(data.get("mapping", "robabgracoch")),
         controller=controller,

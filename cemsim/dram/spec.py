@@ -109,6 +109,16 @@ PROFILES: dict[str, ControllerProfile] = {
         write_queue_size=32,
         refresh="all_bank",
     ),
+    # Ramulator 2.1 HBM3/4 (src/ramulator/controller/impl/hbm_controller_base.cpp): a column-bus and a row-bus
+    # command per tick, each chosen as above.
+    "ramulator2-hbm3": ControllerProfile(
+        name="ramulator2-hbm3",
+        queue="shared",
+        queue_size=32,
+        write_queue_size=32,
+        refresh="all_bank",
+        dual_command=True,
+    ),
     "ramulator2-lpddr5": ControllerProfile(
         name="ramulator2-lpddr5",
         queue="shared",
