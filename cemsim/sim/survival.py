@@ -177,9 +177,11 @@ def replay_works(
     where: str,
     check: Callable[[StepRecord], None],
     max_steps: int | None,
+    keep_going: Callable[[StepWork], bool] | None = None,
 ) -> tuple[list[StepWork], int]:
     """The StepWork of every replayed step, and the largest context the trace itself holds. Sets
-    ``s.survival_source``."""
+    ``s.survival_source``. ``keep_going(first work)`` False stops after the first step (a point that does
+    not fit is reported, not simulated: deriving a 1M-token step's work costs seconds)."""
     works: list[StepWork] = []
     trace_context = 0
     drawn: Iterator[StepRecord] | None = None
@@ -222,6 +224,8 @@ def replay_works(
                 return adjust_counts(s, header, _rec, cons, surv, vals)
 
             works.append(step_work(header, use, at, rows, where, adjust=adjust))
+        if len(works) == 1 and keep_going is not None and not keep_going(works[0]):
+            break
         if max_steps is not None and len(works) >= max_steps:
             break  # before pulling another record: a 1M-token step costs a read and a decode
     s.survival_source = "; ".join(sorted(sources))
