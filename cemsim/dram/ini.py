@@ -105,7 +105,7 @@ def load_dramsim3_ini(path: Path) -> DramSpec:
     profile = replace(
         profile,
         queue_size=get("system", "trans_queue_size", 32),
-        write_queue_size=get("system", "trans_queue_size", 32),
+        write_queue_size=get("system", "write_buf_size", 16),
         bank_queue_depth=get("system", "cmd_queue_size", 16),
         row_policy="closed" if row_policy == "CLOSE_PAGE" else "open",
         dual_command=hbm and cp.get("dram_structure", "hbm_dual_cmd", fallback="true").lower() == "true",

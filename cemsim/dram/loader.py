@@ -268,5 +268,6 @@ def load_ramulator_timings(path: Path) -> DramSpec:
         timing={k: int(v) for k, v in timing.items()},
         mapping=mapping,
         controller=profile,
+        rank_scope="pseudo_channel" if std == "HBM3" else "rank",
         provenance={"all": f"Ramulator 2 timings exported to {Path(path).name}"},
     )

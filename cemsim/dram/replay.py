@@ -90,6 +90,7 @@ def kernel_params(spec: DramSpec, depth: int) -> np.ndarray:
     P[K.P_WCKRD] = t["nCL"] + t["nBL"] + t["nWCKPST"]
     P[K.P_WCKWR] = t["nCWL"] + t["nBL"] + t["nWCKPST"]
     P[K.P_DEPTH] = depth
+    P[K.P_REFGROUP] = spec.ranks if spec.rank_scope == "pseudo_channel" else 1
     return P
 
 

@@ -62,7 +62,7 @@ def _put(slots, nslot, b, i, cmd, key, active, lim):
     nslot[b] = k + 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot):
     """DRAMsim3-like bank queue: the first read, write and op hit in queue order; PRE from the head only, if
     no queued request hits the open row or ``hitcap`` hits were served; ACT from the head of a closed bank.
@@ -99,7 +99,7 @@ def rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot)
         _put(slots, nslot, b, i, PRE, 0, 0, 1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def rebuild_shared(b, BS, bq, bqn, stage, row, kind, write_mode, broadcast, slots, nslot):
     """Ramulator-2-like: the oldest access of a request past its own ACT (active buffer); the oldest row hit
     and the oldest other request of the buffer being served (reads, or writes in write mode); no PRE on a
@@ -150,25 +150,35 @@ def _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw):
 
 
 @numba.njit(cache=True, inline="always")
+def _unit_ready(ready, u, rgroup, rk0, pc0, nrank, cmd):
+    """When a rank-level command (PREA, REF) may issue to every rank of refresh unit u."""
+    e = 0
+    for r in range(u * rgroup, (u + 1) * rgroup):
+        e = max(e, _earliest_rank(ready, rk0 + r, pc0 + r // nrank, cmd))
+    return e
+
+
+@numba.njit(cache=True, inline="always")
 def _is_col(cmd):
     return cmd in (RD, WR, OP)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb, bpr,
-                    nrank, rk0, pc0, col_only, row_only):  # fmt: skip
+                    nrank, rk0, pc0, rgroup, second):  # fmt: skip
     """DRAMsim3-like: the pending refresh first (PRE each open bank of its rank, then REF), then bank queues
     round-robin from the one after the last served, each giving its first ready command in queue order.
-    ``col_only``/``row_only`` restrict the second command of a dual-bus tick."""
+    ``second``: the extra look of a dual-command (HBM) tick: no refresh command, the caller discards a
+    command of the same kind as the first (DRAMsim3's Controller::ClockTick)."""
     next_e = INF
     skip_rank = -1
     if S[S_REFQN] > 0:
-        r = refq[0]
-        skip_rank = r
-        if not col_only:
+        u = refq[0]  # refresh unit: ranks u * rgroup ... (u + 1) * rgroup - 1
+        skip_rank = u
+        if not second:
             all_closed = True
-            for bb in range(bpr):
-                b = r * bpr + bb
+            for bb in range(rgroup * bpr):
+                b = u * rgroup * bpr + bb
                 if BS[b, B_OPEN] >= 0:
                     all_closed = False
                     e = _earliest(ready, nodes, b, PRE, faw, faw_head, faw_cnt, nfaw, True)
@@ -178,10 +188,10 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_he
                         return next_e
                     next_e = min(next_e, e)
             if all_closed:
-                e = _earliest_rank(ready, rk0 + r, pc0 + r // nrank, REF)
+                e = _unit_ready(ready, u, rgroup, rk0, pc0, nrank, REF)
                 if e <= t:
                     sel[1] = REF
-                    sel[3] = r
+                    sel[3] = u
                     return next_e
                 next_e = min(next_e, e)
     b = S[S_RR]
@@ -189,13 +199,10 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_he
         b += 1
         if b >= nb:
             b = 0
-        if nslot[b] == 0 or b // bpr == skip_rank:
+        if nslot[b] == 0 or b // (rgroup * bpr) == skip_rank:
             continue
         best = -1
         for k in range(nslot[b]):
-            col = _is_col(slots[b, k, F_CMD])
-            if (col_only and not col) or (row_only and col):
-                continue
             e = slots[b, k, F_E]
             if e <= t:
                 e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
@@ -213,9 +220,9 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_he
     return next_e
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb,
-                  bpr, nrank, rk0, pc0, naad, wck, col_only, row_only):  # fmt: skip
+                  bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only):  # fmt: skip
     """Ramulator-2-like: an access waiting behind its CAS; an ACT-2 at its deadline; else the oldest ready
     access of a request whose own ACT opened its row (active buffer); else the pending refresh (PREA, then
     REF), which holds back the buffer; else the oldest ready request of the buffer, no ACT-1 while an ACT-2
@@ -279,24 +286,25 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, f
         sel[0] = slots[best_act_b, best_act, F_I]
         sel[1] = slots[best_act_b, best_act, F_CMD]
         sel[2] = best_act_b
-    elif refq_n > 0 and not col_only:
-        r = refq[0]
-        any_open = False
-        blocked = False
-        for bb in range(bpr):
-            b = r * bpr + bb
-            if BS[b, B_OPEN] >= 0:
-                any_open = True
-            if BS[b, B_ACTN] > 0 or BS[b, B_A2DL] >= 0:
-                blocked = True
-        cmd = PREA if any_open else REF
-        if not (any_open and blocked):
-            e = _earliest_rank(ready, rk0 + r, pc0 + r // nrank, cmd)
-            if e <= t:
-                sel[1] = cmd
-                sel[3] = r
-            elif e < next_e:
-                next_e = e
+    elif refq_n > 0:  # a pending refresh holds back the buffer (on both buses)
+        if not col_only:
+            u = refq[0]
+            any_open = False
+            blocked = False
+            for bb in range(rgroup * bpr):
+                b = u * rgroup * bpr + bb
+                if BS[b, B_OPEN] >= 0:
+                    any_open = True
+                if BS[b, B_ACTN] > 0 or BS[b, B_A2DL] >= 0:
+                    blocked = True
+            cmd = PREA if any_open else REF
+            if not (any_open and blocked):
+                e = _unit_ready(ready, u, rgroup, rk0, pc0, nrank, cmd)
+                if e <= t:
+                    sel[1] = cmd
+                    sel[3] = u
+                elif e < next_e:
+                    next_e = e
     elif best_buf >= 0:
         sel[0] = slots[best_buf_b, best_buf, F_I]
         sel[1] = slots[best_buf_b, best_buf, F_CMD]

@@ -150,6 +150,8 @@ class DramSpec:
     mapping: str = "rorabgbacoch"  # MSB -> LSB address fields (DRAMsim3 style 2-letter codes)
     controller: ControllerProfile = field(default_factory=ControllerProfile)
     act_limits: str = "jedec"  # "broadcast": bank-internal-op ACTs skip tRRD/tFAW (DReX PFU assumption)
+    # The unit tRRD_S, tFAW and all-bank refresh apply to: "rank", or "pseudo_channel" (HBM3: both SIDs)
+    rank_scope: str = "rank"
     energy: EnergySpec = field(default_factory=EnergySpec)
     provenance: Mapping[str, str] = field(default_factory=dict)
 
@@ -157,6 +159,8 @@ class DramSpec:
         missing = [k for k in TIMING_NAMES if k not in self.timing]
         if missing:
             raise ValueError(f"DRAM spec {self.name!r} lacks timings: {', '.join(missing)}")
+        if self.rank_scope not in ("rank", "pseudo_channel"):
+            raise ValueError(f"rank_scope must be 'rank' or 'pseudo_channel', got {self.rank_scope!r}")
         if self.act_limits not in ("jedec", "broadcast"):
             raise ValueError(f"act_limits must be 'jedec' or 'broadcast', got {self.act_limits!r}")
 

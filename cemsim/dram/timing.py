@@ -49,7 +49,7 @@ def constraints(spec: DramSpec) -> list[tuple[int, int, int, int]]:
         (RANK, WR, WR, wr_wr_s),
         (RANK, WR, RD, wr_end + t["nWTR_S"]),
         (RANK, RD, WR, rd_to_wr),
-        (RANK, ACT, ACT, t["nRRD_S"]),
+        (PCH if spec.rank_scope == "pseudo_channel" else RANK, ACT, ACT, t["nRRD_S"]),
         (RANK, PRE, PRE, t["nPPD"]),
         (RANK, ACT, PREA, t["nRAS"]),
         (RANK, RD, PREA, t["nRTP"]),
@@ -65,6 +65,11 @@ def constraints(spec: DramSpec) -> list[tuple[int, int, int, int]]:
         (PCH, RD, RD, bl),
         (PCH, WR, WR, bl),
     ]
+    # command buses: an ACT (row bus) or a RD/WR (column bus) longer than one tick (HBM3: 3 and 2 ticks)
+    if t["nCMD_ACT"] > 1:
+        out += [(CHANNEL, ACT, nxt, t["nCMD_ACT"]) for nxt in (ACT, PRE, PREA, REF)]
+    if t["nCMD_CAS"] > 1:
+        out += [(CHANNEL, a, b, t["nCMD_CAS"]) for a in (RD, WR) for b in (RD, WR)]
     return out
 
 

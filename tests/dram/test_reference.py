@@ -25,15 +25,17 @@ CONFIG_FILES = {
 BW_TOL, LAT_TOL = 0.05, 0.10
 # Records the engine does not yet meet, with why (docs/validation.md). Strict: a fix makes them fail loudly.
 KNOWN_MISSES = {
+    # DRAMsim3's HBM2 in open loop: its bandwidth (random bursts 0.245 of peak) and queueing latency differ
+    # from the engine's DRAMsim3 profile, which matches DRAMsim3 to the cycle on both LPDDR4-protocol
+    # configs and on HBM2's closed-loop records; the HBM-specific cause is not identified (docs/validation.md).
+    ("HBM2_1ch", "p1_seq_read"): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency +59 %)",
     (
         "HBM2_1ch",
-        "p1_seq_read",
-    ): "DRAMsim3 HBM dual-command issue (row + column per cycle) not yet reproduced",
-    ("HBM2_1ch", "p1b_seq_read_interleaved"): "DRAMsim3 HBM dual-command issue not yet reproduced",
-    ("HBM2_1ch", "p2_rand_burst"): "DRAMsim3 HBM dual-command issue not yet reproduced",
-    ("HBM2_1ch", "p3_rand_key256"): "DRAMsim3 HBM dual-command issue not yet reproduced",
-    ("HBM2_1ch", "p5_clustered_hit50"): "DRAMsim3 HBM dual-command issue not yet reproduced",
-    ("HBM3-6400_1ch", "p2_rand_burst"): "Ramulator HBM3 pseudo-channel-level tRRD/tFAW not yet modelled",
+        "p1b_seq_read_interleaved",
+    ): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency -19 %)",
+    ("HBM2_1ch", "p2_rand_burst"): "DRAMsim3 HBM2 open-loop random bursts: bandwidth +90 %, cause not found",
+    ("HBM2_1ch", "p3_rand_key256"): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency +29 %)",
+    ("HBM2_1ch", "p5_clustered_hit50"): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency +36 %)",
 }
 
 
