@@ -79,11 +79,12 @@ from cemsim.dram.kernel_state import (
 from cemsim.dram.schedule import (
     rebuild_per_bank,
     rebuild_shared,
+    refpb_banks,
     select_per_bank,
     select_shared,
     update_ticks,
 )
-from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, WR
+from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, REFPB, WR
 
 
 @numba.njit(cache=True, inline="always")
@@ -305,6 +306,7 @@ def _run(
     ref_interval = max(nrefi // nunits, 1) if refmode == 1 else max(nrefi, 1)
     ref_next = ref_interval
     ref_rank = 0
+    npairs = bpr // 2  # per-bank refresh: bank pairs per rank
     nxt = 0
     ph = 0
     pt = 0
@@ -324,10 +326,19 @@ def _run(
                 ref_rank += 1
                 if ref_rank >= nunits:
                     ref_rank = 0
-            else:
+            elif refmode == 2:
                 for r in range(nunits):
                     refq[S[S_REFQN]] = r
                     S[S_REFQN] += 1
+            elif (
+                S[S_REFQN] + nrk < refq.shape[0]
+            ):  # per bank: every rank's next pair (none dropped in practice)
+                for r in range(nrk):
+                    refq[S[S_REFQN]] = r * npairs + ref_rank
+                    S[S_REFQN] += 1
+                ref_rank += 1
+                if ref_rank >= npairs:
+                    ref_rank = 0
             ref_next += ref_interval
         # ---- client: releases, key starts, one offer
         if depth > 0:
@@ -441,6 +452,7 @@ def _run(
                     pc0,
                     rgroup,
                     slot == 1,
+                    refmode,
                 )
             else:
                 e = select_shared(
@@ -469,6 +481,7 @@ def _run(
                     wck,
                     col_only,
                     row_only,
+                    refmode,
                 )
             if e < next_e:
                 next_e = e
@@ -499,6 +512,14 @@ def _run(
                         BS[b, B_HITS] = 0
                 if cmd == REF:
                     S[S_REFQN] = _remove_at(refq, S[S_REFQN], 0)
+                break
+            if cmd == REFPB:
+                b1, b2 = refpb_banks(sel[3], bpr)
+                for bb in (b1, b2):
+                    _issue_bank(ready, nodes, bb, REFPB, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw,
+                                faw_head, faw_cnt, True)  # fmt: skip
+                    _mark(bb, bdirty, dstack, S)
+                S[S_REFQN] = _remove_at(refq, S[S_REFQN], 0)
                 break
             if cmd == CAS:
                 break
@@ -667,7 +688,7 @@ def _simulate_channel(
     stage = np.zeros(n, dtype=np.int64)
     tq = np.empty(qsize + 1, dtype=np.int64)
     wq = np.empty(wqsize + 1, dtype=np.int64)
-    refq = np.empty(4 * nrk + 4, dtype=np.int64)
+    refq = np.empty(4 * nb + 16, dtype=np.int64)
     sel = np.empty(4, dtype=np.int64)
     slots = np.zeros((nb, NSLOT, NFIELD), dtype=np.int64)
     nslot = np.zeros(nb, dtype=np.int64)

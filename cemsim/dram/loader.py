@@ -21,7 +21,16 @@ from cemsim.errors import CemsimError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "config" / "presets" / "dram"
 # Timings a preset may leave out, and what they default to (a feature the device does not have).
-OPTIONAL_TIMINGS = {"nAAD": 0, "nWCKPST": 0, "nRTRS": 0, "nPPD": 0, "nCMD_ACT": 1, "nCMD_CAS": 1}
+OPTIONAL_TIMINGS = {
+    "nPBR2PBR": 0,
+    "nPBR2ACT": 0,
+    "nAAD": 0,
+    "nWCKPST": 0,
+    "nRTRS": 0,
+    "nPPD": 0,
+    "nCMD_ACT": 1,
+    "nCMD_CAS": 1,
+}
 
 
 def available_presets() -> list[str]:
@@ -230,7 +239,8 @@ def load_ramulator_timings(path: Path) -> DramSpec:
             "nCCD_L_WR": t["nCCDL_WR"], "nRTP": t["nRTP"], "nWR": t["nWR"], "nWTR_S": t["nWTRS"],
             "nWTR_L": t["nWTRL"], "nRTRS": t["nCS"], "nPPD": t["nPPD"], "nRFC": t["nRFC"],
             "nRFCpb": t["nRFCpb"], "nREFI": t["nREFI"], "nREFIpb": t["nREFIpb"], "nAAD": t["nAAD"],
-            "nWCKPST": t["nWCKPST"], "nCMD_ACT": 1, "nCMD_CAS": 1,
+            "nWCKPST": t["nWCKPST"], "nCMD_ACT": 1, "nCMD_CAS": 1, "nPBR2PBR": t["nPBR2PBR"],
+            "nPBR2ACT": t["nPBR2ACT"],
         }  # fmt: skip
         ranks, pcs, profile = int(lv["Rank"]), 1, PROFILES["ramulator2-lpddr5"]
     elif std == "HBM3":
@@ -241,7 +251,7 @@ def load_ramulator_timings(path: Path) -> DramSpec:
             "nCCD_L_WR": t["nCCDL"], "nRTP": t["nRTP"], "nWR": t["nWR"], "nWTR_S": t["nWTRS"],
             "nWTR_L": t["nWTRL"], "nRTRS": t["nCCDR"] - t["nBL"], "nPPD": t["nPPD"], "nRFC": t["nRFC"],
             "nRFCpb": t["nRFCpb"], "nREFI": t["nREFI"], "nREFIpb": t["nREFIpb"], "nAAD": 0, "nWCKPST": 0,
-            "nCMD_ACT": 3, "nCMD_CAS": 2,
+            "nCMD_ACT": 3, "nCMD_CAS": 2, "nPBR2PBR": 0, "nPBR2ACT": 0,
         }  # fmt: skip
         ranks, pcs = int(lv["Sid"]), int(lv["PseudoChannel"])
         profile = ControllerProfile(

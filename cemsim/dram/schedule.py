@@ -38,7 +38,7 @@ from cemsim.dram.kernel_state import (
     _earliest,
     _earliest_rank,
 )
-from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, WR
+from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, REFPB, WR
 
 
 @numba.njit(cache=True, inline="always")
@@ -159,20 +159,72 @@ def _unit_ready(ready, u, rgroup, rk0, pc0, nrank, cmd):
 
 
 @numba.njit(cache=True, inline="always")
+def refpb_banks(u, bpr):
+    """Refresh unit u of per-bank refresh: rank u // (bpr / 2), banks p and p + bpr / 2 of that rank."""
+    half = bpr // 2
+    b1 = (u // half) * bpr + u % half
+    return b1, b1 + half
+
+
+@numba.njit(cache=True)
+def select_refpb(t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw, bpr, shared):
+    """Per-bank refresh (LPDDR5 REFpb): close the pending unit's two banks (not under a request whose own ACT
+    opened them, on the shared profile), then REFpb. Returns (next tick, banks whose ACTs wait: b1, b2)."""
+    next_e = INF
+    if S[S_REFQN] == 0:
+        return next_e, -1, -1
+    b1, b2 = refpb_banks(refq[0], bpr)
+    closed = True
+    for b in (b1, b2):
+        if BS[b, B_OPEN] >= 0:
+            closed = False
+            if shared and (BS[b, B_ACTN] > 0 or BS[b, B_A2DL] >= 0):
+                continue
+            e = _earliest(ready, nodes, b, PRE, faw, faw_head, faw_cnt, nfaw, True)
+            if e <= t:
+                sel[1] = PRE
+                sel[2] = b
+                return next_e, b1, b2
+            next_e = min(next_e, e)
+    if closed:
+        e = max(
+            _earliest(ready, nodes, b1, REFPB, faw, faw_head, faw_cnt, nfaw, True),
+            _earliest(ready, nodes, b2, REFPB, faw, faw_head, faw_cnt, nfaw, True),
+        )
+        if e <= t:
+            sel[1] = REFPB
+            sel[3] = refq[0]
+            return next_e, b1, b2
+        next_e = min(next_e, e)
+    return next_e, b1, b2
+
+
+@numba.njit(cache=True, inline="always")
 def _is_col(cmd):
     return cmd in (RD, WR, OP)
 
 
 @numba.njit(cache=True, _nrt=False)
 def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb, bpr,
-                    nrank, rk0, pc0, rgroup, second):  # fmt: skip
+                    nrank, rk0, pc0, rgroup, second, refmode):  # fmt: skip
     """DRAMsim3-like: the pending refresh first (PRE each open bank of its rank, then REF), then bank queues
     round-robin from the one after the last served, each giving its first ready command in queue order.
     ``second``: the extra look of a dual-command (HBM) tick: no refresh command, the caller discards a
     command of the same kind as the first (DRAMsim3's Controller::ClockTick)."""
     next_e = INF
     skip_rank = -1
-    if S[S_REFQN] > 0:
+    blk1 = -1
+    blk2 = -1
+    if refmode == 3:
+        if not second:
+            next_e, blk1, blk2 = select_refpb(
+                t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw, bpr, False
+            )
+            if sel[1] >= 0:
+                return next_e
+        elif S[S_REFQN] > 0:
+            blk1, blk2 = refpb_banks(refq[0], bpr)
+    elif S[S_REFQN] > 0:
         u = refq[0]  # refresh unit: ranks u * rgroup ... (u + 1) * rgroup - 1
         skip_rank = u
         if not second:
@@ -203,6 +255,8 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_he
             continue
         best = -1
         for k in range(nslot[b]):
+            if slots[b, k, F_CMD] == ACT and (b in (blk1, blk2)):
+                continue
             e = slots[b, k, F_E]
             if e <= t:
                 e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
@@ -222,7 +276,7 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_he
 
 @numba.njit(cache=True, _nrt=False)
 def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb,
-                  bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only):  # fmt: skip
+                  bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only, refmode):  # fmt: skip
     """Ramulator-2-like: an access waiting behind its CAS; an ACT-2 at its deadline; else the oldest ready
     access of a request whose own ACT opened its row (active buffer); else the pending refresh (PREA, then
     REF), which holds back the buffer; else the oldest ready request of the buffer, no ACT-1 while an ACT-2
@@ -255,6 +309,19 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, f
             sel[0] = BS[sel[2], B_A2REQ]
             return next_e
     refq_n = S[S_REFQN]
+    blk1 = -1
+    blk2 = -1
+    if refmode == 3:
+        if not col_only:
+            e, blk1, blk2 = select_refpb(
+                t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw, bpr, True
+            )
+            next_e = min(next_e, e)
+            if sel[1] >= 0:
+                return next_e
+        elif refq_n > 0:
+            blk1, blk2 = refpb_banks(refq[0], bpr)
+        refq_n = 0  # per-bank refresh holds only its banks' ACTs, not the buffer
     best_act = -1
     best_act_b = -1
     best_buf = -1
@@ -266,7 +333,7 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, f
             if (col_only and not col) or (row_only and col):
                 continue
             active = slots[b, k, F_ACTIVE] == 1
-            if cmd == ACT and has_act2:
+            if cmd == ACT and (has_act2 or b in (blk1, blk2)):
                 continue
             e = slots[b, k, F_E]
             if e <= t:

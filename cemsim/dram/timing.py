@@ -13,9 +13,9 @@ import numpy as np
 from cemsim.dram.spec import DramSpec
 
 # Commands. ACT is ACT-1 on LPDDR5 (tRCD/tRAS/tRRD/tFAW count from it); ACT2 and CAS only take a bus slot.
-ACT, PRE, RD, WR, PREA, REF, OP, CAS, ACT2 = range(9)
-NCMD = 9
-COMMAND_NAMES = ("ACT", "PRE", "RD", "WR", "PREA", "REF", "OP", "CAS", "ACT2")
+ACT, PRE, RD, WR, PREA, REF, OP, CAS, ACT2, REFPB = range(10)
+NCMD = 10
+COMMAND_NAMES = ("ACT", "PRE", "RD", "WR", "PREA", "REF", "OP", "CAS", "ACT2", "REFpb")
 # Levels of the device tree, root first.
 CHANNEL, PCH, RANK, BANKGROUP, BANK = range(5)
 NLEV = 5
@@ -61,6 +61,14 @@ def constraints(spec: DramSpec) -> list[tuple[int, int, int, int]]:
         (RANK, REF, ACT, t["nRFC"]),
         (RANK, REF, REF, t["nRFC"]),
         (RANK, REF, PREA, t["nRFC"]),
+        # per-bank refresh (REFpb): its bank for tRFCpb, the rank's next REFpb / ACT for tpbR2pbR / tpbR2ACT
+        (BANK, REFPB, ACT, t["nRFCpb"]),
+        (BANK, ACT, REFPB, t["nRC"]),
+        (BANK, PRE, REFPB, t["nRP"]),
+        (RANK, REFPB, REFPB, t["nPBR2PBR"]),
+        (RANK, REFPB, ACT, t["nPBR2ACT"]),
+        (RANK, REF, REFPB, t["nRFC"]),
+        (RANK, REFPB, REF, t["nRFCpb"]),
         # pseudo-channel: its data bus
         (PCH, RD, RD, bl),
         (PCH, WR, WR, bl),
