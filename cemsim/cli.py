@@ -47,6 +47,7 @@ def _register() -> None:
         capture_cmd,
         config_cmd,
         demo_cmd,
+        dram_cmd,
         eval_cmd,
         plot_cmd,
         run_cmd,
@@ -65,6 +66,7 @@ def _register() -> None:
         tune_cmd,
         sweep_cmd,
         plot_cmd,
+        dram_cmd,
     ):
         module.register(app)
 

@@ -49,8 +49,9 @@ INF = np.int64(1) << np.int64(62)
     P_WCKRD,
     P_WCKWR,
     P_DEPTH,
-) = range(22)
-NPARAM = 22
+    P_REFGROUP,  # ranks per refresh unit (and tFAW node): 1, or the SIDs of an HBM3 pseudo-channel
+) = range(23)
+NPARAM = 23
 
 # Scalar controller state S[...] (one int64 vector, so the kernel's parts can share it).
 (
@@ -66,13 +67,21 @@ NPARAM = 22
     S_WCKEXP,  # tick when WCK turns off
     S_FIN,  # requests finished
     S_HN,  # closed-loop release heap size
-) = range(12)
-NSTATE = 12
-# Bank state BS[bank, ...].
-B_OPEN, B_HITS, B_A2DL, B_A2REQ, B_ACTN = range(
-    5
-)  # open row (-1), accesses since ACT, ACT-2 deadline/owner, active
+    S_NA2,  # ACT-2s owed
+    S_NDIRTY,  # banks whose candidates need rebuilding (listed in the dirty stack)
+) = range(14)
+NSTATE = 14
+# Bank state BS[bank, ...]: open row (-1 closed), accesses since its ACT, ACT-2 deadline and owner (-1 none),
+# requests past their own ACT (shared profile's active buffer).
+B_OPEN, B_HITS, B_A2DL, B_A2REQ, B_ACTN = range(5)
 NBSTATE = 5
+# Per-bank candidate cache slots[bank, k, field]: what the bank's queue asks for next (rebuilt when the bank's
+# queue or state changes) and when it becomes legal (recomputed after every command).
+F_I, F_CMD, F_KEY, F_ACTIVE, F_LIM, F_E = range(
+    6
+)  # request, command, order key, active buffer, ACT limits, tick
+NFIELD = 6
+NSLOT = 4
 
 # Counter layout.
 C_READ_HITS = NCMD  # reads served from a row an earlier access already used (DRAMsim3's definition)
@@ -80,12 +89,13 @@ C_READS = NCMD + 1
 C_AUTO_PRE = NCMD + 2
 C_END = NCMD + 3
 C_STATUS = NCMD + 4  # 0 ok, 1 stuck (no event left with requests pending)
-NCOUNT = NCMD + 5
+C_EVENTS = NCMD + 5  # ticks the loop visited
+NCOUNT = NCMD + 6
 
 K_READ, K_WRITE, K_OP = 0, 1, 2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, limited):
     e = ready[nodes[b, 0], cmd]
     for lv in range(1, 5):
@@ -97,7 +107,7 @@ def _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, limited):
             v = ready[nodes[b, lv], ACTL]
             if v > e:
                 e = v
-        r = nodes[b, 2]
+        r = nodes[b, 5]  # the node tFAW counts at (rank, or pseudo-channel for HBM3)
         if faw_cnt[r] >= 4:
             v = faw[r, faw_head[r]] + nfaw
             if v > e:
@@ -105,7 +115,7 @@ def _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, limited):
     return e
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _earliest_rank(ready, rank_node, pc_node, cmd):
     e = ready[0, cmd]
     if ready[pc_node, cmd] > e:
@@ -115,7 +125,7 @@ def _earliest_rank(ready, rank_node, pc_node, cmd):
     return e
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _apply(ready, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
     for k in range(cl_n[lv, cmd]):
         nx = cl_nx[lv, cmd, k]
@@ -126,7 +136,7 @@ def _apply(ready, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
             ready[node, nx] = v
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def _issue_bank(
     ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt, limited
 ):
@@ -145,7 +155,7 @@ def _issue_bank(
                     if v > ready[other, nx]:
                         ready[other, nx] = v
     if cmd == ACT and limited:
-        r = nodes[b, 2]
+        r = nodes[b, 5]
         if faw_cnt[r] < 4:
             faw[r, (faw_head[r] + faw_cnt[r]) & 3] = t
             faw_cnt[r] += 1
@@ -154,7 +164,7 @@ def _issue_bank(
             faw_head[r] = (faw_head[r] + 1) & 3
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _remove_at(arr, n, pos):
     """Drop ``arr[pos]`` from the first ``n`` entries, keeping order; returns the new count."""
     for j in range(pos, n - 1):
@@ -162,7 +172,7 @@ def _remove_at(arr, n, pos):
     return n - 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _heap_push(heap, n, v):
     heap[n] = v
     i = n
@@ -175,7 +185,7 @@ def _heap_push(heap, n, v):
     return n + 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _heap_pop(heap, n):
     top = heap[0]
     n -= 1

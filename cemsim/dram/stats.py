@@ -80,4 +80,5 @@ def summarize(res: DramResult) -> dict[str, Any]:
     out["wall_s"] = res.wall_s
     n_cmds = sum(commands[k] for k in COMMAND_NAMES)
     out["dram_commands"] = n_cmds
+    out["engine_events"] = int(c[K.C_EVENTS])
     return out

@@ -11,7 +11,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cemsim.errors import CemsimError
-from cemsim.plots import breakdown, context_scaling, energy, filter_ratio, heatmap, pareto, users
+from cemsim.plots import (
+    breakdown,
+    context_scaling,
+    energy,
+    filter_ratio,
+    heatmap,
+    longsight,
+    pareto,
+    users,
+)
 from cemsim.plots.data import load
 from cemsim.plots.style import save
 
@@ -24,6 +33,7 @@ CHARTS: dict[str, tuple[Callable[..., list[tuple[str, Figure]]], list[str]]] = {
     "heatmap": (heatmap.figures, ["param."]),
     "pareto": (pareto.figures, ["filter_ratio"]),
     "filter_ratio": (filter_ratio.figures, filter_ratio.COLUMNS),
+    "longsight": (longsight.figures, [*longsight.COLUMNS, longsight.SCENARIO]),
 }
 
 

@@ -13,18 +13,23 @@ What each part costs, from first principles:
   layer: QKV projection, attention kernels, output projection + MLP (+ norms), gpu.layer_overhead, and under
   tensor parallelism two ring all-reduces (2 (p - 1) steps of bytes / p each, each paying the link latency).
   Weights stream once per step; FLOPs scale with the users; tensor parallelism splits both over p GPUs.
+  What attention reads by policy: dense every key and value; window the window and sinks only; a selecting
+  policy the window and sinks, its selection data per considered key (LongSight's sign bits, Quest's page
+  min/max vectors, nothing for the oracle's exact top-k) and the selected keys and top-k values.
 - Link: bytes / (bandwidth per direction x protocol efficiency), then the flight latency.
 - DReX request (one user, layer and KV head), on the NMA of the package holding it:
   filtering in epochs of one Key Block per bank (a slice of channels x banks x keys_per_block keys); per epoch
   three pipelined stages: bitmap generation D x bitmap_time_per_dim x query passes in every bank at once, the
-  bitmap read (banks x keys_per_block / 8 bytes x passes over one channel's bus) and address generation.
+  bitmap read (banks x keys_per_block / 8 bytes x passes over one channel's bus; DReX's stated 120.4 ns where
+  the config carries it) and address generation.
   The 2 MiB address scratchpad holds C addresses; when it would overflow, filtering stops and the survivors
   are fetched and scored, then filtering resumes with a refilled pipeline: F >= ceil(S / C) scoring phases,
   and, since two consecutive phases together exceed C, F <= 2 ceil(S / C) + 1 (never more than the epochs).
   Survivor keys and top-k values are fetched over the package's channels; MACs (S x D x group over
   engines x lanes x clock) overlap the fetch.
 - Host memory: a stream holds host DDR and the link together for bytes / min(sustained DDR bandwidth,
-  effective link bandwidth), then pays both latencies.
+  effective link bandwidth), then pays both latencies. Dense attention with the KV on the CEM device streams
+  every key and value out of its LPDDR5X pins and over CXL the same way (no PFU or NMA work).
 - Capacity: weights, KV and sign bits against each memory.
 - Energy: bytes x energy per bit, FLOPs / MACs / PFU-seconds x energy per operation, static power x time.
 
@@ -34,8 +39,9 @@ The three numbers per step (seconds):
   the package's pin bandwidth with one CAS latency per phase and no row misses; and per layer the busiest
   resource (an NMA's requests back to back, all descriptors on the link, all responses on the link, the
   host stream) as well as the longest single request path. So it holds under contention too.
-- upper: every survivor and value a row miss whose precharge, activate and CAS latency are exposed one after
-  another (the NMA issues survivors one by one, DReX section 5.4) plus the data time; MACs not overlapped;
+- upper: every survivor and value a row miss whose bank cycle (tRC, or tRP + tRCD) and CAS latency are
+  exposed one after another (the NMA issues survivors one by one, DReX section 5.4) plus the data time,
+  stretched by refresh; MACs not overlapped;
   epochs not pipelined; GPU kernels with compute and memory in series; and per layer every request of the
   batch waiting behind every other one on its NMA and on the link, plus one background KV write-back ahead
   of the descriptors. With a request queue or response-buffer pool smaller than the requests in flight,
@@ -107,7 +113,7 @@ def system_kind(system: SystemConfig) -> str:
     if policy == "window":
         return f"{where}_window"
     if where == "cem":
-        return "cem"
+        return "cem_dense" if policy == "dense" else "cem"  # dense: every key and value out over CXL
     return f"{where}_{'dense' if policy == 'dense' else 'sparse'}"
 
 
@@ -321,7 +327,7 @@ class DrexRates:
 
 
 @dataclass
-class Workload:
+class ModelSizes:
     """Sizes of the model and the batch, from the system's geometry and the trace's header."""
 
     layers: int
@@ -361,8 +367,8 @@ class Tally:
     phases: dict[str, float] = field(default_factory=dict)
 
     def add(self, table: str, key: str, amount: float) -> None:
-        d = getattr(self, table)
-        d[key] = d.get(key, 0.0) + amount
+        counters = getattr(self, table)
+        counters[key] = counters.get(key, 0.0) + amount
 
 
 @dataclass
@@ -389,7 +395,7 @@ class StepModel:
         self.system, self.kind, self.batch = system, system_kind(system), prep.batch
         geo, wl = system.geometry, system.workload
         scope = getattr(prep.header, "topk_scope", "query_head")
-        self.work = Workload(
+        self.sizes = ModelSizes(
             geo.layers,
             geo.kv_heads,
             geo.q_heads,
@@ -406,7 +412,7 @@ class StepModel:
         self.lanes = gpu.count // self.tp
         self.gpu = GpuRates(gpu, wl.dtype)
         self.drex = (
-            DrexRates(system.cem, geo.head_dim, geo.group_size, self.work.key_bytes)
+            DrexRates(system.cem, geo.head_dim, geo.group_size, self.sizes.key_bytes)
             if self.kind == "cem" and isinstance(system.cem, DReXConfig)
             else None
         )
@@ -416,10 +422,14 @@ class StepModel:
     # -- GPU work -------------------------------------------------------------------------------------
     def weights(self) -> dict[str, float]:
         """Parameters of the kernels that stream weights: per layer before and after attention, LM head."""
-        w = self.work
-        qkv = w.hidden * (w.q_heads + 2 * w.kv_heads) * w.head_dim
-        out_mlp = w.q_heads * w.head_dim * w.hidden + 3 * w.hidden * w.intermediate + 2 * w.hidden  # + norms
-        return {"pre": qkv, "post": out_mlp, "head": w.vocab * w.hidden + w.hidden}
+        model = self.sizes
+        qkv = model.hidden * (model.q_heads + 2 * model.kv_heads) * model.head_dim
+        out_mlp = (
+            model.q_heads * model.head_dim * model.hidden
+            + 3 * model.hidden * model.intermediate
+            + 2 * model.hidden
+        )  # + norms
+        return {"pre": qkv, "post": out_mlp, "head": model.vocab * model.hidden + model.hidden}
 
     def gpu_kernel(self, nbytes: float, flops: float, fixed: float, count: bool) -> Span3:
         """A kernel of the tensor-parallel group (bytes and FLOPs of the whole group), per GPU."""
@@ -430,33 +440,33 @@ class StepModel:
 
     def attention_kernels(self, works: list[Any], layer: int, count: bool) -> tuple[Span3, Span3, Span3]:
         """(before the offload, overlapping it, after it) on the GPU, for the lane's users at one layer."""
-        w, kind = self.work, self.kind
-        q_dim = w.q_heads * w.head_dim
-        per_key = 2.0 * w.group * w.head_dim  # one key against the group's query heads
-        if kind in ("hbm_dense", "host_dense"):
-            tokens = float(sum(x.context for x in works))
-            nbytes = tokens * w.kv_token_bytes if kind == "hbm_dense" else 0.0  # host: over PCIe instead
+        model, kind = self.sizes, self.kind
+        q_dim = model.q_heads * model.head_dim
+        per_key = 2.0 * model.group * model.head_dim  # one key against the group's query heads
+        if kind in ("hbm_dense", "host_dense", "cem_dense"):
+            tokens = float(sum(work.context for work in works))
+            nbytes = tokens * model.kv_token_bytes if kind == "hbm_dense" else 0.0  # else over the link
             return ZERO, self.gpu_kernel(nbytes, 4.0 * q_dim * tokens, 0.0, count), ZERO
-        dense = float(sum(x.window + x.sinks for x in works))
+        dense = float(sum(work.window + work.sinks for work in works))
         if kind.endswith("_window"):
-            return ZERO, self.gpu_kernel(dense * w.kv_token_bytes, 4.0 * q_dim * dense, 0.0, count), ZERO
-        considered = float(sum(x.considered[layer].sum() for x in works))
-        survivors = float(sum(x.survivors[layer].sum() for x in works))
-        values = float(sum(x.values[layer].sum() for x in works))
+            return ZERO, self.gpu_kernel(dense * model.kv_token_bytes, 4.0 * q_dim * dense, 0.0, count), ZERO
+        considered = float(sum(work.considered[layer].sum() for work in works))
+        survivors = float(sum(work.survivors[layer].sum() for work in works))
+        values = float(sum(work.values[layer].sum() for work in works))
         select_bytes = considered * selection_bytes_per_key(self.system)
-        g = self.system.gpu
-        pipeline = g.sparse_pipeline_latency + survivors / self.tp * g.sparse_time_per_survivor
-        window_bytes, window_flops = dense * w.kv_token_bytes, 4.0 * q_dim * dense
+        gpu = self.system.gpu
+        pipeline = gpu.sparse_pipeline_latency + survivors / self.tp * gpu.sparse_time_per_survivor
+        window_bytes, window_flops = dense * model.kv_token_bytes, 4.0 * q_dim * dense
         if kind == "hbm_sparse":
-            nbytes = window_bytes + select_bytes + (survivors + values) * w.key_bytes
+            nbytes = window_bytes + select_bytes + (survivors + values) * model.key_bytes
             flops = window_flops + per_key * (survivors + values)
             return ZERO, self.gpu_kernel(nbytes, flops, pipeline, count), ZERO
         window = self.gpu_kernel(window_bytes, window_flops, 0.0, count)
-        after = self.gpu_kernel(values * w.key_bytes, per_key * values, 0.0, count)  # softmax + values
+        after = self.gpu_kernel(values * model.key_bytes, per_key * values, 0.0, count)  # softmax + values
         before = ZERO
         if kind == "host_sparse":
             before = self.gpu_kernel(select_bytes, 0.0, pipeline, count)  # the GPU selects (sign bits, pages)
-            after = after + self.gpu_kernel(survivors * w.key_bytes, per_key * survivors, 0.0, count)
+            after = after + self.gpu_kernel(survivors * model.key_bytes, per_key * survivors, 0.0, count)
         return before, window, after
 
     # -- offloaded attention --------------------------------------------------------------------------
@@ -465,18 +475,18 @@ class StepModel:
     ) -> list[tuple[int, Span3, float]]:
         """(package, NMA service, response bytes) of every (user, KV head) request at ``layer``."""
         assert self.drex is not None
-        cem, w = self.drex.cem, self.work
+        cem, model = self.drex.cem, self.sizes
         out = []
         for u in users:
-            x = works[u]
-            for h in range(w.kv_heads):
-                pkg = cem.layout.package_of(u, h, w.kv_heads, cem.packages)
+            work = works[u]
+            for h in range(model.kv_heads):
+                pkg = cem.layout.package_of(u, h, model.kv_heads, cem.packages)
                 n, s, v = (
-                    float(x.considered[layer, h]),
-                    float(x.survivors[layer, h]),
-                    float(x.values[layer, h]),
+                    float(work.considered[layer, h]),
+                    float(work.survivors[layer, h]),
+                    float(work.values[layer, h]),
                 )
-                out.append((pkg, self.drex.service(n, s, v), w.response_bytes(s, v)))
+                out.append((pkg, self.drex.service(n, s, v), model.response_bytes(s, v)))
         return out
 
     def cem_offload(
@@ -486,7 +496,7 @@ class StepModel:
         assert link is not None and self.drex is not None
         cem = self.drex.cem
         flight = link.latency
-        desc = link_seconds(link, self.work.group * self.work.key_bytes)  # the group's query vectors
+        desc = link_seconds(link, self.sizes.group * self.sizes.key_bytes)  # the group's query vectors
         mine = self.cem_requests(lane_users, works, layer)
         if not mine:
             return ZERO
@@ -520,7 +530,7 @@ class StepModel:
         )
         # upper: every request of the batch in flight at once, behind one another on NMAs and the link
         every = mine if len(all_users) == len(lane_users) else self.cem_requests(all_users, works, layer)
-        write_back = link_seconds(link, cem.layout.keys_per_block * self.work.kv_token_bytes)
+        write_back = link_seconds(link, cem.layout.keys_per_block * self.sizes.kv_token_bytes)
         every_resp = sum(link_seconds(link, r) for _, _, r in every)
         if cem.request_queue_depth >= len(every) and cem.response_buffers >= len(every):
             busy: dict[int, float] = {}
@@ -531,23 +541,35 @@ class StepModel:
             upper = write_back + sum(desc + 2 * flight + svc.upper for _, svc, _ in every) + every_resp
         return Span3(lower, estimate, upper)
 
-    def host_offload(
+    def stream_offload(
         self, lane_users: list[int], all_users: list[int], works: dict[int, Any], layer: int
     ) -> Span3:
-        link, host = self.system.link, self.system.host_memory
-        assert link is not None and host is not None
-        rate = min(
-            host.channels * host.channel_bandwidth * host.sustained_efficiency,
-            link.bandwidth_per_direction * link.protocol_efficiency,
-        )
-        flight = host.latency + link.latency
-        w = self.work
+        """KV streamed to the GPU: from host DDR over PCIe (dense, or the selected keys then the top-k
+        values), or every key and value out of the CEM device's LPDDR5X over CXL (dense on the CEM). A
+        stream holds the memory and the link together at the slower rate, then pays the flight."""
+        link = self.system.link
+        assert link is not None
+        link_rate = link.bandwidth_per_direction * link.protocol_efficiency
+        if self.kind == "cem_dense":
+            cem = self.system.cem
+            assert isinstance(cem, DReXConfig)
+            rate = min(cem.packages * cem.channels_per_package * cem.channel_bandwidth, link_rate)
+            flight = link.latency
+        else:
+            host = self.system.host_memory
+            assert host is not None
+            rate = min(host.channels * host.channel_bandwidth * host.sustained_efficiency, link_rate)
+            flight = host.latency + link.latency
+        model = self.sizes
 
         def streams(u: int) -> list[float]:
-            x = works[u]
-            if self.kind == "host_dense":
-                return [x.context * w.kv_token_bytes]
-            return [float(x.survivors[layer].sum()) * w.key_bytes, float(x.values[layer].sum()) * w.key_bytes]
+            work = works[u]
+            if self.kind in ("host_dense", "cem_dense"):
+                return [work.context * model.kv_token_bytes]
+            return [
+                float(work.survivors[layer].sum()) * model.key_bytes,
+                float(work.values[layer].sum()) * model.key_bytes,
+            ]
 
         def alone(u: int) -> float:
             return sum(b / rate + flight for b in streams(u) if b > 0)
@@ -567,7 +589,7 @@ class StepModel:
         lane_works = [works[u] for u in lane_users]
         users = len(lane_users)
         params = self.weights()
-        db, geo = self.work.dtype_bytes, self.system.geometry
+        dtype_bytes, geo = self.sizes.dtype_bytes, self.system.geometry
         total = ZERO
         phases: dict[str, float] = {}
 
@@ -576,20 +598,20 @@ class StepModel:
 
         shared_work = 0.0
         peer = self.system.gpu.peer_link
-        for layer in range(self.work.layers):
-            pre = self.gpu_kernel(params["pre"] * db, 2.0 * params["pre"] * users, 0.0, main)
+        for layer in range(self.sizes.layers):
+            pre = self.gpu_kernel(params["pre"] * dtype_bytes, 2.0 * params["pre"] * users, 0.0, main)
             before, parallel, after = self.attention_kernels(lane_works, layer, main)
-            post = self.gpu_kernel(params["post"] * db, 2.0 * params["post"] * users, 0.0, main)
+            post = self.gpu_kernel(params["post"] * dtype_bytes, 2.0 * params["post"] * users, 0.0, main)
             if self.kind == "cem":
                 offload = self.cem_offload(lane_users, list(range(self.batch)), works, layer)
-            elif self.kind in ("host_dense", "host_sparse"):
-                offload = self.host_offload(lane_users, list(range(self.batch)), works, layer)
+            elif self.kind in ("host_dense", "host_sparse", "cem_dense"):
+                offload = self.stream_offload(lane_users, list(range(self.batch)), works, layer)
             else:
                 offload = ZERO
             shared_work += offload.upper
             reduce = 0.0
             if self.tp > 1 and peer is not None:
-                nbytes = users * geo.hidden * db
+                nbytes = users * geo.hidden * dtype_bytes
                 reduce = 2 * ring_allreduce_seconds(peer, nbytes, self.tp)  # after attention, after the MLP
                 if main:
                     self.tally.add("nbytes", "gpu.peer_link", 2 * 2 * (self.tp - 1) * nbytes / self.tp)
@@ -605,7 +627,7 @@ class StepModel:
             phase("attention_wait", attention.estimate - parallel.estimate)
             phase("all_reduce", reduce)
             phase("layer_overhead", overhead)
-        head = self.gpu_kernel(params["head"] * db, 2.0 * params["head"] * users, 0.0, main)
+        head = self.gpu_kernel(params["head"] * dtype_bytes, 2.0 * params["head"] * users, 0.0, main)
         phase("projection", head.estimate)
         if main:
             for k, v in phases.items():
@@ -638,38 +660,38 @@ class StepModel:
 
     def count_device_work(self, step: int) -> None:
         """Bytes and operations off the GPU: links, DReX, host memory, KV write-back (per step)."""
-        w, n = self.work, len(self.works)
+        model, n_works = self.sizes, len(self.works)
         add = self.tally.add
         for u in range(self.batch):
-            x = self.works[(step + u) % n]
-            surv, vals = float(x.survivors.sum()), float(x.values.sum())
+            work = self.works[(step + u) % n_works]
+            surv, vals = float(work.survivors.sum()), float(work.values.sum())
             if self.kind == "cem" and self.drex is not None:
-                d = self.drex
+                drex = self.drex
                 blocks = sum(
-                    math.ceil(float(c) / d.keys_per_block) for c in x.considered.ravel()
+                    math.ceil(float(c) / drex.keys_per_block) for c in work.considered.ravel()
                 )  # one Key Block per bank per epoch
-                requests = w.layers * w.kv_heads
-                add("nbytes", "link.to_device", requests * w.group * w.key_bytes)
+                requests = model.layers * model.kv_heads
+                add("nbytes", "link.to_device", requests * model.group * model.key_bytes)
                 resp = sum(
-                    w.response_bytes(float(s), float(v))
-                    for s, v in zip(x.survivors.ravel(), x.values.ravel(), strict=True)
+                    model.response_bytes(float(s), float(v))
+                    for s, v in zip(work.survivors.ravel(), work.values.ravel(), strict=True)
                 )
                 add("nbytes", "link.to_host", resp)
-                add("nbytes", "cem.lpddr", (surv + vals) * w.key_bytes)
-                add("nbytes", "cem.bitmaps", blocks * d.keys_per_block / BITS_PER_BYTE * d.passes)
-                add("nbytes", "cem.scratchpad", 2 * surv * d.cem.nma.address_bytes)  # written, then read
-                add("ops", "cem.pfu_seconds", blocks * d.bitmap_generation)
-                add("ops", "cem.nma_macs", surv * w.head_dim * w.group)
-            elif self.kind == "host_dense":
-                nbytes = x.context * w.kv_token_bytes * w.layers
-                add("nbytes", "host_memory", nbytes)
+                add("nbytes", "cem.lpddr", (surv + vals) * model.key_bytes)
+                add("nbytes", "cem.bitmaps", blocks * drex.keys_per_block / BITS_PER_BYTE * drex.passes)
+                add("nbytes", "cem.scratchpad", 2 * surv * drex.cem.nma.address_bytes)  # written, then read
+                add("ops", "cem.pfu_seconds", blocks * drex.bitmap_generation)
+                add("ops", "cem.nma_macs", surv * model.head_dim * model.group)
+            elif self.kind in ("host_dense", "cem_dense"):
+                nbytes = work.context * model.kv_token_bytes * model.layers
+                add("nbytes", "host_memory" if self.kind == "host_dense" else "cem.lpddr", nbytes)
                 add("nbytes", "link.to_host", nbytes)
             elif self.kind == "host_sparse":
-                add("nbytes", "host_memory", (surv + vals) * w.key_bytes)
-                add("nbytes", "link.to_host", (surv + vals) * w.key_bytes)
+                add("nbytes", "host_memory", (surv + vals) * model.key_bytes)
+                add("nbytes", "link.to_host", (surv + vals) * model.key_bytes)
         if self.kind.startswith(("cem", "host")):
             nbytes = (
-                self.batch * w.layers * w.kv_token_bytes
+                self.batch * model.layers * model.kv_token_bytes
             )  # one new token per user, written where KV lives
             add("nbytes", "link.to_device", nbytes)
             add("nbytes", "cem.lpddr_write" if self.kind.startswith("cem") else "host_memory", nbytes)
@@ -680,15 +702,15 @@ class StepModel:
 
 def capacity(system: SystemConfig, kind: str, context: int, batch: int, window: int, sinks: int) -> list[str]:
     """Why the workload does not fit (empty when it does)."""
-    geo, db, gpu = system.geometry, system.workload.dtype_bytes, system.gpu
+    geo, dtype_bytes, gpu = system.geometry, system.workload.dtype_bytes, system.gpu
     tp = gpu.count if gpu.parallelism == "tensor" else 1
-    kv_token = 2 * geo.layers * geo.kv_heads * geo.head_dim * db
+    kv_token = 2 * geo.layers * geo.kv_heads * geo.head_dim * dtype_bytes
     sign_token = geo.layers * geo.kv_heads * geo.head_dim / BITS_PER_BYTE  # DReX keeps sign bits by the keys
     select_token = geo.layers * geo.kv_heads * selection_bytes_per_key(system)  # the GPU's selection data
     users_per_gpu = batch if tp > 1 else math.ceil(batch / gpu.count)
     in_hbm = context if kind.startswith("hbm") else min(window + sinks, context)
     per_user = in_hbm * kv_token + (context * select_token if kind in ("hbm_sparse", "host_sparse") else 0.0)
-    need = (geo.weight_params() * db + users_per_gpu * per_user) / tp
+    need = (geo.weight_params() * dtype_bytes + users_per_gpu * per_user) / tp
     out = []
     if need > gpu.hbm.capacity:
         out.append(f"GPU HBM: {need:.4g} B needed per GPU, {gpu.hbm.capacity:.4g} B present")
