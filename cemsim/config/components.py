@@ -80,13 +80,18 @@ register("gpu", "roofline")(GPUConfig)
 class HostMemoryConfig(Frozen):
     impl: str
     name: str = ""
+    device: str  # a cemsim DRAM preset name (config/presets/dram/) or YAML path: every timing lives there
     channels: Count
-    channel_bandwidth: Bandwidth
+    channel_bandwidth: Bandwidth  # one DIMM channel's peak (it may hold several engine channels)
+    # a STREAM-class fraction of peak: the analytic model's host rate (the DES replays the DRAM engine)
     sustained_efficiency: Fraction
     capacity: Bytes
-    latency: Time
+    latency: Time  # load-to-use beyond the DRAM itself (controller, fabric, DMA), paid once per stream
     energy_per_bit: EnergyPerBit
     static_power: Power = 0.0
+    # physical addresses over the engine channels: DRAM field order from most to least significant
+    mapping: str = "RoBaRaCoCh"
+    gather_bytes: Bytes = 256  # bytes one random read of a sparse gather fetches (one key vector)
     kv_write_group: Count = (
         128  # new tokens' KV go back to host memory in groups of this many (LongSight: 128)
     )

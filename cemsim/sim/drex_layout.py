@@ -154,8 +154,8 @@ class DrexLayout:
         digits["Ro"] = rest  # the row takes whatever is left, wherever it sits in the order
         zero = np.zeros_like(addr)
         ba = digits["Ba"]
-        if flat_bank:
-            bankgroup, bank = ba // self.banks_per_group, ba % self.banks_per_group
+        if flat_bank:  # Ramulator's order below the row: bank group bits under the bank bits
+            bankgroup, bank = ba % self.bankgroups, ba // self.bankgroups
         else:
             bankgroup, bank = digits["Bg"], ba
         return {

@@ -178,10 +178,11 @@ class DrexTimer:
         op_rank, op_bg, op_bank = np.tile(rank, rows), np.tile(bg, rows), np.tile(bank, rows)
         op_row = np.repeat(np.arange(rows, dtype=np.int64), banks)
         op_hold = np.repeat([math.ceil(d * t_col / self.tck - 1e-9) for d in dims], banks).astype(np.int64)
-        # bitmap readout: 16 B per bank and pass, packed into bursts, from the banks' open last sign row,
-        # consecutive bursts from consecutive bank groups
+        # bitmap readout: the NMA reads the channel's whole bitmap set, 16 B per bank and pass (DReX's fixed
+        # 120.4 ns transfer, also for an epoch whose blocks fill only some banks), packed into bursts from the
+        # filtering banks' open last sign row, consecutive bursts from consecutive bank groups
         bitmap_bytes = lay.keys_per_block // 8 * lay.passes
-        reads = math.ceil(n * bitmap_bytes / lay.burst)
+        reads = math.ceil(lay.banks * bitmap_bytes / lay.burst)
         src = np.arange(reads) % banks
         k = np.concatenate([np.full(len(op_row), 2), np.zeros(reads, np.int64)])
         # the controller sends every bank's PFU command at once, so its queue holds the whole epoch

@@ -51,10 +51,12 @@ def test_robaracoch_puts_one_burst_of_a_key_in_every_channel():
     c = lay.data_coordinates(p)
     # one burst per key on channel 0 (the other 7 channels get the same stream)
     assert (c["channel"] == 0).all() and list(c["key"]) == list(range(len(p)))
-    # 64 keys fill a row's 64 columns; then the next rank; then the next bank (4 x 8 per rank); then the row
+    # 64 keys fill a row's 64 columns; then the next rank; then the next bank group, then bank (4 x 8 per
+    # rank; Ramulator's level order puts the bank-group bits below the bank bits); then the row
     assert list(c["column"]) == [0, 1, 63, 0, 63, 0, 63, 0]
     assert list(c["rank"]) == [0, 0, 0, 1, 3, 0, 3, 0]
-    flat_bank = c["bankgroup"] * 8 + c["bank"]
+    assert list(c["bankgroup"]) == [0, 0, 0, 0, 0, 1, 3, 0]
+    flat_bank = c["bank"] * 4 + c["bankgroup"]
     assert list(flat_bank) == [0, 0, 0, 0, 0, 1, 31, 0]
     assert list(c["row"]) == [0, 0, 0, 0, 0, 0, 3, 4]  # 64 x 4 x 32 = 8,192 keys per row index
 
