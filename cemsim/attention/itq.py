@@ -10,10 +10,17 @@ same scale as the sign vectors B in {-1, +1}^D. ITQ alternates
     B = sign(V R)                      (fix R, best codes)
     R = argmin_{R orthogonal} ||B - V R||_F    (fix B: orthogonal Procrustes)
 
-Procrustes: maximise tr(R^T V^T B). With numpy's SVD ``U, S, Wt = svd(B^T V)`` (numpy returns W^T),
-``R = Wt.T @ U.T``. The published artifact uses ``R = V.t() @ U.t()`` after ``torch.svd(M)`` (which
-returns W, not W^T): the transpose of the right answer, still orthogonal but not a minimiser;
-:func:`procrustes` keeps that variant behind ``transposed=True`` only so tests can show it does worse.
+Procrustes: ||B - V R||^2 = const - 2 tr(M R) with M = B^T V = U S W^T, maximised by R = W U^T. With numpy's
+or torch.linalg's SVD ``U, S, Wt = svd(M)`` (which return W^T), ``R = Wt.T @ U.T``. This R depends on M alone:
+flipping the signs of one singular pair (u_i, w_i), which SVD routines may do freely, leaves W U^T unchanged.
+
+The published LongSight artifact (ae-micro-scf-attn ``src/llama_3_attn.py``, ``itq_no_pca``) computes
+``U, _, Vt = torch.svd(M); R = Vt.t() @ U.t()``. ``torch.svd`` returns W itself (not W^T), so its R is
+W^T U^T: not the minimiser W U^T, not its transpose U W^T either, and not even a function of M (flipping one
+singular pair's signs changes W^T U^T). It is orthogonal, so training "runs", but it does not minimise the
+quantization loss. :func:`procrustes` and :func:`train_itq` emulate that rule exactly behind
+``update="artifact"`` (``torch.svd`` of the same M, ``V.t() @ U.t()``) only so tests can show what it does;
+cemsim trains with ``update="correct"``.
 
 Rotations are saved beside the model (``<model folder>/cemsim-itq.npz``): array ``rotations`` of shape
 [layers, kv_heads, D, D] (x_rotated = x @ R), plus ``losses`` and ``tokens`` for provenance.
@@ -27,6 +34,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -48,19 +56,27 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+Update = Literal["correct", "artifact"]
+
+
 def procrustes(
-    b: np.ndarray | torch.Tensor, v: np.ndarray | torch.Tensor, *, transposed: bool = False
+    b: np.ndarray | torch.Tensor, v: np.ndarray | torch.Tensor, *, update: Update = "correct"
 ) -> np.ndarray:
-    """Orthogonal R minimising ||B - V R||_F (``transposed`` gives the artifact's wrong variant)."""
+    """Orthogonal R minimising ||B - V R||_F; ``update="artifact"`` gives the published artifact's rule instead."""
     return _procrustes(
-        torch.as_tensor(b, dtype=torch.float64), torch.as_tensor(v, dtype=torch.float64), transposed
+        torch.as_tensor(b, dtype=torch.float64), torch.as_tensor(v, dtype=torch.float64), update
     ).numpy()
 
 
-def _procrustes(b: torch.Tensor, v: torch.Tensor, transposed: bool) -> torch.Tensor:
-    u, _, wt = torch.linalg.svd(b.T @ v)  # like numpy: returns W^T
-    r = wt.T @ u.T
-    return r.T if transposed else r
+def _procrustes(b: torch.Tensor, v: torch.Tensor, update: Update) -> torch.Tensor:
+    m = b.T @ v
+    if update == "artifact":
+        u, _, w = torch.svd(m)  # returns W, not W^T (the artifact names it Vt)
+        return w.t() @ u.t()
+    if update != "correct":
+        raise CemsimError(f"ITQ update must be 'correct' or 'artifact', got {update!r}")
+    u, _, wt = torch.linalg.svd(m)  # like numpy: returns W^T
+    return wt.T @ u.T
 
 
 def quantization_loss(v: np.ndarray, r: np.ndarray) -> float:
@@ -75,7 +91,7 @@ def normalize_rows(v: np.ndarray) -> np.ndarray:
 
 
 def train_itq(
-    v: np.ndarray, *, iters: int = 50, seed: int = 0, transposed: bool = False
+    v: np.ndarray, *, iters: int = 50, seed: int = 0, update: Update = "correct"
 ) -> tuple[np.ndarray, list[float]]:
     """Train one rotation on rows ``v [n, D]`` (already scaled); returns (R, loss after init and each step)."""
     if v.ndim != 2 or v.shape[0] < 2:
@@ -91,7 +107,7 @@ def train_itq(
             vr = vt @ r
             b = torch.where(vr >= 0, 1.0, -1.0).to(torch.float64)
             losses.append(float(((b - vr) ** 2).sum()))
-            r = _procrustes(b, vt, transposed)
+            r = _procrustes(b, vt, update)
         vr = vt @ r
         losses.append(float(((torch.where(vr >= 0, 1.0, -1.0) - vr) ** 2).sum()))
     return r.numpy(), losses

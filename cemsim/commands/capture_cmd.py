@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from cemsim.commands.outputs import check_output_file
 from cemsim.commands.progress import step_progress
 from cemsim.config.workload import parse_tokens
 from cemsim.errors import CemsimError
@@ -71,12 +73,13 @@ def capture_command(
     ] = None,
 ) -> None:
     """Capture key-access traces: dense prefill of --tokens tokens, then --decode-steps decode steps per policy."""
-    from cemsim.trace.capture import CaptureSpec, capture, parse_policies
-
     try:
         n = parse_tokens(tokens)
     except ValueError as exc:
         raise CemsimError(str(exc), where="--tokens") from None
+    check_output_file(out, "--out")
+    from cemsim.trace.capture import CaptureSpec, capture, parse_policies  # torch: after the checks
+
     spec = CaptureSpec(
         model=model,
         tokens=n,
@@ -108,7 +111,7 @@ def capture_command(
 
         paths = capture(spec, out, progress)
     for pol, p in paths.items():
-        console.print(f"[green]wrote[/] {p}  ({pol}, {os.path.getsize(p) / 1e6:,.2f} MB)")
+        console.print(f"[green]wrote[/] {escape(str(p))}  ({pol}, {os.path.getsize(p) / 1e6:,.2f} MB)")
     console.print(f"capture took {time.perf_counter() - t0:,.1f} s")
 
 

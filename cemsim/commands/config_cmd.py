@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cemsim.config.fields import field_dimension
@@ -19,13 +20,15 @@ console = Console()
 
 
 @config_app.command("check")
-def check(files: list[Path] = typer.Argument(..., help="System YAML files to validate.")) -> None:
+def check(
+    files: list[Path] = typer.Argument(..., metavar="FILE", help="System YAML files to validate."),
+) -> None:
     """Validate FILES; on a problem, name the file, the line and the field, and exit 1."""
     problems: list[str] = []
     for f in files:
         try:
             load_system(f)
-            console.print(f"[green]ok[/]  {f}")
+            console.print(f"[green]ok[/]  {escape(str(f))}")
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:
@@ -58,7 +61,7 @@ def _lookup(data: dict, dotted: str) -> object:
 
 @config_app.command("show")
 def show(
-    file: Path = typer.Argument(..., help="System YAML file."),
+    file: Path = typer.Argument(..., metavar="FILE", help="System YAML file."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the resolved config, derived figures and provenance as JSON."
     ),
@@ -70,7 +73,9 @@ def show(
         typer.echo(json.dumps(data, indent=2, sort_keys=False))
         return
     sys = lc.system
-    console.print(f"[bold]{sys.name}[/]  kv_location={sys.kv_location}  model={sys.geometry.name}")
+    console.print(
+        f"[bold]{escape(sys.name)}[/]  kv_location={sys.kv_location}  model={escape(sys.geometry.name)}"
+    )
     table = Table(title="Resolved values", show_lines=False)
     table.add_column("field", no_wrap=True)
     table.add_column("value", no_wrap=True, justify="right")

@@ -9,6 +9,7 @@ the demo doubles as a tour of the CLI. Finished stages are reused when their out
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from cemsim.commands.outputs import check_output_dir
 from cemsim.errors import CemsimError
 from cemsim.paths import repo_root
 
@@ -28,18 +31,16 @@ TARGET_CONTEXT = "1M"  # the simulator replays it below 1M with survival scaled 
 GEOMETRY = "llama3-8b"  # the shipped hwconfigs model Llama-3-8B
 
 
-def _cli_commands() -> set[str]:
-    import typer.main
-
-    from cemsim.cli import app
-
-    return set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+def _cli_commands(ctx: typer.Context) -> set[str]:
+    """The subcommands of the running `cemsim` (read from click's context: importing cemsim.cli here would
+    be an import cycle, and a second copy of the module under `python -m cemsim.cli`)."""
+    return set(getattr(ctx.find_root().command, "commands", {}))
 
 
 def _run(args: list[str], what: str) -> None:
     cmd = [sys.executable, "-m", "cemsim.cli", *args]
     console.rule(f"[bold]{what}")
-    console.print("$ cemsim " + shlex.join(args), highlight=False, soft_wrap=True)
+    console.print("$ cemsim " + escape(shlex.join(args)), highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0:
@@ -62,6 +63,7 @@ def _synthetic_source(path: Path) -> None:
 
 
 def demo(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for traces, results and charts.")] = Path(
         "results/demo"
     ),
@@ -74,6 +76,11 @@ def demo(
     ] = False,
 ) -> None:
     """Capture -> project -> sweep every shipped system from 4K to 1M tokens -> table + charts."""
+    from cemsim.sweep.engines import ENGINES
+
+    if engine not in ENGINES:  # checked here, not minutes later when the sweep stage starts
+        raise CemsimError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    check_output_dir(out, "--out")
     root = repo_root()
     spec = root / "analysis" / "context_scaling.yaml" if root else None
     if spec is None or not spec.is_file():
@@ -88,7 +95,7 @@ def demo(
     if fresh:
         for p in (source, projected):
             p.unlink(missing_ok=True)
-    commands = _cli_commands()
+    commands = _cli_commands(ctx)
     if not source.is_file():
         if "capture" in commands:
             _run(
@@ -142,14 +149,24 @@ def demo(
     if workers:
         sweep_args += ["--workers", str(workers)]
     if fresh:
-        import shutil
-
         shutil.rmtree(out / "context_scaling", ignore_errors=True)
     _run(sweep_args, "sweep: 6 systems x 9 contexts x 3 batch sizes on the simulator")
+    # DReX at two more survival scenarios (20x, 28.9x): the band on the context-scaling chart (issue 15)
+    band = spec.parent / "drex_filter_ratio.yaml"
+    band_args = [
+        *sweep_args[:1],
+        str(band.relative_to(Path.cwd()) if band.is_relative_to(Path.cwd()) else band),
+    ]
+    band_args += sweep_args[2:]
+    band_args[band_args.index("--out") + 1] = str(out / "drex_filter_ratio")
+    if fresh:
+        shutil.rmtree(out / "drex_filter_ratio", ignore_errors=True)
+    _run(band_args, "sweep: DReX at filter ratios 20x and 28.9x (9 contexts x 3 batch sizes)")
     _run(["plot", str(out / "context_scaling"), "--out", str(out / "charts")], "charts")
     console.rule("[bold]done")
     console.print(
-        f"results: {out / 'context_scaling' / 'results.parquet'}\ncharts:  {out / 'charts'}\n"
+        f"results: {escape(str(out / 'context_scaling' / 'results.parquet'))}\n"
+        f"charts:  {escape(str(out / 'charts'))}\n"
         f"demo took {time.perf_counter() - t0:,.0f} s",
         highlight=False,
     )

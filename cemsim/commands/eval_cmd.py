@@ -62,11 +62,22 @@ def eval_command(
     """Dense vs sparse perplexity of a sparse-attention policy on a long text, with LongSight's metrics."""
     from cemsim.attention.eval import evaluate
     from cemsim.attention.model_loader import load_model
+    from cemsim.attention.policies import POLICIES
     from cemsim.attention.runner import make_policy
     from cemsim.attention.text import load_text
+    from cemsim.kernels import BACKENDS
 
     if tokens < 2:
         raise CemsimError(f"--tokens must be at least 2, got {tokens}", where="--tokens")
+    # Checked before the model loads (seconds), not after.
+    if policy not in POLICIES:
+        raise CemsimError(f"unknown policy {policy!r}; valid: {', '.join(POLICIES)}", where="--policy")
+    if topk_per not in ("head", "group"):
+        raise CemsimError(f"must be 'head' or 'group', got {topk_per!r}", where="--topk-per")
+    if backend != "auto" and backend not in BACKENDS:
+        raise CemsimError(
+            f"unknown kernel backend {backend!r}; valid: auto, {', '.join(BACKENDS)}", where="--backend"
+        )
     with err.status("loading model"):
         lm = load_model(model, device=device, dtype="fp32")
     if tokens > lm.max_positions:
@@ -96,7 +107,7 @@ def eval_command(
         TimeElapsedColumn(),
         console=err,
         transient=True,
-        disable=as_json and not err.is_terminal,
+        disable=not err.is_terminal,
     ) as prog:
         task = prog.add_task(f"{policy} over {tokens} tokens (dense pass first, cached)", total=lm.num_layers)
         rep = evaluate(

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from cemsim.commands.outputs import check_output_dir
 from cemsim.errors import CemsimError
 
 console = Console(stderr=True)
@@ -17,8 +19,9 @@ def plot(
     results: Annotated[
         list[Path],
         typer.Argument(
+            metavar="RESULTS",
             help="results.parquet files, sweep output folders, or .json/.jsonl "
-            "files of `cemsim eval --json` rows."
+            "files of `cemsim eval --json` rows.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the charts (PNG and SVG).")],
@@ -33,14 +36,15 @@ def plot(
     ] = None,
 ) -> None:
     """Draw the charts each results file's sweep spec asks for (else every chart its columns allow)."""
-    from cemsim.plots.charts import plot_results
+    check_output_dir(out, "--out")
+    from cemsim.plots.charts import plot_results  # matplotlib loads after the checks
 
     written = plot_results(results, out, chart)
     if not written:
         raise CemsimError("no chart could be drawn from these results (no rows with the needed columns)")
     for p in written:
         if p.suffix == ".png":
-            console.print(f"wrote {p} (+ .svg)", highlight=False)
+            console.print(f"wrote {escape(str(p))} (+ .svg)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

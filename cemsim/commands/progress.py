@@ -7,12 +7,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def step_progress() -> Progress:
-    """A transient bar on stderr, so stdout stays clean for tables and JSON."""
+    """A transient bar on stderr, so stdout stays clean for tables and JSON; off when stderr is not a
+    terminal (a log file or a pipe would get only the blank line a stopped bar leaves)."""
+    console = Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
+        disable=not console.is_terminal,
     )

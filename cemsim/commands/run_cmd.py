@@ -9,9 +9,11 @@ from typing import Any
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from cemsim.commands.outputs import check_output_dir, check_output_file
 from cemsim.config.loader import load_system
 from cemsim.config.units import format_quantity
 from cemsim.config.workload import parse_tokens
@@ -20,18 +22,22 @@ from cemsim.errors import CemsimError
 console = Console()
 
 
-def parse_sets(sets: list[str]) -> dict[str, Any]:
-    """``--set gpu.count=2 --set cem.channel_bandwidth="20 GB/s"`` -> load_system overrides."""
-    out: dict[str, Any] = {}
+def parse_sets(sets: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``--set gpu.count=2 --set cem.channel_bandwidth="20 GB/s"`` -> load_system overrides, and how
+    each was written (``--set gpu.count=2``) for errors to name."""
+    values: dict[str, Any] = {}
+    labels: dict[str, str] = {}
     for item in sets:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise CemsimError(f"--set {item!r}: write dotted.path=value, e.g. --set gpu.count=2")
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            values[key] = yaml.safe_load(raw)
         except yaml.YAMLError:
-            out[key.strip()] = raw
-    return out
+            values[key] = raw
+        labels[key] = f"--set {key}={raw}"
+    return values, labels
 
 
 def _table(res: Any, twin: Any) -> Table:
@@ -64,7 +70,7 @@ def _table(res: Any, twin: Any) -> Table:
 
 
 def run(
-    hwconfig: Path = typer.Argument(..., help="System YAML (hwconfigs/*.yaml)."),
+    hwconfig: Path = typer.Argument(..., metavar="HWCONFIG", help="System YAML (hwconfigs/*.yaml)."),
     trace: Path = typer.Option(
         ..., "--trace", help="Trace file written by `cemsim capture` or `cemsim trace`."
     ),
@@ -74,7 +80,7 @@ def run(
         help="Context tokens (131072, 128K, 1M); default: the trace's. Below the trace's, survival is scaled; above, project the trace first.",
     ),
     batch: int | None = typer.Option(
-        None, "--batch", help="Users decoding together; default: workload.batch."
+        None, "--batch", min=1, help="Users decoding together; default: workload.batch."
     ),
     steps: int | None = typer.Option(
         None, "--steps", help="Decode steps to replay (default: every step of the trace)."
@@ -102,10 +108,21 @@ def run(
             ctx = parse_tokens(context)
         except ValueError as exc:
             raise CemsimError(f"--context: {exc}") from None
+        if ctx < 1:
+            raise CemsimError(f"must be at least 1 token, got {context!r}", where="--context")
     if steps is not None and steps < 1:
         raise CemsimError(f"--steps must be at least 1, got {steps}")
-    loaded = load_system(hwconfig, parse_sets(sets) or None)
-    with TraceReader(trace) as reader, Progress(console=console, transient=True, disable=as_json) as bar:
+    if timeline is not None:
+        check_output_file(timeline, "--timeline")
+    if out is not None:
+        check_output_dir(out, "--out")
+    overrides, labels = parse_sets(sets)
+    loaded = load_system(hwconfig, overrides or None, labels)
+    bar_console = Console(stderr=True)  # stdout holds only the table or the JSON
+    with (
+        TraceReader(trace) as reader,
+        Progress(console=bar_console, transient=True, disable=not bar_console.is_terminal) as bar,
+    ):
         total = min(reader.num_steps, steps) if steps else reader.num_steps
         reading = bar.add_task("reading + preparing steps", total=total or None)
 
@@ -128,12 +145,15 @@ def run(
             prep, timeline=timeline is not None, progress=lambda i: bar.update(sim_task, completed=i + 1)
         )
     twin = analytic(prep)
-    if timeline is not None and res.spans:
-        write_timeline(timeline, res.spans, res.system)
-    if out is not None:
-        from cemsim.sim.output import write_run_dir
+    try:  # checked before the run; a full disk or a vanished folder can still fail here
+        if timeline is not None and res.spans:
+            write_timeline(timeline, res.spans, res.system)
+        if out is not None:
+            from cemsim.sim.output import write_run_dir
 
-        write_run_dir(out, loaded.to_json_dict(), res, twin)
+            write_run_dir(out, loaded.to_json_dict(), res, twin)
+    except OSError as exc:
+        raise CemsimError(f"cannot write {exc.filename or 'the outputs'}: {exc.strerror or exc}") from None
     if as_json:
         d = res.to_json_dict()
         d["analytic"] = {k: twin.to_json_dict()[k] for k in ("latency_per_token_s", "energy_per_token_j")}
@@ -141,14 +161,14 @@ def run(
         return
     if not res.fits:
         console.print(
-            f"[bold yellow]{res.system} does not fit[/] at {res.context_tokens} tokens, batch {res.batch}:"
+            f"[bold yellow]{escape(res.system)} does not fit[/] at {res.context_tokens} tokens, batch {res.batch}:"
         )
         for why in res.why_not:
-            console.print(f"  - {why}", highlight=False)
+            console.print(f"  - {escape(why)}", highlight=False)
         return
     console.print(_table(res, twin))
     if res.truncated:
-        console.print(f"[bold red]incomplete:[/] {res.truncated}")
+        console.print(f"[bold red]incomplete:[/] {escape(str(res.truncated))}")
 
 
 def register(app: typer.Typer) -> None:

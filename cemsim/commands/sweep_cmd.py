@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from cemsim.commands.outputs import check_output_dir
 from cemsim.errors import CemsimError
 from cemsim.sweep.engines import ENGINES
 
@@ -16,7 +18,9 @@ err_console = Console(stderr=True)
 
 
 def sweep(
-    spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML), e.g. analysis/context_scaling.yaml.")],
+    spec: Annotated[
+        Path, typer.Argument(metavar="SPEC", help="Sweep spec (YAML), e.g. analysis/context_scaling.yaml.")
+    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder: points/<hash>.parquet and results.parquet.")
     ],
@@ -52,6 +56,7 @@ def sweep(
         raise CemsimError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if address and engine != "ray":
         raise CemsimError("--address names a Ray cluster; it needs --engine ray")
+    check_output_dir(out, "--out")
     from cemsim.sweep.runner import run_sweep  # pandas and the store load only when a sweep runs
     from cemsim.sweep.summary import summary_tables
 
@@ -71,15 +76,15 @@ def sweep(
             console.print(table)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()))
     err_console.print(
-        f"{report.results_path}: {len(report.frame)} rows ({counts}); "
+        f"{escape(str(report.results_path))}: {len(report.frame)} rows ({counts}); "
         f"{report.evaluated} evaluated now, {report.skipped} reused",
         highlight=False,
     )
     bad = report.frame[report.frame["status"] != "ok"] if len(report.frame) else report.frame
     for _, row in bad.head(5).iterrows():
         err_console.print(
-            f"  [yellow]{row['status']}[/] {row['system']} {row['params']}: "
-            f"{str(row['error']).strip().splitlines()[-1]}",
+            f"  [yellow]{row['status']}[/] {escape(str(row['system']))} {escape(str(row['params']))}: "
+            f"{escape(str(row['error']).strip().splitlines()[-1])}",
             highlight=False,
             soft_wrap=True,
         )

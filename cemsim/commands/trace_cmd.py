@@ -10,8 +10,10 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from cemsim.commands.outputs import check_output_file
 from cemsim.commands.progress import step_progress
 from cemsim.config.workload import parse_tokens
 from cemsim.errors import CemsimError
@@ -92,7 +94,7 @@ def _fmt_stats(s: dict[str, float], digits: int = 1) -> str:
 
 @trace_app.command("info")
 def info(
-    trace: Annotated[Path, typer.Argument(help="A trace file (.parquet).")],
+    trace: Annotated[Path, typer.Argument(metavar="TRACE", help="A trace file (.parquet).")],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of a table.")
     ] = False,
@@ -156,7 +158,8 @@ Opt = typer.Option
 @trace_app.command("project")
 def project(
     traces: Annotated[
-        list[Path], typer.Argument(help="Captured source trace(s); several lengths constrain the fit.")
+        list[Path],
+        typer.Argument(metavar="TRACE", help="Captured source trace(s); several lengths constrain the fit."),
     ],
     context: Annotated[str, Opt("--context", help="Target context in tokens: 1048576, 128K or 1M.")],
     out: Annotated[Path, Opt("--out", help="Projected trace to write.")],
@@ -189,6 +192,7 @@ def project(
         n = parse_tokens(context)
     except ValueError as exc:
         raise CemsimError(str(exc), where="--context") from None
+    check_output_file(out, "--out")
     with step_progress() as bar:
         task = bar.add_task("projecting", total=None)
 
@@ -216,7 +220,7 @@ def project(
             "unvalidated there"
         )
     console.print(
-        f"[green]wrote[/] {out}: {header.model} at {n:,} tokens, "
+        f"[green]wrote[/] {escape(str(out))}: {header.model} at {n:,} tokens, "
         f"{os.path.getsize(out) / 1e6:,.2f} MB; expected survivors per head {e.get('mean_per_head', 0):,.0f} "
         f"(±{100 * e.get('rel_se_median', 0):.1f}% median s.e.)"
     )

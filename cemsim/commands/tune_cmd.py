@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cemsim.commands.outputs import check_output_file
 from cemsim.errors import CemsimError
 
 
@@ -42,10 +43,11 @@ def tune_command(
     ),
 ) -> None:
     """Raise the threshold of the KV head with the lowest filter ratio until perplexity would exceed the budget."""
-    from cemsim.attention.tune import tune_thresholds
-
     if ppl_budget <= 0:
         raise CemsimError(f"--ppl-budget must be positive, got {ppl_budget}", where="--ppl-budget")
+    check_output_file(out, "--out")
+    from cemsim.attention.tune import tune_thresholds  # torch: seconds to import, so after the checks
+
     tune_thresholds(
         model=model,
         tokens=tokens,

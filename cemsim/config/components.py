@@ -149,8 +149,20 @@ class KeyLayoutConfig(Frozen):
     """Where a (user, layer, KV head) context slice lives: see DReX (ISCA 2025), section 4."""
 
     keys_per_block: Count = 128  # one Key Block: the keys whose sign bits share one bank's columns
-    kv_heads_across_packages: bool = True  # a user's KV heads go to different packages
+    # Which package (NMA) holds KV head h of user u; each choice is one formula in package_of
+    kv_placement: Literal["head_per_package", "rotate_by_user", "user_per_package"] = "head_per_package"
     interleave: Literal["channel_then_bank", "bank_then_channel"] = "channel_then_bank"
+
+    def package_of(self, user: int, head: int, kv_heads: int, packages: int) -> int:
+        """head_per_package: a user's heads on distinct packages, users continuing in turn, (u * H + h) mod P
+        (DReX section 4; with H = P, head h of every user is on package h, so a busy head queues at one NMA);
+        rotate_by_user: (h + u) mod P, the head-to-package map rotated by one per user (a hot head spreads
+        over the packages across users); user_per_package: u mod P, every head of a user on one package."""
+        if self.kv_placement == "head_per_package":
+            return (user * kv_heads + head) % packages
+        if self.kv_placement == "rotate_by_user":
+            return (head + user) % packages
+        return user % packages
 
 
 class DReXConfig(CEMConfig):

@@ -1,6 +1,7 @@
 """Derived figures, computed in one place from a resolved config (SI units, flat dotted keys).
 
-The simulator, the analytic twin and `cemsim config show` all read these, so a formula exists once.
+The simulator and `cemsim config show` read these, so a formula exists once. (The analytic model,
+cemsim/sim/analytic.py, derives its own from the config on purpose: it is the independent check.)
 """
 
 from __future__ import annotations

@@ -57,7 +57,9 @@ class Problem:
         where = self.file or "<config>"
         if self.line:
             where += f", line {self.line}"
-        field_txt = f", field {self.path}" if self.path else ""
+        # An override's label ("--set simulation.max_events=0") names its field already.
+        named = f" {self.path}=" in where
+        field_txt = f", field {self.path}" if self.path and not named else ""
         return f"{where}{field_txt}: {self.message}"
 
 
@@ -168,13 +170,16 @@ def _expand_presets(data: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     return data
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, label: str) -> None:
     keys = dotted.split(".")
     node = data
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise ConfigError([Problem(dotted, "override goes through a value that is not a section")])
+            where = ".".join(keys[: i + 1])
+            raise ConfigError(
+                [Problem(dotted, f"{where} is a value ({node!r}), not a section with fields", label)]
+            )
     if isinstance(node.get(keys[-1]), dict) and _is_provenance_leaf(node[keys[-1]]):
         node[keys[-1]] = dict(node[keys[-1]], value=value, tag="setting", source="override")
     else:
@@ -321,8 +326,13 @@ def geometry_from_hf_config(path: Path) -> ModelGeometry:
         ) from None
 
 
-def load_system(path: str | Path, overrides: dict[str, Any] | None = None) -> LoadedConfig:
-    """Load, merge, validate and resolve one system file. Raises ConfigError listing every problem."""
+def load_system(
+    path: str | Path, overrides: dict[str, Any] | None = None, labels: dict[str, str] | None = None
+) -> LoadedConfig:
+    """Load, merge, validate and resolve one system file. Raises ConfigError listing every problem.
+
+    ``overrides`` maps dotted field paths to values; ``labels`` says how each was written (for the CLI,
+    ``--set simulation.max_events=0``) so that an error in an override names it rather than the file."""
     path = Path(path)
     ctx = _Ctx()
     if not path.is_file():
@@ -349,7 +359,13 @@ def load_system(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
         path = base_path
     data = _expand_presets(data, ctx)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        label = (labels or {}).get(dotted) or f"override {dotted}={value}"
+        _set_dotted(data, dotted, value, label)
+        # Problems at or below an overridden field point at the override, not at the line it replaced.
+        at = tuple(dotted.split("."))
+        for p in [p for p in ctx.lines if p[: len(at)] == at]:
+            del ctx.lines[p]
+        ctx.lines[at] = (label, None)
     preset_files = {f for f in ctx.files if Path(f).resolve().is_relative_to(PRESET_DIR.resolve())}
     provenance: dict[str, Provenance] = {}
     data = _peel_provenance(data, (), ctx, provenance, preset_files)

@@ -136,34 +136,73 @@ class ModelGeometry(Frozen):
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
 
 
+def _k_schedule(value: object) -> object:
+    """k as one integer, or a schedule ``{context up to: k}`` ("32K: 256"); contexts past the last bound
+    take the last k. Keys are token counts ("32K", 32768)."""
+    if isinstance(value, dict):
+        try:
+            pairs = sorted((parse_tokens(c), k) for c, k in value.items())
+        except ValueError as exc:
+            raise ValueError(f"k schedule: {exc}") from None
+        if not pairs:
+            raise ValueError("a k schedule needs at least one 'context: k' entry")
+        return tuple(pairs)
+    return value
+
+
+KSchedule = tuple[tuple[int, Annotated[int, Field(gt=0)]], ...]
+# LongSight (MICRO 2025, evaluation setup): 256 / 512 / 1,024 at 32K / 64K / 128K, and 1,024 beyond (the
+# top-k unit's maximum); cemsim.attention.policies.published_k is the same schedule for the model side.
+LONGSIGHT_K: KSchedule = ((32 * 1024, 256), (64 * 1024, 512), (128 * 1024, 1024))
+
+
 class AttentionConfig(Frozen):
-    """Decode attention policy (LongSight defaults: W = 1024, S = 16, k by context as published)."""
+    """Decode attention policy: the single source of the settings the simulator replays.
+
+    Where the trace was captured with other settings, the simulator rescales by a stated rule or refuses
+    (cemsim/sim/settings.py); the result's ``attention`` record says which (LongSight defaults: W = 1024,
+    S = 16, k by context as published)."""
 
     policy: Literal["dense", "longsight", "window", "oracle-topk", "quest"] = "dense"
     window: Annotated[int, Field(ge=0)] = 1024
     sinks: Annotated[int, Field(ge=0)] = 16
-    k: Count | None = None  # None: the paper's schedule (256 / 512 / 1024 at 32K / 64K / >= 128K)
-    threshold: Annotated[int, Field(ge=0)] | None = None  # one SCF threshold for every head
+    # one k, or a schedule {context up to: k}; None: LongSight's (LONGSIGHT_K)
+    k: Annotated[int | KSchedule | None, BeforeValidator(_k_schedule)] = None
+    threshold: Annotated[int, Field(ge=0)] | None = (
+        None  # one SCF threshold for every head; None: the trace's
+    )
     thresholds_file: str | None = None  # per-(layer, KV head) thresholds written by `cemsim tune`
     itq: bool = True
-    topk_scope: Literal["query_head", "kv_group"] = "query_head"
+    topk_scope: Literal["query_head", "kv_group"] = (
+        "query_head"  # one top-k per query head (the artifact) or per KV group
+    )
     page_size: Count = 16  # Quest pages
+    # a scenario: synthesize survival at this mean filter ratio (keys considered / survivors), keeping the
+    # trace's per-head and per-block dispersion; None: the trace's (or its threshold-rescaled) survival
+    filter_ratio: Annotated[float, Field(ge=1.0)] | None = None
 
     @model_validator(mode="after")
     def _one_threshold_source(self) -> AttentionConfig:
         if self.threshold is not None and self.thresholds_file is not None:
             raise ValueError("give either threshold or thresholds_file, not both")
+        if self.filter_ratio is not None and (self.threshold is not None or self.thresholds_file is not None):
+            raise ValueError(
+                "give either filter_ratio (a survival scenario) or threshold / thresholds_file, not both"
+            )
+        if isinstance(self.k, int) and self.k < 1:
+            raise ValueError("k must be at least 1")
         return self
 
     def k_for(self, context: int) -> int:
-        """Top-k at a context length: explicit k, else LongSight's schedule (MICRO 2025, evaluation setup)."""
-        if self.k is not None:
+        """Top-k at a context length: one k, or the first schedule entry whose bound covers the context
+        (the last entry beyond every bound)."""
+        if isinstance(self.k, int):
             return self.k
-        if context <= 32 * 1024:
-            return 256
-        if context <= 64 * 1024:
-            return 512
-        return 1024
+        schedule = self.k if self.k is not None else LONGSIGHT_K
+        for bound, k in schedule:
+            if context <= bound:
+                return k
+        return schedule[-1][1]
 
 
 class WorkloadConfig(Frozen):

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 Path_ = tuple[str, ...]
-Where = tuple[str, int]  # (file, 1-based line)
+Where = tuple[str, int | None]  # (file, 1-based line); (override label, None) for a --set
 
 
 class YamlSyntaxError(ValueError):

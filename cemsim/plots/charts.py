@@ -11,7 +11,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cemsim.errors import CemsimError
-from cemsim.plots import breakdown, context_scaling, energy, heatmap, pareto, users
+from cemsim.plots import (
+    breakdown,
+    context_scaling,
+    energy,
+    filter_ratio,
+    heatmap,
+    longsight,
+    pareto,
+    users,
+)
 from cemsim.plots.data import load
 from cemsim.plots.style import save
 
@@ -23,6 +32,8 @@ CHARTS: dict[str, tuple[Callable[..., list[tuple[str, Figure]]], list[str]]] = {
     "users": (users.figures, ["batch", "throughput_tokens_per_s"]),
     "heatmap": (heatmap.figures, ["param."]),
     "pareto": (pareto.figures, ["filter_ratio"]),
+    "filter_ratio": (filter_ratio.figures, filter_ratio.COLUMNS),
+    "longsight": (longsight.figures, [*longsight.COLUMNS, longsight.SCENARIO]),
 }
 
 
@@ -37,6 +48,17 @@ def inferred(frame: pd.DataFrame) -> list[dict[str, Any]]:
     if "batch" in frame and frame["batch"].nunique() > 2 and _has(frame, CHARTS["users"][1]):
         names.append("users")
     return [{"chart": n} for n in names]
+
+
+def _scenarios(results: Path, name: str) -> pd.DataFrame | None:
+    """The results a chart's ``scenarios`` option names (a sweep folder or results.parquet, relative to the
+    folder of ``results``); None when that sweep has not been run, so the chart is drawn without it."""
+    base = results if results.is_dir() else results.parent
+    path = Path(name) if Path(name).is_absolute() else base / name
+    if not (path.is_file() or (path / "results.parquet").is_file()):
+        return None
+    frame, _ = load([path])
+    return frame
 
 
 def plot_results(results: list[Path], out: Path, only: list[str] | None = None) -> list[Path]:
@@ -58,6 +80,8 @@ def plot_results(results: list[Path], out: Path, only: list[str] | None = None) 
                 )
             fn, _needs = CHARTS[name]
             options = {k: v for k, v in req.items() if k != "chart"}
+            if "scenarios" in options:  # another sweep's results, relative to this results file's folder
+                options["scenarios"] = _scenarios(path, str(options["scenarios"]))
             for stem, fig in fn(frame, **options):
                 written += save(fig, out, stem)
     return written

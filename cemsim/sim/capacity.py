@@ -34,9 +34,12 @@ def check_fit(
     users_per_gpu = batch if tp > 1 else math.ceil(batch / gpu.count)
     weights = system.geometry.weight_params() * sizes.dtype_bytes
     kv_token = sizes.layers * sizes.kv_token_bytes
-    sign_token = sizes.layers * sizes.kv_heads * sizes.sign_bytes
+    sign_token = sizes.layers * sizes.kv_heads * sizes.sign_bytes  # DReX keeps sign bits beside the keys
+    select_token = sizes.layers * sizes.kv_heads * sizes.select_bytes_per_key  # the GPU's selection data
     hbm_tokens = context if kind.startswith("hbm") else min(window + sinks, context)
-    hbm_user = hbm_tokens * kv_token + (context * sign_token if kind in ("hbm_sparse", "host_sparse") else 0)
+    hbm_user = hbm_tokens * kv_token + (
+        context * select_token if kind in ("hbm_sparse", "host_sparse") else 0
+    )
     hbm_need = (weights + users_per_gpu * hbm_user) / tp
     rep = FitReport(True)
     rep.memory["gpu.hbm"] = {"need": hbm_need, "have": gpu.hbm.capacity}
@@ -59,7 +62,7 @@ def check_fit(
                 f"host memory: KV of {batch} user(s) at {context} tokens is {_gb(need)}, over "
                 f"its {_gb(system.host_memory.capacity)}"
             )
-    if kind == "cem" and isinstance(system.cem, DReXConfig):
+    if kind.startswith("cem") and isinstance(system.cem, DReXConfig):
         cem = system.cem
         have = cem.packages * cem.package_capacity
         need = batch * context * (kv_token + sign_token)

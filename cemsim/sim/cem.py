@@ -152,9 +152,7 @@ class DReX:
         self.buffers_can_fill = requests > self.cfg.response_buffers
 
     def package_of(self, user: int, head: int) -> int:
-        if self.cfg.layout.kv_heads_across_packages:
-            return (user * self.kv_heads + head) % self.cfg.packages
-        return user % self.cfg.packages
+        return self.cfg.layout.package_of(user, head, self.kv_heads, self.cfg.packages)
 
     def serve(self, user: int, layer: int, head: int, w: StepWork) -> Generator[simpy.Event, None, object]:
         """Serve one request; returns the response buffer it holds (release it once the response is sent),

@@ -1,7 +1,7 @@
 """Energy by component: bytes moved x energy per bit, operations x energy per operation, static power x time.
 
 Every constant comes from the config (sourced presets); this file only multiplies. Counters are the
-Recorder's (DES) or the analytic twin's, over ``seconds`` of simulated time.
+Recorder's (DES), over ``seconds`` of simulated time. (The analytic model counts its own, analytic.py.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Sustained FLOP/s = peak (for the workload dtype) x gpu.matmul_efficiency; HBM time from hbm.py
 (gpu.hbm.sustained_efficiency). A decode step's layer adds gpu.layer_overhead (launches, syncs).
-One GPU object is one *lane*: a single GPU, or a tensor-parallel group whose work it already divides.
+One GPU object is one *lane*: a single GPU, or a tensor-parallel group of ``width`` GPUs whose work the
+caller already divides (a kernel's bytes and FLOPs are per GPU; the counters count every GPU of the group).
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def projection_work(
 
 @register_sim("gpu", "roofline")
 class GPU:
-    def __init__(self, env: simpy.Environment, cfg: GPUConfig, dtype: str, rec: Recorder, index: int) -> None:
-        self.env, self.cfg, self.dtype, self.rec = env, cfg, dtype, rec
+    def __init__(
+        self, env: simpy.Environment, cfg: GPUConfig, dtype: str, rec: Recorder, index: int, width: int = 1
+    ) -> None:
+        self.env, self.cfg, self.dtype, self.rec, self.width = env, cfg, dtype, rec, width
         self.track = f"gpu{index}"
         self.sm = simpy.Resource(env, capacity=1)  # kernels of one lane run one after another
         self.hbm = HBM(env, cfg.hbm, rec, f"{self.track}.hbm")
@@ -65,8 +68,8 @@ class GPU:
             yield sm & port
             start = self.env.now
             yield self.env.timeout(dt)
-        self.hbm.account(nbytes, hbm_read_time(self.cfg.hbm, nbytes))
-        self.rec.add_ops("gpu.flops", flops)
+        self.hbm.account(nbytes * self.width, hbm_read_time(self.cfg.hbm, nbytes))
+        self.rec.add_ops("gpu.flops", flops * self.width)
         self.rec.add_busy(self.track, dt)
         self.rec.span(start, self.env.now, self.track, name, bytes=nbytes, flops=flops)
 

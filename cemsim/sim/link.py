@@ -64,8 +64,13 @@ class Link:
     def transfer(
         self, direction: str, nbytes: float, label: str, priority: int = URGENT, account: bool = True
     ) -> Generator[simpy.Event, None, None]:
-        """Move nbytes; ``account=False`` for traffic whose bytes the caller counts itself (amortized)."""
-        if nbytes <= 0:
+        """Move nbytes; ``account=False`` for traffic whose bytes the caller counts itself (amortized).
+        Zero bytes is a bare completion message (a DReX request whose every key was filtered out still
+        tells the GPU it is done): no occupancy, only the flight."""
+        if nbytes < 0:
+            return
+        if nbytes == 0:
+            yield self.env.timeout(self.cfg.latency)
             return
         if account:
             self.rec.add_bytes(f"{self.name}.{direction}", nbytes)

@@ -35,12 +35,14 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
 
 
 def write_run_dir(
-    out: str | os.PathLike[str], config: dict[str, Any], res: SimResult, twin: SimResult | None = None
+    out: str | os.PathLike[str], config: dict[str, Any], res: SimResult, estimate: SimResult | None = None
 ) -> Path:
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_text(d / "config.json", json.dumps(config, indent=2, default=str))
-    payload = {"des": res.to_json_dict()} | ({"analytic": twin.to_json_dict()} if twin is not None else {})
+    payload = {"des": res.to_json_dict()} | (
+        {"analytic": estimate.to_json_dict()} if estimate is not None else {}
+    )
     atomic_write_text(d / "result.json", json.dumps(payload, indent=2, default=str))
     write_parquet(d / "stats.parquet", pd.DataFrame(_rows(res), columns=["metric", "component", "value"]))
     write_parquet(

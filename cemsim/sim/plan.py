@@ -1,11 +1,16 @@
-"""What one layer of one decode step asks of each component, by system kind (shared by the DES and the twin).
+"""What one layer of one decode step asks of each component, by system kind (the DES's; the analytic model
+writes its own, analytic.py).
 
-Kinds (from kv_location and the attention policy):
+Kinds (from kv_location and the attention policy; settings.py checks the policy against the trace):
   hbm_dense    every key and value read from HBM by the GPU
-  hbm_sparse   LongSight on the GPU: window + sinks, all sign bits, survivors' keys and top-k values from HBM
+  hbm_sparse   a selecting policy on the GPU: window + sinks, the selection's metadata for every considered
+               key (LongSight: sign bits; Quest: page min/max; oracle-topk: none), the selected keys and the
+               top-k values from HBM
   host_dense   every key and value streamed from host DDR5 over PCIe; the GPU attends as it arrives
-  host_sparse  sign bits and window in HBM (GPU filters), survivors' keys then top-k values over PCIe
-  cem          window + sinks on the GPU from HBM, overlapped with DReX requests over CXL
+  host_sparse  selection metadata and window in HBM (GPU selects), selected keys then top-k values over PCIe
+  cem          window + sinks on the GPU from HBM, overlapped with DReX requests over CXL (LongSight; the
+               oracle's exact top-k as DReX's survivors: an upper bound)
+  *_window     window policy: window + sinks from HBM, where every system keeps them; nothing else read
 Amounts are (name, HBM bytes, FLOPs) of GPU kernels; tensor parallel divides the GPU side by tp.
 """
 
@@ -23,13 +28,23 @@ GpuOp = tuple[str, float, float, float]  # (name, HBM bytes, FLOPs, fixed second
 
 
 def system_kind(system: SystemConfig) -> str:
-    dense = system.workload.attention.policy == "dense"
+    policy = system.workload.attention.policy
+    dense = policy == "dense"
+    where = {"hbm": "hbm", "host_memory": "host", "cem": "cem"}[system.kv_location]
+    if policy == "window":
+        return f"{where}_window"
     if system.kv_location == "hbm":
         return "hbm_dense" if dense else "hbm_sparse"
     if system.kv_location == "host_memory":
         return "host_dense" if dense else "host_sparse"
     if system.cem is None or system.cem.impl != "drex":
         raise CemsimError(f"system {system.name!r}: the simulator models CEM impl 'drex' only")
+    if dense:
+        raise CemsimError(
+            f"system {system.name!r}: workload.attention.policy 'dense' with kv_location cem would stream "
+            "every key and value out of the CEM device, a data path the simulator does not model; use "
+            "kv_location hbm or host_memory for dense attention, or a filtering policy (longsight) on the CEM"
+        )
     return "cem"
 
 
@@ -44,6 +59,8 @@ class Sizes:
     layers: int
     dtype_bytes: int
     scores_per_key: int  # top-k scores returned per kept key (query_head scope: one per query of the group)
+    policy: str = "longsight"
+    select_bytes_per_key: float = 0.0  # HBM bytes the GPU reads per considered key to select (see module doc)
 
     @property
     def kv_token_bytes(self) -> int:  # K and V of one token, one layer, all KV heads
@@ -57,8 +74,20 @@ class Sizes:
         return self.scores_per_key * min(k, survivors) * self.dtype_bytes + values * self.key_bytes
 
 
+def selection_bytes_per_key(policy: str, head_dim: int, dtype_bytes: int, page_size: int) -> float:
+    """What the GPU reads per considered key to choose the keys it fetches: LongSight's sign bits, Quest's
+    page bounds (a min and a max vector per page), nothing for the oracle (it knows: an upper bound)."""
+    if policy == "longsight":
+        return head_dim / 8
+    if policy == "quest":
+        return 2 * head_dim * dtype_bytes / page_size
+    return 0.0
+
+
 def workload_sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
+    """``header``: the replayed one (settings applied: k, topk_scope)."""
     geo, dtype_bytes = system.geometry, system.workload.dtype_bytes
+    att = system.workload.attention
     return Sizes(
         key_bytes=geo.head_dim * dtype_bytes,
         sign_bytes=geo.head_dim / 8,
@@ -69,6 +98,8 @@ def workload_sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
         layers=geo.layers,
         dtype_bytes=dtype_bytes,
         scores_per_key=geo.group_size if header.topk_scope == "query_head" else 1,
+        policy=att.policy,
+        select_bytes_per_key=selection_bytes_per_key(att.policy, geo.head_dim, dtype_bytes, att.page_size),
     )
 
 
@@ -101,15 +132,20 @@ def layer_plan(
         4.0 * query_dim * dense_tokens / tp,
         0.0,
     )
-    # the GPU's own SCF pipeline (hbm_sparse, host_sparse): calibrated fixed + per-survivor cost
+    if kind.endswith("_window"):
+        return LayerPlan([], [window], [])
+    # the GPU's own selection + gather pipeline (hbm_sparse, host_sparse): fixed + per-selected-key cost,
+    # calibrated on LongSight's (cemsim/calibration) and charged alike to Quest and the oracle
     pipeline = gpu.sparse_pipeline_latency + survivors / tp * gpu.sparse_time_per_survivor
     group_flops_per_key = 2.0 * sizes.group * sizes.head_dim  # one key against the group's queries
+    select = considered * sizes.select_bytes_per_key
     if kind == "hbm_sparse":
-        nbytes = window[1] + (considered * sizes.sign_bytes + (survivors + values) * key_bytes) / tp
+        nbytes = window[1] + (select + (survivors + values) * key_bytes) / tp
         flops = window[2] + group_flops_per_key * (survivors + values) / tp
         return LayerPlan([], [("sparse_attention", nbytes, flops, pipeline)], [])
     if kind == "host_sparse":
-        before.append(("sign_filter", considered * sizes.sign_bytes / tp, 0.0, pipeline))
+        name = {"longsight": "sign_filter", "quest": "page_select"}.get(sizes.policy, "select")
+        before.append((name, select / tp, 0.0, pipeline))
         # scoring the gathered survivor keys on the GPU: they land in HBM, are read once
         after.append(
             ("score_survivors", survivors * key_bytes / tp, group_flops_per_key * survivors / tp, 0.0)

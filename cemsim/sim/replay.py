@@ -38,7 +38,7 @@ class ReplayOutcome:
 
 def write_group(sim: SimSystem) -> int:
     cfg = sim.config
-    if sim.kind == "cem" and cfg.cem is not None:
+    if sim.kind.startswith("cem") and cfg.cem is not None:  # the KV lives there, whatever the policy reads
         return cfg.cem.layout.keys_per_block  # type: ignore[attr-defined]
     if sim.kind.startswith("host") and cfg.host_memory is not None:
         return cfg.host_memory.kv_write_group
@@ -196,7 +196,7 @@ class Replayer:
             return
         nbytes = kv_write_bytes_per_step(self.sizes, self.batch)
         self.rec.add_bytes("link.to_device", nbytes)
-        self.rec.add_bytes("cem.lpddr_write" if self.sim.kind == "cem" else "host_memory", nbytes)
+        self.rec.add_bytes("cem.lpddr_write" if self.sim.kind.startswith("cem") else "host_memory", nbytes)
 
     def _run_until(self, done: simpy.Event, out: ReplayOutcome) -> str | None:
         """Step the engine until ``done``, within the configured bounds on events and simulated time."""

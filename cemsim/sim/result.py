@@ -1,4 +1,5 @@
-"""The result of one simulation (DES or analytic twin): what `cemsim run --json` prints and sweeps store.
+"""The result of one simulation (DES or the analytic model's estimate): what `cemsim run --json` prints
+and sweeps store.
 
 Units: latency per token = mean decode-step time (every user of the batch gets one token per step);
 time_breakdown_s sums to it (critical path of GPU lane 0); energy_breakdown_j and bytes_moved are per
@@ -30,6 +31,7 @@ class SimResult:
     gpus_needed: int | None = None
     memory: dict[str, dict[str, float]] = field(default_factory=dict)
     latency_per_token_s: float | None = None
+    latency_bounds_s: dict[str, float] = field(default_factory=dict)  # analytic only: lower, upper per step
     throughput_tokens_per_s: float | None = None
     energy_per_token_j: float | None = None
     energy_breakdown_j: dict[str, float] = field(default_factory=dict)
@@ -42,6 +44,8 @@ class SimResult:
     wall_s: float = 0.0
     truncated: str | None = None
     context_scaled_from: int | None = None
+    busy_s: dict[str, float] = field(default_factory=dict)  # seconds per step each resource (NMA) was held
+    attention: dict[str, Any] = field(default_factory=dict)  # settings replayed, rules, survival source
     spans: list[Span] = field(default_factory=list, repr=False)
 
     @property

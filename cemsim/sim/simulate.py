@@ -1,8 +1,8 @@
-"""Public entry points: prepare the work of a trace for a system, then simulate (DES) or evaluate the twin.
+"""Public entry points: prepare the work of a trace for a system, then simulate it (DES).
 
     prep = prepare(system, header, steps, context=None, batch=None, max_steps=None)
     result = simulate(prep, timeline=False)        # SimPy discrete-event model
-    twin = analytic(prep)                         # closed form (cemsim.sim.analytic)
+    estimate = analytic(prep)                     # independent closed-form bounds (cemsim.sim.analytic)
 
 ``steps`` is any iterable of StepRecord (a TraceReader's iter_steps(), or records built in memory), so
 replay does not care where the trace came from. Sweeps call these with a SystemConfig from load_system.
@@ -10,25 +10,30 @@ replay does not care where the trace came from. Sweeps call these with a SystemC
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from cemsim.config.components import DReXConfig
 from cemsim.config.system import SystemConfig
 from cemsim.errors import CemsimError
 from cemsim.sim.capacity import FitReport, check_fit
 from cemsim.sim.plan import Sizes, system_kind, workload_sizes
 from cemsim.sim.replay import Replayer
 from cemsim.sim.result import SimResult, fill_metrics, percentiles
+from cemsim.sim.settings import AttentionSettings, resolve
+from cemsim.sim.survival import replay_works
 from cemsim.sim.system import build, drex_shape_for
-from cemsim.sim.work import StepWork, check_geometry, step_work
+from cemsim.sim.work import StepWork, check_geometry
 from cemsim.trace.records import StepRecord, TraceHeader
 
 
 @dataclass
 class Prepared:
     system: SystemConfig
-    header: TraceHeader
+    header: (
+        TraceHeader  # as replayed: the workload's k and topk_scope (settings.py); the trace's is trace_header
+    )
     kind: str
     sizes: Sizes
     works: list[StepWork]
@@ -36,6 +41,8 @@ class Prepared:
     batch: int
     fit: FitReport
     trace_context: int
+    attention: AttentionSettings | None = None
+    trace_header: TraceHeader | None = None
 
 
 def prepare(
@@ -51,40 +58,42 @@ def prepare(
     geo = system.geometry
     check_geometry(header, geo.layers, geo.kv_heads, geo.head_dim, where)
     kind = system_kind(system)
-    if kind == "cem" and isinstance(system.cem, DReXConfig) and header.k > system.cem.nma.topk_max:
-        raise CemsimError(
-            f"the trace's top-k ({header.k}) exceeds the NMA's top-k unit "
-            f"(cem.nma.topk_max = {system.cem.nma.topk_max})",
-            where=where,
-        )
     if batch is not None and batch < 1:
         raise CemsimError(f"batch must be at least 1, got {batch}")
     if max_steps is not None and max_steps < 1:
         raise CemsimError(f"steps must be at least 1, got {max_steps}")
-    sizes = workload_sizes(system, header)
-    shape = drex_shape_for(system, sizes)
+    stream = iter(steps)
+    first = next(stream, None)
+    if first is None:
+        raise CemsimError("the trace has no decode steps", where=where)
+    settings = resolve(system, header, context or first.context_len, where)
+    replayed = dataclasses.replace(header, k=settings.k, topk_scope=settings.topk_scope)
+    sizes = workload_sizes(system, replayed)
+    shape = drex_shape_for(system, sizes) if kind == "cem" else None
     rows = shape.rows if shape is not None else None
-    works: list[StepWork] = []
-    trace_context = 0
-    for rec in steps:
+
+    def check(rec: StepRecord) -> None:
         try:
             rec.check(header)
         except ValueError as exc:
             raise CemsimError(f"inconsistent trace record: {exc}", where=where) from None
-        trace_context = max(trace_context, rec.context_len)
-        works.append(step_work(header, rec, context, rows, where))
-        if max_steps is not None and len(works) >= max_steps:
-            break  # before pulling another record: a 1M-token step costs a read and a decode
-    if not works:
-        raise CemsimError("the trace has no decode steps", where=where)
+
+    works, trace_context = replay_works(
+        settings, header, itertools.chain([first], stream), context, rows, where, check, max_steps
+    )
+    survivors = sum(float(w.survivors.sum()) for w in works)
+    if survivors > 0:
+        settings.replayed_filter_ratio = sum(float(w.considered.sum()) for w in works) / survivors
     target_context = works[0].context
     users = batch if batch is not None else system.workload.batch
     fit = check_fit(system, kind, sizes, target_context, users, works[0].window, works[0].sinks)
-    return Prepared(system, header, kind, sizes, works, target_context, users, fit, trace_context)
+    return Prepared(
+        system, replayed, kind, sizes, works, target_context, users, fit, trace_context, settings, header
+    )
 
 
 def empty_result(prep: Prepared, model: str) -> SimResult:
-    return SimResult(
+    res = SimResult(
         system=prep.system.name,
         model=model,
         kind=prep.kind,
@@ -97,6 +106,9 @@ def empty_result(prep: Prepared, model: str) -> SimResult:
         memory=prep.fit.memory,
         context_scaled_from=prep.trace_context if prep.trace_context != prep.context else None,
     )
+    if prep.attention is not None:
+        res.attention = prep.attention.record()
+    return res
 
 
 def simulate(
@@ -117,6 +129,8 @@ def simulate(
     rec = sim.rec
     fill_metrics(res, prep.system, dict(rec.bytes), dict(rec.ops), dict(rec.phase), out.step_latencies)
     res.user_latency_s = percentiles(rec.user_latency)
+    if res.steps:
+        res.busy_s = {k: v / res.steps for k, v in sorted(rec.busy.items())}
     res.events, res.wall_s, res.truncated = out.events, out.wall_s, out.truncated
     res.spans = rec.spans
     return res

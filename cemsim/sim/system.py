@@ -50,7 +50,7 @@ def build(system: SystemConfig, sizes: Sizes, rec: Recorder | None = None) -> Si
     gpu = system.gpu
     tp = gpu.count if gpu.parallelism == "tensor" else 1
     gpu_cls = sim_class("gpu", gpu.impl)
-    lanes = [gpu_cls(env, gpu, system.workload.dtype, rec, i) for i in range(gpu.count // tp)]
+    lanes = [gpu_cls(env, gpu, system.workload.dtype, rec, i, tp) for i in range(gpu.count // tp)]
     link = sim_class("link", system.link.impl)(env, system.link, rec, "link") if system.link else None
     peer = None
     if tp > 1 and gpu.peer_link is not None:

@@ -15,6 +15,7 @@ longer contexts is a statistical model, and `cemsim trace project` owns it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,9 +125,16 @@ def _sum_runs(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarra
 
 
 def step_work(
-    header: TraceHeader, rec: StepRecord, context: int | None, rows: RowGeometry | None, where: str
+    header: TraceHeader,
+    rec: StepRecord,
+    context: int | None,
+    rows: RowGeometry | None,
+    where: str,
+    adjust: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> StepWork:
-    """Work of one trace step at ``context`` tokens (None: the trace's own)."""
+    """Work of one trace step at ``context`` tokens (None: the trace's own). ``adjust(considered, survivors,
+    values) -> (survivors, values)`` applies the workload's settings (sim/survival.py) before the blocks
+    are laid out; the trace's per-block shape carries the adjusted counts."""
     ctx = rec.context_len if context is None else context
     if ctx > rec.context_len:
         raise CemsimError(
@@ -146,6 +154,8 @@ def step_work(
         frac = np.divide(rec.survivors, old, out=np.zeros(old.shape), where=old > 0)
         survivors = np.minimum(np.rint(frac * considered).astype(np.int64), considered)
         values = np.minimum(rec.values_fetched.astype(np.int64), survivors)
+    if adjust is not None:
+        survivors, values = adjust(considered, survivors, values)
     work = StepWork(rec.step, ctx, window, sinks, considered, survivors, values, None, None, None, None)
     if rows is not None:
         _add_epochs(work, header, rec, old, rows)

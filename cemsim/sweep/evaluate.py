@@ -3,7 +3,9 @@
 simulate_point: the SimPy simulator (cemsim.sim.simulate), one point = one `cemsim run --json`: the trace is
   replayed at the point's workload.context (scaled below the trace's own context) and workload.batch.
   Spec ``options:`` may set ``steps`` (decode steps replayed, default all) and ``model: analytic`` (the
-  closed-form twin instead of the DES).
+  independent analytic model's point estimate instead of the DES; it serves each user as if alone).
+  A point with ``workload.batch: max`` runs at the most users the system holds at its context
+  (cemsim/sweep/fit_batch.py); its result says so (``batch_rule``) and names the memory that limits it.
 eval_point: one `cemsim eval --json` row of the sparse-attention engine (threshold sweeps, Pareto chart);
   a `kind: eval` spec needs no base system: its axes are the flags of `cemsim eval`.
 """
@@ -14,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from cemsim.errors import CemsimError
-from cemsim.sweep.expand import PointTask
+from cemsim.sweep.expand import BATCH_OPTION, FIT_BATCH, PointTask, is_fit_batch
 
 
 @lru_cache(maxsize=4)
@@ -29,6 +31,7 @@ def _trace(path: str) -> tuple[Any, tuple[Any, ...]]:
 def simulate_point(task: PointTask) -> dict[str, Any]:
     from cemsim.sim.analytic import analytic
     from cemsim.sim.simulate import prepare, simulate
+    from cemsim.sweep.fit_batch import with_most_users
 
     system = task.system
     if system is None:
@@ -47,6 +50,14 @@ def simulate_point(task: PointTask) -> dict[str, Any]:
         max_steps=int(steps) if steps else None,
         where=task.trace,
     )
+    rule = opts.get(BATCH_OPTION)
+    limit = None
+    if rule is not None:
+        if not is_fit_batch(rule):
+            raise CemsimError(
+                f"options.batch may only be {FIT_BATCH!r} (the most users that fit), got {rule!r}"
+            )
+        prep, limit = with_most_users(prep)
     model = opts.get("model", "des")
     if model not in ("des", "analytic"):
         raise CemsimError(f"options.model must be 'des' or 'analytic', got {model!r}")
@@ -56,6 +67,8 @@ def simulate_point(task: PointTask) -> dict[str, Any]:
     out["why_not"] = "; ".join(out.get("why_not") or []) or None
     out["trace_model"] = header.model
     out["trace_policy"] = header.policy
+    out["batch_rule"] = FIT_BATCH if rule is not None else "given"
+    out["batch_limited_by"] = limit  # the memory that would not hold one more user (batch: max)
     return out
 
 

@@ -3,6 +3,10 @@
 Each valid point carries its fully resolved config and a content hash of (config, trace identity, evaluator,
 cemsim version): the key of its result file, so a rerun skips it. A point whose config does not load is kept
 as an invalid point with the loader's message, reported in the results and never fatal.
+
+``workload.batch: max`` (an axis value or an override) asks for the most users the system holds at the
+point's context: the config keeps the base file's batch, and the evaluator searches the capacity model for
+the largest batch that fits (cemsim/sweep/fit_batch.py).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class PointTask:
     system: SystemConfig | None  # None for `kind: eval` points without a base system
     params: dict[str, Any]  # axis name -> value as written in the spec
     trace: str | None
-    options: dict[str, Any] = field(default_factory=dict)  # the spec's evaluator options
+    options: dict[str, Any] = field(default_factory=dict)  # the spec's evaluator options (+ batch: max)
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Point:
     point_id: str | None = None  # None when invalid
     error: str | None = None
     resolved: dict[str, Any] = field(default_factory=dict)  # axis name -> resolved (SI) value
+    fit_batch: bool = False  # workload.batch: max (the evaluator finds the most users that fit)
 
     @property
     def valid(self) -> bool:
@@ -51,7 +56,18 @@ class Point:
 
     def task(self, options: dict[str, Any] | None = None) -> PointTask:
         assert self.point_id is not None
-        return PointTask(self.point_id, self.system, dict(self.params), self.trace, dict(options or {}))
+        opts = {**(options or {}), **({BATCH_OPTION: FIT_BATCH} if self.fit_batch else {})}
+        return PointTask(self.point_id, self.system, dict(self.params), self.trace, opts)
+
+
+BATCH_PATH = "workload.batch"
+BATCH_OPTION = "batch"  # the evaluator option that carries "max"
+FIT_BATCH = "max"
+
+
+def is_fit_batch(value: Any) -> bool:
+    """``workload.batch: max``: the most users the system holds (any case, surrounding spaces ignored)."""
+    return isinstance(value, str) and value.strip().lower() == FIT_BATCH
 
 
 def lookup(data: Any, dotted: str) -> tuple[bool, Any]:
@@ -152,12 +168,17 @@ def point_hash(
 
 def _trace_for(spec: SweepSpec, template: str | None, system: SystemConfig | None) -> str:
     assert template is not None
-    fields = {"context": system.workload.context if system else "", "system": system.name if system else ""}
+    fields = {
+        "context": system.workload.context if system else "",
+        "system": system.name if system else "",
+        "model": system.workload.model if system else "",
+    }
     try:
         text = template.format(**fields)
     except (KeyError, IndexError) as exc:
         raise spec.error(
-            ("trace",), f"unknown placeholder {exc} in trace template; use {{context}} or {{system}}"
+            ("trace",),
+            f"unknown placeholder {exc} in trace template; use {{context}}, {{system}} or {{model}}",
         ) from None
     p = Path(text)
     if p.is_absolute():
@@ -185,7 +206,10 @@ def expand(spec: SweepSpec, trace_override: str | None = None) -> list[Point]:
         params = dict(combo)
         trace_tmpl = params.pop(TRACE_AXIS, None) or trace_override or spec.trace
         overrides = {**spec.overrides, **params}
-        pt = Point(len(points), base, dict(combo), overrides, None)
+        fit_batch = is_fit_batch(overrides.get(BATCH_PATH))
+        if fit_batch:  # the config keeps the base's batch; the evaluator searches the capacity model
+            overrides.pop(BATCH_PATH)
+        pt = Point(len(points), base, dict(combo), overrides, None, fit_batch=fit_batch)
         points.append(pt)
         config_dump = None
         if base:
@@ -195,7 +219,9 @@ def expand(spec: SweepSpec, trace_override: str | None = None) -> list[Point]:
                 pt.error = f"invalid config: {exc}"
                 continue
             config_dump = pt.system.model_dump(mode="json")
-            pt.resolved = {k: lookup(config_dump, k)[1] for k in params}
+            pt.resolved = {
+                k: FIT_BATCH if fit_batch and k == BATCH_PATH else lookup(config_dump, k)[1] for k in params
+            }
         trace_id = None
         if trace_tmpl is not None:
             pt.trace = _trace_for(spec, str(trace_tmpl), pt.system)
@@ -205,5 +231,6 @@ def expand(spec: SweepSpec, trace_override: str | None = None) -> list[Point]:
             trace_id = _file_digest(pt.trace)
         if TRACE_AXIS in combo:
             pt.resolved[TRACE_AXIS] = pt.trace
-        pt.point_id = point_hash(config_dump, combo, trace_id, spec.evaluate, spec.options)
+        options = {**spec.options, BATCH_OPTION: FIT_BATCH} if fit_batch else spec.options
+        pt.point_id = point_hash(config_dump, combo, trace_id, spec.evaluate, options)
     return points

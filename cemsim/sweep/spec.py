@@ -51,7 +51,7 @@ class SweepSpec:
     kind: Literal["run", "eval"]
     evaluate: str
     systems: list[Path]
-    trace: str | None  # a file path, or a template with {context} / {system}
+    trace: str | None  # a file path, or a template with {context} / {system} / {model}
     overrides: dict[str, Any]
     axes: dict[str, list[Any]]
     zips: list[dict[str, list[Any]]]

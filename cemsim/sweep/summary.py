@@ -64,7 +64,13 @@ def _pivot(frame: pd.DataFrame, batch: int, metric: str, scale: float, fmt: str,
 
 def summary_tables(frame: pd.DataFrame, limit: int = 40) -> list[Table]:
     ok = frame[frame["status"] == "ok"] if "status" in frame else frame
-    if {"context_tokens", "system", "batch", "latency_per_token_s"} <= set(frame.columns) and len(ok):
+    # `workload.batch: max` points run at each system's own batch: a pivot by one batch would hide them
+    fit_batch = "batch_rule" in frame.columns and bool((frame["batch_rule"] == "max").any())
+    if (
+        {"context_tokens", "system", "batch", "latency_per_token_s"} <= set(frame.columns)
+        and len(ok)
+        and not fit_batch
+    ):
         batches = sorted(ok["batch"].dropna().unique())
         tables = [_pivot(frame, int(batches[0]), "latency_per_token_s", 1e3, ".2f", "Per-token latency (ms)")]
         if "throughput_tokens_per_s" in frame:
@@ -76,7 +82,8 @@ def summary_tables(frame: pd.DataFrame, limit: int = 40) -> list[Table]:
         return tables
     table = Table(title=f"Sweep points (first {min(limit, len(frame))} of {len(frame)})")
     params = [c for c in frame.columns if c.startswith("param.")]
-    cols = ["system", "status", *params, *(c for c in HEADLINE if c in frame.columns)]
+    cols = ["system", "status", *params, *(["batch"] if fit_batch else [])]
+    cols += [c for c in HEADLINE if c in frame.columns]
     for c in cols:
         table.add_column(c.removeprefix("param."), overflow="fold")
     for _, row in frame.head(limit).iterrows():

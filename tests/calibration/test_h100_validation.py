@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pytest
+
 from cemsim.calibration import H100, load_calibration
 from cemsim.calibration.validate import leave_one_out, validation_table
 
@@ -44,3 +49,34 @@ def test_fitted_constants_predict_held_out_points() -> None:
     sparse = loo[loo["system"] == "h100-sparse-hbm"]["refit_all"].iloc[0]
     assert abs(sparse["gpu.sparse_pipeline_latency"] - 205e-6) < 20e-6
     assert abs(sparse["gpu.sparse_time_per_survivor"] - 1.56e-9) < 0.2e-9
+
+
+def test_readme_states_the_computed_errors_and_says_which_are_in_sample() -> None:
+    """README's calibration claim is the number this code computes, and it names the in-sample figure as such."""
+    text = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    df = validation_table()
+    loo = leave_one_out()
+    ins = {s: g["error"].abs().mean() for s, g in df.groupby("system")}
+    out = {s: g["loo_error"].abs().mean() for s, g in loo.groupby("system")}
+    claim = (
+        f"off by {100 * ins['h100']:.1f} % on average on h100 (10 points) and {100 * ins['h100-sparse-hbm']:.1f} % "
+        "on h100-sparse-hbm (4 points), but that is in sample"
+    )
+    assert claim in text
+    assert f"gives {100 * out['h100']:.1f} % and {100 * out['h100-sparse-hbm']:.1f} %" in text
+
+
+def test_leave_one_out_refits_without_the_point() -> None:
+    """Hand check of the refit: with one constant c and predictions base + slope * c, the least-squares fit on
+    relative error has a closed form; a point's LOO prediction must use the other points' c, not its own."""
+    from cemsim.calibration.validate import _fit
+
+    measured = np.array([10.0, 20.0, 40.0])
+    base = np.array([8.0, 15.0, 30.0])
+    slopes = np.array([[1.0], [2.0], [4.0]])
+    # minimise sum((base_i + slope_i c) / m_i - 1)^2  ->  c = sum(a_i b_i) / sum(a_i^2), a = slope/m, b = 1 - base/m
+    a, b = slopes[:, 0] / measured, 1 - base / measured
+    assert _fit(measured, base, slopes)[0] == pytest.approx((a @ b) / (a @ a))
+    keep = [1, 2]
+    c_without_0 = (a[keep] @ b[keep]) / (a[keep] @ a[keep])
+    assert _fit(measured[keep], base[keep], slopes[keep])[0] == pytest.approx(c_without_0)

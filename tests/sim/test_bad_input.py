@@ -30,9 +30,9 @@ def test_context_beyond_the_trace_points_at_projection():
         prepare(system, header, [make_step(header, 8192)], context=1 << 20)
 
 
-def test_trace_k_beyond_the_topk_unit():
-    system = load(DREX)
-    header = make_header(system.geometry, k=4096)
+def test_workload_k_beyond_the_topk_unit():
+    system = load(DREX, **{"workload.attention.k": 4096})  # the workload's k is replayed, not the trace's
+    header = make_header(system.geometry)
     with pytest.raises(CemsimError, match="topk_max"):
         prepare(system, header, [make_step(header, 8192)])
 

@@ -27,6 +27,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert len(frame) == 162 and set(frame["status"]) == {"ok"}
     assert frame["system"].nunique() == 6 and frame["context_tokens"].max() == 1 << 20
     assert (frame["trace_model"] == "llama3-8b").all()
+    band = pd.read_parquet(out / "drex_filter_ratio" / "results.parquet")
+    assert len(band) == 54 and set(band["status"]) == {"ok"}
+    assert set(band["attention.filter_ratio"]) == {20.0, 28.9}
     for chart in ("context_scaling_b1", "energy_breakdown_b1", "time_breakdown_b1"):
         assert (out / "charts" / f"{chart}.png").stat().st_size > 10_000
         assert (out / "charts" / f"{chart}.svg").is_file()

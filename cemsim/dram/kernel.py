@@ -1,0 +1,682 @@
+"""The command-level DRAM engine loop: one Numba call replays a whole request stream on one or more channels.
+
+Per tick where something can happen (kernel_state.py explains the event-driven scheme): the client offers at
+most one request; the controller issues at most one command (a row and a column command with
+``dual_command``), chosen by schedule.py; the per-bank profile moves at most one transaction into a bank
+queue. Then the loop jumps to the next tick where an offer, a command, a refresh or a closed-loop release
+can happen.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from cemsim.dram.kernel_state import (
+    B_A2DL,
+    B_A2REQ,
+    B_ACTN,
+    B_HITS,
+    B_OPEN,
+    C_AUTO_PRE,
+    C_END,
+    C_EVENTS,
+    C_READ_HITS,
+    C_READS,
+    C_STATUS,
+    INF,
+    K_OP,
+    K_READ,
+    K_WRITE,
+    NBSTATE,
+    NCOL,
+    NFIELD,
+    NSLOT,
+    NSTATE,
+    P_BANKQ,
+    P_BROADCAST,
+    P_DEPTH,
+    P_DUAL,
+    P_HITCAP,
+    P_NAAD,
+    P_NBG,
+    P_NBPG,
+    P_NFAW,
+    P_NPC,
+    P_NRANK,
+    P_NREFI,
+    P_QSIZE,
+    P_QUEUE,
+    P_RDDELAY,
+    P_REF,
+    P_ROWPOL,
+    P_WCK,
+    P_WCKRD,
+    P_WCKWR,
+    P_WQSIZE,
+    P_WRDELAY,
+    S_CAS,
+    S_DRAIN,
+    S_FIN,
+    S_HN,
+    S_NA2,
+    S_NDIRTY,
+    S_RBN,
+    S_REFQN,
+    S_TQN,
+    S_WBN,
+    S_WCKEXP,
+    S_WMODE,
+    S_WQN,
+    _apply,
+    _earliest,
+    _heap_pop,
+    _heap_push,
+    _issue_bank,
+    _remove_at,
+)
+from cemsim.dram.schedule import (
+    rebuild_per_bank,
+    rebuild_shared,
+    select_per_bank,
+    select_shared,
+    update_ticks,
+)
+from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, WR
+
+
+@numba.njit(cache=True, inline="always")
+def _mark(b, bdirty, dstack, S):
+    """Queue bank b for a candidate rebuild (once)."""
+    if not bdirty[b]:
+        bdirty[b] = True
+        dstack[S[S_NDIRTY]] = b
+        S[S_NDIRTY] += 1
+
+
+@numba.njit(cache=True)
+def _retire(
+    t,
+    i,
+    b,
+    S,
+    BS,
+    bq,
+    bqn,
+    stage,
+    row,
+    kind,
+    hold,
+    key,
+    done,
+    counts,
+    ready,
+    nodes,
+    cl_n,
+    cl_nx,
+    cl_l,
+    sib,
+    rank_nodes_of_pc,
+    nrank,
+    faw,
+    faw_head,
+    faw_cnt,
+    heap,
+    key_left,
+    key_done,
+    P,
+    per_bank,
+):
+    """Bookkeeping after request i's access (its final command) issued at t on bank b."""
+    kd = kind[i]
+    if kd == K_READ:
+        counts[C_READS] += 1
+        if BS[b, B_HITS] > 0:
+            counts[C_READ_HITS] += 1
+        done[i] = t + P[P_RDDELAY]
+    elif kd == K_WRITE:
+        done[i] = t + P[P_WRDELAY]
+    else:
+        hv = hold[i]
+        done[i] = t + hv
+        node = nodes[b, 4]
+        for cx in range(NCOL):
+            if (cx in (PRE, RD, WR, OP)) and t + hv > ready[node, cx]:
+                ready[node, cx] = t + hv
+    BS[b, B_HITS] += 1
+    if P[P_WCK] == 1 and kd != K_OP:
+        ex = t + (P[P_WCKWR] if kd == K_WRITE else P[P_WCKRD])
+        if ex > S[S_WCKEXP]:
+            S[S_WCKEXP] = ex
+    pos = 0
+    for j in range(bqn[b]):
+        if bq[b, j] == i:
+            pos = j
+            break
+    bqn[b] = _remove_at(bq[b], bqn[b], pos)
+    if not per_bank:
+        if stage[i] == 0:
+            if kd == K_WRITE:
+                S[S_WBN] -= 1
+            else:
+                S[S_RBN] -= 1
+        else:
+            BS[b, B_ACTN] -= 1
+    S[S_FIN] += 1
+    if P[P_DEPTH] > 0 and kd != K_WRITE:
+        k = key[i]
+        key_left[k] -= 1
+        if done[i] > key_done[k]:
+            key_done[k] = done[i]
+        if key_left[k] == 0:
+            S[S_HN] = _heap_push(heap, S[S_HN], key_done[k] + 1)
+    if P[P_ROWPOL] == 1:
+        more = False
+        for j in range(bqn[b]):
+            if row[bq[b, j]] == BS[b, B_OPEN]:
+                more = True
+                break
+        if not more:
+            # closed page: auto-precharge as soon as it is legal (no command-bus slot)
+            tp = _earliest(ready, nodes, b, PRE, faw, faw_head, faw_cnt, P[P_NFAW], True)
+            _issue_bank(
+                ready,
+                nodes,
+                b,
+                PRE,
+                tp,
+                cl_n,
+                cl_nx,
+                cl_l,
+                sib,
+                rank_nodes_of_pc,
+                nrank,
+                faw,
+                faw_head,
+                faw_cnt,
+                True,
+            )
+            BS[b, B_OPEN] = -1
+            BS[b, B_HITS] = 0
+            counts[PRE] += 1
+            counts[C_AUTO_PRE] += 1
+
+
+@numba.njit(cache=True)
+def _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, dry, bdirty, dstack):
+    """Per-bank profile, end of tick: move the first waiting transaction whose bank queue has room (writes
+    while draining). With ``dry`` only report whether one could move."""
+    if not dry and S[S_DRAIN] == 0 and (S[S_WQN] >= wqsize or S[S_WQN] > 8):
+        if S[S_WQN] >= wqsize:
+            S[S_DRAIN] = S[S_WQN]
+        else:
+            empty = True
+            for b in range(nb):
+                if bqn[b] > 0:
+                    empty = False
+                    break
+            if empty:
+                S[S_DRAIN] = S[S_WQN]
+    use_w = S[S_DRAIN] > 0
+    qn = S[S_WQN] if use_w else S[S_TQN]
+    for j in range(qn):
+        i = wq[j] if use_w else tq[j]
+        b = bank[i]
+        if bqn[b] < bankq:
+            if dry:
+                return True
+            bq[b, bqn[b]] = i
+            bqn[b] += 1
+            _mark(b, bdirty, dstack, S)
+            stage[i] = 1
+            if use_w:
+                S[S_WQN] = _remove_at(wq, S[S_WQN], j)
+                S[S_DRAIN] -= 1
+            else:
+                S[S_TQN] = _remove_at(tq, S[S_TQN], j)
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _simulate_channel(
+    P, cl_n, cl_nx, cl_l, sib, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts, elig
+):
+    n = bank.shape[0]
+    npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
+    nrk = npc * nrank
+    bpr = nbg * nbpg
+    nb = nrk * bpr
+    per_bank = P[P_QUEUE] == 1
+    qsize, wqsize, bankq, hitcap = P[P_QSIZE], P[P_WQSIZE], P[P_BANKQ], P[P_HITCAP]
+    refmode = P[P_REF]
+    naad, wck, dual, broadcast = P[P_NAAD], P[P_WCK] == 1, P[P_DUAL] == 1, P[P_BROADCAST] == 1
+    nfaw, nrefi, depth = P[P_NFAW], P[P_NREFI], P[P_DEPTH]
+
+    # device tree nodes: 0 channel, then pseudo-channels, ranks, bank groups, banks
+    pc0 = 1
+    rk0 = pc0 + npc
+    bg0 = rk0 + nrk
+    bk0 = bg0 + nrk * nbg
+    nnodes = bk0 + nb
+    nodes = np.empty((nb, 5), dtype=np.int64)
+    for b in range(nb):
+        r = b // bpr
+        nodes[b, 0] = 0
+        nodes[b, 1] = pc0 + r // nrank
+        nodes[b, 2] = rk0 + r
+        nodes[b, 3] = bg0 + b // nbpg
+        nodes[b, 4] = bk0 + b
+    rank_nodes_of_pc = np.empty((npc, nrank), dtype=np.int64)
+    for p in range(npc):
+        for k in range(nrank):
+            rank_nodes_of_pc[p, k] = rk0 + p * nrank + k
+    ready = np.zeros((nnodes, NCOL), dtype=np.int64)
+    faw = np.zeros((nnodes, 4), dtype=np.int64)
+    faw_head = np.zeros(nnodes, dtype=np.int64)
+    faw_cnt = np.zeros(nnodes, dtype=np.int64)
+
+    S = np.zeros(NSTATE, dtype=np.int64)
+    S[S_CAS] = -1
+    S[S_WCKEXP] = -1
+    BS = np.zeros((nb, NBSTATE), dtype=np.int64)
+    for b in range(nb):
+        BS[b, B_OPEN] = -1
+        BS[b, B_A2DL] = -1
+        BS[b, B_A2REQ] = -1
+    width = max(qsize + wqsize, bankq) + 1
+    bq = np.empty((nb, width), dtype=np.int64)
+    bqn = np.zeros(nb, dtype=np.int64)
+    stage = np.zeros(n, dtype=np.int64)
+    tq = np.empty(qsize + 1, dtype=np.int64)
+    wq = np.empty(wqsize + 1, dtype=np.int64)
+    refq = np.empty(4 * nrk + 4, dtype=np.int64)
+    ref_interval = max(nrefi // nrk, 1) if refmode == 1 else max(nrefi, 1)
+    ref_next = ref_interval
+    ref_rank = 0
+    sel = np.empty(4, dtype=np.int64)
+    slots = np.zeros((nb, NSLOT, NFIELD), dtype=np.int64)
+    nslot = np.zeros(nb, dtype=np.int64)
+    bdirty = np.ones(nb, dtype=np.bool_)
+    dstack = np.arange(nb + 1, dtype=np.int64)
+    S[S_NDIRTY] = nb
+    # client
+    nxt = 0
+    pend = np.empty(n + 1, dtype=np.int64)
+    ph = 0
+    pt = 0
+    key_first = np.zeros(nkeys + 1, dtype=np.int64)
+    key_left = np.zeros(nkeys + 1, dtype=np.int64)
+    key_done = np.zeros(nkeys + 1, dtype=np.int64)
+    for i in range(n):
+        if key_left[key[i]] == 0:
+            key_first[key[i]] = i
+        key_left[key[i]] += 1
+    next_key = 0
+    inflight = 0
+    heap = np.empty(nkeys + 1, dtype=np.int64)
+    last_acc = np.int64(-1)
+    if depth == 0:
+        for i in range(n):
+            elig[i] = arrival[i]
+    t = np.int64(0)
+
+    while S[S_FIN] < n:
+        counts[C_EVENTS] += 1
+        # ---- refresh falling due
+        # the loop never jumps past ref_next (see "next tick"), so at most one refresh falls due per tick
+        if refmode != 0 and ref_next <= t:
+            if refmode == 1:
+                refq[S[S_REFQN]] = ref_rank
+                S[S_REFQN] += 1
+                ref_rank += 1
+                if ref_rank >= nrk:
+                    ref_rank = 0
+            else:
+                for r in range(nrk):
+                    refq[S[S_REFQN]] = r
+                    S[S_REFQN] += 1
+            ref_next += ref_interval
+        # ---- client: releases, key starts, one offer
+        if depth > 0:
+            while S[S_HN] > 0 and heap[0] <= t:
+                _, hn = _heap_pop(heap, S[S_HN])
+                S[S_HN] = hn
+                inflight -= 1
+            while inflight < depth and next_key < nkeys:
+                i = key_first[next_key]
+                while i < n and key[i] == next_key:
+                    elig[i] = t
+                    pend[pt] = i
+                    pt += 1
+                    i += 1
+                next_key += 1
+                inflight += 1
+            cand = pend[ph] if ph < pt else -1
+        else:
+            cand = nxt if nxt < n else -1
+        offer_wait = False
+        if cand >= 0 and elig[cand] <= t and t > last_acc:
+            kd = kind[cand]
+            if per_bank:
+                space = (S[S_WQN] < wqsize) if kd == K_WRITE else (S[S_TQN] < qsize)
+            else:
+                space = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
+            if space:
+                acc[cand] = t
+                last_acc = t
+                if depth > 0:
+                    ph += 1
+                else:
+                    nxt += 1
+                if per_bank:
+                    if kd == K_WRITE:
+                        wq[S[S_WQN]] = cand
+                        S[S_WQN] += 1
+                    else:
+                        tq[S[S_TQN]] = cand
+                        S[S_TQN] += 1
+                else:
+                    b = bank[cand]
+                    bq[b, bqn[b]] = cand
+                    bqn[b] += 1
+                    _mark(b, bdirty, dstack, S)
+                    if kd == K_WRITE:
+                        S[S_WBN] += 1
+                    else:
+                        S[S_RBN] += 1
+                if kd == K_WRITE and depth > 0:
+                    # posted write: the client counts it done when accepted (reference driver semantics)
+                    k = key[cand]
+                    key_left[k] -= 1
+                    if t > key_done[k]:
+                        key_done[k] = t
+                    if key_left[k] == 0:
+                        S[S_HN] = _heap_push(heap, S[S_HN], key_done[k] + 1)
+            else:
+                offer_wait = True
+
+        # ---- controller: one command, or a row and a column command with dual buses
+        issued = 0
+        next_e = INF
+        last_col = -1
+        for slot in range(2 if dual else 1):
+            sel[0] = -1
+            sel[1] = -1
+            sel[2] = -1
+            sel[3] = -1
+            col_only = slot == 1 and last_col == 0
+            row_only = slot == 1 and last_col == 1
+            if not per_bank:
+                wm = S[S_WMODE] == 1
+                if not wm:
+                    wm = S[S_WBN] > 0.8 * wqsize or S[S_RBN] == 0
+                elif S[S_WBN] < 0.2 * wqsize and S[S_RBN] != 0:
+                    wm = False
+                if wm != (S[S_WMODE] == 1):
+                    S[S_WMODE] = 1 if wm else 0
+                    for b in range(nb):
+                        _mark(b, bdirty, dstack, S)
+            for k in range(S[S_NDIRTY]):
+                b = dstack[k]
+                if per_bank:
+                    rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot)
+                else:
+                    rebuild_shared(b, BS, bq, bqn, stage, row, kind, S[S_WMODE] == 1, broadcast, slots, nslot)
+                update_ticks(b, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                bdirty[b] = False
+            S[S_NDIRTY] = 0
+            if per_bank:
+                e = select_per_bank(
+                    t,
+                    S,
+                    sel,
+                    BS,
+                    refq,
+                    slots,
+                    nslot,
+                    ready,
+                    nodes,
+                    faw,
+                    faw_head,
+                    faw_cnt,
+                    nfaw,
+                    nb,
+                    bpr,
+                    nrank,
+                    rk0,
+                    pc0,
+                    col_only,
+                    row_only,
+                )
+            else:
+                e = select_shared(
+                    t,
+                    S,
+                    sel,
+                    BS,
+                    refq,
+                    slots,
+                    nslot,
+                    kind,
+                    bank,
+                    ready,
+                    nodes,
+                    faw,
+                    faw_head,
+                    faw_cnt,
+                    nfaw,
+                    nb,
+                    bpr,
+                    nrank,
+                    rk0,
+                    pc0,
+                    naad,
+                    wck,
+                    col_only,
+                    row_only,
+                )
+            if e < next_e:
+                next_e = e
+            cmd = sel[1]
+            if cmd < 0:
+                break
+            issued += 1
+            counts[cmd] += 1
+            i = sel[0]
+            b = sel[2]
+            if cmd != CAS and b >= 0:
+                _mark(b, bdirty, dstack, S)
+            if cmd in (REF, PREA):
+                r = sel[3]
+                _apply(ready, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False)
+                _apply(ready, pc0 + r // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
+                _apply(ready, rk0 + r, 2, cmd, t, cl_n, cl_nx, cl_l, False)
+                for bb in range(bpr):
+                    _mark(r * bpr + bb, bdirty, dstack, S)
+                if cmd == PREA:
+                    for bb in range(bpr):
+                        BS[r * bpr + bb, B_OPEN] = -1
+                        BS[r * bpr + bb, B_HITS] = 0
+                else:
+                    S[S_REFQN] = _remove_at(refq, S[S_REFQN], 0)
+                break
+            if cmd == CAS:
+                break
+            if cmd == ACT2:
+                BS[b, B_A2DL] = -1
+                BS[b, B_A2REQ] = -1
+                S[S_NA2] -= 1
+                stage[i] = 2
+                break
+            if i >= 0 and first[i] < 0:
+                first[i] = t
+                cls[i] = 0 if (cmd in (RD, WR, OP)) else (1 if cmd == ACT else 2)
+            lim = not (cmd == ACT and broadcast and kind[i] == K_OP)
+            _issue_bank(
+                ready,
+                nodes,
+                b,
+                cmd,
+                t,
+                cl_n,
+                cl_nx,
+                cl_l,
+                sib,
+                rank_nodes_of_pc,
+                nrank,
+                faw,
+                faw_head,
+                faw_cnt,
+                lim,
+            )
+            if cmd == ACT:
+                BS[b, B_OPEN] = row[i]
+                BS[b, B_HITS] = 0
+                if not per_bank:
+                    if stage[i] == 0:
+                        if kind[i] == K_WRITE:
+                            S[S_WBN] -= 1
+                        else:
+                            S[S_RBN] -= 1
+                    BS[b, B_ACTN] += 1
+                    if naad > 0:
+                        stage[i] = 1
+                        BS[b, B_A2DL] = t + naad
+                        S[S_NA2] += 1
+                        BS[b, B_A2REQ] = i
+                    else:
+                        stage[i] = 2
+                last_col = 0
+            elif cmd == PRE:
+                BS[b, B_OPEN] = -1
+                BS[b, B_HITS] = 0
+                last_col = 0
+            else:
+                _retire(
+                    t,
+                    i,
+                    b,
+                    S,
+                    BS,
+                    bq,
+                    bqn,
+                    stage,
+                    row,
+                    kind,
+                    hold,
+                    key,
+                    done,
+                    counts,
+                    ready,
+                    nodes,
+                    cl_n,
+                    cl_nx,
+                    cl_l,
+                    sib,
+                    rank_nodes_of_pc,
+                    nrank,
+                    faw,
+                    faw_head,
+                    faw_cnt,
+                    heap,
+                    key_left,
+                    key_done,
+                    P,
+                    per_bank,
+                )
+                last_col = 1
+
+        # ---- per-bank profile: one transaction into its bank queue at the end of the tick
+        more_moves = False
+        if per_bank and _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, False, bdirty, dstack):
+            more_moves = _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, True, bdirty, dstack)
+
+        # ---- next tick where something can happen
+        if S[S_FIN] >= n:
+            break
+        nt = t + 1 if (issued > 0 or more_moves or S[S_CAS] >= 0) else next_e
+        if S[S_NA2] > 0:
+            nt = t + 1
+        if refmode != 0 and ref_next < nt:
+            nt = ref_next
+        if depth > 0:
+            if ph < pt and not offer_wait:
+                v = max(elig[pend[ph]], last_acc + 1, t + 1)
+                if v < nt:
+                    nt = v
+            if S[S_HN] > 0 and heap[0] < nt and next_key < nkeys:
+                nt = max(heap[0], t + 1)
+        elif nxt < n and not offer_wait:
+            v = max(arrival[nxt], last_acc + 1, t + 1)
+            if v < nt:
+                nt = v
+        if nt >= INF:
+            counts[C_STATUS] = 1
+            break
+        t = nt
+    end = np.int64(0)
+    for i in range(n):
+        if done[i] > end:
+            end = done[i]
+    counts[C_END] = end
+
+
+@numba.njit(cache=True)
+def simulate(
+    P,
+    cl_n,
+    cl_nx,
+    cl_l,
+    sib,
+    seg,
+    bank,
+    row,
+    kind,
+    hold,
+    arrival,
+    key,
+    nkeys,
+    acc,
+    first,
+    done,
+    cls,
+    counts,
+    elig,
+):
+    """Replay each channel's segment ``seg[c]:seg[c+1]`` of the (channel-sorted) stream on its own controller."""
+    for c in range(seg.shape[0] - 1):
+        a, z = seg[c], seg[c + 1]
+        if z <= a:
+            continue
+        m = z - a
+        o_acc = np.full(m, -1, dtype=np.int64)
+        o_first = np.full(m, -1, dtype=np.int64)
+        o_done = np.full(m, -1, dtype=np.int64)
+        o_cls = np.full(m, -1, dtype=np.int64)
+        o_elig = np.zeros(m, dtype=np.int64)
+        _simulate_channel(
+            P,
+            cl_n,
+            cl_nx,
+            cl_l,
+            sib,
+            bank[a:z].copy(),
+            row[a:z].copy(),
+            kind[a:z].copy(),
+            hold[a:z].copy(),
+            arrival[a:z].copy(),
+            key[a:z].copy(),
+            nkeys[c],
+            o_acc,
+            o_first,
+            o_done,
+            o_cls,
+            counts[c],
+            o_elig,
+        )
+        acc[a:z] = o_acc
+        first[a:z] = o_first
+        done[a:z] = o_done
+        cls[a:z] = o_cls
+        elig[a:z] = o_elig

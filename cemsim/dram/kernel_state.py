@@ -1,0 +1,204 @@
+"""State layout and timing primitives of the DRAM kernel (see kernel.py for the loop).
+
+Event driven (DRAM-NOTES.md section 3): the loop jumps from one tick where something can happen (an offer
+accepted, a command issued, a refresh falling due, a closed-loop key released) to the next. At every such
+tick it does what a cycle-ticked controller does in that cycle: the client offers at most one request, the
+scheduler issues at most one command (two with separate row/column buses), the per-bank profile moves at
+most one transaction into a bank queue. Nothing can become legal between events, so this equals ticking
+every cycle, at O(banks + queue) per event.
+
+State per channel: ``ready[node, cmd]`` = earliest tick ``cmd`` may issue at that node of the device tree
+(channel, pseudo-channel, rank, bank group, bank); issuing writes ``tick + lat`` into the nodes above the
+bank (see timing.py). A 4-entry ring per rank enforces tFAW.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from cemsim.dram.timing import ACT, NCMD, RD, WR
+
+ACTL = (
+    NCMD  # pseudo-command: the ACT-to-ACT spacing of other banks (tRRD), kept apart so broadcast ACTs skip it
+)
+NCOL = NCMD + 1
+INF = np.int64(1) << np.int64(62)
+
+# Parameter vector layout (built by replay.py).
+(
+    P_NPC,
+    P_NRANK,
+    P_NBG,
+    P_NBPG,
+    P_QUEUE,
+    P_QSIZE,
+    P_WQSIZE,
+    P_BANKQ,
+    P_HITCAP,
+    P_ROWPOL,
+    P_REF,
+    P_NAAD,
+    P_WCK,
+    P_DUAL,
+    P_BROADCAST,
+    P_RDDELAY,
+    P_WRDELAY,
+    P_NFAW,
+    P_NREFI,
+    P_WCKRD,
+    P_WCKWR,
+    P_DEPTH,
+) = range(22)
+NPARAM = 22
+
+# Scalar controller state S[...] (one int64 vector, so the kernel's parts can share it).
+(
+    S_TQN,  # per-bank profile: transactions waiting for a bank queue (reads)
+    S_WQN,  # per-bank profile: writes waiting
+    S_DRAIN,  # per-bank profile: writes left to drain
+    S_RR,  # per-bank profile: round-robin pointer
+    S_RBN,  # shared profile: read-buffer occupancy
+    S_WBN,  # shared profile: write-buffer occupancy
+    S_WMODE,  # shared profile: serving writes
+    S_REFQN,  # pending refreshes (ranks in refq)
+    S_CAS,  # request waiting behind its CAS, or -1
+    S_WCKEXP,  # tick when WCK turns off
+    S_FIN,  # requests finished
+    S_HN,  # closed-loop release heap size
+    S_NA2,  # ACT-2s owed
+    S_NDIRTY,  # banks whose candidates need rebuilding (listed in the dirty stack)
+) = range(14)
+NSTATE = 14
+# Bank state BS[bank, ...]: open row (-1 closed), accesses since its ACT, ACT-2 deadline and owner (-1 none),
+# requests past their own ACT (shared profile's active buffer).
+B_OPEN, B_HITS, B_A2DL, B_A2REQ, B_ACTN = range(5)
+NBSTATE = 5
+# Per-bank candidate cache slots[bank, k, field]: what the bank's queue asks for next (rebuilt when the bank's
+# queue or state changes) and when it becomes legal (recomputed after every command).
+F_I, F_CMD, F_KEY, F_ACTIVE, F_LIM, F_E = range(
+    6
+)  # request, command, order key, active buffer, ACT limits, tick
+NFIELD = 6
+NSLOT = 4
+
+# Counter layout.
+C_READ_HITS = NCMD  # reads served from a row an earlier access already used (DRAMsim3's definition)
+C_READS = NCMD + 1
+C_AUTO_PRE = NCMD + 2
+C_END = NCMD + 3
+C_STATUS = NCMD + 4  # 0 ok, 1 stuck (no event left with requests pending)
+C_EVENTS = NCMD + 5  # ticks the loop visited
+NCOUNT = NCMD + 6
+
+K_READ, K_WRITE, K_OP = 0, 1, 2
+
+
+@numba.njit(cache=True, inline="always")
+def _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, limited):
+    e = ready[nodes[b, 0], cmd]
+    for lv in range(1, 5):
+        v = ready[nodes[b, lv], cmd]
+        if v > e:
+            e = v
+    if cmd == ACT and limited:
+        for lv in range(0, 4):
+            v = ready[nodes[b, lv], ACTL]
+            if v > e:
+                e = v
+        r = nodes[b, 2]
+        if faw_cnt[r] >= 4:
+            v = faw[r, faw_head[r]] + nfaw
+            if v > e:
+                e = v
+    return e
+
+
+@numba.njit(cache=True, inline="always")
+def _earliest_rank(ready, rank_node, pc_node, cmd):
+    e = ready[0, cmd]
+    if ready[pc_node, cmd] > e:
+        e = ready[pc_node, cmd]
+    if ready[rank_node, cmd] > e:
+        e = ready[rank_node, cmd]
+    return e
+
+
+@numba.njit(cache=True, inline="always")
+def _apply(ready, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
+    for k in range(cl_n[lv, cmd]):
+        nx = cl_nx[lv, cmd, k]
+        if skip_actl and nx == ACTL:
+            continue
+        v = t + cl_l[lv, cmd, k]
+        if v > ready[node, nx]:
+            ready[node, nx] = v
+
+
+@numba.njit(cache=True)
+def _issue_bank(
+    ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt, limited
+):
+    for lv in range(5):
+        _apply(ready, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited)
+    if cmd in (RD, WR):
+        pcn = nodes[b, 1] - 1
+        me = nodes[b, 2]
+        for k in range(nrank):
+            other = rank_nodes_of_pc[pcn, k]
+            if other == me:
+                continue
+            for nx in range(NCOL):
+                if sib[cmd, nx] >= 0:
+                    v = t + sib[cmd, nx]
+                    if v > ready[other, nx]:
+                        ready[other, nx] = v
+    if cmd == ACT and limited:
+        r = nodes[b, 2]
+        if faw_cnt[r] < 4:
+            faw[r, (faw_head[r] + faw_cnt[r]) & 3] = t
+            faw_cnt[r] += 1
+        else:
+            faw[r, faw_head[r]] = t
+            faw_head[r] = (faw_head[r] + 1) & 3
+
+
+@numba.njit(cache=True, inline="always")
+def _remove_at(arr, n, pos):
+    """Drop ``arr[pos]`` from the first ``n`` entries, keeping order; returns the new count."""
+    for j in range(pos, n - 1):
+        arr[j] = arr[j + 1]
+    return n - 1
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_push(heap, n, v):
+    heap[n] = v
+    i = n
+    while i > 0:
+        p = (i - 1) // 2
+        if heap[p] <= heap[i]:
+            break
+        heap[p], heap[i] = heap[i], heap[p]
+        i = p
+    return n + 1
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_pop(heap, n):
+    top = heap[0]
+    n -= 1
+    heap[0] = heap[n]
+    i = 0
+    while True:
+        a = 2 * i + 1
+        if a >= n:
+            break
+        c = a
+        if a + 1 < n and heap[a + 1] < heap[a]:
+            c = a + 1
+        if heap[i] <= heap[c]:
+            break
+        heap[i], heap[c] = heap[c], heap[i]
+        i = c
+    return top, n

@@ -1,0 +1,256 @@
+"""`replay`: check a request stream, pack it and the spec for the kernel, run it once, wrap the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from cemsim.dram import kernel_state as K
+from cemsim.dram.kernel import simulate
+from cemsim.dram.spec import DramSpec
+from cemsim.dram.stats import summarize
+from cemsim.dram.timing import ACT, BANK, NCMD, tables
+from cemsim.errors import CemsimError
+
+KIND_READ, KIND_WRITE, KIND_OP = 0, 1, 2
+
+
+@dataclass
+class DramResult:
+    """Per-request times (ticks of ``spec.tck_s``) and the run's statistics.
+
+    ``done``: data return for reads, end of the write burst for writes, end of the op for bank-internal
+    ops. ``accepted``: the tick the controller took the request. ``issued``: the tick the client offered
+    it (arrival in open loop, its key's start in closed loop). ``first_command``: its first DRAM command;
+    ``row_class``: 0 row hit, 1 miss (bank closed), 2 conflict (another row open), by that command.
+    """
+
+    spec: DramSpec
+    done: np.ndarray
+    accepted: np.ndarray
+    issued: np.ndarray
+    first_command: np.ndarray
+    row_class: np.ndarray
+    kind: np.ndarray
+    channel: np.ndarray
+    closed_loop: bool
+    counts: np.ndarray  # [channel, counter] (kernel layout)
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def stats(self) -> dict[str, Any]:
+        return summarize(self)
+
+
+def _as_int(name: str, value, n: int | None) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise CemsimError(f"replay: {name} must be a 1-D array, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
+        raise CemsimError(f"replay: {name} must hold integers, got dtype {arr.dtype}")
+    if n is not None and arr.shape[0] != n:
+        raise CemsimError(f"replay: {name} has {arr.shape[0]} entries, the stream has {n}")
+    return arr.astype(np.int64)
+
+
+def _check_range(name: str, arr: np.ndarray, size: int, spec: DramSpec) -> None:
+    if arr.size and (arr.min() < 0 or arr.max() >= size):
+        bad = int(arr[(arr < 0) | (arr >= size)][0])
+        raise CemsimError(f"replay: {name} value {bad} is outside [0, {size}) for {spec.name}")
+
+
+def kernel_params(spec: DramSpec, depth: int) -> np.ndarray:
+    t = spec.timing
+    prof = spec.controller
+    codes = prof.codes()
+    P = np.zeros(K.NPARAM, dtype=np.int64)
+    P[K.P_NPC] = spec.pseudo_channels
+    P[K.P_NRANK] = spec.ranks
+    P[K.P_NBG] = spec.bankgroups
+    P[K.P_NBPG] = spec.banks_per_group
+    P[K.P_QUEUE] = codes["queue"]
+    P[K.P_QSIZE] = prof.queue_size
+    P[K.P_WQSIZE] = prof.write_queue_size
+    P[K.P_BANKQ] = prof.bank_queue_depth
+    P[K.P_HITCAP] = prof.row_hit_cap
+    P[K.P_ROWPOL] = codes["row_policy"]
+    P[K.P_REF] = codes["refresh"]
+    P[K.P_NAAD] = t["nAAD"]
+    P[K.P_WCK] = int(prof.wck_sync)
+    P[K.P_DUAL] = int(prof.dual_command)
+    P[K.P_BROADCAST] = int(spec.act_limits == "broadcast")
+    P[K.P_RDDELAY] = spec.read_delay
+    P[K.P_WRDELAY] = t["nCWL"] + t["nBL"]
+    P[K.P_NFAW] = t["nFAW"]
+    P[K.P_NREFI] = t["nREFI"]
+    P[K.P_WCKRD] = t["nCL"] + t["nBL"] + t["nWCKPST"]
+    P[K.P_WCKWR] = t["nCWL"] + t["nBL"] + t["nWCKPST"]
+    P[K.P_DEPTH] = depth
+    return P
+
+
+def kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Constraint lists per (level, command) and the rank-switch table, with ACT-to-ACT spacing above the
+    bank moved to the ACTL pseudo-command (so broadcast ACTs can skip it)."""
+    lat, sib0 = tables(spec)
+    nlev = lat.shape[0]
+    full = np.full((nlev, NCMD, K.NCOL), -1, dtype=np.int64)
+    full[:, :, :NCMD] = lat
+    for lv in range(nlev):
+        if lv != BANK and full[lv, ACT, ACT] >= 0:
+            full[lv, ACT, K.ACTL] = full[lv, ACT, ACT]
+            full[lv, ACT, ACT] = -1
+    cl_n = np.zeros((nlev, NCMD), dtype=np.int64)
+    cl_nx = np.zeros((nlev, NCMD, K.NCOL), dtype=np.int64)
+    cl_l = np.zeros((nlev, NCMD, K.NCOL), dtype=np.int64)
+    for lv in range(nlev):
+        for c in range(NCMD):
+            for nx in range(K.NCOL):
+                if full[lv, c, nx] >= 0:
+                    k = cl_n[lv, c]
+                    cl_nx[lv, c, k] = nx
+                    cl_l[lv, c, k] = full[lv, c, nx]
+                    cl_n[lv, c] += 1
+    sib = np.full((NCMD, K.NCOL), -1, dtype=np.int64)
+    sib[:, :NCMD] = sib0
+    return cl_n, cl_nx, cl_l, sib
+
+
+def replay(
+    spec: DramSpec,
+    rank,
+    bankgroup,
+    bank,
+    row,
+    column,
+    is_write,
+    channel=None,
+    arrival=None,
+    depth: int | None = None,
+    key_id=None,
+    kind=None,
+    hold=None,
+) -> DramResult:
+    """Replay one request stream (one burst per request) on ``spec``; see the module docs of cemsim.dram."""
+    import time
+
+    row = _as_int("row", row, None)
+    n = row.shape[0]
+    rank = _as_int("rank", rank, n)
+    bankgroup = _as_int("bankgroup", bankgroup, n)
+    bank = _as_int("bank", bank, n)
+    column = _as_int("column", column, n)
+    is_write = _as_int("is_write", is_write, n)
+    _check_range("rank", rank, spec.ranks * spec.pseudo_channels, spec)
+    _check_range("bankgroup", bankgroup, spec.bankgroups, spec)
+    _check_range("bank", bank, spec.banks_per_group, spec)
+    _check_range("row", row, spec.rows, spec)
+    _check_range("column", column, spec.columns, spec)
+    if kind is None:
+        kind_a = (is_write != 0).astype(np.int64)
+    else:
+        kind_a = _as_int("kind", kind, n)
+        _check_range("kind", kind_a, 3, spec)
+    hold_a = np.zeros(n, dtype=np.int64) if hold is None else _as_int("hold", hold, n)
+    if (hold_a < 0).any():
+        raise CemsimError("replay: hold must not be negative")
+    chan = np.zeros(n, dtype=np.int64) if channel is None else _as_int("channel", channel, n)
+    if chan.size and chan.min() < 0:
+        raise CemsimError("replay: channel must not be negative")
+    closed = depth is not None
+    if closed:
+        if int(depth) < 1:
+            raise CemsimError(f"replay: depth (keys in flight per channel) must be >= 1, got {depth}")
+        if arrival is not None:
+            raise CemsimError("replay: give either arrival (open loop) or depth (closed loop), not both")
+        arr = np.zeros(n, dtype=np.int64)
+    else:
+        arr = np.zeros(n, dtype=np.int64) if arrival is None else _as_int("arrival", arrival, n)
+        if arr.size and arr.min() < 0:
+            raise CemsimError("replay: arrival ticks must not be negative")
+    keys = np.arange(n, dtype=np.int64) if key_id is None else _as_int("key_id", key_id, n)
+
+    nch = int(chan.max()) + 1 if n else 1
+    order = np.argsort(chan, kind="stable")
+    seg = np.searchsorted(chan[order], np.arange(nch + 1)).astype(np.int64)
+    flat_bank = (rank * spec.bankgroups + bankgroup) * spec.banks_per_group + bank
+    # keys: consecutive runs of equal key_id within each channel's sub-stream, numbered from 0 per channel
+    k_sorted = keys[order]
+    key_local = np.zeros(n, dtype=np.int64)
+    nkeys = np.zeros(nch, dtype=np.int64)
+    for c in range(nch):
+        a, z = seg[c], seg[c + 1]
+        if z > a:
+            ks = k_sorted[a:z]
+            starts = np.ones(z - a, dtype=np.int64)
+            starts[1:] = ks[1:] != ks[:-1]
+            key_local[a:z] = np.cumsum(starts) - 1
+            nkeys[c] = key_local[z - 1] + 1
+    if not closed:
+        # open loop: offers are in stream order per channel; arrivals must not go backwards
+        a_sorted = arr[order]
+        for c in range(nch):
+            s = a_sorted[seg[c] : seg[c + 1]]
+            if s.size > 1 and (np.diff(s) < 0).any():
+                raise CemsimError(
+                    f"replay: arrival ticks decrease within channel {c}; requests are offered in stream order"
+                )
+
+    P = kernel_params(spec, int(depth) if closed else 0)
+    cl_n, cl_nx, cl_l, sib = kernel_tables(spec)
+    acc = np.full(n, -1, dtype=np.int64)
+    first = np.full(n, -1, dtype=np.int64)
+    done = np.full(n, -1, dtype=np.int64)
+    cls = np.full(n, -1, dtype=np.int64)
+    counts = np.zeros((nch, K.NCOUNT), dtype=np.int64)
+    elig_out = np.zeros(n, dtype=np.int64)
+    t0 = time.perf_counter()
+    simulate(
+        P,
+        cl_n,
+        cl_nx,
+        cl_l,
+        sib,
+        seg,
+        flat_bank[order],
+        row[order],
+        kind_a[order],
+        hold_a[order],
+        arr[order],
+        key_local,
+        nkeys,
+        acc,
+        first,
+        done,
+        cls,
+        counts,
+        elig_out,
+    )
+    wall = time.perf_counter() - t0
+    if counts[:, K.C_STATUS].any():
+        raise CemsimError(
+            f"replay: the engine found no legal next event with requests pending on {spec.name} "
+            "(an internal deadlock); please report the stream"
+        )
+    inv = np.empty(n, dtype=np.int64)
+    inv[order] = np.arange(n)
+    return DramResult(
+        spec=spec,
+        done=done[inv],
+        accepted=acc[inv],
+        issued=elig_out[inv],
+        first_command=first[inv],
+        row_class=cls[inv],
+        kind=kind_a,
+        channel=chan,
+        closed_loop=closed,
+        counts=counts,
+        wall_s=wall,
+    )
+
+
+__all__ = ["ACT", "KIND_OP", "KIND_READ", "KIND_WRITE", "DramResult", "replay"]

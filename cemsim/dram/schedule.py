@@ -1,0 +1,336 @@
+"""Which command a controller issues at tick t: the two controller profiles' selection rules.
+
+Each bank keeps up to NSLOT candidates (kernel_state.py, ``slots``): what its queued requests need next (an
+access on a row hit, PRE on a conflict, ACT on a closed bank) with an order key and the tick the command
+becomes legal. Candidates are rebuilt only when the bank's queue or state changes; their cached ticks are lower
+bounds (a tick only grows as commands issue) re-checked only when they claim to be legal, so a tick costs
+O(banks) plus the candidates that might issue. The selectors pick among candidates legal at ``t`` by the
+profile's rule, write the choice into ``sel`` (request, command, bank, rank; -1 = none) and return the
+earliest tick at which an eligible candidate that is not legal yet becomes legal.
+"""
+
+from __future__ import annotations
+
+import numba
+
+from cemsim.dram.kernel_state import (
+    B_A2DL,
+    B_A2REQ,
+    B_ACTN,
+    B_HITS,
+    B_OPEN,
+    F_ACTIVE,
+    F_CMD,
+    F_E,
+    F_I,
+    F_KEY,
+    F_LIM,
+    INF,
+    K_OP,
+    K_READ,
+    K_WRITE,
+    S_CAS,
+    S_NA2,
+    S_REFQN,
+    S_RR,
+    S_WCKEXP,
+    S_WMODE,
+    _earliest,
+    _earliest_rank,
+)
+from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, WR
+
+
+@numba.njit(cache=True, inline="always")
+def _access_cmd(kd):
+    if kd == K_READ:
+        return RD
+    if kd == K_WRITE:
+        return WR
+    return OP
+
+
+@numba.njit(cache=True, inline="always")
+def _put(slots, nslot, b, i, cmd, key, active, lim):
+    k = nslot[b]
+    slots[b, k, F_I] = i
+    slots[b, k, F_CMD] = cmd
+    slots[b, k, F_KEY] = key
+    slots[b, k, F_ACTIVE] = active
+    slots[b, k, F_LIM] = lim
+    slots[b, k, F_E] = INF
+    nslot[b] = k + 1
+
+
+@numba.njit(cache=True)
+def rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot):
+    """DRAMsim3-like bank queue: the first read, write and op hit in queue order; PRE from the head only, if
+    no queued request hits the open row or ``hitcap`` hits were served; ACT from the head of a closed bank.
+    Key = queue position (the queue is served in order: first ready wins)."""
+    nslot[b] = 0
+    if bqn[b] == 0:
+        return
+    orow = BS[b, B_OPEN]
+    if orow < 0:
+        i = bq[b, 0]
+        _put(slots, nslot, b, i, ACT, 0, 0, 0 if (broadcast and kind[i] == K_OP) else 1)
+        return
+    seen_r = False
+    seen_w = False
+    seen_o = False
+    pending_hit = False
+    for j in range(bqn[b]):
+        i = bq[b, j]
+        if row[i] != orow:
+            continue
+        pending_hit = True
+        kd = kind[i]
+        if kd == K_READ and not seen_r:
+            seen_r = True
+            _put(slots, nslot, b, i, RD, j, 0, 1)
+        elif kd == K_WRITE and not seen_w:
+            seen_w = True
+            _put(slots, nslot, b, i, WR, j, 0, 1)
+        elif kd == K_OP and not seen_o:
+            seen_o = True
+            _put(slots, nslot, b, i, OP, j, 0, 1)
+    i = bq[b, 0]
+    if row[i] != orow and (not pending_hit or (hitcap > 0 and BS[b, B_HITS] >= hitcap)):
+        _put(slots, nslot, b, i, PRE, 0, 0, 1)
+
+
+@numba.njit(cache=True)
+def rebuild_shared(b, BS, bq, bqn, stage, row, kind, write_mode, broadcast, slots, nslot):
+    """Ramulator-2-like: the oldest access of a request past its own ACT (active buffer); the oldest row hit
+    and the oldest other request of the buffer being served (reads, or writes in write mode); no PRE on a
+    bank with an active request. Key = request index (arrival order: oldest first)."""
+    nslot[b] = 0
+    if bqn[b] == 0 or BS[b, B_A2DL] >= 0:
+        return
+    orow = BS[b, B_OPEN]
+    got_hit = False
+    got_act_hit = False
+    got_other = False
+    for j in range(bqn[b]):
+        i = bq[b, j]
+        kd = kind[i]
+        st = stage[i]
+        if orow >= 0 and row[i] == orow:
+            if st == 2:
+                if not got_act_hit:
+                    got_act_hit = True
+                    _put(slots, nslot, b, i, _access_cmd(kd), i, 1, 1)
+            elif not got_hit and (kd == K_WRITE) == write_mode:
+                got_hit = True
+                _put(slots, nslot, b, i, _access_cmd(kd), i, 0, 1)
+        elif not got_other and st == 0 and (kd == K_WRITE) == write_mode:
+            got_other = True
+            if orow >= 0:
+                if BS[b, B_ACTN] == 0:  # never close a row an active request needs
+                    _put(slots, nslot, b, i, PRE, i, 0, 1)
+            else:
+                _put(slots, nslot, b, i, ACT, i, 0, 0 if (broadcast and kd == K_OP) else 1)
+
+
+@numba.njit(cache=True, inline="always")
+def update_ticks(b, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw):
+    for k in range(nslot[b]):
+        slots[b, k, F_E] = _earliest(
+            ready, nodes, b, slots[b, k, F_CMD], faw, faw_head, faw_cnt, nfaw, slots[b, k, F_LIM] == 1
+        )
+
+
+@numba.njit(cache=True, inline="always")
+def _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw):
+    """A candidate's cached tick is a lower bound (ticks only grow as commands issue): recompute it when it
+    claims to be legal now."""
+    e = _earliest(ready, nodes, b, slots[b, k, F_CMD], faw, faw_head, faw_cnt, nfaw, slots[b, k, F_LIM] == 1)
+    slots[b, k, F_E] = e
+    return e
+
+
+@numba.njit(cache=True, inline="always")
+def _is_col(cmd):
+    return cmd in (RD, WR, OP)
+
+
+@numba.njit(cache=True)
+def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb, bpr,
+                    nrank, rk0, pc0, col_only, row_only):  # fmt: skip
+    """DRAMsim3-like: the pending refresh first (PRE each open bank of its rank, then REF), then bank queues
+    round-robin from the one after the last served, each giving its first ready command in queue order.
+    ``col_only``/``row_only`` restrict the second command of a dual-bus tick."""
+    next_e = INF
+    skip_rank = -1
+    if S[S_REFQN] > 0:
+        r = refq[0]
+        skip_rank = r
+        if not col_only:
+            all_closed = True
+            for bb in range(bpr):
+                b = r * bpr + bb
+                if BS[b, B_OPEN] >= 0:
+                    all_closed = False
+                    e = _earliest(ready, nodes, b, PRE, faw, faw_head, faw_cnt, nfaw, True)
+                    if e <= t:
+                        sel[1] = PRE
+                        sel[2] = b
+                        return next_e
+                    next_e = min(next_e, e)
+            if all_closed:
+                e = _earliest_rank(ready, rk0 + r, pc0 + r // nrank, REF)
+                if e <= t:
+                    sel[1] = REF
+                    sel[3] = r
+                    return next_e
+                next_e = min(next_e, e)
+    b = S[S_RR]
+    for _ in range(nb):
+        b += 1
+        if b >= nb:
+            b = 0
+        if nslot[b] == 0 or b // bpr == skip_rank:
+            continue
+        best = -1
+        for k in range(nslot[b]):
+            col = _is_col(slots[b, k, F_CMD])
+            if (col_only and not col) or (row_only and col):
+                continue
+            e = slots[b, k, F_E]
+            if e <= t:
+                e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+            if e <= t:
+                if best < 0 or slots[b, k, F_KEY] < slots[b, best, F_KEY]:
+                    best = k
+            elif e < next_e:
+                next_e = e
+        if best >= 0:
+            sel[0] = slots[b, best, F_I]
+            sel[1] = slots[b, best, F_CMD]
+            sel[2] = b
+            S[S_RR] = b
+            return next_e
+    return next_e
+
+
+@numba.njit(cache=True)
+def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb,
+                  bpr, nrank, rk0, pc0, naad, wck, col_only, row_only):  # fmt: skip
+    """Ramulator-2-like: an access waiting behind its CAS; an ACT-2 at its deadline; else the oldest ready
+    access of a request whose own ACT opened its row (active buffer); else the pending refresh (PREA, then
+    REF), which holds back the buffer; else the oldest ready request of the buffer, no ACT-1 while an ACT-2
+    is owed; else an owed ACT-2. An access with WCK off first takes a CAS slot (LPDDR5)."""
+    next_e = INF
+    if S[S_CAS] >= 0:
+        i = S[S_CAS]
+        b = bank[i]
+        cmd = _access_cmd(kind[i])
+        e = _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, True)
+        if e <= t:
+            sel[0] = i
+            sel[1] = cmd
+            sel[2] = b
+            S[S_CAS] = -1
+            return next_e
+        return e
+    has_act2 = False
+    if S[S_NA2] > 0:
+        best_dl = INF
+        for b in range(nb):
+            dl = BS[b, B_A2DL]
+            if dl >= 0:
+                has_act2 = True
+                if dl <= t and dl < best_dl:
+                    best_dl = dl
+                    sel[2] = b
+        if sel[2] >= 0:
+            sel[1] = ACT2
+            sel[0] = BS[sel[2], B_A2REQ]
+            return next_e
+    refq_n = S[S_REFQN]
+    best_act = -1
+    best_act_b = -1
+    best_buf = -1
+    best_buf_b = -1
+    for b in range(nb):
+        for k in range(nslot[b]):
+            cmd = slots[b, k, F_CMD]
+            col = _is_col(cmd)
+            if (col_only and not col) or (row_only and col):
+                continue
+            active = slots[b, k, F_ACTIVE] == 1
+            if cmd == ACT and has_act2:
+                continue
+            e = slots[b, k, F_E]
+            if e <= t:
+                e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+            if e > t:
+                if e < next_e and (active or refq_n == 0):
+                    next_e = e
+                continue
+            if active:
+                if best_act < 0 or slots[b, k, F_KEY] < slots[best_act_b, best_act, F_KEY]:
+                    best_act = k
+                    best_act_b = b
+            elif best_buf < 0 or slots[b, k, F_KEY] < slots[best_buf_b, best_buf, F_KEY]:
+                best_buf = k
+                best_buf_b = b
+    if best_act >= 0:
+        sel[0] = slots[best_act_b, best_act, F_I]
+        sel[1] = slots[best_act_b, best_act, F_CMD]
+        sel[2] = best_act_b
+    elif refq_n > 0 and not col_only:
+        r = refq[0]
+        any_open = False
+        blocked = False
+        for bb in range(bpr):
+            b = r * bpr + bb
+            if BS[b, B_OPEN] >= 0:
+                any_open = True
+            if BS[b, B_ACTN] > 0 or BS[b, B_A2DL] >= 0:
+                blocked = True
+        cmd = PREA if any_open else REF
+        if not (any_open and blocked):
+            e = _earliest_rank(ready, rk0 + r, pc0 + r // nrank, cmd)
+            if e <= t:
+                sel[1] = cmd
+                sel[3] = r
+            elif e < next_e:
+                next_e = e
+    elif best_buf >= 0:
+        sel[0] = slots[best_buf_b, best_buf, F_I]
+        sel[1] = slots[best_buf_b, best_buf, F_CMD]
+        sel[2] = best_buf_b
+    if sel[1] < 0 and has_act2:
+        best_dl = INF
+        for b in range(nb):
+            dl = BS[b, B_A2DL]
+            if dl >= 0 and dl < best_dl:
+                best_dl = dl
+                sel[2] = b
+        sel[1] = ACT2
+        sel[0] = BS[sel[2], B_A2REQ]
+        return next_e
+    if wck and (sel[1] == RD or sel[1] == WR) and t >= S[S_WCKEXP]:
+        owed = -1
+        for b in range(nb):
+            if BS[b, B_A2DL] >= 0 and BS[b, B_A2DL] <= t + 1:
+                owed = b
+        if owed >= 0:
+            sel[2] = owed
+            sel[1] = ACT2
+            sel[0] = BS[owed, B_A2REQ]
+        else:
+            S[S_CAS] = sel[0]
+            sel[1] = CAS
+    return next_e
+
+
+__all__ = [
+    "S_WMODE",
+    "rebuild_per_bank",
+    "rebuild_shared",
+    "select_per_bank",
+    "select_shared",
+    "update_ticks",
+]

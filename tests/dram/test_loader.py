@@ -1,0 +1,103 @@
+"""DRAM config loaders: presets (provenance on every number), DRAMsim3 .ini, Ramulator timings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cemsim.dram import available_presets, load_dram_spec
+from cemsim.dram.loader import PRESET_DIR
+from cemsim.errors import CemsimError
+
+INI = """[dram_structure]
+protocol = LPDDR4
+bankgroups = 4
+banks_per_group = 4
+rows = 65536
+columns = 256
+device_width = 64
+BL = 4
+[timing]
+tCK = 0.9375
+CL = 12
+CWL = 9
+tRCD = 20
+tRP = 20
+tRAS = 45
+[system]
+channel_size = 4096
+channels = 1
+bus_width = 64
+address_mapping = rorabachcobg
+"""
+
+
+@pytest.mark.parametrize("name", available_presets())
+def test_every_preset_loads_and_sources_every_number(name):
+    spec = load_dram_spec(name)
+    raw = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+    numbers = [k for k, v in raw.items() if isinstance(v, dict) and "value" in v]
+    numbers += [f"timing.{k}" for k in raw["timing"]]
+    for key in numbers:
+        assert key in spec.provenance, key
+    assert spec.channel_peak_bytes_per_s > 0
+
+
+def test_lpddr5x_preset_is_the_drex_channel():
+    spec = load_dram_spec("lpddr5x-8533")
+    assert spec.tck_s == pytest.approx(0.9375e-9)
+    assert spec.burst_bytes == 32
+    assert spec.channel_peak_bytes_per_s == pytest.approx(17.07e9, rel=1e-3)
+    assert spec.timing["nRCD"] == 20 and spec.timing["nFAW"] == 22 and spec.timing["nRFC"] == 299
+
+
+def test_dramsim3_ini_reads_organisation_like_dramsim3(tmp_path: Path):
+    p = tmp_path / "x.ini"
+    p.write_text(INI)
+    spec = load_dram_spec(p)
+    assert spec.ranks == 2  # 4096 MB channel / 2048 MB rank
+    assert spec.columns == 64  # 256 columns / BL 4
+    assert spec.burst_bytes == 32  # 64-bit bus x BL 4
+    assert spec.timing["nBL"] == 2 and spec.timing["nRC"] == 65
+    assert spec.timing["nRTP"] == 5  # DRAMsim3 default when the .ini has none
+    assert spec.controller.name == "dramsim3"
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (("protocol = LPDDR4", "protocol = GDDR6"), "protocol"),
+        (
+            ("address_mapping = rorabachcobg", "address_mapping = rorabachcobg\nunified_queue = True"),
+            "unified",
+        ),
+        (("CL = 12", "CL = twelve"), "CL"),
+    ],
+)
+def test_dramsim3_ini_refuses_what_the_engine_does_not_model(tmp_path, edit, match):
+    p = tmp_path / "x.ini"
+    p.write_text(INI.replace(*edit))
+    with pytest.raises(CemsimError, match=match):
+        load_dram_spec(p)
+
+
+def test_preset_number_without_source_is_refused(tmp_path):
+    text = (
+        (PRESET_DIR / "lpddr5x-8533.yaml")
+        .read_text()
+        .replace(
+            'nRTRS: {value: 2, tag: spec, source: "rank switch gap 2 CK (Ramulator 2 LPDDR5 nCS)"}',
+            "nRTRS: 2",
+        )
+    )
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(CemsimError, match="provenance"):
+        load_dram_spec(p)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(CemsimError, match="lpddr5x-8533"):
+        load_dram_spec("lpddr9")

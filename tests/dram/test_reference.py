@@ -1,0 +1,74 @@
+"""The engine against DRAMsim3 and Ramulator 2 on the reference set (../shared/dram-reference, beside the
+repository in CI, /work/shared locally): same timings (read from the reference configs), same coordinate
+streams, same replay semantics; read bandwidth within 5 % and mean read latency within 10 % of the
+simulator that produced each record (issue 13)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cemsim.dram import load_dram_spec, replay
+
+REPO = Path(__file__).resolve().parents[2]
+REF = REPO.parent / "shared" / "dram-reference"
+CONFIG_FILES = {
+    "dramsim3/LP5X-8533-like_x16": "configs/dramsim3_LP5X-8533-like_x16.ini",
+    "dramsim3/LPDDR4-2400_x16": "configs/dramsim3_LPDDR4-2400_x16.ini",
+    "dramsim3/HBM2_1ch": "configs/dramsim3_HBM2_1ch.ini",
+    "ramulator2/LPDDR5-6400_x16_2r": "configs/ram2_LPDDR5-6400_x16_2r.timings.json",
+    "ramulator2/HBM3-6400_1ch": "configs/ram2_HBM3-6400_1ch.timings.json",
+}
+BW_TOL, LAT_TOL = 0.05, 0.10
+# Records the engine does not yet meet, with why (docs/validation.md). Strict: a fix makes them fail loudly.
+KNOWN_MISSES = {
+    (
+        "HBM2_1ch",
+        "p1_seq_read",
+    ): "DRAMsim3 HBM dual-command issue (row + column per cycle) not yet reproduced",
+    ("HBM2_1ch", "p1b_seq_read_interleaved"): "DRAMsim3 HBM dual-command issue not yet reproduced",
+    ("HBM2_1ch", "p2_rand_burst"): "DRAMsim3 HBM dual-command issue not yet reproduced",
+    ("HBM2_1ch", "p3_rand_key256"): "DRAMsim3 HBM dual-command issue not yet reproduced",
+    ("HBM2_1ch", "p5_clustered_hit50"): "DRAMsim3 HBM dual-command issue not yet reproduced",
+    ("HBM3-6400_1ch", "p2_rand_burst"): "Ramulator HBM3 pseudo-channel-level tRRD/tFAW not yet modelled",
+}
+
+
+def _records() -> list[dict]:
+    if not (REF / "results.json").is_file():
+        return []
+    return json.loads((REF / "results.json").read_text())["records"]
+
+
+def replay_record(rec: dict, ref: Path = REF):
+    key = f"{rec['simulator']}/{rec['config']}"
+    spec = load_dram_spec(ref / CONFIG_FILES[key])
+    z = np.load(ref / rec["pattern_file"])
+    rank = z["rank"].astype(np.int64)
+    if spec.pseudo_channels > 1:  # the set numbers HBM3 ranks pc + 2 * sid; the engine pc * sids + sid
+        rank = (rank % spec.pseudo_channels) * spec.ranks + rank // spec.pseudo_channels
+    kw = {"depth": int(rec["K"])} if rec["K"] else {}
+    return replay(spec, rank=rank, bankgroup=z["bankgroup"], bank=z["bank"], row=z["row"],
+                  column=z["column"], is_write=z["is_write"], key_id=z["key_id"], **kw)  # fmt: skip
+
+
+RECORDS = _records()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RECORDS, reason=f"reference set not found at {REF}")
+@pytest.mark.parametrize(
+    "rec", RECORDS, ids=[f"{r['simulator']}-{r['config']}-{r['pattern']}-K{r['K']}" for r in RECORDS]
+)
+def test_engine_matches_reference_simulator(rec, request):
+    why = KNOWN_MISSES.get((rec["config"], rec["pattern"]))
+    if why:
+        request.applymarker(pytest.mark.xfail(reason=why, strict=True))
+    s = replay_record(rec).stats
+    bw = s["read_bandwidth_bytes_per_s"] / 1e9
+    lat = s["mean_read_latency_s"] * 1e9
+    assert bw == pytest.approx(rec["read_GBps"], rel=BW_TOL)
+    assert lat == pytest.approx(rec["read_lat_ns_mean"], rel=LAT_TOL)
