@@ -46,6 +46,8 @@ def figures(frame: pd.DataFrame, batch: int | None = None, **_: object) -> list[
                     color=colors[s],
                     label=s,
                 )
+            if len(missing) == len(systems):
+                ax.text(0.5, 0.5, "no system fits", ha="center", va="center", transform=ax.transAxes)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("filter ratio (keys considered / survivors, log)")

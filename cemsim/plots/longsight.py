@@ -11,7 +11,8 @@ The chart: throughput and per-token latency against context, one column per mode
 users, DReX once per scenario, and the paper's ratio range drawn as a bar over one H100's value at the
 longest context one H100 holds (where the paper puts LongSight).
 
-``python -m cemsim.plots.longsight RESULTS [--out FILE.md]`` prints (or writes) the table as Markdown.
+``python -m cemsim.plots.longsight RESULTS [--out FILE.md | --doc docs/validation.md]`` prints (or writes, or
+fills into a document's marked blocks) the headline and the full table as Markdown.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def side_by_side(frame: pd.DataFrame) -> pd.DataFrame:
             "context_tokens": int(ctx),
             "k": int(cem["attention.k"]) if "attention.k" in cem and pd.notna(cem["attention.k"]) else None,
             "scenario": scen,
+            # keys considered / survivors as replayed (the projection's grows with context)
+            "replayed_filter_ratio": float(cem.get("attention.replayed_filter_ratio", math.nan)),
         }
         for key, system in (("gpu", GPU), ("cem", CEM), ("dp", DP), ("tp", TP)):
             users, lat, thr, limit = _vals(_pick(rows, system))
@@ -149,6 +152,13 @@ def _num(value: float, fmt: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
+def _scenario_cell(r: pd.Series) -> str:
+    ratio = r.get("replayed_filter_ratio")
+    if r["scenario"] == "projected" and ratio is not None and not math.isnan(ratio):
+        return f"projected ({ratio:.0f}x)"
+    return str(r["scenario"])
+
+
 def markdown(table: pd.DataFrame) -> str:
     """The table for docs/validation.md: per model and context, one row per scenario."""
     head = (
@@ -168,7 +178,7 @@ def markdown(table: pd.DataFrame) -> str:
         lines.append(
             f"| {r['model']} | {tokens_label(r['context_tokens'])}"
             + (" (longest on one H100)" if r["longest_gpu_context"] else "")
-            + f" | {r['k'] if r['k'] is not None else '-'} | {r['scenario']} "
+            + f" | {r['k'] if r['k'] is not None else '-'} | {_scenario_cell(r)} "
             f"| {r['gpu_users']} / {r['dp_users']} / {r['cem_users']} "
             f"| {_num(r['gpu_latency_ms'], '.1f')} / {_num(r['cem_latency_ms'], '.1f')} "
             f"| {_num(r['latency_ratio_1'], '.2f')} / {_num(r['latency_ratio'], '.2f')} "
@@ -176,6 +186,55 @@ def markdown(table: pd.DataFrame) -> str:
             f"{_num(r['throughput_ratio_tp'], '.2f')} | {paper} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def gap(value: float, paper: tuple[float, float]) -> float:
+    """How far a reproduced ratio lies from the paper's range: 0 inside it, else value / nearest end - 1
+    (-0.49: 49 % below the paper's lower end). NaN when there is no value."""
+    lo, hi = paper
+    if value is None or math.isnan(value):
+        return math.nan
+    return 0.0 if lo <= value <= hi else value / (lo if value < lo else hi) - 1.0
+
+
+def _gap_cell(value: float, paper: tuple[float, float]) -> str:
+    g = gap(value, paper)
+    if math.isnan(g):
+        return "-"
+    return f"{value:.2f}x (inside)" if g == 0 else f"{value:.2f}x ({g:+.0%})"
+
+
+def headline(table: pd.DataFrame) -> str:
+    """Per model, at the longest context one H100 holds: the paper's ranges beside cemsim's ratios under each
+    scenario, with the gap to the paper's range (latency with one user on each system; throughput at the
+    most users each holds)."""
+    head = (
+        f"| model | context | users: H100 / LongSight | filter ratio | latency ratio, 1 user (paper "
+        f"{PAPER_LATENCY_RATIO[0]:g}-{PAPER_LATENCY_RATIO[1]:g}x) | throughput ratio, most users (paper "
+        f"{PAPER_THROUGHPUT_RATIO[0]:g}-{PAPER_THROUGHPUT_RATIO[1]:g}x) |\n|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for _, r in table[table["longest_gpu_context"]].iterrows():
+        lines.append(
+            f"| {r['model']} | {tokens_label(r['context_tokens'])} | {r['gpu_users']} / {r['cem_users']} "
+            f"| {_scenario_cell(r)} | {_gap_cell(r['latency_ratio_1'], PAPER_LATENCY_RATIO)} "
+            f"| {_gap_cell(r['throughput_ratio_gpu'], PAPER_THROUGHPUT_RATIO)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- longsight:{}:begin -->", "<!-- longsight:{}:end -->"
+
+
+def replace_blocks(text: str, blocks: dict[str, str], where: str) -> str:
+    """``text`` with the content between each block's begin and end markers replaced."""
+    for name, body in blocks.items():
+        begin, end = BEGIN.format(name), END.format(name)
+        i, j = text.find(begin), text.find(end)
+        if i < 0 or j < i:
+            raise CemsimError(f"{where}: no '{begin}' ... '{end}' block to fill")
+        text = text[: i + len(begin)] + "\n" + body + text[j:]
+    return text
 
 
 SCENARIO_STYLES = ("-", "--", ":", "-.")
@@ -265,14 +324,27 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m cemsim.plots.longsight", description=__doc__.split("\n")[0]
     )
     parser.add_argument("results", type=Path, help="results.parquet or the sweep's output folder")
-    parser.add_argument("--out", type=Path, help="write the Markdown table here instead of printing it")
+    parser.add_argument("--out", type=Path, help="write the Markdown tables here instead of printing them")
+    parser.add_argument(
+        "--doc",
+        type=Path,
+        help="fill the tables into this Markdown file, between its '<!-- longsight:headline:begin -->' / "
+        "'...:end -->' and '<!-- longsight:table:begin -->' / '...:end -->' markers",
+    )
     args = parser.parse_args(argv)
     try:
         frame, _ = load([args.results])
-        text = markdown(side_by_side(frame))
-    except CemsimError as exc:
+        table = side_by_side(frame)
+        blocks = {"headline": headline(table), "table": markdown(table)}
+        if args.doc is not None:
+            text = replace_blocks(args.doc.read_text(), blocks, str(args.doc))
+            with atomic_path(args.doc) as tmp:
+                Path(tmp).write_text(text)
+            return 0
+    except (CemsimError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    text = blocks["headline"] + "\n" + blocks["table"]
     if args.out is None:
         sys.stdout.write(text)
     else:

@@ -7,6 +7,7 @@ Kinds (from kv_location and the attention policy; settings.py checks the policy 
                key (LongSight: sign bits; Quest: page min/max; oracle-topk: none), the selected keys and the
                top-k values from HBM
   host_dense   every key and value streamed from host DDR5 over PCIe; the GPU attends as it arrives
+  cem_dense    every key and value read out of the CEM device's LPDDR5X over CXL (no filtering), likewise
   host_sparse  selection metadata and window in HBM (GPU selects), selected keys then top-k values over PCIe
   cem          window + sinks on the GPU from HBM, overlapped with DReX requests over CXL (LongSight; the
                oracle's exact top-k as DReX's survivors: an upper bound)
@@ -40,11 +41,7 @@ def system_kind(system: SystemConfig) -> str:
     if system.cem is None or system.cem.impl != "drex":
         raise CemsimError(f"system {system.name!r}: the simulator models CEM impl 'drex' only")
     if dense:
-        raise CemsimError(
-            f"system {system.name!r}: workload.attention.policy 'dense' with kv_location cem would stream "
-            "every key and value out of the CEM device, a data path the simulator does not model; use "
-            "kv_location hbm or host_memory for dense attention, or a filtering policy (longsight) on the CEM"
-        )
+        return "cem_dense"
     return "cem"
 
 
@@ -140,9 +137,9 @@ def layer_plan(
         return LayerPlan([], [("local_attention", nbytes / tp, 4.0 * query_dim * tokens / tp, 0.0)], [])
     before: list[GpuOp] = []
     after: list[GpuOp] = []
-    if kind in ("hbm_dense", "host_dense"):
+    if kind in ("hbm_dense", "host_dense", "cem_dense"):
         context = sum(w.context for w in works)
-        # host_dense: the KV arrives over PCIe, not from HBM
+        # host_dense, cem_dense: the KV arrives over the link, not from HBM
         nbytes = context * kv_heads * 2 * key_bytes if kind == "hbm_dense" else 0.0
         return LayerPlan([], [("attention", nbytes / tp, 4.0 * query_dim * context / tp, 0.0)], [])
     dense_tokens = sum(w.window + w.sinks for w in works)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from cemsim.config.components import DReXConfig
 from cemsim.sim.gpu import GPU, projection_work
-from cemsim.sim.link import BACKGROUND
+from cemsim.sim.link import BACKGROUND, link_occupancy
 from cemsim.sim.plan import GpuOp, kv_write_bytes_per_step, layer_plan
 from cemsim.sim.system import SimSystem
 from cemsim.sim.work import StepWork
@@ -139,10 +140,34 @@ class Replayer:
                         self._timed(u, t0, sim.host.stream(sim.link, nbytes, "kv_stream", "host_memory"))
                     )
                 )
+        elif sim.kind == "cem_dense" and sim.link is not None:
+            for u in users:
+                nbytes = works[u].context * self.sizes.kv_heads * 2 * key_bytes
+                procs.append(env.process(self._timed(u, t0, self._cem_stream(nbytes))))
         elif sim.kind == "host_sparse":
             for u in users:
                 procs.append(env.process(self._timed(u, t0, self._host_gather(works[u], layer))))
         return procs
+
+    def _cem_stream(self, nbytes: float) -> Generator[simpy.Event, None, None]:
+        """Dense attention with the KV on the CEM device: every key and value read out of its LPDDR5X (all
+        packages in parallel) and over the link, whose to-host direction is held for the slower of the two,
+        then the link's flight latency. No PFU or NMA works: nothing is filtered."""
+        sim, env, rec = self.sim, self.env, self.rec
+        cem, link = sim.config.cem, sim.link
+        assert isinstance(cem, DReXConfig) and link is not None
+        req = link.dirs["to_host"].request()
+        yield req
+        start = env.now
+        device = cem.packages * cem.channels_per_package * cem.channel_bandwidth
+        occ = max(nbytes / device, link_occupancy(link.cfg, nbytes))
+        yield env.timeout(occ)
+        link.dirs["to_host"].release(req)
+        rec.add_bytes("cem.lpddr", nbytes)
+        rec.add_bytes(f"{link.name}.to_host", nbytes)
+        rec.add_busy(f"{link.name}.to_host", occ)
+        rec.span(start, env.now, "cem", "kv_stream", bytes=nbytes)
+        yield env.timeout(link.cfg.latency)
 
     def _timed(self, user: int, t0: float, gen: Generator) -> Generator[simpy.Event, None, None]:
         yield from gen

@@ -14,8 +14,10 @@ record, or refuses with an error naming both values:
                (oracle-topk, Quest) select k-proportionally many keys.
   topk_scope   query_head: the union of the group's top-k (the artifact); kv_group: one top-k per KV group,
                values = min(k, survivors) exactly. A kv_group trace cannot give the query-head union: refused.
-  thresholds   None: the trace's. Otherwise survival per head moves by the binomial concordance rule
-               (survival.py) from the trace's recorded thresholds; a trace without them is refused.
+  thresholds   None: the trace's. Otherwise survival per head moves by the trace's own measured survivors
+               at every threshold when it records them (extra["scf_survival_by_threshold"]), else by the
+               binomial concordance rule (survival.py) within +-4 of its thresholds; a trace without
+               thresholds is refused.
   page_size    Quest pages: the captured traces use 16-key pages; another size is refused.
 
 Data movement per policy and system (plan.py): dense reads every key and value where the KV lives; window
@@ -65,6 +67,7 @@ class AttentionSettings:
     filter_ratio: float | None
     upper_bound: bool
     rules: list[str] = field(default_factory=list)  # rescaling rules applied, in words
+    threshold_table: np.ndarray | None = None  # [L, H, D + 2] the trace's survivors at every threshold
     survival_source: str = ""  # filled per context by survival.py
     replayed_filter_ratio: float | None = (
         None  # keys considered / survivors over every replayed head and step
@@ -72,6 +75,7 @@ class AttentionSettings:
 
     def record(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("threshold_table")
         th = d.pop("thresholds")
         d["thresholds_mean"] = None if th is None else float(np.mean(th))
         d["rules"] = "; ".join(self.rules) or None
@@ -96,6 +100,25 @@ def _thresholds(system: SystemConfig, header: TraceHeader, where: str) -> tuple[
             )
         return th, f"workload.attention.thresholds_file = {att.thresholds_file}"
     return None, "trace"
+
+
+SCF_SURVIVAL_KEY = "scf_survival_by_threshold"  # header.extra: [L][H][D + 2] survivors at T = 0..D + 1
+
+
+def _survival_table(header: TraceHeader, where: str) -> np.ndarray | None:
+    """The per-head survivors at every threshold a trace may record in ``extra`` (summed over its steps'
+    sparse regions): with it, survival moves between thresholds by measurement, not by a model."""
+    raw = header.extra.get(SCF_SURVIVAL_KEY)
+    if raw is None:
+        return None
+    table = np.asarray(raw, dtype=np.float64)
+    if table.shape != (header.layers, header.kv_heads, header.head_dim + 2) or (table < 0).any():
+        raise CemsimError(
+            f"the trace's {SCF_SURVIVAL_KEY} has shape {table.shape}, expected "
+            f"{(header.layers, header.kv_heads, header.head_dim + 2)} non-negative counts",
+            where=where,
+        )
+    return table
 
 
 def resolve(system: SystemConfig, header: TraceHeader, context: int, where: str) -> AttentionSettings:
@@ -182,7 +205,8 @@ def resolve(system: SystemConfig, header: TraceHeader, context: int, where: str)
         traced = np.asarray(header.thresholds, np.int64)
         shift = thresholds - traced
         worst = np.unravel_index(int(np.argmax(np.abs(shift))), shift.shape)
-        if abs(int(shift[worst])) > THRESHOLD_RULE_MAX_SHIFT:
+        table = _survival_table(header, where)
+        if table is None and abs(int(shift[worst])) > THRESHOLD_RULE_MAX_SHIFT:
             raise CemsimError(
                 f"{th_from} sets layer {worst[0]}, KV head {worst[1]} to threshold {int(thresholds[worst])}, "
                 f"but the trace was captured at {int(traced[worst])} there: the binomial concordance rule "
@@ -192,12 +216,18 @@ def resolve(system: SystemConfig, header: TraceHeader, context: int, where: str)
                 where=where,
             )
         if np.array_equal(traced, thresholds):
-            thresholds, th_from = None, "trace"
+            thresholds, th_from, table = None, "trace", None
         else:
             rules.append(
                 f"thresholds: trace mean {traced.mean():.1f} -> {thresholds.mean():.1f}: survival per head "
-                "by the binomial concordance rule"
+                + (
+                    "x the trace's measured survivors at the new threshold / at its own"
+                    if table is not None
+                    else "by the binomial concordance rule"
+                )
             )
+    else:
+        table = None
     filter_ratio = att.filter_ratio
     if filter_ratio is not None:
         if policy in ("dense", "window"):  # nothing filtered: the scenario does not apply (a sweep axis may
@@ -224,6 +254,7 @@ def resolve(system: SystemConfig, header: TraceHeader, context: int, where: str)
         page_size=page_size,
         thresholds=thresholds,
         thresholds_from=th_from,
+        threshold_table=table,
         filter_ratio=filter_ratio,
         upper_bound=policy == "oracle-topk",
         rules=rules,

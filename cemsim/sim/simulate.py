@@ -78,15 +78,20 @@ def prepare(
         except ValueError as exc:
             raise CemsimError(f"inconsistent trace record: {exc}", where=where) from None
 
+    users = batch if batch is not None else system.workload.batch
+    fits: list[FitReport] = []
+
+    def fits_at(w: StepWork) -> bool:  # a point that does not fit needs only its first step's work
+        fits.append(check_fit(system, kind, sizes, w.context, users, w.window, w.sinks))
+        return fits[0].fits
+
     works, trace_context = replay_works(
-        settings, header, itertools.chain([first], stream), context, rows, where, check, max_steps
+        settings, header, itertools.chain([first], stream), context, rows, where, check, max_steps, fits_at
     )
     survivors = sum(float(w.survivors.sum()) for w in works)
     if survivors > 0:
         settings.replayed_filter_ratio = sum(float(w.considered.sum()) for w in works) / survivors
-    target_context = works[0].context
-    users = batch if batch is not None else system.workload.batch
-    fit = check_fit(system, kind, sizes, target_context, users, works[0].window, works[0].sinks)
+    target_context, fit = works[0].context, fits[0]
     return Prepared(
         system, replayed, kind, sizes, works, target_context, users, fit, trace_context, settings, header
     )

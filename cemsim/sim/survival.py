@@ -12,7 +12,8 @@ Source, per simulated context (recorded in the result as ``attention.survival_so
               context).
 
 Rules applied on top, in order (settings.py decides which apply):
-  thresholds   binomial concordance: a key's best sign agreement over the G query heads of its group is
+  thresholds   measured, when the trace records its survivors at every threshold: each head's survival x
+               survivors(T_new) / survivors(T_trace). Else binomial concordance: a key's best sign agreement over the G query heads of its group is
                modelled as the maximum of G Binomial(D, q) counts, q per head fitted so that survival at the
                trace's threshold equals the measured fraction; survival at the workload's threshold follows.
   filter ratio every head's survivors scaled by one factor (capped at the keys considered, the excess
@@ -111,8 +112,18 @@ def adjust_counts(
         values = np.minimum(rec.values_fetched.astype(np.int64), survivors)
     if s.thresholds is not None and header.thresholds is not None:
         frac = np.divide(survivors, considered, out=np.zeros(survivors.shape), where=considered > 0)
-        traced = np.asarray(header.thresholds, np.int64)
-        new = threshold_survival(frac, traced, s.thresholds, header.head_dim, header.group_size)
+        traced = np.clip(np.asarray(header.thresholds, np.int64), 0, header.head_dim + 1)
+        if s.threshold_table is not None:  # measured: survivors at the new threshold / at the traced one
+            t = s.threshold_table
+            at_new = np.take_along_axis(t, np.clip(s.thresholds, 0, header.head_dim + 1)[..., None], -1)[
+                ..., 0
+            ]
+            at_old = np.take_along_axis(t, traced[..., None], -1)[..., 0]
+            new = np.minimum(
+                frac * np.divide(at_new, at_old, out=np.zeros(frac.shape), where=at_old > 0), 1.0
+            )
+        else:
+            new = threshold_survival(frac, traced, s.thresholds, header.head_dim, header.group_size)
         survivors = np.minimum(np.rint(new * considered).astype(np.int64), considered)
     if s.filter_ratio is not None:
         survivors = scale_to_ratio(considered, survivors, s.filter_ratio)
@@ -166,9 +177,11 @@ def replay_works(
     where: str,
     check: Callable[[StepRecord], None],
     max_steps: int | None,
+    keep_going: Callable[[StepWork], bool] | None = None,
 ) -> tuple[list[StepWork], int]:
     """The StepWork of every replayed step, and the largest context the trace itself holds. Sets
-    ``s.survival_source``."""
+    ``s.survival_source``. ``keep_going(first work)`` False stops after the first step (a point that does
+    not fit is reported, not simulated: deriving a 1M-token step's work costs seconds)."""
     works: list[StepWork] = []
     trace_context = 0
     drawn: Iterator[StepRecord] | None = None
@@ -211,6 +224,8 @@ def replay_works(
                 return adjust_counts(s, header, _rec, cons, surv, vals)
 
             works.append(step_work(header, use, at, rows, where, adjust=adjust))
+        if len(works) == 1 and keep_going is not None and not keep_going(works[0]):
+            break
         if max_steps is not None and len(works) >= max_steps:
             break  # before pulling another record: a 1M-token step costs a read and a decode
     s.survival_source = "; ".join(sorted(sources))

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cemsim.config.loader import load_system
+from cemsim.errors import CemsimError
 from cemsim.plots import longsight
 from cemsim.plots.charts import plot_results
 from cemsim.sim.capacity import check_fit
@@ -138,3 +139,29 @@ def test_the_chart_and_the_table_command_read_the_results_file(reduced, tmp_path
     out = tmp_path / "table.md"
     assert longsight.main([str(results), "--out", str(out)]) == 0
     assert out.read_text().startswith("| model | context |")
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "<!-- longsight:headline:begin -->\n<!-- longsight:headline:end -->\n"
+        "<!-- longsight:table:begin -->\n<!-- longsight:table:end -->\n"
+    )
+    assert longsight.main([str(results), "--doc", str(doc)]) == 0
+    filled = doc.read_text()
+    assert "| llama3-8b | 256K |" not in filled  # the reduced run has 128K only
+    assert "| llama3-8b | 128K | 3 / 28 | 20x (paper) |" in filled  # headline: users H100 / LongSight
+    assert longsight.main([str(results), "--doc", str(tmp_path / "none.md")]) == 1
+
+
+def test_gap_is_zero_inside_the_papers_range_and_relative_outside() -> None:
+    assert longsight.gap(9.0, (8.1, 9.6)) == 0.0
+    assert math.isclose(longsight.gap(4.05, (8.1, 9.6)), -0.5)
+    assert math.isclose(longsight.gap(19.2, (8.1, 9.6)), 1.0)
+    assert math.isnan(longsight.gap(math.nan, (8.1, 9.6)))
+
+
+def test_doc_blocks_are_replaced_and_a_missing_block_is_an_error(tmp_path: Path) -> None:
+    text = "intro\n<!-- longsight:table:begin -->\nold\n<!-- longsight:table:end -->\noutro\n"
+    out = longsight.replace_blocks(text, {"table": "| new |\n"}, "doc.md")
+    assert out == "intro\n<!-- longsight:table:begin -->\n| new |\n<!-- longsight:table:end -->\noutro\n"
+    assert longsight.replace_blocks(out, {"table": "| new |\n"}, "doc.md") == out  # idempotent
+    with pytest.raises(CemsimError, match=r"doc\.md: no '<!-- longsight:headline:begin -->'"):
+        longsight.replace_blocks(text, {"headline": "x"}, "doc.md")

@@ -250,3 +250,45 @@ def test_a_filter_ratio_scenario_does_not_apply_to_dense_or_window_and_says_so()
             "quest",
             **{"workload.attention.policy": "quest", "workload.attention.filter_ratio": 20},
         )
+
+
+def test_a_trace_that_records_survival_at_every_threshold_moves_by_measurement():
+    """With the measured table in the trace (here the bundled model's, tests/sim/data), any shift is allowed
+    and the total survival follows the table exactly (up to rounding)."""
+    import dataclasses
+
+    from cemsim.sim.settings import SCF_SURVIVAL_KEY
+
+    table = json.loads((Path(__file__).parent / "data" / "smollm2-scf-survival-2k.json").read_text())[
+        "survivors"
+    ]
+    header, records = shipped("longsight")
+    measured = dataclasses.replace(header, extra={**header.extra, SCF_SURVIVAL_KEY: table})
+    system = load(DREX, **SMOL, **{"workload.attention.threshold": 40})  # 13 above some traced heads
+    prep = prepare(system, measured, records, max_steps=1)
+    assert "measured survivors" in prep.attention.rules[0]
+    t = np.asarray(table, dtype=np.float64)
+    t0 = np.asarray(header.thresholds)
+    ratio = t[:, :, 40] / np.take_along_axis(t, t0[..., None], 2)[..., 0]
+    rec = records[0]
+    want = np.minimum(rec.survivors * ratio, rec.keys_considered)
+    np.testing.assert_allclose(prep.works[0].survivors, want, atol=0.51)
+    with pytest.raises(CemsimError, match="binomial concordance rule"):
+        prepare(system, header, records, max_steps=1)  # the same without the table: refused
+
+
+def test_dense_attention_with_the_kv_on_the_cem_device_streams_it_over_the_link():
+    """Dense reads from wherever the KV lives: on DReX that is every key and value over CXL, nothing
+    filtered. By hand: per layer and user, context x KV heads x 2 x head_dim x 2 B at the link's rate."""
+    system = load(DREX, **{"workload.attention.policy": "dense"})
+    header = make_header(system.geometry)
+    prep = prepare(system, header, [make_step(header, 65536)])
+    assert prep.kind == "cem_dense"
+    res = simulate(prep)
+    geo, link = system.geometry, system.link
+    per_layer = 65536 * geo.kv_heads * 2 * geo.head_dim * 2
+    assert res.bytes_moved["cem.lpddr"] == pytest.approx(geo.layers * per_layer)
+    assert res.bytes_moved["link.to_host"] == pytest.approx(geo.layers * per_layer)
+    stream = per_layer / (link.bandwidth_per_direction * link.protocol_efficiency)
+    assert geo.layers * stream < res.latency_per_token_s < geo.layers * stream * 1.2
+    assert "cem.pfu" not in res.energy_breakdown_j or res.energy_breakdown_j["cem.pfu"] == 0

@@ -137,3 +137,12 @@ def test_the_replayed_filter_ratio_is_recorded(projected):
     header, records = projected
     prep = prepare(load(DREX, **{"workload.attention.filter_ratio": 40}), header, records, max_steps=1)
     assert prep.attention.record()["replayed_filter_ratio"] == pytest.approx(40, rel=0.01)
+
+
+def test_a_point_that_does_not_fit_derives_only_its_first_step(projected):
+    header, records = projected
+    prep = prepare(load(DREX), header, records, batch=64)  # 64 users x 256K tokens: over DReX's 512 GB
+    assert not prep.fit.fits and len(prep.works) == 1
+    res = simulate(prep)
+    assert not res.fits and "CEM device" in res.why_not[0]
+    assert len(prepare(load(DREX), header, records, batch=1, max_steps=1).works) == 1

@@ -34,6 +34,19 @@ def test_the_shipped_filter_ratio_specs_expand_to_valid_points(name, points):
     assert len(ratios) >= 2 and None not in ratios
 
 
+def test_the_placement_spec_expands_to_every_named_choice():
+    pts = expand(
+        load_spec(REPO / "analysis" / "kv_placement.yaml"),
+        trace_override=str(REPO / "traces" / "smollm2-4k.parquet"),
+    )
+    assert len(pts) == 12 and all(p.valid for p in pts)
+    assert {p.system.cem.layout.kv_placement for p in pts} == {
+        "head_per_package",
+        "rotate_by_user",
+        "user_per_package",
+    }
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> tuple[Path, Path]:
     """h100 and h100-drex at ratios 5 / 50 and at the trace's own survival, two contexts, batch 8."""
