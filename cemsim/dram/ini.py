@@ -99,13 +99,13 @@ def load_dramsim3_ini(path: Path) -> DramSpec:
         "nCCD_L_WR": g["tCCD_L"] if bankgroups > 1 else g["tCCD_S"], "nRTP": al + g["tRTP"], "nWR": g["tWR"],
         "nWTR_S": g["tWTR_S"], "nWTR_L": g["tWTR_L"] if bankgroups > 1 else g["tWTR_S"], "nRTRS": g["tRTRS"],
         "nPPD": tppd, "nRFC": g["tRFC"], "nRFCpb": g["tRFCb"], "nREFI": g["tREFI"], "nREFIpb": g["tREFIb"],
-        "nAAD": 0, "nWCKPST": 0, "nCMD_ACT": 1, "nCMD_CAS": 1,
+        "nAAD": 0, "nWCKPST": 0, "nCMD_ACT": 1, "nCMD_CAS": 1, "nPBR2PBR": 0, "nPBR2ACT": 0,
     }  # fmt: skip
     profile = PROFILES["dramsim3"]
     profile = replace(
         profile,
         queue_size=get("system", "trans_queue_size", 32),
-        write_queue_size=get("system", "trans_queue_size", 32),
+        write_queue_size=get("system", "write_buf_size", 16),
         bank_queue_depth=get("system", "cmd_queue_size", 16),
         row_policy="closed" if row_policy == "CLOSE_PAGE" else "open",
         dual_command=hbm and cp.get("dram_structure", "hbm_dual_cmd", fallback="true").lower() == "true",

@@ -49,6 +49,7 @@ from cemsim.dram.kernel_state import (
     P_QUEUE,
     P_RDDELAY,
     P_REF,
+    P_REFGROUP,
     P_ROWPOL,
     P_WCK,
     P_WCKRD,
@@ -78,11 +79,12 @@ from cemsim.dram.kernel_state import (
 from cemsim.dram.schedule import (
     rebuild_per_bank,
     rebuild_shared,
+    refpb_banks,
     select_per_bank,
     select_shared,
     update_ticks,
 )
-from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, WR
+from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, REFPB, WR
 
 
 @numba.njit(cache=True, inline="always")
@@ -94,7 +96,7 @@ def _mark(b, bdirty, dstack, S):
         S[S_NDIRTY] += 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def _retire(
     t,
     i,
@@ -153,7 +155,9 @@ def _retire(
         if bq[b, j] == i:
             pos = j
             break
-    bqn[b] = _remove_at(bq[b], bqn[b], pos)
+    for j in range(pos, bqn[b] - 1):
+        bq[b, j] = bq[b, j + 1]
+    bqn[b] -= 1
     if not per_bank:
         if stage[i] == 0:
             if kd == K_WRITE:
@@ -202,7 +206,7 @@ def _retire(
             counts[C_AUTO_PRE] += 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, dry, bdirty, dstack):
     """Per-bank profile, end of tick: move the first waiting transaction whose bank queue has room (writes
     while draining). With ``dry`` only report whether one could move."""
@@ -238,10 +242,52 @@ def _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, dry, bdirty, d
     return False
 
 
-@numba.njit(cache=True)
-def _simulate_channel(
-    P, cl_n, cl_nx, cl_l, sib, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts, elig
+@numba.njit(cache=True, _nrt=False)
+def _run(
+    P,
+    cl_n,
+    cl_nx,
+    cl_l,
+    sib,
+    bank,
+    row,
+    kind,
+    hold,
+    arrival,
+    key,
+    nkeys,
+    acc,
+    first,
+    done,
+    cls,
+    counts,
+    elig,
+    nodes,
+    rank_nodes_of_pc,
+    ready,
+    faw,
+    faw_head,
+    faw_cnt,
+    S,
+    BS,
+    bq,
+    bqn,
+    stage,
+    tq,
+    wq,
+    refq,
+    sel,
+    slots,
+    nslot,
+    bdirty,
+    dstack,
+    pend,
+    key_first,
+    key_left,
+    key_done,
+    heap,
 ):
+    """The event loop (no allocation, so compiled without reference counting)."""
     n = bank.shape[0]
     npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
     nrk = npc * nrank
@@ -253,72 +299,20 @@ def _simulate_channel(
     naad, wck, dual, broadcast = P[P_NAAD], P[P_WCK] == 1, P[P_DUAL] == 1, P[P_BROADCAST] == 1
     nfaw, nrefi, depth = P[P_NFAW], P[P_NREFI], P[P_DEPTH]
 
-    # device tree nodes: 0 channel, then pseudo-channels, ranks, bank groups, banks
     pc0 = 1
     rk0 = pc0 + npc
-    bg0 = rk0 + nrk
-    bk0 = bg0 + nrk * nbg
-    nnodes = bk0 + nb
-    nodes = np.empty((nb, 5), dtype=np.int64)
-    for b in range(nb):
-        r = b // bpr
-        nodes[b, 0] = 0
-        nodes[b, 1] = pc0 + r // nrank
-        nodes[b, 2] = rk0 + r
-        nodes[b, 3] = bg0 + b // nbpg
-        nodes[b, 4] = bk0 + b
-    rank_nodes_of_pc = np.empty((npc, nrank), dtype=np.int64)
-    for p in range(npc):
-        for k in range(nrank):
-            rank_nodes_of_pc[p, k] = rk0 + p * nrank + k
-    ready = np.zeros((nnodes, NCOL), dtype=np.int64)
-    faw = np.zeros((nnodes, 4), dtype=np.int64)
-    faw_head = np.zeros(nnodes, dtype=np.int64)
-    faw_cnt = np.zeros(nnodes, dtype=np.int64)
-
-    S = np.zeros(NSTATE, dtype=np.int64)
-    S[S_CAS] = -1
-    S[S_WCKEXP] = -1
-    BS = np.zeros((nb, NBSTATE), dtype=np.int64)
-    for b in range(nb):
-        BS[b, B_OPEN] = -1
-        BS[b, B_A2DL] = -1
-        BS[b, B_A2REQ] = -1
-    width = max(qsize + wqsize, bankq) + 1
-    bq = np.empty((nb, width), dtype=np.int64)
-    bqn = np.zeros(nb, dtype=np.int64)
-    stage = np.zeros(n, dtype=np.int64)
-    tq = np.empty(qsize + 1, dtype=np.int64)
-    wq = np.empty(wqsize + 1, dtype=np.int64)
-    refq = np.empty(4 * nrk + 4, dtype=np.int64)
-    ref_interval = max(nrefi // nrk, 1) if refmode == 1 else max(nrefi, 1)
+    rgroup = P[P_REFGROUP]
+    nunits = nrk // rgroup  # refresh units: ranks, or pseudo-channels
+    ref_interval = max(nrefi // nunits, 1) if refmode == 1 else max(nrefi, 1)
     ref_next = ref_interval
     ref_rank = 0
-    sel = np.empty(4, dtype=np.int64)
-    slots = np.zeros((nb, NSLOT, NFIELD), dtype=np.int64)
-    nslot = np.zeros(nb, dtype=np.int64)
-    bdirty = np.ones(nb, dtype=np.bool_)
-    dstack = np.arange(nb + 1, dtype=np.int64)
-    S[S_NDIRTY] = nb
-    # client
+    npairs = bpr // 2  # per-bank refresh: bank pairs per rank
     nxt = 0
-    pend = np.empty(n + 1, dtype=np.int64)
     ph = 0
     pt = 0
-    key_first = np.zeros(nkeys + 1, dtype=np.int64)
-    key_left = np.zeros(nkeys + 1, dtype=np.int64)
-    key_done = np.zeros(nkeys + 1, dtype=np.int64)
-    for i in range(n):
-        if key_left[key[i]] == 0:
-            key_first[key[i]] = i
-        key_left[key[i]] += 1
     next_key = 0
     inflight = 0
-    heap = np.empty(nkeys + 1, dtype=np.int64)
     last_acc = np.int64(-1)
-    if depth == 0:
-        for i in range(n):
-            elig[i] = arrival[i]
     t = np.int64(0)
 
     while S[S_FIN] < n:
@@ -330,12 +324,21 @@ def _simulate_channel(
                 refq[S[S_REFQN]] = ref_rank
                 S[S_REFQN] += 1
                 ref_rank += 1
-                if ref_rank >= nrk:
+                if ref_rank >= nunits:
                     ref_rank = 0
-            else:
-                for r in range(nrk):
+            elif refmode == 2:
+                for r in range(nunits):
                     refq[S[S_REFQN]] = r
                     S[S_REFQN] += 1
+            elif (
+                S[S_REFQN] + nrk < refq.shape[0]
+            ):  # per bank: every rank's next pair (none dropped in practice)
+                for r in range(nrk):
+                    refq[S[S_REFQN]] = r * npairs + ref_rank
+                    S[S_REFQN] += 1
+                ref_rank += 1
+                if ref_rank >= npairs:
+                    ref_rank = 0
             ref_next += ref_interval
         # ---- client: releases, key starts, one offer
         if depth > 0:
@@ -405,8 +408,9 @@ def _simulate_channel(
             sel[1] = -1
             sel[2] = -1
             sel[3] = -1
-            col_only = slot == 1 and last_col == 0
-            row_only = slot == 1 and last_col == 1
+            # Ramulator 2 HBM: a column-bus slot, then a row-bus slot (DRAMsim3's dual command: see below)
+            col_only = dual and not per_bank and slot == 0
+            row_only = dual and not per_bank and slot == 1
             if not per_bank:
                 wm = S[S_WMODE] == 1
                 if not wm:
@@ -446,8 +450,9 @@ def _simulate_channel(
                     nrank,
                     rk0,
                     pc0,
-                    col_only,
-                    row_only,
+                    rgroup,
+                    slot == 1,
+                    refmode,
                 )
             else:
                 e = select_shared(
@@ -471,16 +476,22 @@ def _simulate_channel(
                     nrank,
                     rk0,
                     pc0,
+                    rgroup,
                     naad,
                     wck,
                     col_only,
                     row_only,
+                    refmode,
                 )
             if e < next_e:
                 next_e = e
             cmd = sel[1]
+            if per_bank and slot == 1 and cmd >= 0 and (cmd in (RD, WR, OP)) == (last_col == 1):
+                break  # DRAMsim3 dual command: a second command of the first's kind is not issued
             if cmd < 0:
-                break
+                if per_bank:
+                    break
+                continue
             issued += 1
             counts[cmd] += 1
             i = sel[0]
@@ -488,18 +499,27 @@ def _simulate_channel(
             if cmd != CAS and b >= 0:
                 _mark(b, bdirty, dstack, S)
             if cmd in (REF, PREA):
-                r = sel[3]
+                u = sel[3]  # refresh unit
                 _apply(ready, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False)
-                _apply(ready, pc0 + r // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
-                _apply(ready, rk0 + r, 2, cmd, t, cl_n, cl_nx, cl_l, False)
-                for bb in range(bpr):
-                    _mark(r * bpr + bb, bdirty, dstack, S)
-                if cmd == PREA:
-                    for bb in range(bpr):
-                        BS[r * bpr + bb, B_OPEN] = -1
-                        BS[r * bpr + bb, B_HITS] = 0
-                else:
+                for rr in range(u * rgroup, (u + 1) * rgroup):
+                    _apply(ready, pc0 + rr // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
+                    _apply(ready, rk0 + rr, 2, cmd, t, cl_n, cl_nx, cl_l, False)
+                for bb in range(rgroup * bpr):
+                    b = u * rgroup * bpr + bb
+                    _mark(b, bdirty, dstack, S)
+                    if cmd == PREA:
+                        BS[b, B_OPEN] = -1
+                        BS[b, B_HITS] = 0
+                if cmd == REF:
                     S[S_REFQN] = _remove_at(refq, S[S_REFQN], 0)
+                break
+            if cmd == REFPB:
+                b1, b2 = refpb_banks(sel[3], bpr)
+                for bb in (b1, b2):
+                    _issue_bank(ready, nodes, bb, REFPB, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw,
+                                faw_head, faw_cnt, True)  # fmt: skip
+                    _mark(bb, bdirty, dstack, S)
+                S[S_REFQN] = _remove_at(refq, S[S_REFQN], 0)
                 break
             if cmd == CAS:
                 break
@@ -615,6 +635,123 @@ def _simulate_channel(
             counts[C_STATUS] = 1
             break
         t = nt
+
+
+@numba.njit(cache=True)
+def _simulate_channel(
+    P, cl_n, cl_nx, cl_l, sib, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts, elig
+):
+    n = bank.shape[0]
+    npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
+    nrk = npc * nrank
+    bpr = nbg * nbpg
+    nb = nrk * bpr
+    qsize, wqsize, bankq = P[P_QSIZE], P[P_WQSIZE], P[P_BANKQ]
+    depth = P[P_DEPTH]
+
+    # device tree nodes: 0 channel, then pseudo-channels, ranks, bank groups, banks
+    pc0 = 1
+    rk0 = pc0 + npc
+    bg0 = rk0 + nrk
+    bk0 = bg0 + nrk * nbg
+    nnodes = bk0 + nb
+    rgroup = P[P_REFGROUP]
+    nodes = np.empty((nb, 6), dtype=np.int64)
+    for b in range(nb):
+        r = b // bpr
+        nodes[b, 0] = 0
+        nodes[b, 1] = pc0 + r // nrank
+        nodes[b, 2] = rk0 + r
+        nodes[b, 3] = bg0 + b // nbpg
+        nodes[b, 4] = bk0 + b
+        nodes[b, 5] = nodes[b, 1] if rgroup > 1 else nodes[b, 2]
+    rank_nodes_of_pc = np.empty((npc, nrank), dtype=np.int64)
+    for p in range(npc):
+        for k in range(nrank):
+            rank_nodes_of_pc[p, k] = rk0 + p * nrank + k
+    ready = np.zeros((nnodes, NCOL), dtype=np.int64)
+    faw = np.zeros((nnodes, 4), dtype=np.int64)
+    faw_head = np.zeros(nnodes, dtype=np.int64)
+    faw_cnt = np.zeros(nnodes, dtype=np.int64)
+
+    S = np.zeros(NSTATE, dtype=np.int64)
+    S[S_CAS] = -1
+    S[S_WCKEXP] = -1
+    BS = np.zeros((nb, NBSTATE), dtype=np.int64)
+    for b in range(nb):
+        BS[b, B_OPEN] = -1
+        BS[b, B_A2DL] = -1
+        BS[b, B_A2REQ] = -1
+    width = max(qsize + wqsize, bankq) + 1
+    bq = np.empty((nb, width), dtype=np.int64)
+    bqn = np.zeros(nb, dtype=np.int64)
+    stage = np.zeros(n, dtype=np.int64)
+    tq = np.empty(qsize + 1, dtype=np.int64)
+    wq = np.empty(wqsize + 1, dtype=np.int64)
+    refq = np.empty(4 * nb + 16, dtype=np.int64)
+    sel = np.empty(4, dtype=np.int64)
+    slots = np.zeros((nb, NSLOT, NFIELD), dtype=np.int64)
+    nslot = np.zeros(nb, dtype=np.int64)
+    bdirty = np.ones(nb, dtype=np.bool_)
+    dstack = np.arange(nb + 1, dtype=np.int64)
+    S[S_NDIRTY] = nb
+    # client
+    pend = np.empty(n + 1, dtype=np.int64)
+    key_first = np.zeros(nkeys + 1, dtype=np.int64)
+    key_left = np.zeros(nkeys + 1, dtype=np.int64)
+    key_done = np.zeros(nkeys + 1, dtype=np.int64)
+    for i in range(n):
+        if key_left[key[i]] == 0:
+            key_first[key[i]] = i
+        key_left[key[i]] += 1
+    heap = np.empty(nkeys + 1, dtype=np.int64)
+    if depth == 0:
+        for i in range(n):
+            elig[i] = arrival[i]
+    _run(
+        P,
+        cl_n,
+        cl_nx,
+        cl_l,
+        sib,
+        bank,
+        row,
+        kind,
+        hold,
+        arrival,
+        key,
+        nkeys,
+        acc,
+        first,
+        done,
+        cls,
+        counts,
+        elig,
+        nodes,
+        rank_nodes_of_pc,
+        ready,
+        faw,
+        faw_head,
+        faw_cnt,
+        S,
+        BS,
+        bq,
+        bqn,
+        stage,
+        tq,
+        wq,
+        refq,
+        sel,
+        slots,
+        nslot,
+        bdirty,
+        dstack,
+        pend,
+        key_first,
+        key_left,
+        key_done,
+        heap,
+    )
     end = np.int64(0)
     for i in range(n):
         if done[i] > end:

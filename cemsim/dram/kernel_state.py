@@ -49,8 +49,9 @@ INF = np.int64(1) << np.int64(62)
     P_WCKRD,
     P_WCKWR,
     P_DEPTH,
-) = range(22)
-NPARAM = 22
+    P_REFGROUP,  # ranks per refresh unit (and tFAW node): 1, or the SIDs of an HBM3 pseudo-channel
+) = range(23)
+NPARAM = 23
 
 # Scalar controller state S[...] (one int64 vector, so the kernel's parts can share it).
 (
@@ -106,7 +107,7 @@ def _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, limited):
             v = ready[nodes[b, lv], ACTL]
             if v > e:
                 e = v
-        r = nodes[b, 2]
+        r = nodes[b, 5]  # the node tFAW counts at (rank, or pseudo-channel for HBM3)
         if faw_cnt[r] >= 4:
             v = faw[r, faw_head[r]] + nfaw
             if v > e:
@@ -135,7 +136,7 @@ def _apply(ready, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
             ready[node, nx] = v
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def _issue_bank(
     ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt, limited
 ):
@@ -154,7 +155,7 @@ def _issue_bank(
                     if v > ready[other, nx]:
                         ready[other, nx] = v
     if cmd == ACT and limited:
-        r = nodes[b, 2]
+        r = nodes[b, 5]
         if faw_cnt[r] < 4:
             faw[r, (faw_head[r] + faw_cnt[r]) & 3] = t
             faw_cnt[r] += 1

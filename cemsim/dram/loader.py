@@ -21,7 +21,16 @@ from cemsim.errors import CemsimError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "config" / "presets" / "dram"
 # Timings a preset may leave out, and what they default to (a feature the device does not have).
-OPTIONAL_TIMINGS = {"nAAD": 0, "nWCKPST": 0, "nRTRS": 0, "nPPD": 0, "nCMD_ACT": 1, "nCMD_CAS": 1}
+OPTIONAL_TIMINGS = {
+    "nPBR2PBR": 0,
+    "nPBR2ACT": 0,
+    "nAAD": 0,
+    "nWCKPST": 0,
+    "nRTRS": 0,
+    "nPPD": 0,
+    "nCMD_ACT": 1,
+    "nCMD_CAS": 1,
+}
 
 
 def available_presets() -> list[str]:
@@ -90,6 +99,7 @@ def _load_yaml(path: Path) -> DramSpec:
 
     known = {"name", "tck", "burst_bytes", "pseudo_channels", "ranks", "bankgroups", "banks_per_group"}
     known |= {"rows", "columns", "timing", "mapping", "controller", "act_limits", "energy", "standard"}
+    known |= {"rank_scope"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CemsimError(f"{path}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
@@ -141,9 +151,13 @@ def _load_yaml(path: Path) -> DramSpec:
     act_limits = data.get("act_limits", "jedec")
     if act_limits not in ("jedec", "broadcast"):
         raise CemsimError(f"{path}: act_limits must be 'jedec' or 'broadcast', got {act_limits!r}")
+    rank_scope = data.get("rank_scope", "rank")
+    if rank_scope not in ("rank", "pseudo_channel"):
+        raise CemsimError(f"{path}: rank_scope must be 'rank' or 'pseudo_channel', got {rank_scope!r}")
     return DramSpec(
         name=str(data.get("name", path.stem)),
         tck_s=tck,
+        rank_scope=rank_scope,
         timing=timing,
         mapping=str(data.get("mapping", "robabgracoch")),
         controller=controller,
@@ -225,7 +239,8 @@ def load_ramulator_timings(path: Path) -> DramSpec:
             "nCCD_L_WR": t["nCCDL_WR"], "nRTP": t["nRTP"], "nWR": t["nWR"], "nWTR_S": t["nWTRS"],
             "nWTR_L": t["nWTRL"], "nRTRS": t["nCS"], "nPPD": t["nPPD"], "nRFC": t["nRFC"],
             "nRFCpb": t["nRFCpb"], "nREFI": t["nREFI"], "nREFIpb": t["nREFIpb"], "nAAD": t["nAAD"],
-            "nWCKPST": t["nWCKPST"], "nCMD_ACT": 1, "nCMD_CAS": 1,
+            "nWCKPST": t["nWCKPST"], "nCMD_ACT": 1, "nCMD_CAS": 1, "nPBR2PBR": t["nPBR2PBR"],
+            "nPBR2ACT": t["nPBR2ACT"],
         }  # fmt: skip
         ranks, pcs, profile = int(lv["Rank"]), 1, PROFILES["ramulator2-lpddr5"]
     elif std == "HBM3":
@@ -236,7 +251,7 @@ def load_ramulator_timings(path: Path) -> DramSpec:
             "nCCD_L_WR": t["nCCDL"], "nRTP": t["nRTP"], "nWR": t["nWR"], "nWTR_S": t["nWTRS"],
             "nWTR_L": t["nWTRL"], "nRTRS": t["nCCDR"] - t["nBL"], "nPPD": t["nPPD"], "nRFC": t["nRFC"],
             "nRFCpb": t["nRFCpb"], "nREFI": t["nREFI"], "nREFIpb": t["nREFIpb"], "nAAD": 0, "nWCKPST": 0,
-            "nCMD_ACT": 3, "nCMD_CAS": 2,
+            "nCMD_ACT": 3, "nCMD_CAS": 2, "nPBR2PBR": 0, "nPBR2ACT": 0,
         }  # fmt: skip
         ranks, pcs = int(lv["Sid"]), int(lv["PseudoChannel"])
         profile = ControllerProfile(
@@ -268,5 +283,6 @@ def load_ramulator_timings(path: Path) -> DramSpec:
         timing={k: int(v) for k, v in timing.items()},
         mapping=mapping,
         controller=profile,
+        rank_scope="pseudo_channel" if std == "HBM3" else "rank",
         provenance={"all": f"Ramulator 2 timings exported to {Path(path).name}"},
     )

@@ -86,10 +86,11 @@ def kernel_params(spec: DramSpec, depth: int) -> np.ndarray:
     P[K.P_RDDELAY] = spec.read_delay
     P[K.P_WRDELAY] = t["nCWL"] + t["nBL"]
     P[K.P_NFAW] = t["nFAW"]
-    P[K.P_NREFI] = t["nREFI"]
+    P[K.P_NREFI] = t["nREFIpb"] if prof.refresh == "per_bank" else t["nREFI"]
     P[K.P_WCKRD] = t["nCL"] + t["nBL"] + t["nWCKPST"]
     P[K.P_WCKWR] = t["nCWL"] + t["nBL"] + t["nWCKPST"]
     P[K.P_DEPTH] = depth
+    P[K.P_REFGROUP] = spec.ranks if spec.rank_scope == "pseudo_channel" else 1
     return P
 
 

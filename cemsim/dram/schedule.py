@@ -38,7 +38,7 @@ from cemsim.dram.kernel_state import (
     _earliest,
     _earliest_rank,
 )
-from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, WR
+from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, REFPB, WR
 
 
 @numba.njit(cache=True, inline="always")
@@ -62,7 +62,7 @@ def _put(slots, nslot, b, i, cmd, key, active, lim):
     nslot[b] = k + 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot):
     """DRAMsim3-like bank queue: the first read, write and op hit in queue order; PRE from the head only, if
     no queued request hits the open row or ``hitcap`` hits were served; ACT from the head of a closed bank.
@@ -99,7 +99,7 @@ def rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot)
         _put(slots, nslot, b, i, PRE, 0, 0, 1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def rebuild_shared(b, BS, bq, bqn, stage, row, kind, write_mode, broadcast, slots, nslot):
     """Ramulator-2-like: the oldest access of a request past its own ACT (active buffer); the oldest row hit
     and the oldest other request of the buffer being served (reads, or writes in write mode); no PRE on a
@@ -150,25 +150,87 @@ def _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw):
 
 
 @numba.njit(cache=True, inline="always")
+def _unit_ready(ready, u, rgroup, rk0, pc0, nrank, cmd):
+    """When a rank-level command (PREA, REF) may issue to every rank of refresh unit u."""
+    e = 0
+    for r in range(u * rgroup, (u + 1) * rgroup):
+        e = max(e, _earliest_rank(ready, rk0 + r, pc0 + r // nrank, cmd))
+    return e
+
+
+@numba.njit(cache=True, inline="always")
+def refpb_banks(u, bpr):
+    """Refresh unit u of per-bank refresh: rank u // (bpr / 2), banks p and p + bpr / 2 of that rank."""
+    half = bpr // 2
+    b1 = (u // half) * bpr + u % half
+    return b1, b1 + half
+
+
+@numba.njit(cache=True)
+def select_refpb(t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw, bpr, shared):
+    """Per-bank refresh (LPDDR5 REFpb): close the pending unit's two banks (not under a request whose own ACT
+    opened them, on the shared profile), then REFpb. Returns (next tick, banks whose ACTs wait: b1, b2)."""
+    next_e = INF
+    if S[S_REFQN] == 0:
+        return next_e, -1, -1
+    b1, b2 = refpb_banks(refq[0], bpr)
+    closed = True
+    for b in (b1, b2):
+        if BS[b, B_OPEN] >= 0:
+            closed = False
+            if shared and (BS[b, B_ACTN] > 0 or BS[b, B_A2DL] >= 0):
+                continue
+            e = _earliest(ready, nodes, b, PRE, faw, faw_head, faw_cnt, nfaw, True)
+            if e <= t:
+                sel[1] = PRE
+                sel[2] = b
+                return next_e, b1, b2
+            next_e = min(next_e, e)
+    if closed:
+        e = max(
+            _earliest(ready, nodes, b1, REFPB, faw, faw_head, faw_cnt, nfaw, True),
+            _earliest(ready, nodes, b2, REFPB, faw, faw_head, faw_cnt, nfaw, True),
+        )
+        if e <= t:
+            sel[1] = REFPB
+            sel[3] = refq[0]
+            return next_e, b1, b2
+        next_e = min(next_e, e)
+    return next_e, b1, b2
+
+
+@numba.njit(cache=True, inline="always")
 def _is_col(cmd):
     return cmd in (RD, WR, OP)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb, bpr,
-                    nrank, rk0, pc0, col_only, row_only):  # fmt: skip
+                    nrank, rk0, pc0, rgroup, second, refmode):  # fmt: skip
     """DRAMsim3-like: the pending refresh first (PRE each open bank of its rank, then REF), then bank queues
     round-robin from the one after the last served, each giving its first ready command in queue order.
-    ``col_only``/``row_only`` restrict the second command of a dual-bus tick."""
+    ``second``: the extra look of a dual-command (HBM) tick: no refresh command, the caller discards a
+    command of the same kind as the first (DRAMsim3's Controller::ClockTick)."""
     next_e = INF
     skip_rank = -1
-    if S[S_REFQN] > 0:
-        r = refq[0]
-        skip_rank = r
-        if not col_only:
+    blk1 = -1
+    blk2 = -1
+    if refmode == 3:
+        if not second:
+            next_e, blk1, blk2 = select_refpb(
+                t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw, bpr, False
+            )
+            if sel[1] >= 0:
+                return next_e
+        elif S[S_REFQN] > 0:
+            blk1, blk2 = refpb_banks(refq[0], bpr)
+    elif S[S_REFQN] > 0:
+        u = refq[0]  # refresh unit: ranks u * rgroup ... (u + 1) * rgroup - 1
+        skip_rank = u
+        if not second:
             all_closed = True
-            for bb in range(bpr):
-                b = r * bpr + bb
+            for bb in range(rgroup * bpr):
+                b = u * rgroup * bpr + bb
                 if BS[b, B_OPEN] >= 0:
                     all_closed = False
                     e = _earliest(ready, nodes, b, PRE, faw, faw_head, faw_cnt, nfaw, True)
@@ -178,10 +240,10 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_he
                         return next_e
                     next_e = min(next_e, e)
             if all_closed:
-                e = _earliest_rank(ready, rk0 + r, pc0 + r // nrank, REF)
+                e = _unit_ready(ready, u, rgroup, rk0, pc0, nrank, REF)
                 if e <= t:
                     sel[1] = REF
-                    sel[3] = r
+                    sel[3] = u
                     return next_e
                 next_e = min(next_e, e)
     b = S[S_RR]
@@ -189,12 +251,11 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_he
         b += 1
         if b >= nb:
             b = 0
-        if nslot[b] == 0 or b // bpr == skip_rank:
+        if nslot[b] == 0 or b // (rgroup * bpr) == skip_rank:
             continue
         best = -1
         for k in range(nslot[b]):
-            col = _is_col(slots[b, k, F_CMD])
-            if (col_only and not col) or (row_only and col):
+            if slots[b, k, F_CMD] == ACT and (b in (blk1, blk2)):
                 continue
             e = slots[b, k, F_E]
             if e <= t:
@@ -213,9 +274,9 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_he
     return next_e
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)
 def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb,
-                  bpr, nrank, rk0, pc0, naad, wck, col_only, row_only):  # fmt: skip
+                  bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only, refmode):  # fmt: skip
     """Ramulator-2-like: an access waiting behind its CAS; an ACT-2 at its deadline; else the oldest ready
     access of a request whose own ACT opened its row (active buffer); else the pending refresh (PREA, then
     REF), which holds back the buffer; else the oldest ready request of the buffer, no ACT-1 while an ACT-2
@@ -248,6 +309,19 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, f
             sel[0] = BS[sel[2], B_A2REQ]
             return next_e
     refq_n = S[S_REFQN]
+    blk1 = -1
+    blk2 = -1
+    if refmode == 3:
+        if not col_only:
+            e, blk1, blk2 = select_refpb(
+                t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw, bpr, True
+            )
+            next_e = min(next_e, e)
+            if sel[1] >= 0:
+                return next_e
+        elif refq_n > 0:
+            blk1, blk2 = refpb_banks(refq[0], bpr)
+        refq_n = 0  # per-bank refresh holds only its banks' ACTs, not the buffer
     best_act = -1
     best_act_b = -1
     best_buf = -1
@@ -259,7 +333,7 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, f
             if (col_only and not col) or (row_only and col):
                 continue
             active = slots[b, k, F_ACTIVE] == 1
-            if cmd == ACT and has_act2:
+            if cmd == ACT and (has_act2 or b in (blk1, blk2)):
                 continue
             e = slots[b, k, F_E]
             if e <= t:
@@ -279,24 +353,25 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, f
         sel[0] = slots[best_act_b, best_act, F_I]
         sel[1] = slots[best_act_b, best_act, F_CMD]
         sel[2] = best_act_b
-    elif refq_n > 0 and not col_only:
-        r = refq[0]
-        any_open = False
-        blocked = False
-        for bb in range(bpr):
-            b = r * bpr + bb
-            if BS[b, B_OPEN] >= 0:
-                any_open = True
-            if BS[b, B_ACTN] > 0 or BS[b, B_A2DL] >= 0:
-                blocked = True
-        cmd = PREA if any_open else REF
-        if not (any_open and blocked):
-            e = _earliest_rank(ready, rk0 + r, pc0 + r // nrank, cmd)
-            if e <= t:
-                sel[1] = cmd
-                sel[3] = r
-            elif e < next_e:
-                next_e = e
+    elif refq_n > 0:  # a pending refresh holds back the buffer (on both buses)
+        if not col_only:
+            u = refq[0]
+            any_open = False
+            blocked = False
+            for bb in range(rgroup * bpr):
+                b = u * rgroup * bpr + bb
+                if BS[b, B_OPEN] >= 0:
+                    any_open = True
+                if BS[b, B_ACTN] > 0 or BS[b, B_A2DL] >= 0:
+                    blocked = True
+            cmd = PREA if any_open else REF
+            if not (any_open and blocked):
+                e = _unit_ready(ready, u, rgroup, rk0, pc0, nrank, cmd)
+                if e <= t:
+                    sel[1] = cmd
+                    sel[3] = u
+                elif e < next_e:
+                    next_e = e
     elif best_buf >= 0:
         sel[0] = slots[best_buf_b, best_buf, F_I]
         sel[1] = slots[best_buf_b, best_buf, F_CMD]

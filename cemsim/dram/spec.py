@@ -37,6 +37,8 @@ TIMING_NAMES: dict[str, str] = {
     "nRFCpb": "REF per-bank to ACT",
     "nREFI": "refresh interval per rank (all-bank)",
     "nREFIpb": "per-bank refresh interval",
+    "nPBR2PBR": "REFpb to REFpb in one rank (LPDDR5 tpbR2pbR); 0 = none",
+    "nPBR2ACT": "REFpb to an ACT of another bank of the rank (LPDDR5 tpbR2ACT); 0 = none",
     "nAAD": "ACT-1 to ACT-2 deadline (LPDDR5 two-part ACT); 0 = single ACT",
     "nWCKPST": "WCK postamble after the last burst (LPDDR5 WCK sync); used when the profile syncs WCK",
     "nCMD_ACT": "command-bus ticks an ACT takes (row bus when the profile has separate row/column buses)",
@@ -44,7 +46,7 @@ TIMING_NAMES: dict[str, str] = {
 }
 
 QUEUE_SHARED, QUEUE_PER_BANK = 0, 1
-REFRESH_NONE, REFRESH_RANK_STAGGERED, REFRESH_ALL_BANK = 0, 1, 2
+REFRESH_NONE, REFRESH_RANK_STAGGERED, REFRESH_ALL_BANK, REFRESH_PER_BANK = 0, 1, 2, 3
 ROW_OPEN, ROW_CLOSED = 0, 1
 
 
@@ -59,7 +61,8 @@ class ControllerProfile:
     PER_BANK structure). ``row_hit_cap``: a PRE may close a row with pending hits once this many hits were
     served (DRAMsim3 hard-codes 4; 0 = never). ``refresh``: "rank_staggered" (ranks refreshed tREFI/ranks
     apart, each blocking only its own rank), "all_bank" (every rank each tREFI through a priority queue that
-    stops new reads until served), or "none". ``wck_sync``: LPDDR5 CAS-WCK sync before an access when WCK is
+    stops new reads until served), "per_bank" (LPDDR5 REFpb: every tREFIpb each rank refreshes its next bank
+    pair (bank b and b + banks/2), holding only ACTs to those two banks), or "none". ``wck_sync``: LPDDR5 CAS-WCK sync before an access when WCK is
     off. ``dual_command``: a row command and a column command may issue in the same tick (HBM).
     """
 
@@ -82,6 +85,7 @@ class ControllerProfile:
             "none": REFRESH_NONE,
             "rank_staggered": REFRESH_RANK_STAGGERED,
             "all_bank": REFRESH_ALL_BANK,
+            "per_bank": REFRESH_PER_BANK,
         }[self.refresh]
         row = {"open": ROW_OPEN, "closed": ROW_CLOSED}[self.row_policy]
         return {"queue": queue, "refresh": refresh, "row_policy": row}
@@ -108,6 +112,16 @@ PROFILES: dict[str, ControllerProfile] = {
         queue_size=32,
         write_queue_size=32,
         refresh="all_bank",
+    ),
+    # Ramulator 2.1 HBM3/4 (src/ramulator/controller/impl/hbm_controller_base.cpp): a column-bus and a row-bus
+    # command per tick, each chosen as above.
+    "ramulator2-hbm3": ControllerProfile(
+        name="ramulator2-hbm3",
+        queue="shared",
+        queue_size=32,
+        write_queue_size=32,
+        refresh="all_bank",
+        dual_command=True,
     ),
     "ramulator2-lpddr5": ControllerProfile(
         name="ramulator2-lpddr5",
@@ -150,6 +164,8 @@ class DramSpec:
     mapping: str = "rorabgbacoch"  # MSB -> LSB address fields (DRAMsim3 style 2-letter codes)
     controller: ControllerProfile = field(default_factory=ControllerProfile)
     act_limits: str = "jedec"  # "broadcast": bank-internal-op ACTs skip tRRD/tFAW (DReX PFU assumption)
+    # The unit tRRD_S, tFAW and all-bank refresh apply to: "rank", or "pseudo_channel" (HBM3: both SIDs)
+    rank_scope: str = "rank"
     energy: EnergySpec = field(default_factory=EnergySpec)
     provenance: Mapping[str, str] = field(default_factory=dict)
 
@@ -157,6 +173,8 @@ class DramSpec:
         missing = [k for k in TIMING_NAMES if k not in self.timing]
         if missing:
             raise ValueError(f"DRAM spec {self.name!r} lacks timings: {', '.join(missing)}")
+        if self.rank_scope not in ("rank", "pseudo_channel"):
+            raise ValueError(f"rank_scope must be 'rank' or 'pseudo_channel', got {self.rank_scope!r}")
         if self.act_limits not in ("jedec", "broadcast"):
             raise ValueError(f"act_limits must be 'jedec' or 'broadcast', got {self.act_limits!r}")
 

@@ -13,9 +13,9 @@ import numpy as np
 from cemsim.dram.spec import DramSpec
 
 # Commands. ACT is ACT-1 on LPDDR5 (tRCD/tRAS/tRRD/tFAW count from it); ACT2 and CAS only take a bus slot.
-ACT, PRE, RD, WR, PREA, REF, OP, CAS, ACT2 = range(9)
-NCMD = 9
-COMMAND_NAMES = ("ACT", "PRE", "RD", "WR", "PREA", "REF", "OP", "CAS", "ACT2")
+ACT, PRE, RD, WR, PREA, REF, OP, CAS, ACT2, REFPB = range(10)
+NCMD = 10
+COMMAND_NAMES = ("ACT", "PRE", "RD", "WR", "PREA", "REF", "OP", "CAS", "ACT2", "REFpb")
 # Levels of the device tree, root first.
 CHANNEL, PCH, RANK, BANKGROUP, BANK = range(5)
 NLEV = 5
@@ -49,7 +49,7 @@ def constraints(spec: DramSpec) -> list[tuple[int, int, int, int]]:
         (RANK, WR, WR, wr_wr_s),
         (RANK, WR, RD, wr_end + t["nWTR_S"]),
         (RANK, RD, WR, rd_to_wr),
-        (RANK, ACT, ACT, t["nRRD_S"]),
+        (PCH if spec.rank_scope == "pseudo_channel" else RANK, ACT, ACT, t["nRRD_S"]),
         (RANK, PRE, PRE, t["nPPD"]),
         (RANK, ACT, PREA, t["nRAS"]),
         (RANK, RD, PREA, t["nRTP"]),
@@ -61,10 +61,23 @@ def constraints(spec: DramSpec) -> list[tuple[int, int, int, int]]:
         (RANK, REF, ACT, t["nRFC"]),
         (RANK, REF, REF, t["nRFC"]),
         (RANK, REF, PREA, t["nRFC"]),
+        # per-bank refresh (REFpb): its bank for tRFCpb, the rank's next REFpb / ACT for tpbR2pbR / tpbR2ACT
+        (BANK, REFPB, ACT, t["nRFCpb"]),
+        (BANK, ACT, REFPB, t["nRC"]),
+        (BANK, PRE, REFPB, t["nRP"]),
+        (RANK, REFPB, REFPB, t["nPBR2PBR"]),
+        (RANK, REFPB, ACT, t["nPBR2ACT"]),
+        (RANK, REF, REFPB, t["nRFC"]),
+        (RANK, REFPB, REF, t["nRFCpb"]),
         # pseudo-channel: its data bus
         (PCH, RD, RD, bl),
         (PCH, WR, WR, bl),
     ]
+    # command buses: an ACT (row bus) or a RD/WR (column bus) longer than one tick (HBM3: 3 and 2 ticks)
+    if t["nCMD_ACT"] > 1:
+        out += [(CHANNEL, ACT, nxt, t["nCMD_ACT"]) for nxt in (ACT, PRE, PREA, REF)]
+    if t["nCMD_CAS"] > 1:
+        out += [(CHANNEL, a, b, t["nCMD_CAS"]) for a in (RD, WR) for b in (RD, WR)]
     return out
 
 

@@ -28,7 +28,8 @@ What each part costs, from first principles:
   Survivor keys and top-k values are fetched over the package's channels; MACs (S x D x group over
   engines x lanes x clock) overlap the fetch.
 - Host memory: a stream holds host DDR and the link together for bytes / min(sustained DDR bandwidth,
-  effective link bandwidth), then pays both latencies.
+  effective link bandwidth), then pays both latencies. Dense attention with the KV on the CEM device streams
+  every key and value out of its LPDDR5X pins and over CXL the same way (no PFU or NMA work).
 - Capacity: weights, KV and sign bits against each memory.
 - Energy: bytes x energy per bit, FLOPs / MACs / PFU-seconds x energy per operation, static power x time.
 
@@ -112,7 +113,7 @@ def system_kind(system: SystemConfig) -> str:
     if policy == "window":
         return f"{where}_window"
     if where == "cem":
-        return "cem"
+        return "cem_dense" if policy == "dense" else "cem"  # dense: every key and value out over CXL
     return f"{where}_{'dense' if policy == 'dense' else 'sparse'}"
 
 
@@ -442,9 +443,9 @@ class StepModel:
         model, kind = self.sizes, self.kind
         q_dim = model.q_heads * model.head_dim
         per_key = 2.0 * model.group * model.head_dim  # one key against the group's query heads
-        if kind in ("hbm_dense", "host_dense"):
+        if kind in ("hbm_dense", "host_dense", "cem_dense"):
             tokens = float(sum(work.context for work in works))
-            nbytes = tokens * model.kv_token_bytes if kind == "hbm_dense" else 0.0  # host: over PCIe instead
+            nbytes = tokens * model.kv_token_bytes if kind == "hbm_dense" else 0.0  # else over the link
             return ZERO, self.gpu_kernel(nbytes, 4.0 * q_dim * tokens, 0.0, count), ZERO
         dense = float(sum(work.window + work.sinks for work in works))
         if kind.endswith("_window"):
@@ -540,21 +541,30 @@ class StepModel:
             upper = write_back + sum(desc + 2 * flight + svc.upper for _, svc, _ in every) + every_resp
         return Span3(lower, estimate, upper)
 
-    def host_offload(
+    def stream_offload(
         self, lane_users: list[int], all_users: list[int], works: dict[int, Any], layer: int
     ) -> Span3:
-        link, host = self.system.link, self.system.host_memory
-        assert link is not None and host is not None
-        rate = min(
-            host.channels * host.channel_bandwidth * host.sustained_efficiency,
-            link.bandwidth_per_direction * link.protocol_efficiency,
-        )
-        flight = host.latency + link.latency
+        """KV streamed to the GPU: from host DDR over PCIe (dense, or the selected keys then the top-k
+        values), or every key and value out of the CEM device's LPDDR5X over CXL (dense on the CEM). A
+        stream holds the memory and the link together at the slower rate, then pays the flight."""
+        link = self.system.link
+        assert link is not None
+        link_rate = link.bandwidth_per_direction * link.protocol_efficiency
+        if self.kind == "cem_dense":
+            cem = self.system.cem
+            assert isinstance(cem, DReXConfig)
+            rate = min(cem.packages * cem.channels_per_package * cem.channel_bandwidth, link_rate)
+            flight = link.latency
+        else:
+            host = self.system.host_memory
+            assert host is not None
+            rate = min(host.channels * host.channel_bandwidth * host.sustained_efficiency, link_rate)
+            flight = host.latency + link.latency
         model = self.sizes
 
         def streams(u: int) -> list[float]:
             work = works[u]
-            if self.kind == "host_dense":
+            if self.kind in ("host_dense", "cem_dense"):
                 return [work.context * model.kv_token_bytes]
             return [
                 float(work.survivors[layer].sum()) * model.key_bytes,
@@ -594,8 +604,8 @@ class StepModel:
             post = self.gpu_kernel(params["post"] * dtype_bytes, 2.0 * params["post"] * users, 0.0, main)
             if self.kind == "cem":
                 offload = self.cem_offload(lane_users, list(range(self.batch)), works, layer)
-            elif self.kind in ("host_dense", "host_sparse"):
-                offload = self.host_offload(lane_users, list(range(self.batch)), works, layer)
+            elif self.kind in ("host_dense", "host_sparse", "cem_dense"):
+                offload = self.stream_offload(lane_users, list(range(self.batch)), works, layer)
             else:
                 offload = ZERO
             shared_work += offload.upper
@@ -672,9 +682,9 @@ class StepModel:
                 add("nbytes", "cem.scratchpad", 2 * surv * drex.cem.nma.address_bytes)  # written, then read
                 add("ops", "cem.pfu_seconds", blocks * drex.bitmap_generation)
                 add("ops", "cem.nma_macs", surv * model.head_dim * model.group)
-            elif self.kind == "host_dense":
+            elif self.kind in ("host_dense", "cem_dense"):
                 nbytes = work.context * model.kv_token_bytes * model.layers
-                add("nbytes", "host_memory", nbytes)
+                add("nbytes", "host_memory" if self.kind == "host_dense" else "cem.lpddr", nbytes)
                 add("nbytes", "link.to_host", nbytes)
             elif self.kind == "host_sparse":
                 add("nbytes", "host_memory", (surv + vals) * model.key_bytes)

@@ -12,7 +12,7 @@ TOY_TIMING = {
     "nBL": 2, "nCL": 10, "nCWL": 5, "nRCD": 7, "nRCDWR": 7, "nRP": 6, "nRPab": 8, "nRAS": 15, "nRC": 21,
     "nRRD_S": 3, "nRRD_L": 5, "nFAW": 20, "nCCD_S": 2, "nCCD_L": 4, "nCCD_L_WR": 4, "nRTP": 3, "nWR": 6,
     "nWTR_S": 2, "nWTR_L": 4, "nRTRS": 1, "nPPD": 0, "nRFC": 50, "nRFCpb": 25, "nREFI": 1000,
-    "nREFIpb": 125, "nAAD": 0, "nWCKPST": 0, "nCMD_ACT": 1, "nCMD_CAS": 1,
+    "nREFIpb": 125, "nPBR2PBR": 0, "nPBR2ACT": 0, "nAAD": 0, "nWCKPST": 0, "nCMD_ACT": 1, "nCMD_CAS": 1,
 }  # fmt: skip
 
 

@@ -125,3 +125,19 @@ def test_broadcast_act_limits_skip_trrd_and_tfaw():
     bcast = run(replace(spec_b, act_limits="broadcast"), reqs, kind=kind, hold=hold)
     assert jedec.first_command[4] == 20  # tFAW
     assert list(bcast.first_command) == [0, 1, 2, 3, 4, 5]  # one command slot each
+
+
+def test_per_bank_refresh_holds_only_its_bank_pair_for_trfcpb():
+    # per-bank refresh: every nREFIpb (125) each rank refreshes its next pair (bank p and p + 4 of 8):
+    # at 125 pair 0 = banks 0 and 4 of each rank. A read of bank 0 arriving then waits REFpb + nRFCpb (25);
+    # a read of bank 1 does not wait.
+    spec = toy_spec(refresh="per_bank")
+    r0 = run(spec, [(0, 0, 0, 1, 0, 0)], arrival=np.array([125]))
+    assert r0.first_command[0] == 125 + TOY_TIMING["nRFCpb"]
+    assert r0.stats["commands"]["REFpb"] == 2  # one per rank
+    r1 = run(spec, [(0, 0, 1, 1, 0, 0)], arrival=np.array([125]))
+    assert r1.first_command[0] == 127  # only behind the two REFpb commands (one per rank) on the bus
+    # an open bank of the pair is closed first: PRE, then REFpb after nRP
+    r2 = run(spec, [(0, 0, 0, 1, 0, 0), (0, 0, 0, 1, 1, 0)], arrival=np.array([0, 125]))
+    assert r2.row_class[1] == 1  # the refresh closed its row: a miss
+    assert r2.first_command[1] >= 125 + TOY_TIMING["nRP"] + TOY_TIMING["nRFCpb"]

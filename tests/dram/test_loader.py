@@ -101,3 +101,27 @@ def test_preset_number_without_source_is_refused(tmp_path):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(CemsimError, match="lpddr5x-8533"):
         load_dram_spec("lpddr9")
+
+
+@pytest.mark.parametrize(
+    ("preset", "ref_file"),
+    [("lpddr5-6400", "ram2_LPDDR5-6400_x16_2r.timings.json"), ("hbm3", "ram2_HBM3-6400_1ch.timings.json")],
+)
+def test_presets_agree_with_the_reference_ramulator_configs(preset, ref_file):
+    """The presets are typed from JEDEC / Ramulator 2 preset values; the reference set's exported configs are
+    an independent copy of the same numbers."""
+    from tests.dram.test_reference import REF
+
+    if not REF.is_dir():
+        pytest.skip(f"reference set not found at {REF}")
+    mine = load_dram_spec(preset)
+    ref = load_dram_spec(REF / "configs" / ref_file)
+    assert dict(mine.timing) == dict(ref.timing)
+    assert mine.tck_s == pytest.approx(ref.tck_s, rel=1e-3)
+    assert (mine.bankgroups, mine.banks_per_group, mine.rows, mine.columns) == (
+        ref.bankgroups,
+        ref.banks_per_group,
+        ref.rows,
+        ref.columns,
+    )
+    assert mine.burst_bytes == ref.burst_bytes and mine.rank_scope == ref.rank_scope

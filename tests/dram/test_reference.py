@@ -25,15 +25,17 @@ CONFIG_FILES = {
 BW_TOL, LAT_TOL = 0.05, 0.10
 # Records the engine does not yet meet, with why (docs/validation.md). Strict: a fix makes them fail loudly.
 KNOWN_MISSES = {
+    # DRAMsim3's HBM2 in open loop: its bandwidth (random bursts 0.245 of peak) and queueing latency differ
+    # from the engine's DRAMsim3 profile, which matches DRAMsim3 to the cycle on both LPDDR4-protocol
+    # configs and on HBM2's closed-loop records; the HBM-specific cause is not identified (docs/validation.md).
+    ("HBM2_1ch", "p1_seq_read"): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency +59 %)",
     (
         "HBM2_1ch",
-        "p1_seq_read",
-    ): "DRAMsim3 HBM dual-command issue (row + column per cycle) not yet reproduced",
-    ("HBM2_1ch", "p1b_seq_read_interleaved"): "DRAMsim3 HBM dual-command issue not yet reproduced",
-    ("HBM2_1ch", "p2_rand_burst"): "DRAMsim3 HBM dual-command issue not yet reproduced",
-    ("HBM2_1ch", "p3_rand_key256"): "DRAMsim3 HBM dual-command issue not yet reproduced",
-    ("HBM2_1ch", "p5_clustered_hit50"): "DRAMsim3 HBM dual-command issue not yet reproduced",
-    ("HBM3-6400_1ch", "p2_rand_burst"): "Ramulator HBM3 pseudo-channel-level tRRD/tFAW not yet modelled",
+        "p1b_seq_read_interleaved",
+    ): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency -19 %)",
+    ("HBM2_1ch", "p2_rand_burst"): "DRAMsim3 HBM2 open-loop random bursts: bandwidth +90 %, cause not found",
+    ("HBM2_1ch", "p3_rand_key256"): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency +29 %)",
+    ("HBM2_1ch", "p5_clustered_hit50"): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency +36 %)",
 }
 
 
@@ -72,3 +74,37 @@ def test_engine_matches_reference_simulator(rec, request):
     lat = s["mean_read_latency_s"] * 1e9
     assert bw == pytest.approx(rec["read_GBps"], rel=BW_TOL)
     assert lat == pytest.approx(rec["read_lat_ns_mean"], rel=LAT_TOL)
+
+
+DATA = Path(__file__).resolve().parent / "data"
+SUBSET = json.loads((DATA / "reference_subset.json").read_text())
+SUBSET_CONFIGS = {
+    "LP5X-8533-like_x16": "dramsim3_LP5X-8533-like_x16.ini",
+    "LPDDR5-6400_x16_2r": "ram2_LPDDR5-6400_x16_2r.timings.json",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "rec", SUBSET, ids=[f"{r['simulator']}-{r['config']}-{r['pattern']}-K{r['K']}" for r in SUBSET]
+)
+def test_engine_matches_the_in_repo_reference_subset(rec):
+    """The same check on a copy shipped in the repo (tests/dram/data, built by make_subset.py): DRAMsim3's
+    LP5X-8533-like and Ramulator 2's LPDDR5-6400 records, so the comparison runs without the shared folder."""
+    z = np.load(DATA / "reference_subset.npz")
+    packed = z[rec["pattern_file"] + ":packed"].astype(np.int64)
+    spec = load_dram_spec(DATA / SUBSET_CONFIGS[rec["config"]])
+    kw = {"depth": int(rec["K"])} if rec["K"] else {}
+    s = replay(
+        spec,
+        rank=packed & 1,
+        bankgroup=(packed >> 1) & 3,
+        bank=(packed >> 3) & 3,
+        column=(packed >> 5) & 63,
+        row=z[rec["pattern_file"] + ":row"].astype(np.int64),
+        is_write=np.zeros(packed.size, dtype=np.int64),
+        key_id=np.cumsum((packed >> 11) & 1),
+        **kw,
+    ).stats
+    assert s["read_bandwidth_bytes_per_s"] / 1e9 == pytest.approx(rec["read_GBps"], rel=BW_TOL)
+    assert s["mean_read_latency_s"] * 1e9 == pytest.approx(rec["read_lat_ns_mean"], rel=LAT_TOL)

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 from cemsim.cli import main
-from cemsim.trace.format import TraceWriter
+from cemsim.sim.analytic import analytic
+from cemsim.sim.simulate import prepare
+from cemsim.trace.format import TraceReader, TraceWriter
 from tests.sim.conftest import HWCONFIGS, REPO, load, make_header, make_step
 
 KEYS = {
@@ -59,6 +61,14 @@ def test_json_has_the_contract(capsys, trace_128k):
     assert d["fits"] and d["context_tokens"] == 131072 and d["batch"] == 1
     assert d["latency_per_token_s"] == pytest.approx(sum(d["time_breakdown_s"].values()))
     assert all(0.0 <= v <= 1.0 for v in d["bandwidth_utilization"].values())
+    # beside the DES, the independent analytic model's estimate of the same run (how close the two must be
+    # is test_analytic.py's: here one user, 128K, within 2%)
+    system = load(DREX)
+    with TraceReader(trace_128k) as reader:
+        prep = prepare(system, reader.header, reader.iter_steps(topk=False))
+    assert d["analytic"]["latency_per_token_s"] == pytest.approx(
+        analytic(prep).latency_per_token_s, rel=1e-12
+    )
     assert d["analytic"]["latency_per_token_s"] == pytest.approx(d["latency_per_token_s"], rel=0.02)
 
 
