@@ -125,6 +125,8 @@ class Replayer:
     ) -> list[simpy.Process]:
         sim, env, key_bytes = self.sim, self.env, self.sizes.key_bytes
         procs: list[simpy.Process] = []
+        if layer in self.sizes.local_layers:  # a sliding-window layer: on the GPU only (plan.py)
+            return procs
         if sim.kind == "cem":
             left = {u: self.sizes.kv_heads for u in users}
             for u in users:
@@ -203,7 +205,7 @@ class Replayer:
 
     def _write_back(self, users: list[int], step: int, layer: int) -> None:
         sim = self.sim
-        if not self.group or sim.link is None:
+        if not self.group or sim.link is None or layer in self.sizes.local_layers:
             return
         nbytes = self.group * self.sizes.kv_token_bytes
         for u in users:
