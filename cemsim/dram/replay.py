@@ -135,9 +135,19 @@ def replay(
     key_id=None,
     kind=None,
     hold=None,
+    act_limits: str | None = None,
 ) -> DramResult:
-    """Replay one request stream (one burst per request) on ``spec``; see the module docs of cemsim.dram."""
+    """Replay one request stream (one burst per request) on ``spec``; see the module docs of cemsim.dram.
+
+    ``act_limits`` ("jedec" / "broadcast") overrides the spec's for this call: with "broadcast", ACTs of
+    bank-internal ops (kind 2) skip tRRD and tFAW (the DReX all-bank PFU assumption)."""
     import time
+    from dataclasses import replace as _replace
+
+    if act_limits is not None:
+        if act_limits not in ("jedec", "broadcast"):
+            raise CemsimError(f"replay: act_limits must be 'jedec' or 'broadcast', got {act_limits!r}")
+        spec = _replace(spec, act_limits=act_limits)
 
     row = _as_int("row", row, None)
     n = row.shape[0]
