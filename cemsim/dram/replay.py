@@ -94,9 +94,20 @@ def kernel_params(spec: DramSpec, depth: int) -> np.ndarray:
     return P
 
 
+_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
 def kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Constraint lists per (level, command) and the rank-switch table, with ACT-to-ACT spacing above the
-    bank moved to the ACTL pseudo-command (so broadcast ACTs can skip it)."""
+    bank moved to the ACTL pseudo-command (so broadcast ACTs can skip it). Cached per timing set: models
+    that replay many small streams call this once."""
+    key = (tuple(sorted(spec.timing.items())), spec.rank_scope)
+    if key not in _TABLES:
+        _TABLES[key] = _build_kernel_tables(spec)
+    return _TABLES[key]
+
+
+def _build_kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     lat, sib0 = tables(spec)
     nlev = lat.shape[0]
     full = np.full((nlev, NCMD, K.NCOL), -1, dtype=np.int64)
