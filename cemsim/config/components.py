@@ -54,7 +54,8 @@ class HBMConfig(Frozen):
 
 class GPUConfig(Frozen):
     """A GPU as a roofline: matrix work at a sustained fraction of peak FLOP/s, memory at a sustained
-    fraction of peak HBM bandwidth, plus a fixed per-layer overhead for kernel launches and syncs."""
+    fraction of peak HBM bandwidth, plus a fixed per-layer overhead for kernel launches and syncs and a fixed
+    per-step overhead for host work that does not scale with the layers."""
 
     impl: str
     name: str = ""
@@ -63,6 +64,9 @@ class GPUConfig(Frozen):
     peak_flops: dict[Literal["fp32", "tf32", "bf16", "fp16", "fp8"], Flops]
     matmul_efficiency: Fraction  # sustained / peak FLOP/s of dense GEMMs (calibration)
     layer_overhead: Time  # launch and synchronisation cost per transformer layer of one decode step
+    # fixed host / launch cost per decode step, whatever the layers (e.g. eager PyTorch's Python loop and its
+    # per-token host sync); every data-parallel lane pays it once per step (calibration)
+    step_overhead: Time = 0.0
     # LongSight run on the GPU itself (SCF filter + compaction per KV head, gather, exact scores, top-k):
     # a fixed cost per layer plus a cost per surviving key, on top of the roofline of the bytes it reads.
     sparse_pipeline_latency: Time = 0.0
