@@ -253,7 +253,21 @@ class DrexRates:
         # closed loop keeping nma.outstanding_keys keys in flight per channel over the ranks' banks
         self.activations_overlapped = float(getattr(cem.lpddr, "activations_in_flight", 1))
         self.outstanding = int(getattr(cem.nma, "outstanding_keys", 0))
+        # a key is interleaved over the package's channels; each channel returns whole bursts
+        self.burst_bytes_per_package = cem.lpddr.burst * cem.channels_per_package
+        self.bursts_per_key = math.ceil(key_bytes / self.burst_bytes_per_package)
         self.ranks = int(getattr(cem.lpddr, "ranks", 1))
+
+    def column_spacing(self, keys: float, rows: float) -> tuple[float, float]:
+        """Read-to-read time of fetching ``keys`` keys that open ``rows`` rows, per channel, at both ends of
+        what the controller's order allows: every read tCCD_S after the previous (reads of rows in other bank
+        groups interleaved), or the keys sharing an opened row one after another in its bank group, tCCD_L
+        apart (JESD209-5 bank-group mode). The estimate takes the middle; the range is what the timings
+        leave open (tests/sim/test_analytic.py allows it)."""
+        reads = keys * self.bursts_per_key
+        fast = reads * self.dram.tCCD_S
+        slow = max(reads - rows, 0.0) * self.dram.tCCD_L + min(rows, reads) * self.dram.tCCD_S
+        return fast, max(slow, fast)
 
     def row_miss_cost(self) -> float:
         """What one more opened row adds to a bandwidth-unbound fetch in the estimate."""
@@ -306,11 +320,10 @@ class DrexRates:
         rows = self.expected_rows(keys, considered)
         miss = rows * self.row_miss_cost()
         if self.outstanding:  # each key in flight also waits for its CAS latency and its burst
-            burst = self.key_bytes / self.package_bytes_per_s
+            data = keys * self.bursts_per_key * self.burst_bytes_per_package / self.package_bytes_per_s
+            burst = data / keys
             miss = max(miss, (rows * (t.tRP + t.tRCD) + keys * (t.tCL + burst)) / self.outstanding)
-            # keys fetched in address order: the keys sharing an opened row follow one another in one bank
-            # group, tCCD_L apart; a new row is in another bank (group), tCCD_S after the previous read
-            miss = max(miss, (keys - rows) * t.tCCD_L + rows * t.tCCD_S)
+            miss = max(miss, sum(self.column_spacing(keys, rows)) / 2)
         # upper: each key its own row miss, one after another: a bank's full ACT-to-ACT cycle (or precharge +
         # activate where no tRC is known) and the CAS latency, plus the data, stretched by refresh
         serial = keys * (max(t.tRC, t.tRP + t.tRCD) + t.tCL) + data
