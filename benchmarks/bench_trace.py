@@ -49,7 +49,9 @@ def bench_projection(tmp: Path, steps: int) -> dict:
         sources, src_name = [src], "synthetic 4K (traces/smollm2-4k.parquet missing)"
     out = tmp / "p1m.parquet"
     t = time.perf_counter()
-    project_file(sources, out, context=1 << 20, target="llama3-8b", k=1024, steps=steps)
+    project_file(
+        sources, out, context=1 << 20, target="llama3-8b", k=1024, steps=steps, allow_extrapolation=True
+    )
     proj_s = time.perf_counter() - t
     size = os.path.getsize(out)
     return {

@@ -55,7 +55,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return sdpa(q[None], k[None], v[None], attn_mask=causal_lower_right(tq, n), scale=scale)[0]
 
 
-SLIDING_CHUNK = 1024  # queries per block of the banded sliding-window attention
+SLIDING_CHUNK = 256  # queries per block of the banded sliding-window attention
 
 
 def sliding_attention(

@@ -131,6 +131,8 @@ def demo(
                 TARGET_CONTEXT,
                 "--geometry",
                 GEOMETRY,
+                # SmolLM2 was trained to 8K: the 1M projection extrapolates past it, and says so
+                "--allow-extrapolation",
                 "--out",
                 str(projected),
             ],

@@ -177,6 +177,13 @@ def project(
         ),
     ] = 0,
     seed: Annotated[int, Opt("--seed", help="Seed of the block-count draws.")] = 0,
+    allow_extrapolation: Annotated[
+        bool,
+        Opt(
+            "--allow-extrapolation",
+            help="Project past the source model's trained positions (refused otherwise; the header says so).",
+        ),
+    ] = False,
 ) -> None:
     """Extend captured TRACES to --context tokens (and --geometry) through the survival model of projection.py."""
     from cemsim.trace.projection import project_file
@@ -202,8 +209,16 @@ def project(
             early_tokens=early_tokens,
             seed=seed,
             progress=progress,
+            allow_extrapolation=allow_extrapolation,
         )
     e = (header.projection or {}).get("expected_survivors_at_target", {})
+    ex = (header.projection or {}).get("extrapolation") or {}
+    if ex.get("allowed_by_override"):
+        console.print(
+            f"[yellow]extrapolated[/] {ex['factor']:g}x past the {ex['source_trained_positions']:,} positions "
+            f"{header.extra.get('projected_from')} was trained on (--allow-extrapolation): the survival law is "
+            "unvalidated there"
+        )
     console.print(
         f"[green]wrote[/] {escape(str(out))}: {header.model} at {n:,} tokens, "
         f"{os.path.getsize(out) / 1e6:,.2f} MB; expected survivors per head {e.get('mean_per_head', 0):,.0f} "

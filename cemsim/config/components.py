@@ -54,7 +54,8 @@ class HBMConfig(Frozen):
 
 class GPUConfig(Frozen):
     """A GPU as a roofline: matrix work at a sustained fraction of peak FLOP/s, memory at a sustained
-    fraction of peak HBM bandwidth, plus a fixed per-layer overhead for kernel launches and syncs."""
+    fraction of peak HBM bandwidth, plus a fixed per-layer overhead for kernel launches and syncs and a fixed
+    per-step overhead for host work that does not scale with the layers."""
 
     impl: str
     name: str = ""
@@ -63,6 +64,9 @@ class GPUConfig(Frozen):
     peak_flops: dict[Literal["fp32", "tf32", "bf16", "fp16", "fp8"], Flops]
     matmul_efficiency: Fraction  # sustained / peak FLOP/s of dense GEMMs (calibration)
     layer_overhead: Time  # launch and synchronisation cost per transformer layer of one decode step
+    # fixed host / launch cost per decode step, whatever the layers (e.g. eager PyTorch's Python loop and its
+    # per-token host sync); every data-parallel lane pays it once per step (calibration)
+    step_overhead: Time = 0.0
     # LongSight run on the GPU itself (SCF filter + compaction per KV head, gather, exact scores, top-k):
     # a fixed cost per layer plus a cost per surviving key, on top of the roofline of the bytes it reads.
     sparse_pipeline_latency: Time = 0.0
@@ -80,13 +84,18 @@ register("gpu", "roofline")(GPUConfig)
 class HostMemoryConfig(Frozen):
     impl: str
     name: str = ""
+    device: str  # a cemsim DRAM preset name (config/presets/dram/) or YAML path: every timing lives there
     channels: Count
-    channel_bandwidth: Bandwidth
+    channel_bandwidth: Bandwidth  # one DIMM channel's peak (it may hold several engine channels)
+    # a STREAM-class fraction of peak: the analytic model's host rate (the DES replays the DRAM engine)
     sustained_efficiency: Fraction
     capacity: Bytes
-    latency: Time
+    latency: Time  # load-to-use beyond the DRAM itself (controller, fabric, DMA), paid once per stream
     energy_per_bit: EnergyPerBit
     static_power: Power = 0.0
+    # physical addresses over the engine channels: DRAM field order from most to least significant
+    mapping: str = "RoBaRaCoCh"
+    gather_bytes: Bytes = 256  # bytes one random read of a sparse gather fetches (one key vector)
     kv_write_group: Count = (
         128  # new tokens' KV go back to host memory in groups of this many (LongSight: 128)
     )
@@ -95,17 +104,15 @@ class HostMemoryConfig(Frozen):
 register("host_memory", "ddr5")(HostMemoryConfig)
 
 
-class LpddrTimings(Frozen):
-    """LPDDR5X timings used by the NMA's survivor fetches (row hits vs misses)."""
+class LpddrConfig(Frozen):
+    """The DReX package's LPDDR5X channels: which DRAM device the engine simulates (cemsim/dram presets:
+    every timing lives there) and how DReX organises a channel's banks on it."""
 
-    tRCD: Time
-    tRP: Time
-    tCL: Time
+    device: str  # a cemsim DRAM preset name (config/presets/dram/) or a DRAM preset YAML path
+    ranks: Count  # per channel; DReX's dies each count as a rank (own tRRD/tFAW window)
+    bankgroups: Count  # per rank (die)
     row_buffer: Bytes  # bytes one activation opens in one channel
     burst: Bytes  # bytes one column burst returns on one channel
-    activations_in_flight: Count = (
-        1  # row activations a channel overlaps during survivor fetches (1: one by one)
-    )
 
 
 class PFUConfig(Frozen):
@@ -115,8 +122,10 @@ class PFUConfig(Frozen):
     queries_per_pass: Count
     match_counter_bits: Count
     bitmap_time_per_dim: PositiveTime  # one column access + XOR + count, per dimension, per 128 keys
-    bitmap_read_latency: PositiveTime  # reading one channel's bitmaps into the NMA
     address_generation_time: PositiveTime  # memory controller turns bitmaps into survivor addresses
+    # how the PFUs' row activations are issued: "broadcast" (one command reaches every bank, no
+    # tRRD/tFAW; what DReX's bitmap times imply) or "jedec" (one ACT per bank under tRRD/tFAW)
+    activation: Literal["broadcast", "jedec"] = "broadcast"
     power: Power
     area: Area
 
@@ -131,6 +140,7 @@ class NMAConfig(Frozen):
     topk_max: Count
     address_scratchpad: Bytes
     address_bytes: Bytes
+    outstanding_keys: Count  # survivor keys the NMA keeps in flight per channel while it fetches
     peak_power: Power
     idle_power: Power
     scratchpad_energy_per_bit: EnergyPerBit
@@ -151,7 +161,10 @@ class KeyLayoutConfig(Frozen):
     keys_per_block: Count = 128  # one Key Block: the keys whose sign bits share one bank's columns
     # Which package (NMA) holds KV head h of user u; each choice is one formula in package_of
     kv_placement: Literal["head_per_package", "rotate_by_user", "user_per_package"] = "head_per_package"
+    # how consecutive Key Blocks' sign bits are dealt over a package's (channel, bank) pairs
     interleave: Literal["channel_then_bank", "bank_then_channel"] = "channel_then_bank"
+    # full-precision keys and values: DRAM field order from most to least significant (sim/drex_layout.py)
+    key_mapping: str = "RoBaRaCoCh"
 
     def package_of(self, user: int, head: int, kv_heads: int, packages: int) -> int:
         """head_per_package: a user's heads on distinct packages, users continuing in turn, (u * H + h) mod P
@@ -171,7 +184,7 @@ class DReXConfig(CEMConfig):
     banks_per_channel: Count
     channel_bandwidth: Bandwidth
     package_capacity: Bytes
-    lpddr: LpddrTimings
+    lpddr: LpddrConfig
     dram_energy_per_bit: EnergyPerBit
     package_static_power: Power
     package_peak_power: Power
@@ -180,6 +193,12 @@ class DReXConfig(CEMConfig):
     request_queue_depth: Count
     response_buffers: Count
     layout: KeyLayoutConfig = Field(default_factory=KeyLayoutConfig)
+    # "full": every phase's requests through the DRAM engine; "sampled": a sample of the phases, the rest
+    # scaled by their request counts and rows (docs/benchmarks.md gives its error against full)
+    dram_detail: Literal["full", "sampled"] = "full"
+    sampled_phases: Count = 8  # scoring (and value) phases measured per decode step in sampled mode
+    sampled_keys: Count = 4096  # keys replayed per measured phase, in sampled_windows runs spread through it
+    sampled_windows: Count = 4
 
 
 register("cem", "drex")(DReXConfig)

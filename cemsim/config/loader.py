@@ -300,7 +300,13 @@ def resolve_geometry(model: str, ctx: _Ctx | None = None, base_dir: Path | None 
 def geometry_from_hf_config(path: Path) -> ModelGeometry:
     try:
         cfg = json.loads(path.read_text())
+        if "num_hidden_layers" not in cfg and isinstance(cfg.get("text_config"), dict):
+            cfg = cfg["text_config"]  # multimodal checkpoints (Gemma 3 4B-27B) nest the decoder's config
         heads = int(cfg["num_attention_heads"])
+        types = cfg.get("layer_types")
+        if types is None and cfg.get("sliding_window_pattern") and cfg.get("sliding_window"):
+            types = f"pattern-{int(cfg['sliding_window_pattern'])}"
+        hybrid = types is not None and (isinstance(types, str) or "sliding_attention" in types)
         return ModelGeometry(
             name=str(cfg.get("_name_or_path") or path.parent.name),
             layers=int(cfg["num_hidden_layers"]),
@@ -312,6 +318,7 @@ def geometry_from_hf_config(path: Path) -> ModelGeometry:
             vocab=int(cfg["vocab_size"]),
             max_positions=cfg.get("max_position_embeddings"),
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            **({"layer_types": types, "local_window": cfg.get("sliding_window")} if hybrid else {}),
         )
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
         raise CemsimError(

@@ -34,8 +34,30 @@ def parse_tokens(value: object) -> int:
 Tokens = Annotated[int, BeforeValidator(parse_tokens), Field(gt=0)]
 
 
+LayerType = Literal["full", "sliding"]
+
+
+def expand_layer_types(value: object, layers: object) -> object:
+    """``pattern-N`` (every N-th layer global, as HF's ``sliding_window_pattern``: layer i is full when
+    (i + 1) % N == 0) -> a list; HF names (``full_attention`` / ``sliding_attention``) -> full / sliding."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"pattern-(\d+)", value.strip())
+        if not m or int(m.group(1)) < 1 or not isinstance(layers, int):
+            raise ValueError(f"layer_types must be a list of full/sliding or 'pattern-N', got {value!r}")
+        n = int(m.group(1))
+        return ["full" if (i + 1) % n == 0 else "sliding" for i in range(layers)]
+    if isinstance(value, list | tuple):
+        names = {"full_attention": "full", "sliding_attention": "sliding"}
+        return [names.get(v, v) if isinstance(v, str) else v for v in value]
+    return value
+
+
 class ModelGeometry(Frozen):
-    """What the simulator needs of a transformer: shapes only, no weights."""
+    """What the simulator needs of a transformer: shapes only, no weights.
+
+    ``layer_types`` (local/global hybrids such as Gemma 3): ``full`` layers attend to the whole context
+    (sparse policies and a CEM device serve them); ``sliding`` layers attend to their last ``local_window``
+    keys only, so their KV cache stops growing there. None: every layer is full (Llama)."""
 
     name: str
     layers: Count
@@ -47,12 +69,51 @@ class ModelGeometry(Frozen):
     vocab: Count
     max_positions: Count | None = None
     tied_embeddings: bool = False
+    layer_types: tuple[LayerType, ...] | None = None
+    local_window: Count | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pattern(cls, data: object) -> object:
+        if isinstance(data, dict) and "layer_types" in data:
+            data = {**data, "layer_types": expand_layer_types(data["layer_types"], data.get("layers"))}
+        return data
 
     @model_validator(mode="after")
     def _gqa(self) -> ModelGeometry:
         if self.q_heads % self.kv_heads:
             raise ValueError(f"q_heads ({self.q_heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.layers:
+                raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.layers} layers")
+            if "sliding" in self.layer_types and self.local_window is None:
+                raise ValueError("sliding layers need local_window (keys each one attends)")
+            if "full" not in self.layer_types:
+                raise ValueError("layer_types has no full-attention layer")
         return self
+
+    @property
+    def global_layers(self) -> int:
+        """Full-attention layers: their KV cache grows with the context."""
+        return self.layers if self.layer_types is None else self.layer_types.count("full")
+
+    @property
+    def local_layers(self) -> int:
+        """Sliding-window layers: their KV cache holds at most ``local_window`` tokens."""
+        return self.layers - self.global_layers
+
+    def kv_bytes_split(self, context: int, dtype_bytes: int) -> tuple[int, int]:
+        """(global layers', local layers') KV-cache bytes of one sequence at ``context`` tokens."""
+        per_layer_token = 2 * self.kv_heads * self.head_dim * dtype_bytes
+        local_tokens = min(context, self.local_window or 0)
+        return (
+            self.global_layers * per_layer_token * context,
+            self.local_layers * per_layer_token * local_tokens,
+        )
+
+    def kv_bytes(self, context: int, dtype_bytes: int) -> int:
+        """KV-cache bytes of one sequence at ``context`` tokens, local layers capped at their window."""
+        return sum(self.kv_bytes_split(context, dtype_bytes))
 
     @property
     def group_size(self) -> int:
@@ -70,6 +131,8 @@ class ModelGeometry(Frozen):
         return self.layers * per_layer + emb + self.hidden
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """Bytes per token of every layer's KV cache (all layers treated as full; see :meth:`kv_bytes` for
+        local/global hybrids, whose local layers stop growing at their window)."""
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
 
 

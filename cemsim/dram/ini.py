@@ -59,6 +59,8 @@ def load_dramsim3_ini(path: Path) -> DramSpec:
     columns = get("dram_structure", "columns", 1 << 10)
     device_width = get("dram_structure", "device_width", 8)
     bl = get("dram_structure", "BL", 8)
+    if hbm:
+        columns *= 2  # DRAMsim3 Config::InitDRAMParams: an HBM column is device_width x 2 (prefetch)
     if bl <= 0:
         raise CemsimError(f"{path}: [dram_structure] BL = {bl}: the ideal (BL 0) memory is not modelled")
     channels = get("system", "channels", 1)

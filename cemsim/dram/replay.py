@@ -94,9 +94,20 @@ def kernel_params(spec: DramSpec, depth: int) -> np.ndarray:
     return P
 
 
+_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
 def kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Constraint lists per (level, command) and the rank-switch table, with ACT-to-ACT spacing above the
-    bank moved to the ACTL pseudo-command (so broadcast ACTs can skip it)."""
+    bank moved to the ACTL pseudo-command (so broadcast ACTs can skip it). Cached per timing set: models
+    that replay many small streams call this once."""
+    key = (tuple(sorted(spec.timing.items())), spec.rank_scope)
+    if key not in _TABLES:
+        _TABLES[key] = _build_kernel_tables(spec)
+    return _TABLES[key]
+
+
+def _build_kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     lat, sib0 = tables(spec)
     nlev = lat.shape[0]
     full = np.full((nlev, NCMD, K.NCOL), -1, dtype=np.int64)
@@ -135,9 +146,19 @@ def replay(
     key_id=None,
     kind=None,
     hold=None,
+    act_limits: str | None = None,
 ) -> DramResult:
-    """Replay one request stream (one burst per request) on ``spec``; see the module docs of cemsim.dram."""
+    """Replay one request stream (one burst per request) on ``spec``; see the module docs of cemsim.dram.
+
+    ``act_limits`` ("jedec" / "broadcast") overrides the spec's for this call: with "broadcast", ACTs of
+    bank-internal ops (kind 2) skip tRRD and tFAW (the DReX all-bank PFU assumption)."""
     import time
+    from dataclasses import replace as _replace
+
+    if act_limits is not None:
+        if act_limits not in ("jedec", "broadcast"):
+            raise CemsimError(f"replay: act_limits must be 'jedec' or 'broadcast', got {act_limits!r}")
+        spec = _replace(spec, act_limits=act_limits)
 
     row = _as_int("row", row, None)
     n = row.shape[0]

@@ -12,6 +12,7 @@ What each part costs, from first principles:
   matmul efficiency)) plus any fixed cost the config names (the calibrated LongSight-on-GPU pipeline). Per
   layer: QKV projection, attention kernels, output projection + MLP (+ norms), gpu.layer_overhead, and under
   tensor parallelism two ring all-reduces (2 (p - 1) steps of bytes / p each, each paying the link latency).
+  Per step: the LM head and gpu.step_overhead (host work independent of the layers), on every lane.
   Weights stream once per step; FLOPs scale with the users; tensor parallelism splits both over p GPUs.
   What attention reads by policy: dense every key and value; window the window and sinks only; a selecting
   policy the window and sinks, its selection data per considered key (LongSight's sign bits, Quest's page
@@ -83,7 +84,7 @@ if TYPE_CHECKING:
     from cemsim.sim.simulate import Prepared
 
 BITS_PER_BYTE = 8
-PHASES = ("projection", "attention_gpu", "attention_wait", "all_reduce", "layer_overhead")
+PHASES = ("projection", "attention_gpu", "attention_wait", "all_reduce", "layer_overhead", "step_overhead")
 
 
 @dataclass(frozen=True)
@@ -629,10 +630,12 @@ class StepModel:
             phase("layer_overhead", overhead)
         head = self.gpu_kernel(params["head"] * dtype_bytes, 2.0 * params["head"] * users, 0.0, main)
         phase("projection", head.estimate)
+        per_step = self.system.gpu.step_overhead  # host work once per step, on every lane
+        phase("step_overhead", per_step)
         if main:
             for k, v in phases.items():
                 self.tally.add("phases", k, v)
-        return total + head, shared_work
+        return total + head + _const(per_step), shared_work
 
     def step(self, step: int) -> Span3:
         lanes = [[u for u in range(self.batch) if u % self.lanes == g] for g in range(self.lanes)]

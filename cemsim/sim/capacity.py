@@ -33,12 +33,18 @@ def check_fit(
     tp = gpu.count if gpu.parallelism == "tensor" else 1
     users_per_gpu = batch if tp > 1 else math.ceil(batch / gpu.count)
     weights = system.geometry.weight_params() * sizes.dtype_bytes
-    kv_token = sizes.layers * sizes.kv_token_bytes
-    sign_token = sizes.layers * sizes.kv_heads * sizes.sign_bytes  # DReX keeps sign bits beside the keys
-    select_token = sizes.layers * sizes.kv_heads * sizes.select_bytes_per_key  # the GPU's selection data
+    # Global (full-attention) layers' KV lives where kv_location says; sliding-window layers' KV, capped at
+    # their window, always stays in HBM (Gemma 3: 15 of 18 layers hold 512 tokens each).
+    glob = sizes.global_layers
+    kv_token = glob * sizes.kv_token_bytes
+    sign_token = glob * sizes.kv_heads * sizes.sign_bytes  # DReX keeps sign bits beside the keys
+    select_token = glob * sizes.kv_heads * sizes.select_bytes_per_key  # the GPU's selection data
+    local_kv = len(sizes.local_layers) * min(sizes.local_window, context) * sizes.kv_token_bytes
     hbm_tokens = context if kind.startswith("hbm") else min(window + sinks, context)
-    hbm_user = hbm_tokens * kv_token + (
-        context * select_token if kind in ("hbm_sparse", "host_sparse") else 0
+    hbm_user = (
+        hbm_tokens * kv_token
+        + local_kv
+        + (context * select_token if kind in ("hbm_sparse", "host_sparse") else 0)
     )
     hbm_need = (weights + users_per_gpu * hbm_user) / tp
     rep = FitReport(True)

@@ -1,7 +1,8 @@
 """The GPU as a roofline: each kernel takes max(HBM read time, FLOPs / sustained FLOP/s).
 
 Sustained FLOP/s = peak (for the workload dtype) x gpu.matmul_efficiency; HBM time from hbm.py
-(gpu.hbm.sustained_efficiency). A decode step's layer adds gpu.layer_overhead (launches, syncs).
+(gpu.hbm.sustained_efficiency). A decode step's layer adds gpu.layer_overhead (launches, syncs); the step
+adds gpu.step_overhead once (host work independent of the layers).
 One GPU object is one *lane*: a single GPU, or a tensor-parallel group of ``width`` GPUs whose work the
 caller already divides (a kernel's bytes and FLOPs are per GPU; the counters count every GPU of the group).
 """
@@ -77,3 +78,10 @@ class GPU:
         start = self.env.now
         yield self.env.timeout(self.cfg.layer_overhead)
         self.rec.span(start, self.env.now, self.track, "layer_overhead")
+
+    def step_overhead(self) -> Generator[simpy.Event, None, None]:
+        if self.cfg.step_overhead <= 0:  # no event at all: a zero default leaves every run as it was
+            return
+        start = self.env.now
+        yield self.env.timeout(self.cfg.step_overhead)
+        self.rec.span(start, self.env.now, self.track, "step_overhead")

@@ -58,6 +58,15 @@ class Sizes:
     scores_per_key: int  # top-k scores returned per kept key (query_head scope: one per query of the group)
     policy: str = "longsight"
     select_bytes_per_key: float = 0.0  # HBM bytes the GPU reads per considered key to select (see module doc)
+    # Sliding-window (local) layers of local/global models (Gemma 3): their KV stays in HBM and they attend
+    # densely to their last ``local_window`` keys on the GPU, whatever the system; only the other (global)
+    # layers' KV lives where kv_location says and is served there.
+    local_layers: frozenset[int] = frozenset()
+    local_window: int = 0
+
+    @property
+    def global_layers(self) -> int:
+        return self.layers - len(self.local_layers)
 
     @property
     def kv_token_bytes(self) -> int:  # K and V of one token, one layer, all KV heads
@@ -85,6 +94,14 @@ def workload_sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
     """``header``: the replayed one (settings applied: k, topk_scope)."""
     geo, dtype_bytes = system.geometry, system.workload.dtype_bytes
     att = system.workload.attention
+    local = frozenset(i for i, t in enumerate(geo.layer_types or ()) if t == "sliding")
+    traced = frozenset(header.sliding_layers)
+    if local != traced or (local and geo.local_window != header.local_window):
+        raise CemsimError(
+            f"the trace's sliding-window layers {sorted(traced)} (window {header.local_window}) differ from "
+            f"the workload geometry {geo.name!r}'s {sorted(local)} (window {geo.local_window}); capture or "
+            "project a trace for this model, or set workload.model to its geometry preset"
+        )
     return Sizes(
         key_bytes=geo.head_dim * dtype_bytes,
         sign_bytes=geo.head_dim / 8,
@@ -97,6 +114,8 @@ def workload_sizes(system: SystemConfig, header: TraceHeader) -> Sizes:
         scores_per_key=geo.group_size if header.topk_scope == "query_head" else 1,
         policy=att.policy,
         select_bytes_per_key=selection_bytes_per_key(att.policy, geo.head_dim, dtype_bytes, att.page_size),
+        local_layers=local,
+        local_window=geo.local_window or 0,
     )
 
 
@@ -112,6 +131,10 @@ def layer_plan(
 ) -> LayerPlan:
     key_bytes, kv_heads = sizes.key_bytes, sizes.kv_heads
     query_dim = sizes.q_heads * sizes.head_dim  # every query head's vector: the FLOPs of one key
+    if layer in sizes.local_layers:  # dense within its window, from HBM, in every kind of system
+        tokens = sum(min(sizes.local_window, w.context) for w in works)
+        nbytes = tokens * kv_heads * 2 * key_bytes
+        return LayerPlan([], [("local_attention", nbytes / tp, 4.0 * query_dim * tokens / tp, 0.0)], [])
     before: list[GpuOp] = []
     after: list[GpuOp] = []
     if kind in ("hbm_dense", "host_dense", "cem_dense"):
@@ -153,4 +176,4 @@ def layer_plan(
 
 def kv_write_bytes_per_step(sizes: Sizes, users: int) -> float:
     """New tokens' K and V over the link per decode step, amortized (sent in groups, off the critical path)."""
-    return users * sizes.layers * sizes.kv_token_bytes
+    return users * sizes.global_layers * sizes.kv_token_bytes  # local layers' KV stays in HBM

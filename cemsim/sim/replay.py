@@ -4,7 +4,7 @@ Per layer, each lane runs: QKV projection -> (GPU kernels before the offload) ->
 || offloaded attention: DReX requests over the link, or host streams] -> softmax/combine -> output
 projection + MLP -> tensor-parallel all-reduces -> layer overhead. The lane waits for every user's offload
 before it combines: that wait is where queueing at NMAs and on the link shows. After the last layer, the
-LM head. User u at replay step i takes trace step (i + u) mod n, so users differ. New tokens' KV go back
+LM head, then gpu.step_overhead (host work per step; every lane pays it). User u at replay step i takes trace step (i + u) mod n, so users differ. New tokens' KV go back
 in groups (user u sends when (i + u) is a multiple of the group), as background link traffic; their bytes
 are counted amortized, one token per user per step.
 
@@ -112,6 +112,9 @@ class Replayer:
         t = env.now
         yield from lane.op("lm_head", *proj["head"])
         phase("projection", t)
+        t = env.now
+        yield from lane.step_overhead()
+        phase("step_overhead", t)
 
     def _ops(self, lane: GPU, ops: list[GpuOp]) -> Generator[simpy.Event, None, float]:
         start = self.env.now
@@ -125,6 +128,8 @@ class Replayer:
     ) -> list[simpy.Process]:
         sim, env, key_bytes = self.sim, self.env, self.sizes.key_bytes
         procs: list[simpy.Process] = []
+        if layer in self.sizes.local_layers:  # a sliding-window layer: on the GPU only (plan.py)
+            return procs
         if sim.kind == "cem":
             left = {u: self.sizes.kv_heads for u in users}
             for u in users:
@@ -203,7 +208,7 @@ class Replayer:
 
     def _write_back(self, users: list[int], step: int, layer: int) -> None:
         sim = self.sim
-        if not self.group or sim.link is None:
+        if not self.group or sim.link is None or layer in self.sizes.local_layers:
             return
         nbytes = self.group * self.sizes.kv_token_bytes
         for u in users:

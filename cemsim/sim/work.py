@@ -1,16 +1,18 @@
 """Per-step work derived from a trace record: what each (layer, KV head) reads, at the target context.
 
-The simulator never walks keys. A StepRecord's per-block survivor counts become, per (layer, KV head):
-survivors per DReX filter epoch (one epoch = one 128-key Key Block in every bank of a package, i.e. one
-context slice), and the LPDDR5X rows those survivors (and the top-k values) touch, which set the row
-misses of the NMA's fetches. Arrays are [L, H] or [L, H, epochs]; survivor_blocks is dropped afterwards,
-so a 1M-token step costs kilobytes here.
+The simulator never walks keys one event at a time. A StepRecord's per-block survivor counts become, per
+(layer, KV head): survivors per device Key Block (``keys_per_block`` consecutive considered keys, the unit
+a PFU filters), top-k values per Key Block (the survivors thinned evenly to the values fetched), survivors
+per DReX filter epoch (one Key Block in every bank of a package, i.e. one context slice), and the rows
+those survivors and values touch (runs of ``keys_per_row`` consecutive keys; expected numbers, each Key Block's survivors being a
+uniform random subset of its keys, the placement drex_layout.py draws and turns into DRAM requests). Arrays are [L, H] or [L, H, epochs]
+or [L, H, Key Blocks] (one byte per block: 1 MB per 1M-token step of Llama-3-8B).
 
 Context scaling (``cemsim run --context N`` below the trace's context): each (layer, head) keeps its
 survival fraction; the considered range shrinks to N - window - sinks, and the survivors' position
-distribution is the trace's, stretched onto the new range (its cumulative curve, rescaled); values are
-capped at the new survivor count. A context above the trace's is refused: extrapolating survival to
-longer contexts is a statistical model, and `cemsim trace project` owns it.
+distribution is the trace's, stretched onto the new range (its cumulative curve, rescaled and rounded at
+Key Block edges); values are capped at the new survivor count. A context above the trace's is refused:
+extrapolating survival to longer contexts is a statistical model, and `cemsim trace project` owns it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class StepWork:
     epoch_rows: np.ndarray | None  # [L, H, E] float: rows opened to fetch survivor keys
     epoch_blocks: np.ndarray | None  # [L, H, E] int64: key blocks (active PFUs) per epoch
     value_rows: np.ndarray | None  # [L, H] float: rows opened to fetch the top-k values
+    block_survivors: np.ndarray | None = None  # [L, H, Key Blocks] uint8/16: survivors per device Key Block
+    block_values: np.ndarray | None = None  # [L, H, Key Blocks]: top-k values per Key Block (a thinning)
 
 
 def check_geometry(header: TraceHeader, layers: int, kv_heads: int, head_dim: int, where: str) -> None:
@@ -71,7 +75,6 @@ class _Blocks:
         edges = np.arange(nb + 1) * block_size
         self.lo = np.clip(edges[:-1], start, start + old_n).astype(np.float64)
         self.hi = np.clip(edges[1:], start, start + old_n).astype(np.float64)
-        self.counts = counts.astype(np.float32)  # [M, nb]; the row model runs in float32 (expected counts)
         self.cum = np.concatenate([np.zeros((counts.shape[0], 1)), np.cumsum(counts, axis=-1)], axis=-1)
         self.bs = block_size
 
@@ -84,44 +87,71 @@ class _Blocks:
         lo = self.cum[:, b]
         return lo + frac * (self.cum[:, b + 1] - lo)
 
-    def log_closed(self, row_edges: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        """log P(a row holds no survivor), rows given by their old-position edges: [M, rows]. Linear in
-        ``weight`` (survivors per block are scaled by it), so a thinned set is this times the thinning.
 
-        A block's n survivors fall in a piece of length o of its k valid keys with probability o / k
-        each, so a row stays closed with probability prod over its pieces of (1 - o / k) ** n."""
-        edges = np.union1d(row_edges, np.concatenate([self.lo, self.hi]))
-        edges = edges[(edges >= row_edges[0]) & (edges <= row_edges[-1])]
-        length = np.diff(edges)
-        mid = edges[:-1] + length / 2
-        b = np.clip((mid // self.bs).astype(np.int64), 0, len(self.lo) - 1)
-        valid = self.hi[b] - self.lo[b]
-        share = np.divide(length, valid, out=np.zeros_like(length), where=valid > 0)
-        log_closed = np.log1p(-np.minimum(share, 1.0 - 1e-7)).astype(np.float32)  # whole-block piece: ~ -16
-        terms = self.counts[:, b]  # [M, pieces]
-        terms *= log_closed[None, :]
-        terms *= weight.astype(np.float32)
-        row_of = np.searchsorted(row_edges, mid, side="right") - 1
-        return _sum_runs(terms, row_of, len(row_edges) - 1)
+def expected_rows(counts: np.ndarray, considered: int, rows: RowGeometry, epochs: int) -> np.ndarray:
+    """Expected distinct rows (runs of ``keys_per_row`` consecutive keys) holding one of the keys, per
+    epoch: [M, epochs]. counts: [M, Key Blocks]. Each block's n keys are a uniform random subset of its w
+    valid keys (drex_layout.random_offsets draws one such subset), so a piece of c of a block's keys holds
+    none of them with probability C(w - c, n) / C(w, n), and a row holds none when none of its pieces do."""
+    kpb, kpr = rows.keys_per_block, rows.keys_per_row
+    n_blocks = counts.shape[-1]
+    if float(kpr).is_integer() and kpb % int(kpr) == 0 and rows.slice_keys % kpb == 0:
+        return _expected_rows_aligned(counts, considered, kpb, int(kpr), rows.slice_keys // kpb, epochs)
+    n_rows = int(np.ceil(considered / kpr))
+    row_edges = np.ceil(np.minimum(np.arange(n_rows + 1) * kpr, considered))  # integer key positions
+    blk_edges = np.minimum(np.arange(n_blocks + 1) * kpb, considered).astype(np.float64)
+    edges = np.union1d(row_edges, blk_edges)
+    length = np.diff(edges)
+    keep = length > 0
+    lo, length = edges[:-1][keep], length[keep]
+    b = np.minimum((lo // kpb).astype(np.int64), n_blocks - 1)
+    w = blk_edges[b + 1] - blk_edges[b]
+    row_of = np.searchsorted(row_edges, lo, side="right") - 1
+    lf = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, kpb + 2)))])  # log k!, keys are integers
+    wi = w.astype(np.int64)
+    free = (w - length).astype(np.int64)  # keys of the block outside the piece
+    n = np.minimum(counts[:, b].astype(np.int64), wi)  # [M, pieces]
+    fit = n <= free
+    log_none = np.where(
+        fit,
+        lf[free] - lf[np.where(fit, free - n, 0)] - lf[wi] + lf[wi - n],
+        -1e4,  # more keys than fit outside the piece: the piece surely holds one
+    )
+    cs = np.concatenate([np.zeros((len(n), 1)), np.cumsum(log_none, axis=-1)], axis=-1)
+    bounds = np.searchsorted(row_of, np.arange(n_rows + 1))
+    touched = 1.0 - np.exp(cs[:, bounds[1:]] - cs[:, bounds[:-1]])  # [M, rows]
+    epoch_of_row = np.minimum((row_edges[:-1] // rows.slice_keys).astype(np.int64), epochs - 1)
+    e_bounds = np.searchsorted(epoch_of_row, np.arange(epochs + 1))
+    tc = np.concatenate([np.zeros((len(n), 1)), np.cumsum(touched, axis=-1)], axis=-1)
+    return tc[:, e_bounds[1:]] - tc[:, e_bounds[:-1]]
 
 
-def _sum_runs(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-    """Sum the last axis of ``values`` by a sorted group index; empty groups get 0: [..., n_groups].
+def _none_in_piece(lf: np.ndarray, n: np.ndarray, w: int, c: int) -> np.ndarray:
+    """P(a piece of c of a block's w keys holds none of its n keys) = C(w - c, n) / C(w, n)."""
+    free = w - c
+    fit = n <= free
+    return np.where(fit, np.exp(lf[free] - lf[np.where(fit, free - n, 0)] - lf[w] + lf[w - n]), 0.0)
 
-    Groups are short runs here (a DRAM row spans one or two trace blocks), so a few strided gathers beat a
-    cumulative sum over the whole axis; long runs (epochs) take the cumulative sum."""
-    bounds = np.searchsorted(group, np.arange(n_groups + 1))
-    counts = np.diff(bounds)
-    longest = int(counts.max(initial=0))
-    if longest <= 4:
-        out = np.zeros((*values.shape[:-1], n_groups), dtype=values.dtype)
-        last = values.shape[-1] - 1
-        for j in range(longest):
-            take = counts > j
-            out[..., take] += values[..., np.minimum(bounds[:-1][take] + j, last)]
-        return out
-    cs = np.concatenate([np.zeros((*values.shape[:-1], 1)), np.cumsum(values, axis=-1)], axis=-1)
-    return cs[..., bounds[1:]] - cs[..., bounds[:-1]]
+
+def _expected_rows_aligned(
+    counts: np.ndarray, considered: int, kpb: int, kpr: int, blocks_per_epoch: int, epochs: int
+) -> np.ndarray:
+    """expected_rows when rows tile Key Blocks (the usual case): a table of the expectation per count."""
+    lf = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, kpb + 2)))])
+    n_all = np.arange(kpb + 1)
+    table = (kpb // kpr) * (1.0 - _none_in_piece(lf, n_all, kpb, kpr))  # rows touched by a full block
+    n = np.asarray(counts, dtype=np.int64)
+    per_block = table[np.minimum(n, kpb)]
+    last_w = considered - (counts.shape[-1] - 1) * kpb
+    if 0 < last_w < kpb:  # the last block is cut short: its own pieces
+        last_n = np.minimum(n[:, -1], last_w)
+        per_block[:, -1] = sum(
+            1.0 - _none_in_piece(lf, last_n, last_w, min(kpr, last_w - k)) for k in range(0, last_w, kpr)
+        ) * (last_n > 0)
+    starts = np.arange(0, counts.shape[-1], blocks_per_epoch)
+    out = np.zeros((len(n), epochs))
+    out[:, : len(starts)] = np.add.reduceat(per_block, starts, axis=-1)
+    return out
 
 
 def step_work(
@@ -165,13 +195,19 @@ def step_work(
 def _add_epochs(
     work: StepWork, header: TraceHeader, rec: StepRecord, old: np.ndarray, rows: RowGeometry
 ) -> None:
+    """Survivors (and top-k values) per Key Block at the new context, then per epoch, and rows touched."""
     lay, hea = work.considered.shape
-    n_epochs = max(1, -(-int(work.considered.max()) // rows.slice_keys))
-    ep_surv = np.zeros((lay, hea, n_epochs), np.int64)
+    kpb = rows.keys_per_block
+    n_blocks = max(1, -(-int(work.considered.max()) // kpb))
+    per_epoch = rows.slice_keys // kpb
+    n_epochs = -(-n_blocks // per_epoch)
+    dtype = np.uint8 if kpb <= 255 else np.uint16
+    blk_surv = np.zeros((lay, hea, n_blocks), dtype)
+    blk_vals = np.zeros((lay, hea, n_blocks), dtype)
     ep_rows = np.zeros((lay, hea, n_epochs))
-    ep_blocks = np.zeros((lay, hea, n_epochs), np.int64)
     value_rows = np.zeros((lay, hea))
-    blocks = rec.survivor_blocks.astype(np.float64)
+    ep_blocks = np.zeros((lay, hea, n_epochs), np.int64)
+    blocks = rec.survivor_blocks
     # (new considered, old considered) pairs: usually one, since every head sees the same context
     for new_n, old_n in {(int(a), int(b)) for a, b in zip(work.considered.ravel(), old.ravel(), strict=True)}:
         mask = (work.considered == new_n) & (old == old_n)
@@ -182,30 +218,22 @@ def _add_epochs(
         total_old = blk.cum[:, -1]
         total_new = work.survivors[mask].astype(np.float64)
         scale = np.divide(total_new, total_old, out=np.zeros_like(total_new), where=total_old > 0)[:, None]
-        e_edges = np.minimum(np.arange(n_epochs + 1) * rows.slice_keys, new_n).astype(np.float64)
-        e_cum = np.rint(blk.below(rec.sinks + e_edges * stretch) * scale)
-        ep_surv[mask] = np.diff(e_cum, axis=-1).astype(np.int64)
-        ep_blocks[mask] = np.ceil(np.diff(e_edges) / rows.keys_per_block).astype(np.int64)[None, :]
-        n_rows = int(np.ceil(new_n / rows.keys_per_row))
-        r_edges = rec.sinks + np.minimum(np.arange(n_rows + 1) * rows.keys_per_row, new_n) * stretch
-        log_closed = blk.log_closed(r_edges, scale)  # [M, n_rows]
-        # a row opens only for a survivor: cap by the row's expected survivors (scaled counts are fractional)
-        in_row = (np.diff(blk.below(r_edges), axis=-1) * scale).astype(np.float32)
-        touched = np.minimum(1.0 - np.exp(log_closed), in_row)
-        epoch_of_row = np.minimum(
-            (np.arange(n_rows) * rows.keys_per_row // rows.slice_keys).astype(np.int64), n_epochs - 1
-        )
-        ep_rows[mask] = _sum_runs(touched.astype(np.float64), epoch_of_row, n_epochs)
+        edges = np.minimum(np.arange(n_blocks + 1) * kpb, new_n).astype(np.float64)
+        cum = np.rint(blk.below(rec.sinks + edges * stretch) * scale)
+        cum[:, -1] = total_new  # exact total, whatever the rounding did on the way
+        surv = np.diff(cum, axis=-1)
         # the top-k values are a subset of the survivors: thin each block's survivors by values / survivors
         v = work.values[mask].astype(np.float64)
         thin = np.divide(v, total_new, out=np.zeros_like(v), where=total_new > 0)[:, None]
-        thin32 = thin.astype(np.float32)
-        value_rows[mask] = np.minimum(1.0 - np.exp(log_closed * thin32), in_row * thin32).sum(
-            axis=-1, dtype=np.float64
-        )
-    work.epoch_survivors, work.epoch_rows, work.epoch_blocks, work.value_rows = (
-        ep_surv,
-        ep_rows,
-        ep_blocks,
-        value_rows,
+        vals = np.diff(np.rint(cum * thin), axis=-1)
+        blk_surv[mask] = surv.astype(dtype)
+        blk_vals[mask] = vals.astype(dtype)
+        blk_keys = np.diff(edges)
+        ep_blocks[mask] = np.add.reduceat((blk_keys > 0).astype(np.int64), np.arange(0, n_blocks, per_epoch))
+        ep_rows[mask] = expected_rows(surv, new_n, rows, n_epochs)
+        value_rows[mask] = expected_rows(vals, new_n, rows, n_epochs).sum(axis=-1)
+    work.block_survivors, work.block_values = blk_surv, blk_vals
+    work.epoch_survivors = np.add.reduceat(
+        blk_surv.astype(np.int64), np.arange(0, n_blocks, per_epoch), axis=-1
     )
+    work.epoch_rows, work.epoch_blocks, work.value_rows = ep_rows, ep_blocks, value_rows

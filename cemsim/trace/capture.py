@@ -65,6 +65,9 @@ class CaptureSpec:
     allow_extrapolation: bool = False  # prompt + decode beyond the model's trained positions
     repeat_text: bool = False  # cycle a text shorter than tokens + decode_steps
     itq_file: Path | None = None  # ITQ rotations to use (default: the model's cached file, trained if absent)
+    # Also a LongSight trace without ITQ, with these thresholds, over the same prefill (``<stem>.no-itq``):
+    # one prefill serves both, which at 32K tokens on a CPU is most of the capture's time.
+    no_itq_thresholds_file: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -374,7 +377,15 @@ def capture(
             info["max_memory_allocated_gb_after_prefill"] = round(
                 torch.cuda.max_memory_allocated(dev) / 2**30, 2
             )
-        for policy in spec.policies:
+        policy_runs = [
+            (p, paths[p], thresholds, rotations, itq_file, threshold_source) for p in spec.policies
+        ]
+        if spec.no_itq_thresholds_file is not None and "longsight" in spec.policies:
+            th2 = load_thresholds(spec.no_itq_thresholds_file, lm.num_layers, lm.num_kv_heads, lm.head_dim)
+            no_itq = out.with_name(f"{out.stem}.no-itq{out.suffix or '.parquet'}")
+            policy_runs.append(("longsight", no_itq, th2, None, None, f"file {spec.no_itq_thresholds_file}"))
+            paths["longsight-no-itq"] = no_itq
+        for policy, path, thresholds, rotations, itq_file, threshold_source in policy_runs:
             cfg = PolicyConfig(
                 kind=policy,  # type: ignore[arg-type]
                 window=spec.window,
@@ -429,7 +440,7 @@ def capture(
             )
             asm = StepAssembler(header, policy, dtype_bytes=2)
             state = new_state(lm, cfg, observer=asm)
-            with TraceWriter(paths[policy], header) as w:
+            with TraceWriter(path, header) as w:
                 for s in range(spec.decode_steps):
                     state.step = s
                     model.model(

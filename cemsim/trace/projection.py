@@ -17,7 +17,14 @@ The model (version "distance-power-law/1"; docs/projection.md has the derivation
    share of the group's picks), 1 when no step was.
 5. Geometry mapping: target layer l takes source layer floor(l * L_src / L_dst) (same relative depth);
    target KV head h takes source head h mod H_src. Head dimension and thresholds are not modelled: the
-   survival law of a source head is assumed to carry over to the head it is mapped to.
+   survival law of a source head is assumed to carry over to the head it is mapped to. Layer types (Gemma 3's
+   sliding-window layers): only full-attention layers have a sparse stage, so the j-th of the target's full
+   layers takes the source's full layer at the same relative depth among full layers, and the target's
+   sliding layers get no sparse keys and no survivors (their window is the target's ``local_window``).
+6. Trained positions: the law describes the source model inside the positions it was trained on. Projecting
+   past ``MAX_EXTRAPOLATION`` times the source model's trained positions (``model_max_positions`` in the
+   source header) is refused unless ``allow_extrapolation`` is given, and the header then says so: SmolLM2's
+   real 1M capture (8K trained) filters 1.7x where this law fitted on 4K says about 500x (docs/projection.md).
 
 Projected traces carry no top-k positions, are marked ``projected=True``, and hold the fit, its uncertainty,
 the mapping and the source checksums in ``header.projection``.
@@ -42,6 +49,9 @@ from cemsim.trace.records import SCHEMA_VERSION, StepRecord, TraceHeader
 from cemsim.trace.synthetic import block_distance, draw_blocks, geometry, sparse_keys_per_block
 
 MODEL_NAME = "distance-power-law/1"
+# Projection beyond the source model's trained positions is refused past this factor (item 6 above): no
+# measurement supports the law outside the trained range, and SmolLM2's 1M capture contradicts it there.
+MAX_EXTRAPOLATION = 1.0
 BINS_PER_OCTAVE = 4
 FILTER_POLICIES = ("longsight",)
 NO_SPARSE_POLICIES = ("dense", "window")
@@ -148,6 +158,7 @@ def fit_traces(
     union_num = np.zeros((L, H))
     union_n = np.zeros((L, H))
     W = max(h0.window, 1)
+    lmask = sliding_mask(h0)[..., 0]  # [L, 1]: sliding layers have no sparse keys to fit
     done = 0
     for r in readers:
         for rec in r.iter_steps(topk=True):
@@ -159,14 +170,14 @@ def fit_traces(
                 # Split each block's survivors between the early region and the rest in proportion to keys.
                 share = np.divide(ek, keys, out=np.zeros(keys.shape), where=keys > 0)
                 early_s += (blocks * share).sum(-1)
-                early_k += ek.sum()
+                early_k += ek.sum() * lmask
                 blocks = blocks * (1 - share)
                 keys = keys - ek
             onehot = np.zeros((b.size, n_bins))
             onehot[np.arange(b.size), b] = 1.0
             bin_surv += blocks @ onehot
-            bin_keys += (keys * 1.0) @ onehot
-            bin_x += (keys * x) @ onehot
+            bin_keys += lmask[..., None] * ((keys * 1.0) @ onehot)
+            bin_x += lmask[..., None] * ((keys * x) @ onehot)
             if rec.topk_positions is not None:
                 full = (rec.topk_positions >= 0).sum(-1).min(-1) >= h0.k  # every query head chose k
                 union_num += np.where(full, rec.values_fetched / (G * h0.k), 0)
@@ -339,12 +350,45 @@ def _bin_of(dist: np.ndarray, W: int, n_bins: int) -> np.ndarray:
 
 
 def head_map(
-    src_layers: int, src_heads: int, dst_layers: int, dst_heads: int
+    src_layers: int,
+    src_heads: int,
+    dst_layers: int,
+    dst_heads: int,
+    src_full: Sequence[int] | None = None,
+    dst_full: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Source (layer, head) index arrays [dst_layers, dst_heads] for each target head (module docstring, 5)."""
-    layer = (np.arange(dst_layers) * src_layers) // dst_layers
+    """Source (layer, head) index arrays [dst_layers, dst_heads] for each target head (module docstring, 5).
+    ``src_full`` / ``dst_full``: full-attention layers (None: all); the j-th target full layer takes the source
+    full layer at the same relative depth among full layers; target sliding layers map to the first source
+    full layer, and :func:`sliding_mask` zeroes them."""
     head = np.arange(dst_heads) % src_heads
+    if src_full is None and dst_full is None:
+        layer = (np.arange(dst_layers) * src_layers) // dst_layers
+    else:
+        sf = list(range(src_layers)) if src_full is None else list(src_full)
+        df = list(range(dst_layers)) if dst_full is None else list(dst_full)
+        layer = np.full(dst_layers, sf[0], dtype=np.int64)
+        for j, dl in enumerate(df):
+            layer[dl] = sf[(j * len(sf)) // len(df)]
     return np.repeat(layer[:, None], dst_heads, 1), np.repeat(head[None, :], dst_layers, 0)
+
+
+def sliding_mask(header: TraceHeader) -> np.ndarray:
+    """[L, 1, 1] 1.0 on full-attention layers, 0.0 on sliding ones (no sparse stage there)."""
+    m = np.array([header.layer_type(i) == "full" for i in range(header.layers)], dtype=np.float64)
+    return m[:, None, None]
+
+
+def _maps(src: dict[str, Any], header: TraceHeader) -> tuple[np.ndarray, np.ndarray]:
+    full = src.get("source_full_layers")
+    return head_map(
+        src["source_layers"],
+        src["source_kv_heads"],
+        header.layers,
+        header.kv_heads,
+        full,
+        header.full_layers if (full is not None or header.layer_types is not None) else None,
+    )
 
 
 def mapped(fit: SurvivalFit, ls: np.ndarray, hs: np.ndarray) -> SurvivalFit:
@@ -374,14 +418,16 @@ def expected_survivors(
     )
     rest = keys - early_keys
     dist = block_distance(context_len, header, keys, max(window, 1), sinks)
-    p = fit.p(dist)
-    e = (p * rest).sum(-1) + fit.early_fraction * early_keys.sum()
+    p = fit.p(dist) * sliding_mask(header)
+    e = (p * rest).sum(-1) + fit.early_fraction * early_keys.sum() * sliding_mask(header)[..., 0]
     x = np.log(np.maximum(dist, 1.0) / max(fit.window, 1))
     live = (p < 1) * rest * p
     ga = live.sum(-1)
     gb = -(live * x).sum(-1)
-    var = ga**2 * fit.var_log_a + gb**2 * fit.var_beta + 2 * ga * gb * fit.cov
-    return e, np.sqrt(np.where(np.isfinite(var), var, np.inf))
+    with np.errstate(invalid="ignore"):  # sliding layers: 0 x inf (no fit there)
+        var = ga**2 * fit.var_log_a + gb**2 * fit.var_beta + 2 * ga * gb * fit.cov
+    se = np.sqrt(np.where(np.isfinite(var), var, np.inf))
+    return e, np.where(sliding_mask(header)[..., 0] > 0, se, 0.0)
 
 
 def same_geometry(h: TraceHeader) -> ModelGeometry:
@@ -398,14 +444,66 @@ def same_geometry(h: TraceHeader) -> ModelGeometry:
     )
 
 
+def trained_positions(src: TraceHeader) -> int | None:
+    """Positions the source model was trained on: as its capture recorded them, else (captures made before
+    cemsim recorded it) its geometry preset's; None for synthetic traces, which measure no model."""
+    n = src.extra.get("model_max_positions")
+    if n:
+        return int(n)
+    if "prompt_tokens" not in src.extra:  # not a capture
+        return None
+    try:
+        return geometry(src.model).max_positions
+    except CemsimError:
+        return None
+
+
+def extrapolation_check(src: TraceHeader, context: int, allow: bool) -> dict[str, Any]:
+    """What the header records about extrapolation; a CemsimError past MAX_EXTRAPOLATION unless ``allow``."""
+    trained = trained_positions(src)
+    factor = None if not trained else context / trained
+    beyond = factor is not None and factor > MAX_EXTRAPOLATION
+    if beyond and not allow:
+        raise CemsimError(
+            f"--context {context:,} is {factor:.1f}x the {trained:,} positions {src.model} was trained on; the "
+            f"survival law is fitted inside the trained range and projection is refused past "
+            f"{MAX_EXTRAPOLATION:g}x it (a model run past its positions filters very differently: SmolLM2's "
+            "real 1M capture filters 1.7x where the 4K law says ~500x, docs/projection.md). Capture a model "
+            "trained for that context, or pass --allow-extrapolation to project anyway (the trace header and "
+            "the output then say so)",
+            where="--context",
+        )
+    return {
+        "source_trained_positions": trained,
+        "target_context": context,
+        "factor": None if factor is None else round(factor, 3),
+        "max_factor": MAX_EXTRAPOLATION,
+        "beyond_trained_positions": beyond,
+        "allowed_by_override": bool(beyond and allow),
+    }
+
+
 def projected_header(
-    src: TraceHeader, fit: SurvivalFit, target: ModelGeometry, *, context: int, k: int, seed: int
+    src: TraceHeader,
+    fit: SurvivalFit,
+    target: ModelGeometry,
+    *,
+    context: int,
+    k: int,
+    seed: int,
+    extrapolation: dict[str, Any] | None = None,
 ) -> TraceHeader:
-    ls, hs = head_map(src.layers, src.kv_heads, target.layers, target.kv_heads)
-    tfit = mapped(fit, ls, hs)
+    same = target.name == src.model and target.layers == src.layers
+    if same:
+        layer_types, local_window = src.layer_types, src.local_window
+    else:
+        layer_types = None if target.layer_types is None else list(target.layer_types)
+        local_window = target.local_window if layer_types is not None and "sliding" in layer_types else None
     dst = dataclasses.replace(
         src,
         schema_version=SCHEMA_VERSION,
+        layer_types=layer_types,
+        local_window=local_window,
         model=target.name,
         layers=target.layers,
         q_heads=target.q_heads,
@@ -416,15 +514,35 @@ def projected_header(
         cemsim_version=__version__,
         projected=True,
     )
+    src_full = src.full_layers if src.layer_types is not None else None
+    ls, hs = head_map(
+        src.layers,
+        src.kv_heads,
+        target.layers,
+        target.kv_heads,
+        src_full,
+        dst.full_layers if (src_full is not None or dst.layer_types is not None) else None,
+    )
+    tfit = mapped(fit, ls, hs)
     e, se = expected_survivors(tfit, dst, context)
     rel = np.divide(se, e, out=np.zeros_like(e), where=e > 0)
+    full = dst.full_layers
+    window = min(dst.window, context)
+    considered = float(sparse_keys_per_block(context, dst, window, min(dst.sinks, context - window)).sum())
+    e_full, se_total = float(e[full].sum()), float(np.sqrt((se[full] ** 2).sum()))
     projection = {
         "model": MODEL_NAME,
         "formula": "p(d) = min(1, a * (d / W) ** -beta), d = distance from the query; beta-binomial blocks",
         "source_model": src.model,
         "source_layers": src.layers,
         "source_kv_heads": src.kv_heads,
-        "head_mapping": "dst layer l <- src layer floor(l * L_src / L_dst); dst KV head h <- src head h mod H_src",
+        "source_full_layers": src_full,
+        "head_mapping": "dst layer l <- src layer floor(l * L_src / L_dst); dst KV head h <- src head h mod H_src"
+        + (
+            "; full layers map onto full layers by relative depth, sliding layers have no sparse stage"
+            if src_full is not None or dst.layer_types is not None
+            else ""
+        ),
         "target_context": context,
         "k": k,
         "seed": seed,
@@ -434,7 +552,20 @@ def projected_header(
             "mean_per_head": float(e.mean()),
             "rel_se_median": float(np.median(rel)) if rel.size else 0.0,
             "rel_se_max": float(rel.max()) if rel.size else 0.0,
+            # The fit's uncertainty per (layer, KV head): expected survivors and their standard error
+            # (delta method on the fit covariance); sliding layers hold 0.
+            "per_head": np.round(e, 3).tolist(),
+            "se_per_head": np.round(se, 3).tolist(),
+            "keys_considered_per_head": considered,
+            # Filter ratio of the full layers together, with the interval from +-1 s.e. of the total
+            # (heads' errors taken as independent).
+            "filter_ratio": considered * len(full) * dst.kv_heads / e_full if e_full > 0 else None,
+            "filter_ratio_1se": [
+                considered * len(full) * dst.kv_heads / (e_full + se_total) if e_full > 0 else None,
+                considered * len(full) * dst.kv_heads / (e_full - se_total) if e_full > se_total else None,
+            ],
         },
+        "extrapolation": extrapolation,
     }
     return dataclasses.replace(dst, projection=projection, extra={**src.extra, "projected_from": src.model})
 
@@ -444,8 +575,9 @@ def project_steps(
 ) -> Iterator[StepRecord]:
     """Projected decode steps for a header from ``projected_header`` (fit still on the source heads)."""
     src = header.projection or {}
-    ls, hs = head_map(src["source_layers"], src["source_kv_heads"], header.layers, header.kv_heads)
+    ls, hs = _maps(src, header)
     tfit = mapped(fit, ls, hs)
+    local = sliding_mask(header)[..., 0] == 0  # [L, 1]: layers without a sparse stage
     G, k = header.group_size, header.k
     sparse = header.policy not in NO_SPARSE_POLICIES
     for s in range(steps):
@@ -465,13 +597,16 @@ def project_steps(
         if tfit.early_tokens:
             share = np.divide(early_keys, keys, out=np.zeros(keys.shape), where=keys > 0)
             p = p * (1 - share) + tfit.early_fraction[..., None] * share
+        p = p * sliding_mask(header)
         blocks = _draw(rng, p, keys, tfit.rho)
         survivors = blocks.sum(-1, dtype=np.int64)
         fetched = np.minimum(survivors, np.round(tfit.union_share * G * k).astype(np.int64))
+        considered = np.full((header.layers, header.kv_heads), int(keys.sum()), dtype=np.int64)
+        considered[np.broadcast_to(local, considered.shape)] = 0
         yield StepRecord(
             step=s,
             context_len=ctx,
-            keys_considered=np.full((header.layers, header.kv_heads), int(keys.sum()), dtype=np.int64),
+            keys_considered=considered,
             survivors=survivors,
             survivor_blocks=blocks,
             values_fetched=fetched,
@@ -500,15 +635,21 @@ def project_file(
     early_tokens: int = 0,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    allow_extrapolation: bool = False,
 ) -> TraceHeader:
-    """Fit ``sources`` and write a projected trace to ``out``. Returns its header."""
+    """Fit ``sources`` and write a projected trace to ``out``. Returns its header. Past MAX_EXTRAPOLATION
+    times the source model's trained positions, a CemsimError unless ``allow_extrapolation``."""
     if context < 1:
         raise CemsimError(f"--context must be a positive token count, got {context}")
+    src0 = TraceReader(sources[0]).header if sources else None
+    extrapolation = extrapolation_check(src0, context, allow_extrapolation) if src0 is not None else None
     fit, src = fit_traces(sources, early_tokens=early_tokens)
     geom = geometry(target) if target is not None else same_geometry(src)
     if steps is None:
         steps = max(1, min(TraceReader(sources[0], verify=False).num_steps, 32))
-    header = projected_header(src, fit, geom, context=context, k=k or src.k, seed=seed)
+    header = projected_header(
+        src, fit, geom, context=context, k=k or src.k, seed=seed, extrapolation=extrapolation
+    )
     with TraceWriter(Path(out), header) as w:
         for i, rec in enumerate(project_steps(header, fit, context=context, steps=steps, seed=seed)):
             w.write(rec)

@@ -63,7 +63,15 @@ def compare_capture(
         src_h = sr.header
     with tempfile.TemporaryDirectory() as d:
         proj = Path(d) / "proj.parquet"
-        header = project_file(srcs, proj, context=ctx, steps=steps, early_tokens=early_tokens, seed=seed)
+        header = project_file(
+            srcs,
+            proj,
+            context=ctx,
+            steps=steps,
+            early_tokens=early_tokens,
+            seed=seed,
+            allow_extrapolation=True,
+        )
         res = compare(proj, real)
         p, r = head_stats(proj), head_stats(real)
     res.update(

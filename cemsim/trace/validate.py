@@ -76,7 +76,15 @@ def run(sources: list[Path], real: Path, early_tokens: int = 0, seed: int = 0) -
         ctx, steps = int(rr.summary["context_min"]), rr.num_steps
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "proj.parquet"
-        header = project_file(sources, out, context=ctx, steps=steps, early_tokens=early_tokens, seed=seed)
+        header = project_file(
+            sources,
+            out,
+            context=ctx,
+            steps=steps,
+            early_tokens=early_tokens,
+            seed=seed,
+            allow_extrapolation=True,
+        )
         res = compare(out, real)
     res["rel_se_median"] = header.projection["expected_survivors_at_target"]["rel_se_median"]
     res["beta_median"] = float(np.median(header.projection["fit"]["beta"]))

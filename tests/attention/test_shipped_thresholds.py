@@ -13,7 +13,8 @@ import pytest
 from cemsim.attention.thresholds import load_thresholds
 from cemsim.errors import CemsimError
 
-SHIPPED = sorted((Path(__file__).parents[2] / "traces" / "thresholds").glob("*.json"))
+SHIPPED = sorted((Path(__file__).parents[2] / "traces" / "thresholds").glob("smollm2-*.json"))
+GEMMA = sorted((Path(__file__).parents[2] / "traces" / "thresholds").glob("gemma3-270m-*.json"))
 ITQ_FILE = Path(__file__).parents[2] / "traces" / "thresholds" / "smollm2-8k-w1024-itq.json"
 
 
@@ -37,6 +38,26 @@ def test_shipped_thresholds_load_for_the_bundled_model(path: Path):
     assert tf.model == "smollm2-135m" and tf.itq == ("no-itq" not in path.name)
     assert (tf.provenance["tokens"], tf.provenance["window"], tf.provenance["k"]) == (8192, 1024, 256)
     assert tf.thresholds.shape == (30, 3) and np.issubdtype(tf.thresholds.dtype, np.integer)
+
+
+def test_every_shipped_file_is_checked_for_its_model():
+    every = sorted((Path(__file__).parents[2] / "traces" / "thresholds").glob("*.json"))
+    assert every == sorted(SHIPPED + GEMMA) and len(GEMMA) == 3
+
+
+@pytest.mark.parametrize("path", GEMMA, ids=lambda p: p.name)
+def test_shipped_gemma_thresholds_load_for_gemma(path: Path):
+    """Gemma 3 270M files (tuned on an H200): only the full-attention layers 5, 11, 17 carry a threshold."""
+    tf = load_thresholds(path, layers=18, kv_heads=1, head_dim=256)
+    assert tf.model == "gemma3-270m" and tf.itq == ("no-itq" not in path.name)
+    tokens = 8192 if "-8k-" in path.name else 32768
+    assert (tf.provenance["tokens"], tf.provenance["window"], tf.provenance["k"]) == (tokens, 1024, 256)
+    full = [i for i, t in enumerate(tf.layer_types) if t == "full"]
+    assert full == [5, 11, 17]
+    assert (tf.thresholds[full] > 0).all() and not tf.thresholds[
+        [i for i in range(18) if i not in full]
+    ].any()
+    assert tf.provenance["ppl_sparse"] <= tf.provenance["ppl_dense"] * (1 + tf.provenance["ppl_budget"])
 
 
 @pytest.mark.slow

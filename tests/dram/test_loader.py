@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cemsim.dram import available_presets, load_dram_spec
 from cemsim.dram.loader import PRESET_DIR
@@ -125,3 +127,68 @@ def test_presets_agree_with_the_reference_ramulator_configs(preset, ref_file):
         ref.columns,
     )
     assert mine.burst_bytes == ref.burst_bytes and mine.rank_scope == ref.rank_scope
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bankgroups=st.sampled_from([1, 2, 4]),
+    banks_per_group=st.sampled_from([2, 4]),
+    rows_log2=st.integers(12, 17),
+    columns=st.sampled_from([256, 512, 1024]),
+    device_width=st.sampled_from([8, 16, 32]),
+    bl=st.sampled_from([8, 16]),
+    ranks=st.sampled_from([1, 2, 4]),
+    tck=st.sampled_from(["0.625", "0.83", "1.0", "1.25"]),
+    cl=st.integers(5, 40),
+    trcd=st.integers(5, 40),
+    trp=st.integers(5, 40),
+    tras=st.integers(10, 80),
+)
+def test_ini_organisation_and_timing_follow_dramsim3_rules(
+    tmp_path_factory, bankgroups, banks_per_group, rows_log2, columns, device_width, bl, ranks, tck, cl, trcd,
+    trp, tras,
+):  # fmt: skip
+    """Random DDR4-style .ini files: ranks from channel_size / rank size, bursts per row = columns / BL, burst
+    = bus_width / 8 * BL bytes, nRC = tRAS + tRP, timings copied (DRAMsim3 configuration.cc rules)."""
+    rows = 1 << rows_log2
+    bus_width = 64
+    rank_mb = columns * device_width // 8 * (rows // 1024) // 1024 * bankgroups * banks_per_group
+    rank_mb *= bus_width // device_width
+    if rank_mb == 0:
+        return
+    text = f"""[dram_structure]
+protocol = DDR4
+bankgroups = {bankgroups}
+banks_per_group = {banks_per_group}
+rows = {rows}
+columns = {columns}
+device_width = {device_width}
+BL = {bl}
+[timing]
+tCK = {tck}
+CL = {cl}
+tRCD = {trcd}
+tRP = {trp}
+tRAS = {tras}
+[system]
+channel_size = {rank_mb * ranks}
+bus_width = {bus_width}
+address_mapping = rochrababgco
+"""
+    p = tmp_path_factory.mktemp("ini") / "x.ini"
+    p.write_text(text)
+    spec = load_dram_spec(p)
+    assert spec.ranks == ranks
+    assert (spec.bankgroups, spec.banks_per_group, spec.rows) == (bankgroups, banks_per_group, rows)
+    assert spec.columns == columns // bl
+    assert spec.burst_bytes == bus_width // 8 * bl
+    assert spec.tck_s == pytest.approx(float(tck) * 1e-9)
+    t = spec.timing
+    assert (t["nCL"], t["nRCD"], t["nRP"], t["nRAS"], t["nRC"], t["nBL"]) == (
+        cl,
+        trcd,
+        trp,
+        tras,
+        tras + trp,
+        bl // 2,
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cemsim.dram import load_dram_spec, replay
+from cemsim.dram import decode_address, load_dram_spec, replay
 
 REPO = Path(__file__).resolve().parents[2]
 REF = REPO.parent / "shared" / "dram-reference"
@@ -23,20 +23,6 @@ CONFIG_FILES = {
     "ramulator2/HBM3-6400_1ch": "configs/ram2_HBM3-6400_1ch.timings.json",
 }
 BW_TOL, LAT_TOL = 0.05, 0.10
-# Records the engine does not yet meet, with why (docs/validation.md). Strict: a fix makes them fail loudly.
-KNOWN_MISSES = {
-    # DRAMsim3's HBM2 in open loop: its bandwidth (random bursts 0.245 of peak) and queueing latency differ
-    # from the engine's DRAMsim3 profile, which matches DRAMsim3 to the cycle on both LPDDR4-protocol
-    # configs and on HBM2's closed-loop records; the HBM-specific cause is not identified (docs/validation.md).
-    ("HBM2_1ch", "p1_seq_read"): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency +59 %)",
-    (
-        "HBM2_1ch",
-        "p1b_seq_read_interleaved",
-    ): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency -19 %)",
-    ("HBM2_1ch", "p2_rand_burst"): "DRAMsim3 HBM2 open-loop random bursts: bandwidth +90 %, cause not found",
-    ("HBM2_1ch", "p3_rand_key256"): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency +29 %)",
-    ("HBM2_1ch", "p5_clustered_hit50"): "DRAMsim3 HBM2 open-loop queueing not reproduced (latency +36 %)",
-}
 
 
 def _records() -> list[dict]:
@@ -49,12 +35,21 @@ def replay_record(rec: dict, ref: Path = REF):
     key = f"{rec['simulator']}/{rec['config']}"
     spec = load_dram_spec(ref / CONFIG_FILES[key])
     z = np.load(ref / rec["pattern_file"])
+    kw = {"depth": int(rec["K"])} if rec["K"] else {}
+    if rec["simulator"] == "dramsim3":
+        # what DRAMsim3 simulated: its own decoding of the byte addresses. For HBM2 this differs from the
+        # set's coordinates: DRAMsim3 doubles HBM columns (Config::InitDRAMParams), so the stock config has
+        # 1 rank of 16 banks with 32-burst rows, not the 2 ranks x 16-burst rows the generator assumed.
+        c = decode_address(spec, z["addr"])
+        return replay(spec, is_write=z["is_write"], key_id=z["key_id"], **{k: c[k] for k in COORDS}, **kw)
     rank = z["rank"].astype(np.int64)
     if spec.pseudo_channels > 1:  # the set numbers HBM3 ranks pc + 2 * sid; the engine pc * sids + sid
         rank = (rank % spec.pseudo_channels) * spec.ranks + rank // spec.pseudo_channels
-    kw = {"depth": int(rec["K"])} if rec["K"] else {}
     return replay(spec, rank=rank, bankgroup=z["bankgroup"], bank=z["bank"], row=z["row"],
                   column=z["column"], is_write=z["is_write"], key_id=z["key_id"], **kw)  # fmt: skip
+
+
+COORDS = ("rank", "bankgroup", "bank", "row", "column")
 
 
 RECORDS = _records()
@@ -65,10 +60,7 @@ RECORDS = _records()
 @pytest.mark.parametrize(
     "rec", RECORDS, ids=[f"{r['simulator']}-{r['config']}-{r['pattern']}-K{r['K']}" for r in RECORDS]
 )
-def test_engine_matches_reference_simulator(rec, request):
-    why = KNOWN_MISSES.get((rec["config"], rec["pattern"]))
-    if why:
-        request.applymarker(pytest.mark.xfail(reason=why, strict=True))
+def test_engine_matches_reference_simulator(rec):
     s = replay_record(rec).stats
     bw = s["read_bandwidth_bytes_per_s"] / 1e9
     lat = s["mean_read_latency_s"] * 1e9

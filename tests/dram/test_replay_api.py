@@ -86,6 +86,8 @@ def test_internal_ops_report_their_end_and_use_no_data_bus():
 
     fast = replay(replace(spec, act_limits="broadcast"), **kw)
     assert fast.done.max() < res.done.max()
+    per_call = replay(spec, act_limits="broadcast", **kw)
+    assert np.array_equal(per_call.done, fast.done)
 
 
 def test_bad_inputs_are_clear_errors():

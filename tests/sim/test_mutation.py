@@ -19,6 +19,7 @@ from cemsim.sim import cem as cem_module
 from cemsim.sim.link import Link, link_occupancy
 from tests.sim.conftest import REPO
 from tests.sim.test_analytic import agreement_failures, prepared
+from tests.sim.test_drex_validation import drex_slice_failures
 from tests.sim.test_validation import hbm_measurement_failures
 
 HW = REPO / "hwconfigs"
@@ -67,31 +68,6 @@ def drop_link_latency(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(Link, "transfer", transfer)
 
 
-def drex_slice_by_hand() -> list[str]:
-    """The DReX slice worked by hand: test_drex_validation's (the DRAM-engine DReX, issue 13) where it
-    exists, else test_validation's."""
-    try:
-        from tests.sim.test_drex_validation import drex_slice_failures
-    except ImportError:
-        pass
-    else:
-        return drex_slice_failures()
-    try:
-        from tests.sim.test_validation import (
-            test_full_slice_phase_times_match_the_hand_calculation as by_hand,
-        )
-    except ImportError:
-        pytest.fail(
-            "no DReX slice worked by hand to run: neither tests/sim/test_drex_validation.py's "
-            "drex_slice_failures nor test_validation's full-slice test exists; point drex_slice_by_hand at it"
-        )
-    try:
-        by_hand()
-    except AssertionError as exc:
-        return [f"DReX slice by hand: {exc}"]
-    return []
-
-
 CHECKS: dict[str, Callable[[], list[str]]] = {
     "agreement h100 4K": lambda: agreement_failures(prepared(HW / "h100.yaml", 4096, 1)),
     "agreement h100x2 4K": lambda: agreement_failures(prepared(HW / "h100x2.yaml", 4096, 1)),
@@ -101,7 +77,7 @@ CHECKS: dict[str, Callable[[], list[str]]] = {
         prepared(HW / "h100-host-offload.yaml", 4096, 1)
     ),
     "held-out H100 HBM measurements": hbm_measurement_failures,
-    "DReX slice by hand": drex_slice_by_hand,
+    "DReX slice by hand": drex_slice_failures,
 }
 
 
