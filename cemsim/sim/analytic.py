@@ -32,6 +32,8 @@ What each part costs, from first principles:
   effective link bandwidth), then pays both latencies. Dense attention with the KV on the CEM device streams
   every key and value out of its LPDDR5X pins and over CXL the same way (no PFU or NMA work).
 - Capacity: weights, KV and sign bits against each memory.
+- Sliding-window layers (Gemma 3's local layers): dense attention over their last local_window keys on the
+  GPU from HBM, whatever the system; their KV (capped at the window) stays in HBM.
 - Energy: bytes x energy per bit, FLOPs / MACs / PFU-seconds x energy per operation, static power x time.
 
 The three numbers per step (seconds):
@@ -116,6 +118,11 @@ def system_kind(system: SystemConfig) -> str:
     if where == "cem":
         return "cem_dense" if policy == "dense" else "cem"  # dense: every key and value out over CXL
     return f"{where}_{'dense' if policy == 'dense' else 'sparse'}"
+
+
+def local_layers(system: SystemConfig) -> frozenset[int]:
+    """The model's sliding-window layers (Gemma 3's local layers), from its geometry."""
+    return frozenset(i for i, t in enumerate(system.geometry.layer_types or ()) if t == "sliding")
 
 
 def selection_bytes_per_key(system: SystemConfig) -> float:
@@ -246,7 +253,21 @@ class DrexRates:
         # closed loop keeping nma.outstanding_keys keys in flight per channel over the ranks' banks
         self.activations_overlapped = float(getattr(cem.lpddr, "activations_in_flight", 1))
         self.outstanding = int(getattr(cem.nma, "outstanding_keys", 0))
+        # a key is interleaved over the package's channels; each channel returns whole bursts
+        self.burst_bytes_per_package = cem.lpddr.burst * cem.channels_per_package
+        self.bursts_per_key = math.ceil(key_bytes / self.burst_bytes_per_package)
         self.ranks = int(getattr(cem.lpddr, "ranks", 1))
+
+    def column_spacing(self, keys: float, rows: float) -> tuple[float, float]:
+        """Read-to-read time of fetching ``keys`` keys that open ``rows`` rows, per channel, at both ends of
+        what the controller's order allows: every read tCCD_S after the previous (reads of rows in other bank
+        groups interleaved), or the keys sharing an opened row one after another in its bank group, tCCD_L
+        apart (JESD209-5 bank-group mode). The estimate takes the middle; the range is what the timings
+        leave open (tests/sim/test_analytic.py allows it)."""
+        reads = keys * self.bursts_per_key
+        fast = reads * self.dram.tCCD_S
+        slow = max(reads - rows, 0.0) * self.dram.tCCD_L + min(rows, reads) * self.dram.tCCD_S
+        return fast, max(slow, fast)
 
     def row_miss_cost(self) -> float:
         """What one more opened row adds to a bandwidth-unbound fetch in the estimate."""
@@ -299,11 +320,10 @@ class DrexRates:
         rows = self.expected_rows(keys, considered)
         miss = rows * self.row_miss_cost()
         if self.outstanding:  # each key in flight also waits for its CAS latency and its burst
-            burst = self.key_bytes / self.package_bytes_per_s
+            data = keys * self.bursts_per_key * self.burst_bytes_per_package / self.package_bytes_per_s
+            burst = data / keys
             miss = max(miss, (rows * (t.tRP + t.tRCD) + keys * (t.tCL + burst)) / self.outstanding)
-            # keys fetched in address order: the keys sharing an opened row follow one another in one bank
-            # group, tCCD_L apart; a new row is in another bank (group), tCCD_S after the previous read
-            miss = max(miss, (keys - rows) * t.tCCD_L + rows * t.tCCD_S)
+            miss = max(miss, sum(self.column_spacing(keys, rows)) / 2)
         # upper: each key its own row miss, one after another: a bank's full ACT-to-ACT cycle (or precharge +
         # activate where no tRC is known) and the CAS latency, plus the data, stretched by refresh
         serial = keys * (max(t.tRC, t.tRP + t.tRCD) + t.tCL) + data
@@ -418,6 +438,11 @@ class StepModel:
             else None
         )
         self.works = prep.works
+        # sliding-window layers (Gemma 3): dense over their last local_window keys, on the GPU from HBM,
+        # whatever the system; only the full layers' KV lives where kv_location says
+        self.local_layers = local_layers(system)
+        self.global_layers = geo.layers - len(self.local_layers)
+        self.local_window = geo.local_window or 0
         self.tally = Tally()
 
     # -- GPU work -------------------------------------------------------------------------------------
@@ -601,9 +626,19 @@ class StepModel:
         peer = self.system.gpu.peer_link
         for layer in range(self.sizes.layers):
             pre = self.gpu_kernel(params["pre"] * dtype_bytes, 2.0 * params["pre"] * users, 0.0, main)
-            before, parallel, after = self.attention_kernels(lane_works, layer, main)
+            if layer in self.local_layers:
+                tokens = float(sum(min(self.local_window, work.context) for work in lane_works))
+                q_dim = self.sizes.q_heads * self.sizes.head_dim
+                before, after = ZERO, ZERO
+                parallel = self.gpu_kernel(
+                    tokens * self.sizes.kv_token_bytes, 4.0 * q_dim * tokens, 0.0, main
+                )
+            else:
+                before, parallel, after = self.attention_kernels(lane_works, layer, main)
             post = self.gpu_kernel(params["post"] * dtype_bytes, 2.0 * params["post"] * users, 0.0, main)
-            if self.kind == "cem":
+            if layer in self.local_layers:
+                offload = ZERO
+            elif self.kind == "cem":
                 offload = self.cem_offload(lane_users, list(range(self.batch)), works, layer)
             elif self.kind in ("host_dense", "host_sparse", "cem_dense"):
                 offload = self.stream_offload(lane_users, list(range(self.batch)), works, layer)
@@ -673,7 +708,7 @@ class StepModel:
                 blocks = sum(
                     math.ceil(float(c) / drex.keys_per_block) for c in work.considered.ravel()
                 )  # one Key Block per bank per epoch
-                requests = model.layers * model.kv_heads
+                requests = self.global_layers * model.kv_heads
                 add("nbytes", "link.to_device", requests * model.group * model.key_bytes)
                 resp = sum(
                     model.response_bytes(float(s), float(v))
@@ -686,7 +721,7 @@ class StepModel:
                 add("ops", "cem.pfu_seconds", blocks * drex.bitmap_generation)
                 add("ops", "cem.nma_macs", surv * model.head_dim * model.group)
             elif self.kind in ("host_dense", "cem_dense"):
-                nbytes = work.context * model.kv_token_bytes * model.layers
+                nbytes = work.context * model.kv_token_bytes * self.global_layers
                 add("nbytes", "host_memory" if self.kind == "host_dense" else "cem.lpddr", nbytes)
                 add("nbytes", "link.to_host", nbytes)
             elif self.kind == "host_sparse":
@@ -694,7 +729,7 @@ class StepModel:
                 add("nbytes", "link.to_host", (surv + vals) * model.key_bytes)
         if self.kind.startswith(("cem", "host")):
             nbytes = (
-                self.batch * model.layers * model.kv_token_bytes
+                self.batch * self.global_layers * model.kv_token_bytes
             )  # one new token per user, written where KV lives
             add("nbytes", "link.to_device", nbytes)
             add("nbytes", "cem.lpddr_write" if self.kind.startswith("cem") else "host_memory", nbytes)
@@ -707,12 +742,20 @@ def capacity(system: SystemConfig, kind: str, context: int, batch: int, window: 
     """Why the workload does not fit (empty when it does)."""
     geo, dtype_bytes, gpu = system.geometry, system.workload.dtype_bytes, system.gpu
     tp = gpu.count if gpu.parallelism == "tensor" else 1
-    kv_token = 2 * geo.layers * geo.kv_heads * geo.head_dim * dtype_bytes
-    sign_token = geo.layers * geo.kv_heads * geo.head_dim / BITS_PER_BYTE  # DReX keeps sign bits by the keys
-    select_token = geo.layers * geo.kv_heads * selection_bytes_per_key(system)  # the GPU's selection data
+    local = len(local_layers(system))
+    full = geo.layers - local  # full-attention layers: their KV lives where kv_location says
+    layer_token = 2 * geo.kv_heads * geo.head_dim * dtype_bytes
+    kv_token = full * layer_token
+    sign_token = full * geo.kv_heads * geo.head_dim / BITS_PER_BYTE  # DReX keeps sign bits by the keys
+    select_token = full * geo.kv_heads * selection_bytes_per_key(system)  # the GPU's selection data
+    local_kv = local * min(geo.local_window or 0, context) * layer_token  # sliding layers: in HBM, capped
     users_per_gpu = batch if tp > 1 else math.ceil(batch / gpu.count)
     in_hbm = context if kind.startswith("hbm") else min(window + sinks, context)
-    per_user = in_hbm * kv_token + (context * select_token if kind in ("hbm_sparse", "host_sparse") else 0.0)
+    per_user = (
+        in_hbm * kv_token
+        + local_kv
+        + (context * select_token if kind in ("hbm_sparse", "host_sparse") else 0.0)
+    )
     need = (geo.weight_params() * dtype_bytes + users_per_gpu * per_user) / tp
     out = []
     if need > gpu.hbm.capacity:

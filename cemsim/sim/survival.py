@@ -25,6 +25,7 @@ Rules applied on top, in order (settings.py decides which apply):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -93,6 +94,61 @@ def scale_to_ratio(considered: np.ndarray, survivors: np.ndarray, ratio: float) 
         out[over] = cons[over]
         free &= ~over
     return np.minimum(np.rint(out), cons).astype(np.int64)
+
+
+def redistribute(blocks: np.ndarray, keys: np.ndarray, survivors: np.ndarray) -> np.ndarray:
+    """Per-block counts [L, H, B] moved to new per-head totals ``survivors`` [L, H]: each head's blocks scaled
+    by one factor, none past its keys ``keys`` [B] (what it cannot take goes to the head's other blocks), then
+    rounded to integers keeping each total (largest remainders first)."""
+    base = blocks.astype(np.float64)
+    cap = np.broadcast_to(keys.astype(np.float64), base.shape)
+    target = np.minimum(survivors.astype(np.float64), cap.sum(-1))
+    out = np.zeros_like(base)
+    free = np.ones(base.shape, bool)
+    for _ in range(64):
+        left = target - np.where(free, 0.0, out).sum(-1)
+        weight = np.where(free, base, 0.0).sum(-1)
+        factor = np.divide(left, weight, out=np.zeros_like(left), where=weight > 0)
+        trial = base * factor[..., None]
+        over = free & (trial > cap)
+        out = np.where(free, np.minimum(trial, cap), out)
+        if not over.any():
+            break
+        free &= ~over
+    # what the blocks holding survivors cannot take (every one full) goes to the rest in proportion to their
+    # room: a head pushed towards every key fills its empty blocks last
+    left = target - out.sum(-1)
+    room = cap - out
+    total_room = room.sum(-1)
+    more = left > 1e-9
+    if more.any():
+        out[more] += room[more] * np.minimum(left[more] / total_room[more], 1.0)[:, None]
+    floor = np.floor(out)
+    short = np.rint(target - floor.sum(-1)).astype(np.int64)  # units each head still needs
+    rank = np.argsort(np.argsort(-(out - floor), axis=-1, kind="stable"), axis=-1)
+    floor += (rank < short[..., None]) & (floor < cap)
+    return floor.astype(np.uint16)
+
+
+def with_counts(
+    header: TraceHeader, rec: StepRecord, survivors: np.ndarray, values: np.ndarray
+) -> StepRecord:
+    """``rec`` carrying other survivor and value counts at its own context, blocks redistributed."""
+    if np.array_equal(survivors, rec.survivors):
+        blocks = rec.survivor_blocks
+    else:
+        from cemsim.trace.synthetic import sparse_keys_per_block
+
+        keys = sparse_keys_per_block(rec.context_len, header, rec.window, rec.sinks)
+        blocks = redistribute(rec.survivor_blocks, keys, survivors)
+    surv = blocks.sum(-1, dtype=np.int64)
+    return dataclasses.replace(
+        rec,
+        survivors=surv,
+        survivor_blocks=blocks,
+        values_fetched=np.minimum(values.astype(np.int64), surv),
+        topk_positions=None,
+    )
 
 
 def adjust_counts(
@@ -218,12 +274,18 @@ def replay_works(
                     )
                 )
 
-            def adjust(
-                cons: np.ndarray, surv: np.ndarray, vals: np.ndarray, _rec: StepRecord = use
-            ) -> Counts:
-                return adjust_counts(s, header, _rec, cons, surv, vals)
+            # the settings' rules at the record's own context, its blocks redistributed to the new counts
+            # (capped at each block's keys), then the work at the simulated context
+            surv, vals = adjust_counts(s, header, use, use.keys_considered, use.survivors, use.values_fetched)
+            use = with_counts(header, use, surv, vals)
+            keep = None
+            if s.policy != "longsight":  # a selection keeps its count, not its fraction, at another context
 
-            works.append(step_work(header, use, at, rows, where, adjust=adjust))
+                def keep(cons: np.ndarray, _s: np.ndarray, _v: np.ndarray, _rec: StepRecord = use) -> Counts:
+                    kept = np.minimum(_rec.survivors, cons)
+                    return kept, np.minimum(_rec.values_fetched, kept)
+
+            works.append(step_work(header, use, at, rows, where, adjust=keep))
         if len(works) == 1 and keep_going is not None and not keep_going(works[0]):
             break
         if max_steps is not None and len(works) >= max_steps:

