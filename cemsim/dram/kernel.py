@@ -18,6 +18,8 @@ from cemsim.dram.kernel_state import (
     B_ACTN,
     B_HITS,
     B_OPEN,
+    B_TQ,
+    B_WQ,
     C_AUTO_PRE,
     C_END,
     C_EVENTS,
@@ -60,7 +62,10 @@ from cemsim.dram.kernel_state import (
     S_DRAIN,
     S_FIN,
     S_HN,
+    S_MOVT,
+    S_MOVW,
     S_NA2,
+    S_NBUSY,
     S_NDIRTY,
     S_RBN,
     S_REFQN,
@@ -96,7 +101,7 @@ def _mark(b, bdirty, dstack, S):
         S[S_NDIRTY] += 1
 
 
-@numba.njit(cache=True, _nrt=False)
+@numba.njit(cache=True, inline="always")
 def _retire(
     t,
     i,
@@ -157,7 +162,14 @@ def _retire(
             break
     for j in range(pos, bqn[b] - 1):
         bq[b, j] = bq[b, j + 1]
-    bqn[b] -= 1
+    if per_bank:
+        _track(b, S, BS, bqn, P[P_BANKQ], -1)
+        bqn[b] -= 1
+        _track(b, S, BS, bqn, P[P_BANKQ], 1)
+        if bqn[b] == 0:
+            S[S_NBUSY] -= 1
+    else:
+        bqn[b] -= 1
     if not per_bank:
         if stage[i] == 0:
             if kd == K_WRITE:
@@ -206,40 +218,52 @@ def _retire(
             counts[C_AUTO_PRE] += 1
 
 
-@numba.njit(cache=True, _nrt=False)
-def _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, dry, bdirty, dstack):
+@numba.njit(cache=True, inline="always")
+def _track(b, S, BS, bqn, bankq, sign):
+    """Per-bank profile: count bank b in (sign 1) or out of (sign -1) the banks a waiting read or write could
+    move to; called around every change of its waiting counts or queue length."""
+    if bqn[b] < bankq:
+        if BS[b, B_TQ] > 0:
+            S[S_MOVT] += sign
+        if BS[b, B_WQ] > 0:
+            S[S_MOVW] += sign
+
+
+@numba.njit(cache=True, inline="always")
+def _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack):
     """Per-bank profile, end of tick: move the first waiting transaction whose bank queue has room (writes
-    while draining). With ``dry`` only report whether one could move."""
-    if not dry and S[S_DRAIN] == 0 and (S[S_WQN] >= wqsize or S[S_WQN] > 8):
-        if S[S_WQN] >= wqsize:
-            S[S_DRAIN] = S[S_WQN]
-        else:
-            empty = True
-            for b in range(nb):
-                if bqn[b] > 0:
-                    empty = False
-                    break
-            if empty:
-                S[S_DRAIN] = S[S_WQN]
+    while draining); ``tqb``/``wqb`` hold the waiting transactions' banks. Returns whether another could
+    move next tick (so the loop visits it). The S_MOVT/S_MOVW counts spare the scan when none can move."""
+    if S[S_DRAIN] == 0 and (S[S_WQN] >= wqsize or (S[S_WQN] > 8 and S[S_NBUSY] == 0)):
+        S[S_DRAIN] = S[S_WQN]
     use_w = S[S_DRAIN] > 0
-    qn = S[S_WQN] if use_w else S[S_TQN]
-    for j in range(qn):
-        i = wq[j] if use_w else tq[j]
-        b = bank[i]
-        if bqn[b] < bankq:
-            if dry:
-                return True
-            bq[b, bqn[b]] = i
-            bqn[b] += 1
-            _mark(b, bdirty, dstack, S)
-            stage[i] = 1
-            if use_w:
-                S[S_WQN] = _remove_at(wq, S[S_WQN], j)
-                S[S_DRAIN] -= 1
-            else:
-                S[S_TQN] = _remove_at(tq, S[S_TQN], j)
-            return True
-    return False
+    if S[S_MOVW if use_w else S_MOVT] == 0:
+        return False
+    q = wq if use_w else tq
+    qb = wqb if use_w else tqb
+    j = 0
+    while bqn[qb[j]] >= bankq:
+        j += 1
+    i = q[j]
+    b = qb[j]
+    _track(b, S, BS, bqn, bankq, -1)
+    if bqn[b] == 0:
+        S[S_NBUSY] += 1
+    bq[b, bqn[b]] = i
+    bqn[b] += 1
+    _mark(b, bdirty, dstack, S)
+    stage[i] = 1
+    if use_w:
+        BS[b, B_WQ] -= 1
+        _remove_at(wqb, S[S_WQN], j)
+        S[S_WQN] = _remove_at(wq, S[S_WQN], j)
+        S[S_DRAIN] -= 1
+    else:
+        BS[b, B_TQ] -= 1
+        _remove_at(tqb, S[S_TQN], j)
+        S[S_TQN] = _remove_at(tq, S[S_TQN], j)
+    _track(b, S, BS, bqn, bankq, 1)
+    return S[S_MOVW if S[S_DRAIN] > 0 else S_MOVT] > 0
 
 
 @numba.njit(cache=True, _nrt=False)
@@ -274,11 +298,14 @@ def _run(
     bqn,
     stage,
     tq,
+    tqb,
     wq,
+    wqb,
     refq,
     sel,
     slots,
     nslot,
+    bmin,
     bdirty,
     dstack,
     pend,
@@ -373,12 +400,19 @@ def _run(
                 else:
                     nxt += 1
                 if per_bank:
+                    b = bank[cand]
+                    _track(b, S, BS, bqn, bankq, -1)
                     if kd == K_WRITE:
+                        BS[b, B_WQ] += 1
                         wq[S[S_WQN]] = cand
+                        wqb[S[S_WQN]] = b
                         S[S_WQN] += 1
                     else:
+                        BS[b, B_TQ] += 1
                         tq[S[S_TQN]] = cand
+                        tqb[S[S_TQN]] = b
                         S[S_TQN] += 1
+                    _track(b, S, BS, bqn, bankq, 1)
                 else:
                     b = bank[cand]
                     bq[b, bqn[b]] = cand
@@ -427,7 +461,7 @@ def _run(
                     rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot)
                 else:
                     rebuild_shared(b, BS, bq, bqn, stage, row, kind, S[S_WMODE] == 1, broadcast, slots, nslot)
-                update_ticks(b, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw)
                 bdirty[b] = False
             S[S_NDIRTY] = 0
             if per_bank:
@@ -439,6 +473,7 @@ def _run(
                     refq,
                     slots,
                     nslot,
+                    bmin,
                     ready,
                     nodes,
                     faw,
@@ -463,6 +498,7 @@ def _run(
                     refq,
                     slots,
                     nslot,
+                    bmin,
                     kind,
                     bank,
                     ready,
@@ -609,8 +645,8 @@ def _run(
 
         # ---- per-bank profile: one transaction into its bank queue at the end of the tick
         more_moves = False
-        if per_bank and _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, False, bdirty, dstack):
-            more_moves = _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, True, bdirty, dstack)
+        if per_bank:
+            more_moves = _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack)
 
         # ---- next tick where something can happen
         if S[S_FIN] >= n:
@@ -687,11 +723,14 @@ def _simulate_channel(
     bqn = np.zeros(nb, dtype=np.int64)
     stage = np.zeros(n, dtype=np.int64)
     tq = np.empty(qsize + 1, dtype=np.int64)
+    tqb = np.empty(qsize + 1, dtype=np.int64)
     wq = np.empty(wqsize + 1, dtype=np.int64)
+    wqb = np.empty(wqsize + 1, dtype=np.int64)
     refq = np.empty(4 * nb + 16, dtype=np.int64)
     sel = np.empty(4, dtype=np.int64)
     slots = np.zeros((nb, NSLOT, NFIELD), dtype=np.int64)
     nslot = np.zeros(nb, dtype=np.int64)
+    bmin = np.full(nb, INF, dtype=np.int64)
     bdirty = np.ones(nb, dtype=np.bool_)
     dstack = np.arange(nb + 1, dtype=np.int64)
     S[S_NDIRTY] = nb
@@ -739,11 +778,14 @@ def _simulate_channel(
         bqn,
         stage,
         tq,
+        tqb,
         wq,
+        wqb,
         refq,
         sel,
         slots,
         nslot,
+        bmin,
         bdirty,
         dstack,
         pend,
