@@ -102,39 +102,22 @@ def _mark(b, bdirty, dstack, S):
 
 
 @numba.njit(cache=True, inline="always")
-def _retire(
-    t,
-    i,
-    b,
-    S,
-    BS,
-    bq,
-    bqn,
-    stage,
-    row,
-    kind,
-    hold,
-    key,
-    done,
-    counts,
-    ready,
-    nodes,
-    cl_n,
-    cl_nx,
-    cl_l,
-    sib,
-    rank_nodes_of_pc,
-    nrank,
-    faw,
-    faw_head,
-    faw_cnt,
-    heap,
-    key_left,
-    key_done,
-    P,
-    per_bank,
-):
+def _issue(dev, tabs, nrank, b, cmd, t, limited):
+    """Issue cmd on bank b at t: raise the ready ticks of its nodes (and the other ranks' on a data access)."""
+    nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt = dev
+    cl_n, cl_nx, cl_l, sib = tabs
+    _issue_bank(ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
+                limited)  # fmt: skip
+
+
+@numba.njit(cache=True, inline="always")
+def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
     """Bookkeeping after request i's access (its final command) issued at t on bank b."""
+    row, kind, hold, key = req[1], req[2], req[3], req[5]
+    done, counts = out[2], out[4]
+    nodes, ready = dev[0], dev[2]
+    S, BS, bq, bqn, stage = ctl[0], ctl[1], ctl[2], ctl[3], ctl[4]
+    key_left, key_done, heap = cli[2], cli[3], cli[4]
     kd = kind[i]
     if kd == K_READ:
         counts[C_READS] += 1
@@ -194,24 +177,8 @@ def _retire(
                 break
         if not more:
             # closed page: auto-precharge as soon as it is legal (no command-bus slot)
-            tp = _earliest(ready, nodes, b, PRE, faw, faw_head, faw_cnt, P[P_NFAW], True)
-            _issue_bank(
-                ready,
-                nodes,
-                b,
-                PRE,
-                tp,
-                cl_n,
-                cl_nx,
-                cl_l,
-                sib,
-                rank_nodes_of_pc,
-                nrank,
-                faw,
-                faw_head,
-                faw_cnt,
-                True,
-            )
+            tp = _earliest(ready, nodes, b, PRE, dev[3], dev[4], dev[5], P[P_NFAW], True)
+            _issue(dev, tabs, P[P_NRANK], b, PRE, tp, True)
             BS[b, B_OPEN] = -1
             BS[b, B_HITS] = 0
             counts[PRE] += 1
@@ -267,54 +234,15 @@ def _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty
 
 
 @numba.njit(cache=True, _nrt=False)
-def _run(
-    P,
-    cl_n,
-    cl_nx,
-    cl_l,
-    sib,
-    bank,
-    row,
-    kind,
-    hold,
-    arrival,
-    key,
-    nkeys,
-    acc,
-    first,
-    done,
-    cls,
-    counts,
-    elig,
-    nodes,
-    rank_nodes_of_pc,
-    ready,
-    faw,
-    faw_head,
-    faw_cnt,
-    S,
-    BS,
-    bq,
-    bqn,
-    stage,
-    tq,
-    tqb,
-    wq,
-    wqb,
-    refq,
-    sel,
-    slots,
-    nslot,
-    bmin,
-    bdirty,
-    dstack,
-    pend,
-    key_first,
-    key_left,
-    key_done,
-    heap,
-):
-    """The event loop (no allocation, so compiled without reference counting)."""
+def _run(P, nkeys, tabs, req, out, dev, ctl, cli):
+    """The event loop (no allocation, so compiled without reference counting). The arrays come grouped:
+    timing tables, requests, outputs, device state, controller state, client state (see _simulate_channel)."""
+    cl_n, cl_nx, cl_l = tabs[0], tabs[1], tabs[2]
+    bank, row, kind, arrival, key = req[0], req[1], req[2], req[4], req[5]
+    acc, first, cls, counts, elig = out[0], out[1], out[3], out[4], out[5]
+    nodes, ready, faw, faw_head, faw_cnt = dev[0], dev[2], dev[3], dev[4], dev[5]
+    S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack = ctl
+    pend, key_first, key_left, key_done, heap = cli
     n = bank.shape[0]
     npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
     nrk = npc * nrank
@@ -465,60 +393,12 @@ def _run(
                 bdirty[b] = False
             S[S_NDIRTY] = 0
             if per_bank:
-                e = select_per_bank(
-                    t,
-                    S,
-                    sel,
-                    BS,
-                    refq,
-                    slots,
-                    nslot,
-                    bmin,
-                    ready,
-                    nodes,
-                    faw,
-                    faw_head,
-                    faw_cnt,
-                    nfaw,
-                    nb,
-                    bpr,
-                    nrank,
-                    rk0,
-                    pc0,
-                    rgroup,
-                    slot == 1,
-                    refmode,
-                )
+                e = select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt,
+                                    nfaw, nb, bpr, nrank, rk0, pc0, rgroup, slot == 1, refmode)  # fmt: skip
             else:
-                e = select_shared(
-                    t,
-                    S,
-                    sel,
-                    BS,
-                    refq,
-                    slots,
-                    nslot,
-                    bmin,
-                    kind,
-                    bank,
-                    ready,
-                    nodes,
-                    faw,
-                    faw_head,
-                    faw_cnt,
-                    nfaw,
-                    nb,
-                    bpr,
-                    nrank,
-                    rk0,
-                    pc0,
-                    rgroup,
-                    naad,
-                    wck,
-                    col_only,
-                    row_only,
-                    refmode,
-                )
+                e = select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, nodes, faw, faw_head,
+                                  faw_cnt, nfaw, nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only,
+                                  refmode)  # fmt: skip
             if e < next_e:
                 next_e = e
             cmd = sel[1]
@@ -552,8 +432,7 @@ def _run(
             if cmd == REFPB:
                 b1, b2 = refpb_banks(sel[3], bpr)
                 for bb in (b1, b2):
-                    _issue_bank(ready, nodes, bb, REFPB, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw,
-                                faw_head, faw_cnt, True)  # fmt: skip
+                    _issue(dev, tabs, nrank, bb, REFPB, t, True)
                     _mark(bb, bdirty, dstack, S)
                 S[S_REFQN] = _remove_at(refq, S[S_REFQN], 0)
                 break
@@ -569,23 +448,7 @@ def _run(
                 first[i] = t
                 cls[i] = 0 if (cmd in (RD, WR, OP)) else (1 if cmd == ACT else 2)
             lim = not (cmd == ACT and broadcast and kind[i] == K_OP)
-            _issue_bank(
-                ready,
-                nodes,
-                b,
-                cmd,
-                t,
-                cl_n,
-                cl_nx,
-                cl_l,
-                sib,
-                rank_nodes_of_pc,
-                nrank,
-                faw,
-                faw_head,
-                faw_cnt,
-                lim,
-            )
+            _issue(dev, tabs, nrank, b, cmd, t, lim)
             if cmd == ACT:
                 BS[b, B_OPEN] = row[i]
                 BS[b, B_HITS] = 0
@@ -609,38 +472,7 @@ def _run(
                 BS[b, B_HITS] = 0
                 last_col = 0
             else:
-                _retire(
-                    t,
-                    i,
-                    b,
-                    S,
-                    BS,
-                    bq,
-                    bqn,
-                    stage,
-                    row,
-                    kind,
-                    hold,
-                    key,
-                    done,
-                    counts,
-                    ready,
-                    nodes,
-                    cl_n,
-                    cl_nx,
-                    cl_l,
-                    sib,
-                    rank_nodes_of_pc,
-                    nrank,
-                    faw,
-                    faw_head,
-                    faw_cnt,
-                    heap,
-                    key_left,
-                    key_done,
-                    P,
-                    per_bank,
-                )
+                _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli)
                 last_col = 1
 
         # ---- per-bank profile: one transaction into its bank queue at the end of the tick
@@ -747,53 +579,13 @@ def _simulate_channel(
     if depth == 0:
         for i in range(n):
             elig[i] = arrival[i]
-    _run(
-        P,
-        cl_n,
-        cl_nx,
-        cl_l,
-        sib,
-        bank,
-        row,
-        kind,
-        hold,
-        arrival,
-        key,
-        nkeys,
-        acc,
-        first,
-        done,
-        cls,
-        counts,
-        elig,
-        nodes,
-        rank_nodes_of_pc,
-        ready,
-        faw,
-        faw_head,
-        faw_cnt,
-        S,
-        BS,
-        bq,
-        bqn,
-        stage,
-        tq,
-        tqb,
-        wq,
-        wqb,
-        refq,
-        sel,
-        slots,
-        nslot,
-        bmin,
-        bdirty,
-        dstack,
-        pend,
-        key_first,
-        key_left,
-        key_done,
-        heap,
-    )
+    tabs = (cl_n, cl_nx, cl_l, sib)
+    req = (bank, row, kind, hold, arrival, key)
+    out = (acc, first, done, cls, counts, elig)
+    dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt)
+    ctl = (S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack)
+    cli = (pend, key_first, key_left, key_done, heap)
+    _run(P, nkeys, tabs, req, out, dev, ctl, cli)
     end = np.int64(0)
     for i in range(n):
         if done[i] > end:
@@ -802,27 +594,8 @@ def _simulate_channel(
 
 
 @numba.njit(cache=True)
-def simulate(
-    P,
-    cl_n,
-    cl_nx,
-    cl_l,
-    sib,
-    seg,
-    bank,
-    row,
-    kind,
-    hold,
-    arrival,
-    key,
-    nkeys,
-    acc,
-    first,
-    done,
-    cls,
-    counts,
-    elig,
-):
+def simulate(P, cl_n, cl_nx, cl_l, sib, seg, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts,
+             elig):  # fmt: skip
     """Replay each channel's segment ``seg[c]:seg[c+1]`` of the (channel-sorted) stream on its own controller."""
     for c in range(seg.shape[0] - 1):
         a, z = seg[c], seg[c + 1]
