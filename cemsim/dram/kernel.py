@@ -197,11 +197,19 @@ def _track(b, S, BS, bqn, bankq, sign):
 
 
 @numba.njit(cache=True, inline="always")
-def _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack):
+def _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack, stream_end):
     """Per-bank profile, end of tick: move the first waiting transaction whose bank queue has room (writes
     while draining); ``tqb``/``wqb`` hold the waiting transactions' banks. Returns whether another could
-    move next tick (so the loop visits it). The S_MOVT/S_MOVW counts spare the scan when none can move."""
-    if S[S_DRAIN] == 0 and (S[S_WQN] >= wqsize or (S[S_WQN] > 8 and S[S_NBUSY] == 0)):
+    move next tick (so the loop visits it). The S_MOVT/S_MOVW counts spare the scan when none can move.
+
+    DRAMsim3 drains its write buffer when it is full, or above 8 writes with every command queue empty, so a
+    stream ending with 1-8 writes and nothing else would wait forever; once the whole stream is accepted
+    (``stream_end``) and no read waits, such a remainder drains once the queues are empty (DRAMsim3 just
+    stops there)."""
+    if S[S_DRAIN] == 0 and (
+        S[S_WQN] >= wqsize
+        or ((S[S_WQN] > 8 or (stream_end and S[S_TQN] == 0)) and S[S_NBUSY] == 0 and S[S_WQN] > 0)
+    ):
         S[S_DRAIN] = S[S_WQN]
     use_w = S[S_DRAIN] > 0
     if S[S_MOVW if use_w else S_MOVT] == 0:
@@ -268,6 +276,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli):
     next_key = 0
     inflight = 0
     last_acc = np.int64(-1)
+    naccepted = 0
     t = np.int64(0)
 
     while S[S_FIN] < n:
@@ -322,6 +331,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli):
                 space = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
             if space:
                 acc[cand] = t
+                naccepted += 1
                 last_acc = t
                 if depth > 0:
                     ph += 1
@@ -478,7 +488,8 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli):
         # ---- per-bank profile: one transaction into its bank queue at the end of the tick
         more_moves = False
         if per_bank:
-            more_moves = _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack)
+            more_moves = _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack,
+                                   naccepted == n)  # fmt: skip
 
         # ---- next tick where something can happen
         if S[S_FIN] >= n:
