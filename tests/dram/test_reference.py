@@ -76,10 +76,6 @@ SUBSET_CONFIGS = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "rec", SUBSET, ids=[f"{r['simulator']}-{r['config']}-{r['pattern']}-K{r['K']}" for r in SUBSET]
-)
 def replay_subset_record(rec: dict):
     """Replay one record of the in-repo subset (tests/dram/data, built by make_subset.py)."""
     z = np.load(DATA / "reference_subset.npz")
@@ -99,6 +95,10 @@ def replay_subset_record(rec: dict):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "rec", SUBSET, ids=[f"{r['simulator']}-{r['config']}-{r['pattern']}-K{r['K']}" for r in SUBSET]
+)
 def test_engine_matches_the_in_repo_reference_subset(rec):
     """The same check on a copy shipped in the repo (tests/dram/data, built by make_subset.py): DRAMsim3's
     LP5X-8533-like and Ramulator 2's LPDDR5-6400 records, so the comparison runs without the shared folder."""
