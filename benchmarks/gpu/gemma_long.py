@@ -11,7 +11,10 @@ time limit keeps what finished); a job that fails is recorded with its error and
 
 with ITQ, then without: ``tune`` at 8,192 tokens (W = 1,024, S = 16, 5 % perplexity budget, fp32 as
 ``cemsim tune --device cuda`` does); LongSight captures at 4K, 8K, 16K and 32K (bf16, 16 teacher-forced
-decode steps) with those 8K thresholds; ``tune`` at 32,768 tokens. No job starts after ``--deadline``.
+decode steps) with those 8K thresholds; ``tune`` at 32,768 tokens; then ``itq-rotations`` (the rotations
+trained on this machine, copied beside the results). No job starts after ``--deadline``. ``--jobs`` names
+the jobs to run, in the order given (``convert`` and ``sanity`` always run first); a capture whose 8K
+tune is not among this run's jobs uses the shipped ``traces/thresholds`` file of that name.
 
 Results are written to ``--work`` and, after every job, appended to ``--out``/gemma-long.tar beside
 ``summary.json`` (the device tool brings back at most eight files, and only what is under ``--out`` when a
@@ -80,7 +83,17 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=16)
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds; no job starts after this")
     ap.add_argument("--skip", default="", help="comma-separated job names to skip")
+    ap.add_argument(
+        "--jobs", default="", help="comma-separated job names to run, in this order (default: all)"
+    )
     args = ap.parse_args()
+    tags = ("itq", "no-itq")
+    ctxs = [int(c) for c in args.contexts.split(",")]
+    known = [f"{j}-{t}" for t in tags for j in ("tune-8k", *(f"capture-{c}" for c in ctxs), "tune-32k")]
+    known.append("itq-rotations")
+    order = [j for j in args.jobs.split(",") if j] or known
+    if unknown := [j for j in order if j not in known]:  # before any device time is spent
+        raise SystemExit(f"unknown jobs {unknown}; known: {', '.join(known)}")
     t_start = time.perf_counter()
     out: Path = args.work
     out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +180,8 @@ def main() -> None:
     def cap(ctx: int, itq: bool) -> dict:
         tag = "itq" if itq else "no-itq"
         th = out / f"gemma3-270m-8k-w1024-{tag}.json"
+        if not th.is_file():  # this run did not tune at 8K: the shipped file of that name
+            th = REPO / "traces" / "thresholds" / th.name
         spec = CaptureSpec(
             model=MODEL,
             tokens=ctx,
@@ -180,15 +195,35 @@ def main() -> None:
         timings: dict = {}
         path = out / f"gemma3-270m-{ctx}-{tag}.parquet"
         capture(spec, path, timings=timings)
-        return {"file": path.name, "bytes": path.stat().st_size, "timings": timings}
+        return {
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "thresholds": str(th.relative_to(REPO) if th.is_relative_to(REPO) else th.name),
+            "timings": timings,
+        }
 
-    # ITQ first (the configuration LongSight ships), then without; within each: 8K tune, captures, 32K tune.
-    for itq in (True, False):
-        tag = "itq" if itq else "no-itq"
-        job(f"tune-8k-{tag}", lambda itq=itq: tune(8192, itq))
-        for ctx in (int(c) for c in args.contexts.split(",")):
-            job(f"capture-{ctx}-{tag}", lambda c=ctx, i=itq: cap(c, i))
-        job(f"tune-32k-{tag}", lambda itq=itq: tune(32768, itq))
+    def itq_rotations() -> dict:
+        """The model's ITQ rotations on this machine (trained now if no ITQ job ran), kept beside the results."""
+        import shutil
+
+        from cemsim.attention import load_model, load_text
+        from cemsim.attention.runner import load_or_train_itq
+
+        lm = load_model(MODEL, device="cuda", dtype="fp32")
+        rot, path, trained = load_or_train_itq(lm, load_text())
+        shutil.copy(path, out / "gemma3-270m-itq-h200.npz")
+        return {"file": "gemma3-270m-itq-h200.npz", "trained_now": trained, "tokens": rot.tokens}
+
+    # Default order: ITQ first (the configuration LongSight ships), then without; within each: 8K tune,
+    # captures, 32K tune.
+    jobs: dict = {"itq-rotations": itq_rotations}
+    for itq, tag in zip((True, False), tags, strict=True):
+        jobs[f"tune-8k-{tag}"] = lambda itq=itq: tune(8192, itq)
+        for ctx in ctxs:
+            jobs[f"capture-{ctx}-{tag}"] = lambda c=ctx, i=itq: cap(c, i)
+        jobs[f"tune-32k-{tag}"] = lambda itq=itq: tune(32768, itq)
+    for name in order:
+        job(name, jobs[name])
     summary["seconds_total"] = round(time.perf_counter() - t_start, 1)
     save()
 

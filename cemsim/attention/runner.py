@@ -51,6 +51,13 @@ def token_nll(
     x = torch.as_tensor(ids, dtype=torch.long, device=lm.device).reshape(1, -1)
     kwargs = {} if state is None else {"cemsim_state": state}
     hidden = lm.model.model(input_ids=x, use_cache=False, **kwargs).last_hidden_state[0]
+    return nll_from_hidden(lm, hidden, x)
+
+
+@torch.inference_mode()
+def nll_from_hidden(lm: LoadedModel, hidden: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """NLL of tokens ``x[0, 1:]`` from the final hidden states ``[N, hidden]`` of ``x`` (LM head in chunks:
+    Gemma's 262K-word vocabulary makes full logits 8.6 GB at 8K tokens)."""
     nll = np.empty(x.shape[1] - 1, dtype=np.float64)
     rows = max(1, min(LOGIT_CHUNK, LOGIT_CHUNK_ELEMS // lm.model.lm_head.out_features))
     for a in range(0, x.shape[1] - 1, rows):
@@ -72,9 +79,12 @@ def _model_key(lm: LoadedModel) -> str:
     return hashlib.sha256(f"{lm.folder}|{stamp}".encode()).hexdigest()[:16]
 
 
-def dense_nll_cached(lm: LoadedModel, ids: list[int], text: EvalText) -> tuple[np.ndarray, bool]:
+def dense_nll_cached(
+    lm: LoadedModel, ids: list[int], text: EvalText, compute: Callable[[], np.ndarray] | None = None
+) -> tuple[np.ndarray, bool]:
     """Dense NLL, cached on disk per (model weights, text, token count, device kind and dtype): eval and
-    tune reuse it."""
+    tune reuse it. ``compute``: how to get it when it is not cached (default: ``token_nll`` with no policy;
+    tune passes the NLL of its one dense pass, which is the same computation)."""
     run = "" if (lm.device, lm.dtype) == ("cpu", "fp32") else f"|{torch.device(lm.device).type}|{lm.dtype}"
     key = hashlib.sha256(f"{_model_key(lm)}|{text.sha256}|{len(ids)}|{ids[:4]}{run}".encode()).hexdigest()[
         :24
@@ -85,7 +95,7 @@ def dense_nll_cached(lm: LoadedModel, ids: list[int], text: EvalText) -> tuple[n
             return np.load(path), True
         except (OSError, ValueError):
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
-    nll = token_nll(lm, ids, None)
+    nll = token_nll(lm, ids, None) if compute is None else compute()
     from cemsim.atomic import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

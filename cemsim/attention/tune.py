@@ -11,11 +11,16 @@ order of moves and its stopping rule but makes it affordable on 2 CPU cores:
    The greedy move sequence (lowest filter ratio first, ``step`` per move) is therefore fixed in advance.
 2. *Bisection instead of a linear scan.* Perplexity along that sequence only grows as thresholds rise
    (filters only remove keys), so the last setting under budget is found with about log2(moves) sparse
-   evaluations; the dense perplexity is cached on disk.
+   evaluations (:func:`last_under_budget`; the all-start setting only when nothing else fits); the dense
+   perplexity is cached on disk.
 3. *A shorter span.* The default tuning span is 2,048 tokens with a 256-token window (the same share of
    sparse positions as 8K tokens with W = 1024 has at its end); thresholds are per query/key pair, so they
    carry over to longer spans, at the cost of tuning noise. Use ``--tokens 8192 --window 1024`` for the
    paper's setting when time allows.
+4. *One dense pass, and the layers before the first full-attention layer computed once.* The dense NLL,
+   the tables' queries and keys and the input of the first full-attention layer come from one pass; every
+   sparse evaluation starts from that layer (:mod:`cemsim.attention.prefix`: Gemma 3's layers 0-4 are
+   sliding-window layers, which no threshold changes).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import heapq
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numba
@@ -35,8 +41,8 @@ from rich.table import Table
 
 from cemsim.attention.model_loader import load_model
 from cemsim.attention.policies import PolicyConfig, published_k
+from cemsim.attention.prefix import DensePass, dense_pass, replaying_prefix
 from cemsim.attention.runner import (
-    capture_qk,
     dense_nll_cached,
     make_policy,
     new_state,
@@ -125,6 +131,43 @@ def thresholds_after(
     return th
 
 
+def last_under_budget(
+    run: Callable[[int], float],
+    n_moves: int,
+    limit: float,
+    max_evals: int,
+    after: Callable[[int, float, bool], None] | None = None,
+) -> int:
+    """The largest number of moves whose perplexity ``run(n)`` is within ``limit``, by bisection over
+    0..n_moves, perplexity being non-decreasing along the move order (filters only remove keys).
+
+    Setting 0 is evaluated only if the search ends there (then once, for the record and the warning):
+    when the search ends above 0, 0 would have passed; when it ends at 0, 0 is the answer whether or not it
+    passes. So the result is that of bisecting after a first check of setting 0, with one evaluation fewer
+    whenever some move fits. ``after(n, ppl, ok)`` is called after each evaluation."""
+    lo, hi = (
+        0,
+        n_moves,
+    )  # invariant: settings past `hi` are over budget, `lo` is (or, for 0, is taken as) under
+    evals = 0
+    while lo < hi and evals < max_evals:
+        mid = (lo + hi + 1) // 2
+        ppl = run(mid)
+        evals += 1
+        ok = ppl <= limit
+        if after is not None:
+            after(mid, ppl, ok)
+        if ok:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        ppl = run(0)
+        if after is not None:
+            after(0, ppl, ppl <= limit)
+    return lo
+
+
 def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu"
 
@@ -164,20 +207,37 @@ def tune_thresholds(
     ids = token_ids(lm.tokenizer, text, tokens, bos=lm.bos_id)
     start = 0 if start is None else start
     kk = published_k(tokens) if k is None else k
+    setup: dict[str, float] = {"load": round(time.perf_counter() - t0, 1)}
     with console.status("ITQ rotations, dense perplexity, filter-ratio tables (cached dense attention)"):
+        t = time.perf_counter()
         base, info = make_policy(
             lm, text, kind="longsight", context=tokens, window=window, sinks=sinks, k=kk, itq=itq
         )
-        nll_dense, _ = dense_nll_cached(lm, ids, text)
+        setup["itq"] = round(time.perf_counter() - t, 1)
+        # One dense pass gives the dense NLL (unless cached), Q and K for the tables and the input of the
+        # first full-attention layer, which every sparse evaluation then starts from (cemsim.attention.prefix).
+        t = time.perf_counter()
+        passes: list[DensePass] = []
+
+        def nll_from_pass() -> np.ndarray:
+            passes.append(dense_pass(lm, ids, nll=True))
+            return passes[0].nll  # type: ignore[return-value]
+
+        nll_dense, _ = dense_nll_cached(lm, ids, text, compute=nll_from_pass)
         ppl_dense = perplexity(nll_dense)
-        keys, queries = capture_qk(lm, ids)
+        dp = passes[0] if passes else dense_pass(lm, ids, nll=False)
+        setup["dense_pass"] = round(time.perf_counter() - t, 1)
         # Only full-attention layers have a sparse stage; sliding layers keep an empty table, so the greedy
         # order never moves their thresholds (they stay at `start` and are never used).
+        t = time.perf_counter()
         full = lm.full_layers
         rot = None if base.rotations is None else base.rotations[full]
         surv = np.zeros((lm.num_layers, lm.num_kv_heads, lm.head_dim + 2), dtype=np.int64)
-        surv[full] = survivor_tables(keys[full], queries[full], rot, window, sinks)
-        del keys, queries
+        surv[full] = survivor_tables(dp.keys[full], dp.queries[full], rot, window, sinks)
+        prefix = dp.prefix
+        del dp
+        passes.clear()  # frees the Q and K copies
+        setup["tables"] = round(time.perf_counter() - t, 1)
     moves = move_sequence(surv, start, step)
     shape = (lm.num_layers, lm.num_kv_heads)
     limit = ppl_dense * (1 + ppl_budget)
@@ -195,7 +255,8 @@ def tune_thresholds(
         )
         state = new_state(lm, cfg, total_positions=tokens)
         t_eval = time.perf_counter()
-        ppl = perplexity(token_nll(lm, ids, state))
+        with replaying_prefix(lm, prefix):
+            ppl = perplexity(token_nll(lm, ids, state))
         cons = sum(float(s.considered.sum()) for s in state.stats)
         sv = sum(float(s.survivors.sum()) for s in state.stats)
         results[n_moves] = (ppl, cons / sv if sv else float("inf"))
@@ -207,7 +268,7 @@ def tune_thresholds(
         )
         return ppl
 
-    expected = int(np.ceil(np.log2(len(moves) + 1))) + 1
+    expected = int(np.ceil(np.log2(len(moves) + 1)))
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -216,29 +277,18 @@ def tune_thresholds(
         console=console,
     ) as prog:
         task = prog.add_task("tuning", total=min(expected, max_evals))
-        lo, hi = 0, len(moves)  # invariant: setting `lo` is under budget; settings past `hi` are over
-        prog.update(task, description=f"start: all T={start}")
-        if run(0) > limit:
-            console.print(
-                f"[yellow]even T={start} everywhere exceeds the budget "
-                f"({results[0][0]:.3f} > {limit:.3f}): top-k / window alone cost too much[/]"
-            )
-            hi = 0
-        prog.advance(task)
-        evals = 1
-        while lo < hi and evals < max_evals:
-            mid = (lo + hi + 1) // 2
-            ppl = run(mid)
-            evals += 1
-            ok = ppl <= limit
-            prog.update(
-                task, description=f"moves {mid}/{len(moves)}: ppl {ppl:.3f} {'<=' if ok else '>'} {limit:.3f}"
-            )
+
+        def after(mid: int, ppl: float, ok: bool) -> None:
+            desc = f"moves {mid}/{len(moves)}: ppl {ppl:.3f} {'<=' if ok else '>'} {limit:.3f}"
+            prog.update(task, description=desc if mid else f"no move fits: all T={start}")
             prog.advance(task)
-            if ok:
-                lo = mid
-            else:
-                hi = mid - 1
+
+        lo = last_under_budget(run, len(moves), limit, max_evals, after)
+    if results[lo][0] > limit:
+        console.print(
+            f"[yellow]even T={start} everywhere exceeds the budget "
+            f"({results[0][0]:.3f} > {limit:.3f}): top-k / window alone cost too much[/]"
+        )
     best = thresholds_after(moves, lo, shape, start)
     ppl_best, fr_best = results.get(lo, (float("nan"), float("nan")))
     tf = ThresholdFile(
@@ -269,6 +319,7 @@ def tune_thresholds(
             "moves_total": len(moves),
             "evaluations": {str(n): {"ppl": p, "filter_ratio": f} for n, (p, f) in sorted(results.items())},
             "seconds": round(time.perf_counter() - t0, 1),
+            "setup_seconds": setup,
         },
     )
     tf.save(out)

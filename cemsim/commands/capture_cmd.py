@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cemsim.commands.model_help import MODEL_HELP
 from cemsim.commands.outputs import check_output_file
 from cemsim.commands.progress import step_progress
 from cemsim.config.workload import parse_tokens
@@ -26,9 +27,7 @@ def capture_command(
     out: Annotated[
         Path, Opt("--out", help="Trace to write (more policies: <stem>.<policy>.parquet beside it).")
     ],
-    model: Annotated[
-        str, Opt("--model", help="smollm2-135m (bundled) or a local Llama checkpoint.")
-    ] = "smollm2-135m",
+    model: Annotated[str, Opt("--model", help=MODEL_HELP)] = "smollm2-135m",
     policy: Annotated[
         str, Opt("--policy", help="longsight, dense, window, oracle-topk, quest, a comma list, or 'all'.")
     ] = "longsight",

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cemsim.commands.model_help import MODEL_HELP
 from cemsim.errors import CemsimError
 
 console = Console()
@@ -24,9 +25,7 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
 
 
 def eval_command(
-    model: str = typer.Option(
-        "smollm2-135m", "--model", help="Bundled model name or a local Llama checkpoint folder."
-    ),
+    model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP),
     tokens: int = typer.Option(
         8192, "--tokens", help="Tokens of the evaluation text (at most the model's positions)."
     ),

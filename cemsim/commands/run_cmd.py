@@ -40,11 +40,28 @@ def parse_sets(sets: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     return values, labels
 
 
+def attention_line(att: dict[str, Any]) -> str:
+    """One line saying what attention was replayed (the result's ``attention`` record)."""
+    if not att:
+        return ""
+    parts = [str(att.get("policy", "?"))]
+    if att.get("k"):
+        parts.append(f"k {att['k']} per {str(att.get('topk_scope', 'query_head')).replace('_', ' ')}")
+    parts.append(f"window {att.get('window')}, sinks {att.get('sinks')}")
+    ratio = att.get("replayed_filter_ratio")
+    if ratio:
+        src = att.get("survival_source") or ("scenario" if att.get("filter_ratio") else "trace")
+        parts.append(f"filter ratio {ratio:.1f}x ({src})")
+    if att.get("upper_bound"):
+        parts.append("an upper bound (oracle)")
+    return "attention: " + "; ".join(parts)
+
+
 def _table(res: Any, twin: Any) -> Table:
     t = Table(title=f"{res.system}: {res.context_tokens} tokens, batch {res.batch} ({res.kind})")
     t.add_column("quantity")
     t.add_column("simulated (DES)", justify="right")
-    t.add_column("analytic twin", justify="right")
+    t.add_column("analytic estimate", justify="right")
 
     def row(name: str, a: float | None, b: float | None, dim: str | None) -> None:
         def fmt(v: float | None) -> str:
@@ -55,6 +72,10 @@ def _table(res: Any, twin: Any) -> Table:
         t.add_row(name, fmt(a), fmt(b))
 
     row("latency per token", res.latency_per_token_s, twin.latency_per_token_s, "time")
+    bounds = twin.latency_bounds_s
+    if bounds:
+        lo, hi = (format_quantity(bounds[k], "time") for k in ("lower", "upper"))
+        t.add_row("  analytic bounds (lower - upper)", "", f"{lo} - {hi}")
     row("throughput (tokens/s)", res.throughput_tokens_per_s, twin.throughput_tokens_per_s, None)
     row("energy per token (J)", res.energy_per_token_j, twin.energy_per_token_j, None)
     for k, v in res.time_breakdown_s.items():
@@ -156,7 +177,8 @@ def run(
         raise CemsimError(f"cannot write {exc.filename or 'the outputs'}: {exc.strerror or exc}") from None
     if as_json:
         d = res.to_json_dict()
-        d["analytic"] = {k: twin.to_json_dict()[k] for k in ("latency_per_token_s", "energy_per_token_j")}
+        keys = ("latency_per_token_s", "energy_per_token_j", "latency_bounds_s")
+        d["analytic"] = {k: twin.to_json_dict().get(k) for k in keys}
         typer.echo(json.dumps(d, default=str))
         return
     if not res.fits:
@@ -167,6 +189,9 @@ def run(
             console.print(f"  - {escape(why)}", highlight=False)
         return
     console.print(_table(res, twin))
+    line = attention_line(res.attention)
+    if line:
+        console.print(escape(line), highlight=False)
     if res.truncated:
         console.print(f"[bold red]incomplete:[/] {escape(str(res.truncated))}")
 

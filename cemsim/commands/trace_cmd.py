@@ -30,6 +30,10 @@ def trace_summary(path: Path) -> dict[str, Any]:
         h = r.header
         df = r.to_pandas()
     steps = max(r.num_steps, 1)
+    # Per-head statistics over the full-attention layers only: sliding-window layers (Gemma 3's local ones)
+    # have no sparse stage, and their all-zero rows would drag every mean and minimum toward 0.
+    full = h.full_layers
+    df = df[df["layer"].isin(full)]
     per_head = df.groupby(["layer", "kv_head"])[["keys_considered", "survivors", "values_fetched"]].mean()
     surv = per_head["survivors"].to_numpy()
     kc = per_head["keys_considered"].to_numpy()
@@ -58,6 +62,12 @@ def trace_summary(path: Path) -> dict[str, Any]:
         "text_source": h.text_source,
         "cemsim_version": h.cemsim_version,
         "schema_version": h.schema_version,
+        "layer_types": {
+            "full": full,
+            "sliding": h.sliding_layers,
+            "local_window": h.local_window,
+            "per_head_statistics_over": "full-attention layers",
+        },
         "steps": r.num_steps,
         "context_min": r.summary.get("context_min"),
         "context_max": r.summary.get("context_max"),
@@ -118,6 +128,13 @@ def info(
         f"{s['policy']}  (window {s['window']}, sinks {s['sinks']}, k {s['k']} per {s['topk_scope']}, "
         f"ITQ {'yes' if s['itq'] else 'no'}, thresholds {'yes' if s['thresholded'] else 'none'})",
     )
+    lt = s["layer_types"]
+    if lt["sliding"]:
+        t.add_row(
+            "layer types",
+            f"{len(lt['full'])} full-attention ({', '.join(map(str, lt['full']))}), {len(lt['sliding'])} "
+            f"sliding-window ({lt['local_window']} keys, dense); per-head rows below: full layers only",
+        )
     t.add_row("steps", f"{s['steps']}  (context {s['context_min']:,} .. {s['context_max']:,} tokens)")
     t.add_row("text", s["text_source"])
     t.add_row("block size", f"{s['block_size']} keys")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cemsim.commands.model_help import MODEL_HELP
 from cemsim.commands.outputs import check_output_file
 from cemsim.errors import CemsimError
 
@@ -14,9 +15,7 @@ def tune_command(
     ppl_budget: float = typer.Option(
         0.05, "--ppl-budget", help="Allowed relative perplexity increase over dense."
     ),
-    model: str = typer.Option(
-        "smollm2-135m", "--model", help="Bundled model name or a local Llama checkpoint folder."
-    ),
+    model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP),
     tokens: int = typer.Option(
         2048, "--tokens", help="Tokens of the tuning span (shorter than eval: see docs)."
     ),

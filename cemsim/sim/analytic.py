@@ -253,9 +253,12 @@ class DrexRates:
         # closed loop keeping nma.outstanding_keys keys in flight per channel over the ranks' banks
         self.activations_overlapped = float(getattr(cem.lpddr, "activations_in_flight", 1))
         self.outstanding = int(getattr(cem.nma, "outstanding_keys", 0))
-        # a key is interleaved over the package's channels; each channel returns whole bursts
-        self.burst_bytes_per_package = cem.lpddr.burst * cem.channels_per_package
-        self.bursts_per_key = math.ceil(key_bytes / self.burst_bytes_per_package)
+        # a key is interleaved over the package's channels in whole bursts: a key smaller than one burst in
+        # every channel (head dim 64: 128 B = 4 of 8 channels) leaves the other channels to the next key, so
+        # the bus carries ceil(key / burst) bursts per key and each channel reads that share of them
+        self.burst_bytes = cem.lpddr.burst
+        self.channel_bursts_per_key = math.ceil(key_bytes / self.burst_bytes)
+        self.reads_per_key_per_channel = self.channel_bursts_per_key / cem.channels_per_package
         self.ranks = int(getattr(cem.lpddr, "ranks", 1))
 
     def column_spacing(self, keys: float, rows: float) -> tuple[float, float]:
@@ -264,7 +267,7 @@ class DrexRates:
         groups interleaved), or the keys sharing an opened row one after another in its bank group, tCCD_L
         apart (JESD209-5 bank-group mode). The estimate takes the middle; the range is what the timings
         leave open (tests/sim/test_analytic.py allows it)."""
-        reads = keys * self.bursts_per_key
+        reads = keys * self.reads_per_key_per_channel
         fast = reads * self.dram.tCCD_S
         slow = max(reads - rows, 0.0) * self.dram.tCCD_L + min(rows, reads) * self.dram.tCCD_S
         return fast, max(slow, fast)
@@ -320,7 +323,7 @@ class DrexRates:
         rows = self.expected_rows(keys, considered)
         miss = rows * self.row_miss_cost()
         if self.outstanding:  # each key in flight also waits for its CAS latency and its burst
-            data = keys * self.bursts_per_key * self.burst_bytes_per_package / self.package_bytes_per_s
+            data = keys * self.channel_bursts_per_key * self.burst_bytes / self.package_bytes_per_s
             burst = data / keys
             miss = max(miss, (rows * (t.tRP + t.tRCD) + keys * (t.tCL + burst)) / self.outstanding)
             miss = max(miss, sum(self.column_spacing(keys, rows)) / 2)

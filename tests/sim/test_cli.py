@@ -70,6 +70,17 @@ def test_json_has_the_contract(capsys, trace_128k):
         analytic(prep).latency_per_token_s, rel=1e-12
     )
     assert d["analytic"]["latency_per_token_s"] == pytest.approx(d["latency_per_token_s"], rel=0.02)
+    lo, hi = d["analytic"]["latency_bounds_s"]["lower"], d["analytic"]["latency_bounds_s"]["upper"]
+    assert lo <= d["latency_per_token_s"] <= hi
+
+
+def test_table_shows_bounds_and_the_attention_replayed(capsys, trace_128k):
+    code, out, _ = run_cli(capsys, DREX, "--trace", str(trace_128k), "--context", "32K")
+    assert code == 0
+    assert "analytic estimate" in out and "analytic bounds (lower - upper)" in out
+    # the k schedule (256/512/1024 at 32K/64K/128K) gives 256 at 32K
+    line = next(ln for ln in out.splitlines() if ln.startswith("attention:"))
+    assert "longsight" in line and "k 256" in line and "window 1024, sinks 16" in line
 
 
 def test_run_directory_and_timeline(capsys, trace_128k, tmp_path):

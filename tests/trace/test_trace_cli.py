@@ -81,3 +81,24 @@ def test_errors_exit_1(tmp_path, capsys):
         ["trace", "project", str(bad), "--context", "lots", "--out", str(tmp_path / "o")], capsys
     )
     assert code == 1 and "--context" in err
+
+
+def test_info_per_head_statistics_cover_full_layers_only(capsys):
+    """Gemma 3 270M's real 4K capture: 15 sliding layers with all-zero sparse columns, 3 full ones. The
+    per-head numbers are those of layers 5, 11 and 17 (docs/projection.md: 180 / 48 / 190 survivors per step),
+    not averages that count the sliding layers' zero rows (which gave a minimum of 0 and a mean 6x too low)."""
+    from pathlib import Path
+
+    trace = Path(__file__).resolve().parents[2] / "traces" / "gemma3-270m-4096.parquet"
+    main(["trace", "info", str(trace), "--json"])
+    s = json.loads(capsys.readouterr().out)
+    assert s["layer_types"]["full"] == [5, 11, 17] and len(s["layer_types"]["sliding"]) == 15
+    df = TraceReader(trace).to_pandas()
+    want = df[df.layer.isin([5, 11, 17])].groupby("layer").survivors.mean()
+    assert s["survivors_per_head"]["mean"] == pytest.approx(want.mean(), rel=1e-12)
+    assert s["survivors_per_head"]["min"] == pytest.approx(want.min()) and want.min() > 40
+    assert s["keys_considered_per_head"] == pytest.approx(3064.5)
+    fr = df.keys_considered.sum() / df.survivors.sum()
+    assert s["filter_ratio"] == pytest.approx(fr, rel=1e-12)  # sliding rows add 0 to both sums
+    main(["trace", "info", str(trace)])
+    assert "layer types" in (out := capsys.readouterr().out) and "sliding-window" in out
