@@ -204,3 +204,12 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
     # signs of every region key, survivor keys, picked values, band K and V, queries
     assert s.floor_bytes(0, 0) == 8 * (s.region * 16 + 2 * 1040 * 256 + 4 * 128 * 4)
     assert s.floor_bytes(10, 3) - s.floor_bytes(0, 0) == 13 * 256
+
+
+def test_pipeline_without_a_gpu_is_a_clear_error() -> None:
+    if kernels.cupy_available():
+        pytest.skip("a GPU is present")
+    from cemsim.gpu.fused import FusedLongSight
+
+    with pytest.raises(CemsimError, match="CuPy and a CUDA device"):
+        FusedLongSight(Shape(1, 8, 4, 128, 4096, 1024, 16, 256, cap=4096))
