@@ -69,6 +69,16 @@ def _uniform_step(header, context: int, survivors_per_head: int) -> StepRecord:
     )
 
 
+def _per_head_pipeline() -> dict[str, str]:
+    """The h100-sxm preset's sparse constants: those of the per-head pipeline this file's sparse_layer points
+    measured (issue 7). hwconfigs/h100-sparse-hbm.yaml overrides them with the fused pipeline's (issue 18)."""
+    gpu = load_system(_hwconfig("h100.yaml")).system.gpu
+    return {
+        "gpu.sparse_pipeline_latency": f"{gpu.sparse_pipeline_latency!r} s",
+        "gpu.sparse_time_per_survivor": f"{gpu.sparse_time_per_survivor!r} s",
+    }
+
+
 def sparse_rows(cal: dict, fitted: dict | None = None) -> list[dict]:
     rows = []
     for m in cal.get("sparse_layer", []):
@@ -79,6 +89,7 @@ def sparse_rows(cal: dict, fitted: dict | None = None) -> list[dict]:
             "workload.batch": 1,
             "workload.attention.k": int(m["k"]),
             "gpu.hbm.capacity": "1 TB",
+            **_per_head_pipeline(),  # what was measured; h100-sparse-hbm itself now models the fused pipeline
             **(fitted or {}),
         }
         system = load_system(_hwconfig("h100-sparse-hbm.yaml"), overrides).system

@@ -18,6 +18,8 @@ from cemsim.dram.kernel_state import (
     B_ACTN,
     B_HITS,
     B_OPEN,
+    B_TQ,
+    B_WQ,
     C_AUTO_PRE,
     C_END,
     C_EVENTS,
@@ -60,7 +62,10 @@ from cemsim.dram.kernel_state import (
     S_DRAIN,
     S_FIN,
     S_HN,
+    S_MOVT,
+    S_MOVW,
     S_NA2,
+    S_NBUSY,
     S_NDIRTY,
     S_RBN,
     S_REFQN,
@@ -96,40 +101,23 @@ def _mark(b, bdirty, dstack, S):
         S[S_NDIRTY] += 1
 
 
-@numba.njit(cache=True, _nrt=False)
-def _retire(
-    t,
-    i,
-    b,
-    S,
-    BS,
-    bq,
-    bqn,
-    stage,
-    row,
-    kind,
-    hold,
-    key,
-    done,
-    counts,
-    ready,
-    nodes,
-    cl_n,
-    cl_nx,
-    cl_l,
-    sib,
-    rank_nodes_of_pc,
-    nrank,
-    faw,
-    faw_head,
-    faw_cnt,
-    heap,
-    key_left,
-    key_done,
-    P,
-    per_bank,
-):
+@numba.njit(cache=True, inline="always")
+def _issue(dev, tabs, nrank, b, cmd, t, limited):
+    """Issue cmd on bank b at t: raise the ready ticks of its nodes (and the other ranks' on a data access)."""
+    nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt = dev
+    cl_n, cl_nx, cl_l, sib = tabs
+    _issue_bank(ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
+                limited)  # fmt: skip
+
+
+@numba.njit(cache=True, inline="always")
+def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
     """Bookkeeping after request i's access (its final command) issued at t on bank b."""
+    row, kind, hold, key = req[1], req[2], req[3], req[5]
+    done, counts = out[2], out[4]
+    nodes, ready = dev[0], dev[2]
+    S, BS, bq, bqn, stage = ctl[0], ctl[1], ctl[2], ctl[3], ctl[4]
+    key_left, key_done, heap = cli[2], cli[3], cli[4]
     kd = kind[i]
     if kd == K_READ:
         counts[C_READS] += 1
@@ -157,7 +145,14 @@ def _retire(
             break
     for j in range(pos, bqn[b] - 1):
         bq[b, j] = bq[b, j + 1]
-    bqn[b] -= 1
+    if per_bank:
+        _track(b, S, BS, bqn, P[P_BANKQ], -1)
+        bqn[b] -= 1
+        _track(b, S, BS, bqn, P[P_BANKQ], 1)
+        if bqn[b] == 0:
+            S[S_NBUSY] -= 1
+    else:
+        bqn[b] -= 1
     if not per_bank:
         if stage[i] == 0:
             if kd == K_WRITE:
@@ -182,112 +177,80 @@ def _retire(
                 break
         if not more:
             # closed page: auto-precharge as soon as it is legal (no command-bus slot)
-            tp = _earliest(ready, nodes, b, PRE, faw, faw_head, faw_cnt, P[P_NFAW], True)
-            _issue_bank(
-                ready,
-                nodes,
-                b,
-                PRE,
-                tp,
-                cl_n,
-                cl_nx,
-                cl_l,
-                sib,
-                rank_nodes_of_pc,
-                nrank,
-                faw,
-                faw_head,
-                faw_cnt,
-                True,
-            )
+            tp = _earliest(ready, nodes, b, PRE, dev[3], dev[4], dev[5], P[P_NFAW], True)
+            _issue(dev, tabs, P[P_NRANK], b, PRE, tp, True)
             BS[b, B_OPEN] = -1
             BS[b, B_HITS] = 0
             counts[PRE] += 1
             counts[C_AUTO_PRE] += 1
 
 
-@numba.njit(cache=True, _nrt=False)
-def _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, dry, bdirty, dstack):
+@numba.njit(cache=True, inline="always")
+def _track(b, S, BS, bqn, bankq, sign):
+    """Per-bank profile: count bank b in (sign 1) or out of (sign -1) the banks a waiting read or write could
+    move to; called around every change of its waiting counts or queue length."""
+    if bqn[b] < bankq:
+        if BS[b, B_TQ] > 0:
+            S[S_MOVT] += sign
+        if BS[b, B_WQ] > 0:
+            S[S_MOVW] += sign
+
+
+@numba.njit(cache=True, inline="always")
+def _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack, stream_end):
     """Per-bank profile, end of tick: move the first waiting transaction whose bank queue has room (writes
-    while draining). With ``dry`` only report whether one could move."""
-    if not dry and S[S_DRAIN] == 0 and (S[S_WQN] >= wqsize or S[S_WQN] > 8):
-        if S[S_WQN] >= wqsize:
-            S[S_DRAIN] = S[S_WQN]
-        else:
-            empty = True
-            for b in range(nb):
-                if bqn[b] > 0:
-                    empty = False
-                    break
-            if empty:
-                S[S_DRAIN] = S[S_WQN]
+    while draining); ``tqb``/``wqb`` hold the waiting transactions' banks. Returns whether another could
+    move next tick (so the loop visits it). The S_MOVT/S_MOVW counts spare the scan when none can move.
+
+    DRAMsim3 drains its write buffer when it is full, or above 8 writes with every command queue empty, so a
+    stream ending with 1-8 writes and nothing else would wait forever; once the whole stream is accepted
+    (``stream_end``) and no read waits, such a remainder drains once the queues are empty (DRAMsim3 just
+    stops there)."""
+    if S[S_DRAIN] == 0 and (
+        S[S_WQN] >= wqsize
+        or ((S[S_WQN] > 8 or (stream_end and S[S_TQN] == 0)) and S[S_NBUSY] == 0 and S[S_WQN] > 0)
+    ):
+        S[S_DRAIN] = S[S_WQN]
     use_w = S[S_DRAIN] > 0
-    qn = S[S_WQN] if use_w else S[S_TQN]
-    for j in range(qn):
-        i = wq[j] if use_w else tq[j]
-        b = bank[i]
-        if bqn[b] < bankq:
-            if dry:
-                return True
-            bq[b, bqn[b]] = i
-            bqn[b] += 1
-            _mark(b, bdirty, dstack, S)
-            stage[i] = 1
-            if use_w:
-                S[S_WQN] = _remove_at(wq, S[S_WQN], j)
-                S[S_DRAIN] -= 1
-            else:
-                S[S_TQN] = _remove_at(tq, S[S_TQN], j)
-            return True
-    return False
+    if S[S_MOVW if use_w else S_MOVT] == 0:
+        return False
+    q = wq if use_w else tq
+    qb = wqb if use_w else tqb
+    j = 0
+    while bqn[qb[j]] >= bankq:
+        j += 1
+    i = q[j]
+    b = qb[j]
+    _track(b, S, BS, bqn, bankq, -1)
+    if bqn[b] == 0:
+        S[S_NBUSY] += 1
+    bq[b, bqn[b]] = i
+    bqn[b] += 1
+    _mark(b, bdirty, dstack, S)
+    stage[i] = 1
+    if use_w:
+        BS[b, B_WQ] -= 1
+        _remove_at(wqb, S[S_WQN], j)
+        S[S_WQN] = _remove_at(wq, S[S_WQN], j)
+        S[S_DRAIN] -= 1
+    else:
+        BS[b, B_TQ] -= 1
+        _remove_at(tqb, S[S_TQN], j)
+        S[S_TQN] = _remove_at(tq, S[S_TQN], j)
+    _track(b, S, BS, bqn, bankq, 1)
+    return S[S_MOVW if S[S_DRAIN] > 0 else S_MOVT] > 0
 
 
 @numba.njit(cache=True, _nrt=False)
-def _run(
-    P,
-    cl_n,
-    cl_nx,
-    cl_l,
-    sib,
-    bank,
-    row,
-    kind,
-    hold,
-    arrival,
-    key,
-    nkeys,
-    acc,
-    first,
-    done,
-    cls,
-    counts,
-    elig,
-    nodes,
-    rank_nodes_of_pc,
-    ready,
-    faw,
-    faw_head,
-    faw_cnt,
-    S,
-    BS,
-    bq,
-    bqn,
-    stage,
-    tq,
-    wq,
-    refq,
-    sel,
-    slots,
-    nslot,
-    bdirty,
-    dstack,
-    pend,
-    key_first,
-    key_left,
-    key_done,
-    heap,
-):
-    """The event loop (no allocation, so compiled without reference counting)."""
+def _run(P, nkeys, tabs, req, out, dev, ctl, cli):
+    """The event loop (no allocation, so compiled without reference counting). The arrays come grouped:
+    timing tables, requests, outputs, device state, controller state, client state (see _simulate_channel)."""
+    cl_n, cl_nx, cl_l = tabs[0], tabs[1], tabs[2]
+    bank, row, kind, arrival, key = req[0], req[1], req[2], req[4], req[5]
+    acc, first, cls, counts, elig = out[0], out[1], out[3], out[4], out[5]
+    nodes, ready, faw, faw_head, faw_cnt = dev[0], dev[2], dev[3], dev[4], dev[5]
+    S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack = ctl
+    pend, key_first, key_left, key_done, heap = cli
     n = bank.shape[0]
     npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
     nrk = npc * nrank
@@ -313,6 +276,7 @@ def _run(
     next_key = 0
     inflight = 0
     last_acc = np.int64(-1)
+    naccepted = 0
     t = np.int64(0)
 
     while S[S_FIN] < n:
@@ -367,18 +331,26 @@ def _run(
                 space = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
             if space:
                 acc[cand] = t
+                naccepted += 1
                 last_acc = t
                 if depth > 0:
                     ph += 1
                 else:
                     nxt += 1
                 if per_bank:
+                    b = bank[cand]
+                    _track(b, S, BS, bqn, bankq, -1)
                     if kd == K_WRITE:
+                        BS[b, B_WQ] += 1
                         wq[S[S_WQN]] = cand
+                        wqb[S[S_WQN]] = b
                         S[S_WQN] += 1
                     else:
+                        BS[b, B_TQ] += 1
                         tq[S[S_TQN]] = cand
+                        tqb[S[S_TQN]] = b
                         S[S_TQN] += 1
+                    _track(b, S, BS, bqn, bankq, 1)
                 else:
                     b = bank[cand]
                     bq[b, bqn[b]] = cand
@@ -427,62 +399,16 @@ def _run(
                     rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot)
                 else:
                     rebuild_shared(b, BS, bq, bqn, stage, row, kind, S[S_WMODE] == 1, broadcast, slots, nslot)
-                update_ticks(b, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw)
                 bdirty[b] = False
             S[S_NDIRTY] = 0
             if per_bank:
-                e = select_per_bank(
-                    t,
-                    S,
-                    sel,
-                    BS,
-                    refq,
-                    slots,
-                    nslot,
-                    ready,
-                    nodes,
-                    faw,
-                    faw_head,
-                    faw_cnt,
-                    nfaw,
-                    nb,
-                    bpr,
-                    nrank,
-                    rk0,
-                    pc0,
-                    rgroup,
-                    slot == 1,
-                    refmode,
-                )
+                e = select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt,
+                                    nfaw, nb, bpr, nrank, rk0, pc0, rgroup, slot == 1, refmode)  # fmt: skip
             else:
-                e = select_shared(
-                    t,
-                    S,
-                    sel,
-                    BS,
-                    refq,
-                    slots,
-                    nslot,
-                    kind,
-                    bank,
-                    ready,
-                    nodes,
-                    faw,
-                    faw_head,
-                    faw_cnt,
-                    nfaw,
-                    nb,
-                    bpr,
-                    nrank,
-                    rk0,
-                    pc0,
-                    rgroup,
-                    naad,
-                    wck,
-                    col_only,
-                    row_only,
-                    refmode,
-                )
+                e = select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, nodes, faw, faw_head,
+                                  faw_cnt, nfaw, nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only,
+                                  refmode)  # fmt: skip
             if e < next_e:
                 next_e = e
             cmd = sel[1]
@@ -516,8 +442,7 @@ def _run(
             if cmd == REFPB:
                 b1, b2 = refpb_banks(sel[3], bpr)
                 for bb in (b1, b2):
-                    _issue_bank(ready, nodes, bb, REFPB, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw,
-                                faw_head, faw_cnt, True)  # fmt: skip
+                    _issue(dev, tabs, nrank, bb, REFPB, t, True)
                     _mark(bb, bdirty, dstack, S)
                 S[S_REFQN] = _remove_at(refq, S[S_REFQN], 0)
                 break
@@ -533,23 +458,7 @@ def _run(
                 first[i] = t
                 cls[i] = 0 if (cmd in (RD, WR, OP)) else (1 if cmd == ACT else 2)
             lim = not (cmd == ACT and broadcast and kind[i] == K_OP)
-            _issue_bank(
-                ready,
-                nodes,
-                b,
-                cmd,
-                t,
-                cl_n,
-                cl_nx,
-                cl_l,
-                sib,
-                rank_nodes_of_pc,
-                nrank,
-                faw,
-                faw_head,
-                faw_cnt,
-                lim,
-            )
+            _issue(dev, tabs, nrank, b, cmd, t, lim)
             if cmd == ACT:
                 BS[b, B_OPEN] = row[i]
                 BS[b, B_HITS] = 0
@@ -573,44 +482,14 @@ def _run(
                 BS[b, B_HITS] = 0
                 last_col = 0
             else:
-                _retire(
-                    t,
-                    i,
-                    b,
-                    S,
-                    BS,
-                    bq,
-                    bqn,
-                    stage,
-                    row,
-                    kind,
-                    hold,
-                    key,
-                    done,
-                    counts,
-                    ready,
-                    nodes,
-                    cl_n,
-                    cl_nx,
-                    cl_l,
-                    sib,
-                    rank_nodes_of_pc,
-                    nrank,
-                    faw,
-                    faw_head,
-                    faw_cnt,
-                    heap,
-                    key_left,
-                    key_done,
-                    P,
-                    per_bank,
-                )
+                _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli)
                 last_col = 1
 
         # ---- per-bank profile: one transaction into its bank queue at the end of the tick
         more_moves = False
-        if per_bank and _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, False, bdirty, dstack):
-            more_moves = _move_one(S, tq, wq, bq, bqn, stage, bank, nb, bankq, wqsize, True, bdirty, dstack)
+        if per_bank:
+            more_moves = _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack,
+                                   naccepted == n)  # fmt: skip
 
         # ---- next tick where something can happen
         if S[S_FIN] >= n:
@@ -687,11 +566,14 @@ def _simulate_channel(
     bqn = np.zeros(nb, dtype=np.int64)
     stage = np.zeros(n, dtype=np.int64)
     tq = np.empty(qsize + 1, dtype=np.int64)
+    tqb = np.empty(qsize + 1, dtype=np.int64)
     wq = np.empty(wqsize + 1, dtype=np.int64)
+    wqb = np.empty(wqsize + 1, dtype=np.int64)
     refq = np.empty(4 * nb + 16, dtype=np.int64)
     sel = np.empty(4, dtype=np.int64)
     slots = np.zeros((nb, NSLOT, NFIELD), dtype=np.int64)
     nslot = np.zeros(nb, dtype=np.int64)
+    bmin = np.full(nb, INF, dtype=np.int64)
     bdirty = np.ones(nb, dtype=np.bool_)
     dstack = np.arange(nb + 1, dtype=np.int64)
     S[S_NDIRTY] = nb
@@ -708,50 +590,13 @@ def _simulate_channel(
     if depth == 0:
         for i in range(n):
             elig[i] = arrival[i]
-    _run(
-        P,
-        cl_n,
-        cl_nx,
-        cl_l,
-        sib,
-        bank,
-        row,
-        kind,
-        hold,
-        arrival,
-        key,
-        nkeys,
-        acc,
-        first,
-        done,
-        cls,
-        counts,
-        elig,
-        nodes,
-        rank_nodes_of_pc,
-        ready,
-        faw,
-        faw_head,
-        faw_cnt,
-        S,
-        BS,
-        bq,
-        bqn,
-        stage,
-        tq,
-        wq,
-        refq,
-        sel,
-        slots,
-        nslot,
-        bdirty,
-        dstack,
-        pend,
-        key_first,
-        key_left,
-        key_done,
-        heap,
-    )
+    tabs = (cl_n, cl_nx, cl_l, sib)
+    req = (bank, row, kind, hold, arrival, key)
+    out = (acc, first, done, cls, counts, elig)
+    dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt)
+    ctl = (S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack)
+    cli = (pend, key_first, key_left, key_done, heap)
+    _run(P, nkeys, tabs, req, out, dev, ctl, cli)
     end = np.int64(0)
     for i in range(n):
         if done[i] > end:
@@ -760,27 +605,8 @@ def _simulate_channel(
 
 
 @numba.njit(cache=True)
-def simulate(
-    P,
-    cl_n,
-    cl_nx,
-    cl_l,
-    sib,
-    seg,
-    bank,
-    row,
-    kind,
-    hold,
-    arrival,
-    key,
-    nkeys,
-    acc,
-    first,
-    done,
-    cls,
-    counts,
-    elig,
-):
+def simulate(P, cl_n, cl_nx, cl_l, sib, seg, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts,
+             elig):  # fmt: skip
     """Replay each channel's segment ``seg[c]:seg[c+1]`` of the (channel-sorted) stream on its own controller."""
     for c in range(seg.shape[0] - 1):
         a, z = seg[c], seg[c + 1]

@@ -69,12 +69,17 @@ NPARAM = 23
     S_HN,  # closed-loop release heap size
     S_NA2,  # ACT-2s owed
     S_NDIRTY,  # banks whose candidates need rebuilding (listed in the dirty stack)
-) = range(14)
-NSTATE = 14
+    S_MOVT,  # per-bank profile: banks with a waiting read transaction and room in their queue
+    S_MOVW,  # per-bank profile: banks with a waiting write and room
+    S_NBUSY,  # per-bank profile: banks whose queue is not empty
+    S_NEXT,  # scratch: the selectors' earliest next tick
+) = range(18)
+NSTATE = 18
 # Bank state BS[bank, ...]: open row (-1 closed), accesses since its ACT, ACT-2 deadline and owner (-1 none),
-# requests past their own ACT (shared profile's active buffer).
-B_OPEN, B_HITS, B_A2DL, B_A2REQ, B_ACTN = range(5)
-NBSTATE = 5
+# requests past their own ACT (shared profile's active buffer), transactions waiting for its queue (per-bank
+# profile: reads, writes).
+B_OPEN, B_HITS, B_A2DL, B_A2REQ, B_ACTN, B_TQ, B_WQ = range(7)
+NBSTATE = 7
 # Per-bank candidate cache slots[bank, k, field]: what the bank's queue asks for next (rebuilt when the bank's
 # queue or state changes) and when it becomes legal (recomputed after every command).
 F_I, F_CMD, F_KEY, F_ACTIVE, F_LIM, F_E = range(
@@ -136,7 +141,7 @@ def _apply(ready, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
             ready[node, nx] = v
 
 
-@numba.njit(cache=True, _nrt=False)
+@numba.njit(cache=True, inline="always")
 def _issue_bank(
     ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt, limited
 ):

@@ -12,6 +12,7 @@ earliest tick at which an eligible candidate that is not legal yet becomes legal
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 from cemsim.dram.kernel_state import (
     B_A2DL,
@@ -31,6 +32,7 @@ from cemsim.dram.kernel_state import (
     K_WRITE,
     S_CAS,
     S_NA2,
+    S_NEXT,
     S_REFQN,
     S_RR,
     S_WCKEXP,
@@ -133,11 +135,17 @@ def rebuild_shared(b, BS, bq, bqn, stage, row, kind, write_mode, broadcast, slot
 
 
 @numba.njit(cache=True, inline="always")
-def update_ticks(b, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw):
+def update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw):
+    """Compute bank b's candidates' ticks and their minimum ``bmin[b]`` (INF without candidates)."""
+    m = INF
     for k in range(nslot[b]):
-        slots[b, k, F_E] = _earliest(
+        e = _earliest(
             ready, nodes, b, slots[b, k, F_CMD], faw, faw_head, faw_cnt, nfaw, slots[b, k, F_LIM] == 1
         )
+        slots[b, k, F_E] = e
+        if e < m:
+            m = e
+    bmin[b] = m
 
 
 @numba.njit(cache=True, inline="always")
@@ -204,14 +212,60 @@ def _is_col(cmd):
     return cmd in (RD, WR, OP)
 
 
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_CTZ = np.zeros(64, dtype=np.int64)
+for _i in range(64):
+    _CTZ[((1 << _i) * 0x03F79D71B4CB0A89 & (2**64 - 1)) >> 58] = _i
+
+
+@numba.njit(cache=True, inline="always")
+def _ctz(x):
+    """Index of the lowest set bit of a non-zero int64 (de Bruijn multiply)."""
+    low = np.uint64(x & -x)
+    return _CTZ[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+
+
+@numba.njit(cache=True, inline="always")
+def _bank_pick(
+    t, S, sel, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, b, blk1, blk2, next_e_out
+):
+    """Per-bank profile: bank b's first legal candidate in queue order into ``sel`` (True), else fold its
+    candidates' ticks into ``next_e_out[0]``; re-checks cached ticks that claim to be legal, refreshes bmin[b]."""
+    best = -1
+    m = INF
+    for k in range(nslot[b]):
+        e = slots[b, k, F_E]
+        if slots[b, k, F_CMD] == ACT and (b in (blk1, blk2)):
+            m = min(m, e)
+            continue
+        if e <= t:
+            e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+        m = min(m, e)
+        if e <= t:
+            if best < 0 or slots[b, k, F_KEY] < slots[b, best, F_KEY]:
+                best = k
+        elif e < next_e_out[0]:
+            next_e_out[0] = e
+    bmin[b] = m
+    if best < 0:
+        return False
+    sel[0] = slots[b, best, F_I]
+    sel[1] = slots[b, best, F_CMD]
+    sel[2] = b
+    S[S_RR] = b
+    return True
+
+
 @numba.njit(cache=True, _nrt=False)
-def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb, bpr,
-                    nrank, rk0, pc0, rgroup, second, refmode):  # fmt: skip
+def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb,
+                    bpr, nrank, rk0, pc0, rgroup, second, refmode):  # fmt: skip
     """DRAMsim3-like: the pending refresh first (PRE each open bank of its rank, then REF), then bank queues
     round-robin from the one after the last served, each giving its first ready command in queue order.
     ``second``: the extra look of a dual-command (HBM) tick: no refresh command, the caller discards a
     command of the same kind as the first (DRAMsim3's Controller::ClockTick)."""
     next_e = INF
+    next_e_out = S[S_NEXT : S_NEXT + 1]
+    next_e_out[0] = INF
     skip_rank = -1
     blk1 = -1
     blk2 = -1
@@ -246,37 +300,59 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, ready, nodes, faw, faw_he
                     sel[3] = u
                     return next_e
                 next_e = min(next_e, e)
+    # banks of the refresh unit being served are skipped
+    skip_lo = skip_rank * rgroup * bpr if skip_rank >= 0 else nb
+    skip_hi = skip_lo + rgroup * bpr
+    if nb <= 64:
+        # the banks that may have a legal candidate (cached tick <= t, or ACTs held by refresh), as bits,
+        # visited in round-robin order from the one after the last served
+        mask = np.int64(0)
+        for b in range(nb):
+            if bmin[b] <= t:
+                mask |= np.int64(1) << b
+        for b in (blk1, blk2):
+            if b >= 0:
+                mask |= np.int64(1) << b
+        for b in range(skip_lo, min(skip_hi, nb)):
+            mask &= ~(np.int64(1) << b)
+        start = S[S_RR] + 1
+        if start >= nb:
+            start = 0
+        below = (np.int64(1) << start) - 1
+        for part in (mask & ~below, mask & below):
+            while part != 0:
+                b = _ctz(part)
+                part &= part - 1
+                if _bank_pick(t, S, sel, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, b,
+                              blk1, blk2, next_e_out):  # fmt: skip
+                    return next_e_out[0]
+        next_e = min(next_e, next_e_out[0])
+        for b in range(nb):
+            if ((mask >> b) & 1) == 0 and not (skip_lo <= b < skip_hi) and bmin[b] < next_e:
+                next_e = bmin[b]
+        return next_e
     b = S[S_RR]
     for _ in range(nb):
         b += 1
         if b >= nb:
             b = 0
-        if nslot[b] == 0 or b // (rgroup * bpr) == skip_rank:
+        m = bmin[b]
+        if m > t and b != blk1 and b != blk2:
+            # no candidate claims to be legal: the bank's earliest tick is its next event (INF if empty)
+            if m < next_e and not (skip_lo <= b < skip_hi):
+                next_e = m
             continue
-        best = -1
-        for k in range(nslot[b]):
-            if slots[b, k, F_CMD] == ACT and (b in (blk1, blk2)):
-                continue
-            e = slots[b, k, F_E]
-            if e <= t:
-                e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
-            if e <= t:
-                if best < 0 or slots[b, k, F_KEY] < slots[b, best, F_KEY]:
-                    best = k
-            elif e < next_e:
-                next_e = e
-        if best >= 0:
-            sel[0] = slots[b, best, F_I]
-            sel[1] = slots[b, best, F_CMD]
-            sel[2] = b
-            S[S_RR] = b
-            return next_e
-    return next_e
+        if skip_lo <= b < skip_hi:
+            continue
+        if _bank_pick(t, S, sel, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, b, blk1, blk2,
+                      next_e_out):  # fmt: skip
+            return next_e_out[0]
+    return min(next_e, next_e_out[0])
 
 
 @numba.njit(cache=True, _nrt=False)
-def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb,
-                  bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only, refmode):  # fmt: skip
+def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, nodes, faw, faw_head, faw_cnt, nfaw,
+                  nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only, refmode):  # fmt: skip
     """Ramulator-2-like: an access waiting behind its CAS; an ACT-2 at its deadline; else the oldest ready
     access of a request whose own ACT opened its row (active buffer); else the pending refresh (PREA, then
     REF), which holds back the buffer; else the oldest ready request of the buffer, no ACT-1 while an ACT-2
@@ -327,17 +403,27 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, f
     best_buf = -1
     best_buf_b = -1
     for b in range(nb):
+        m = bmin[b]
+        if m > t and refq_n == 0 and not has_act2 and b != blk1 and b != blk2:
+            # nothing legal in this bank: its earliest candidate is a next event (with dual buses the column and
+            # the row look together see every candidate once)
+            if m < next_e:
+                next_e = m
+            continue
+        m = INF
         for k in range(nslot[b]):
+            e = slots[b, k, F_E]
             cmd = slots[b, k, F_CMD]
             col = _is_col(cmd)
-            if (col_only and not col) or (row_only and col):
-                continue
             active = slots[b, k, F_ACTIVE] == 1
-            if cmd == ACT and (has_act2 or b in (blk1, blk2)):
+            if ((col_only and not col) or (row_only and col)) or (
+                cmd == ACT and (has_act2 or b in (blk1, blk2))
+            ):
+                m = min(m, e)  # not a candidate this tick: its cached tick stays as it is
                 continue
-            e = slots[b, k, F_E]
             if e <= t:
                 e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+            m = min(m, e)
             if e > t:
                 if e < next_e and (active or refq_n == 0):
                     next_e = e
@@ -349,6 +435,7 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, kind, bank, ready, nodes, f
             elif best_buf < 0 or slots[b, k, F_KEY] < slots[best_buf_b, best_buf, F_KEY]:
                 best_buf = k
                 best_buf_b = b
+        bmin[b] = m
     if best_act >= 0:
         sel[0] = slots[best_act_b, best_act, F_I]
         sel[1] = slots[best_act_b, best_act, F_CMD]

@@ -101,3 +101,19 @@ def test_bad_inputs_are_clear_errors():
         replay(
             spec, rank=one, bankgroup=one, bank=one, row=one, column=np.zeros(2, dtype=np.int64), is_write=one
         )
+
+
+@pytest.mark.parametrize("tail_writes", [1, 5, 8])
+def test_dramsim3_profile_drains_a_short_write_tail(tail_writes):
+    """DRAMsim3 drains writes only when its buffer is full or holds more than 8 with the command queues empty;
+    a stream whose last requests are a few writes must still finish (it used to wait forever), with each
+    write done after it was accepted and the reads unchanged by the tail."""
+    spec = load_dram_spec("lpddr5x-8533").with_controller("dramsim3")
+    s = random_keys(spec, 12, seed=3)
+    s["is_write"][:] = 0
+    s["is_write"][-tail_writes:] = 1
+    res = replay(spec, **s)
+    w = s["is_write"] == 1
+    assert (res.done[w] > res.accepted[w]).all()
+    reads_only = replay(spec, **{k: v[~w] for k, v in s.items()})
+    assert np.array_equal(res.done[~w], reads_only.done)

@@ -1,0 +1,260 @@
+"""Fit ``gpu.sparse_pipeline_latency`` and ``gpu.sparse_time_per_survivor`` of ``hwconfigs/h200-sparse-hbm.yaml``
+to the fused GPU LongSight pipeline measured per layer on an H200 (issue 18), and check them on points they
+were not fitted to.
+
+Measurement: ``h200-sparse-fused-2026-12-02.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on the
+lent H200: one layer of Llama-3-8B geometry (8 KV heads x 4 query heads, D = 128, window 1,024, sinks 16,
+LongSight's k schedule), batch 1 and 8, contexts 4K-1M, survival 1-10 %, the whole layer one CUDA graph.
+
+The simulator charges GPU-side sparse attention as the roofline of the bytes it reads (band, signs of every
+region key, survivors' keys, picks' values) plus ``latency + survivors x time_per_survivor``
+(cemsim/sim/plan.py). Each measured point is replayed through the discrete-event model (one decode step of
+``h200-sparse-hbm`` with every (layer, KV head) holding the measured survivors, as
+:mod:`cemsim.calibration.validate` does for the H100), and the two constants are fitted by least squares on
+relative error over the contexts in :data:`FIT_CONTEXTS`; the rest are held out.
+``python -m cemsim.calibration.fit_sparse_h200`` prints the tables of docs/gpu-kernels.md;
+tests/calibration/test_sparse_h200_fit.py replays them in CI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from cemsim.calibration import CALIBRATION_DIR, load_calibration
+from cemsim.calibration.validate import _uniform_step
+from cemsim.config.loader import load_system
+from cemsim.errors import CemsimError
+from cemsim.paths import repo_root
+from cemsim.sim import prepare, simulate
+from cemsim.trace.synthetic import synthetic_header
+
+FUSED = CALIBRATION_DIR / "h200-sparse-fused-2026-12-02.json"
+SYSTEM = "h200-sparse-hbm"
+LATENCY = "gpu.sparse_pipeline_latency"
+PER_SURVIVOR = "gpu.sparse_time_per_survivor"
+NAMES = (LATENCY, PER_SURVIVOR)
+FIT_CONTEXTS = (4096, 32768, 524288)  # held out: 8K, 128K, 1M
+
+
+@dataclass(frozen=True)
+class Point:
+    users: int
+    context: int
+    k: int
+    window: int
+    sinks: int
+    kv_heads: int
+    survivors: int  # per layer, all users and KV heads
+    survival: float
+    measured_s: float
+    floor_s: float
+
+    @property
+    def fitted(self) -> bool:
+        return self.context in FIT_CONTEXTS
+
+
+def points(path=FUSED) -> list[Point]:
+    """Every measured layer of the fused pipeline that ran and passed its reference check."""
+    out = []
+    for r in load_calibration(path)["layers"]:
+        if "error" in r or not r.get("row0_checked"):
+            continue
+        out.append(
+            Point(
+                int(r["users"]),
+                int(r["context"]),
+                int(r["k"]),
+                int(r["window"]),
+                int(r["sinks"]),
+                int(r["kv_heads"]),
+                int(r["survivors_per_layer"]),
+                float(r["survival"]),
+                r["fused_b2b_us"] * 1e-6,
+                r["floor_us"] * 1e-6,
+            )
+        )
+    if not out:
+        raise CemsimError(f"no checked fused-pipeline layers in {path}")
+    return out
+
+
+def _hwconfig():
+    root = repo_root()
+    if root is None:
+        raise FileNotFoundError("the sparse fit needs the repo's hwconfigs/ folder")
+    return root / "hwconfigs" / f"{SYSTEM}.yaml"
+
+
+@cache
+def _replay(p: Point, latency_s: float | None, per_survivor_s: float | None) -> float:
+    """Attention time per layer of one decode step of h200-sparse-hbm at ``p`` (constants None: the file's)."""
+    overrides: dict[str, object] = {
+        "workload.context": p.context,
+        "workload.batch": p.users,
+        "workload.attention.k": p.k,
+        "gpu.hbm.capacity": "100 TB",  # one layer was measured: whether 32 layers' KV fit is not the question
+    }
+    if latency_s is not None:
+        overrides[LATENCY] = f"{latency_s!r} s"
+    if per_survivor_s is not None:
+        overrides[PER_SURVIVOR] = f"{per_survivor_s!r} s"
+    system = load_system(_hwconfig(), overrides).system
+    header = synthetic_header("llama3-8b", policy="longsight", k=p.k, window=p.window, sinks=p.sinks)
+    step = _uniform_step(header, p.context, p.survivors // (p.users * p.kv_heads))
+    res = simulate(prepare(system, header, [step]))
+    return res.time_breakdown_s["attention_gpu"] / system.geometry.layers
+
+
+def predict(
+    pts: list[Point], latency_s: float | None = None, per_survivor_s: float | None = None
+) -> np.ndarray:
+    return np.array([_replay(p, latency_s, per_survivor_s) for p in pts])
+
+
+def fit(pts: list[Point]) -> tuple[float, float]:
+    """Least squares on relative error; the prediction is affine in both constants, so the slopes from the
+    replay at (0, 0), (1 us, 0) and (0, 1 ns) are exact."""
+    measured = np.array([p.measured_s for p in pts])
+    base = predict(pts, 0.0, 0.0)
+    a = np.stack([(predict(pts, 1e-6, 0.0) - base) / 1e-6, (predict(pts, 0.0, 1e-9) - base) / 1e-9], axis=1)
+    x = np.linalg.lstsq(a / measured[:, None], 1.0 - base / measured, rcond=None)[0]
+    return float(x[0]), float(x[1])
+
+
+def table(path=FUSED) -> tuple[tuple[float, float], list[dict]]:
+    """The fit on the fitted split and every point's prediction with it (the held-out ones are the check)."""
+    pts = points(path)
+    lat, per = fit([p for p in pts if p.fitted])
+    pred = predict(pts, lat, per)
+    rows = [
+        {
+            "users": p.users,
+            "context": p.context,
+            "survival": p.survival,
+            "split": "fit" if p.fitted else "held out",
+            "measured_us": p.measured_s * 1e6,
+            "predicted_us": q * 1e6,
+            "error": (q - p.measured_s) / p.measured_s,
+        }
+        for p, q in zip(pts, pred, strict=True)
+    ]
+    return (lat, per), rows
+
+
+def _ctx(tokens: int) -> str:
+    return f"{tokens // 2**20}M" if tokens >= 2**20 else f"{tokens // 1024}K"
+
+
+def _layers(path=FUSED) -> list[dict]:
+    return load_calibration(path)["layers"]
+
+
+def layer_table(path=FUSED, survival: float = 0.05) -> str:
+    """Markdown: today's pipeline against the fused one per layer at one survival target, with the floor."""
+    out = [
+        "| batch | context | survivors | today's pipeline (us) | fused (us) | speed-up | floor (us) | fused / floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in _layers(path):
+        if r["survival_target"] != survival:
+            continue
+        old = f"{r['old_b2b_us']:,.1f}" if "old_b2b_us" in r else "-"
+        up = f"{r['old_b2b_us'] / r['fused_b2b_us']:.1f}x" if "old_b2b_us" in r else "-"
+        out.append(
+            f"| {r['users']} | {_ctx(r['context'])} | {r['survival']:.2%} | {old} | {r['fused_b2b_us']:,.1f} | "
+            f"{up} | {r['floor_us']:,.1f} | {r['fused_b2b_us'] / r['floor_us']:.2f}x |"
+        )
+    return "\n".join(out)
+
+
+def grid_table(path=FUSED) -> str:
+    """Markdown: the fused layer (back to back, us) and its multiple of the floor at every measured point."""
+    rows = _layers(path)
+    targets = sorted({r["survival_target"] for r in rows})
+    out = [
+        "| batch | context | " + " | ".join(f"survival target {t:.0%}" for t in targets) + " |",
+        "|---|---|" + "---|" * len(targets),
+    ]
+    for users, ctx in sorted({(r["users"], r["context"]) for r in rows}):
+        cells = []
+        for t in targets:
+            r = next(x for x in rows if (x["users"], x["context"], x["survival_target"]) == (users, ctx, t))
+            cells.append(f"{r['fused_b2b_us']:,.1f} ({r['fused_b2b_us'] / r['floor_us']:.1f}x)")
+        out.append(f"| {users} | {_ctx(ctx)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def stage_table(path=FUSED, survival: float = 0.05) -> str:
+    """Markdown: each stage alone, back to back (us), at one survival target."""
+    out = [
+        "| batch | context | counter reset | filter + compaction + scores | top-k | attention + merge | whole layer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in _layers(path):
+        if r["survival_target"] != survival:
+            continue
+        st = r["stage_b2b_us"]
+        out.append(
+            f"| {r['users']} | {_ctx(r['context'])} | {st['zero']:.1f} | {st['zero+select'] - st['zero']:.1f} | "
+            f"{st['topk']:.1f} | {st['attn']:.1f} | {r['fused_b2b_us']:.1f} |"
+        )
+    return "\n".join(out)
+
+
+def filter_table(path=FUSED, n: int = 1 << 24) -> str:
+    """Markdown: the SCF filter alone at ``n`` keys, fraction of copy bandwidth per variant and group size."""
+    rows = [r for r in load_calibration(path)["filters"] if r["N"] == n]
+    variants = ["popc", "mma", "mmax", "issue7_bitmap"]
+    out = [
+        "| D | G | " + " | ".join(variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
+    for d in sorted({r["D"] for r in rows}, reverse=True):
+        for g in sorted({r["G"] for r in rows}):
+            cells = []
+            for v in variants:
+                r = next(x for x in rows if (x["D"], x["G"], x["variant"]) == (d, g, v))
+                cells.append(f"{r['median_us']:.1f} us ({r['fraction_of_copy_bw']:.0%})")
+            out.append(f"| {d} | {g} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def fit_table(path=FUSED) -> str:
+    (lat, per), rows = table(path)
+    out = [
+        f"Fit on {', '.join(f'{c // 1024}K' for c in FIT_CONTEXTS)} (both batches, every survival): "
+        f"{LATENCY} = {lat * 1e6:.1f} us, {PER_SURVIVOR} = {per * 1e9:.3f} ns.",
+        "",
+        "| split | points | mean absolute error | worst |",
+        "|---|---|---|---|",
+    ]
+    for split in ("fit", "held out"):
+        e = np.abs([r["error"] for r in rows if r["split"] == split])
+        out.append(f"| {split} | {len(e)} | {e.mean():.1%} | {e.max():.1%} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    """Print the tables of docs/gpu-kernels.md."""
+    print(layer_table(), "\n")
+    print(grid_table(), "\n")
+    print(stage_table(), "\n")
+    print(filter_table(), "\n")
+    print(fit_table(), "\n")
+    _, rows = table()
+    print(
+        "| batch | context | survival | split | measured (us) | predicted (us) | error |\n|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(
+            f"| {r['users']} | {_ctx(r['context'])} | {r['survival']:.2%} | {r['split']} | {r['measured_us']:.1f} | "
+            f"{r['predicted_us']:.1f} | {r['error']:+.1%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The fused GPU LongSight pipeline (kernels/longsight_fused.cu) against its NumPy reference, stage by stage:
+survivors bit-identical, scores to fp32 rounding, top-k sets up to ties, outputs to well under bf16 tolerance;
+the standalone bitmap filters (popc and b1 MMA) bit-identical. Needs CuPy and a CUDA device (marker ``gpu``);
+the reference's own checks run everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cemsim import kernels
+from cemsim.errors import CemsimError
+from cemsim.gpu import reference as ref
+from cemsim.gpu.fused import Shape
+
+needs_gpu = pytest.mark.skipif(not kernels.cupy_available(), reason="no CUDA device / CuPy")
+
+
+def make_inputs(rng: np.random.Generator, s: Shape, survival: float) -> dict[str, np.ndarray]:
+    w = s.words
+    keys = ref.bf16_bits(rng.standard_normal((s.rows, s.ctx, s.head_dim)).astype(np.float32))
+    vals = ref.bf16_bits(rng.standard_normal((s.rows, s.ctx, s.head_dim)).astype(np.float32))
+    q = (rng.standard_normal((s.rows, s.group, s.head_dim)) / np.sqrt(s.head_dim)).astype(np.float32)
+    ksig = rng.integers(0, 2**64, size=(s.rows, s.ctx, w), dtype=np.uint64)
+    qsig = rng.integers(0, 2**64, size=(s.rows, s.group, w), dtype=np.uint64)
+    t = ref.survival_threshold(s.head_dim, s.group, survival)
+    thresholds = (t + rng.integers(-1, 2, size=s.rows)).astype(np.int32)  # rows differ
+    return {"ksig": ksig, "qsig": qsig, "thresholds": thresholds, "q": q, "keys": keys, "vals": vals}
+
+
+def run_gpu(s: Shape, x: dict[str, np.ndarray], method: str, topk_mode: int = 1) -> dict[str, np.ndarray]:
+    import cupy as cp
+
+    from cemsim.gpu.fused import FusedLongSight
+
+    p = FusedLongSight(s, method=method)  # type: ignore[arg-type]
+    p.topk_mode = topk_mode
+    p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
+    cp.cuda.Device().synchronize()
+    return p.results()
+
+
+shapes = st.builds(
+    lambda users, heads, group, d, region, sinks, window, k: Shape(
+        users, heads, group, d, region + sinks + window, window, sinks, k, cap=max(1, region)
+    ),
+    users=st.integers(1, 2),
+    heads=st.integers(1, 3),
+    group=st.sampled_from([1, 2, 4, 8]),
+    d=st.sampled_from([64, 128]),
+    region=st.integers(0, 6000),
+    sinks=st.integers(0, 16),
+    window=st.integers(1, 300),
+    k=st.sampled_from([1, 7, 64, 256, 1024]),
+)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(s=shapes, survival=st.sampled_from([0.01, 0.05, 0.2, 0.6, 0.99]), seed=st.integers(0, 2**31 - 1))
+def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = make_inputs(rng, s, survival)
+    for method, topk_mode in (("popc", 1), ("mma", 0), ("mmax", 1)):  # both top-k histogram modes
+        ref.check_pipeline(s, x, run_gpu(s, x, method, topk_mode))
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_fused_pipeline_at_scale_and_in_a_graph() -> None:
+    """Llama-3-8B geometry at 64K tokens, two users: eager run checked, then a CUDA graph replayed after the
+    thresholds change in place gives the reference's answer for the new thresholds."""
+    import cupy as cp
+
+    from cemsim.gpu.fused import FusedLongSight
+
+    rng = np.random.default_rng(3)
+    s = Shape(2, 8, 4, 128, 65536, 1024, 16, 1024, cap=8192)
+    x = make_inputs(rng, s, 0.05)
+    dev = {n: cp.asarray(v) for n, v in x.items()}
+    p = FusedLongSight(s)
+    p.run(*(dev[n] for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
+    ref.check_pipeline(s, x, p.results())
+    stream = cp.cuda.Stream(non_blocking=True)
+    graph = p.capture(*(dev[n] for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")), stream=stream)
+    x["thresholds"] = x["thresholds"] + 1  # fewer survivors
+    dev["thresholds"][...] = cp.asarray(x["thresholds"])
+    cp.cuda.Device().synchronize()
+    p.out.fill(np.nan)  # poison: the replay must write every output
+    graph.launch(stream)
+    stream.synchronize()
+    assert not p.overflowed()
+    ref.check_pipeline(s, x, p.results())
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_overflow_is_reported_and_counts_stay_exact() -> None:
+    import cupy as cp
+
+    from cemsim.gpu.fused import FusedLongSight
+
+    rng = np.random.default_rng(5)
+    s = Shape(1, 2, 4, 128, 20000, 64, 4, 32, cap=100)
+    x = make_inputs(rng, s, 0.5)
+    p = FusedLongSight(s)
+    p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
+    assert p.overflowed()
+    rows = ref.survivors(x["ksig"], x["qsig"], x["thresholds"], s.start, s.region)
+    np.testing.assert_array_equal(p.results()["count"], [len(r) for r in rows])
+
+
+@pytest.mark.gpu
+@needs_gpu
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    d=st.sampled_from([64, 128]),
+    g=st.integers(1, 16),
+    n=st.integers(1, 20000),
+    t_frac=st.floats(0.3, 1.0),
+)
+def test_bitmap_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac: float) -> None:
+    import cupy as cp
+
+    from cemsim.gpu.fused import bitmap_filter
+
+    rng = np.random.default_rng(seed)
+    w = d // 64
+    k = rng.integers(0, 2**64, size=(n, w), dtype=np.uint64)
+    q = rng.integers(0, 2**64, size=(g, w), dtype=np.uint64)
+    if n > 3:
+        k[:3] = q[0]  # exact copies: matches = D
+        k[3] = ~q[-1]  # complement: matches = 0
+    t = round(t_frac * (d + 1))
+    want = ref.bitmap(k, q, t)
+    kd, qd = cp.asarray(k), cp.asarray(q)
+    for method in ("popc", "mma", "mmax"):
+        out = cp.full(len(want), 0xDEADBEEF, dtype=cp.uint32)  # poison
+        grid = (-(-len(want) // 64),)
+        bitmap_filter(method, w)(
+            grid, (256,), (qd, kd, np.int64(n), np.int32(g), np.int32(d), np.int32(t), out)
+        )
+        np.testing.assert_array_equal(out.get(), want, err_msg=f"{method} D={d} G={g} N={n} T={t}")
+
+
+# --------------------------------------------------------------------------- the reference itself (CPU)
+
+
+def test_reference_survivors_match_cemsim_kernels() -> None:
+    """The reference's filter equals cemsim's SCF kernels (the CPU ones every other test pins)."""
+    rng = np.random.default_rng(11)
+    k = rng.integers(0, 2**64, size=(1, 5000, 2), dtype=np.uint64)
+    q = rng.integers(0, 2**64, size=(1, 4, 2), dtype=np.uint64)
+    got = ref.survivors(k, q, np.array([76]), 100, 4000)[0]
+    res = kernels.scf_filter_rows(q, k[0, 100:4100], 128, 76, backend="numpy", return_matches=False)
+    np.testing.assert_array_equal(got, 100 + np.flatnonzero(res.survivors[0]))
+    bm = np.unpackbits(ref.bitmap(k[0], q[0], 76).view(np.uint8), bitorder="little")[:5000]
+    np.testing.assert_array_equal(
+        bm.astype(bool), kernels.scf_filter_rows(q, k[0], 128, 76, backend="numpy").survivors[0]
+    )
+
+
+def test_reference_bf16_round_trip_and_rounding() -> None:
+    x = np.array([1.0, -2.5, 3.0e-3, 1.00390625, 1.01171875], dtype=np.float32)  # the last two tie
+    back = ref.bf16_to_float(ref.bf16_bits(x))
+    np.testing.assert_array_equal(back[:3], ref.bf16_to_float(ref.bf16_bits(back[:3])))
+    assert back[3] == 1.0 and back[4] == 1.015625  # ties to even
+
+
+def test_reference_topk_check_catches_a_wrong_pick() -> None:
+    pos = np.arange(10, 20)
+    sc = np.arange(10, dtype=np.float64)
+    assert ref.check_topk(np.array([19, 18, 17]), pos, sc, 3, 0.0).ok
+    assert not ref.check_topk(np.array([19, 18, 10]), pos, sc, 3, 0.0).ok
+    assert not ref.check_topk(np.array([19, 18]), pos, sc, 3, 0.0).ok
+    assert not ref.check_topk(np.array([19, 19, 18]), pos, sc, 3, 0.0).ok
+    assert not ref.check_topk(np.array([19, 18, 5]), pos, sc, 3, 0.0).ok
+
+
+def test_survival_threshold_dials_random_survival() -> None:
+    rng = np.random.default_rng(2)
+    k = rng.integers(0, 2**64, size=(1, 200_000, 2), dtype=np.uint64)
+    q = rng.integers(0, 2**64, size=(1, 4, 2), dtype=np.uint64)
+    for target in (0.01, 0.05, 0.10):
+        t = ref.survival_threshold(128, 4, target)
+        frac = len(ref.survivors(k, q, np.array([t]), 0, 200_000)[0]) / 200_000
+        assert frac <= target * 1.1 and frac >= target / 3, (target, t, frac)
+
+
+def test_shape_rejects_what_the_kernels_cannot_run() -> None:
+    with pytest.raises(CemsimError, match="head dim"):
+        Shape(1, 8, 4, 256, 4096, 1024, 16, 256, cap=4096)
+    with pytest.raises(CemsimError, match="query heads"):
+        Shape(1, 8, 16, 128, 4096, 1024, 16, 256, cap=4096)
+    with pytest.raises(CemsimError, match="k must"):
+        Shape(1, 8, 4, 128, 4096, 1024, 16, 2048, cap=4096)
+    with pytest.raises(CemsimError, match="fit in the context"):
+        Shape(1, 8, 4, 128, 1000, 1024, 16, 256, cap=4096)
+    s = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=65536)
+    # signs of every region key, survivor keys, picked values, band K and V, queries
+    assert s.floor_bytes(0, 0) == 8 * (s.region * 16 + 2 * 1040 * 256 + 4 * 128 * 4)
+    assert s.floor_bytes(10, 3) - s.floor_bytes(0, 0) == 13 * 256
+
+
+def test_pipeline_without_a_gpu_is_a_clear_error() -> None:
+    if kernels.cupy_available():
+        pytest.skip("a GPU is present")
+    from cemsim.gpu.fused import FusedLongSight
+
+    with pytest.raises(CemsimError, match="CuPy and a CUDA device"):
+        FusedLongSight(Shape(1, 8, 4, 128, 4096, 1024, 16, 256, cap=4096))

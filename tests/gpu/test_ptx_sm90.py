@@ -1,0 +1,45 @@
+"""Every CUDA source builds for Hopper (sm_90 and sm_90a), where the b1 tensor-core MMA and the rest of
+kernels/longsight_fused.cu run; the default-target build is tests/attention/test_kernels.py's. Needs nvcc,
+not a GPU."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cemsim import kernels
+
+
+def _nvcc() -> str | None:
+    return shutil.which("nvcc") or next(
+        (p for p in ["/usr/local/bin/nvcc", "/usr/local/cuda/bin/nvcc"] if Path(p).exists()), None
+    )
+
+
+@pytest.mark.parametrize("target", ["-arch=sm_90", "-gencode=arch=compute_90a,code=compute_90a"])
+def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    for src in kernels.kernel_sources():
+        out = tmp_path / f"{src.stem}.ptx"
+        proc = subprocess.run(
+            [nvcc, "-ptx", "-std=c++17", target, str(src), "-o", str(out)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, f"{src.name} failed to compile for {target}:\n{proc.stderr}"
+    ptx = (tmp_path / "longsight_fused.ptx").read_text()
+    for entry in (
+        "ls_select_popc_w2",
+        "ls_select_mma_w2",
+        "ls_topk",
+        "ls_attn_d128_g4",
+        "ls_attn_d128_g8",
+        "ls_select_mmax_w2",
+        "scf_bitmap_mma_w2",
+    ):
+        assert f".entry {entry}" in ptx
+    for op in ("and", "xor"):  # the tensor-core paths are real
+        assert f"mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.{op}.popc" in ptx
