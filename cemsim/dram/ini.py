@@ -135,8 +135,10 @@ def _idd_energy(cp, get, timing, burst_cycle, devices, tck_ns, ranks) -> EnergyS
     """IDD-based energies (Micron TN-41-01 method, the one DRAMsim3 applies): mA x V x ns = pJ."""
     if not cp.has_section("power"):
         return EnergySpec()
+    # DRAMsim3's own defaults for a current the .ini leaves out (src/configuration.cc, InitPowerParams)
+    defaults = {"IDD0": 48.0, "IDD2N": 34.0, "IDD3N": 43.0, "IDD4R": 135.0, "IDD4W": 123.0, "IDD5AB": 250.0}
     vdd = get("power", "VDD", 1.2, float)
-    idd = {k: get("power", k, 0.0, float) for k in ("IDD0", "IDD2N", "IDD3N", "IDD4R", "IDD4W", "IDD5AB")}
+    idd = {k: get("power", k, d, float) for k, d in defaults.items()}
     ras, rp, rfc = timing["nRAS"], timing["nRP"], timing["nRFC"]
     rc = ras + rp
     pj = 1e-12 * tck_ns
@@ -145,11 +147,13 @@ def _idd_energy(cp, get, timing, burst_cycle, devices, tck_ns, ranks) -> EnergyS
     wr = vdd * (idd["IDD4W"] - idd["IDD3N"]) * burst_cycle * devices * pj
     ref = vdd * (idd["IDD5AB"] - idd["IDD3N"]) * rfc * devices * pj
     background = vdd * idd["IDD3N"] * 1e-3 * devices * ranks
+    precharge_standby = vdd * idd["IDD2N"] * 1e-3 * devices * ranks
     return EnergySpec(
         act_j=act,
         read_j=rd,
         write_j=wr,
         refresh_j=ref,
         background_w=background,
+        precharge_standby_w=precharge_standby,
         source="IDD currents of the .ini, Micron TN-41-01 method (as DRAMsim3)",
     )

@@ -23,6 +23,7 @@ from cemsim.dram.kernel_state import (
     C_AUTO_PRE,
     C_END,
     C_EVENTS,
+    C_RANK_ACTIVE,
     C_READ_HITS,
     C_READS,
     C_STATUS,
@@ -99,6 +100,20 @@ def _mark(b, bdirty, dstack, S):
         bdirty[b] = True
         dstack[S[S_NDIRTY]] = b
         S[S_NDIRTY] += 1
+
+
+@numba.njit(cache=True, inline="always")
+def _row_state(ract, counts, r, t, opening):
+    """Rank r's open-bank count changes at t (a row opened or closed); the time it had at least one open bank
+    accumulates in counts[C_RANK_ACTIVE] (DRAMsim3's rank_active_cycles, for active/precharge standby energy)."""
+    if opening:
+        if ract[r, 0] == 0:
+            ract[r, 1] = t
+        ract[r, 0] += 1
+    else:
+        ract[r, 0] -= 1
+        if ract[r, 0] == 0:
+            counts[C_RANK_ACTIVE] += t - ract[r, 1]
 
 
 @numba.njit(cache=True, inline="always")
@@ -179,6 +194,7 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
             # closed page: auto-precharge as soon as it is legal (no command-bus slot)
             tp = _earliest(ready, nodes, b, PRE, dev[3], dev[4], dev[5], P[P_NFAW], True)
             _issue(dev, tabs, P[P_NRANK], b, PRE, tp, True)
+            _row_state(ctl[16], counts, nodes[b, 2] - 1 - P[P_NPC], tp, False)
             BS[b, B_OPEN] = -1
             BS[b, B_HITS] = 0
             counts[PRE] += 1
@@ -249,7 +265,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli):
     bank, row, kind, arrival, key = req[0], req[1], req[2], req[4], req[5]
     acc, first, cls, counts, elig = out[0], out[1], out[3], out[4], out[5]
     nodes, ready, faw, faw_head, faw_cnt = dev[0], dev[2], dev[3], dev[4], dev[5]
-    S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack = ctl
+    S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack, ract = ctl
     pend, key_first, key_left, key_done, heap = cli
     n = bank.shape[0]
     npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
@@ -434,6 +450,8 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli):
                     b = u * rgroup * bpr + bb
                     _mark(b, bdirty, dstack, S)
                     if cmd == PREA:
+                        if BS[b, B_OPEN] >= 0:
+                            _row_state(ract, counts, b // bpr, t, False)
                         BS[b, B_OPEN] = -1
                         BS[b, B_HITS] = 0
                 if cmd == REF:
@@ -460,6 +478,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli):
             lim = not (cmd == ACT and broadcast and kind[i] == K_OP)
             _issue(dev, tabs, nrank, b, cmd, t, lim)
             if cmd == ACT:
+                _row_state(ract, counts, b // bpr, t, True)
                 BS[b, B_OPEN] = row[i]
                 BS[b, B_HITS] = 0
                 if not per_bank:
@@ -478,6 +497,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli):
                         stage[i] = 2
                 last_col = 0
             elif cmd == PRE:
+                _row_state(ract, counts, b // bpr, t, False)
                 BS[b, B_OPEN] = -1
                 BS[b, B_HITS] = 0
                 last_col = 0
@@ -594,7 +614,8 @@ def _simulate_channel(
     req = (bank, row, kind, hold, arrival, key)
     out = (acc, first, done, cls, counts, elig)
     dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt)
-    ctl = (S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack)
+    ract = np.zeros((nrk, 2), dtype=np.int64)  # per rank: open banks, tick the first of them opened
+    ctl = (S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack, ract)
     cli = (pend, key_first, key_left, key_done, heap)
     _run(P, nkeys, tabs, req, out, dev, ctl, cli)
     end = np.int64(0)
@@ -602,6 +623,9 @@ def _simulate_channel(
         if done[i] > end:
             end = done[i]
     counts[C_END] = end
+    for r in range(nrk):  # rows still open at the end stay active to the run's last tick
+        if ract[r, 0] > 0:
+            counts[C_RANK_ACTIVE] += end + 1 - ract[r, 1]
 
 
 @numba.njit(cache=True)

@@ -95,7 +95,8 @@ C_AUTO_PRE = NCMD + 2
 C_END = NCMD + 3
 C_STATUS = NCMD + 4  # 0 ok, 1 stuck (no event left with requests pending)
 C_EVENTS = NCMD + 5  # ticks the loop visited
-NCOUNT = NCMD + 6
+C_RANK_ACTIVE = NCMD + 6  # rank-ticks with at least one open bank (active standby, as DRAMsim3 counts it)
+NCOUNT = NCMD + 7
 
 K_READ, K_WRITE, K_OP = 0, 1, 2
 

@@ -194,6 +194,7 @@ def _energy(value: Any, path: Path, prov: dict[str, str], burst_bytes: int) -> E
         raise CemsimError(f"{path}: energy must be a mapping")
     got: dict[str, float] = {}
     dims = {"act": "energy", "read": "energy", "write": "energy", "refresh": "energy", "background": "power"}
+    dims |= {"precharge_standby": "power"}
     dims |= {"read_per_bit": "energy_per_bit", "write_per_bit": "energy_per_bit"}
     sources = []
     for key, raw in value.items():
@@ -213,6 +214,7 @@ def _energy(value: Any, path: Path, prov: dict[str, str], burst_bytes: int) -> E
         write_j=got.get("write", got.get("write_per_bit", 0.0) * bits),
         refresh_j=got.get("refresh", 0.0),
         background_w=got.get("background", 0.0),
+        precharge_standby_w=got.get("precharge_standby", 0.0),
         source="; ".join(sources),
     )
 

@@ -142,7 +142,10 @@ class EnergySpec:
     read_j: float = 0.0  # one read burst (array + I/O)
     write_j: float = 0.0  # one write burst
     refresh_j: float = 0.0  # one all-bank REF of one rank
-    background_w: float = 0.0  # standby power of the channel's devices
+    background_w: float = 0.0  # active-standby power of the channel's devices (IDD3N), all ranks
+    # precharge-standby power (IDD2N), all ranks; when given, a rank draws it while none of its banks is open
+    # and background_w while one is (DRAMsim3's split); when 0, background_w is drawn all the time
+    precharge_standby_w: float = 0.0
     source: str = ""
 
 

@@ -67,12 +67,23 @@ def summarize(res: DramResult) -> dict[str, Any]:
     out["simulated_s"] = simulated_s
     out["end_tick_per_channel"] = [int(e) + 1 for e in ends]
     e = spec.energy
+    nch = res.counts.shape[0]
+    rank_ticks = spec.pseudo_channels * spec.ranks * end_tick * nch
+    active = min(float(c[K.C_RANK_ACTIVE]), float(rank_ticks))
+    out["rank_active_fraction"] = active / rank_ticks if rank_ticks else 0.0
+    if e.precharge_standby_w > 0:
+        frac = out["rank_active_fraction"]
+        active_j = e.background_w * frac * simulated_s * nch
+        precharge_j = e.precharge_standby_w * (1.0 - frac) * simulated_s * nch
+    else:
+        active_j, precharge_j = e.background_w * simulated_s * nch, 0.0
     parts = {
         "activate_j": e.act_j * commands["ACT"],
         "read_j": e.read_j * commands["RD"],
         "write_j": e.write_j * commands["WR"],
         "refresh_j": e.refresh_j * commands["REF"],
-        "background_j": e.background_w * simulated_s * res.counts.shape[0],
+        "active_standby_j": active_j,
+        "precharge_standby_j": precharge_j,
     }
     out["energy_j"] = float(sum(parts.values()))
     out["energy_breakdown_j"] = parts

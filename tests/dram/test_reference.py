@@ -76,18 +76,13 @@ SUBSET_CONFIGS = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "rec", SUBSET, ids=[f"{r['simulator']}-{r['config']}-{r['pattern']}-K{r['K']}" for r in SUBSET]
-)
-def test_engine_matches_the_in_repo_reference_subset(rec):
-    """The same check on a copy shipped in the repo (tests/dram/data, built by make_subset.py): DRAMsim3's
-    LP5X-8533-like and Ramulator 2's LPDDR5-6400 records, so the comparison runs without the shared folder."""
+def replay_subset_record(rec: dict):
+    """Replay one record of the in-repo subset (tests/dram/data, built by make_subset.py)."""
     z = np.load(DATA / "reference_subset.npz")
     packed = z[rec["pattern_file"] + ":packed"].astype(np.int64)
     spec = load_dram_spec(DATA / SUBSET_CONFIGS[rec["config"]])
     kw = {"depth": int(rec["K"])} if rec["K"] else {}
-    s = replay(
+    return replay(
         spec,
         rank=packed & 1,
         bankgroup=(packed >> 1) & 3,
@@ -97,6 +92,16 @@ def test_engine_matches_the_in_repo_reference_subset(rec):
         is_write=np.zeros(packed.size, dtype=np.int64),
         key_id=np.cumsum((packed >> 11) & 1),
         **kw,
-    ).stats
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "rec", SUBSET, ids=[f"{r['simulator']}-{r['config']}-{r['pattern']}-K{r['K']}" for r in SUBSET]
+)
+def test_engine_matches_the_in_repo_reference_subset(rec):
+    """The same check on a copy shipped in the repo (tests/dram/data, built by make_subset.py): DRAMsim3's
+    LP5X-8533-like and Ramulator 2's LPDDR5-6400 records, so the comparison runs without the shared folder."""
+    s = replay_subset_record(rec).stats
     assert s["read_bandwidth_bytes_per_s"] / 1e9 == pytest.approx(rec["read_GBps"], rel=BW_TOL)
     assert s["mean_read_latency_s"] * 1e9 == pytest.approx(rec["read_lat_ns_mean"], rel=LAT_TOL)
