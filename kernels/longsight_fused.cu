@@ -586,6 +586,191 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     }
 }
 
+// The same selection spread over a cluster of TOPK_CTAS thread blocks (sm_90): block r of the cluster holds
+// scores [r n / C, (r + 1) n / C) of the row in its shared memory, histograms them, and every block reads the
+// others' histograms through distributed shared memory, so all take the same bin each pass; the collect
+// offsets come the same way. TOPK_CTAS times the SMs and the shared memory per row: at batch 1 a layer has
+// only 32 rows (8 KV heads x 4 query heads) for 132 SMs.
+#define TOPK_CTAS 4
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned int cluster_rank() {
+    unsigned int r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ void cluster_sync_all() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// a 32-bit word of block ``rank``'s shared memory at the address ``p`` has in this block
+__device__ __forceinline__ unsigned int ld_cluster(const unsigned int* p, unsigned int rank) {
+    unsigned int local, remote, v;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(local) : "l"(p));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+extern "C" __global__ void __cluster_dims__(TOPK_CTAS, 1, 1) __launch_bounds__(TOPK_THREADS)
+    ls_topk_cluster(const unsigned int* __restrict__ count, const int* __restrict__ idx,
+                    const float* __restrict__ scores, int G, int cap, int k, int smem_keys,
+                    int* __restrict__ pick_pos, float* __restrict__ pick_score, int* __restrict__ pick_count) {
+    extern __shared__ u32 cache[];  // smem_keys entries: this block's slice
+    __shared__ unsigned int hist[TOPK_WARPS][256];
+    __shared__ unsigned int total[256];
+    __shared__ unsigned int counts[2];  // this block's (above, ties) for the collect offsets
+    __shared__ u32 s_prefix, s_mask, s_need, s_done;
+    __shared__ unsigned int s_above, s_ties;
+    const unsigned int rank = cluster_rank();
+    const int bhg = blockIdx.x / TOPK_CTAS, bh = bhg / G;
+    const int n = min((int)count[bh], cap);
+    const int kk = min(k, n);
+    const float* sc = scores + (long long)bhg * cap;
+    const int* ix = idx + (long long)bh * cap;
+    int* out_pos = pick_pos + (long long)bhg * k;
+    float* out_score = pick_score + (long long)bhg * k;
+    if (n <= k) {  // the same for every block of the cluster: all leave, block 0 copies
+        if (rank == 0) {
+            if (threadIdx.x == 0) pick_count[bhg] = kk;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                out_pos[i] = ix[i];
+                out_score[i] = sc[i];
+            }
+        }
+        return;
+    }
+    if (rank == 0 && threadIdx.x == 0) pick_count[bhg] = kk;
+    const int lo = (int)(((long long)n * rank) / TOPK_CTAS), hi = (int)(((long long)n * (rank + 1)) / TOPK_CTAS);
+    const int m = hi - lo;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const bool cached = m <= smem_keys;
+    if (cached) {
+        for (int i0 = 0; i0 < m; i0 += 8 * TOPK_THREADS) {
+            u32 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
+                v[u] = i < m ? order_key(__ldg(sc + lo + i)) : 0u;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
+                if (i < m) cache[i] = v[u];
+            }
+        }
+    }
+    if (threadIdx.x == 0) {
+        s_prefix = 0;
+        s_mask = 0;
+        s_need = (u32)k;
+        s_done = 0;
+    }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < TOPK_WARPS * 256; i += blockDim.x) (&hist[0][0])[i] = 0;
+        __syncthreads();
+        const u32 prefix = s_prefix, mask = s_mask;
+        for (int i = threadIdx.x; i < m; i += blockDim.x) {
+            const u32 key = cached ? cache[i] : order_key(__ldg(sc + lo + i));
+            if ((key & mask) == prefix) atomicAdd(&hist[warp][(key >> shift) & 0xffu], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x < 256) {
+            unsigned int t = 0;
+#pragma unroll 8
+            for (int w = 0; w < TOPK_WARPS; ++w) t += hist[w][threadIdx.x];
+            total[threadIdx.x] = t;
+        }
+        cluster_sync_all();  // every block's total[] is ready
+        if (warp == 0) {
+            unsigned int h[8], mine = 0;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int bin = 255 - 8 * lane - e;
+                unsigned int t = 0;
+#pragma unroll
+                for (unsigned int r = 0; r < TOPK_CTAS; ++r) t += ld_cluster(&total[bin], r);
+                h[e] = t;
+                mine += t;
+            }
+            unsigned int incl = mine;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned int v = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += v;
+            }
+            const u32 need = s_need;
+            const unsigned int excl = incl - mine;
+            const unsigned int cross = __ballot_sync(0xffffffffu, excl < need && need <= incl);
+            if (lane == __ffs(cross) - 1) {
+                unsigned int above = excl, hsel = h[7];
+                int d = 248 - 8 * lane;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    if (above + h[j] >= need) {
+                        d = 255 - 8 * lane - j;
+                        hsel = h[j];
+                        break;
+                    }
+                    above += h[j];
+                }
+                s_prefix = prefix | ((u32)d << shift);
+                s_mask = mask | (0xffu << shift);
+                s_need = need - above;
+                s_done = (hsel == need - above) ? 1u : 0u;
+            }
+        }
+        cluster_sync_all();  // no block rewrites total[] while another still reads it; s_* visible
+        if (s_done) break;
+    }
+    const u32 prefix = s_prefix, mask = s_mask, need = s_need;
+    if (threadIdx.x == 0) {
+        s_above = 0;
+        s_ties = 0;
+    }
+    __syncthreads();
+    // this block's counts of keys above the prefix and tied with it, then offsets from the blocks before it
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        const u32 key = (cached ? cache[i] : order_key(__ldg(sc + lo + i))) & mask;
+        if (key > prefix) atomicAdd(&s_above, 1u);
+        else if (key == prefix) atomicAdd(&s_ties, 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        counts[0] = s_above;
+        counts[1] = s_ties;
+    }
+    cluster_sync_all();
+    unsigned int above_off = 0, ties_off = 0;
+    for (unsigned int r = 0; r < rank; ++r) {
+        above_off += ld_cluster(&counts[0], r);
+        ties_off += ld_cluster(&counts[1], r);
+    }
+    const u32 n_above = (u32)k - need;
+    if (threadIdx.x == 0) {
+        s_above = 0;
+        s_ties = 0;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        const u32 key = (cached ? cache[i] : order_key(__ldg(sc + lo + i))) & mask;
+        int slot = -1;
+        if (key > prefix) {
+            slot = (int)(above_off + atomicAdd(&s_above, 1u));
+        } else if (key == prefix) {
+            const u32 t = ties_off + atomicAdd(&s_ties, 1u);
+            if (t < need) slot = (int)(n_above + t);
+        }
+        if (slot >= 0) {
+            out_pos[slot] = ix[lo + i];
+            out_score[slot] = sc[lo + i];
+        }
+    }
+    cluster_sync_all();  // no block leaves while another may still read its shared memory
+}
+#endif
+
 // ------------------------------------------------------------------------------------------------ attention
 
 // One softmax per query head over the band (sinks [0, sinks) and window [ctx - window, ctx), shared by the

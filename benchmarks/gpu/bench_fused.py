@@ -379,20 +379,26 @@ def bench_layers(
                 res = pipes[0].results()
                 survivors = int(res["count"].sum())
                 picks = int(res["pick_count"].sum())
-                # the top-k histogram mode that is faster here (both are exact; tests/gpu checks both)
+                # the top-k variant that is faster here (all exact; tests/gpu checks each): ls_topk with
+                # either histogram mode, or ls_topk_cluster
                 stream = cp.cuda.Stream(non_blocking=True)
-                row["topk_mode_b2b_us"] = {}
-                for mode in (0, 1):
-                    pipes[0].topk_mode = mode
+                row["topk_variant_b2b_us"] = {}
+                for name, mode, ctas in (("match", 0, 1), ("atomic", 1, 1), ("cluster", 1, 4)):
+                    pipes[0].topk_mode, pipes[0].topk_ctas = mode, ctas
                     with stream:
                         stream.begin_capture()
                         pipes[0].stages(*args[0])[-2]()
                         gk = stream.end_capture()
-                    row["topk_mode_b2b_us"][mode] = back_to_back(cp, lambda i: gk.launch(stream), stream)
-                best = min(row["topk_mode_b2b_us"], key=row["topk_mode_b2b_us"].get)
+                    row["topk_variant_b2b_us"][name] = back_to_back(cp, lambda i: gk.launch(stream), stream)
+                best = min(row["topk_variant_b2b_us"], key=row["topk_variant_b2b_us"].get)
+                mode, ctas = {"match": (0, 1), "atomic": (1, 1), "cluster": (1, 4)}[best]
                 for p in pipes:
-                    p.topk_mode = best
-                row["topk_mode"] = best
+                    p.topk_mode, p.topk_ctas = mode, ctas
+                row["topk_variant"] = best
+                pipes[0].run(*args[0])  # the chosen variant's results, checked too
+                first, again = dict(row), check_row0(cp, s, sets[0], thresholds, pipes[0])
+                row["row0_checked"] = bool(first["row0_checked"] and again["row0_checked"])
+                row["row0_error"] = first["row0_error"] or again["row0_error"]
                 # eager, per stage (launch gaps included)
                 stages = pipes[0].stages(*args[0])
                 st_times = [[] for _ in stages]

@@ -2,7 +2,8 @@
 
 Per layer, for all ``users x kv_heads`` rows at once, four graph-capturable launches and no host sync:
 a memset of the survivor counters, ``ls_select`` (SCF filter + compaction + exact scores of the survivors),
-``ls_topk`` (exact top-k per query head, radix select) and ``ls_attn`` (one pass over sinks + window + picks,
+``ls_topk`` / ``ls_topk_cluster`` (exact top-k per query head, radix select; the cluster form spreads a row
+over 4 blocks) and ``ls_attn`` (one pass over sinks + window + picks,
 split into chunks, whose last chunk per row merges them into one softmax per query head). :class:`Shape` (launch geometry and the bytes
 the step must read) works without a GPU; :class:`FusedLongSight` needs CuPy and a CUDA device.
 """
@@ -28,6 +29,7 @@ ATTN_MAX_ITEMS = 128
 MAX_GROUP_ATTN = 8  # LS_MAX_GA: query heads per KV head in registers
 MAX_GROUP_FILTER = 16
 TOPK_SMEM_KEYS = 47104  # scores ls_topk caches in dynamic shared memory (184 KiB, with 33 KiB static)
+TOPK_CTAS = 4  # blocks of ls_topk_cluster per (row, query head)
 Method = Literal["popc", "mma", "mmax"]
 
 
@@ -136,12 +138,19 @@ class FusedLongSight:
         self.f_select = mod.get_function(f"ls_select_{self.method}_w{w}")
         self.f_topk = mod.get_function("ls_topk")
         self.f_attn = mod.get_function(f"ls_attn_d{shape.head_dim}_g{4 if shape.group <= 4 else 8}")
-        self.topk_mode = 1  # histogram through shared atomics (0: __match_any_sync); see ls_topk
+        self.f_topk_cluster = mod.get_function("ls_topk_cluster")
+        self.topk_mode = 1  # ls_topk's histogram through shared atomics (0: __match_any_sync)
+        # 1: ls_topk, one block per (row, head); TOPK_CTAS: ls_topk_cluster. Measured on the H200: the cluster
+        # pays when few (row, head) pairs share 132 SMs and rows are long (3.3 % of 1M: 29 us against 44), and
+        # costs up to 2x otherwise (benchmarks/gpu/results/h200-fused-run6-2026-12-02.json, topk_variant_b2b_us)
+        self.topk_ctas = TOPK_CTAS if shape.rows * shape.group <= 64 and shape.cap >= 32768 else 1
         self.smem_keys = min(shape.cap, TOPK_SMEM_KEYS)
+        self.smem_keys_cluster = min(-(-shape.cap // TOPK_CTAS) + 1, TOPK_SMEM_KEYS)
         try:  # over 48 KiB of shared memory needs the kernel's opt-in
             self.f_topk.max_dynamic_shared_size_bytes = 4 * self.smem_keys
+            self.f_topk_cluster.max_dynamic_shared_size_bytes = 4 * self.smem_keys_cluster
         except Exception:
-            self.smem_keys = 0  # the top-k passes then read the scores from L2
+            self.smem_keys = self.smem_keys_cluster = 0  # the top-k passes then read the scores from L2
         s = shape
         self.count = cp.zeros(s.rows, dtype=cp.uint32)
         self.idx = cp.empty((s.rows, s.cap), dtype=cp.int32)
@@ -191,6 +200,15 @@ class FusedLongSight:
             )  # fmt: skip
 
         def topk() -> None:
+            if self.topk_ctas == TOPK_CTAS:
+                self.f_topk_cluster(
+                    (s.rows * s.group * TOPK_CTAS,),
+                    (TOPK_THREADS,),
+                    (self.count, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k),
+                     i32(self.smem_keys_cluster), self.pick_pos, self.pick_score, self.pick_count),
+                    shared_mem=4 * self.smem_keys_cluster,
+                )  # fmt: skip
+                return
             self.f_topk(
                 (s.rows * s.group,),
                 (TOPK_THREADS,),

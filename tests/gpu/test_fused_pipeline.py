@@ -30,13 +30,15 @@ def make_inputs(rng: np.random.Generator, s: Shape, survival: float) -> dict[str
     return {"ksig": ksig, "qsig": qsig, "thresholds": thresholds, "q": q, "keys": keys, "vals": vals}
 
 
-def run_gpu(s: Shape, x: dict[str, np.ndarray], method: str, topk_mode: int = 1) -> dict[str, np.ndarray]:
+def run_gpu(
+    s: Shape, x: dict[str, np.ndarray], method: str, topk_mode: int = 1, topk_ctas: int = 4
+) -> dict[str, np.ndarray]:
     import cupy as cp
 
     from cemsim.gpu.fused import FusedLongSight
 
     p = FusedLongSight(s, method=method)  # type: ignore[arg-type]
-    p.topk_mode = topk_mode
+    p.topk_mode, p.topk_ctas = topk_mode, topk_ctas
     p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
     cp.cuda.Device().synchronize()
     return p.results()
@@ -64,8 +66,9 @@ shapes = st.builds(
 def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     x = make_inputs(rng, s, survival)
-    for method, topk_mode in (("popc", 1), ("mma", 0), ("mmax", 1)):  # both top-k histogram modes
-        ref.check_pipeline(s, x, run_gpu(s, x, method, topk_mode))
+    # every filter method, both histogram modes of ls_topk and ls_topk_cluster
+    for method, topk_mode, topk_ctas in (("popc", 1, 4), ("mma", 0, 1), ("mmax", 1, 1)):
+        ref.check_pipeline(s, x, run_gpu(s, x, method, topk_mode, topk_ctas))
 
 
 @pytest.mark.gpu

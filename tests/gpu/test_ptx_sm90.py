@@ -35,6 +35,7 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         "ls_select_popc_w2",
         "ls_select_mma_w2",
         "ls_topk",
+        "ls_topk_cluster",
         "ls_attn_d128_g4",
         "ls_attn_d128_g8",
         "ls_select_mmax_w2",
