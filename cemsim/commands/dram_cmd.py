@@ -83,6 +83,9 @@ def replay_cmd(
     table.add_row("commands", ", ".join(f"{k} {v}" for k, v in out["commands"].items() if v))
     table.add_row("simulated time", f"{out['simulated_s'] * 1e6:.3f} us")
     table.add_row("energy", f"{out['energy_j'] * 1e6:.3f} uJ" if out["energy_j"] else "not in this config")
+    if out["energy_j"]:
+        parts = {k.removesuffix("_j"): v for k, v in out["energy_breakdown_j"].items() if v}
+        table.add_row("energy by part", ", ".join(f"{k} {v * 1e6:.3f}" for k, v in parts.items()) + " uJ")
     table.add_row("wall time", f"{out['wall_s']:.3f} s")
     console.print(table)
 

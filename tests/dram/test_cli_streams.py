@@ -65,6 +65,28 @@ def test_replay_text_trace_prints_a_table(tmp_path, capsys):
     code, out, _ = _run(capsys, "dram", "replay", "lpddr5x-8533", str(p))
     assert code == 0
     assert "read bandwidth" in out and "row-hit rate" in out
+    assert "energy by part" in out  # the preset's per-bit read and write energy
+
+
+def test_replay_json_energy_parts_add_up_on_a_dramsim3_ini(tmp_path, capsys):
+    """IDD energy from a DRAMsim3 .ini: the parts (ACT, RD, WR, REF, active and precharge standby) sum to the
+    total, and reads cost IDD4R over IDD3N for one burst: 1.05 V x (243 - 47) mA x 2 CK (BL4) x 0.9375 ns."""
+    from tests.dram.test_reference import DATA
+
+    ini = DATA / "dramsim3_LP5X-8533-like_x16.ini"
+    spec = load_dram_spec(ini)
+    _, addr = _keys_stream(spec, 16)
+    p = tmp_path / "t.trace"
+    p.write_text(
+        "".join(f"{hex(int(a))} {'WRITE' if i % 3 == 0 else 'READ'} {4 * i}\n" for i, a in enumerate(addr))
+    )
+    code, out, _ = _run(capsys, "dram", "replay", str(ini), str(p), "--json")
+    assert code == 0
+    got = json.loads(out)
+    parts = got["energy_breakdown_j"]
+    assert sum(parts.values()) == pytest.approx(got["energy_j"])
+    assert parts["read_j"] == pytest.approx(got["commands"]["RD"] * 1.05 * (243 - 47) * 2 * 0.9375e-12)
+    assert parts["active_standby_j"] > 0 and parts["precharge_standby_j"] > 0
 
 
 @pytest.mark.parametrize(
