@@ -76,6 +76,10 @@ def _per_head_pipeline() -> dict[str, str]:
     return {
         "gpu.sparse_pipeline_latency": f"{gpu.sparse_pipeline_latency!r} s",
         "gpu.sparse_time_per_survivor": f"{gpu.sparse_time_per_survivor!r} s",
+        # the per-head pipeline's fit has no per-request, per-key or per-pick term
+        "gpu.sparse_time_per_request": f"{gpu.sparse_time_per_request!r} s",
+        "gpu.sparse_time_per_key": f"{gpu.sparse_time_per_key!r} s",
+        "gpu.sparse_time_per_pick": f"{gpu.sparse_time_per_pick!r} s",
     }
 
 

@@ -67,10 +67,15 @@ class GPUConfig(Frozen):
     # fixed host / launch cost per decode step, whatever the layers (e.g. eager PyTorch's Python loop and its
     # per-token host sync); every data-parallel lane pays it once per step (calibration)
     step_overhead: Time = 0.0
-    # LongSight run on the GPU itself (SCF filter + compaction per KV head, gather, exact scores, top-k):
-    # a fixed cost per layer plus a cost per surviving key, on top of the roofline of the bytes it reads.
+    # LongSight run on the GPU itself (SCF filter + compaction, exact scores, top-k, attention over the picks):
+    # on top of the roofline of the bytes it reads, a fixed cost per layer and a cost per unit of each stage's
+    # work: per request (one user's KV head: its top-k select and attention row), per key scanned by the
+    # filter, per surviving key, per picked value. A term a calibration did not fit stays 0.
     sparse_pipeline_latency: Time = 0.0
+    sparse_time_per_request: Time = 0.0
+    sparse_time_per_key: Time = 0.0
     sparse_time_per_survivor: Time = 0.0
+    sparse_time_per_pick: Time = 0.0
     energy_per_flop: Energy
     idle_power: Power
     peak_power: Power

@@ -484,7 +484,13 @@ class StepModel:
         values = float(sum(work.values[layer].sum() for work in works))
         select_bytes = considered * selection_bytes_per_key(self.system)
         gpu = self.system.gpu
-        pipeline = gpu.sparse_pipeline_latency + survivors / self.tp * gpu.sparse_time_per_survivor
+        stages = (  # (work, time per unit): each request's select and attention row, the filter's keys, ...
+            (len(works) * model.kv_heads, gpu.sparse_time_per_request),
+            (considered, gpu.sparse_time_per_key),
+            (survivors, gpu.sparse_time_per_survivor),
+            (values, gpu.sparse_time_per_pick),
+        )
+        pipeline = gpu.sparse_pipeline_latency + sum(n * t for n, t in stages) / self.tp
         window_bytes, window_flops = dense * model.kv_token_bytes, 4.0 * q_dim * dense
         if kind == "hbm_sparse":
             nbytes = window_bytes + select_bytes + (survivors + values) * model.key_bytes

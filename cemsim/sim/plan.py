@@ -154,9 +154,20 @@ def layer_plan(
     )
     if kind.endswith("_window"):
         return LayerPlan([], [window], [])
-    # the GPU's own selection + gather pipeline (hbm_sparse, host_sparse): fixed + per-selected-key cost,
-    # calibrated on LongSight's (cemsim/calibration) and charged alike to Quest and the oracle
-    pipeline = gpu.sparse_pipeline_latency + survivors / tp * gpu.sparse_time_per_survivor
+    # the GPU's own selection + gather pipeline (hbm_sparse, host_sparse): a fixed cost and one per unit of
+    # each stage's work (GPUConfig), calibrated on LongSight's (cemsim/calibration) and charged alike to
+    # Quest and the oracle
+    requests = float(len(works) * kv_heads)
+    pipeline = (
+        gpu.sparse_pipeline_latency
+        + (
+            requests * gpu.sparse_time_per_request
+            + considered * gpu.sparse_time_per_key
+            + survivors * gpu.sparse_time_per_survivor
+            + values * gpu.sparse_time_per_pick
+        )
+        / tp
+    )
     group_flops_per_key = 2.0 * sizes.group * sizes.head_dim  # one key against the group's queries
     select = considered * sizes.select_bytes_per_key
     if kind == "hbm_sparse":
