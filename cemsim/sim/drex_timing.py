@@ -386,15 +386,12 @@ class DrexTimer:
             self.sampled["run" if not is_value else "run_values"] = len(pick)
             if not rest:
                 continue
-            x = np.array([[1.0, sig[i][0], sig[i][1]] for i in pick])
-            y = np.array([measured[i] for i in pick])
-            coef = None
-            if len(pick) >= 3 and np.linalg.matrix_rank(x) == 3:
-                coef = np.linalg.lstsq(x, y, rcond=None)[0]
+            # time per key interpolated in key count between the measured phases (which span the smallest
+            # and the largest): a plane fit over (keys, rows) erred -26 % to +15 % on single phases and +5.1 %
+            # on a whole 1M step; per-key interpolation -1.5 % there (docs/validation.md, sampled mode)
+            keys, inverse = np.unique([sig[i][0] for i in pick], return_inverse=True)
+            per_key = np.array([measured[i] / sig[i][0] for i in pick])
+            per_key = np.bincount(inverse, weights=per_key) / np.bincount(inverse)  # phases of equal keys
             for i in rest:
-                if coef is not None:
-                    out[i] = max(float(coef @ np.array([1.0, sig[i][0], sig[i][1]])), 0.0)
-                else:  # too few distinct samples for a fit: scale the nearest sample by key count
-                    j = min(pick, key=lambda s: abs(sig[s][0] - sig[i][0]))
-                    out[i] = measured[j] * sig[i][0] / sig[j][0]
+                out[i] = float(np.interp(sig[i][0], keys, per_key)) * sig[i][0]
         return out
