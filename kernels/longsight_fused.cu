@@ -437,6 +437,40 @@ LS_SELECT(2, 2, ls_select_mmax_w2)
 #define TOPK_THREADS 1024
 #define TOPK_WARPS (TOPK_THREADS / 32)
 
+// Warp 0's step of the radix select: lane L holds the counts h[] of bins 255 - 8L down to 248 - 8L (mine: their
+// sum). A scan from the top finds the bin holding the need-th largest key and narrows the shared selection
+// to it; done when every key of that bin is needed, so no later pass can split it.
+__device__ __forceinline__ void narrow_to_bin(const unsigned int (&h)[8], unsigned int mine, int lane, int shift,
+                                              u32 prefix, u32 mask, u32& s_prefix, u32& s_mask, u32& s_need,
+                                              u32& s_done) {
+    unsigned int incl = mine;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    const u32 need = s_need;
+    const unsigned int excl = incl - mine;
+    const unsigned int cross = __ballot_sync(0xffffffffu, excl < need && need <= incl);
+    if (lane == __ffs(cross) - 1) {
+        unsigned int above = excl, hsel = h[7];
+        int d = 248 - 8 * lane;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (above + h[j] >= need) {
+                d = 255 - 8 * lane - j;
+                hsel = h[j];
+                break;
+            }
+            above += h[j];
+        }
+        s_prefix = prefix | ((u32)d << shift);
+        s_mask = mask | (0xffu << shift);
+        s_need = need - above;
+        s_done = (hsel == need - above) ? 1u : 0u;
+    }
+}
+
 __device__ __forceinline__ u32 order_key(float f) {
     const u32 u = __float_as_uint(f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
@@ -528,33 +562,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
                 h[e] = total[255 - 8 * lane - e];
                 mine += h[e];
             }
-            unsigned int incl = mine;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const unsigned int v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += v;
-            }
-            const u32 need = s_need;
-            const unsigned int excl = incl - mine;
-            const unsigned int cross = __ballot_sync(0xffffffffu, excl < need && need <= incl);
-            if (lane == __ffs(cross) - 1) {
-                unsigned int above = excl, hsel = h[7];
-                int d = 248 - 8 * lane;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    if (above + h[j] >= need) {
-                        d = 255 - 8 * lane - j;
-                        hsel = h[j];
-                        break;
-                    }
-                    above += h[j];
-                }
-                s_prefix = prefix | ((u32)d << shift);
-                s_mask = mask | (0xffu << shift);
-                s_need = need - above;
-                // every element of this bin is needed: no later pass can split it
-                s_done = (hsel == need - above) ? 1u : 0u;
-            }
+            narrow_to_bin(h, mine, lane, shift, prefix, mask, s_prefix, s_mask, s_need, s_done);
         }
         __syncthreads();
         if (s_done) break;
@@ -694,32 +702,7 @@ extern "C" __global__ void __cluster_dims__(TOPK_CTAS, 1, 1) __launch_bounds__(T
                 h[e] = t;
                 mine += t;
             }
-            unsigned int incl = mine;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const unsigned int v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += v;
-            }
-            const u32 need = s_need;
-            const unsigned int excl = incl - mine;
-            const unsigned int cross = __ballot_sync(0xffffffffu, excl < need && need <= incl);
-            if (lane == __ffs(cross) - 1) {
-                unsigned int above = excl, hsel = h[7];
-                int d = 248 - 8 * lane;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    if (above + h[j] >= need) {
-                        d = 255 - 8 * lane - j;
-                        hsel = h[j];
-                        break;
-                    }
-                    above += h[j];
-                }
-                s_prefix = prefix | ((u32)d << shift);
-                s_mask = mask | (0xffu << shift);
-                s_need = need - above;
-                s_done = (hsel == need - above) ? 1u : 0u;
-            }
+            narrow_to_bin(h, mine, lane, shift, prefix, mask, s_prefix, s_mask, s_need, s_done);
         }
         cluster_sync_all();  // no block rewrites total[] while another still reads it; s_* visible
         if (s_done) break;
