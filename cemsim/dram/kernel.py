@@ -632,6 +632,12 @@ def _simulate_channel(
 def simulate(P, cl_n, cl_nx, cl_l, sib, seg, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts,
              elig):  # fmt: skip
     """Replay each channel's segment ``seg[c]:seg[c+1]`` of the (channel-sorted) stream on its own controller."""
+    n = bank.shape[0]
+    if seg.shape[0] == 2 and seg[0] == 0 and seg[1] == n:
+        # one channel: the whole arrays are its segment (the outputs come initialised by the caller)
+        _simulate_channel(P, cl_n, cl_nx, cl_l, sib, bank, row, kind, hold, arrival, key, nkeys[0], acc, first,
+                          done, cls, counts[0], elig)  # fmt: skip
+        return
     for c in range(seg.shape[0] - 1):
         a, z = seg[c], seg[c + 1]
         if z <= a:

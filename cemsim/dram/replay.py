@@ -54,7 +54,9 @@ def _as_int(name: str, value, n: int | None) -> np.ndarray:
         raise CemsimError(f"replay: {name} must hold integers, got dtype {arr.dtype}")
     if n is not None and arr.shape[0] != n:
         raise CemsimError(f"replay: {name} has {arr.shape[0]} entries, the stream has {n}")
-    return arr.astype(np.int64)
+    # no copy when the caller's array is already a writable contiguous int64 one (the kernel only reads it)
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    return out if out.flags.writeable else out.copy()
 
 
 def _check_range(name: str, arr: np.ndarray, size: int, spec: DramSpec) -> None:
@@ -175,12 +177,12 @@ def replay(
     if kind is None:
         kind_a = (is_write != 0).astype(np.int64)
     else:
-        kind_a = _as_int("kind", kind, n)
+        kind_a = _as_int("kind", kind, n).copy()  # kept in the result: never the caller's array
         _check_range("kind", kind_a, 3, spec)
     hold_a = np.zeros(n, dtype=np.int64) if hold is None else _as_int("hold", hold, n)
     if (hold_a < 0).any():
         raise CemsimError("replay: hold must not be negative")
-    chan = np.zeros(n, dtype=np.int64) if channel is None else _as_int("channel", channel, n)
+    chan = np.zeros(n, dtype=np.int64) if channel is None else _as_int("channel", channel, n).copy()
     if chan.size and chan.min() < 0:
         raise CemsimError("replay: channel must not be negative")
     closed = depth is not None
@@ -197,11 +199,16 @@ def replay(
     keys = np.arange(n, dtype=np.int64) if key_id is None else _as_int("key_id", key_id, n)
 
     nch = int(chan.max()) + 1 if n else 1
-    order = np.argsort(chan, kind="stable")
-    seg = np.searchsorted(chan[order], np.arange(nch + 1)).astype(np.int64)
+    # one channel (the common case): the stream is already in channel order, so nothing is reordered
+    order = np.argsort(chan, kind="stable") if nch > 1 else None
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return a if order is None else a[order]
+
+    seg = np.searchsorted(take(chan), np.arange(nch + 1)).astype(np.int64)
     flat_bank = (rank * spec.bankgroups + bankgroup) * spec.banks_per_group + bank
     # keys: consecutive runs of equal key_id within each channel's sub-stream, numbered from 0 per channel
-    k_sorted = keys[order]
+    k_sorted = take(keys)
     key_local = np.zeros(n, dtype=np.int64)
     nkeys = np.zeros(nch, dtype=np.int64)
     for c in range(nch):
@@ -214,7 +221,7 @@ def replay(
             nkeys[c] = key_local[z - 1] + 1
     if not closed:
         # open loop: offers are in stream order per channel; arrivals must not go backwards
-        a_sorted = arr[order]
+        a_sorted = take(arr)
         for c in range(nch):
             s = a_sorted[seg[c] : seg[c + 1]]
             if s.size > 1 and (np.diff(s) < 0).any():
@@ -238,11 +245,11 @@ def replay(
         cl_l,
         sib,
         seg,
-        flat_bank[order],
-        row[order],
-        kind_a[order],
-        hold_a[order],
-        arr[order],
+        take(flat_bank),
+        take(row),
+        take(kind_a),
+        take(hold_a),
+        take(arr),
         key_local,
         nkeys,
         acc,
@@ -258,15 +265,17 @@ def replay(
             f"replay: the engine found no legal next event with requests pending on {spec.name} "
             "(an internal deadlock); please report the stream"
         )
-    inv = np.empty(n, dtype=np.int64)
-    inv[order] = np.arange(n)
+    if order is not None:
+        inv = np.empty(n, dtype=np.int64)
+        inv[order] = np.arange(n)
+        done, acc, elig_out, first, cls = done[inv], acc[inv], elig_out[inv], first[inv], cls[inv]
     return DramResult(
         spec=spec,
-        done=done[inv],
-        accepted=acc[inv],
-        issued=elig_out[inv],
-        first_command=first[inv],
-        row_class=cls[inv],
+        done=done,
+        accepted=acc,
+        issued=elig_out,
+        first_command=first,
+        row_class=cls,
         kind=kind_a,
         channel=chan,
         closed_loop=closed,

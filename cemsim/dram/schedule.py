@@ -64,7 +64,7 @@ def _put(slots, nslot, b, i, cmd, key, active, lim):
     nslot[b] = k + 1
 
 
-@numba.njit(cache=True, _nrt=False)
+@numba.njit(cache=True, _nrt=False, inline="always")
 def rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot):
     """DRAMsim3-like bank queue: the first read, write and op hit in queue order; PRE from the head only, if
     no queued request hits the open row or ``hitcap`` hits were served; ACT from the head of a closed bank.
@@ -101,7 +101,7 @@ def rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot)
         _put(slots, nslot, b, i, PRE, 0, 0, 1)
 
 
-@numba.njit(cache=True, _nrt=False)
+@numba.njit(cache=True, _nrt=False, inline="always")
 def rebuild_shared(b, BS, bq, bqn, stage, row, kind, write_mode, broadcast, slots, nslot):
     """Ramulator-2-like: the oldest access of a request past its own ACT (active buffer); the oldest row hit
     and the oldest other request of the buffer being served (reads, or writes in write mode); no PRE on a
@@ -174,7 +174,7 @@ def refpb_banks(u, bpr):
     return b1, b1 + half
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def select_refpb(t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw, bpr, shared):
     """Per-bank refresh (LPDDR5 REFpb): close the pending unit's two banks (not under a request whose own ACT
     opened them, on the shared profile), then REFpb. Returns (next tick, banks whose ACTs wait: b1, b2)."""
@@ -256,7 +256,7 @@ def _bank_pick(
     return True
 
 
-@numba.njit(cache=True, _nrt=False)
+@numba.njit(cache=True, _nrt=False, inline="always")
 def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb,
                     bpr, nrank, rk0, pc0, rgroup, second, refmode):  # fmt: skip
     """DRAMsim3-like: the pending refresh first (PRE each open bank of its rank, then REF), then bank queues
@@ -350,7 +350,7 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
     return min(next_e, next_e_out[0])
 
 
-@numba.njit(cache=True, _nrt=False)
+@numba.njit(cache=True, _nrt=False, inline="always")
 def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, nodes, faw, faw_head, faw_cnt, nfaw,
                   nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only, refmode):  # fmt: skip
     """Ramulator-2-like: an access waiting behind its CAS; an ACT-2 at its deadline; else the oldest ready
