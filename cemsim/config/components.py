@@ -199,14 +199,15 @@ class DReXConfig(CEMConfig):
     response_buffers: Count
     layout: KeyLayoutConfig = Field(default_factory=KeyLayoutConfig)
     # "full": every phase's requests through the DRAM engine; "sampled": a sample of the phases, the rest
-    # scaled by their request counts and rows (docs/benchmarks.md gives its error against full)
+    # from the sample's time per key at their key count (docs/validation.md gives its error against full)
     dram_detail: Literal["full", "sampled"] = "sampled"
-    sampled_phases: Count = 8  # scoring (and value) phases measured per decode step in sampled mode
-    # keys replayed per measured phase, in sampled_windows runs spread through it: one run of 16,384 keys
-    # spans about 12 refresh intervals of LPDDR5X, so the run's rate carries the refresh share (shorter
-    # runs miss refreshes: 4 x 4,096 keys read 3 % fast, 1 x 16,384 within 0.5 %, docs/benchmarks.md)
-    sampled_keys: Count = 16384
-    sampled_windows: Count = 1
+    sampled_phases: Count = 12  # scoring (and value) phases measured per decode step in sampled mode
+    # keys replayed per measured phase, in sampled_windows runs spread through it. A run of 8,192 keys spans
+    # about 4 refresh intervals of LPDDR5X, so its rate carries the refresh share (runs of 4,096 read 3 %
+    # fast); one run of 16,384 from the phase's start misread large phases by up to -8 % where survivors
+    # thin out along the context (Llama-3-1B at 1M), four spread through it by under 1 % (docs/validation.md)
+    sampled_keys: Count = 32768
+    sampled_windows: Count = 4
 
 
 register("cem", "drex")(DReXConfig)
