@@ -194,7 +194,7 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
             # closed page: auto-precharge as soon as it is legal (no command-bus slot)
             tp = _earliest(ready, nodes, b, PRE, dev[3], dev[4], dev[5], P[P_NFAW], True)
             _issue(dev, tabs, P[P_NRANK], b, PRE, tp, True)
-            _row_state(ctl[16], counts, nodes[b, 2] - 1 - P[P_NPC], tp, False)
+            _row_state(ctl[16], counts, np.int64(nodes[b, 2]) - 1 - P[P_NPC], tp, False)
             BS[b, B_OPEN] = -1
             BS[b, B_HITS] = 0
             counts[PRE] += 1
@@ -555,7 +555,8 @@ def _simulate_channel(
     bk0 = bg0 + nrk * nbg
     nnodes = bk0 + nb
     rgroup = P[P_REFGROUP]
-    nodes = np.empty((nb, 6), dtype=np.int64)
+    # unsigned, so indexing ``ready`` by a node skips Numba's negative-index wraparound in the hot loop
+    nodes = np.empty((nb, 6), dtype=np.uint64)
     for b in range(nb):
         r = b // bpr
         nodes[b, 0] = 0

@@ -149,8 +149,8 @@ def _issue_bank(
     for lv in range(5):
         _apply(ready, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited)
     if cmd in (RD, WR):
-        pcn = nodes[b, 1] - 1
-        me = nodes[b, 2]
+        pcn = np.int64(nodes[b, 1]) - 1
+        me = np.int64(nodes[b, 2])
         for k in range(nrank):
             other = rank_nodes_of_pc[pcn, k]
             if other == me:
