@@ -175,7 +175,8 @@ def replay(
     _check_range("row", row, spec.rows, spec)
     _check_range("column", column, spec.columns, spec)
     if kind is None:
-        kind_a = (is_write != 0).astype(np.int64)
+        kind_a = np.empty(n, dtype=np.int64)
+        np.not_equal(is_write, 0, out=kind_a)
     else:
         kind_a = _as_int("kind", kind, n).copy()  # kept in the result: never the caller's array
         _check_range("kind", kind_a, 3, spec)
@@ -206,19 +207,23 @@ def replay(
         return a if order is None else a[order]
 
     seg = np.searchsorted(take(chan), np.arange(nch + 1)).astype(np.int64)
-    flat_bank = (rank * spec.bankgroups + bankgroup) * spec.banks_per_group + bank
+    flat_bank = rank * spec.bankgroups  # (rank * bankgroups + bankgroup) * banks_per_group + bank, in place
+    flat_bank += bankgroup
+    flat_bank *= spec.banks_per_group
+    flat_bank += bank
     # keys: consecutive runs of equal key_id within each channel's sub-stream, numbered from 0 per channel
     k_sorted = take(keys)
-    key_local = np.zeros(n, dtype=np.int64)
+    key_local = np.empty(n, dtype=np.int64)
     nkeys = np.zeros(nch, dtype=np.int64)
     for c in range(nch):
         a, z = seg[c], seg[c + 1]
         if z > a:
-            ks = k_sorted[a:z]
-            starts = np.ones(z - a, dtype=np.int64)
-            starts[1:] = ks[1:] != ks[:-1]
-            key_local[a:z] = np.cumsum(starts) - 1
-            nkeys[c] = key_local[z - 1] + 1
+            # in place (no temporaries): 0, then +1 wherever the key changes
+            ks, loc = k_sorted[a:z], key_local[a:z]
+            loc[0] = 0
+            np.not_equal(ks[1:], ks[:-1], out=loc[1:])
+            np.cumsum(loc, out=loc)
+            nkeys[c] = loc[-1] + 1
     if not closed:
         # open loop: offers are in stream order per channel; arrivals must not go backwards
         a_sorted = take(arr)
