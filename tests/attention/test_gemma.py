@@ -13,22 +13,10 @@ import torch
 
 from cemsim.attention import hf_attention
 from cemsim.attention.hf_attention import sliding_attention
-from cemsim.attention.model_loader import load_model
 from cemsim.attention.policies import DecodeRecord, PolicyConfig
 from cemsim.attention.runner import new_state, perplexity, run_decode, token_nll
 from cemsim.attention.text import load_text, token_ids
-
-SPAN = 640  # longer than Gemma's 512-key window, so sliding layers really slide
-
-
-@pytest.fixture(scope="module")
-def gemma():
-    return load_model("gemma3-270m")
-
-
-@pytest.fixture(scope="module")
-def ids(gemma):
-    return token_ids(gemma.tokenizer, load_text(), SPAN, bos=gemma.bos_id)
+from tests.attention.conftest import GEMMA_SPAN as SPAN
 
 
 def test_geometry_and_layer_types_as_published(gemma):
@@ -42,36 +30,36 @@ def test_geometry_and_layer_types_as_published(gemma):
     assert gemma.bos_id == 2 == gemma.tokenizer.bos_token_id
 
 
-def test_bos_at_position_zero(gemma, ids):
+def test_bos_at_position_zero(gemma, gemma_ids):
     text_only = token_ids(gemma.tokenizer, load_text(), SPAN)
-    assert ids[0] == gemma.bos_id and ids[1:] == text_only[: SPAN - 1]
+    assert gemma_ids[0] == gemma.bos_id and gemma_ids[1:] == text_only[: SPAN - 1]
     tail = token_ids(gemma.tokenizer, load_text(), 100, from_end=True, bos=gemma.bos_id)
     assert tail[0] == gemma.bos_id and tail[1:] == token_ids(gemma.tokenizer, load_text(), 99, from_end=True)
 
 
-def test_dense_matches_transformers_sdpa(gemma, ids):
+def test_dense_matches_transformers_sdpa(gemma, gemma_ids):
     """cemsim's attention function (its own sliding window from positions) against the same weights under
     transformers' SDPA with transformers' sliding-window masks: an independent implementation."""
     from transformers import AutoModelForCausalLM
 
     ref = AutoModelForCausalLM.from_pretrained(gemma.folder, dtype=torch.float32, attn_implementation="sdpa")
-    x = torch.tensor([ids])
+    x = torch.tensor([gemma_ids])
     with torch.inference_mode():
         logits = ref.eval()(input_ids=x).logits[0]
     want = torch.nn.functional.cross_entropy(logits[:-1], x[0, 1:], reduction="none").numpy()
-    got = token_nll(gemma, ids)
+    got = token_nll(gemma, gemma_ids)
     assert np.abs(got - want).max() < 1e-3
     # BOS matters (measured here on 2,048 tokens: 11.58 with it, 19.9 without): without it, worse.
     no_bos = token_nll(gemma, token_ids(gemma.tokenizer, load_text(), SPAN))
     assert perplexity(no_bos) > perplexity(got) * 1.1
 
 
-def test_sparse_policies_leave_sliding_layers_dense(gemma, ids):
+def test_sparse_policies_leave_sliding_layers_dense(gemma, gemma_ids):
     """A window-only policy with a tiny window changes full-attention layers only; sliding layers count their
     512-key window as dense keys and consider nothing sparse."""
     cfg = PolicyConfig(kind="window", window=64, sinks=4)
     state = new_state(gemma, cfg, total_positions=SPAN)
-    nll = token_nll(gemma, ids, state)
+    nll = token_nll(gemma, gemma_ids, state)
     pos = np.arange(SPAN)
     for layer in range(gemma.num_layers):
         st = state.stats[layer]
@@ -79,13 +67,13 @@ def test_sparse_policies_leave_sliding_layers_dense(gemma, ids):
             assert st.considered[0] == np.clip(pos - 64 + 1 - 4, 0, None).sum()
         else:
             assert st.considered[0] == 0 and st.dense[0] == np.minimum(512, pos + 1).sum()
-    assert perplexity(nll) != pytest.approx(perplexity(token_nll(gemma, ids)), rel=1e-4)
+    assert perplexity(nll) != pytest.approx(perplexity(token_nll(gemma, gemma_ids)), rel=1e-4)
 
 
-def test_decode_observer_reports_full_layers_only(gemma, ids):
+def test_decode_observer_reports_full_layers_only(gemma, gemma_ids):
     records: list[DecodeRecord] = []
     cfg = PolicyConfig(kind="longsight", window=64, sinks=4, k=16)
-    run_decode(gemma, ids, steps=2, config=cfg, observer=records.append)
+    run_decode(gemma, gemma_ids, steps=2, config=cfg, observer=records.append)
     assert sorted({r.layer for r in records}) == [5, 11, 17]
     assert all(r.considered == SPAN + r.step + 1 - 64 - 4 for r in records)
 

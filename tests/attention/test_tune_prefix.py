@@ -9,34 +9,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cemsim.attention.model_loader import load_model
 from cemsim.attention.policies import PolicyConfig
 from cemsim.attention.prefix import dense_pass, first_full_layer, replaying_prefix
 from cemsim.attention.runner import capture_qk, new_state, token_nll
-from cemsim.attention.text import load_text, token_ids
 from cemsim.attention.tune import last_under_budget
-
-SPAN = 640
-
-
-@pytest.fixture(scope="module")
-def gemma():
-    return load_model("gemma3-270m")
+from tests.attention.conftest import GEMMA_SPAN as SPAN
 
 
 @pytest.fixture(scope="module")
-def ids(gemma):
-    return token_ids(gemma.tokenizer, load_text(), SPAN, bos=gemma.bos_id)
+def dp(gemma, gemma_ids):
+    return dense_pass(gemma, gemma_ids, nll=True)
 
 
-@pytest.fixture(scope="module")
-def dp(gemma, ids):
-    return dense_pass(gemma, ids, nll=True)
-
-
-def test_one_dense_pass_gives_the_dense_nll_and_the_captured_qk(gemma, ids, dp):
-    assert np.array_equal(dp.nll, token_nll(gemma, ids, None))
-    keys, queries = capture_qk(gemma, ids)
+def test_one_dense_pass_gives_the_dense_nll_and_the_captured_qk(gemma, gemma_ids, dp):
+    assert np.array_equal(dp.nll, token_nll(gemma, gemma_ids, None))
+    keys, queries = capture_qk(gemma, gemma_ids)
     assert np.array_equal(dp.keys, keys) and np.array_equal(dp.queries, queries)
     assert first_full_layer(gemma) == 5 and dp.prefix.first_full == 5
     assert dp.prefix.hidden is not None and tuple(dp.prefix.hidden.shape) == (1, SPAN, 640)
@@ -48,13 +35,13 @@ def _longsight(gemma, threshold: int) -> PolicyConfig:
 
 
 @pytest.mark.parametrize("threshold", [140, 150])
-def test_sparse_evaluation_from_the_replayed_prefix_is_the_full_one(gemma, ids, dp, threshold):
+def test_sparse_evaluation_from_the_replayed_prefix_is_the_full_one(gemma, gemma_ids, dp, threshold):
     full_state = new_state(gemma, _longsight(gemma, threshold), total_positions=SPAN)
-    want = token_nll(gemma, ids, full_state)
+    want = token_nll(gemma, gemma_ids, full_state)
     layers_before = list(gemma.model.model.layers)
     state = new_state(gemma, _longsight(gemma, threshold), total_positions=SPAN)
     with replaying_prefix(gemma, dp.prefix):
-        got = token_nll(gemma, ids, state)
+        got = token_nll(gemma, gemma_ids, state)
     assert np.array_equal(got, want)
     assert not np.array_equal(got, dp.nll)  # the policy did act
     for layer in gemma.full_layers:
@@ -64,10 +51,10 @@ def test_sparse_evaluation_from_the_replayed_prefix_is_the_full_one(gemma, ids, 
     assert list(gemma.model.model.layers) == layers_before  # restored
 
 
-def test_replaying_a_prefix_of_other_tokens_is_refused(gemma, ids, dp):
+def test_replaying_a_prefix_of_other_tokens_is_refused(gemma, gemma_ids, dp):
     layers_before = list(gemma.model.model.layers)
     with replaying_prefix(gemma, dp.prefix), pytest.raises(ValueError, match="replayed prefix"):
-        token_nll(gemma, ids[: SPAN // 2], None)
+        token_nll(gemma, gemma_ids[: SPAN // 2], None)
     assert list(gemma.model.model.layers) == layers_before
 
 

