@@ -136,8 +136,15 @@ def copy_bandwidth(cp) -> dict:
 # ------------------------------------------------------------------------------------------------ filters
 
 
-def bench_filters(cp, bw: float, sizes: list[int], groups: list[int], reps: int) -> list[dict]:
-    from cemsim.gpu.fused import bitmap_filter
+def bench_filters(
+    cp, bw: float, sizes: list[int], groups: list[int], reps: int, frag_groups: list[int]
+) -> list[dict]:
+    """Each filter kernel at each (D, N, G), checked bit for bit against the NumPy reference on the first 1M
+    keys before it is timed: today's popc / b1-MMA bitmaps and issue 7's scf_bitmap on natural-layout
+    signs at ``groups``, the frag-layout b1-MMA filter (kernels/scf_frag.cu) at ``frag_groups`` (its
+    measured alternatives at 1, 4, 8, 16)."""
+    from cemsim.gpu.fused import bitmap_filter, frag_filter
+    from cemsim.gpu.sign_layout import to_frag
     from cemsim.kernels import KERNEL_DIR
 
     old = cp.RawModule(code=(KERNEL_DIR / "scf_bitmap.cu").read_text(), options=("-std=c++17",))
@@ -152,33 +159,43 @@ def bench_filters(cp, bw: float, sizes: list[int], groups: list[int], reps: int)
                 cp.random.randint(0, 2**63 - 1, size=(n, w), dtype=cp.int64).view(cp.uint64)
                 for _ in range(nbuf)
             ]
+            for kb in keys:  # the top bit too
+                kb ^= cp.random.randint(0, 2, size=(n, w), dtype=cp.int64).view(cp.uint64) << np.uint64(63)
+            frag = [to_frag(kb) for kb in keys]
             words = -(-n // 32)
             out = cp.empty(words, dtype=cp.uint32)
             check_n = min(n, 1 << 20)
             khost = cp.asnumpy(keys[0][:check_n])
-            for g in groups:
+            for g in sorted(set(groups) | set(frag_groups)):
                 qh = rng.integers(0, 2**64, size=(g, w), dtype=np.uint64)
                 q = cp.asarray(qh)
                 t = ref.survival_threshold(d, g, 0.05)
                 want = ref.bitmap(khost, qh, t)
-                kernels = {
-                    "popc": bitmap_filter("popc", w),
-                    "mma": bitmap_filter("mma", w),
-                    "mmax": bitmap_filter("mmax", w),
-                    "issue7_bitmap": old.get_function(f"scf_bitmap_w{w}"),
-                }
-                for name, f in kernels.items():
-                    if name == "issue7_bitmap" and g > 32:
-                        continue
-                    grid = (-(-n // 256),) if name == "issue7_bitmap" else (-(-words // 64),)
+                calls = {}
+                if g in groups:
+                    for name in ("popc", "mma", "mmax"):
+                        calls[name] = (bitmap_filter(name, w), (-(-words // 64),), keys, True)
+                    calls["issue7_bitmap"] = (
+                        old.get_function(f"scf_bitmap_w{w}"),
+                        (-(-n // 256),),
+                        keys,
+                        True,
+                    )
+                if g in frag_groups:
+                    variants = [""]
+                    if g in (1, 4, 8, 16):
+                        variants += ["k128", "u4", "u16"] if w == 2 else ["u8"]
+                    for v in variants:
+                        f, per_cta = frag_filter(w, g, v)
+                        calls["frag" + (f"_{v}" if v else "")] = (f, (-(-words // per_cta),), frag, False)
+                for name, (f, grid, bufs, natural) in calls.items():
 
                     def call(i: int) -> None:
-                        f(
-                            grid,
-                            (256,),
-                            (q, keys[i % nbuf], np.int64(n), np.int32(g), np.int32(d), np.int32(t), out),
-                        )
+                        args = (q, bufs[i % nbuf], np.int64(n), np.int32(g))
+                        tail = (np.int32(t), out)
+                        f(grid, (256,), args + ((np.int32(d),) if natural else ()) + tail)
 
+                    out.fill(0xDEADBEEF)  # poison: every word must be written
                     call(0)
                     got = cp.asnumpy(out[: len(want)])
                     last = check_n % 32
@@ -209,8 +226,25 @@ def bench_filters(cp, bw: float, sizes: list[int], groups: list[int], reps: int)
                         flush=True,
                     )
             keys.clear()
+            frag.clear()
             cp.get_default_memory_pool().free_all_blocks()
     return rows
+
+
+def mma_rates(cp) -> dict:
+    """b1 MMAs per second per SM of each form (benchmarks/gpu/b1_mma_rates.cu), all SMs busy."""
+    mod = cp.RawModule(code=(Path(__file__).parent / "b1_mma_rates.cu").read_text())
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    blocks, threads, iters, chains = sms * 8, 128, 4096, 8
+    out = cp.empty(blocks * threads, dtype=cp.int32)
+    res = {}
+    for form in ("and_k128", "and_k256", "xor_k128"):
+        f = mod.get_function(f"b1_rate_{form}")
+        us = statistics.median(timer(cp, lambda i: f((blocks,), (threads,), (np.int32(iters), out)), 5))
+        mmas = blocks * (threads // 32) * iters * chains
+        res[form] = {"us": us, "mma_per_s_per_sm": mmas / (us * 1e-6) / sms}
+        print(f"b1 mma {form}: {res[form]['mma_per_s_per_sm'] / 1e9:.3f} G/s/SM", flush=True)
+    return res
 
 
 # ------------------------------------------------------------------------------------------------ layer
@@ -501,7 +535,10 @@ def main() -> None:
     ap.add_argument("--dry", action="store_true", help="shapes and floors only, no GPU")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--filter-sizes", default="1048576,4194304,16777216")
-    ap.add_argument("--filter-groups", default="1,2,4,8,16")
+    ap.add_argument("--filter-groups", default="1,2,4,8,16", help="G for today's filter kernels")
+    ap.add_argument("--frag-groups", default=",".join(map(str, range(1, 17))), help="G for the frag filter")
+    ap.add_argument("--filter-only", action="store_true", help="the filters alone (as --skip layers)")
+    ap.add_argument("--mma-rates", action="store_true", help="also time the b1 MMA forms alone")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: filters,layers")
     ap.add_argument(
         "--budget-s", type=float, default=420.0, help="stop starting new layer configs after this"
@@ -526,7 +563,9 @@ def main() -> None:
             tmp.write_text(json.dumps(result, indent=1))
             tmp.replace(out)
 
-    skip = set(args.skip.split(","))
+    skip = set(args.skip.split(",")) | ({"layers"} if args.filter_only else set())
+    if args.mma_rates:
+        result["b1_mma_rates"] = mma_rates(cp)
     if "filters" not in skip:
         try:
             result["filters"] = bench_filters(
@@ -535,6 +574,7 @@ def main() -> None:
                 [int(x) for x in args.filter_sizes.split(",")],
                 [int(x) for x in args.filter_groups.split(",")],
                 50,
+                [int(x) for x in args.frag_groups.split(",")],
             )
         except Exception as e:
             result["filters_error"] = f"{type(e).__name__}: {e}"

@@ -262,3 +262,36 @@ def bitmap_filter(method: Method, words: int) -> Any:
     """The standalone filter kernel ``scf_bitmap_{method}_w{words}``: (q [G, W], k [N, W], N, G, D, T,
     bitmap [ceil(N / 32)] uint32)."""
     return _module().get_function(f"scf_bitmap_{method}_w{words}")
+
+
+FRAG_SOURCE = KERNEL_DIR / "scf_frag.cu"
+FRAG_THREADS = 256
+FRAG_BLOCKS_PER_WARP = {1: 16, 2: 8}  # U in scf_frag.cu: 32-key blocks each warp loads up front, by W
+
+
+@functools.cache
+def _frag_module():
+    cp = _cupy()
+    if cp is None:
+        raise CemsimError("the frag SCF filter needs CuPy and a CUDA device")
+    return cp.RawModule(code=FRAG_SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}"))
+
+
+def frag_filter(words: int, group: int, variant: str = "") -> tuple[Any, int]:
+    """The b1-MMA SCF filter on frag-layout signs (cemsim.gpu.sign_layout) for ``group`` query heads, and its
+    grid size per 32-key block count: the kernel takes (q [G, W], k_frag, N, G, T, bitmap [ceil(N / 32)]).
+    ``variant`` picks one of scf_frag.cu's measured alternatives (``k128``, ``u4``, ``u8``, ``u16``)."""
+    if not 1 <= group <= MAX_GROUP_FILTER or words not in (1, 2):
+        raise CemsimError(
+            f"the frag filter takes G = 1..{MAX_GROUP_FILTER} and W = 1 or 2, got {group}, {words}"
+        )
+    g = 8 if group <= 8 else 16
+    u = FRAG_BLOCKS_PER_WARP[words]
+    if variant == "k128":
+        name = f"scf_frag_k128_w{words}_g{g}"
+    elif variant.startswith("u"):
+        u = int(variant[1:])
+        name = f"scf_frag_w{words}_g{g}_{variant}"
+    else:
+        name = f"scf_frag_w{words}_g{g}"
+    return _frag_module().get_function(name), u * (FRAG_THREADS // 32)

@@ -150,6 +150,43 @@ def test_bitmap_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac:
         np.testing.assert_array_equal(out.get(), want, err_msg=f"{method} D={d} G={g} N={n} T={t}")
 
 
+FRAG_VARIANTS = {2: ("", "k128", "u4", "u16"), 1: ("", "u8")}  # every kernel in kernels/scf_frag.cu
+
+
+@pytest.mark.gpu
+@needs_gpu
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    d=st.sampled_from([64, 128]),
+    g=st.integers(1, 16),
+    n=st.integers(1, 20000),
+    t_frac=st.floats(-0.05, 1.05),
+)
+def test_frag_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac: float) -> None:
+    """Every frag-layout b1-MMA filter gives the reference's bitmap, thresholds past both ends included."""
+    import cupy as cp
+
+    from cemsim.gpu.fused import frag_filter
+    from cemsim.gpu.sign_layout import to_frag
+
+    rng = np.random.default_rng(seed)
+    w = d // 64
+    k = rng.integers(0, 2**64, size=(n, w), dtype=np.uint64)
+    q = rng.integers(0, 2**64, size=(g, w), dtype=np.uint64)
+    if n > 3:
+        k[:3] = q[0]  # exact copies: matches = D
+        k[3] = ~q[-1]  # complement: matches = 0
+    t = round(t_frac * (d + 1))  # -3 .. D + 2: every key and no key survive at the ends
+    want = ref.bitmap(k, q, t)
+    kd, qd = cp.asarray(to_frag(k)), cp.asarray(q)
+    for variant in FRAG_VARIANTS[w]:
+        f, per_cta = frag_filter(w, g, variant)
+        out = cp.full(len(want), 0xDEADBEEF, dtype=cp.uint32)  # poison
+        f((-(-len(want) // per_cta),), (256,), (qd, kd, np.int64(n), np.int32(g), np.int32(t), out))
+        np.testing.assert_array_equal(out.get(), want, err_msg=f"frag {variant} D={d} G={g} N={n} T={t}")
+
+
 # --------------------------------------------------------------------------- the reference itself (CPU)
 
 

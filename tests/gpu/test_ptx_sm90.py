@@ -44,3 +44,9 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         assert f".entry {entry}" in ptx
     for op in ("and", "xor"):  # the tensor-core paths are real
         assert f"mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.{op}.popc" in ptx
+    frag = (tmp_path / "scf_frag.ptx").read_text()
+    for w in (1, 2):
+        for g in (8, 16):
+            assert f".entry scf_frag_w{w}_g{g}" in frag
+    for shape in ("m16n8k128", "m16n8k256"):  # D = 64 and D = 128 forms of the frag filter
+        assert f"mma.sync.aligned.{shape}.row.col.s32.b1.b1.s32.and.popc" in frag

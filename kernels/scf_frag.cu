@@ -1,0 +1,45 @@
+// The SCF filter alone on frag-layout key signs (scf_frag.cuh): bitmap[ceil(N / 32)], bit n % 32 of word
+// n / 32 set when key n survives, as DReX's PFUs report it. Issue 18's second target: this at >= 80 % of the
+// device-to-device copy bandwidth for G = 1-16 at 16M keys.
+//   q       [G, W]  packed query signs of one KV group (G <= 8 NB)
+//   k       frag layout of ceil(N / 32) * 32 keys (cemsim/gpu/sign_layout.py; padding keys are masked)
+// Each warp takes U consecutive 32-key blocks and issues all U loads before the first MMA.
+
+#include "scf_frag.cuh"
+
+#define FRAG_WARPS 8
+
+template <int W, int NB, bool K256, int U>
+__device__ void frag_bitmap(const u64* q, const u64* __restrict__ k, long long N, int G, int threshold,
+                            u32* __restrict__ bitmap) {
+    __shared__ u64 qs[8 * FRAG_MAX_NB * 2];
+    for (int i = threadIdx.x; i < G * W; i += blockDim.x) qs[i] = q[i];
+    __syncthreads();
+    FragFilter<W, NB, K256> f;
+    f.init(qs, G, threshold);
+    const int lane = threadIdx.x & 31;
+    const long long words = (N + 31) >> 5;
+    const long long w0 = ((long long)blockIdx.x * FRAG_WARPS + (threadIdx.x >> 5)) * U;
+    if (w0 >= words) return;  // warp-uniform
+    const u32 out = frag_words<W, NB, K256, U>(f, frag_lane_ptr<W>(k, w0), words - w0);
+    if (lane < U && w0 + lane < words) {
+        const long long rem = N - 32 * (w0 + lane);
+        bitmap[w0 + lane] = rem >= 32 ? out : out & ((1u << rem) - 1u);
+    }
+}
+
+#define SCF_FRAG(NAME, W, NB, K256, U)                                                                          \
+    extern "C" __global__ void __launch_bounds__(FRAG_WARPS * 32)                                              \
+        NAME(const u64* q, const u64* k, long long N, int G, int threshold, u32* bitmap) {                     \
+        frag_bitmap<W, NB, K256, U>(q, k, N, G, threshold, bitmap);                                            \
+    }
+SCF_FRAG(scf_frag_w2_g8, 2, 1, true, 8)
+SCF_FRAG(scf_frag_w2_g16, 2, 2, true, 8)
+SCF_FRAG(scf_frag_w1_g8, 1, 1, false, 16)
+SCF_FRAG(scf_frag_w1_g16, 1, 2, false, 16)
+// measured against the above: two chained k128 BMMAs instead of one k256 (D = 128), and U blocks in flight
+SCF_FRAG(scf_frag_k128_w2_g8, 2, 1, false, 8)
+SCF_FRAG(scf_frag_k128_w2_g16, 2, 2, false, 8)
+SCF_FRAG(scf_frag_w2_g8_u4, 2, 1, true, 4)
+SCF_FRAG(scf_frag_w2_g8_u16, 2, 1, true, 16)
+SCF_FRAG(scf_frag_w1_g8_u8, 1, 1, false, 8)
