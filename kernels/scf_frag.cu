@@ -12,11 +12,8 @@
 template <int W, int NB, bool K256, int U>
 __device__ void frag_bitmap(const u64* q, const u64* __restrict__ k, long long N, int G, int threshold,
                             u32* __restrict__ bitmap) {
-    __shared__ u64 qs[8 * FRAG_MAX_NB * 2];
-    for (int i = threadIdx.x; i < G * W; i += blockDim.x) qs[i] = q[i];
-    __syncthreads();
     FragFilter<W, NB, K256> f;
-    f.init(qs, G, threshold);
+    f.init(q, G, threshold);  // a few query words a lane, from L2
     const int lane = threadIdx.x & 31;
     const long long words = (N + 31) >> 5;
     const long long w0 = ((long long)blockIdx.x * FRAG_WARPS + (threadIdx.x >> 5)) * U;
@@ -28,18 +25,44 @@ __device__ void frag_bitmap(const u64* q, const u64* __restrict__ k, long long N
     }
 }
 
+// The same through each warp's cp.async ring (frag_stream): a persistent grid, S stages of U blocks a warp.
+template <int W, int NB, bool K256, int U, int S>
+__device__ void frag_bitmap_async(const u64* q, const u64* __restrict__ k, long long N, int G, int threshold,
+                                  u32* __restrict__ bitmap) {
+    __shared__ uint4 ring[FRAG_WARPS][S][U][32];  // 48 KiB at U = 4, S = 3
+    FragFilter<W, NB, K256> f;
+    f.init(q, G, threshold);  // a few query words a lane, from L2
+    const int warp = threadIdx.x >> 5;
+    const long long words = (N + 31) >> 5;
+    frag_stream<W, NB, K256, U, S>(f, k, words, (long long)blockIdx.x * FRAG_WARPS + warp,
+                                   (long long)gridDim.x * FRAG_WARPS, ring[warp], [&](long long blk, u32 word) {
+                                       const long long rem = N - 32 * blk;
+                                       bitmap[blk] = rem >= 32 ? word : word & ((1u << rem) - 1u);
+                                   });
+}
+
+#define SCF_FRAG_ASYNC(NAME, W, NB, K256, U, S)                                                                 \
+    extern "C" __global__ void __launch_bounds__(FRAG_WARPS * 32)                                              \
+        NAME(const u64* q, const u64* k, long long N, int G, int threshold, u32* bitmap) {                     \
+        frag_bitmap_async<W, NB, K256, U, S>(q, k, N, G, threshold, bitmap);                                   \
+    }
+SCF_FRAG_ASYNC(scf_frag_async_w2_g8, 2, 1, false, 4, 3)
+SCF_FRAG_ASYNC(scf_frag_async_w2_g16, 2, 2, false, 4, 3)
+SCF_FRAG_ASYNC(scf_frag_async_w1_g8, 1, 1, false, 4, 3)
+SCF_FRAG_ASYNC(scf_frag_async_w1_g16, 1, 2, false, 4, 3)
+SCF_FRAG_ASYNC(scf_frag_async_k256_w2_g8, 2, 1, true, 4, 3)
+SCF_FRAG_ASYNC(scf_frag_async_k256_w2_g16, 2, 2, true, 4, 3)
+
 #define SCF_FRAG(NAME, W, NB, K256, U)                                                                          \
     extern "C" __global__ void __launch_bounds__(FRAG_WARPS * 32)                                              \
         NAME(const u64* q, const u64* k, long long N, int G, int threshold, u32* bitmap) {                     \
         frag_bitmap<W, NB, K256, U>(q, k, N, G, threshold, bitmap);                                            \
     }
-SCF_FRAG(scf_frag_w2_g8, 2, 1, true, 8)
-SCF_FRAG(scf_frag_w2_g16, 2, 2, true, 8)
+SCF_FRAG(scf_frag_w2_g8, 2, 1, false, 8)
+SCF_FRAG(scf_frag_w2_g16, 2, 2, false, 8)
 SCF_FRAG(scf_frag_w1_g8, 1, 1, false, 16)
 SCF_FRAG(scf_frag_w1_g16, 1, 2, false, 16)
-// measured against the above: two chained k128 BMMAs instead of one k256 (D = 128), and U blocks in flight
-SCF_FRAG(scf_frag_k128_w2_g8, 2, 1, false, 8)
-SCF_FRAG(scf_frag_k128_w2_g16, 2, 2, false, 8)
-SCF_FRAG(scf_frag_w2_g8_u4, 2, 1, true, 4)
-SCF_FRAG(scf_frag_w2_g8_u16, 2, 1, true, 16)
-SCF_FRAG(scf_frag_w1_g8_u8, 1, 1, false, 8)
+SCF_FRAG(scf_frag_w2_g8_u4, 2, 1, false, 4)
+SCF_FRAG(scf_frag_w2_g16_u4, 2, 2, false, 4)
+SCF_FRAG(scf_frag_w1_g8_u4, 1, 1, false, 4)
+SCF_FRAG(scf_frag_w1_g16_u4, 1, 2, false, 4)

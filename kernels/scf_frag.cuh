@@ -200,3 +200,73 @@ __device__ __forceinline__ u32 frag_words(const FragFilter<W, NB, K256>& f, cons
     }
     return out;
 }
+
+// cp.async: 16 bytes global -> shared without a register (sm_80+; a plain copy before), and its group waits.
+__device__ __forceinline__ void frag_cp_async(uint4* smem, const uint4* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((u32)__cvta_generic_to_shared(smem)),
+                 "l"(gmem));
+#else
+    *smem = *gmem;
+#endif
+}
+__device__ __forceinline__ void frag_cp_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void frag_cp_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// Survivor words of the chunks c = c0, c0 + stride, ... of U blocks each (the warp's share of nblk blocks),
+// streamed through a ring of S stages of this warp's shared memory by cp.async: S - 1 chunks are in flight
+// while one is tested, whatever registers the compiler gives the loop. Each lane reads back only the 16 bytes
+// it copied, so no barrier is needed. emit(block, word) is called by lane j < U for block c U + j.
+template <int W, int NB, bool K256, int U, int S, typename Emit>
+__device__ __forceinline__ void frag_stream(const FragFilter<W, NB, K256>& f, const u64* __restrict__ k,
+                                            long long nblk, long long c0, long long stride,
+                                            uint4 (*ring)[U][32], Emit emit) {
+    const int lane = threadIdx.x & 31;
+    const uint4* kp = frag_lane_ptr<W>(k, 0);
+    const long long nchunk = (nblk + U - 1) / U;
+    auto issue = [&](long long c, int stage) {
+        if (c < nchunk) {
+#pragma unroll
+            for (int j = 0; j < U; ++j)
+                if (c * U + j < nblk) frag_cp_async(&ring[stage][j][lane], kp + (c * U + j) * (16 * W));
+        }
+        frag_cp_commit();  // an empty group keeps the wait count uniform
+    };
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) issue(c0 + s * stride, s);
+    int stage = 0;
+    for (long long c = c0; c < nchunk; c += stride) {
+        issue(c + (S - 1) * stride, stage == 0 ? S - 1 : stage - 1);  // the stage tested last round
+        frag_cp_wait<S - 1>();
+        const long long nvalid = nblk - c * U;
+        u32 out = 0;
+        if (nvalid >= U) {
+#pragma unroll
+            for (int j = 0; j < U; ++j) {
+                const u32 b = f.word(ring[stage][j][lane]);
+                if (lane == j) out = b;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < U; ++j) {
+                if (j < nvalid) {  // warp-uniform
+                    const u32 b = f.word(ring[stage][j][lane]);
+                    if (lane == j) out = b;
+                }
+            }
+        }
+        if (lane < U && lane < nvalid) emit(c * U + lane, out);
+        stage = stage == S - 1 ? 0 : stage + 1;
+    }
+    frag_cp_wait<0>();
+}
+

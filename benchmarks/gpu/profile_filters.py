@@ -14,7 +14,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cemsim.gpu import reference as ref
-from cemsim.gpu.fused import bitmap_filter, frag_filter
+from cemsim.gpu.fused import FragFilterKernel, bitmap_filter
 from cemsim.gpu.sign_layout import to_frag
 
 
@@ -30,8 +30,8 @@ def main() -> None:
         for g in (8, 16):
             q = cp.asarray(np.random.default_rng(g).integers(0, 2**64, size=(g, w), dtype=np.uint64))
             t = np.int32(ref.survival_threshold(d, g, 0.05))
-            f, per_cta = frag_filter(w, g)
-            f((-(-(n // 32) // per_cta),), (256,), (q, frag, np.int64(n), np.int32(g), t, out))
+            for variant in ("", "async"):
+                FragFilterKernel(w, g, variant)(q, frag, n, g, int(t), out)
             if g == 8 and d == 128:
                 for name in ("mma", "popc"):
                     bitmap_filter(name, w)(

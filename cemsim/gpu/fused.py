@@ -266,7 +266,14 @@ def bitmap_filter(method: Method, words: int) -> Any:
 
 FRAG_SOURCE = KERNEL_DIR / "scf_frag.cu"
 FRAG_THREADS = 256
-FRAG_BLOCKS_PER_WARP = {1: 16, 2: 8}  # U in scf_frag.cu: 32-key blocks each warp loads up front, by W
+# variant -> (kernel name prefix, 32-key blocks each warp holds at once by W, persistent cp.async ring?)
+FRAG_VARIANTS: dict[str, tuple[str, dict[int, int], bool]] = {
+    "": ("scf_frag", {1: 16, 2: 8}, False),
+    "u4": ("scf_frag", {1: 4, 2: 4}, False),
+    "async": ("scf_frag_async", {1: 4, 2: 4}, True),
+    "async_k256": ("scf_frag_async_k256", {2: 4}, True),
+}
+FRAG_ASYNC_CTAS_PER_SM = 4  # 48 KiB of cp.async ring and ~60 registers a thread: 4 blocks of 256 fit an SM
 
 
 @functools.cache
@@ -277,21 +284,35 @@ def _frag_module():
     return cp.RawModule(code=FRAG_SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}"))
 
 
-def frag_filter(words: int, group: int, variant: str = "") -> tuple[Any, int]:
-    """The b1-MMA SCF filter on frag-layout signs (cemsim.gpu.sign_layout) for ``group`` query heads, and its
-    grid size per 32-key block count: the kernel takes (q [G, W], k_frag, N, G, T, bitmap [ceil(N / 32)]).
-    ``variant`` picks one of scf_frag.cu's measured alternatives (``k128``, ``u4``, ``u8``, ``u16``)."""
-    if not 1 <= group <= MAX_GROUP_FILTER or words not in (1, 2):
-        raise CemsimError(
-            f"the frag filter takes G = 1..{MAX_GROUP_FILTER} and W = 1 or 2, got {group}, {words}"
+class FragFilterKernel:
+    """The b1-MMA SCF filter on frag-layout signs (cemsim.gpu.sign_layout) for up to 8 or 16 query heads:
+    ``kernel(q [G, W], k_frag [ceil(N / 32) * 32, W], n, g, threshold, bitmap [ceil(N / 32)] uint32)`` on the
+    current stream. ``variant`` is one of :data:`FRAG_VARIANTS` (the measured alternatives of
+    kernels/scf_frag.cu)."""
+
+    def __init__(self, words: int, group: int, variant: str = "") -> None:
+        if not 1 <= group <= MAX_GROUP_FILTER or words not in (1, 2):
+            raise CemsimError(
+                f"the frag filter takes G = 1..{MAX_GROUP_FILTER} and W = 1 or 2, got {group}, {words}"
+            )
+        if variant not in FRAG_VARIANTS or words not in FRAG_VARIANTS[variant][1]:
+            raise CemsimError(f"no frag filter variant {variant!r} for W = {words}")
+        prefix, per_warp, self.persistent = FRAG_VARIANTS[variant]
+        self.blocks_per_warp = per_warp[words]
+        suffix = "_u4" if variant == "u4" else ""
+        self.name = f"{prefix}_w{words}_g{8 if group <= 8 else 16}{suffix}"
+        self.function = _frag_module().get_function(self.name)
+        self.sms = _cupy().cuda.Device().attributes["MultiProcessorCount"]
+
+    def grid(self, n: int) -> int:
+        blocks = -(-n // 32)
+        warps = -(-blocks // self.blocks_per_warp)  # one warp per chunk of 32-key blocks
+        ctas = -(-warps // (FRAG_THREADS // 32))
+        return min(ctas, self.sms * FRAG_ASYNC_CTAS_PER_SM) if self.persistent else ctas
+
+    def __call__(self, q: Any, k: Any, n: int, group: int, threshold: int, bitmap: Any) -> None:
+        self.function(
+            (self.grid(n),),
+            (FRAG_THREADS,),
+            (q, k, np.int64(n), np.int32(group), np.int32(threshold), bitmap),
         )
-    g = 8 if group <= 8 else 16
-    u = FRAG_BLOCKS_PER_WARP[words]
-    if variant == "k128":
-        name = f"scf_frag_k128_w{words}_g{g}"
-    elif variant.startswith("u"):
-        u = int(variant[1:])
-        name = f"scf_frag_w{words}_g{g}_{variant}"
-    else:
-        name = f"scf_frag_w{words}_g{g}"
-    return _frag_module().get_function(name), u * (FRAG_THREADS // 32)

@@ -150,9 +150,6 @@ def test_bitmap_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac:
         np.testing.assert_array_equal(out.get(), want, err_msg=f"{method} D={d} G={g} N={n} T={t}")
 
 
-FRAG_VARIANTS = {2: ("", "k128", "u4", "u16"), 1: ("", "u8")}  # every kernel in kernels/scf_frag.cu
-
-
 @pytest.mark.gpu
 @needs_gpu
 @settings(max_examples=60, deadline=None)
@@ -167,7 +164,7 @@ def test_frag_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac: f
     """Every frag-layout b1-MMA filter gives the reference's bitmap, thresholds past both ends included."""
     import cupy as cp
 
-    from cemsim.gpu.fused import frag_filter
+    from cemsim.gpu.fused import FRAG_VARIANTS, FragFilterKernel
     from cemsim.gpu.sign_layout import to_frag
 
     rng = np.random.default_rng(seed)
@@ -180,11 +177,11 @@ def test_frag_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac: f
     t = round(t_frac * (d + 1))  # -3 .. D + 2: every key and no key survive at the ends
     want = ref.bitmap(k, q, t)
     kd, qd = cp.asarray(to_frag(k)), cp.asarray(q)
-    for variant in FRAG_VARIANTS[w]:
-        f, per_cta = frag_filter(w, g, variant)
-        out = cp.full(len(want), 0xDEADBEEF, dtype=cp.uint32)  # poison
-        f((-(-len(want) // per_cta),), (256,), (qd, kd, np.int64(n), np.int32(g), np.int32(t), out))
-        np.testing.assert_array_equal(out.get(), want, err_msg=f"frag {variant} D={d} G={g} N={n} T={t}")
+    for variant, (_, per_warp, _) in FRAG_VARIANTS.items():  # every kernel of kernels/scf_frag.cu
+        if w in per_warp:
+            out = cp.full(len(want), 0xDEADBEEF, dtype=cp.uint32)  # poison
+            FragFilterKernel(w, g, variant)(qd, kd, n, g, t, out)
+            np.testing.assert_array_equal(out.get(), want, err_msg=f"frag {variant} D={d} G={g} N={n} T={t}")
 
 
 # --------------------------------------------------------------------------- the reference itself (CPU)
