@@ -18,11 +18,12 @@ __device__ void frag_bitmap(const u64* q, const u64* __restrict__ k, long long N
     const long long words = (N + 31) >> 5;
     const long long w0 = ((long long)blockIdx.x * FRAG_WARPS + (threadIdx.x >> 5)) * U;
     if (w0 >= words) return;  // warp-uniform
-    const u32 out = frag_words<W, NB, K256, U>(f, frag_lane_ptr<W>(k, w0), words - w0);
-    if (lane < U && w0 + lane < words) {
-        const long long rem = N - 32 * (w0 + lane);
-        bitmap[w0 + lane] = rem >= 32 ? out : out & ((1u << rem) - 1u);
-    }
+    u32 w[U], out = 0;
+    frag_words<W, NB, K256, U>(f, frag_lane_ptr<W>(k, w0), words - w0, w);
+#pragma unroll
+    for (int j = 0; j < U; ++j)
+        if (lane == j) out = w[j];
+    if (lane < U && w0 + lane < words) bitmap[w0 + lane] = out & frag_range_mask(32 * (w0 + lane), 0, N);
 }
 
 // The same through each warp's cp.async ring (frag_stream): a persistent grid, S stages of U blocks a warp.
@@ -36,13 +37,13 @@ __device__ void frag_bitmap_async(const u64* q, const u64* __restrict__ k, long 
     const long long words = (N + 31) >> 5;
     frag_stream<W, NB, K256, U, S>(f, k, words, (long long)blockIdx.x * FRAG_WARPS + warp,
                                    (long long)gridDim.x * FRAG_WARPS, ring[warp], [&](long long blk, u32 word) {
-                                       const long long rem = N - 32 * blk;
-                                       bitmap[blk] = rem >= 32 ? word : word & ((1u << rem) - 1u);
+                                       bitmap[blk] = word & frag_range_mask(32 * blk, 0, N);
                                    });
 }
 
+// 4 blocks an SM (48 KiB of ring each): registers capped at 64 so that the persistent grid is one wave
 #define SCF_FRAG_ASYNC(NAME, W, NB, K256, U, S)                                                                 \
-    extern "C" __global__ void __launch_bounds__(FRAG_WARPS * 32)                                              \
+    extern "C" __global__ void __launch_bounds__(FRAG_WARPS * 32, 4)                                           \
         NAME(const u64* q, const u64* k, long long N, int G, int threshold, u32* bitmap) {                     \
         frag_bitmap_async<W, NB, K256, U, S>(q, k, N, G, threshold, bitmap);                                   \
     }

@@ -171,34 +171,31 @@ __device__ __forceinline__ uint4 frag_ld(const uint4* p) {
     return v;
 }
 
-// Survivor words of U consecutive blocks starting where p points, nvalid of them real (the rest read nothing
-// and give 0); lane j < U gets block j's word. Full groups take a path with no per-block checks.
+// Survivor words w[j] of U consecutive blocks starting where p points (uniform over the warp), nvalid of them
+// real: the rest read nothing and give 0. Full groups take a path with no per-block checks.
 template <int W, int NB, bool K256, int U>
-__device__ __forceinline__ u32 frag_words(const FragFilter<W, NB, K256>& f, const uint4* p, long long nvalid) {
-    const int lane = threadIdx.x & 31;
+__device__ __forceinline__ void frag_words(const FragFilter<W, NB, K256>& f, const uint4* p, long long nvalid,
+                                           u32 (&w)[U]) {
     uint4 v[U];
-    u32 out = 0;
     if (nvalid >= U) {
 #pragma unroll
         for (int j = 0; j < U; ++j) v[j] = frag_ld(p + j * 16 * W);
 #pragma unroll
-        for (int j = 0; j < U; ++j) {
-            const u32 b = f.word(v[j]);
-            if (lane == j) out = b;
-        }
-        return out;
+        for (int j = 0; j < U; ++j) w[j] = f.word(v[j]);
+        return;
     }
 #pragma unroll
     for (int j = 0; j < U; ++j)
         if (j < nvalid) v[j] = frag_ld(p + j * 16 * W);
 #pragma unroll
-    for (int j = 0; j < U; ++j) {
-        if (j < nvalid) {  // warp-uniform
-            const u32 b = f.word(v[j]);
-            if (lane == j) out = b;
-        }
-    }
-    return out;
+    for (int j = 0; j < U; ++j) w[j] = j < nvalid ? f.word(v[j]) : 0u;  // warp-uniform condition
+}
+
+// Bits i of a 32-key word starting at key kb whose key kb + i lies in [lo, hi).
+__device__ __forceinline__ u32 frag_range_mask(long long kb, long long lo, long long hi) {
+    const long long a = lo > kb ? lo - kb : 0, b = hi - kb < 32 ? hi - kb : 32;
+    if (b <= a) return 0u;
+    return (b >= 32 ? 0xffffffffu : (1u << b) - 1u) & ~((1u << a) - 1u);
 }
 
 // cp.async: 16 bytes global -> shared without a register (sm_80+; a plain copy before), and its group waits.

@@ -243,6 +243,59 @@ def bench_filters(
     return rows
 
 
+def bench_select_methods(cp, torch, ctx: int, users: int, survival: float) -> list[dict]:
+    """ls_select (filter + compaction + survivor scores) alone with each filter method on one layer's rows,
+    back to back with its counter reset; the survivors of every method checked equal to popc's (row 0 against
+    the NumPy reference too)."""
+    from cemsim.gpu.fused import FusedLongSight
+    from cemsim.gpu.sign_layout import to_frag
+
+    data = Data(cp, torch, users, ctx, seed=7)
+    frag = to_frag(data.ksig)
+    s = shape_for(users, ctx, survival)
+    t = ref.survival_threshold(D, GROUP, survival)
+    thresholds = cp.full(s.rows, t, dtype=cp.int32)
+    stream = cp.cuda.Stream(non_blocking=True)
+    rows, first = [], None
+    for method in ("popc", "mma", "frag"):
+        p = FusedLongSight(s, method=method)
+        args = (frag if method == "frag" else data.ksig, data.qsig, thresholds, data.q, data.keys, data.vals)
+        p.run(*args)
+        cp.cuda.Device().synchronize()
+        res = p.results()
+        got = [np.sort(res["idx"][r, : res["count"][r]]) for r in range(s.rows)]
+        first = first or got
+        same = all(np.array_equal(a, b) for a, b in zip(first, got, strict=True))
+        row0 = ref.survivors(
+            cp.asnumpy(data.ksig[:1]), cp.asnumpy(data.qsig[:1]), np.array([t]), s.start, s.region
+        )
+        stages = p.stages(*args)
+        with stream:
+            stream.begin_capture()
+            for f in stages[:2]:
+                f()
+            graph = stream.end_capture()
+        us = back_to_back(cp, lambda i: graph.launch(stream), stream)
+        rows.append(
+            {
+                "method": method,
+                "context": ctx,
+                "users": users,
+                "survival_target": survival,
+                "survivors": int(res["count"].sum()),
+                "same_survivors_as_popc": same,
+                "row0_matches_reference": bool(np.array_equal(got[0], row0[0])),
+                "zero_select_b2b_us": us,
+            }
+        )
+        print(
+            f"select {method:5s} B={users} ctx={ctx:,} surv={survival:.0%}: {us:7.1f} us  same {same}",
+            flush=True,
+        )
+        del p
+    return rows
+
+
 def mma_rates(cp) -> dict:
     """b1 MMAs per second per SM of each form (benchmarks/gpu/b1_mma_rates.cu), all SMs busy."""
     mod = cp.RawModule(code=(Path(__file__).parent / "b1_mma_rates.cu").read_text())
@@ -551,6 +604,9 @@ def main() -> None:
     ap.add_argument("--frag-groups", default=",".join(map(str, range(1, 17))), help="G for the frag filter")
     ap.add_argument("--filter-only", action="store_true", help="the filters alone (as --skip layers)")
     ap.add_argument("--mma-rates", action="store_true", help="also time the b1 MMA forms alone")
+    ap.add_argument(
+        "--select-methods", action="store_true", help="also time ls_select with each filter method"
+    )
     ap.add_argument("--skip", default="", help="comma list of sections to skip: filters,layers")
     ap.add_argument(
         "--budget-s", type=float, default=420.0, help="stop starting new layer configs after this"
@@ -590,6 +646,15 @@ def main() -> None:
             )
         except Exception as e:
             result["filters_error"] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        save()
+    if args.select_methods:
+        try:
+            result["select_methods"] = [
+                r for ctx in (131072, 1048576) for r in bench_select_methods(cp, torch, ctx, 1, 0.05)
+            ]
+        except Exception as e:
+            result["select_methods_error"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
         save()
     if "layers" not in skip:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cemsim.errors import CemsimError
+from cemsim.gpu.sign_layout import padded_keys
 from cemsim.kernels import KERNEL_DIR, _cupy
 
 SOURCE = KERNEL_DIR / "longsight_fused.cu"
@@ -30,7 +31,7 @@ MAX_GROUP_ATTN = 8  # LS_MAX_GA: query heads per KV head in registers
 MAX_GROUP_FILTER = 16
 TOPK_SMEM_KEYS = 47104  # scores ls_topk caches in dynamic shared memory (184 KiB, with 33 KiB static)
 TOPK_CTAS = 4  # blocks of ls_topk_cluster per (row, query head)
-Method = Literal["popc", "mma", "mmax"]
+Method = Literal["popc", "mma", "mmax", "frag"]
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def _module():
     cp = _cupy()
     if cp is None:
         raise CemsimError("the fused GPU pipeline needs CuPy and a CUDA device")
-    return cp.RawModule(code=SOURCE.read_text(), options=("-std=c++17",))
+    return cp.RawModule(code=SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}"))
 
 
 def choose_method(group: int) -> Method:
@@ -123,7 +124,8 @@ def choose_method(group: int) -> Method:
 
 
 class FusedLongSight:
-    """Buffers and launches for one :class:`Shape`. Inputs are CuPy arrays: ``ksig [BH, ctx, W]`` uint64,
+    """Buffers and launches for one :class:`Shape`. Inputs are CuPy arrays: ``ksig [BH, ctx, W]`` uint64
+    (method ``frag``: in frag layout, ``[BH, ceil(ctx / 32) * 32, W]``, cemsim.gpu.sign_layout.to_frag),
     ``qsig [BH, G, W]`` uint64, ``thresholds [BH]`` int32, ``q [BH, G, D]`` float32 (scaled), ``keys`` and
     ``vals [BH, ctx, D]`` uint16 (bf16 bits)."""
 
@@ -166,8 +168,10 @@ class FusedLongSight:
 
     def check_inputs(self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any) -> None:
         s, cp = self.shape, self.cp
+        # the frag method reads signs in frag layout, rows padded to whole 32-key blocks
+        ctx_signs = padded_keys(s.ctx) if self.method == "frag" else s.ctx
         want = {
-            "ksig": (ksig, (s.rows, s.ctx, s.words), cp.uint64),
+            "ksig": (ksig, (s.rows, ctx_signs, s.words), cp.uint64),
             "qsig": (qsig, (s.rows, s.group, s.words), cp.uint64),
             "thresholds": (thresholds, (s.rows,), cp.int32),
             "q": (q, (s.rows, s.group, s.head_dim), cp.float32),
@@ -184,7 +188,9 @@ class FusedLongSight:
         """The pipeline as a list of zero-argument callables, one per launch, on the current stream."""
         s, cp = self.shape, self.cp
         i32, i64 = np.int32, np.int64
-        grid_sel = (-(-s.region // BLOCK_KEYS), s.rows)
+        # frag: keys counted from the 32-key block holding the region's start
+        lead = s.start % 32 if self.method == "frag" else 0
+        grid_sel = (-(-(lead + s.region) // BLOCK_KEYS), s.rows)
 
         def zero() -> None:
             cp.cuda.runtime.memsetAsync(
@@ -273,7 +279,6 @@ FRAG_VARIANTS: dict[str, tuple[str, dict[int, int], bool]] = {
     "async": ("scf_frag_async", {1: 4, 2: 4}, True),
     "async_k256": ("scf_frag_async_k256", {2: 4}, True),
 }
-FRAG_ASYNC_CTAS_PER_SM = 4  # 48 KiB of cp.async ring and ~60 registers a thread: 4 blocks of 256 fit an SM
 
 
 @functools.cache
@@ -302,13 +307,16 @@ class FragFilterKernel:
         suffix = "_u4" if variant == "u4" else ""
         self.name = f"{prefix}_w{words}_g{8 if group <= 8 else 16}{suffix}"
         self.function = _frag_module().get_function(self.name)
-        self.sms = _cupy().cuda.Device().attributes["MultiProcessorCount"]
+        cp = _cupy()
+        # a persistent grid must be one wave: every block resident at once (48 KiB of ring each)
+        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(self.function.ptr, FRAG_THREADS, 0)
+        self.resident = per_sm * cp.cuda.Device().attributes["MultiProcessorCount"]
 
     def grid(self, n: int) -> int:
         blocks = -(-n // 32)
         warps = -(-blocks // self.blocks_per_warp)  # one warp per chunk of 32-key blocks
         ctas = -(-warps // (FRAG_THREADS // 32))
-        return min(ctas, self.sms * FRAG_ASYNC_CTAS_PER_SM) if self.persistent else ctas
+        return min(ctas, self.resident) if self.persistent else ctas
 
     def __call__(self, q: Any, k: Any, n: int, group: int, threshold: int, bitmap: Any) -> None:
         self.function(

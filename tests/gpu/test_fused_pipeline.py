@@ -14,6 +14,7 @@ from cemsim import kernels
 from cemsim.errors import CemsimError
 from cemsim.gpu import reference as ref
 from cemsim.gpu.fused import Shape
+from cemsim.gpu.sign_layout import to_frag
 
 needs_gpu = pytest.mark.skipif(not kernels.cupy_available(), reason="no CUDA device / CuPy")
 
@@ -39,7 +40,10 @@ def run_gpu(
 
     p = FusedLongSight(s, method=method)  # type: ignore[arg-type]
     p.topk_mode, p.topk_ctas = topk_mode, topk_ctas
-    p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
+    dev = {n: cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")}
+    if method == "frag":
+        dev["ksig"] = to_frag(dev["ksig"])
+    p.run(*(dev[n] for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
     cp.cuda.Device().synchronize()
     return p.results()
 
@@ -67,7 +71,7 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int) 
     rng = np.random.default_rng(seed)
     x = make_inputs(rng, s, survival)
     # every filter method, both histogram modes of ls_topk and ls_topk_cluster
-    for method, topk_mode, topk_ctas in (("popc", 1, 4), ("mma", 0, 1), ("mmax", 1, 1)):
+    for method, topk_mode, topk_ctas in (("popc", 1, 4), ("mma", 0, 1), ("mmax", 1, 1), ("frag", 1, 1)):
         ref.check_pipeline(s, x, run_gpu(s, x, method, topk_mode, topk_ctas))
 
 
@@ -165,7 +169,6 @@ def test_frag_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac: f
     import cupy as cp
 
     from cemsim.gpu.fused import FRAG_VARIANTS, FragFilterKernel
-    from cemsim.gpu.sign_layout import to_frag
 
     rng = np.random.default_rng(seed)
     w = d // 64

@@ -40,6 +40,8 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         "ls_attn_d128_g8",
         "ls_select_mmax_w2",
         "scf_bitmap_mma_w2",
+        "ls_select_frag_w1",
+        "ls_select_frag_w2",
     ):
         assert f".entry {entry}" in ptx
     for op in ("and", "xor"):  # the tensor-core paths are real
