@@ -243,32 +243,35 @@ def bench_filters(
     return rows
 
 
-def bench_select_methods(cp, torch, ctx: int, users: int, survival: float) -> list[dict]:
-    """ls_select (filter + compaction + survivor scores) alone with each filter method on one layer's rows,
-    back to back with its counter reset; the survivors of every method checked equal to popc's (row 0 against
-    the NumPy reference too)."""
+def bench_select_methods(cp, torch, ctx: int, users: int, survival: float, group: int) -> list[dict]:
+    """ls_select (filter + compaction + survivor scores) alone with each filter method on one layer's rows
+    (Llama-3-8B's 8 KV heads, ``group`` query heads each), back to back with its counter reset; every method's
+    survivors checked equal to popc's, and row 0's against the NumPy reference."""
     from cemsim.gpu.fused import FusedLongSight
     from cemsim.gpu.sign_layout import to_frag
 
     data = Data(cp, torch, users, ctx, seed=7)
+    rng = np.random.default_rng(group)
+    rows_n = users * KV_HEADS
+    qsig = cp.asarray(rng.integers(0, 2**64, size=(rows_n, group, D // 64), dtype=np.uint64))
+    q = cp.asarray((rng.standard_normal((rows_n, group, D)) / D**0.5).astype(np.float32))
     frag = to_frag(data.ksig)
-    s = shape_for(users, ctx, survival)
-    t = ref.survival_threshold(D, GROUP, survival)
+    base = shape_for(users, ctx, survival)
+    s = Shape(users, KV_HEADS, group, D, ctx, WINDOW, SINKS, base.k, cap=base.cap)
+    t = ref.survival_threshold(D, group, survival)
     thresholds = cp.full(s.rows, t, dtype=cp.int32)
     stream = cp.cuda.Stream(non_blocking=True)
-    rows, first = [], None
-    for method in ("popc", "mma", "frag"):
+    row0 = ref.survivors(cp.asnumpy(data.ksig[:1]), cp.asnumpy(qsig[:1]), np.array([t]), s.start, s.region)
+    out, first = [], None
+    for method in ("popc", "mma", "mmax", "frag"):
         p = FusedLongSight(s, method=method)
-        args = (frag if method == "frag" else data.ksig, data.qsig, thresholds, data.q, data.keys, data.vals)
+        args = (frag if method == "frag" else data.ksig, qsig, thresholds, q, data.keys, data.vals)
         p.run(*args)
         cp.cuda.Device().synchronize()
         res = p.results()
         got = [np.sort(res["idx"][r, : res["count"][r]]) for r in range(s.rows)]
         first = first or got
         same = all(np.array_equal(a, b) for a, b in zip(first, got, strict=True))
-        row0 = ref.survivors(
-            cp.asnumpy(data.ksig[:1]), cp.asnumpy(data.qsig[:1]), np.array([t]), s.start, s.region
-        )
         stages = p.stages(*args)
         with stream:
             stream.begin_capture()
@@ -276,24 +279,27 @@ def bench_select_methods(cp, torch, ctx: int, users: int, survival: float) -> li
                 f()
             graph = stream.end_capture()
         us = back_to_back(cp, lambda i: graph.launch(stream), stream)
-        rows.append(
+        out.append(
             {
                 "method": method,
                 "context": ctx,
                 "users": users,
+                "group": group,
                 "survival_target": survival,
                 "survivors": int(res["count"].sum()),
+                "overflowed": p.overflowed(),
                 "same_survivors_as_popc": same,
                 "row0_matches_reference": bool(np.array_equal(got[0], row0[0])),
                 "zero_select_b2b_us": us,
             }
         )
         print(
-            f"select {method:5s} B={users} ctx={ctx:,} surv={survival:.0%}: {us:7.1f} us  same {same}",
+            f"select {method:5s} B={users} G={group} ctx={ctx:,} surv={survival:.0%}: {us:7.1f} us  same {same}"
+            f"  row0 {out[-1]['row0_matches_reference']}",
             flush=True,
         )
         del p
-    return rows
+    return out
 
 
 def mma_rates(cp) -> dict:
@@ -651,7 +657,10 @@ def main() -> None:
     if args.select_methods:
         try:
             result["select_methods"] = [
-                r for ctx in (131072, 1048576) for r in bench_select_methods(cp, torch, ctx, 1, 0.05)
+                r
+                for ctx in (131072, 1048576)
+                for g in (4, 8)
+                for r in bench_select_methods(cp, torch, ctx, 1, 0.05, g)
             ]
         except Exception as e:
             result["select_methods_error"] = f"{type(e).__name__}: {e}"

@@ -309,7 +309,9 @@ class FragFilterKernel:
         self.function = _frag_module().get_function(self.name)
         cp = _cupy()
         # a persistent grid must be one wave: every block resident at once (48 KiB of ring each)
-        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(self.function.ptr, FRAG_THREADS, 0)
+        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            self.function.kernel.ptr, FRAG_THREADS, 0
+        )
         self.resident = per_sm * cp.cuda.Device().attributes["MultiProcessorCount"]
 
     def grid(self, n: int) -> int:
