@@ -345,10 +345,10 @@ __device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict_
     const long long wbase = (long long)blockIdx.x * LS_BLOCK_KEYS + (long long)warp * LS_KPT * 32;
     u32 words[LS_KPT];
     if (METHOD == LS_FRAG) {
-        FragFilter<W, 1, false> f;
+        FragFilter<W, 1> f;
         f.init(qs, G, threshold);
         const long long lo = start - a0, hi = lo + n;  // the region, relative to a0
-        frag_words<W, 1, false, LS_KPT>(f, frag_lane_ptr<W>(ks, wbase >> 5), ((hi + 31) >> 5) - (wbase >> 5),
+        frag_words<W, 1, LS_KPT>(f, frag_lane_ptr<W>(ks, wbase >> 5), ((hi + 31) >> 5) - (wbase >> 5),
                                         words);
 #pragma unroll
         for (int j = 0; j < LS_KPT; ++j) words[j] &= frag_range_mask(wbase + 32 * j, lo, hi);

@@ -10,10 +10,10 @@
 // two m16n8 MMAs whose rows g and g + 8 are keys 4g + 2T and 4g + 2T + 1 (tile T = 0, 1).
 //
 // popc(q ^ k) from the tensor core with no popc(k) per key: .and.popc on [k | ~k] x [~q | q], since
-// popc(k & ~q) + popc(~k & q) = popc(k ^ q). D = 128: one m16n8k256 (K256) or two chained m16n8k128 per
-// tile; D = 64: one m16n8k128 whose lanes t >= 2 hold ~k and q. (.xor.popc does the same in one PTX
-// instruction, but sm_90 has no XOR BMMA: ptxas calls a routine of two AND BMMAs plus adds, measured 10-20 %
-// slower than the AND form in the old kernel.)
+// popc(k & ~q) + popc(~k & q) = popc(k ^ q). D = 128: two chained m16n8k128 per tile (k with ~q, then ~k
+// with q; one m16n8k256 on [k | ~k] measured 0-10 % slower); D = 64: one m16n8k128 whose lanes t >= 2 hold
+// ~k and q. (.xor.popc says the same in one PTX instruction, but sm_90 has no XOR BMMA: ptxas calls a
+// routine of two AND BMMAs plus adds, 7x below the AND form's issue rate on the H200.)
 // The accumulator starts at -(L + 1) for a present query and 0 for an absent one (B = 0), so a sign bit set
 // means "passes"; the sign bits of a key's columns are OR-ed, packed four keys to a nibble, OR-ed over the
 // four lanes of the quad (two shuffles), and lane L's bit of its own key goes into one ballot: bit L of the
@@ -30,22 +30,20 @@ typedef unsigned int u32;
 #define FRAG_MAX_NB 2  // query blocks of 8: G <= 16
 
 #if !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
-// No b1 tensor cores before sm_80: the same products one element at a time through shuffles. KK = 128 or 256
-// bits; fragment words as in the PTX ISA (a[r + 2h]: row g + 8r, bits 128h + 32t..; b[h]: bits 128h + 32t..).
-template <int KK>
-__device__ __forceinline__ void frag_mma_emulated(int (&d)[4], const u32* a, const u32* b, const int (&c)[4]) {
+// No b1 tensor cores before sm_80: the same product one element at a time through shuffles (fragment words as
+// in the PTX ISA: a0 row g, a1 row g + 8, bits 32t..32t+31; b0 bits 32t.. of column g).
+__device__ __forceinline__ void frag_mma_emulated(int (&d)[4], u32 a0, u32 a1, u32 b0, const int (&c)[4]) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         const int row = (lane >> 2) + (j >> 1) * 8, col = 2 * (lane & 3) + (j & 1);
         int s = c[j];
-        for (int h = 0; h < KK / 128; ++h)
-            for (int w = 0; w < 4; ++w) {
-                const u32 lo = __shfl_sync(0xffffffffu, a[2 * h], (row & 7) * 4 + w);
-                const u32 hi = __shfl_sync(0xffffffffu, a[2 * h + 1], (row & 7) * 4 + w);
-                const u32 bw = __shfl_sync(0xffffffffu, b[h], col * 4 + w);
-                s += __popc((row >= 8 ? hi : lo) & bw);
-            }
+        for (int w = 0; w < 4; ++w) {
+            const u32 lo = __shfl_sync(0xffffffffu, a0, (row & 7) * 4 + w);
+            const u32 hi = __shfl_sync(0xffffffffu, a1, (row & 7) * 4 + w);
+            const u32 bw = __shfl_sync(0xffffffffu, b0, col * 4 + w);
+            s += __popc((row >= 8 ? hi : lo) & bw);
+        }
         d[j] = s;
     }
 }
@@ -60,28 +58,12 @@ __device__ __forceinline__ void frag_mma_and_k128(int (&d)[4], u32 a0, u32 a1, u
         : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
         : "r"(a0), "r"(a1), "r"(b0), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
 #else
-    const u32 a[2] = {a0, a1}, b[1] = {b0};
-    frag_mma_emulated<128>(d, a, b, c);
+    frag_mma_emulated(d, a0, a1, b0, c);
 #endif
 }
 
-__device__ __forceinline__ void frag_mma_and_k256(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1,
-                                                  const int (&c)[4]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
-        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
-#else
-    const u32 a[4] = {a0, a1, a2, a3}, b[2] = {b0, b1};
-    frag_mma_emulated<256>(d, a, b, c);
-#endif
-}
-
-// W = D / 64 words a key; NB: blocks of 8 query heads (G <= 8 NB); K256: D = 128 through one m16n8k256 per
-// tile, else two chained m16n8k128 (k with ~q, then ~k with q).
-template <int W, int NB, bool K256>
+// W = D / 64 words a key; NB: blocks of 8 query heads (G <= 8 NB).
+template <int W, int NB>
 struct FragFilter {
     u32 bn[NB], bq[NB];  // B fragments: this lane's word of ~q and of q (D = 64: one word, bn)
     int c[NB][4];        // accumulator start per column: -(L + 1), or 0 for an absent query (B = 0)
@@ -131,8 +113,6 @@ struct FragFilter {
                 const u32 a0 = k[2 * tile], a1 = k[2 * tile + 1];
                 if (W == 1) {
                     frag_mma_and_k128(d, a0, a1, bn[i], c[i]);
-                } else if (K256) {
-                    frag_mma_and_k256(d, a0, a1, ~a0, ~a1, bn[i], bq[i], c[i]);
                 } else {
                     int e[4];
                     frag_mma_and_k128(e, a0, a1, bn[i], c[i]);
@@ -173,8 +153,8 @@ __device__ __forceinline__ uint4 frag_ld(const uint4* p) {
 
 // Survivor words w[j] of U consecutive blocks starting where p points (uniform over the warp), nvalid of them
 // real: the rest read nothing and give 0. Full groups take a path with no per-block checks.
-template <int W, int NB, bool K256, int U>
-__device__ __forceinline__ void frag_words(const FragFilter<W, NB, K256>& f, const uint4* p, long long nvalid,
+template <int W, int NB, int U>
+__device__ __forceinline__ void frag_words(const FragFilter<W, NB>& f, const uint4* p, long long nvalid,
                                            u32 (&w)[U]) {
     uint4 v[U];
     if (nvalid >= U) {
@@ -197,73 +177,3 @@ __device__ __forceinline__ u32 frag_range_mask(long long kb, long long lo, long 
     if (b <= a) return 0u;
     return (b >= 32 ? 0xffffffffu : (1u << b) - 1u) & ~((1u << a) - 1u);
 }
-
-// cp.async: 16 bytes global -> shared without a register (sm_80+; a plain copy before), and its group waits.
-__device__ __forceinline__ void frag_cp_async(uint4* smem, const uint4* gmem) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((u32)__cvta_generic_to_shared(smem)),
-                 "l"(gmem));
-#else
-    *smem = *gmem;
-#endif
-}
-__device__ __forceinline__ void frag_cp_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void frag_cp_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-
-// Survivor words of the chunks c = c0, c0 + stride, ... of U blocks each (the warp's share of nblk blocks),
-// streamed through a ring of S stages of this warp's shared memory by cp.async: S - 1 chunks are in flight
-// while one is tested, whatever registers the compiler gives the loop. Each lane reads back only the 16 bytes
-// it copied, so no barrier is needed. emit(block, word) is called by lane j < U for block c U + j.
-template <int W, int NB, bool K256, int U, int S, typename Emit>
-__device__ __forceinline__ void frag_stream(const FragFilter<W, NB, K256>& f, const u64* __restrict__ k,
-                                            long long nblk, long long c0, long long stride,
-                                            uint4 (*ring)[U][32], Emit emit) {
-    const int lane = threadIdx.x & 31;
-    const uint4* kp = frag_lane_ptr<W>(k, 0);
-    const long long nchunk = (nblk + U - 1) / U;
-    auto issue = [&](long long c, int stage) {
-        if (c < nchunk) {
-#pragma unroll
-            for (int j = 0; j < U; ++j)
-                if (c * U + j < nblk) frag_cp_async(&ring[stage][j][lane], kp + (c * U + j) * (16 * W));
-        }
-        frag_cp_commit();  // an empty group keeps the wait count uniform
-    };
-#pragma unroll
-    for (int s = 0; s < S - 1; ++s) issue(c0 + s * stride, s);
-    int stage = 0;
-    for (long long c = c0; c < nchunk; c += stride) {
-        issue(c + (S - 1) * stride, stage == 0 ? S - 1 : stage - 1);  // the stage tested last round
-        frag_cp_wait<S - 1>();
-        const long long nvalid = nblk - c * U;
-        u32 out = 0;
-        if (nvalid >= U) {
-#pragma unroll
-            for (int j = 0; j < U; ++j) {
-                const u32 b = f.word(ring[stage][j][lane]);
-                if (lane == j) out = b;
-            }
-        } else {
-#pragma unroll
-            for (int j = 0; j < U; ++j) {
-                if (j < nvalid) {  // warp-uniform
-                    const u32 b = f.word(ring[stage][j][lane]);
-                    if (lane == j) out = b;
-                }
-            }
-        }
-        if (lane < U && lane < nvalid) emit(c * U + lane, out);
-        stage = stage == S - 1 ? 0 : stage + 1;
-    }
-    frag_cp_wait<0>();
-}
-

@@ -141,9 +141,9 @@ def bench_filters(
 ) -> list[dict]:
     """Each filter kernel at each (D, N, G), checked bit for bit against the NumPy reference on the first 1M
     keys before it is timed: today's popc / b1-MMA bitmaps and issue 7's scf_bitmap on natural-layout
-    signs at ``groups``, the frag-layout b1-MMA filter (kernels/scf_frag.cu) at ``frag_groups`` (its
-    measured alternatives at 1, 4, 8, 16)."""
-    from cemsim.gpu.fused import FRAG_VARIANTS, FragFilterKernel, bitmap_filter
+    signs at ``groups``, the frag-layout b1-MMA filter (kernels/scf_frag.cu) at ``frag_groups``. Times: the
+    median of ``reps`` event-timed single launches, and back to back (20 launches between two events)."""
+    from cemsim.gpu.fused import FragFilterKernel, bitmap_filter
     from cemsim.gpu.sign_layout import to_frag
     from cemsim.kernels import KERNEL_DIR
 
@@ -182,14 +182,7 @@ def bench_filters(
                         True,
                     )
                 if g in frag_groups:
-                    for v, (_, per_warp, _) in FRAG_VARIANTS.items():
-                        if w in per_warp and (v == "" or g in (1, 4, 8, 16)):
-                            calls["frag" + (f"_{v}" if v else "")] = (
-                                FragFilterKernel(w, g, v),
-                                None,
-                                frag,
-                                False,
-                            )
+                    calls["frag"] = (FragFilterKernel(w, g), None, frag, False)
                 for name, (f, grid, bufs, natural) in calls.items():
 
                     def call(i: int) -> None:

@@ -30,8 +30,7 @@ def main() -> None:
         for g in (8, 16):
             q = cp.asarray(np.random.default_rng(g).integers(0, 2**64, size=(g, w), dtype=np.uint64))
             t = np.int32(ref.survival_threshold(d, g, 0.05))
-            for variant in ("", "async"):
-                FragFilterKernel(w, g, variant)(q, frag, n, g, int(t), out)
+            FragFilterKernel(w, g)(q, frag, n, g, int(t), out)
             if g == 8 and d == 128:
                 for name in ("mma", "popc"):
                     bitmap_filter(name, w)(

@@ -119,8 +119,11 @@ def _module():
 
 
 def choose_method(group: int) -> Method:
-    """popc up to 4 queries per group (POPC issue rate is not yet the bound), the b1 XOR MMA from 8."""
-    return "popc" if group <= 4 else "mmax"
+    """popc up to 4 query heads per KV head (POPC issue rate is not yet the bound; the frag method measured the
+    same there), the frag b1-MMA filter above: ls_select at 1M keys and G = 8 took 182.5 us against popc's
+    189.8 and the XOR MMA's 193.9 (benchmarks/gpu/results/h200-filter-run3-2026-12-02.json). The frag method
+    reads frag-layout signs: see FusedLongSight."""
+    return "popc" if group <= 4 else "frag"
 
 
 class FusedLongSight:
@@ -272,13 +275,7 @@ def bitmap_filter(method: Method, words: int) -> Any:
 
 FRAG_SOURCE = KERNEL_DIR / "scf_frag.cu"
 FRAG_THREADS = 256
-# variant -> (kernel name prefix, 32-key blocks each warp holds at once by W, persistent cp.async ring?)
-FRAG_VARIANTS: dict[str, tuple[str, dict[int, int], bool]] = {
-    "": ("scf_frag", {1: 16, 2: 8}, False),
-    "u4": ("scf_frag", {1: 4, 2: 4}, False),
-    "async": ("scf_frag_async", {1: 4, 2: 4}, True),
-    "async_k256": ("scf_frag_async_k256", {2: 4}, True),
-}
+FRAG_BLOCKS_PER_WARP = {1: 16, 2: 8}  # U in scf_frag.cu by W: 32-key blocks each warp loads up front
 
 
 @functools.cache
@@ -290,35 +287,24 @@ def _frag_module():
 
 
 class FragFilterKernel:
-    """The b1-MMA SCF filter on frag-layout signs (cemsim.gpu.sign_layout) for up to 8 or 16 query heads:
-    ``kernel(q [G, W], k_frag [ceil(N / 32) * 32, W], n, g, threshold, bitmap [ceil(N / 32)] uint32)`` on the
-    current stream. ``variant`` is one of :data:`FRAG_VARIANTS` (the measured alternatives of
-    kernels/scf_frag.cu)."""
+    """The b1-MMA SCF filter alone on frag-layout signs (cemsim.gpu.sign_layout) for up to 8 or 16 query
+    heads: ``kernel(q [G, W], k_frag [ceil(N / 32) * 32, W], n, g, threshold, bitmap [ceil(N / 32)] uint32)``
+    on the current stream."""
 
-    def __init__(self, words: int, group: int, variant: str = "") -> None:
-        if not 1 <= group <= MAX_GROUP_FILTER or words not in (1, 2):
+    def __init__(self, words: int, group: int) -> None:
+        if not 1 <= group <= MAX_GROUP_FILTER or words not in FRAG_BLOCKS_PER_WARP:
             raise CemsimError(
                 f"the frag filter takes G = 1..{MAX_GROUP_FILTER} and W = 1 or 2, got {group}, {words}"
             )
-        if variant not in FRAG_VARIANTS or words not in FRAG_VARIANTS[variant][1]:
-            raise CemsimError(f"no frag filter variant {variant!r} for W = {words}")
-        prefix, per_warp, self.persistent = FRAG_VARIANTS[variant]
-        self.blocks_per_warp = per_warp[words]
-        suffix = "_u4" if variant == "u4" else ""
-        self.name = f"{prefix}_w{words}_g{8 if group <= 8 else 16}{suffix}"
+        self.blocks_per_warp = FRAG_BLOCKS_PER_WARP[words]
+        self.name = f"scf_frag_w{words}_g{8 if group <= 8 else 16}"
         self.function = _frag_module().get_function(self.name)
-        cp = _cupy()
-        # a persistent grid must be one wave: every block resident at once (48 KiB of ring each)
-        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-            self.function.kernel.ptr, FRAG_THREADS, 0
-        )
-        self.resident = per_sm * cp.cuda.Device().attributes["MultiProcessorCount"]
 
     def grid(self, n: int) -> int:
+        """Blocks of FRAG_THREADS threads: one warp per ``blocks_per_warp`` 32-key blocks."""
         blocks = -(-n // 32)
-        warps = -(-blocks // self.blocks_per_warp)  # one warp per chunk of 32-key blocks
-        ctas = -(-warps // (FRAG_THREADS // 32))
-        return min(ctas, self.resident) if self.persistent else ctas
+        warps = -(-blocks // self.blocks_per_warp)
+        return -(-warps // (FRAG_THREADS // 32))
 
     def __call__(self, q: Any, k: Any, n: int, group: int, threshold: int, bitmap: Any) -> None:
         self.function(
