@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cemsim.errors import CemsimError
+from cemsim.gpu.fused import FragFilterKernel
 from cemsim.gpu.sign_layout import from_frag, padded_keys, to_frag
 
 
@@ -52,3 +53,11 @@ def test_bad_signs_are_a_clear_error() -> None:
         to_frag(np.zeros((4, 3), dtype=np.uint64))
     with pytest.raises(CemsimError, match="32m"):
         from_frag(np.zeros((40, 2), dtype=np.uint64))
+
+
+def test_frag_filter_rejects_what_it_cannot_run() -> None:
+    with pytest.raises(CemsimError, match="G = 1..16"):
+        FragFilterKernel(2, 17)
+    with pytest.raises(CemsimError, match="W = 1 or 2"):
+        FragFilterKernel(3, 4)
+
