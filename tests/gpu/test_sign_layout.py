@@ -56,8 +56,7 @@ def test_bad_signs_are_a_clear_error() -> None:
 
 
 def test_frag_filter_rejects_what_it_cannot_run() -> None:
-    with pytest.raises(CemsimError, match="G = 1..16"):
+    with pytest.raises(CemsimError, match=r"G = 1\.\.16"):
         FragFilterKernel(2, 17)
     with pytest.raises(CemsimError, match="W = 1 or 2"):
         FragFilterKernel(3, 4)
-
