@@ -69,12 +69,10 @@ NPARAM = 23
     S_HN,  # closed-loop release heap size
     S_NA2,  # ACT-2s owed
     S_NDIRTY,  # banks whose candidates need rebuilding (listed in the dirty stack)
-    S_MOVT,  # per-bank profile: banks with a waiting read transaction and room in their queue
-    S_MOVW,  # per-bank profile: banks with a waiting write and room
     S_NBUSY,  # per-bank profile: banks whose queue is not empty
     S_NEXT,  # scratch: the selectors' earliest next tick
-) = range(18)
-NSTATE = 18
+) = range(16)
+NSTATE = 16
 # Bank state BS[bank, ...]: open row (-1 closed), accesses since its ACT, ACT-2 deadline and owner (-1 none),
 # requests past their own ACT (shared profile's active buffer), transactions waiting for its queue (per-bank
 # profile: reads, writes).
@@ -99,6 +97,19 @@ C_RANK_ACTIVE = NCMD + 6  # rank-ticks with at least one open bank (active stand
 NCOUNT = NCMD + 7
 
 K_READ, K_WRITE, K_OP = 0, 1, 2
+
+
+@numba.njit(cache=True, inline="always")
+def _lo(a, b):
+    """min(a, b) for ints, inline: Numba compiles the builtin min/max as out-of-line calls that pass their
+    arguments through the stack, which in the event loop forces spills around every call."""
+    return a if a <= b else b
+
+
+@numba.njit(cache=True, inline="always")
+def _hi(a, b):
+    """max(a, b) for ints, inline (see _lo)."""
+    return a if a >= b else b
 
 
 @numba.njit(cache=True, inline="always")

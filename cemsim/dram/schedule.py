@@ -39,6 +39,8 @@ from cemsim.dram.kernel_state import (
     S_WMODE,
     _earliest,
     _earliest_rank,
+    _hi,
+    _lo,
 )
 from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, REFPB, WR
 
@@ -162,7 +164,7 @@ def _unit_ready(ready, u, rgroup, rk0, pc0, nrank, cmd):
     """When a rank-level command (PREA, REF) may issue to every rank of refresh unit u."""
     e = 0
     for r in range(u * rgroup, (u + 1) * rgroup):
-        e = max(e, _earliest_rank(ready, rk0 + r, pc0 + r // nrank, cmd))
+        e = _hi(e, _earliest_rank(ready, rk0 + r, pc0 + r // nrank, cmd))
     return e
 
 
@@ -193,9 +195,9 @@ def select_refpb(t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw
                 sel[1] = PRE
                 sel[2] = b
                 return next_e, b1, b2
-            next_e = min(next_e, e)
+            next_e = _lo(next_e, e)
     if closed:
-        e = max(
+        e = _hi(
             _earliest(ready, nodes, b1, REFPB, faw, faw_head, faw_cnt, nfaw, True),
             _earliest(ready, nodes, b2, REFPB, faw, faw_head, faw_cnt, nfaw, True),
         )
@@ -203,7 +205,7 @@ def select_refpb(t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw
             sel[1] = REFPB
             sel[3] = refq[0]
             return next_e, b1, b2
-        next_e = min(next_e, e)
+        next_e = _lo(next_e, e)
     return next_e, b1, b2
 
 
@@ -236,11 +238,11 @@ def _bank_pick(
     for k in range(nslot[b]):
         e = slots[b, k, F_E]
         if slots[b, k, F_CMD] == ACT and (b in (blk1, blk2)):
-            m = min(m, e)
+            m = _lo(m, e)
             continue
         if e <= t:
             e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
-        m = min(m, e)
+        m = _lo(m, e)
         if e <= t:
             if best < 0 or slots[b, k, F_KEY] < slots[b, best, F_KEY]:
                 best = k
@@ -292,14 +294,14 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
                         sel[1] = PRE
                         sel[2] = b
                         return next_e
-                    next_e = min(next_e, e)
+                    next_e = _lo(next_e, e)
             if all_closed:
                 e = _unit_ready(ready, u, rgroup, rk0, pc0, nrank, REF)
                 if e <= t:
                     sel[1] = REF
                     sel[3] = u
                     return next_e
-                next_e = min(next_e, e)
+                next_e = _lo(next_e, e)
     # banks of the refresh unit being served are skipped
     skip_lo = skip_rank * rgroup * bpr if skip_rank >= 0 else nb
     skip_hi = skip_lo + rgroup * bpr
@@ -313,7 +315,7 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
         for b in (blk1, blk2):
             if b >= 0:
                 mask |= np.int64(1) << b
-        for b in range(skip_lo, min(skip_hi, nb)):
+        for b in range(skip_lo, _lo(skip_hi, nb)):
             mask &= ~(np.int64(1) << b)
         start = S[S_RR] + 1
         if start >= nb:
@@ -326,7 +328,7 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
                 if _bank_pick(t, S, sel, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, b,
                               blk1, blk2, next_e_out):  # fmt: skip
                     return next_e_out[0]
-        next_e = min(next_e, next_e_out[0])
+        next_e = _lo(next_e, next_e_out[0])
         for b in range(nb):
             if ((mask >> b) & 1) == 0 and not (skip_lo <= b < skip_hi) and bmin[b] < next_e:
                 next_e = bmin[b]
@@ -347,7 +349,7 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
         if _bank_pick(t, S, sel, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, b, blk1, blk2,
                       next_e_out):  # fmt: skip
             return next_e_out[0]
-    return min(next_e, next_e_out[0])
+    return _lo(next_e, next_e_out[0])
 
 
 @numba.njit(cache=True, _nrt=False, inline="always")
@@ -392,7 +394,7 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, no
             e, blk1, blk2 = select_refpb(
                 t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw, bpr, True
             )
-            next_e = min(next_e, e)
+            next_e = _lo(next_e, e)
             if sel[1] >= 0:
                 return next_e
         elif refq_n > 0:
@@ -419,11 +421,11 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, no
             if ((col_only and not col) or (row_only and col)) or (
                 cmd == ACT and (has_act2 or b in (blk1, blk2))
             ):
-                m = min(m, e)  # not a candidate this tick: its cached tick stays as it is
+                m = _lo(m, e)  # not a candidate this tick: its cached tick stays as it is
                 continue
             if e <= t:
                 e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
-            m = min(m, e)
+            m = _lo(m, e)
             if e > t:
                 if e < next_e and (active or refq_n == 0):
                     next_e = e
