@@ -404,40 +404,46 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, no
     best_act_b = -1
     best_buf = -1
     best_buf_b = -1
-    for b in range(nb):
-        m = bmin[b]
-        if m > t and refq_n == 0 and not has_act2 and b != blk1 and b != blk2:
-            # nothing legal in this bank: its earliest candidate is a next event (with dual buses the column and
-            # the row look together see every candidate once)
-            if m < next_e:
-                next_e = m
-            continue
-        m = INF
-        for k in range(nslot[b]):
-            e = slots[b, k, F_E]
-            cmd = slots[b, k, F_CMD]
-            col = _is_col(cmd)
-            active = slots[b, k, F_ACTIVE] == 1
-            if ((col_only and not col) or (row_only and col)) or (
-                cmd == ACT and (has_act2 or b in (blk1, blk2))
-            ):
-                m = _lo(m, e)  # not a candidate this tick: its cached tick stays as it is
-                continue
-            if e <= t:
-                e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
-            m = _lo(m, e)
-            if e > t:
-                if e < next_e and (active or refq_n == 0):
-                    next_e = e
-                continue
-            if active:
-                if best_act < 0 or slots[b, k, F_KEY] < slots[best_act_b, best_act, F_KEY]:
-                    best_act = k
-                    best_act_b = b
-            elif best_buf < 0 or slots[b, k, F_KEY] < slots[best_buf_b, best_buf, F_KEY]:
-                best_buf = k
-                best_buf_b = b
-        bmin[b] = m
+    look_all = refq_n > 0 or has_act2
+    for lo in range(0, nb, 64):
+        # banks to look at, 64 at a time, in one branch-free pass: a cached tick claiming t, or held ACTs, or
+        # everything while a refresh or an ACT-2 is pending; the others' earliest candidates are next events
+        # (with dual buses the column and the row look together see every candidate once)
+        look = np.int64(0)
+        for b in range(lo, _lo(lo + 64, nb)):
+            m = bmin[b]
+            here = (m <= t) | look_all | (b == blk1) | (b == blk2)
+            look |= np.int64(here) << (b - lo)
+            next_e = _lo(next_e, INF if here else m)
+        while look != 0:
+            b = lo + _ctz(look)
+            look &= look - 1
+            m = INF
+            for k in range(nslot[b]):
+                e = slots[b, k, F_E]
+                cmd = slots[b, k, F_CMD]
+                col = _is_col(cmd)
+                active = slots[b, k, F_ACTIVE] == 1
+                if ((col_only and not col) or (row_only and col)) or (
+                    cmd == ACT and (has_act2 or b in (blk1, blk2))
+                ):
+                    m = _lo(m, e)  # not a candidate this tick: its cached tick stays as it is
+                    continue
+                if e <= t:
+                    e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                m = _lo(m, e)
+                if e > t:
+                    if e < next_e and (active or refq_n == 0):
+                        next_e = e
+                    continue
+                if active:
+                    if best_act < 0 or slots[b, k, F_KEY] < slots[best_act_b, best_act, F_KEY]:
+                        best_act = k
+                        best_act_b = b
+                elif best_buf < 0 or slots[b, k, F_KEY] < slots[best_buf_b, best_buf, F_KEY]:
+                    best_buf = k
+                    best_buf_b = b
+            bmin[b] = m
     if best_act >= 0:
         sel[0] = slots[best_act_b, best_act, F_I]
         sel[1] = slots[best_act_b, best_act, F_CMD]
