@@ -309,9 +309,8 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
         # the banks that may have a legal candidate (cached tick <= t, or ACTs held by refresh), as bits,
         # visited in round-robin order from the one after the last served
         mask = np.int64(0)
-        for b in range(nb):
-            if bmin[b] <= t:
-                mask |= np.int64(1) << b
+        for b in range(nb):  # branch-free: a bank's bit is as often set as not
+            mask |= np.int64(bmin[b] <= t) << b
         for b in (blk1, blk2):
             if b >= 0:
                 mask |= np.int64(1) << b
@@ -330,8 +329,8 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
                     return next_e_out[0]
         next_e = _lo(next_e, next_e_out[0])
         for b in range(nb):
-            if ((mask >> b) & 1) == 0 and not (skip_lo <= b < skip_hi) and bmin[b] < next_e:
-                next_e = bmin[b]
+            out = ((mask >> b) & 1) != 0 or skip_lo <= b < skip_hi
+            next_e = _lo(next_e, INF if out else bmin[b])
         return next_e
     b = S[S_RR]
     for _ in range(nb):
