@@ -119,9 +119,9 @@ def _row_state(ract, counts, r, t, opening):
 @numba.njit(cache=True, inline="always")
 def _issue(dev, tabs, nrank, b, cmd, t, limited):
     """Issue cmd on bank b at t: raise the ready ticks of its nodes (and the other ranks' on a data access)."""
-    nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt = dev
+    nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan = dev
     cl_n, cl_nx, cl_l, sib = tabs
-    _issue_bank(ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
+    _issue_bank(ready, rspan, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
                 limited)  # fmt: skip
 
 
@@ -291,7 +291,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
     cl_n, cl_nx, cl_l = tabs[0], tabs[1], tabs[2]
     bank, row, kind, arrival, key = req[0], req[1], req[2], req[4], req[5]
     acc, first, cls, counts, elig = out[0], out[1], out[3], out[4], out[5]
-    nodes, ready, faw, faw_head, faw_cnt = dev[0], dev[2], dev[3], dev[4], dev[5]
+    nodes, ready, faw, faw_head, faw_cnt, rspan = dev[0], dev[2], dev[3], dev[4], dev[5], dev[6]
     S, BS, bq, bqn, stage, fq, fh, mv, refq, sel, slots, nslot, bmin, bdirty, dstack, ract = ctl
     pend, key_first, key_left, key_done, heap = cli
     n = bank.shape[0]
@@ -467,10 +467,10 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 _mark(b, bdirty, dstack, S)
             if cmd in (REF, PREA):
                 u = sel[3]  # refresh unit
-                _apply(ready, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False)
+                _apply(ready, rspan, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False)
                 for rr in range(u * rgroup, (u + 1) * rgroup):
-                    _apply(ready, pc0 + rr // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
-                    _apply(ready, rk0 + rr, 2, cmd, t, cl_n, cl_nx, cl_l, False)
+                    _apply(ready, rspan, pc0 + rr // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
+                    _apply(ready, rspan, rk0 + rr, 2, cmd, t, cl_n, cl_nx, cl_l, False)
                 for bb in range(rgroup * bpr):
                     b = u * rgroup * bpr + bb
                     _mark(b, bdirty, dstack, S)
@@ -595,6 +595,10 @@ def _simulate_channel(
         for k in range(nrank):
             rank_nodes_of_pc[p, k] = rk0 + p * nrank + k
     ready = np.zeros((nnodes, NCOL), dtype=np.int64)
+    rspan = np.zeros((nnodes, 2), dtype=np.int64)  # rank rows below the channel and each pseudo-channel
+    rspan[0, 0], rspan[0, 1] = rk0, rk0 + nrk
+    for p in range(npc):
+        rspan[pc0 + p, 0], rspan[pc0 + p, 1] = rk0 + p * nrank, rk0 + (p + 1) * nrank
     faw = np.zeros((nnodes, 4), dtype=np.int64)
     faw_head = np.zeros(nnodes, dtype=np.int64)
     faw_cnt = np.zeros(nnodes, dtype=np.int64)
@@ -642,7 +646,7 @@ def _simulate_channel(
     tabs = (cl_n, cl_nx, cl_l, sib)
     req = (bank, row, kind, hold, arrival, key)
     out = (acc, first, done, cls, counts, elig)
-    dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt)
+    dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan)
     ract = np.zeros((nrk, 2), dtype=np.int64)  # per rank: open banks, tick the first of them opened
     ctl = (S, BS, bq, bqn, stage, fq, fh, mv, refq, sel, slots, nslot, bmin, bdirty, dstack, ract)
     cli = (pend, key_first, key_left, key_done, heap)

@@ -9,7 +9,10 @@ every cycle, at O(banks + queue) per event.
 
 State per channel: ``ready[node, cmd]`` = earliest tick ``cmd`` may issue at that node of the device tree
 (channel, pseudo-channel, rank, bank group, bank); issuing writes ``tick + lat`` into the nodes above the
-bank (see timing.py). A 4-entry ring per rank enforces tFAW.
+bank (see timing.py). A rank's row also holds what was written to the channel and pseudo-channel above it
+(ticks only grow, so pushing those writes down keeps it exact): a bank's command is legal at the maximum of
+three rows (bank, group, rank), and the scheduler re-checks cached ticks after nearly every command. A
+4-entry ring per rank enforces tFAW.
 """
 
 from __future__ import annotations
@@ -114,13 +117,14 @@ def _hi(a, b):
 
 @numba.njit(cache=True, inline="always")
 def _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, limited):
-    e = ready[nodes[b, 0], cmd]
-    for lv in range(1, 5):
+    # rank rows include the channel's and pseudo-channel's ticks (module docs)
+    e = ready[nodes[b, 4], cmd]
+    for lv in (2, 3):
         v = ready[nodes[b, lv], cmd]
         if v > e:
             e = v
     if cmd == ACT and limited:
-        for lv in range(0, 4):
+        for lv in (2, 3):
             v = ready[nodes[b, lv], ACTL]
             if v > e:
                 e = v
@@ -143,7 +147,9 @@ def _earliest_rank(ready, rank_node, pc_node, cmd):
 
 
 @numba.njit(cache=True, inline="always")
-def _apply(ready, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
+def _apply(ready, rspan, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
+    """Constraints of cmd issued at node (level lv): raise the ready ticks, and for a channel or
+    pseudo-channel node those of the rank rows below it too (``rspan[node]``, empty below the rank level)."""
     for k in range(cl_n[lv, cmd]):
         nx = cl_nx[lv, cmd, k]
         if skip_actl and nx == ACTL:
@@ -151,14 +157,32 @@ def _apply(ready, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
         v = t + cl_l[lv, cmd, k]
         if v > ready[node, nx]:
             ready[node, nx] = v
+        for r in range(rspan[node, 0], rspan[node, 1]):
+            if v > ready[r, nx]:
+                ready[r, nx] = v
 
 
 @numba.njit(cache=True, inline="always")
 def _issue_bank(
-    ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt, limited
+    ready,
+    rspan,
+    nodes,
+    b,
+    cmd,
+    t,
+    cl_n,
+    cl_nx,
+    cl_l,
+    sib,
+    rank_nodes_of_pc,
+    nrank,
+    faw,
+    faw_head,
+    faw_cnt,
+    limited,
 ):
     for lv in range(5):
-        _apply(ready, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited)
+        _apply(ready, rspan, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited)
     if cmd in (RD, WR):
         pcn = np.int64(nodes[b, 1]) - 1
         me = np.int64(nodes[b, 2])
