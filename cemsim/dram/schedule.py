@@ -222,9 +222,10 @@ for _i in range(64):
 
 @numba.njit(cache=True, inline="always")
 def _ctz(x):
-    """Index of the lowest set bit of a non-zero int64 (de Bruijn multiply)."""
+    """Index of the lowest set bit of a non-zero int64 (de Bruijn multiply). The ``& 63`` tells LLVM the result
+    is not negative, so bank tables indexed by it skip Numba's negative-index wraparound."""
     low = np.uint64(x & -x)
-    return _CTZ[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+    return _CTZ[np.int64((low * _DEBRUIJN) >> np.uint64(58))] & 63
 
 
 @numba.njit(cache=True, inline="always")
