@@ -12,12 +12,14 @@
 // W = D / 64 words per key, W = 1 (D = 64) or 2 (D = 128). A key survives for a group of G queries when any
 // query has D - popcount(q ^ k) >= threshold.
 //
-// Two filter methods, bit-identical:
+// Filter methods, bit-identical:
 //   popc  one key per lane, 16-byte (W = 2) loads, G x W popcounts per key: POPC issue rate bounds it from
 //         G ~ 4 (16 POPC per SM per clock on Hopper).
 //   mma   the b1 tensor-core MMA (mma.sync m16n8k128 .and.popc): c = popc(q & k) for 16 keys x 8 queries
 //         at once, then matches = D - popc(q) - popc(k) + 2 c. Cost per key is two popcounts (popc(k))
-//         whatever G, plus one MMA per 16 keys per 8 queries.
+//         whatever G, plus one MMA per 16 keys per 8 queries. (mmax: the same with .xor.popc.)
+//   frag  scf_frag.cuh on signs in frag layout (cemsim/gpu/sign_layout.py, rows padded to 32 keys): one
+//         16-byte load a lane per 32 keys, popc(q ^ k) from .and.popc on [k | ~k] x [~q | q], no popc(k).
 
 
 #define LS_MAX_G 16   // filter: queries per KV group
@@ -25,6 +27,7 @@
 #define LS_KPT 8      // 32-key words per warp per iteration of the filter
 #define LS_WARPS 8    // warps per block of ls_select and of the bitmap filters
 #define LS_ROWS 4     // survivor key rows each lane group of ls_select has in flight
+#define LS_FRAG 3     // ls_select's filter method on frag-layout signs (scf_frag.cuh)
 
 typedef unsigned long long u64;
 typedef unsigned int u32;
@@ -32,6 +35,8 @@ typedef unsigned short bf16_t;  // bf16 bit patterns: no header needed under NVR
 #define LS_NEG_INF __int_as_float(0xff800000)
 
 // ------------------------------------------------------------------------------------------------ filter
+
+#include "scf_frag.cuh"  // the b1-MMA filter on frag-layout signs (method frag of ls_select)
 
 // 8 bf16 (one 16-byte load) to fp32: a bf16 is the top half of the fp32 with the same bits
 __device__ __forceinline__ void bf16x8_to_float(const uint4& raw, float (&f)[8]) {
@@ -332,11 +337,22 @@ __device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict_
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) qf[i] = q[bh * G * D + i];
     load_query_signs(qs, qsig + bh * G * W, G, W);
-    const u64* ks = ksig + (bh * ctx + start) * W;  // region-relative
     const int threshold = thresholds[bh];
+    // keys are counted from a0: the region's start (natural layout), or for the frag layout the 32-key block
+    // holding it (its rows are padded to whole blocks, and blocks are what a warp loads)
+    const long long a0 = METHOD == LS_FRAG ? start & ~31ll : start;
+    const u64* ks = ksig + (bh * (METHOD == LS_FRAG ? (ctx + 31) & ~31ll : ctx) + a0) * W;
     const long long wbase = (long long)blockIdx.x * LS_BLOCK_KEYS + (long long)warp * LS_KPT * 32;
     u32 words[LS_KPT];
-    if (METHOD > 0) {
+    if (METHOD == LS_FRAG) {
+        FragFilter<W, 1> f;
+        f.init(qs, G, threshold);
+        const long long lo = start - a0, hi = lo + n;  // the region, relative to a0
+        frag_words<W, 1, LS_KPT>(f, frag_lane_ptr<W>(ks, wbase >> 5), ((hi + 31) >> 5) - (wbase >> 5),
+                                        words);
+#pragma unroll
+        for (int j = 0; j < LS_KPT; ++j) words[j] &= frag_range_mask(wbase + 32 * j, lo, hi);
+    } else if (METHOD > 0) {
         MmaFilter<W, METHOD == 2> f;
         f.init(qs, G, D, threshold);
         u32 a[LS_KPT][4];
@@ -372,7 +388,7 @@ __device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict_
 #pragma unroll
     for (int j = 0; j < LS_KPT; ++j) {
         const u32 b = words[j];
-        if (b & (1u << lane)) spos[off + __popc(b & ((1u << lane) - 1u))] = (int)(start + wbase + 32 * j + lane);
+        if (b & (1u << lane)) spos[off + __popc(b & ((1u << lane) - 1u))] = (int)(a0 + wbase + 32 * j + lane);
         off += __popc(b);
     }
     __syncthreads();
@@ -423,6 +439,8 @@ LS_SELECT(1, 1, ls_select_mma_w1)
 LS_SELECT(2, 1, ls_select_mma_w2)
 LS_SELECT(1, 2, ls_select_mmax_w1)
 LS_SELECT(2, 2, ls_select_mmax_w2)
+LS_SELECT(1, LS_FRAG, ls_select_frag_w1)
+LS_SELECT(2, LS_FRAG, ls_select_frag_w2)
 
 // ------------------------------------------------------------------------------------------------ top-k
 

@@ -136,8 +136,15 @@ def copy_bandwidth(cp) -> dict:
 # ------------------------------------------------------------------------------------------------ filters
 
 
-def bench_filters(cp, bw: float, sizes: list[int], groups: list[int], reps: int) -> list[dict]:
-    from cemsim.gpu.fused import bitmap_filter
+def bench_filters(
+    cp, bw: float, sizes: list[int], groups: list[int], reps: int, frag_groups: list[int]
+) -> list[dict]:
+    """Each filter kernel at each (D, N, G), checked bit for bit against the NumPy reference on the first 1M
+    keys before it is timed: today's popc / b1-MMA bitmaps and issue 7's scf_bitmap on natural-layout
+    signs at ``groups``, the frag-layout b1-MMA filter (kernels/scf_frag.cu) at ``frag_groups``. Times: the
+    median of ``reps`` event-timed single launches, and back to back (20 launches between two events)."""
+    from cemsim.gpu.fused import FragFilterKernel, bitmap_filter
+    from cemsim.gpu.sign_layout import to_frag
     from cemsim.kernels import KERNEL_DIR
 
     old = cp.RawModule(code=(KERNEL_DIR / "scf_bitmap.cu").read_text(), options=("-std=c++17",))
@@ -152,33 +159,43 @@ def bench_filters(cp, bw: float, sizes: list[int], groups: list[int], reps: int)
                 cp.random.randint(0, 2**63 - 1, size=(n, w), dtype=cp.int64).view(cp.uint64)
                 for _ in range(nbuf)
             ]
+            for kb in keys:  # the top bit too
+                kb ^= cp.random.randint(0, 2, size=(n, w), dtype=cp.int64).view(cp.uint64) << np.uint64(63)
+            frag = [to_frag(kb) for kb in keys]
             words = -(-n // 32)
             out = cp.empty(words, dtype=cp.uint32)
             check_n = min(n, 1 << 20)
             khost = cp.asnumpy(keys[0][:check_n])
-            for g in groups:
+            for g in sorted(set(groups) | set(frag_groups)):
                 qh = rng.integers(0, 2**64, size=(g, w), dtype=np.uint64)
                 q = cp.asarray(qh)
                 t = ref.survival_threshold(d, g, 0.05)
                 want = ref.bitmap(khost, qh, t)
-                kernels = {
-                    "popc": bitmap_filter("popc", w),
-                    "mma": bitmap_filter("mma", w),
-                    "mmax": bitmap_filter("mmax", w),
-                    "issue7_bitmap": old.get_function(f"scf_bitmap_w{w}"),
-                }
-                for name, f in kernels.items():
-                    if name == "issue7_bitmap" and g > 32:
-                        continue
-                    grid = (-(-n // 256),) if name == "issue7_bitmap" else (-(-words // 64),)
+                calls = {}
+                if g in groups:
+                    for name in ("popc", "mma", "mmax"):
+                        calls[name] = (bitmap_filter(name, w), (-(-words // 64),), keys, True)
+                    calls["issue7_bitmap"] = (
+                        old.get_function(f"scf_bitmap_w{w}"),
+                        (-(-n // 256),),
+                        keys,
+                        True,
+                    )
+                if g in frag_groups:
+                    calls["frag"] = (FragFilterKernel(w, g), None, frag, False)
+                for name, (f, grid, bufs, natural) in calls.items():
 
                     def call(i: int) -> None:
+                        if not natural:
+                            f(q, bufs[i % nbuf], n, g, t, out)
+                            return
                         f(
                             grid,
                             (256,),
-                            (q, keys[i % nbuf], np.int64(n), np.int32(g), np.int32(d), np.int32(t), out),
+                            (q, bufs[i % nbuf], np.int64(n), np.int32(g), np.int32(d), np.int32(t), out),
                         )
 
+                    out.fill(0xDEADBEEF)  # poison: every word must be written
                     call(0)
                     got = cp.asnumpy(out[: len(want)])
                     last = check_n % 32
@@ -188,6 +205,9 @@ def bench_filters(cp, bw: float, sizes: list[int], groups: list[int], reps: int)
                         want_cmp = want
                     ok = bool(np.array_equal(got, want_cmp))
                     us = statistics.median(timer(cp, call, reps))
+                    # back to back on one stream: the kernel's own time, without the host's launch latency that
+                    # a lone event-timed launch also counts (~10 us of Python here)
+                    b2b = back_to_back(cp, call, cp.cuda.get_current_stream())
                     moved = nbytes + words * 4
                     rows.append(
                         {
@@ -201,16 +221,94 @@ def bench_filters(cp, bw: float, sizes: list[int], groups: list[int], reps: int)
                             "bytes": moved,
                             "floor_us": moved / bw * 1e6,
                             "fraction_of_copy_bw": moved / bw * 1e6 / us,
+                            "b2b_us": b2b,
+                            "b2b_fraction_of_copy_bw": moved / bw * 1e6 / b2b,
                         }
                     )
                     print(
-                        f"filter {name:13s} D={d} N={n:>9,} G={g:2d} {us:8.1f} us {rows[-1]['fraction_of_copy_bw']:6.1%}"
-                        f" of copy BW{'' if ok else '  WRONG'}",
+                        f"filter {name:16s} D={d} N={n:>9,} G={g:2d} {us:8.1f} us {rows[-1]['fraction_of_copy_bw']:6.1%}"
+                        f" b2b {b2b:8.1f} us {rows[-1]['b2b_fraction_of_copy_bw']:6.1%}{'' if ok else '  WRONG'}",
                         flush=True,
                     )
             keys.clear()
+            frag.clear()
             cp.get_default_memory_pool().free_all_blocks()
     return rows
+
+
+def bench_select_methods(cp, torch, ctx: int, users: int, survival: float, group: int) -> list[dict]:
+    """ls_select (filter + compaction + survivor scores) alone with each filter method on one layer's rows
+    (Llama-3-8B's 8 KV heads, ``group`` query heads each), back to back with its counter reset; every method's
+    survivors checked equal to popc's, and row 0's against the NumPy reference."""
+    from cemsim.gpu.fused import FusedLongSight
+    from cemsim.gpu.sign_layout import to_frag
+
+    data = Data(cp, torch, users, ctx, seed=7)
+    rng = np.random.default_rng(group)
+    rows_n = users * KV_HEADS
+    qsig = cp.asarray(rng.integers(0, 2**64, size=(rows_n, group, D // 64), dtype=np.uint64))
+    q = cp.asarray((rng.standard_normal((rows_n, group, D)) / D**0.5).astype(np.float32))
+    frag = to_frag(data.ksig)
+    base = shape_for(users, ctx, survival)
+    s = Shape(users, KV_HEADS, group, D, ctx, WINDOW, SINKS, base.k, cap=base.cap)
+    t = ref.survival_threshold(D, group, survival)
+    thresholds = cp.full(s.rows, t, dtype=cp.int32)
+    stream = cp.cuda.Stream(non_blocking=True)
+    row0 = ref.survivors(cp.asnumpy(data.ksig[:1]), cp.asnumpy(qsig[:1]), np.array([t]), s.start, s.region)
+    out, first = [], None
+    for method in ("popc", "mma", "mmax", "frag"):
+        p = FusedLongSight(s, method=method)
+        args = (frag if method == "frag" else data.ksig, qsig, thresholds, q, data.keys, data.vals)
+        p.run(*args)
+        cp.cuda.Device().synchronize()
+        res = p.results()
+        got = [np.sort(res["idx"][r, : res["count"][r]]) for r in range(s.rows)]
+        first = first or got
+        same = all(np.array_equal(a, b) for a, b in zip(first, got, strict=True))
+        stages = p.stages(*args)
+        with stream:
+            stream.begin_capture()
+            for f in stages[:2]:
+                f()
+            graph = stream.end_capture()
+        us = back_to_back(cp, lambda i: graph.launch(stream), stream)
+        out.append(
+            {
+                "method": method,
+                "context": ctx,
+                "users": users,
+                "group": group,
+                "survival_target": survival,
+                "survivors": int(res["count"].sum()),
+                "overflowed": p.overflowed(),
+                "same_survivors_as_popc": same,
+                "row0_matches_reference": bool(np.array_equal(got[0], row0[0])),
+                "zero_select_b2b_us": us,
+            }
+        )
+        print(
+            f"select {method:5s} B={users} G={group} ctx={ctx:,} surv={survival:.0%}: {us:7.1f} us  same {same}"
+            f"  row0 {out[-1]['row0_matches_reference']}",
+            flush=True,
+        )
+        del p
+    return out
+
+
+def mma_rates(cp) -> dict:
+    """b1 MMAs per second per SM of each form (benchmarks/gpu/b1_mma_rates.cu), all SMs busy."""
+    mod = cp.RawModule(code=(Path(__file__).parent / "b1_mma_rates.cu").read_text())
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    blocks, threads, iters, chains = sms * 8, 128, 4096, 8
+    out = cp.empty(blocks * threads, dtype=cp.int32)
+    res = {}
+    for form in ("and_k128", "and_k256", "xor_k128"):
+        f = mod.get_function(f"b1_rate_{form}")
+        us = statistics.median(timer(cp, lambda i: f((blocks,), (threads,), (np.int32(iters), out)), 5))
+        mmas = blocks * (threads // 32) * iters * chains
+        res[form] = {"us": us, "mma_per_s_per_sm": mmas / (us * 1e-6) / sms}
+        print(f"b1 mma {form}: {res[form]['mma_per_s_per_sm'] / 1e9:.3f} G/s/SM", flush=True)
+    return res
 
 
 # ------------------------------------------------------------------------------------------------ layer
@@ -501,7 +599,13 @@ def main() -> None:
     ap.add_argument("--dry", action="store_true", help="shapes and floors only, no GPU")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--filter-sizes", default="1048576,4194304,16777216")
-    ap.add_argument("--filter-groups", default="1,2,4,8,16")
+    ap.add_argument("--filter-groups", default="1,2,4,8,16", help="G for today's filter kernels")
+    ap.add_argument("--frag-groups", default=",".join(map(str, range(1, 17))), help="G for the frag filter")
+    ap.add_argument("--filter-only", action="store_true", help="the filters alone (as --skip layers)")
+    ap.add_argument("--mma-rates", action="store_true", help="also time the b1 MMA forms alone")
+    ap.add_argument(
+        "--select-methods", action="store_true", help="also time ls_select with each filter method"
+    )
     ap.add_argument("--skip", default="", help="comma list of sections to skip: filters,layers")
     ap.add_argument(
         "--budget-s", type=float, default=420.0, help="stop starting new layer configs after this"
@@ -526,7 +630,9 @@ def main() -> None:
             tmp.write_text(json.dumps(result, indent=1))
             tmp.replace(out)
 
-    skip = set(args.skip.split(","))
+    skip = set(args.skip.split(",")) | ({"layers"} if args.filter_only else set())
+    if args.mma_rates:
+        result["b1_mma_rates"] = mma_rates(cp)
     if "filters" not in skip:
         try:
             result["filters"] = bench_filters(
@@ -535,9 +641,22 @@ def main() -> None:
                 [int(x) for x in args.filter_sizes.split(",")],
                 [int(x) for x in args.filter_groups.split(",")],
                 50,
+                [int(x) for x in args.frag_groups.split(",")],
             )
         except Exception as e:
             result["filters_error"] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        save()
+    if args.select_methods:
+        try:
+            result["select_methods"] = [
+                r
+                for ctx in (131072, 1048576)
+                for g in (4, 8)
+                for r in bench_select_methods(cp, torch, ctx, 1, 0.05, g)
+            ]
+        except Exception as e:
+            result["select_methods_error"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
         save()
     if "layers" not in skip:

@@ -206,11 +206,13 @@ def make_policy(
     threshold: int | None = None,
     thresholds_file: str | Path | None = None,
     itq: bool = True,
+    itq_file: str | Path | None = None,
     topk_per: str = "head",
     backend: str = "auto",
 ) -> tuple[PolicyConfig, dict]:
     """A PolicyConfig from user-level choices (k defaults to the published schedule for ``context``);
-    also returns a provenance dict (ITQ file, threshold source)."""
+    also returns a provenance dict (ITQ file, threshold source). ``itq_file``: rotations to use instead of
+    the model's cached (or freshly trained) ones."""
     from cemsim.attention.policies import published_k
     from cemsim.attention.thresholds import load_thresholds
     from cemsim.errors import CemsimError
@@ -235,7 +237,8 @@ def make_policy(
             thresholds = np.full((lm.num_layers, lm.num_kv_heads), t, dtype=np.int64)
             info["thresholds"] = f"uniform {t}"
         if itq:
-            rot, path, trained = load_or_train_itq(lm, text)
+            given = None if itq_file is None else Path(itq_file)
+            rot, path, trained = load_or_train_itq(lm, text, path=given)
             rotations = rot.rotations
             info["itq_file"] = str(path)
             info["itq_trained_now"] = trained

@@ -185,6 +185,7 @@ def tune_thresholds(
     ppl_budget: float,
     itq: bool,
     text_path: Path | None,
+    itq_file: Path | None = None,
     out: Path,
     device: str = "cpu",
     console: Console | None = None,
@@ -211,7 +212,15 @@ def tune_thresholds(
     with console.status("ITQ rotations, dense perplexity, filter-ratio tables (cached dense attention)"):
         t = time.perf_counter()
         base, info = make_policy(
-            lm, text, kind="longsight", context=tokens, window=window, sinks=sinks, k=kk, itq=itq
+            lm,
+            text,
+            kind="longsight",
+            context=tokens,
+            window=window,
+            sinks=sinks,
+            k=kk,
+            itq=itq,
+            itq_file=itq_file,
         )
         setup["itq"] = round(time.perf_counter() - t, 1)
         # One dense pass gives the dense NLL (unless cached), Q and K for the tables and the input of the

@@ -46,6 +46,9 @@ def eval_command(
     itq: bool = typer.Option(
         True, "--itq/--no-itq", help="Rotate q and k by per-head ITQ rotations before taking signs."
     ),
+    itq_file: Path | None = typer.Option(
+        None, "--itq-file", help="ITQ rotations (.npz) to use instead of the model's cached file."
+    ),
     topk_per: str = typer.Option(
         "head", "--topk-per", help="head (published) or group (one top-k per KV group)."
     ),
@@ -71,6 +74,10 @@ def eval_command(
     # Checked before the model loads (seconds), not after.
     if policy not in POLICIES:
         raise CemsimError(f"unknown policy {policy!r}; valid: {', '.join(POLICIES)}", where="--policy")
+    if itq_file is not None and not (itq and policy == "longsight"):
+        raise CemsimError("--itq-file applies to --policy longsight with --itq", where="--itq-file")
+    if itq_file is not None and not itq_file.is_file():
+        raise CemsimError("no such ITQ file", where=str(itq_file))
     if topk_per not in ("head", "group"):
         raise CemsimError(f"must be 'head' or 'group', got {topk_per!r}", where="--topk-per")
     if backend != "auto" and backend not in BACKENDS:
@@ -96,6 +103,7 @@ def eval_command(
             threshold=threshold,
             thresholds_file=thresholds,
             itq=itq,
+            itq_file=itq_file,
             topk_per=topk_per,
             backend=backend,
         )

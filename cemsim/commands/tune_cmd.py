@@ -31,6 +31,9 @@ def tune_command(
     ),
     max_evals: int = typer.Option(60, "--max-evals", help="Stop after this many perplexity evaluations."),
     itq: bool = typer.Option(True, "--itq/--no-itq", help="Tune for ITQ-rotated signs."),
+    itq_file: Path | None = typer.Option(
+        None, "--itq-file", help="ITQ rotations (.npz) to use instead of the model's cached file."
+    ),
     device: str = typer.Option(
         "cpu", "--device", help="cpu or cuda: where the model runs (fp32 either way)."
     ),
@@ -45,6 +48,10 @@ def tune_command(
     if ppl_budget <= 0:
         raise CemsimError(f"--ppl-budget must be positive, got {ppl_budget}", where="--ppl-budget")
     check_output_file(out, "--out")
+    if itq_file is not None and not itq:
+        raise CemsimError("--itq-file needs --itq", where="--itq-file")
+    if itq_file is not None and not itq_file.is_file():
+        raise CemsimError("no such ITQ file", where=str(itq_file))
     from cemsim.attention.tune import tune_thresholds  # torch: seconds to import, so after the checks
 
     tune_thresholds(
@@ -58,6 +65,7 @@ def tune_command(
         max_evals=max_evals,
         ppl_budget=ppl_budget,
         itq=itq,
+        itq_file=itq_file,
         text_path=text,
         out=out,
         device=device,

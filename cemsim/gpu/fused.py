@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cemsim.errors import CemsimError
+from cemsim.gpu.sign_layout import padded_keys
 from cemsim.kernels import KERNEL_DIR, _cupy
 
 SOURCE = KERNEL_DIR / "longsight_fused.cu"
@@ -30,7 +31,7 @@ MAX_GROUP_ATTN = 8  # LS_MAX_GA: query heads per KV head in registers
 MAX_GROUP_FILTER = 16
 TOPK_SMEM_KEYS = 47104  # scores ls_topk caches in dynamic shared memory (184 KiB, with 33 KiB static)
 TOPK_CTAS = 4  # blocks of ls_topk_cluster per (row, query head)
-Method = Literal["popc", "mma", "mmax"]
+Method = Literal["popc", "mma", "mmax", "frag"]
 
 
 @dataclass(frozen=True)
@@ -114,16 +115,20 @@ def _module():
     cp = _cupy()
     if cp is None:
         raise CemsimError("the fused GPU pipeline needs CuPy and a CUDA device")
-    return cp.RawModule(code=SOURCE.read_text(), options=("-std=c++17",))
+    return cp.RawModule(code=SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}"))
 
 
 def choose_method(group: int) -> Method:
-    """popc up to 4 queries per group (POPC issue rate is not yet the bound), the b1 XOR MMA from 8."""
-    return "popc" if group <= 4 else "mmax"
+    """popc up to 4 query heads per KV head (POPC issue rate is not yet the bound; the frag method measured the
+    same there), the frag b1-MMA filter above: ls_select at 1M keys and G = 8 took 182.5 us against popc's
+    189.8 and the XOR MMA's 193.9 (benchmarks/gpu/results/h200-filter-run3-2026-12-02.json). The frag method
+    reads frag-layout signs: see FusedLongSight."""
+    return "popc" if group <= 4 else "frag"
 
 
 class FusedLongSight:
-    """Buffers and launches for one :class:`Shape`. Inputs are CuPy arrays: ``ksig [BH, ctx, W]`` uint64,
+    """Buffers and launches for one :class:`Shape`. Inputs are CuPy arrays: ``ksig [BH, ctx, W]`` uint64
+    (method ``frag``: in frag layout, ``[BH, ceil(ctx / 32) * 32, W]``, cemsim.gpu.sign_layout.to_frag),
     ``qsig [BH, G, W]`` uint64, ``thresholds [BH]`` int32, ``q [BH, G, D]`` float32 (scaled), ``keys`` and
     ``vals [BH, ctx, D]`` uint16 (bf16 bits)."""
 
@@ -166,8 +171,10 @@ class FusedLongSight:
 
     def check_inputs(self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any) -> None:
         s, cp = self.shape, self.cp
+        # the frag method reads signs in frag layout, rows padded to whole 32-key blocks
+        ctx_signs = padded_keys(s.ctx) if self.method == "frag" else s.ctx
         want = {
-            "ksig": (ksig, (s.rows, s.ctx, s.words), cp.uint64),
+            "ksig": (ksig, (s.rows, ctx_signs, s.words), cp.uint64),
             "qsig": (qsig, (s.rows, s.group, s.words), cp.uint64),
             "thresholds": (thresholds, (s.rows,), cp.int32),
             "q": (q, (s.rows, s.group, s.head_dim), cp.float32),
@@ -184,7 +191,9 @@ class FusedLongSight:
         """The pipeline as a list of zero-argument callables, one per launch, on the current stream."""
         s, cp = self.shape, self.cp
         i32, i64 = np.int32, np.int64
-        grid_sel = (-(-s.region // BLOCK_KEYS), s.rows)
+        # frag: keys counted from the 32-key block holding the region's start
+        lead = s.start % 32 if self.method == "frag" else 0
+        grid_sel = (-(-(lead + s.region) // BLOCK_KEYS), s.rows)
 
         def zero() -> None:
             cp.cuda.runtime.memsetAsync(
@@ -262,3 +271,44 @@ def bitmap_filter(method: Method, words: int) -> Any:
     """The standalone filter kernel ``scf_bitmap_{method}_w{words}``: (q [G, W], k [N, W], N, G, D, T,
     bitmap [ceil(N / 32)] uint32)."""
     return _module().get_function(f"scf_bitmap_{method}_w{words}")
+
+
+FRAG_SOURCE = KERNEL_DIR / "scf_frag.cu"
+FRAG_THREADS = 256
+FRAG_BLOCKS_PER_WARP = {1: 16, 2: 8}  # U in scf_frag.cu by W: 32-key blocks each warp loads up front
+
+
+@functools.cache
+def _frag_module():
+    cp = _cupy()
+    if cp is None:
+        raise CemsimError("the frag SCF filter needs CuPy and a CUDA device")
+    return cp.RawModule(code=FRAG_SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}"))
+
+
+class FragFilterKernel:
+    """The b1-MMA SCF filter alone on frag-layout signs (cemsim.gpu.sign_layout) for up to 8 or 16 query
+    heads: ``kernel(q [G, W], k_frag [ceil(N / 32) * 32, W], n, g, threshold, bitmap [ceil(N / 32)] uint32)``
+    on the current stream."""
+
+    def __init__(self, words: int, group: int) -> None:
+        if not 1 <= group <= MAX_GROUP_FILTER or words not in FRAG_BLOCKS_PER_WARP:
+            raise CemsimError(
+                f"the frag filter takes G = 1..{MAX_GROUP_FILTER} and W = 1 or 2, got {group}, {words}"
+            )
+        self.blocks_per_warp = FRAG_BLOCKS_PER_WARP[words]
+        self.name = f"scf_frag_w{words}_g{8 if group <= 8 else 16}"
+        self.function = _frag_module().get_function(self.name)
+
+    def grid(self, n: int) -> int:
+        """Blocks of FRAG_THREADS threads: one warp per ``blocks_per_warp`` 32-key blocks."""
+        blocks = -(-n // 32)
+        warps = -(-blocks // self.blocks_per_warp)
+        return -(-warps // (FRAG_THREADS // 32))
+
+    def __call__(self, q: Any, k: Any, n: int, group: int, threshold: int, bitmap: Any) -> None:
+        self.function(
+            (self.grid(n),),
+            (FRAG_THREADS,),
+            (q, k, np.int64(n), np.int32(group), np.int32(threshold), bitmap),
+        )

@@ -93,7 +93,14 @@ def run_ray(
     # whose nodes share this file system; other clusters need the package installed on every node).
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, ignore_reinit_error=True)
+        try:
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, ignore_reinit_error=True)
+        except ConnectionError as exc:
+            raise CemsimError(
+                f"could not connect to a Ray cluster at {address} ({exc}); start one there with "
+                "`ray start --head`, or leave --address out to run Ray on this machine",
+                where="--address",
+            ) from None
     else:
         ray.init(
             num_cpus=workers or default_workers(),

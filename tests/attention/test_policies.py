@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +174,18 @@ def test_auto_backend_follows_the_model_device(monkeypatch):
         itq=False,
     )
     assert cfg.backend == "cupy"
+
+
+def test_a_given_itq_file_is_used_as_is():
+    """`--itq-file` (eval, tune): the given rotations, neither the cached ones nor a fresh training."""
+    from types import SimpleNamespace
+
+    from cemsim.attention.itq import ItqRotations
+    from cemsim.attention.runner import make_policy
+
+    path = Path(__file__).parents[2] / "traces" / "itq" / "gemma3-270m-h200.npz"
+    lm = SimpleNamespace(num_layers=18, num_kv_heads=1, head_dim=256, device="cpu")
+    cfg, info = make_policy(lm, None, kind="longsight", context=4096, threshold=130, itq=True, itq_file=path)
+    want = ItqRotations.load(path, layers=18, kv_heads=1, head_dim=256).rotations
+    assert info["itq_file"] == str(path) and info["itq_trained_now"] is False
+    np.testing.assert_array_equal(cfg.rotations, want)

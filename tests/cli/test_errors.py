@@ -188,6 +188,14 @@ def test_a_good_set_reaches_the_config_and_its_provenance() -> None:
         (["run", DREX, "--trace", "{trace}", "--out", "{file}"], "--out: {file} exists and is not a folder"),
         (["run", DREX, "--trace", "{trace}", "--out", "{file}/sub"], "{file} is a file, not a folder"),
         (["tune", "--out", "{tmp}"], "--out: {tmp} is a folder"),
+        (
+            ["tune", "--itq-file", "{tmp}/none.npz", "--out", "{tmp}/t.json"],
+            "{tmp}/none.npz: no such ITQ file",
+        ),
+        (
+            ["tune", "--no-itq", "--itq-file", "{file}", "--out", "{tmp}/t.json"],
+            "--itq-file: --itq-file needs",
+        ),
         (["capture", "--tokens", "1K", "--decode-steps", "1", "--out", "{tmp}"], "--out: {tmp} is a folder"),
         (["sweep", "analysis/context_scaling.yaml", "--out", "{file}"], "exists and is not a folder"),
         (["plot", "{tmp}", "--out", "{file}"], "exists and is not a folder"),
@@ -243,6 +251,9 @@ def test_demo_reads_the_subcommands_from_the_running_cli() -> None:
         (["--policy", "bogus"], "--policy: unknown policy 'bogus'"),
         (["--topk-per", "layer"], "--topk-per: must be 'head' or 'group'"),
         (["--backend", "gpu"], "--backend: unknown kernel backend 'gpu'"),
+        (["--itq-file", "no/such/rotations.npz"], "no/such/rotations.npz: no such ITQ file"),
+        (["--no-itq", "--itq-file", "r.npz"], "--itq-file: --itq-file applies to --policy longsight"),
+        (["--policy", "window", "--itq-file", "r.npz"], "--itq-file: --itq-file applies to --policy"),
     ],
 )
 def test_eval_rejects_bad_choices_before_loading_the_model(capsys, monkeypatch, args, message) -> None:

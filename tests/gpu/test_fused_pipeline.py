@@ -14,6 +14,7 @@ from cemsim import kernels
 from cemsim.errors import CemsimError
 from cemsim.gpu import reference as ref
 from cemsim.gpu.fused import Shape
+from cemsim.gpu.sign_layout import to_frag
 
 needs_gpu = pytest.mark.skipif(not kernels.cupy_available(), reason="no CUDA device / CuPy")
 
@@ -39,7 +40,10 @@ def run_gpu(
 
     p = FusedLongSight(s, method=method)  # type: ignore[arg-type]
     p.topk_mode, p.topk_ctas = topk_mode, topk_ctas
-    p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
+    dev = {n: cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")}
+    if method == "frag":
+        dev["ksig"] = to_frag(dev["ksig"])
+    p.run(*(dev[n] for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
     cp.cuda.Device().synchronize()
     return p.results()
 
@@ -67,7 +71,7 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int) 
     rng = np.random.default_rng(seed)
     x = make_inputs(rng, s, survival)
     # every filter method, both histogram modes of ls_topk and ls_topk_cluster
-    for method, topk_mode, topk_ctas in (("popc", 1, 4), ("mma", 0, 1), ("mmax", 1, 1)):
+    for method, topk_mode, topk_ctas in (("popc", 1, 4), ("mma", 0, 1), ("mmax", 1, 1), ("frag", 1, 1)):
         ref.check_pipeline(s, x, run_gpu(s, x, method, topk_mode, topk_ctas))
 
 
@@ -148,6 +152,38 @@ def test_bitmap_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac:
             grid, (256,), (qd, kd, np.int64(n), np.int32(g), np.int32(d), np.int32(t), out)
         )
         np.testing.assert_array_equal(out.get(), want, err_msg=f"{method} D={d} G={g} N={n} T={t}")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    d=st.sampled_from([64, 128]),
+    g=st.integers(1, 16),
+    n=st.integers(1, 20000),
+    t_frac=st.floats(-0.05, 1.05),
+)
+def test_frag_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac: float) -> None:
+    """The frag-layout b1-MMA filter (both query-block counts, both D) gives the reference's bitmap, thresholds
+    past both ends included."""
+    import cupy as cp
+
+    from cemsim.gpu.fused import FragFilterKernel
+
+    rng = np.random.default_rng(seed)
+    w = d // 64
+    k = rng.integers(0, 2**64, size=(n, w), dtype=np.uint64)
+    q = rng.integers(0, 2**64, size=(g, w), dtype=np.uint64)
+    if n > 3:
+        k[:3] = q[0]  # exact copies: matches = D
+        k[3] = ~q[-1]  # complement: matches = 0
+    t = round(t_frac * (d + 1))  # -3 .. D + 2: every key and no key survive at the ends
+    want = ref.bitmap(k, q, t)
+    kd, qd = cp.asarray(to_frag(k)), cp.asarray(q)
+    out = cp.full(len(want), 0xDEADBEEF, dtype=cp.uint32)  # poison
+    FragFilterKernel(w, g)(qd, kd, n, g, t, out)
+    np.testing.assert_array_equal(out.get(), want, err_msg=f"frag D={d} G={g} N={n} T={t}")
 
 
 # --------------------------------------------------------------------------- the reference itself (CPU)

@@ -40,7 +40,16 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         "ls_attn_d128_g8",
         "ls_select_mmax_w2",
         "scf_bitmap_mma_w2",
+        "ls_select_frag_w1",
+        "ls_select_frag_w2",
     ):
         assert f".entry {entry}" in ptx
     for op in ("and", "xor"):  # the tensor-core paths are real
         assert f"mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.{op}.popc" in ptx
+    frag = (tmp_path / "scf_frag.ptx").read_text()
+    for w in (1, 2):
+        for g in (8, 16):
+            assert f".entry scf_frag_w{w}_g{g}" in frag
+    # the frag filter is on the tensor core, in the AND form only (sm_90 emulates .xor.popc)
+    assert "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.and.popc" in frag
+    assert ".xor.popc" not in frag

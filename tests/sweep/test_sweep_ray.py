@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +63,7 @@ def test_ray_existing_cluster_by_address(
     assert started.returncode == 0, started.stderr
     try:
         address = f"127.0.0.1:{port}"
+        _wait_until_ready(ray_cli, address, env)
         local = run_sweep(small_spec, tmp_path / "local", engine="local", workers=2, progress=False)
         remote = run_sweep(small_spec, tmp_path / "cluster", engine="ray", address=address, progress=False)
         assert remote.evaluated == 12
@@ -77,6 +80,45 @@ def test_ray_existing_cluster_by_address(
     finally:
         subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _wait_until_ready(ray_cli: Path, address: str, env: dict[str, str], seconds: float = 90.0) -> None:
+    """`ray start` can return before the head accepts drivers on a loaded machine (a driver joining then
+    failed to connect once in CI's test run): poll `ray status` as a user would, up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status = subprocess.run(
+            [str(ray_cli), "status", f"--address={address}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        if status.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"the Ray head at {address} never answered: {status.stderr}"
+        time.sleep(2.0)
+
+
+def test_a_cluster_that_refuses_is_one_clear_error(
+    small_spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ray.init's ConnectionError (raised after Ray's own retries, minutes on an address nobody serves)
+    becomes one paragraph naming --address; nothing is written."""
+    import ray
+
+    from cemsim.errors import CemsimError
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("could not reach the GCS")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(
+        CemsimError, match=re.escape("could not connect to a Ray cluster at 10.0.0.9:6379")
+    ) as info:
+        run_sweep(small_spec, tmp_path / "cluster", engine="ray", address="10.0.0.9:6379", progress=False)
+    assert info.value.where == "--address"
+    assert not list((tmp_path / "cluster").glob("*.parquet"))
 
 
 def _free_port() -> int:
