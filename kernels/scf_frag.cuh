@@ -27,8 +27,6 @@ typedef unsigned long long u64;
 typedef unsigned int u32;
 #endif
 
-#define FRAG_MAX_NB 2  // query blocks of 8: G <= 16
-
 #if !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
 // No b1 tensor cores before sm_80: the same product one element at a time through shuffles (fragment words as
 // in the PTX ISA: a0 row g, a1 row g + 8, bits 32t..32t+31; b0 bits 32t.. of column g).

@@ -63,8 +63,6 @@ from cemsim.dram.kernel_state import (
     S_DRAIN,
     S_FIN,
     S_HN,
-    S_MOVT,
-    S_MOVW,
     S_NA2,
     S_NBUSY,
     S_NDIRTY,
@@ -79,10 +77,12 @@ from cemsim.dram.kernel_state import (
     _earliest,
     _heap_pop,
     _heap_push,
+    _hi,
     _issue_bank,
     _remove_at,
 )
 from cemsim.dram.schedule import (
+    _ctz,
     rebuild_per_bank,
     rebuild_shared,
     refpb_banks,
@@ -119,9 +119,9 @@ def _row_state(ract, counts, r, t, opening):
 @numba.njit(cache=True, inline="always")
 def _issue(dev, tabs, nrank, b, cmd, t, limited):
     """Issue cmd on bank b at t: raise the ready ticks of its nodes (and the other ranks' on a data access)."""
-    nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt = dev
+    nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan = dev
     cl_n, cl_nx, cl_l, sib = tabs
-    _issue_bank(ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
+    _issue_bank(ready, rspan, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
                 limited)  # fmt: skip
 
 
@@ -131,7 +131,7 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
     row, kind, hold, key = req[1], req[2], req[3], req[5]
     done, counts = out[2], out[4]
     nodes, ready = dev[0], dev[2]
-    S, BS, bq, bqn, stage = ctl[0], ctl[1], ctl[2], ctl[3], ctl[4]
+    S, BS, bq, bqn, stage, mv = ctl[0], ctl[1], ctl[2], ctl[3], ctl[4], ctl[7]
     key_left, key_done, heap = cli[2], cli[3], cli[4]
     kd = kind[i]
     if kd == K_READ:
@@ -161,9 +161,8 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
     for j in range(pos, bqn[b] - 1):
         bq[b, j] = bq[b, j + 1]
     if per_bank:
-        _track(b, S, BS, bqn, P[P_BANKQ], -1)
         bqn[b] -= 1
-        _track(b, S, BS, bqn, P[P_BANKQ], 1)
+        _track(b, BS, bqn, P[P_BANKQ], mv)
         if bqn[b] == 0:
             S[S_NBUSY] -= 1
     else:
@@ -194,7 +193,7 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
             # closed page: auto-precharge as soon as it is legal (no command-bus slot)
             tp = _earliest(ready, nodes, b, PRE, dev[3], dev[4], dev[5], P[P_NFAW], True)
             _issue(dev, tabs, P[P_NRANK], b, PRE, tp, True)
-            _row_state(ctl[16], counts, np.int64(nodes[b, 2]) - 1 - P[P_NPC], tp, False)
+            _row_state(ctl[15], counts, np.int64(nodes[b, 2]) - 1 - P[P_NPC], tp, False)
             BS[b, B_OPEN] = -1
             BS[b, B_HITS] = 0
             counts[PRE] += 1
@@ -202,21 +201,40 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
 
 
 @numba.njit(cache=True, inline="always")
-def _track(b, S, BS, bqn, bankq, sign):
-    """Per-bank profile: count bank b in (sign 1) or out of (sign -1) the banks a waiting read or write could
-    move to; called around every change of its waiting counts or queue length."""
-    if bqn[b] < bankq:
-        if BS[b, B_TQ] > 0:
-            S[S_MOVT] += sign
-        if BS[b, B_WQ] > 0:
-            S[S_MOVW] += sign
+def _track(b, BS, bqn, bankq, mv):
+    """Per-bank profile: bank b's bits in the masks of banks a waiting read (``mv[:nw]``) or write
+    (``mv[nw:]``) could move to (waiting transactions and room in the bank queue); called after every change
+    of its waiting counts or queue length."""
+    nw = mv.shape[0] // 2
+    w = b >> 6
+    bit = np.int64(1) << (b & 63)
+    room = bqn[b] < bankq
+    if room and BS[b, B_TQ] > 0:
+        mv[w] |= bit
+    else:
+        mv[w] &= ~bit
+    if room and BS[b, B_WQ] > 0:
+        mv[nw + w] |= bit
+    else:
+        mv[nw + w] &= ~bit
 
 
 @numba.njit(cache=True, inline="always")
-def _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack, stream_end):
+def _any_set(mv, base, nw):
+    acc = np.int64(0)
+    for w in range(base, base + nw):
+        acc |= mv[w]
+    return acc != 0
+
+
+@numba.njit(cache=True, inline="always")
+def _move_one(S, BS, fq, fh, mv, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack, stream_end):
     """Per-bank profile, end of tick: move the first waiting transaction whose bank queue has room (writes
-    while draining); ``tqb``/``wqb`` hold the waiting transactions' banks. Returns whether another could
-    move next tick (so the loop visits it). The S_MOVT/S_MOVW counts spare the scan when none can move.
+    while draining). Returns whether another could move next tick (so the loop visits it).
+
+    The waiting transactions are kept per bank (``fq`` rows: reads of bank b at row b, writes at nb + b,
+    rings with heads ``fh``). They were accepted in request order, so the first in queue order whose bank has
+    room is the smallest request index at the head of a bank in the movable mask (``mv``, see _track).
 
     DRAMsim3 drains its write buffer when it is full, or above 8 writes with every command queue empty, so a
     stream ending with 1-8 writes and nothing else would wait forever; once the whole stream is accepted
@@ -228,33 +246,39 @@ def _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty
     ):
         S[S_DRAIN] = S[S_WQN]
     use_w = S[S_DRAIN] > 0
-    if S[S_MOVW if use_w else S_MOVT] == 0:
+    nw = mv.shape[0] // 2
+    base = nw if use_w else 0
+    roff = nb if use_w else 0
+    ringm = fq.shape[1] - 1
+    i = INF
+    b = -1
+    for w in range(nw):
+        m = mv[base + w]
+        while m != 0:
+            bb = (w << 6) + _ctz(m)
+            m &= m - 1
+            head = fq[roff + bb, fh[roff + bb]]
+            if head < i:
+                i = head
+                b = bb
+    if b < 0:
         return False
-    q = wq if use_w else tq
-    qb = wqb if use_w else tqb
-    j = 0
-    while bqn[qb[j]] >= bankq:
-        j += 1
-    i = q[j]
-    b = qb[j]
-    _track(b, S, BS, bqn, bankq, -1)
     if bqn[b] == 0:
         S[S_NBUSY] += 1
     bq[b, bqn[b]] = i
     bqn[b] += 1
     _mark(b, bdirty, dstack, S)
     stage[i] = 1
+    fh[roff + b] = (fh[roff + b] + 1) & ringm
     if use_w:
         BS[b, B_WQ] -= 1
-        _remove_at(wqb, S[S_WQN], j)
-        S[S_WQN] = _remove_at(wq, S[S_WQN], j)
+        S[S_WQN] -= 1
         S[S_DRAIN] -= 1
     else:
         BS[b, B_TQ] -= 1
-        _remove_at(tqb, S[S_TQN], j)
-        S[S_TQN] = _remove_at(tq, S[S_TQN], j)
-    _track(b, S, BS, bqn, bankq, 1)
-    return S[S_MOVW if S[S_DRAIN] > 0 else S_MOVT] > 0
+        S[S_TQN] -= 1
+    _track(b, BS, bqn, bankq, mv)
+    return _any_set(mv, nw if S[S_DRAIN] > 0 else 0, nw)
 
 
 @numba.njit(cache=True, _nrt=False)
@@ -267,8 +291,8 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
     cl_n, cl_nx, cl_l = tabs[0], tabs[1], tabs[2]
     bank, row, kind, arrival, key = req[0], req[1], req[2], req[4], req[5]
     acc, first, cls, counts, elig = out[0], out[1], out[3], out[4], out[5]
-    nodes, ready, faw, faw_head, faw_cnt = dev[0], dev[2], dev[3], dev[4], dev[5]
-    S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack, ract = ctl
+    nodes, ready, faw, faw_head, faw_cnt, rspan = dev[0], dev[2], dev[3], dev[4], dev[5], dev[6]
+    S, BS, bq, bqn, stage, fq, fh, mv, refq, sel, slots, nslot, bmin, bdirty, dstack, ract = ctl
     pend, key_first, key_left, key_done, heap = cli
     n = bank.shape[0]
     npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
@@ -358,18 +382,16 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                     nxt += 1
                 if per_bank:
                     b = bank[cand]
-                    _track(b, S, BS, bqn, bankq, -1)
+                    ringm = fq.shape[1] - 1
                     if kd == K_WRITE:
+                        fq[nb + b, (fh[nb + b] + BS[b, B_WQ]) & ringm] = cand
                         BS[b, B_WQ] += 1
-                        wq[S[S_WQN]] = cand
-                        wqb[S[S_WQN]] = b
                         S[S_WQN] += 1
                     else:
+                        fq[b, (fh[b] + BS[b, B_TQ]) & ringm] = cand
                         BS[b, B_TQ] += 1
-                        tq[S[S_TQN]] = cand
-                        tqb[S[S_TQN]] = b
                         S[S_TQN] += 1
-                    _track(b, S, BS, bqn, bankq, 1)
+                    _track(b, BS, bqn, bankq, mv)
                 else:
                     b = bank[cand]
                     bq[b, bqn[b]] = cand
@@ -445,10 +467,10 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 _mark(b, bdirty, dstack, S)
             if cmd in (REF, PREA):
                 u = sel[3]  # refresh unit
-                _apply(ready, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False)
+                _apply(ready, rspan, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False)
                 for rr in range(u * rgroup, (u + 1) * rgroup):
-                    _apply(ready, pc0 + rr // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
-                    _apply(ready, rk0 + rr, 2, cmd, t, cl_n, cl_nx, cl_l, False)
+                    _apply(ready, rspan, pc0 + rr // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
+                    _apply(ready, rspan, rk0 + rr, 2, cmd, t, cl_n, cl_nx, cl_l, False)
                 for bb in range(rgroup * bpr):
                     b = u * rgroup * bpr + bb
                     _mark(b, bdirty, dstack, S)
@@ -511,7 +533,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
         # ---- per-bank profile: one transaction into its bank queue at the end of the tick
         more_moves = False
         if per_bank:
-            more_moves = _move_one(S, BS, tq, tqb, wq, wqb, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack,
+            more_moves = _move_one(S, BS, fq, fh, mv, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack,
                                    naccepted == n)  # fmt: skip
 
         # ---- next tick where something can happen
@@ -524,13 +546,13 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
             nt = ref_next
         if depth > 0:
             if ph < pt and not offer_wait:
-                v = max(elig[pend[ph]], last_acc + 1, t + 1)
+                v = _hi(_hi(elig[pend[ph]], last_acc + 1), t + 1)
                 if v < nt:
                     nt = v
             if S[S_HN] > 0 and heap[0] < nt and next_key < nkeys:
-                nt = max(heap[0], t + 1)
+                nt = _hi(heap[0], t + 1)
         elif nxt < n and not offer_wait:
-            v = max(arrival[nxt], last_acc + 1, t + 1)
+            v = _hi(_hi(arrival[nxt], last_acc + 1), t + 1)
             if v < nt:
                 nt = v
         if nt >= INF:
@@ -573,6 +595,10 @@ def _simulate_channel(
         for k in range(nrank):
             rank_nodes_of_pc[p, k] = rk0 + p * nrank + k
     ready = np.zeros((nnodes, NCOL), dtype=np.int64)
+    rspan = np.zeros((nnodes, 2), dtype=np.int64)  # rank rows below the channel and each pseudo-channel
+    rspan[0, 0], rspan[0, 1] = rk0, rk0 + nrk
+    for p in range(npc):
+        rspan[pc0 + p, 0], rspan[pc0 + p, 1] = rk0 + p * nrank, rk0 + (p + 1) * nrank
     faw = np.zeros((nnodes, 4), dtype=np.int64)
     faw_head = np.zeros(nnodes, dtype=np.int64)
     faw_cnt = np.zeros(nnodes, dtype=np.int64)
@@ -589,10 +615,13 @@ def _simulate_channel(
     bq = np.empty((nb, width), dtype=np.int64)
     bqn = np.zeros(nb, dtype=np.int64)
     stage = np.zeros(n, dtype=np.int64)
-    tq = np.empty(qsize + 1, dtype=np.int64)
-    tqb = np.empty(qsize + 1, dtype=np.int64)
-    wq = np.empty(wqsize + 1, dtype=np.int64)
-    wqb = np.empty(wqsize + 1, dtype=np.int64)
+    # per-bank profile: waiting transactions per bank (reads, then writes), rings of a power-of-two size
+    ring = 1
+    while ring < max(qsize, wqsize) + 1:
+        ring *= 2
+    fq = np.empty((2 * nb, ring), dtype=np.int64)
+    fh = np.zeros(2 * nb, dtype=np.int64)
+    mv = np.zeros(2 * ((nb + 63) // 64), dtype=np.int64)  # movable-bank masks (see _track)
     refq = np.empty(4 * nb + 16, dtype=np.int64)
     sel = np.empty(4, dtype=np.int64)
     slots = np.zeros((nb, NSLOT, NFIELD), dtype=np.int64)
@@ -617,9 +646,9 @@ def _simulate_channel(
     tabs = (cl_n, cl_nx, cl_l, sib)
     req = (bank, row, kind, hold, arrival, key)
     out = (acc, first, done, cls, counts, elig)
-    dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt)
+    dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan)
     ract = np.zeros((nrk, 2), dtype=np.int64)  # per rank: open banks, tick the first of them opened
-    ctl = (S, BS, bq, bqn, stage, tq, tqb, wq, wqb, refq, sel, slots, nslot, bmin, bdirty, dstack, ract)
+    ctl = (S, BS, bq, bqn, stage, fq, fh, mv, refq, sel, slots, nslot, bmin, bdirty, dstack, ract)
     cli = (pend, key_first, key_left, key_done, heap)
     if P[P_QUEUE] == 1:
         _run(P, nkeys, tabs, req, out, dev, ctl, cli, (1,))

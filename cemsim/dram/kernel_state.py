@@ -9,7 +9,10 @@ every cycle, at O(banks + queue) per event.
 
 State per channel: ``ready[node, cmd]`` = earliest tick ``cmd`` may issue at that node of the device tree
 (channel, pseudo-channel, rank, bank group, bank); issuing writes ``tick + lat`` into the nodes above the
-bank (see timing.py). A 4-entry ring per rank enforces tFAW.
+bank (see timing.py). A rank's row also holds what was written to the channel and pseudo-channel above it
+(ticks only grow, so pushing those writes down keeps it exact): a bank's command is legal at the maximum of
+three rows (bank, group, rank), and the scheduler re-checks cached ticks after nearly every command. A
+4-entry ring per rank enforces tFAW.
 """
 
 from __future__ import annotations
@@ -69,12 +72,10 @@ NPARAM = 23
     S_HN,  # closed-loop release heap size
     S_NA2,  # ACT-2s owed
     S_NDIRTY,  # banks whose candidates need rebuilding (listed in the dirty stack)
-    S_MOVT,  # per-bank profile: banks with a waiting read transaction and room in their queue
-    S_MOVW,  # per-bank profile: banks with a waiting write and room
     S_NBUSY,  # per-bank profile: banks whose queue is not empty
     S_NEXT,  # scratch: the selectors' earliest next tick
-) = range(18)
-NSTATE = 18
+) = range(16)
+NSTATE = 16
 # Bank state BS[bank, ...]: open row (-1 closed), accesses since its ACT, ACT-2 deadline and owner (-1 none),
 # requests past their own ACT (shared profile's active buffer), transactions waiting for its queue (per-bank
 # profile: reads, writes).
@@ -102,14 +103,28 @@ K_READ, K_WRITE, K_OP = 0, 1, 2
 
 
 @numba.njit(cache=True, inline="always")
+def _lo(a, b):
+    """min(a, b) for ints, inline: Numba compiles the builtin min/max as out-of-line calls that pass their
+    arguments through the stack, which in the event loop forces spills around every call."""
+    return a if a <= b else b
+
+
+@numba.njit(cache=True, inline="always")
+def _hi(a, b):
+    """max(a, b) for ints, inline (see _lo)."""
+    return a if a >= b else b
+
+
+@numba.njit(cache=True, inline="always")
 def _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, limited):
-    e = ready[nodes[b, 0], cmd]
-    for lv in range(1, 5):
+    # rank rows include the channel's and pseudo-channel's ticks (module docs)
+    e = ready[nodes[b, 4], cmd]
+    for lv in (2, 3):
         v = ready[nodes[b, lv], cmd]
         if v > e:
             e = v
     if cmd == ACT and limited:
-        for lv in range(0, 4):
+        for lv in (2, 3):
             v = ready[nodes[b, lv], ACTL]
             if v > e:
                 e = v
@@ -132,7 +147,9 @@ def _earliest_rank(ready, rank_node, pc_node, cmd):
 
 
 @numba.njit(cache=True, inline="always")
-def _apply(ready, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
+def _apply(ready, rspan, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
+    """Constraints of cmd issued at node (level lv): raise the ready ticks, and for a channel or
+    pseudo-channel node those of the rank rows below it too (``rspan[node]``, empty below the rank level)."""
     for k in range(cl_n[lv, cmd]):
         nx = cl_nx[lv, cmd, k]
         if skip_actl and nx == ACTL:
@@ -140,14 +157,32 @@ def _apply(ready, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
         v = t + cl_l[lv, cmd, k]
         if v > ready[node, nx]:
             ready[node, nx] = v
+        for r in range(rspan[node, 0], rspan[node, 1]):
+            if v > ready[r, nx]:
+                ready[r, nx] = v
 
 
 @numba.njit(cache=True, inline="always")
 def _issue_bank(
-    ready, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt, limited
+    ready,
+    rspan,
+    nodes,
+    b,
+    cmd,
+    t,
+    cl_n,
+    cl_nx,
+    cl_l,
+    sib,
+    rank_nodes_of_pc,
+    nrank,
+    faw,
+    faw_head,
+    faw_cnt,
+    limited,
 ):
     for lv in range(5):
-        _apply(ready, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited)
+        _apply(ready, rspan, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited)
     if cmd in (RD, WR):
         pcn = np.int64(nodes[b, 1]) - 1
         me = np.int64(nodes[b, 2])

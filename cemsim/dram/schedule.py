@@ -39,6 +39,8 @@ from cemsim.dram.kernel_state import (
     S_WMODE,
     _earliest,
     _earliest_rank,
+    _hi,
+    _lo,
 )
 from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, REFPB, WR
 
@@ -162,7 +164,7 @@ def _unit_ready(ready, u, rgroup, rk0, pc0, nrank, cmd):
     """When a rank-level command (PREA, REF) may issue to every rank of refresh unit u."""
     e = 0
     for r in range(u * rgroup, (u + 1) * rgroup):
-        e = max(e, _earliest_rank(ready, rk0 + r, pc0 + r // nrank, cmd))
+        e = _hi(e, _earliest_rank(ready, rk0 + r, pc0 + r // nrank, cmd))
     return e
 
 
@@ -193,9 +195,9 @@ def select_refpb(t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw
                 sel[1] = PRE
                 sel[2] = b
                 return next_e, b1, b2
-            next_e = min(next_e, e)
+            next_e = _lo(next_e, e)
     if closed:
-        e = max(
+        e = _hi(
             _earliest(ready, nodes, b1, REFPB, faw, faw_head, faw_cnt, nfaw, True),
             _earliest(ready, nodes, b2, REFPB, faw, faw_head, faw_cnt, nfaw, True),
         )
@@ -203,7 +205,7 @@ def select_refpb(t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw
             sel[1] = REFPB
             sel[3] = refq[0]
             return next_e, b1, b2
-        next_e = min(next_e, e)
+        next_e = _lo(next_e, e)
     return next_e, b1, b2
 
 
@@ -220,9 +222,10 @@ for _i in range(64):
 
 @numba.njit(cache=True, inline="always")
 def _ctz(x):
-    """Index of the lowest set bit of a non-zero int64 (de Bruijn multiply)."""
+    """Index of the lowest set bit of a non-zero int64 (de Bruijn multiply). The ``& 63`` tells LLVM the result
+    is not negative, so bank tables indexed by it skip Numba's negative-index wraparound."""
     low = np.uint64(x & -x)
-    return _CTZ[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+    return _CTZ[np.int64((low * _DEBRUIJN) >> np.uint64(58))] & 63
 
 
 @numba.njit(cache=True, inline="always")
@@ -236,11 +239,11 @@ def _bank_pick(
     for k in range(nslot[b]):
         e = slots[b, k, F_E]
         if slots[b, k, F_CMD] == ACT and (b in (blk1, blk2)):
-            m = min(m, e)
+            m = _lo(m, e)
             continue
         if e <= t:
             e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
-        m = min(m, e)
+        m = _lo(m, e)
         if e <= t:
             if best < 0 or slots[b, k, F_KEY] < slots[b, best, F_KEY]:
                 best = k
@@ -292,14 +295,14 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
                         sel[1] = PRE
                         sel[2] = b
                         return next_e
-                    next_e = min(next_e, e)
+                    next_e = _lo(next_e, e)
             if all_closed:
                 e = _unit_ready(ready, u, rgroup, rk0, pc0, nrank, REF)
                 if e <= t:
                     sel[1] = REF
                     sel[3] = u
                     return next_e
-                next_e = min(next_e, e)
+                next_e = _lo(next_e, e)
     # banks of the refresh unit being served are skipped
     skip_lo = skip_rank * rgroup * bpr if skip_rank >= 0 else nb
     skip_hi = skip_lo + rgroup * bpr
@@ -307,13 +310,12 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
         # the banks that may have a legal candidate (cached tick <= t, or ACTs held by refresh), as bits,
         # visited in round-robin order from the one after the last served
         mask = np.int64(0)
-        for b in range(nb):
-            if bmin[b] <= t:
-                mask |= np.int64(1) << b
+        for b in range(nb):  # branch-free: a bank's bit is as often set as not
+            mask |= np.int64(bmin[b] <= t) << b
         for b in (blk1, blk2):
             if b >= 0:
                 mask |= np.int64(1) << b
-        for b in range(skip_lo, min(skip_hi, nb)):
+        for b in range(skip_lo, _lo(skip_hi, nb)):
             mask &= ~(np.int64(1) << b)
         start = S[S_RR] + 1
         if start >= nb:
@@ -326,10 +328,10 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
                 if _bank_pick(t, S, sel, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, b,
                               blk1, blk2, next_e_out):  # fmt: skip
                     return next_e_out[0]
-        next_e = min(next_e, next_e_out[0])
+        next_e = _lo(next_e, next_e_out[0])
         for b in range(nb):
-            if ((mask >> b) & 1) == 0 and not (skip_lo <= b < skip_hi) and bmin[b] < next_e:
-                next_e = bmin[b]
+            out = ((mask >> b) & 1) != 0 or skip_lo <= b < skip_hi
+            next_e = _lo(next_e, INF if out else bmin[b])
         return next_e
     b = S[S_RR]
     for _ in range(nb):
@@ -347,7 +349,7 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
         if _bank_pick(t, S, sel, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, b, blk1, blk2,
                       next_e_out):  # fmt: skip
             return next_e_out[0]
-    return min(next_e, next_e_out[0])
+    return _lo(next_e, next_e_out[0])
 
 
 @numba.njit(cache=True, _nrt=False, inline="always")
@@ -392,7 +394,7 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, no
             e, blk1, blk2 = select_refpb(
                 t, S, sel, BS, refq, ready, nodes, faw, faw_head, faw_cnt, nfaw, bpr, True
             )
-            next_e = min(next_e, e)
+            next_e = _lo(next_e, e)
             if sel[1] >= 0:
                 return next_e
         elif refq_n > 0:
@@ -402,40 +404,46 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, no
     best_act_b = -1
     best_buf = -1
     best_buf_b = -1
-    for b in range(nb):
-        m = bmin[b]
-        if m > t and refq_n == 0 and not has_act2 and b != blk1 and b != blk2:
-            # nothing legal in this bank: its earliest candidate is a next event (with dual buses the column and
-            # the row look together see every candidate once)
-            if m < next_e:
-                next_e = m
-            continue
-        m = INF
-        for k in range(nslot[b]):
-            e = slots[b, k, F_E]
-            cmd = slots[b, k, F_CMD]
-            col = _is_col(cmd)
-            active = slots[b, k, F_ACTIVE] == 1
-            if ((col_only and not col) or (row_only and col)) or (
-                cmd == ACT and (has_act2 or b in (blk1, blk2))
-            ):
-                m = min(m, e)  # not a candidate this tick: its cached tick stays as it is
-                continue
-            if e <= t:
-                e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
-            m = min(m, e)
-            if e > t:
-                if e < next_e and (active or refq_n == 0):
-                    next_e = e
-                continue
-            if active:
-                if best_act < 0 or slots[b, k, F_KEY] < slots[best_act_b, best_act, F_KEY]:
-                    best_act = k
-                    best_act_b = b
-            elif best_buf < 0 or slots[b, k, F_KEY] < slots[best_buf_b, best_buf, F_KEY]:
-                best_buf = k
-                best_buf_b = b
-        bmin[b] = m
+    look_all = refq_n > 0 or has_act2
+    for lo in range(0, nb, 64):
+        # banks to look at, 64 at a time, in one branch-free pass: a cached tick claiming t, or held ACTs, or
+        # everything while a refresh or an ACT-2 is pending; the others' earliest candidates are next events
+        # (with dual buses the column and the row look together see every candidate once)
+        look = np.int64(0)
+        for b in range(lo, _lo(lo + 64, nb)):
+            m = bmin[b]
+            here = (m <= t) | look_all | (b == blk1) | (b == blk2)
+            look |= np.int64(here) << (b - lo)
+            next_e = _lo(next_e, INF if here else m)
+        while look != 0:
+            b = lo + _ctz(look)
+            look &= look - 1
+            m = INF
+            for k in range(nslot[b]):
+                e = slots[b, k, F_E]
+                cmd = slots[b, k, F_CMD]
+                col = _is_col(cmd)
+                active = slots[b, k, F_ACTIVE] == 1
+                if ((col_only and not col) or (row_only and col)) or (
+                    cmd == ACT and (has_act2 or b in (blk1, blk2))
+                ):
+                    m = _lo(m, e)  # not a candidate this tick: its cached tick stays as it is
+                    continue
+                if e <= t:
+                    e = _verify(slots, b, k, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                m = _lo(m, e)
+                if e > t:
+                    if e < next_e and (active or refq_n == 0):
+                        next_e = e
+                    continue
+                if active:
+                    if best_act < 0 or slots[b, k, F_KEY] < slots[best_act_b, best_act, F_KEY]:
+                        best_act = k
+                        best_act_b = b
+                elif best_buf < 0 or slots[b, k, F_KEY] < slots[best_buf_b, best_buf, F_KEY]:
+                    best_buf = k
+                    best_buf_b = b
+            bmin[b] = m
     if best_act >= 0:
         sel[0] = slots[best_act_b, best_act, F_I]
         sel[1] = slots[best_act_b, best_act, F_CMD]
