@@ -1,10 +1,12 @@
 // LongSight's sparse region on the GPU, fused (issue 18): for every (user, KV head) of a batch in one launch
-// per stage, with no host synchronisation (the whole layer is capturable in a CUDA graph):
-//   ls_select    SCF filter on packed signs + survivor compaction + exact scores of the survivors
-//   ls_topk      exact top-k per query head over the survivors' scores by radix select (4 passes of 8 bits)
-//   ls_attn      one attention pass over sinks + window (shared by the group) and each head's picks, split
-//                FlashDecoding-style into chunks that each write (max, sum, partial output)
-//   ls_combine   merges the chunks into one softmax per query head
+// per stage, with no host synchronisation and no reset launch (the whole layer is capturable in a CUDA graph):
+//   ls_select    SCF filter on packed signs + survivor compaction + exact scores of the survivors (or the same
+//                in two launches: ls_filter, then ls_score)
+//   ls_topk_*    exact top-k per query head over the survivors' scores by radix select (up to 4 passes of 8
+//                bits), one block or a cluster of 4 per (row, head); the _d* forms then attend over their picks
+//   ls_attn      attention over sinks + window (shared by the group), and over the picks when the top-k does
+//                not, split FlashDecoding-style into chunks that each write (max, sum, partial output); the
+//                block that completes a head's partials merges them into one softmax (merge_head)
 // plus the standalone SCF bitmap filters (scf_bitmap_popc_w*, scf_bitmap_mma_w*) that measure the filter
 // alone against copy bandwidth.
 //
@@ -316,7 +318,7 @@ extern "C" __global__ void scf_bitmap_mmax_w2(const u64* q, const u64* k, long l
 //   q      [BH, G, D] fp32, already scaled       keys  [BH, ctx, D] bf16
 // Writes tally[bh] += survivors, idx[bh, slot] = key position, scores[bh, g, slot] = q_g . k for slot < cap;
 // survivors past cap are counted but dropped (the caller checks the count against cap). tally is zero at rest:
-// ls_attn's merge moves it to count[bh] and zeroes it, so the layer needs no separate reset launch.
+// the merge of the row's last head (merge_head) moves it to count[bh] and zeroes it, so no reset launch.
 // Two forms: ls_select_* does all of it in one launch; ls_filter_* (filter + compaction) then ls_score_d*
 // (scores) lets the sign stream and the scattered key-row reads each run with nothing else in the way.
 // Each filter block covers LS_WARPS x LS_KPT x 32 consecutive keys and makes one atomicAdd.

@@ -202,7 +202,7 @@ class FusedLongSight:
         s = shape
         chunk = min(ATTN_CHUNKS)
         items = s.band_items(chunk) + s.group * max(-(-s.k // chunk), TOPK_CTAS)  # the most any config uses
-        self.tally = cp.zeros(s.rows, dtype=cp.uint32)  # survivors so far; zero at rest (ls_attn's merge)
+        self.tally = cp.zeros(s.rows, dtype=cp.uint32)  # survivors so far; zero at rest (merge_head)
         self.count = cp.zeros(s.rows, dtype=cp.uint32)  # the last run's survivors per row
         self.idx = cp.empty((s.rows, s.cap), dtype=cp.int32)
         self.scores = cp.empty((s.rows, s.group, s.cap), dtype=cp.float32)

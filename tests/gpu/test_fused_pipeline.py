@@ -259,6 +259,25 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
     # signs of every region key, survivor keys, picked values, band K and V, queries
     assert s.floor_bytes(0, 0) == 8 * (s.region * 16 + 2 * 1040 * 256 + 4 * 128 * 4)
     assert s.floor_bytes(10, 3) - s.floor_bytes(0, 0) == 13 * 256
+    # attention work items: the band's 1,040 keys in chunks, then 4 heads x k = 1,024 picks in chunks
+    assert (s.band_items(64), s.items_for(64)) == (17, 17 + 4 * 16)
+    assert (s.band_items(128), s.items_for(128)) == (9, 9 + 4 * 8)
+    with pytest.raises(CemsimError, match="attention chunks"):  # 129 band chunks + 8 heads x 16 pick chunks
+        Shape(1, 8, 8, 128, 16384, 8192, 16, 1024, cap=4096)
+
+
+def test_choose_config_follows_the_h200_measurement() -> None:
+    """The default kernels are the ones bench_fused.py measured fastest (h200-sparse-layer-2026-12-02.json):
+    at batch 1 from 512K the cluster top-k with the picks' attention apart, else the one-block top-k with it
+    folded in; chunk 64 at batch 1, 128 at batch 8."""
+    from cemsim.gpu.fused import choose_config
+
+    long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
+    assert choose_config(long1) == Config("fused", "cluster", 64, False)
+    short1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
+    assert choose_config(short1) == Config("fused", "atomic", 64, True)
+    long8 = Shape(8, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
+    assert choose_config(long8) == Config("fused", "atomic", 128, True)
 
 
 def test_pipeline_without_a_gpu_is_a_clear_error() -> None:
