@@ -799,6 +799,21 @@ __device__ __forceinline__ u32 order_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// Pick number `slot` is the survivor at i: written out, and kept in shared memory when the block attends.
+template <bool ATTEND>
+__device__ __forceinline__ void put_pick(int slot, int i, const int* __restrict__ ix, const float* __restrict__ sc,
+                                         int* __restrict__ out_pos, float* __restrict__ out_score, int* pk_pos,
+                                         float* pk_sc) {
+    const int pos = ix[i];
+    const float v = sc[i];
+    out_pos[slot] = pos;
+    out_score[slot] = v;
+    if constexpr (ATTEND) {
+        pk_pos[slot] = pos;
+        pk_sc[slot] = v;
+    }
+}
+
 // ATTEND: the block also attends over its picks (topk_attend); else it only selects them.
 template <int D, bool ATTEND>
 __device__ void topk_body(const unsigned int* __restrict__ tally, const int* __restrict__ idx,
@@ -821,16 +836,8 @@ __device__ void topk_body(const unsigned int* __restrict__ tally, const int* __r
     float* out_score = pick_score + (long long)bhg * k;
     if (threadIdx.x == 0) pick_count[bhg] = kk;
     if (n <= k) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const int pos = ix[i];
-            const float v = sc[i];
-            out_pos[i] = pos;
-            out_score[i] = v;
-            if constexpr (ATTEND) {
-                pk_pos[i] = pos;
-                pk_sc[i] = v;
-            }
-        }
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            put_pick<ATTEND>(i, i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
         if constexpr (ATTEND) {
             __syncthreads();
             topk_attend<D>(attn, n, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, 0);
@@ -921,16 +928,7 @@ __device__ void topk_body(const unsigned int* __restrict__ tally, const int* __r
             const u32 t = atomicAdd(&s_ties, 1u);
             if (t < need) slot = (int)(n_above + t);
         }
-        if (slot >= 0) {
-            const int pos = ix[i];
-            const float v = sc[i];
-            out_pos[slot] = pos;
-            out_score[slot] = v;
-            if constexpr (ATTEND) {
-                pk_pos[slot] = pos;
-                pk_sc[slot] = v;
-            }
-        }
+        if (slot >= 0) put_pick<ATTEND>(slot, i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
     }
     if constexpr (ATTEND) {
         __syncthreads();
