@@ -59,8 +59,10 @@ The three numbers per step (seconds):
   nma.outstanding_keys keys in flight per channel, a fetch takes the slowest of the pins, the ranks'
   activation rate (a row per max(tRRD, tFAW / 4) per rank), the closed loop (each key's share of
   precharge + activate, its CAS latency and burst, over the keys in flight) and the column spacing (keys
-  of one row follow one another in one bank group, tCCD_L apart; JESD209-5 bank-group mode), stretched by
-  refresh (tRFC per tREFI) where the DRAM preset gives those. Filtering pipelined with the expected number
+  of one row follow one another in one bank group, tCCD_L apart; JESD209-5 bank-group mode; where the key
+  mapping puts consecutive rows in other ranks, a row's first read waits nBL + nRTRS for the bus to turn
+  around), stretched by refresh (every tREFI the reads pause for tRTP + tRPab + tRFC + tRCD: an all-bank
+  refresh closes every row) where the DRAM preset gives those. Filtering pipelined with the expected number
   of scratchpad phases for evenly spread survivors. KV write-back is off the critical path. Request-queue
   and response-buffer limits are left to the bounds.
 
@@ -187,11 +189,12 @@ class DramTimings:
     tRP: float
     tCL: float
     tRC: float  # ACT to ACT in one bank: the shortest cycle of a row miss there
-    refresh: float  # fraction of time a bank is blocked by refresh (tRFC / tREFI; 0 when not given)
+    refresh: float  # a fetch's stretch by refresh: its pause per tREFI over the rest (0 when not given)
     tRRD: float = 0.0  # ACT to ACT in one rank (other bank group); 0 when not given
     tFAW: float = 0.0  # window of four ACTs in one rank; 0 when not given
     tCCD_L: float = 0.0  # read to read in one bank group (LPDDR5 bank-group mode); 0 when not given
     tCCD_S: float = 0.0  # read to read in another bank group; 0 when not given
+    rank_switch: float = 0.0  # read to read in another rank: the burst and the bus turnaround nRTRS
 
 
 def lpddr_timings(cem: DReXConfig) -> DramTimings:
@@ -207,7 +210,11 @@ def lpddr_timings(cem: DReXConfig) -> DramTimings:
     rcd, rp, cl = ticks["nRCD"] * tck, ticks["nRP"] * tck, ticks["nCL"] * tck
     rc = max(ticks.get("nRC", 0) * tck, rp + rcd)
     refi = ticks.get("nREFI", 0)
-    refresh = ticks.get("nRFC", 0) / refi if refi else 0.0
+    # an all-bank refresh needs every bank precharged (JESD209-5): reads pause for the last read's tRTP, the
+    # precharge-all tRPab, tRFC, then tRCD to re-open the row they were reading. Each tREFI of wall time
+    # holds one pause, so a fetch of t seconds of reads takes t x tREFI / (tREFI - pause).
+    pause = ticks.get("nRTP", 0) + ticks.get("nRPab", ticks["nRP"]) + ticks.get("nRFC", 0) + ticks["nRCD"]
+    refresh = pause / (refi - pause) if refi and ticks.get("nRFC", 0) else 0.0
     return DramTimings(
         rcd,
         rp,
@@ -218,6 +225,7 @@ def lpddr_timings(cem: DReXConfig) -> DramTimings:
         ticks.get("nFAW", 0) * tck,
         ticks.get("nCCD_L", 0) * tck,
         ticks.get("nCCD_S", 0) * tck,
+        (ticks["nBL"] + ticks.get("nRTRS", 0)) * tck,
     )
 
 
@@ -260,16 +268,32 @@ class DrexRates:
         self.channel_bursts_per_key = math.ceil(key_bytes / self.burst_bytes)
         self.reads_per_key_per_channel = self.channel_bursts_per_key / cem.channels_per_package
         self.ranks = int(getattr(cem.lpddr, "ranks", 1))
+        # the first read of a newly opened row follows the previous row's last read: in another bank group
+        # tCCD_S later, but where the key mapping puts the rank right above the column (RoBaRaCoCh),
+        # consecutive rows lie in other ranks and the data bus turns around between them (nBL + nRTRS)
+        fields = [cem.layout.key_mapping[i : i + 2] for i in range(0, len(cem.layout.key_mapping), 2)]
+        above_column = fields[fields.index("Co") - 1] if "Co" in fields[1:] else ""
+        self.rank_next = above_column == "Ra" and self.ranks > 1
+        self.row_switch = max(self.dram.tCCD_S, self.dram.rank_switch) if self.rank_next else self.dram.tCCD_S
+        # reads the controller holds per channel: the keys in flight, each with its bursts in that channel
+        self.reads_in_flight = self.outstanding * math.ceil(
+            self.channel_bursts_per_key / cem.channels_per_package
+        )
 
     def column_spacing(self, keys: float, rows: float) -> tuple[float, float]:
         """Read-to-read time of fetching ``keys`` keys that open ``rows`` rows, per channel, at both ends of
         what the controller's order allows: every read tCCD_S after the previous (reads of rows in other bank
         groups interleaved), or the keys sharing an opened row one after another in its bank group, tCCD_L
-        apart (JESD209-5 bank-group mode). The estimate takes the middle; the range is what the timings
-        leave open (tests/sim/test_analytic.py allows it)."""
+        apart (JESD209-5 bank-group mode), each row's first read row_switch after the previous row's last.
+        The estimate takes the middle; the range is what the timings leave open (tests/sim/test_analytic.py
+        allows it). Reads tCCD_S apart need open rows of two bank groups of one rank among the reads in
+        flight: where consecutive rows rotate over the ranks those rows are ``ranks`` rows apart, and with
+        fewer reads in flight every read follows one of its own row (tCCD_L) or of another rank."""
         reads = keys * self.reads_per_key_per_channel
-        fast = reads * self.dram.tCCD_S
-        slow = max(reads - rows, 0.0) * self.dram.tCCD_L + min(rows, reads) * self.dram.tCCD_S
+        t = self.dram
+        one_rank = rows > 0 and self.reads_in_flight < self.ranks * reads / rows
+        fast = reads * (min(t.tCCD_L, self.row_switch) if self.rank_next and one_rank else t.tCCD_S)
+        slow = max(reads - rows, 0.0) * self.dram.tCCD_L + min(rows, reads) * self.row_switch
         return fast, max(slow, fast)
 
     def row_miss_cost(self) -> float:
@@ -330,7 +354,7 @@ class DrexRates:
         # upper: each key its own row miss, one after another: a bank's full ACT-to-ACT cycle (or precharge +
         # activate where no tRC is known) and the CAS latency, plus the data, stretched by refresh
         serial = keys * (max(t.tRC, t.tRP + t.tRCD) + t.tCL) + data
-        # the estimate: refresh blocks the banks tRFC out of every tREFI, stretching the fetch that long
+        # the estimate: every tREFI the reads pause for an all-bank refresh, stretching the fetch
         estimate = (expected * t.tCL + max(data, miss)) * (1.0 + t.refresh)
         return Span3(fewest * t.tCL + data, estimate, serial * (1.0 + t.refresh))
 

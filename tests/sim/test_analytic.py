@@ -173,14 +173,6 @@ def test_alternating_filter_and_scoring_is_slower_in_both_models():
     assert bounds_failures(small, simulate(small).latency_per_token_s) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known discrepancy (2026-12-02): at 30 % survival on 1M tokens the DES's survivor fetch runs about "
-    "4.5 % past the analytic model's slowest column spacing (every read of an opened row tCCD_L after the "
-    "previous): about 3.9 ns more per opened row, for 128-byte (Llama-3-1B) and 256-byte (Llama-3-8B) keys "
-    "alike, a row-to-row switch the closed form does not charge. It passed before only because the analytic "
-    "model counted a 128-byte key as a 256-byte burst in every channel (a false lower bound, fixed).",
-)
 def test_agreement_when_the_scratchpad_forces_alternation():
     small, _ = scratchpad_cases()
     assert agreement_failures(small) == []
