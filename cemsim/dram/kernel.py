@@ -120,8 +120,8 @@ def _row_state(ract, counts, r, t, opening):
 def _issue(dev, tabs, nrank, b, cmd, t, limited):
     """Issue cmd on bank b at t: raise the ready ticks of its nodes (and the other ranks' on a data access)."""
     nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan = dev
-    cl_n, cl_nx, cl_l, sib = tabs
-    _issue_bank(ready, rspan, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
+    cl_n, cl_nx, cl_l = tabs
+    _issue_bank(ready, rspan, nodes, b, cmd, t, cl_n, cl_nx, cl_l, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
                 limited)  # fmt: skip
 
 
@@ -467,10 +467,10 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 _mark(b, bdirty, dstack, S)
             if cmd in (REF, PREA):
                 u = sel[3]  # refresh unit
-                _apply(ready, rspan, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False)
+                _apply(ready, rspan, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False, True)
                 for rr in range(u * rgroup, (u + 1) * rgroup):
-                    _apply(ready, rspan, pc0 + rr // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
-                    _apply(ready, rspan, rk0 + rr, 2, cmd, t, cl_n, cl_nx, cl_l, False)
+                    _apply(ready, rspan, pc0 + rr // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False, True)
+                    _apply(ready, rspan, rk0 + rr, 2, cmd, t, cl_n, cl_nx, cl_l, False, False)
                 for bb in range(rgroup * bpr):
                     b = u * rgroup * bpr + bb
                     _mark(b, bdirty, dstack, S)
@@ -563,7 +563,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
 
 @numba.njit(cache=True)
 def _simulate_channel(
-    P, cl_n, cl_nx, cl_l, sib, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts, elig
+    P, cl_n, cl_nx, cl_l, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts, elig
 ):
     n = bank.shape[0]
     npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
@@ -643,7 +643,7 @@ def _simulate_channel(
     if depth == 0:
         for i in range(n):
             elig[i] = arrival[i]
-    tabs = (cl_n, cl_nx, cl_l, sib)
+    tabs = (cl_n, cl_nx, cl_l)
     req = (bank, row, kind, hold, arrival, key)
     out = (acc, first, done, cls, counts, elig)
     dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan)
@@ -665,13 +665,13 @@ def _simulate_channel(
 
 
 @numba.njit(cache=True)
-def simulate(P, cl_n, cl_nx, cl_l, sib, seg, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts,
+def simulate(P, cl_n, cl_nx, cl_l, seg, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts,
              elig):  # fmt: skip
     """Replay each channel's segment ``seg[c]:seg[c+1]`` of the (channel-sorted) stream on its own controller."""
     n = bank.shape[0]
     if seg.shape[0] == 2 and seg[0] == 0 and seg[1] == n:
         # one channel: the whole arrays are its segment (the outputs come initialised by the caller)
-        _simulate_channel(P, cl_n, cl_nx, cl_l, sib, bank, row, kind, hold, arrival, key, nkeys[0], acc, first,
+        _simulate_channel(P, cl_n, cl_nx, cl_l, bank, row, kind, hold, arrival, key, nkeys[0], acc, first,
                           done, cls, counts[0], elig)  # fmt: skip
         return
     for c in range(seg.shape[0] - 1):
@@ -689,7 +689,6 @@ def simulate(P, cl_n, cl_nx, cl_l, sib, seg, bank, row, kind, hold, arrival, key
             cl_n,
             cl_nx,
             cl_l,
-            sib,
             bank[a:z].copy(),
             row[a:z].copy(),
             kind[a:z].copy(),

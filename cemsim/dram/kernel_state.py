@@ -22,6 +22,7 @@ import numpy as np
 
 from cemsim.dram.timing import ACT, NCMD, RD, WR
 
+SIB_LV = 5  # the constraint lists' extra level: a data command's rank switch, toward the other ranks
 ACTL = (
     NCMD  # pseudo-command: the ACT-to-ACT spacing of other banks (tRRD), kept apart so broadcast ACTs skip it
 )
@@ -147,9 +148,9 @@ def _earliest_rank(ready, rank_node, pc_node, cmd):
 
 
 @numba.njit(cache=True, inline="always")
-def _apply(ready, rspan, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
-    """Constraints of cmd issued at node (level lv): raise the ready ticks, and for a channel or
-    pseudo-channel node those of the rank rows below it too (``rspan[node]``, empty below the rank level)."""
+def _apply(ready, rspan, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl, push):
+    """Constraints of cmd issued at node (level lv): raise the ready ticks, and with ``push`` (a channel or
+    pseudo-channel node) those of the rank rows below it too (``rspan[node]``)."""
     for k in range(cl_n[lv, cmd]):
         nx = cl_nx[lv, cmd, k]
         if skip_actl and nx == ACTL:
@@ -157,44 +158,27 @@ def _apply(ready, rspan, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
         v = t + cl_l[lv, cmd, k]
         if v > ready[node, nx]:
             ready[node, nx] = v
-        for r in range(rspan[node, 0], rspan[node, 1]):
-            if v > ready[r, nx]:
-                ready[r, nx] = v
+        if push:
+            for r in range(rspan[node, 0], rspan[node, 1]):
+                if v > ready[r, nx]:
+                    ready[r, nx] = v
 
 
 @numba.njit(cache=True, inline="always")
-def _issue_bank(
-    ready,
-    rspan,
-    nodes,
-    b,
-    cmd,
-    t,
-    cl_n,
-    cl_nx,
-    cl_l,
-    sib,
-    rank_nodes_of_pc,
-    nrank,
-    faw,
-    faw_head,
-    faw_cnt,
-    limited,
-):
-    for lv in range(5):
-        _apply(ready, rspan, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited)
+def _issue_bank(ready, rspan, nodes, b, cmd, t, cl_n, cl_nx, cl_l, rank_nodes_of_pc, nrank, faw, faw_head,
+                faw_cnt, limited):  # fmt: skip
+    # the five levels written out, so only the channel and pseudo-channel push into rank rows
+    _apply(ready, rspan, nodes[b, 0], 0, cmd, t, cl_n, cl_nx, cl_l, not limited, True)
+    _apply(ready, rspan, nodes[b, 1], 1, cmd, t, cl_n, cl_nx, cl_l, not limited, True)
+    for lv in (2, 3, 4):
+        _apply(ready, rspan, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited, False)
     if cmd in (RD, WR):
         pcn = np.int64(nodes[b, 1]) - 1
         me = np.int64(nodes[b, 2])
         for k in range(nrank):
             other = rank_nodes_of_pc[pcn, k]
-            if other == me:
-                continue
-            for nx in range(NCOL):
-                if sib[cmd, nx] >= 0:
-                    v = t + sib[cmd, nx]
-                    if v > ready[other, nx]:
-                        ready[other, nx] = v
+            if other != me:
+                _apply(ready, rspan, other, SIB_LV, cmd, t, cl_n, cl_nx, cl_l, False, False)
     if cmd == ACT and limited:
         r = nodes[b, 5]
         if faw_cnt[r] < 4:
