@@ -40,6 +40,7 @@ from cemsim.dram.kernel_state import (
     P_BROADCAST,
     P_DEPTH,
     P_DUAL,
+    P_EVERY,
     P_HITCAP,
     P_NAAD,
     P_NBG,
@@ -230,7 +231,8 @@ def _any_set(mv, base, nw):
 @numba.njit(cache=True, inline="always")
 def _move_one(S, BS, fq, fh, mv, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack, stream_end):
     """Per-bank profile, end of tick: move the first waiting transaction whose bank queue has room (writes
-    while draining). Returns whether another could move next tick (so the loop visits it).
+    while draining). Returns whether one moved: the loop then visits the next tick, where its bank's new
+    candidates may already be legal and another transaction may move.
 
     The waiting transactions are kept per bank (``fq`` rows: reads of bank b at row b, writes at nb + b,
     rings with heads ``fh``). They were accepted in request order, so the first in queue order whose bank has
@@ -278,7 +280,7 @@ def _move_one(S, BS, fq, fh, mv, bq, bqn, stage, nb, bankq, wqsize, bdirty, dsta
         BS[b, B_TQ] -= 1
         S[S_TQN] -= 1
     _track(b, BS, bqn, bankq, mv)
-    return _any_set(mv, nw if S[S_DRAIN] > 0 else 0, nw)
+    return True  # its bank's new candidates may be legal next tick, and another may move then
 
 
 @numba.njit(cache=True, _nrt=False)
@@ -555,10 +557,19 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
             v = _hi(_hi(arrival[nxt], last_acc + 1), t + 1)
             if v < nt:
                 nt = v
+        if offer_wait and nt > t + 1:
+            # a refused offer is retried every cycle: if this tick freed room for it, it goes in at t + 1
+            kd = kind[cand]
+            if per_bank:
+                room = (S[S_WQN] < wqsize) if kd == K_WRITE else (S[S_TQN] < qsize)
+            else:
+                room = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
+            if room:
+                nt = t + 1
         if nt >= INF:
             counts[C_STATUS] = 1
             break
-        t = nt
+        t = t + 1 if P[P_EVERY] == 1 else nt
 
 
 @numba.njit(cache=True)

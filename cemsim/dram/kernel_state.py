@@ -5,7 +5,10 @@ accepted, a command issued, a refresh falling due, a closed-loop key released) t
 tick it does what a cycle-ticked controller does in that cycle: the client offers at most one request, the
 scheduler issues at most one command (two with separate row/column buses), the per-bank profile moves at
 most one transaction into a bank queue. Nothing can become legal between events, so this equals ticking
-every cycle, at O(banks + queue) per event.
+every cycle, at O(banks + queue) per event: a refused offer is retried the tick after room frees, and a
+transaction moved into a bank queue brings the next tick in (its command may be legal then).
+``replay(..., tick_every_cycle=True)`` runs the same loop on every tick; tests/dram/test_event_driven.py
+holds the two equal.
 
 State per channel: ``ready[node, cmd]`` = earliest tick ``cmd`` may issue at that node of the device tree
 (channel, pseudo-channel, rank, bank group, bank); issuing writes ``tick + lat`` into the nodes above the
@@ -54,8 +57,9 @@ INF = np.int64(1) << np.int64(62)
     P_WCKWR,
     P_DEPTH,
     P_REFGROUP,  # ranks per refresh unit (and tFAW node): 1, or the SIDs of an HBM3 pseudo-channel
-) = range(23)
-NPARAM = 23
+    P_EVERY,  # 1: visit every tick (a cycle-ticked run, to check the event-driven loop against)
+) = range(24)
+NPARAM = 24
 
 # Scalar controller state S[...] (one int64 vector, so the kernel's parts can share it).
 (

@@ -65,7 +65,7 @@ def _check_range(name: str, arr: np.ndarray, size: int, spec: DramSpec) -> None:
         raise CemsimError(f"replay: {name} value {bad} is outside [0, {size}) for {spec.name}")
 
 
-def kernel_params(spec: DramSpec, depth: int) -> np.ndarray:
+def kernel_params(spec: DramSpec, depth: int, every_cycle: bool = False) -> np.ndarray:
     t = spec.timing
     prof = spec.controller
     codes = prof.codes()
@@ -93,6 +93,7 @@ def kernel_params(spec: DramSpec, depth: int) -> np.ndarray:
     P[K.P_WCKWR] = t["nCWL"] + t["nBL"] + t["nWCKPST"]
     P[K.P_DEPTH] = depth
     P[K.P_REFGROUP] = spec.ranks if spec.rank_scope == "pseudo_channel" else 1
+    P[K.P_EVERY] = int(every_cycle)
     return P
 
 
@@ -149,11 +150,14 @@ def replay(
     kind=None,
     hold=None,
     act_limits: str | None = None,
+    tick_every_cycle: bool = False,
 ) -> DramResult:
     """Replay one request stream (one burst per request) on ``spec``; see the module docs of cemsim.dram.
 
     ``act_limits`` ("jedec" / "broadcast") overrides the spec's for this call: with "broadcast", ACTs of
-    bank-internal ops (kind 2) skip tRRD and tFAW (the DReX all-bank PFU assumption)."""
+    bank-internal ops (kind 2) skip tRRD and tFAW (the DReX all-bank PFU assumption). ``tick_every_cycle``
+    visits every tick instead of jumping between events: the same results, slower; it exists to check the
+    event-driven loop against a cycle-ticked run of the same rules (tests/dram/test_event_driven.py)."""
     import time
     from dataclasses import replace as _replace
 
@@ -234,7 +238,7 @@ def replay(
                     f"replay: arrival ticks decrease within channel {c}; requests are offered in stream order"
                 )
 
-    P = kernel_params(spec, int(depth) if closed else 0)
+    P = kernel_params(spec, int(depth) if closed else 0, tick_every_cycle)
     cl_n, cl_nx, cl_l = kernel_tables(spec)
     acc = np.full(n, -1, dtype=np.int64)
     first = np.full(n, -1, dtype=np.int64)
