@@ -1,10 +1,12 @@
 // LongSight's sparse region on the GPU, fused (issue 18): for every (user, KV head) of a batch in one launch
-// per stage, with no host synchronisation (the whole layer is capturable in a CUDA graph):
-//   ls_select    SCF filter on packed signs + survivor compaction + exact scores of the survivors
-//   ls_topk      exact top-k per query head over the survivors' scores by radix select (4 passes of 8 bits)
-//   ls_attn      one attention pass over sinks + window (shared by the group) and each head's picks, split
-//                FlashDecoding-style into chunks that each write (max, sum, partial output)
-//   ls_combine   merges the chunks into one softmax per query head
+// per stage, with no host synchronisation and no reset launch (the whole layer is capturable in a CUDA graph):
+//   ls_select    SCF filter on packed signs + survivor compaction + exact scores of the survivors (or the same
+//                in two launches: ls_filter, then ls_score)
+//   ls_topk_*    exact top-k per query head over the survivors' scores by radix select (up to 4 passes of 8
+//                bits), one block or a cluster of 4 per (row, head); the _d* forms then attend over their picks
+//   ls_attn      attention over sinks + window (shared by the group), and over the picks when the top-k does
+//                not, split FlashDecoding-style into chunks that each write (max, sum, partial output); the
+//                block that completes a head's partials merges them into one softmax (merge_head)
 // plus the standalone SCF bitmap filters (scf_bitmap_popc_w*, scf_bitmap_mma_w*) that measure the filter
 // alone against copy bandwidth.
 //
@@ -314,30 +316,25 @@ extern "C" __global__ void scf_bitmap_mmax_w2(const u64* q, const u64* k, long l
 // Per (user, KV head) bh = blockIdx.y; the sparse region is positions [start, start + n) of that row's keys.
 //   ksig   [BH, ctx, W] packed key signs         qsig  [BH, G, W]      thresholds [BH] (keep when >= T)
 //   q      [BH, G, D] fp32, already scaled       keys  [BH, ctx, D] bf16
-// Writes count[bh] += survivors (zeroed beforehand), idx[bh, slot] = key position, scores[bh, g, slot] =
-// q_g . k for slot < cap; survivors past cap are counted but dropped (the caller checks count <= cap).
-// Each block covers LS_WARPS x LS_KPT x 32 consecutive keys and makes one atomicAdd.
+// Writes tally[bh] += survivors, idx[bh, slot] = key position, scores[bh, g, slot] = q_g . k for slot < cap;
+// survivors past cap are counted but dropped (the caller checks the count against cap). tally is zero at rest:
+// the merge of the row's last head (merge_head) moves it to count[bh] and zeroes it, so no reset launch.
+// Two forms: ls_select_* does all of it in one launch; ls_filter_* (filter + compaction) then ls_score_d*
+// (scores) lets the sign stream and the scattered key-row reads each run with nothing else in the way.
+// Each filter block covers LS_WARPS x LS_KPT x 32 consecutive keys and makes one atomicAdd.
 #define LS_BLOCK_KEYS (LS_WARPS * LS_KPT * 32)
 
+// SCF filter + compaction of this block's keys: spos[0, block_total) = survivor positions (absolute), their
+// first slot in the row block_base. qs: the group's query signs in shared memory.
 template <int W, int METHOD>
-__device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict__ qsig,
-                            const int* __restrict__ thresholds, const float* __restrict__ q,
-                            const bf16_t* __restrict__ keys, long long ctx, long long start, long long n,
-                            int G, int cap, unsigned int* __restrict__ count, int* __restrict__ idx,
-                            float* __restrict__ scores) {
+__device__ __forceinline__ void filter_compact(const u64* __restrict__ ksig, const u64* qs, int threshold,
+                                               long long ctx, long long start, long long n, int G,
+                                               unsigned int* __restrict__ tally, int* spos,
+                                               unsigned int* warp_total, unsigned int& block_base,
+                                               unsigned int& block_total) {
     constexpr int D = 64 * W;
-    constexpr int LPS = D / 8;        // lanes per survivor row: 8 bf16 (16 bytes) each
-    constexpr int SPW = 32 / LPS;     // survivor rows per warp at once
-    __shared__ u64 qs[LS_MAX_G * 2];
-    __shared__ float qf[LS_MAX_GA * D];
-    __shared__ int spos[LS_BLOCK_KEYS];
-    __shared__ unsigned int warp_total[LS_WARPS];
-    __shared__ unsigned int block_base, block_total;
     const long long bh = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) qf[i] = q[bh * G * D + i];
-    load_query_signs(qs, qsig + bh * G * W, G, W);
-    const int threshold = thresholds[bh];
     // keys are counted from a0: the region's start (natural layout), or for the frag layout the 32-key block
     // holding it (its rows are padded to whole blocks, and blocks are what a warp loads)
     const long long a0 = METHOD == LS_FRAG ? start & ~31ll : start;
@@ -381,7 +378,7 @@ __device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict_
             total += t;
         }
         block_total = total;
-        block_base = total ? atomicAdd(count + bh, total) : 0u;
+        block_base = total ? atomicAdd(tally + bh, total) : 0u;
     }
     __syncthreads();
     unsigned int off = warp_total[warp];
@@ -392,6 +389,28 @@ __device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict_
         off += __popc(b);
     }
     __syncthreads();
+}
+
+template <int W, int METHOD>
+__device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict__ qsig,
+                            const int* __restrict__ thresholds, const float* __restrict__ q,
+                            const bf16_t* __restrict__ keys, long long ctx, long long start, long long n,
+                            int G, int cap, unsigned int* __restrict__ tally, int* __restrict__ idx,
+                            float* __restrict__ scores) {
+    constexpr int D = 64 * W;
+    constexpr int LPS = D / 8;        // lanes per survivor row: 8 bf16 (16 bytes) each
+    constexpr int SPW = 32 / LPS;     // survivor rows per warp at once
+    __shared__ u64 qs[LS_MAX_G * 2];
+    __shared__ float qf[LS_MAX_GA * D];
+    __shared__ int spos[LS_BLOCK_KEYS];
+    __shared__ unsigned int warp_total[LS_WARPS];
+    __shared__ unsigned int block_base, block_total;
+    const long long bh = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) qf[i] = q[bh * G * D + i];
+    load_query_signs(qs, qsig + bh * G * W, G, W);
+    filter_compact<W, METHOD>(ksig, qs, thresholds[bh], ctx, start, n, G, tally, spos, warp_total, block_base,
+                              block_total);
     const unsigned int total = block_total, base = block_base;
     // exact scores: LPS lanes per survivor row, LS_ROWS rows per lane group in flight
     const int sub = lane / LPS, part = lane % LPS;
@@ -426,21 +445,187 @@ __device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict_
     }
 }
 
+template <int W, int METHOD>
+__device__ void filter_body(const u64* __restrict__ ksig, const u64* __restrict__ qsig,
+                            const int* __restrict__ thresholds, long long ctx, long long start, long long n,
+                            int G, int cap, unsigned int* __restrict__ tally, int* __restrict__ idx) {
+    __shared__ u64 qs[LS_MAX_G * 2];
+    __shared__ int spos[LS_BLOCK_KEYS];
+    __shared__ unsigned int warp_total[LS_WARPS];
+    __shared__ unsigned int block_base, block_total;
+    const long long bh = blockIdx.y;
+    load_query_signs(qs, qsig + bh * G * W, G, W);
+    filter_compact<W, METHOD>(ksig, qs, thresholds[bh], ctx, start, n, G, tally, spos, warp_total, block_base,
+                              block_total);
+    const unsigned int total = block_total, base = block_base;
+    for (unsigned int i = threadIdx.x; i < total; i += blockDim.x)
+        if (base + i < (unsigned int)cap) idx[bh * cap + base + i] = spos[i];
+}
+
 #define LS_SELECT(W, METHOD, NAME)                                                                                   \
     extern "C" __global__ void __launch_bounds__(LS_WARPS * 32)                                                  \
-        NAME(const u64* ksig, const u64* qsig, const int* thresholds, const float* q, const bf16_t* keys, \
-             long long ctx, long long start, long long n, int G, int cap, unsigned int* count, int* idx,         \
-             float* scores) {                                                                                    \
-        select_body<W, METHOD>(ksig, qsig, thresholds, q, keys, ctx, start, n, G, cap, count, idx, scores);        \
+        ls_select_##NAME(const u64* ksig, const u64* qsig, const int* thresholds, const float* q,               \
+                         const bf16_t* keys, long long ctx, long long start, long long n, int G, int cap,       \
+                         unsigned int* tally, int* idx, float* scores) {                                        \
+        select_body<W, METHOD>(ksig, qsig, thresholds, q, keys, ctx, start, n, G, cap, tally, idx, scores);        \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(LS_WARPS * 32)                                                  \
+        ls_filter_##NAME(const u64* ksig, const u64* qsig, const int* thresholds, long long ctx, long long start, \
+                         long long n, int G, int cap, unsigned int* tally, int* idx) {                          \
+        filter_body<W, METHOD>(ksig, qsig, thresholds, ctx, start, n, G, cap, tally, idx);                      \
     }
-LS_SELECT(1, 0, ls_select_popc_w1)
-LS_SELECT(2, 0, ls_select_popc_w2)
-LS_SELECT(1, 1, ls_select_mma_w1)
-LS_SELECT(2, 1, ls_select_mma_w2)
-LS_SELECT(1, 2, ls_select_mmax_w1)
-LS_SELECT(2, 2, ls_select_mmax_w2)
-LS_SELECT(1, LS_FRAG, ls_select_frag_w1)
-LS_SELECT(2, LS_FRAG, ls_select_frag_w2)
+LS_SELECT(1, 0, popc_w1)
+LS_SELECT(2, 0, popc_w2)
+LS_SELECT(1, 1, mma_w1)
+LS_SELECT(2, 1, mma_w2)
+LS_SELECT(1, 2, mmax_w1)
+LS_SELECT(2, 2, mmax_w2)
+LS_SELECT(1, LS_FRAG, frag_w1)
+LS_SELECT(2, LS_FRAG, frag_w2)
+
+// Exact scores of every kept survivor of row bh = blockIdx.y (slots [0, min(tally, cap)) of idx), grid-strided
+// over blockIdx.x: LPS lanes per bf16 key row, SCORE_ROWS rows per lane group with their loads issued together
+// (the positions first, then every row), so a block has 128 scattered rows in flight.
+#define SCORE_THREADS 256
+#define SCORE_ROWS 8
+
+template <int D>
+__device__ void score_body(const float* __restrict__ q, const bf16_t* __restrict__ keys, long long ctx, int G,
+                           int cap, const unsigned int* __restrict__ tally, const int* __restrict__ idx,
+                           float* __restrict__ scores) {
+    constexpr int LPS = D / 8, NSUB = SCORE_THREADS / LPS, PER = NSUB * SCORE_ROWS;
+    __shared__ __align__(16) float qf[LS_MAX_GA * D];
+    const long long bh = blockIdx.y;
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) qf[i] = q[bh * G * D + i];
+    __syncthreads();
+    const int n = min((int)tally[bh], cap);
+    const int sub = threadIdx.x / LPS, part = threadIdx.x % LPS;
+    const bf16_t* kb = keys + bh * ctx * D;
+    const int* ix = idx + bh * cap;
+    for (int base = blockIdx.x * PER; base < n; base += gridDim.x * PER) {  // block-uniform bounds
+        int pos[SCORE_ROWS];
+        uint4 raw[SCORE_ROWS];
+#pragma unroll
+        for (int u = 0; u < SCORE_ROWS; ++u) {
+            const int i = base + sub + NSUB * u;
+            pos[u] = i < n ? __ldg(ix + i) : -1;
+        }
+#pragma unroll
+        for (int u = 0; u < SCORE_ROWS; ++u)
+            raw[u] = pos[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(kb + (long long)pos[u] * D) + part)
+                                 : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < SCORE_ROWS; ++u) {
+            const int i = base + sub + NSUB * u;
+            float kf[8];
+            bf16x8_to_float(raw[u], kf);
+            for (int g = 0; g < G; ++g) {
+                const float4* qg = reinterpret_cast<const float4*>(qf + g * D + part * 8);
+                const float4 a = qg[0], b = qg[1];
+                float acc = a.x * kf[0];
+                acc = fmaf(a.y, kf[1], acc);
+                acc = fmaf(a.z, kf[2], acc);
+                acc = fmaf(a.w, kf[3], acc);
+                acc = fmaf(b.x, kf[4], acc);
+                acc = fmaf(b.y, kf[5], acc);
+                acc = fmaf(b.z, kf[6], acc);
+                acc = fmaf(b.w, kf[7], acc);
+#pragma unroll
+                for (int m = LPS / 2; m >= 1; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                if (part == 0 && i < n) scores[(bh * G + g) * cap + i] = acc;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SCORE_THREADS)
+    ls_score_d64(const float* q, const bf16_t* keys, long long ctx, int G, int cap, const unsigned int* tally,
+                 const int* idx, float* scores) {
+    score_body<64>(q, keys, ctx, G, cap, tally, idx, scores);
+}
+extern "C" __global__ void __launch_bounds__(SCORE_THREADS)
+    ls_score_d128(const float* q, const bf16_t* keys, long long ctx, int G, int cap, const unsigned int* tally,
+                  const int* idx, float* scores) {
+    score_body<128>(q, keys, ctx, G, cap, tally, idx, scores);
+}
+
+// ------------------------------------------------------------------------------------------------ merge
+
+// Partial softmaxes per (row bh, query head g): band_items band partials (items [0, band_items), every head),
+// then pick_parts pick partials per head (items band_items + g pick_parts + [0, pick_parts)), each (max m,
+// sum l, unnormalised o[D]) in part_ml [BH, items, G, 2] and part_o [BH, items, G, D]. Counters in
+// done [BH, G + 1]: one per head (the block that completes a head's partials merges it) and one per row (the
+// block that merges the row's last head moves the survivor tally to count[bh] and zeroes it: by then every
+// top-k block of the row has read it). Every counter is reset by the block that completes it, so a layer needs
+// no reset launch.
+
+// Counts this block's partial of head g; true for the block that completed the head (it then merges).
+__device__ __forceinline__ bool completes_head(unsigned int* done, long long bh, int g, int G, int nparts) {
+    return atomicAdd(done + bh * (G + 1) + g, 1u) == (unsigned int)nparts - 1u;
+}
+
+// out[bh, g] = sum e^(m_i - M) o_i / sum e^(m_i - M) l_i, lse[bh, g] = M + log(sum e^(m_i - M) l_i) over the
+// head's partials. Any block size that is a multiple of D; shared scratch: ml [2 nparts], red [blockDim.x],
+// stat [2] floats.
+template <int D>
+__device__ void merge_head(long long bh, int g, int G, int items, int band_items, int pick_parts,
+                           const float* __restrict__ part_ml, const float* __restrict__ part_o,
+                           unsigned int* __restrict__ done, unsigned int* __restrict__ tally,
+                           unsigned int* __restrict__ count, float* __restrict__ out, float* __restrict__ lse,
+                           float* ml, float* red, float* stat) {
+    const int nparts = band_items + pick_parts;
+    if (threadIdx.x == 0) done[bh * (G + 1) + g] = 0u;  // ready for the next launch
+    __threadfence();
+    for (int j = threadIdx.x; j < nparts; j += blockDim.x) {
+        const int it = j < band_items ? j : band_items + g * pick_parts + (j - band_items);
+        const float2 v = __ldcg(reinterpret_cast<const float2*>(part_ml) + (bh * items + it) * G + g);
+        ml[2 * j] = v.x;
+        ml[2 * j + 1] = v.y;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {  // M = max m, z = sum e^(m - M) l; the weights e^(m - M) replace m in place
+        const int l = threadIdx.x;
+        float m = LS_NEG_INF;
+        for (int j = l; j < nparts; j += 32) m = fmaxf(m, ml[2 * j]);
+#pragma unroll
+        for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        float z = 0.f;
+        for (int j = l; j < nparts; j += 32) {
+            const float mi = ml[2 * j];
+            const float w = mi == LS_NEG_INF ? 0.f : __expf(mi - m);
+            ml[2 * j] = w;
+            z += w * ml[2 * j + 1];
+        }
+#pragma unroll
+        for (int o = 16; o >= 1; o >>= 1) z += __shfl_xor_sync(0xffffffffu, z, o);
+        if (l == 0) {
+            stat[0] = m;
+            stat[1] = z;
+        }
+    }
+    __syncthreads();
+    const int H = blockDim.x / D;  // thread groups splitting the partials of each output element
+    const int dd = threadIdx.x % D, h = threadIdx.x / D;
+    float a = 0.f;
+#pragma unroll 4
+    for (int j = h; j < nparts; j += H) {
+        const int it = j < band_items ? j : band_items + g * pick_parts + (j - band_items);
+        a += ml[2 * j] * __ldcg(part_o + ((bh * items + it) * G + g) * D + dd);
+    }
+    red[h * D + dd] = a;
+    __syncthreads();
+    if (threadIdx.x < D) {
+        float t = 0.f;
+        for (int u = 0; u < H; ++u) t += red[u * D + threadIdx.x];
+        out[(bh * G + g) * D + threadIdx.x] = t / stat[1];
+        if (threadIdx.x == 0) lse[bh * G + g] = stat[0] + logf(stat[1]);
+    }
+    if (threadIdx.x == 0 && atomicAdd(done + bh * (G + 1) + G, 1u) == (unsigned int)G - 1u) {
+        count[bh] = atomicExch(tally + bh, 0u);
+        done[bh * (G + 1) + G] = 0u;
+    }
+    __syncthreads();  // the scratch is free again
+}
 
 // ------------------------------------------------------------------------------------------------ top-k
 
@@ -454,6 +639,126 @@ LS_SELECT(2, LS_FRAG, ls_select_frag_w2)
 // taken in no particular order.
 #define TOPK_THREADS 1024
 #define TOPK_WARPS (TOPK_THREADS / 32)
+
+// What a top-k block needs to attend over its own picks.
+struct PickAttn {
+    const bf16_t* vals;  // [BH, ctx, D] bf16
+    long long ctx;
+    int items, band_items, pick_parts;
+    float* part_ml;
+    float* part_o;
+    unsigned int* done;
+    unsigned int* tally;
+    unsigned int* count;
+    float* out;
+    float* lse;
+};
+
+// Block-wide max (MAX) or sum of v, returned to every thread; wred: TOPK_WARPS floats of shared memory.
+template <bool MAX>
+__device__ __forceinline__ float block_reduce(float v, float* wred) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) {
+        const float t = __shfl_xor_sync(0xffffffffu, v, o);
+        v = MAX ? fmaxf(v, t) : v + t;
+    }
+    if (lane == 0) wred[warp] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x >> 5) ? wred[lane] : (MAX ? LS_NEG_INF : 0.f);
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) {
+        const float t = __shfl_xor_sync(0xffffffffu, v, o);
+        v = MAX ? fmaxf(v, t) : v + t;
+    }
+    __syncthreads();  // wred is free again
+    return v;
+}
+
+// The picks' share of the attention, computed by the top-k block that chose them, so the picks' value rows are
+// read while the block is still resident instead of by a further launch: P picks (positions pk_pos, scores
+// pk_sc, shared memory) of head g of row bh give one partial (max m, sum l, unnormalised o[D]) at item
+// band_items + g pick_parts + part; the block that completes the head's partials merges them (merge_head).
+// scratch: TOPK_WARPS x 256 floats of shared memory no longer in use.
+template <int D>
+__device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* pk_sc, float* scratch,
+                            long long bh, int g, int G, int part) {
+    constexpr int LPS = D / 8, NSUB = TOPK_THREADS / LPS, U = 8, H = TOPK_THREADS / D;
+    __shared__ float wred[TOPK_WARPS];
+    __shared__ float stat[2];
+    __shared__ unsigned int s_last;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float m = LS_NEG_INF;
+    for (int j = threadIdx.x; j < P; j += blockDim.x) m = fmaxf(m, pk_sc[j]);
+    m = block_reduce<true>(m, wred);
+    float z = 0.f;
+    for (int j = threadIdx.x; j < P; j += blockDim.x) {
+        const float p = __expf(pk_sc[j] - m);
+        pk_sc[j] = p;
+        z += p;
+    }
+    const float l = block_reduce<false>(z, wred);  // its barriers also publish the weights
+    // LPS lanes per value row, U rows per lane group with their loads issued together
+    const int sub = threadIdx.x / LPS, pt = threadIdx.x % LPS;
+    const bf16_t* vb = a.vals + bh * a.ctx * D;
+    float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int j0 = sub; j0 < P; j0 += NSUB * U) {
+        uint4 raw[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = j0 + u * NSUB;
+            raw[u] = j < P ? __ldg(reinterpret_cast<const uint4*>(vb + (long long)pk_pos[j] * D) + pt)
+                           : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = j0 + u * NSUB;
+            if (j < P) {
+                float vf[8];
+                bf16x8_to_float(raw[u], vf);
+                const float w = pk_sc[j];
+#pragma unroll
+                for (int e = 0; e < 8; ++e) o[e] = fmaf(w, vf[e], o[e]);
+            }
+        }
+    }
+    // sum over the lane groups of a warp, then over the warps
+#pragma unroll
+    for (int off = LPS; off < 32; off <<= 1)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[e] += __shfl_xor_sync(0xffffffffu, o[e], off);
+    if (lane < LPS) {
+        float4* dst = reinterpret_cast<float4*>(scratch + warp * D + pt * 8);
+        dst[0] = make_float4(o[0], o[1], o[2], o[3]);
+        dst[1] = make_float4(o[4], o[5], o[6], o[7]);
+    }
+    __syncthreads();
+    const int dd = threadIdx.x % D, h = threadIdx.x / D;
+    float t = 0.f;
+    for (int w = h; w < TOPK_WARPS; w += H) t += scratch[w * D + dd];
+    scratch[TOPK_WARPS * D + h * D + dd] = t;
+    __syncthreads();
+    const long long slot = (bh * a.items + a.band_items + g * a.pick_parts + part) * G + g;
+    if (threadIdx.x < D) {
+        float s2 = 0.f;
+#pragma unroll
+        for (int u = 0; u < H; ++u) s2 += scratch[TOPK_WARPS * D + u * D + threadIdx.x];
+        a.part_o[slot * D + threadIdx.x] = s2;
+    }
+    if (threadIdx.x == 0) {
+        a.part_ml[slot * 2] = P > 0 ? m : LS_NEG_INF;
+        a.part_ml[slot * 2 + 1] = l;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = completes_head(a.done, bh, g, G, a.band_items + a.pick_parts) ? 1u : 0u;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    merge_head<D>(bh, g, G, a.items, a.band_items, a.pick_parts, a.part_ml, a.part_o, a.done, a.tally, a.count,
+                  a.out, a.lse, pk_sc, scratch, stat);
+}
+
 
 // Warp 0's step of the radix select: lane L holds the counts h[] of bins 255 - 8L down to 248 - 8L (mine: their
 // sum). A scan from the top finds the bin holding the need-th largest key and narrows the shared selection
@@ -494,17 +799,36 @@ __device__ __forceinline__ u32 order_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
-    ls_topk(const unsigned int* __restrict__ count, const int* __restrict__ idx, const float* __restrict__ scores,
-            int G, int cap, int k, int smem_keys, int mode, int* __restrict__ pick_pos,
-            float* __restrict__ pick_score, int* __restrict__ pick_count) {
-    extern __shared__ u32 cache[];  // smem_keys entries
+// Pick number `slot` is the survivor at i: written out, and kept in shared memory when the block attends.
+template <bool ATTEND>
+__device__ __forceinline__ void put_pick(int slot, int i, const int* __restrict__ ix, const float* __restrict__ sc,
+                                         int* __restrict__ out_pos, float* __restrict__ out_score, int* pk_pos,
+                                         float* pk_sc) {
+    const int pos = ix[i];
+    const float v = sc[i];
+    out_pos[slot] = pos;
+    out_score[slot] = v;
+    if constexpr (ATTEND) {
+        pk_pos[slot] = pos;
+        pk_sc[slot] = v;
+    }
+}
+
+// ATTEND: the block also attends over its picks (topk_attend); else it only selects them.
+template <int D, bool ATTEND>
+__device__ void topk_body(const unsigned int* __restrict__ tally, const int* __restrict__ idx,
+                          const float* __restrict__ scores, int G, int cap, int k, int smem_keys, int mode,
+                          int* __restrict__ pick_pos, float* __restrict__ pick_score, int* __restrict__ pick_count,
+                          const PickAttn& attn) {
+    extern __shared__ u32 images[];  // smem_keys entries: the score images
     __shared__ unsigned int hist[TOPK_WARPS][256];
     __shared__ unsigned int total[256];
     __shared__ u32 s_prefix, s_mask, s_need, s_done;
     __shared__ unsigned int s_above, s_ties;
-    const int bhg = blockIdx.x, bh = bhg / G;
-    const int n = min((int)count[bh], cap);
+    __shared__ int pk_pos[1024];  // the picks again, for topk_attend
+    __shared__ float pk_sc[1024];
+    const int bhg = blockIdx.x, bh = bhg / G, g = bhg % G;
+    const int n = min((int)tally[bh], cap);
     const int kk = min(k, n);
     const float* sc = scores + (long long)bhg * cap;
     const int* ix = idx + (long long)bh * cap;
@@ -512,9 +836,11 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     float* out_score = pick_score + (long long)bhg * k;
     if (threadIdx.x == 0) pick_count[bhg] = kk;
     if (n <= k) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            out_pos[i] = ix[i];
-            out_score[i] = sc[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            put_pick<ATTEND>(i, i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
+        if constexpr (ATTEND) {
+            __syncthreads();
+            topk_attend<D>(attn, n, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, 0);
         }
         return;
     }
@@ -531,7 +857,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
 #pragma unroll
             for (int u = 0; u < 8; ++u) {
                 const int i = i0 + u * TOPK_THREADS + threadIdx.x;
-                if (i < n) cache[i] = v[u];
+                if (i < n) images[i] = v[u];
             }
         }
     }
@@ -550,7 +876,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
             bool in = false;
             u32 digit = 0;
             if (i < n) {
-                const u32 key = cached ? cache[i] : order_key(__ldg(sc + i));
+                const u32 key = cached ? images[i] : order_key(__ldg(sc + i));
                 in = (key & mask) == prefix;
                 digit = (key >> shift) & 0xffu;
             }
@@ -593,24 +919,43 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     }
     __syncthreads();
     const u32 n_above = (u32)k - need;
-    for (int i0 = 0; i0 < n; i0 += blockDim.x) {
-        const int i = i0 + threadIdx.x;
-        if (i < n) {
-            const u32 m = (cached ? cache[i] : order_key(__ldg(sc + i))) & mask;
-            int slot = -1;
-            if (m > prefix) {
-                slot = (int)atomicAdd(&s_above, 1u);
-            } else if (m == prefix) {
-                const u32 t = atomicAdd(&s_ties, 1u);
-                if (t < need) slot = (int)(n_above + t);
-            }
-            if (slot >= 0) {
-                out_pos[slot] = ix[i];
-                out_score[slot] = sc[i];
-            }
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const u32 m = (cached ? images[i] : order_key(__ldg(sc + i))) & mask;
+        int slot = -1;
+        if (m > prefix) {
+            slot = (int)atomicAdd(&s_above, 1u);
+        } else if (m == prefix) {
+            const u32 t = atomicAdd(&s_ties, 1u);
+            if (t < need) slot = (int)(n_above + t);
         }
+        if (slot >= 0) put_pick<ATTEND>(slot, i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
+    }
+    if constexpr (ATTEND) {
+        __syncthreads();
+        topk_attend<D>(attn, kk, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, 0);
     }
 }
+
+#define LS_TOPK_ARGS                                                                                             \
+    const unsigned int *tally, const int *idx, const float *scores, int G, int cap, int k, int smem_keys,          \
+        int *pick_pos, float *pick_score, int *pick_count, const bf16_t *vals, long long ctx, int items,            \
+        int band_items, int pick_parts, float *part_ml, float *part_o, unsigned int *done, unsigned int *count,       \
+        float *out, float *lse
+#define LS_PICK_ATTN {vals, ctx, items, band_items, pick_parts, part_ml, part_o, done, \
+                      const_cast<unsigned int*>(tally), count, out, lse}
+
+// mode: the histogram adds through __match_any_sync (0) or shared atomics (1). ls_topk_d*: selection and the
+// picks' attention; ls_topk_select: selection alone (the attention arguments unused), without the attention's
+// registers and shared memory
+#define LS_TOPK(NAME, DIM, ATTEND)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(TOPK_THREADS) NAME(int mode, LS_TOPK_ARGS) {                      \
+        const PickAttn attn LS_PICK_ATTN;                                                                          \
+        topk_body<DIM, ATTEND>(tally, idx, scores, G, cap, k, smem_keys, mode, pick_pos, pick_score, pick_count,  \
+                               attn);                                                                              \
+    }
+LS_TOPK(ls_topk_d64, 64, true)
+LS_TOPK(ls_topk_d128, 128, true)
+LS_TOPK(ls_topk_select, 128, false)
 
 // The same selection spread over a cluster of TOPK_CTAS thread blocks (sm_90): block r of the cluster holds
 // scores [r n / C, (r + 1) n / C) of the row in its shared memory, histograms them, and every block reads the
@@ -619,57 +964,81 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
 // only 32 rows (8 KV heads x 4 query heads) for 132 SMs.
 #define TOPK_CTAS 4
 
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+// Cluster primitives (sm_90); a plain block is a cluster of one below that, so the templates that use them
+// under ``if constexpr`` still build for every target.
 __device__ __forceinline__ unsigned int cluster_rank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     unsigned int r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
     return r;
+#else
+    return 0u;
+#endif
 }
 
 __device__ __forceinline__ void cluster_sync_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+    __syncthreads();
+#endif
 }
 
 // a 32-bit word of block ``rank``'s shared memory at the address ``p`` has in this block
 __device__ __forceinline__ unsigned int ld_cluster(const unsigned int* p, unsigned int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     unsigned int local, remote, v;
     asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(local) : "l"(p));
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
     asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
     return v;
+#else
+    return *p;
+#endif
 }
 
-extern "C" __global__ void __cluster_dims__(TOPK_CTAS, 1, 1) __launch_bounds__(TOPK_THREADS)
-    ls_topk_cluster(const unsigned int* __restrict__ count, const int* __restrict__ idx,
-                    const float* __restrict__ scores, int G, int cap, int k, int smem_keys,
-                    int* __restrict__ pick_pos, float* __restrict__ pick_score, int* __restrict__ pick_count) {
-    extern __shared__ u32 cache[];  // smem_keys entries: this block's slice
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+template <int D, bool ATTEND>
+__device__ void topk_cluster_body(const unsigned int* __restrict__ tally, const int* __restrict__ idx,
+                                  const float* __restrict__ scores, int G, int cap, int k, int smem_keys,
+                                  int* __restrict__ pick_pos, float* __restrict__ pick_score,
+                                  int* __restrict__ pick_count, const PickAttn& attn) {
+    extern __shared__ u32 slice[];  // smem_keys entries: this block's slice of the score images
     __shared__ unsigned int hist[TOPK_WARPS][256];
     __shared__ unsigned int total[256];
     __shared__ unsigned int counts[2];  // this block's (above, ties) for the collect offsets
     __shared__ u32 s_prefix, s_mask, s_need, s_done;
-    __shared__ unsigned int s_above, s_ties;
+    __shared__ unsigned int s_above, s_ties, s_local;
+    __shared__ int pk_pos[1024];  // this block's picks again, for topk_attend
+    __shared__ float pk_sc[1024];
     const unsigned int rank = cluster_rank();
-    const int bhg = blockIdx.x / TOPK_CTAS, bh = bhg / G;
-    const int n = min((int)count[bh], cap);
+    const int bhg = blockIdx.x / TOPK_CTAS, bh = bhg / G, g = bhg % G;
+    const int n = min((int)tally[bh], cap);
     const int kk = min(k, n);
     const float* sc = scores + (long long)bhg * cap;
     const int* ix = idx + (long long)bh * cap;
     int* out_pos = pick_pos + (long long)bhg * k;
     float* out_score = pick_score + (long long)bhg * k;
-    if (n <= k) {  // the same for every block of the cluster: all leave, block 0 copies
-        if (rank == 0) {
-            if (threadIdx.x == 0) pick_count[bhg] = kk;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                out_pos[i] = ix[i];
-                out_score[i] = sc[i];
-            }
-        }
-        return;
-    }
     if (rank == 0 && threadIdx.x == 0) pick_count[bhg] = kk;
     const int lo = (int)(((long long)n * rank) / TOPK_CTAS), hi = (int)(((long long)n * (rank + 1)) / TOPK_CTAS);
     const int m = hi - lo;
+    if (n <= k) {  // the same for every block of the cluster: each copies (and attends over) its slice
+        for (int i = threadIdx.x; i < m; i += blockDim.x) {
+            const int pos = ix[lo + i];
+            const float v = sc[lo + i];
+            out_pos[lo + i] = pos;
+            out_score[lo + i] = v;
+            if constexpr (ATTEND) {
+                pk_pos[i] = pos;
+                pk_sc[i] = v;
+            }
+        }
+        if constexpr (ATTEND) {
+            __syncthreads();
+            topk_attend<D>(attn, m, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, (int)rank);
+        }
+        return;
+    }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool cached = m <= smem_keys;
     if (cached) {
@@ -683,7 +1052,7 @@ extern "C" __global__ void __cluster_dims__(TOPK_CTAS, 1, 1) __launch_bounds__(T
 #pragma unroll
             for (int u = 0; u < 8; ++u) {
                 const int i = i0 + u * TOPK_THREADS + threadIdx.x;
-                if (i < m) cache[i] = v[u];
+                if (i < m) slice[i] = v[u];
             }
         }
     }
@@ -698,7 +1067,7 @@ extern "C" __global__ void __cluster_dims__(TOPK_CTAS, 1, 1) __launch_bounds__(T
         __syncthreads();
         const u32 prefix = s_prefix, mask = s_mask;
         for (int i = threadIdx.x; i < m; i += blockDim.x) {
-            const u32 key = cached ? cache[i] : order_key(__ldg(sc + lo + i));
+            const u32 key = cached ? slice[i] : order_key(__ldg(sc + lo + i));
             if ((key & mask) == prefix) atomicAdd(&hist[warp][(key >> shift) & 0xffu], 1u);
         }
         __syncthreads();
@@ -733,7 +1102,7 @@ extern "C" __global__ void __cluster_dims__(TOPK_CTAS, 1, 1) __launch_bounds__(T
     __syncthreads();
     // this block's counts of keys above the prefix and tied with it, then offsets from the blocks before it
     for (int i = threadIdx.x; i < m; i += blockDim.x) {
-        const u32 key = (cached ? cache[i] : order_key(__ldg(sc + lo + i))) & mask;
+        const u32 key = (cached ? slice[i] : order_key(__ldg(sc + lo + i))) & mask;
         if (key > prefix) atomicAdd(&s_above, 1u);
         else if (key == prefix) atomicAdd(&s_ties, 1u);
     }
@@ -752,10 +1121,11 @@ extern "C" __global__ void __cluster_dims__(TOPK_CTAS, 1, 1) __launch_bounds__(T
     if (threadIdx.x == 0) {
         s_above = 0;
         s_ties = 0;
+        s_local = 0;
     }
     __syncthreads();
     for (int i = threadIdx.x; i < m; i += blockDim.x) {
-        const u32 key = (cached ? cache[i] : order_key(__ldg(sc + lo + i))) & mask;
+        const u32 key = (cached ? slice[i] : order_key(__ldg(sc + lo + i))) & mask;
         int slot = -1;
         if (key > prefix) {
             slot = (int)(above_off + atomicAdd(&s_above, 1u));
@@ -764,47 +1134,71 @@ extern "C" __global__ void __cluster_dims__(TOPK_CTAS, 1, 1) __launch_bounds__(T
             if (t < need) slot = (int)(n_above + t);
         }
         if (slot >= 0) {
-            out_pos[slot] = ix[lo + i];
-            out_score[slot] = sc[lo + i];
+            const int pos = ix[lo + i];
+            const float v = sc[lo + i];
+            out_pos[slot] = pos;
+            out_score[slot] = v;
+            if constexpr (ATTEND) {
+                const unsigned int local = atomicAdd(&s_local, 1u);  // this block's picks, for topk_attend
+                pk_pos[local] = pos;
+                pk_sc[local] = v;
+            }
         }
     }
-    cluster_sync_all();  // no block leaves while another may still read its shared memory
+    cluster_sync_all();  // no block leaves while another may still read its shared memory; s_local visible
+    if constexpr (ATTEND)
+        topk_attend<D>(attn, (int)s_local, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, (int)rank);
 }
+
+#define LS_TOPK_CLUSTER(NAME, DIM, ATTEND)                                                                         \
+    extern "C" __global__ void __cluster_dims__(TOPK_CTAS, 1, 1) __launch_bounds__(TOPK_THREADS)                  \
+        NAME(LS_TOPK_ARGS) {                                                                                       \
+        const PickAttn attn LS_PICK_ATTN;                                                                          \
+        topk_cluster_body<DIM, ATTEND>(tally, idx, scores, G, cap, k, smem_keys, pick_pos, pick_score, pick_count, \
+                                       attn);                                                                      \
+    }
+LS_TOPK_CLUSTER(ls_topk_cluster_d64, 64, true)
+LS_TOPK_CLUSTER(ls_topk_cluster_d128, 128, true)
+LS_TOPK_CLUSTER(ls_topk_cluster_select, 128, false)
+
 #endif
 
 // ------------------------------------------------------------------------------------------------ attention
 
 // One softmax per query head over the band (sinks [0, sinks) and window [ctx - window, ctx), shared by the
-// group's G heads) and that head's picks (their scores from ls_topk). Work items per bh = blockIdx.y:
-// band chunks of ATTN_CHUNK keys (all G heads), then G x pick chunks of ATTN_CHUNK picks (one head). Each
-// lane group issues every row load of its item (keys and values) before the first use. Each item writes, per
-// head, (max m, sum l, unnormalised o[D]) to part[bh, item, g]; the last item of bh to finish (a counter per
-// bh, reset by that item for the next launch) merges them: out[bh, g] = sum e^(m_i - M) o_i / sum e^(m_i -
-// M) l_i, lse[bh, g] = M + log(sum e^(m_i - M) l_i). An item with nothing for head g writes m = -inf, l = 0.
-//   vals [BH, ctx, D] bf16; q [BH, G, D] fp32 scaled; part_ml [BH, items, G, 2]; part_o [BH, items, G, D]
-#define ATTN_CHUNK 128
+// group's G heads) and that head's picks (their scores from the top-k). Work items per bh = blockIdx.y: band
+// chunks of CHUNK keys (all G heads), then G x pick_parts pick chunks of CHUNK picks (one head each). The band
+// chunks need nothing from the select or the top-k, so they are launched apart (items [0, band_items)) and run
+// beside them; the pick chunks (items [band_items, items)) follow the top-k, or the top-k blocks attend over
+// their own picks (topk_attend, pick_parts = blocks per head) and this kernel runs the band alone. Each lane
+// group issues every row load of its item (keys and values) before the first use. Each item writes its own
+// heads' partials and counts them; the merge is merge_head's. An item with nothing for its head writes
+// m = -inf, l = 0.
+//   vals [BH, ctx, D] bf16; q [BH, G, D] fp32 scaled
 #define ATTN_THREADS 256
-#define ATTN_MAX_ITEMS 128  // work items per row (band chunks + G x pick chunks)
+#define ATTN_MAX_ITEMS 256  // work items per row (band chunks + G x pick chunks)
 
-template <int D, int GA>
+template <int D, int GA, int CHUNK>
 __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict__ keys,
                           const bf16_t* __restrict__ vals, long long ctx, int sinks, int window, int G, int k,
                           const int* __restrict__ pick_pos, const float* __restrict__ pick_score,
-                          const int* __restrict__ pick_count, int items, float* __restrict__ part_ml,
-                          float* __restrict__ part_o, unsigned int* __restrict__ done, float* __restrict__ out,
-                          float* __restrict__ lse) {
-    constexpr int LPS = D / 8, NSUB = ATTN_THREADS / LPS, ROWS = ATTN_CHUNK / NSUB;
+                          const int* __restrict__ pick_count, int item0, int items, int pick_parts,
+                          float* __restrict__ part_ml,
+                          float* __restrict__ part_o, unsigned int* __restrict__ done,
+                          unsigned int* __restrict__ tally, unsigned int* __restrict__ count,
+                          float* __restrict__ out, float* __restrict__ lse) {
+    constexpr int LPS = D / 8, NSUB = ATTN_THREADS / LPS, ROWS = CHUNK / NSUB;
     __shared__ float qf[LS_MAX_GA * D];
-    __shared__ float s[LS_MAX_GA][ATTN_CHUNK];
+    __shared__ float s[LS_MAX_GA][CHUNK];
     __shared__ float acc[LS_MAX_GA * D];
     __shared__ float mx[LS_MAX_GA], sm[LS_MAX_GA];
     __shared__ unsigned int s_last;
-    __shared__ float ml_s[ATTN_MAX_ITEMS * LS_MAX_GA * 2];
+    __shared__ float ml_s[2 * ATTN_MAX_ITEMS];
     __shared__ __align__(16) float red[NSUB * D];
     const long long bh = blockIdx.y;
-    const int item = blockIdx.x;
+    const int item = item0 + blockIdx.x;
     const int band = sinks + window;
-    const int band_items = (band + ATTN_CHUNK - 1) / ATTN_CHUNK;
+    const int band_items = (band + CHUNK - 1) / CHUNK;
     const int sub = threadIdx.x / LPS, part = threadIdx.x % LPS;
     const bf16_t* kb = keys + bh * ctx * D;
     const bf16_t* vb = vals + bh * ctx * D;
@@ -814,17 +1208,16 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
     if (is_band) {
         g_lo = 0;
         g_hi = G;
-        first = item * ATTN_CHUNK;
-        nkeys = min(ATTN_CHUNK, band - first);
+        first = item * CHUNK;
+        nkeys = min(CHUNK, band - first);
     } else {
         const int r = item - band_items;
-        const int per_head = (k + ATTN_CHUNK - 1) / ATTN_CHUNK;
-        const int g = r / per_head;
-        first = (r % per_head) * ATTN_CHUNK;
+        const int g = r / pick_parts;
+        first = (r % pick_parts) * CHUNK;
         g_lo = g;
         g_hi = g + 1;
         pick_base = (bh * G + g) * k + first;
-        nkeys = max(0, min(ATTN_CHUNK, pick_count[bh * G + g] - first));
+        nkeys = max(0, min(CHUNK, pick_count[bh * G + g] - first));
     }
     // every row this lane group needs, loads issued first
     uint4 kraw[ROWS], vraw[ROWS];
@@ -934,70 +1327,52 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
             }
         }
     }
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        const int g = i / D, dd = i % D;
-        const bool mine = g >= g_lo && g < g_hi && nkeys > 0;
+    // this item's partials, for its own heads only
+    for (int i = threadIdx.x; i < (g_hi - g_lo) * D; i += blockDim.x) {
+        const int g = g_lo + i / D, dd = i % D;
+        const bool any = nkeys > 0;
         const long long slot = (bh * items + item) * G + g;
-        part_o[slot * D + dd] = mine ? acc[i] : 0.f;
+        part_o[slot * D + dd] = any ? acc[g * D + dd] : 0.f;
         if (dd == 0) {
-            part_ml[slot * 2] = mine ? mx[g] : LS_NEG_INF;
-            part_ml[slot * 2 + 1] = mine ? sm[g] : 0.f;
+            part_ml[slot * 2] = any ? mx[g] : LS_NEG_INF;
+            part_ml[slot * 2 + 1] = any ? sm[g] : 0.f;
         }
     }
-    // the last item of this bh merges every item's partial softmax
+    // the item that completes a head's partials merges that head
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) s_last = (atomicAdd(done + bh, 1u) == (unsigned int)items - 1u) ? 1u : 0u;
+    if (threadIdx.x == 0) {
+        unsigned int last = 0;
+        for (int g = g_lo; g < g_hi; ++g)
+            if (completes_head(done, bh, g, G, band_items + pick_parts)) last |= 1u << g;
+        s_last = last;
+    }
     __syncthreads();
-    if (!s_last) return;
-    if (threadIdx.x == 0) done[bh] = 0u;  // ready for the next launch
+    const unsigned int last = s_last;
+    if (!last) return;
     __threadfence();
-    // every item's (m, l) in shared memory, then per head M = max m and z = sum e^(m - M) l; the weights
-    // e^(m - M) replace m in place, so each output element is one pass of independent loads
-    const int nml = items * G;
-    for (int i = threadIdx.x; i < nml; i += blockDim.x) {
-        ml_s[2 * i] = __ldcg(part_ml + (bh * nml + i) * 2);
-        ml_s[2 * i + 1] = __ldcg(part_ml + (bh * nml + i) * 2 + 1);
-    }
-    __syncthreads();
-    if (threadIdx.x < G) {
-        const int g = threadIdx.x;
-        float m = LS_NEG_INF;
-        for (int it = 0; it < items; ++it) m = fmaxf(m, ml_s[2 * (it * G + g)]);
-        float z = 0.f;
-        for (int it = 0; it < items; ++it) {
-            const float mi = ml_s[2 * (it * G + g)];
-            const float w = mi == LS_NEG_INF ? 0.f : __expf(mi - m);
-            ml_s[2 * (it * G + g)] = w;
-            z += w * ml_s[2 * (it * G + g) + 1];
-        }
-        mx[g] = m;
-        sm[g] = z;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        const int g = i / D, dd = i % D;
-        const float* po = part_o + (bh * items * G + g) * D + dd;
-        float acc_o = 0.f;
-#pragma unroll 16
-        for (int it = 0; it < items; ++it) acc_o += ml_s[2 * (it * G + g)] * __ldcg(po + (long long)it * G * D);
-        out[(bh * G + g) * D + dd] = acc_o / sm[g];
-        if (dd == 0) lse[bh * G + g] = mx[g] + logf(sm[g]);
-    }
+    for (int g = g_lo; g < g_hi; ++g)
+        if ((last >> g) & 1u)  // block-uniform
+            merge_head<D>(bh, g, G, items, band_items, pick_parts, part_ml, part_o, done, tally, count, out, lse,
+                          ml_s, red, mx);
 }
 
-// GA: query heads per KV head the registers hold (G <= GA); MINB: blocks kept resident per SM (3 for GA = 4:
-// 112 registers a thread gave 2, and the pass is latency-bound)
-#define LS_ATTN(DIM, GA, MINB)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(ATTN_THREADS, MINB)                                              \
-        ls_attn_d##DIM##_g##GA(const float* q, const bf16_t* keys, const bf16_t* vals, long long ctx, int sinks,     \
-                               int window, int G, int k, const int* pick_pos, const float* pick_score,             \
-                               const int* pick_count, int items, float* part_ml, float* part_o, unsigned int* done, \
-                               float* out, float* lse) {                                                           \
-        attn_body<DIM, GA>(q, keys, vals, ctx, sinks, window, G, k, pick_pos, pick_score, pick_count, items,       \
-                           part_ml, part_o, done, out, lse);                                                        \
+// GA: query heads per KV head the registers hold (G <= GA); CHUNK: keys per work item; MINB: blocks kept
+// resident per SM (3 for GA = 4 at CHUNK 128: 112 registers a thread gave 2, and the pass is latency-bound)
+#define LS_ATTN(DIM, GA, CHUNK, MINB)                                                                                \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS, MINB) ls_attn_d##DIM##_g##GA##_c##CHUNK(            \
+        const float* q, const bf16_t* keys, const bf16_t* vals, long long ctx, int sinks, int window, int G, int k, \
+        const int* pick_pos, const float* pick_score, const int* pick_count, int item0, int items, int pick_parts,  \
+        float* part_ml, float* part_o, unsigned int* done, unsigned int* tally, unsigned int* count, float* out,     \
+        float* lse) {                                                                                             \
+        attn_body<DIM, GA, CHUNK>(q, keys, vals, ctx, sinks, window, G, k, pick_pos, pick_score, pick_count, item0, \
+                                  items, pick_parts, part_ml, part_o, done, tally, count, out, lse);                 \
     }
-LS_ATTN(64, 4, 3)
-LS_ATTN(64, 8, 2)
-LS_ATTN(128, 4, 3)
-LS_ATTN(128, 8, 2)
+LS_ATTN(64, 4, 128, 3)
+LS_ATTN(64, 8, 128, 2)
+LS_ATTN(128, 4, 128, 3)
+LS_ATTN(128, 8, 128, 2)
+LS_ATTN(64, 4, 64, 4)
+LS_ATTN(64, 8, 64, 2)
+LS_ATTN(128, 4, 64, 4)
+LS_ATTN(128, 8, 64, 2)

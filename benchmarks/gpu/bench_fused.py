@@ -240,7 +240,7 @@ def bench_select_methods(cp, torch, ctx: int, users: int, survival: float, group
     """ls_select (filter + compaction + survivor scores) alone with each filter method on one layer's rows
     (Llama-3-8B's 8 KV heads, ``group`` query heads each), back to back with its counter reset; every method's
     survivors checked equal to popc's, and row 0's against the NumPy reference."""
-    from cemsim.gpu.fused import FusedLongSight
+    from cemsim.gpu.fused import Config, FusedLongSight
     from cemsim.gpu.sign_layout import to_frag
 
     data = Data(cp, torch, users, ctx, seed=7)
@@ -257,7 +257,7 @@ def bench_select_methods(cp, torch, ctx: int, users: int, survival: float, group
     row0 = ref.survivors(cp.asnumpy(data.ksig[:1]), cp.asnumpy(qsig[:1]), np.array([t]), s.start, s.region)
     out, first = [], None
     for method in ("popc", "mma", "mmax", "frag"):
-        p = FusedLongSight(s, method=method)
+        p = FusedLongSight(s, method=method, config=Config(select="fused"))
         args = (frag if method == "frag" else data.ksig, qsig, thresholds, q, data.keys, data.vals)
         p.run(*args)
         cp.cuda.Device().synchronize()
@@ -265,11 +265,10 @@ def bench_select_methods(cp, torch, ctx: int, users: int, survival: float, group
         got = [np.sort(res["idx"][r, : res["count"][r]]) for r in range(s.rows)]
         first = first or got
         same = all(np.array_equal(a, b) for a, b in zip(first, got, strict=True))
-        stages = p.stages(*args)
-        with stream:
+        with stream:  # the select with the tally reset the layer's merge would do
             stream.begin_capture()
-            for f in stages[:2]:
-                f()
+            p.reset()
+            p.stages(*args)["select"]()
             graph = stream.end_capture()
         us = back_to_back(cp, lambda i: graph.launch(stream), stream)
         out.append(
@@ -314,23 +313,40 @@ def mma_rates(cp) -> dict:
 # ------------------------------------------------------------------------------------------------ layer
 
 
-class Data:
-    """One input set on the GPU for ``users`` x 8 rows at ``ctx`` tokens (torch makes the bf16 data)."""
+PLANTED_THRESHOLD = 100  # random signs reach 100 of 128 matches with probability ~2e-10 per query
 
-    def __init__(self, cp, torch, users: int, ctx: int, seed: int) -> None:
+
+class Data:
+    """One input set on the GPU for ``users`` x 8 rows at ``ctx`` tokens (torch makes the bf16 data).
+
+    ``planted``: that fraction of each row's region keys (exactly, rounded) get the signs of one of the row's
+    query heads with each bit flipped with probability 1/16 (~8 of 128 bits), so they reach
+    PLANTED_THRESHOLD matches and random keys almost never do: survival at a chosen fraction instead of the
+    few that integer thresholds on random signs give."""
+
+    def __init__(self, cp, torch, users: int, ctx: int, seed: int, planted: float | None = None) -> None:
         gen = torch.Generator(device="cuda").manual_seed(seed)
         rows = users * KV_HEADS
         self.tk = torch.randn(rows, ctx, D, dtype=torch.bfloat16, device="cuda", generator=gen)
         self.tv = torch.randn(rows, ctx, D, dtype=torch.bfloat16, device="cuda", generator=gen)
-        self.tsig = torch.randint(
-            -(2**62), 2**62, (rows, ctx, D // 64), dtype=torch.int64, device="cuda", generator=gen
-        )
-        self.tsig ^= (
-            torch.randint(0, 2, (rows, ctx, D // 64), dtype=torch.int64, device="cuda", generator=gen) << 63
-        )
-        self.tqsig = torch.randint(
-            -(2**62), 2**62, (rows, GROUP, D // 64), dtype=torch.int64, device="cuda", generator=gen
-        )
+
+        def bits(*shape: int) -> torch.Tensor:  # uniform random 64-bit words
+            w = torch.randint(-(2**62), 2**62, shape, dtype=torch.int64, device="cuda", generator=gen)
+            return w ^ (torch.randint(0, 2, shape, dtype=torch.int64, device="cuda", generator=gen) << 63)
+
+        self.tsig = bits(rows, ctx, D // 64)
+        self.tqsig = bits(rows, GROUP, D // 64)
+        if planted is not None:
+            region = ctx - WINDOW - SINKS
+            n = round(planted * region)
+            pos = torch.stack(
+                [torch.randperm(region, device="cuda", generator=gen)[:n] + SINKS for _ in range(rows)]
+            )
+            head = torch.randint(0, GROUP, (rows, n), device="cuda", generator=gen)
+            r = torch.arange(rows, device="cuda")[:, None]
+            flips = bits(rows, n, D // 64) & bits(rows, n, D // 64) & bits(rows, n, D // 64)
+            flips &= bits(rows, n, D // 64)
+            self.tsig[r, pos] = self.tqsig[r, head] ^ flips
         self.tq = torch.randn(rows, GROUP, D, dtype=torch.float32, device="cuda", generator=gen) / D**0.5
         self.keys = cp.from_dlpack(self.tk.view(torch.int16)).view(cp.uint16)
         self.vals = cp.from_dlpack(self.tv.view(torch.int16)).view(cp.uint16)
@@ -443,11 +459,20 @@ def torch_graph_time(torch, fn, reps: int) -> tuple[list[float], float]:
     return out, statistics.median(per)
 
 
-def bench_layers(
-    cp, torch, bw: float, configs: list[tuple[int, int]], reps: int, old_for, deadline: float
-) -> list[dict]:
-    from cemsim.gpu.fused import FusedLongSight
+def capture(cp, stream, fns) -> object:
+    with stream:
+        stream.begin_capture()
+        for f in fns:
+            f()
+        return stream.end_capture()
 
+
+def bench_layers(
+    cp, torch, bw: float, configs: list[tuple[int, int]], reps: int, old_for, deadline: float, planted: bool
+) -> list[dict]:
+    from cemsim.gpu.fused import TOPK_VARIANTS, Config, FusedLongSight, choose_config
+
+    points: list[tuple[float, bool]] = [(x, False) for x in SURVIVAL] + ([(0.05, True)] if planted else [])
     rows = []
     for users, ctx in configs:
         if time.time() > deadline:
@@ -458,81 +483,111 @@ def bench_layers(
         hot = s0.floor_bytes(s0.rows * s0.region * 0.05, s0.rows * s0.group * s0.k)
         free = cp.cuda.Device().mem_info[0]
         nsets = int(max(1, min(4, -(-4 * L2 // hot), (0.5 * free) // set_bytes)))
-        sets = [Data(cp, torch, users, ctx, seed=1000 * users + ctx + i) for i in range(nsets)]
-        for survival in SURVIVAL:
+        for survival, plant in points:
+            if plant or survival == SURVIVAL[0]:  # planted points need their own signs
+                sets = args = thresholds = None
+                torch.cuda.empty_cache()
+                cp.get_default_memory_pool().free_all_blocks()
+                sets = [
+                    Data(cp, torch, users, ctx, seed=1000 * users + ctx + i, planted=0.05 if plant else None)
+                    for i in range(nsets)
+                ]
             s = shape_for(users, ctx, survival)
-            t = ref.survival_threshold(D, GROUP, survival)
+            t = PLANTED_THRESHOLD if plant else ref.survival_threshold(D, GROUP, survival)
             thresholds = cp.full(s.rows, t, dtype=cp.int32)
             pipes = [FusedLongSight(s) for _ in sets]
             args = [(d.ksig, d.qsig, thresholds, d.q, d.keys, d.vals) for d in sets]
-            row: dict = {"users": users, "context": ctx, "survival_target": survival, "threshold": t, "k": s.k,
-                         "window": WINDOW, "sinks": SINKS, "kv_heads": KV_HEADS, "group": GROUP, "head_dim": D,
-                         "method": pipes[0].method, "input_sets": nsets}  # fmt: skip
+            row: dict = {"users": users, "context": ctx, "survival_target": survival, "planted": plant,
+                         "threshold": t, "k": s.k, "window": WINDOW, "sinks": SINKS, "kv_heads": KV_HEADS,
+                         "group": GROUP, "head_dim": D, "method": pipes[0].method, "input_sets": nsets}  # fmt: skip
             try:
-                pipes[0].run(*args[0])
+                p0 = pipes[0]
+                p0.run(*args[0])
                 cp.cuda.Device().synchronize()
-                if pipes[0].overflowed():
+                if p0.overflowed():
                     raise RuntimeError("survivor capacity overflowed")
-                row.update(check_row0(cp, s, sets[0], thresholds, pipes[0]))
-                res = pipes[0].results()
+                first = check_row0(cp, s, sets[0], thresholds, p0)
+                res = p0.results()
                 survivors = int(res["count"].sum())
                 picks = int(res["pick_count"].sum())
-                # the top-k variant that is faster here (all exact; tests/gpu checks each): ls_topk with
-                # either histogram mode, or ls_topk_cluster
                 stream = cp.cuda.Stream(non_blocking=True)
+                # top-k kernels alone (selection only) on the survivors one select left in the tally (all
+                # exact; tests/gpu checks each), then every select form x attention chunk x where the picks'
+                # attention runs (in the top-k blocks or a launch of its own) as a whole layer with the best one
+                p0.config.fold = False
+                for name, f in p0.stages(*args[0]).items():
+                    if name in ("select", "filter", "score"):
+                        f()
                 row["topk_variant_b2b_us"] = {}
-                for name, mode, ctas in (("match", 0, 1), ("atomic", 1, 1), ("cluster", 1, 4)):
-                    pipes[0].topk_mode, pipes[0].topk_ctas = mode, ctas
-                    with stream:
-                        stream.begin_capture()
-                        pipes[0].stages(*args[0])[-2]()
-                        gk = stream.end_capture()
-                    row["topk_variant_b2b_us"][name] = back_to_back(cp, lambda i: gk.launch(stream), stream)
-                best = min(row["topk_variant_b2b_us"], key=row["topk_variant_b2b_us"].get)
-                mode, ctas = {"match": (0, 1), "atomic": (1, 1), "cluster": (1, 4)}[best]
+                for v in TOPK_VARIANTS:
+                    p0.config.topk = v
+                    g1 = capture(cp, stream, [p0.stages(*args[0])["topk"]])
+                    row["topk_variant_b2b_us"][v] = back_to_back(cp, lambda i: g1.launch(stream), stream)
+                p0.reset()
+                best_topk = min(row["topk_variant_b2b_us"], key=row["topk_variant_b2b_us"].get)
+                row["layer_variant_b2b_us"] = {}
+                for form in ("fused", "split"):
+                    for chunk in (64, 128):
+                        for fold in (True, False):
+                            for p in pipes:
+                                p.config = Config(form, best_topk, chunk, fold)
+                            gs = [p.capture(*a, stream=stream) for p, a in zip(pipes, args, strict=True)]
+                            row["layer_variant_b2b_us"][f"{form}/{chunk}/{'fold' if fold else 'apart'}"] = (
+                                back_to_back(cp, lambda i: gs[i % nsets].launch(stream), stream)
+                            )
+                best = min(row["layer_variant_b2b_us"], key=row["layer_variant_b2b_us"].get)
+                form, chunk, where = best.split("/")
+                chosen = Config(form, best_topk, int(chunk), where == "fold")  # type: ignore[arg-type]
+                row["default_config"] = dict(vars(choose_config(s)))
+                row["config"] = dict(vars(chosen))
                 for p in pipes:
-                    p.topk_mode, p.topk_ctas = mode, ctas
-                row["topk_variant"] = best
-                pipes[0].run(*args[0])  # the chosen variant's results, checked too
-                first, again = dict(row), check_row0(cp, s, sets[0], thresholds, pipes[0])
+                    p.config = Config(chosen.select, chosen.topk, chosen.chunk, chosen.fold)
+                p0.run(*args[0])  # the chosen kernels' results, checked too
+                again = check_row0(cp, s, sets[0], thresholds, p0)
                 row["row0_checked"] = bool(first["row0_checked"] and again["row0_checked"])
                 row["row0_error"] = first["row0_error"] or again["row0_error"]
-                # eager, per stage (launch gaps included)
-                stages = pipes[0].stages(*args[0])
-                st_times = [[] for _ in stages]
+                # eager, per launch (launch gaps included)
+                stages = p0.stages(*args[0])
+                st_times: dict[str, list[float]] = {n: [] for n in stages}
                 for _ in range(10):
                     ev = [cp.cuda.Event() for _ in range(len(stages) + 1)]
                     ev[0].record()
-                    for j, f in enumerate(stages):
+                    for j, f in enumerate(stages.values()):
                         f()
                         ev[j + 1].record()
                     ev[-1].synchronize()
-                    for j in range(len(stages)):
-                        st_times[j].append(cp.cuda.get_elapsed_time(ev[j], ev[j + 1]) * 1e3)
-                names = ["zero", "select", "topk", "attn"][-len(stages) :]
-                row["eager_stage_median_us"] = {
-                    n: statistics.median(v) for n, v in zip(names, st_times, strict=True)
-                }
+                    for j, n in enumerate(stages):
+                        st_times[n].append(cp.cuda.get_elapsed_time(ev[j], ev[j + 1]) * 1e3)
+                row["eager_stage_median_us"] = {n: statistics.median(v) for n, v in st_times.items()}
                 graphs = [p.capture(*a, stream=stream) for p, a in zip(pipes, args, strict=True)]
                 ts = timer(cp, lambda i: graphs[i % nsets].launch(stream), reps, stream=stream)
                 row["fused_b2b_us"] = back_to_back(cp, lambda i: graphs[i % nsets].launch(stream), stream)
-                # each stage alone, back to back (the select includes its counter reset)
+                # each stage alone, back to back, in its unfolded form (a folded top-k alone would finish the
+                # merges and zero the tally it reads): the select with a reset in front (what the layer's
+                # merge does), the top-k's selection on the survivors it left, the attention (band, then
+                # picks: the merge counters need both)
+                p0.config = Config(chosen.select, chosen.topk, chosen.chunk, False)
+                stages = p0.stages(*args[0])
+                sel = [stages[n] for n in ("select", "filter", "score") if n in stages]
                 parts = {
-                    "zero": [stages[0]],
-                    "zero+select": stages[:2],
-                    "topk": [stages[-2]],
-                    "attn": [stages[-1]],
+                    "reset+select": [p0.reset, *sel],
+                    "topk": [stages["topk"]],
+                    "attention": [stages["band"], stages["picks"]],
                 }
+                if len(sel) == 2:
+                    parts["reset+filter"] = [p0.reset, sel[0]]
                 row["stage_b2b_us"] = {}
                 for name, fs in parts.items():
-                    with stream:
-                        stream.begin_capture()
-                        for f in fs:
-                            f()
-                        g1 = stream.end_capture()
+                    g1 = capture(cp, stream, fs)
                     row["stage_b2b_us"][name] = back_to_back(cp, lambda i: g1.launch(stream), stream)
-                pipes[0].run(*args[0])  # leave set 0's results consistent for the checks below
-                if pipes[0].overflowed():
+                    if name == "reset+select":
+                        p0.reset()
+                        for f in sel:  # leave one select's survivors for the top-k alone
+                            f()
+                p0.reset()
+                p0.config = chosen
+                p0.run(*args[0])  # leave set 0's results consistent for the checks below
+                if p0.overflowed():
                     raise RuntimeError("survivor capacity overflowed in the graph")
                 floor = s.floor_bytes(survivors, picks)
                 row.update(
@@ -547,12 +602,12 @@ def bench_layers(
                         "floor_us": floor / bw * 1e6,
                     }
                 )
-                row["fused_over_floor"] = row["fused_median_us"] / row["floor_us"]
+                row["fused_over_floor"] = row["fused_b2b_us"] / row["floor_us"]
             except Exception as e:  # record and go on: one bad configuration must not cost the run
                 row["error"] = f"{type(e).__name__}: {e}"
                 traceback.print_exc()
             del pipes
-            if "error" not in row and old_for(users, ctx, survival):
+            if "error" not in row and not plant and old_for(users, ctx, survival):
                 try:
                     layer, count, cap = old_pipeline(torch, cp, sets[0], s, t, survival)
                     ts, b2b = torch_graph_time(torch, layer, max(10, reps // 3))
@@ -560,19 +615,22 @@ def bench_layers(
                     row["old_b2b_us"] = b2b
                     row["old_cap"] = cap
                     row["old_overflowed"] = bool(int(count.max()) > cap)
-                    row["old_over_fused"] = row["old_median_us"] / row["fused_median_us"]
+                    row["old_over_fused"] = row["old_b2b_us"] / row["fused_b2b_us"]
                 except Exception as e:
                     row["old_error"] = f"{type(e).__name__}: {e}"
                     traceback.print_exc()
                 torch.cuda.empty_cache()
             rows.append(row)
+            label = "planted 5%" if plant else f"{survival:.0%}"
             print(
-                f"layer B={users} ctx={ctx:>8,} surv={survival:.0%}: fused {row.get('fused_median_us', float('nan')):8.1f} us"
-                f" b2b {row.get('fused_b2b_us', float('nan')):7.1f} {row.get('stage_b2b_us', '')}"
-                f" old b2b {row.get('old_b2b_us', float('nan')):7.1f}"
-                f"  floor {row.get('floor_us', float('nan')):7.1f} us ({row.get('fused_over_floor', float('nan')):.2f}x)"
-                f"  old {row.get('old_median_us', float('nan')):8.1f} us  check {row.get('row0_checked')}"
-                f"  {row.get('error', '')}",
+                f"layer B={users} ctx={ctx:>8,} surv={label} ({row.get('survival', float('nan')):.2%}):"
+                f" b2b {row.get('fused_b2b_us', float('nan')):7.1f} us"
+                f" floor {row.get('floor_us', float('nan')):6.1f} ({row.get('fused_over_floor', float('nan')):.2f}x)"
+                f" {row.get('config')} stages {json.dumps({k: round(v, 1) for k, v in row.get('stage_b2b_us', {}).items()})}"
+                f" topk {json.dumps({k: round(v, 1) for k, v in row.get('topk_variant_b2b_us', {}).items()})}"
+                f" layer {json.dumps({k: round(v, 1) for k, v in row.get('layer_variant_b2b_us', {}).items()})}"
+                f" old {row.get('old_b2b_us', float('nan')):7.1f} check {row.get('row0_checked')}"
+                f" {row.get('error', '')}",
                 flush=True,
             )
         del sets
@@ -589,7 +647,8 @@ def dry() -> None:
                 surv = s.rows * s.region * survival
                 print(
                     f"B={users} ctx={ctx:>8,} surv={survival:.0%} T={ref.survival_threshold(D, GROUP, survival)} "
-                    f"k={s.k} cap={s.cap} items={s.items} floor {s.floor_bytes(surv, s.rows * s.group * s.k) / 4.28e12 * 1e6:7.1f} us"
+                    f"k={s.k} cap={s.cap} items={s.items_for(64)}/{s.items_for(128)} "
+                    f"floor {s.floor_bytes(surv, s.rows * s.group * s.k) / 4.28e12 * 1e6:7.1f} us"
                 )
 
 
@@ -607,6 +666,9 @@ def main() -> None:
         "--select-methods", action="store_true", help="also time ls_select with each filter method"
     )
     ap.add_argument("--skip", default="", help="comma list of sections to skip: filters,layers")
+    ap.add_argument("--batches", default="1,8", help="comma list of batch sizes for the layer section")
+    ap.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
+    ap.add_argument("--no-planted", action="store_true", help="skip the planted 5 %% survival points")
     ap.add_argument(
         "--budget-s", type=float, default=420.0, help="stop starting new layer configs after this"
     )
@@ -660,12 +722,15 @@ def main() -> None:
             traceback.print_exc()
         save()
     if "layers" not in skip:
-        configs = [(1, c) for c in CONTEXTS] + [(8, c) for c in CONTEXTS]
+        contexts = [int(c) for c in args.contexts.split(",")]
+        configs = [(int(b), c) for b in args.batches.split(",") for c in contexts]
 
         def old_for(users: int, ctx: int, survival: float) -> bool:
             return survival == 0.05 or (users == 1 and ctx in (32768, 1048576))
 
-        result["layers"] = bench_layers(cp, torch, bw, configs, args.reps, old_for, t0 + args.budget_s)
+        result["layers"] = bench_layers(
+            cp, torch, bw, configs, args.reps, old_for, t0 + args.budget_s, not args.no_planted
+        )
         save()
     result["wall_s"] = time.time() - t0
     save()

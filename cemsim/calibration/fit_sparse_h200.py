@@ -2,9 +2,12 @@
 to the fused GPU LongSight pipeline measured per layer on an H200 (issue 18), and check them on points they
 were not fitted to.
 
-Measurement: ``h200-sparse-fused-2026-12-02.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on the
-lent H200: one layer of Llama-3-8B geometry (8 KV heads x 4 query heads, D = 128, window 1,024, sinks 16,
-LongSight's k schedule), batch 1 and 8, contexts 4K-1M, survival 1-10 %, the whole layer one CUDA graph.
+Measurement: ``h200-sparse-layer-2026-12-02.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on the
+lent H200 (issue 18's second version of the kernels: no reset launch, the band's attention beside the select,
+the picks' attention in the top-k blocks): one layer of Llama-3-8B geometry (8 KV heads x 4 query heads,
+D = 128, window 1,024, sinks 16, LongSight's k schedule), batch 1 and 8, contexts 4K-1M, survival targets
+1-10 % on random signs plus exactly 5 % planted, the whole layer one CUDA graph. The first version's
+measurement, ``h200-sparse-fused-2026-12-02.json``, keeps the filter table (:func:`filter_table`).
 
 The simulator charges GPU-side sparse attention as the roofline of the bytes it reads (band, signs of every
 region key, survivors' keys, picks' values) plus a fixed cost and a cost per unit of each stage's work:
@@ -35,7 +38,8 @@ from cemsim.paths import repo_root
 from cemsim.sim import prepare, simulate
 from cemsim.trace.synthetic import synthetic_header
 
-FUSED = CALIBRATION_DIR / "h200-sparse-fused-2026-12-02.json"
+FUSED = CALIBRATION_DIR / "h200-sparse-layer-2026-12-02.json"
+FILTERS = CALIBRATION_DIR / "h200-sparse-fused-2026-12-02.json"  # the first version's run, with the filters
 SYSTEM = "h200-sparse-hbm"
 LATENCY = "gpu.sparse_pipeline_latency"
 PER_REQUEST = "gpu.sparse_time_per_request"
@@ -163,20 +167,33 @@ def _layers(path=FUSED) -> list[dict]:
     return load_calibration(path)["layers"]
 
 
-def layer_table(path=FUSED, survival: float = 0.05) -> str:
-    """Markdown: today's pipeline against the fused one per layer at one survival target, with the floor."""
+def _label(r: dict) -> str:
+    return "planted 5%" if r.get("planted") else f"target {r['survival_target']:.0%}"
+
+
+def layer_table(path=FUSED, survival: float = 0.05, planted: bool = True, previous=FILTERS) -> str:
+    """Markdown: today's pipeline, the fused pipeline's first version (``previous``, random-sign points only)
+    and this one per layer at one survival point, with the floor."""
+    before = {
+        (r["users"], r["context"], r["survival_target"]): r["fused_b2b_us"]
+        for r in _layers(previous)
+        if "error" not in r
+    }
     out = [
-        "| batch | context | survivors | today's pipeline (us) | fused (us) | speed-up | floor (us) | fused / floor |",
-        "|---|---|---|---|---|---|---|---|",
+        "| batch | context | survivors | today's pipeline (us) | first version (us) | fused (us) | speed-up "
+        "| floor (us) | fused / floor |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in _layers(path):
-        if r["survival_target"] != survival:
+        if r["survival_target"] != survival or bool(r.get("planted")) != planted:
             continue
         old = f"{r['old_b2b_us']:,.1f}" if "old_b2b_us" in r else "-"
         up = f"{r['old_b2b_us'] / r['fused_b2b_us']:.1f}x" if "old_b2b_us" in r else "-"
+        first = before.get((r["users"], r["context"], survival)) if not planted else None
         out.append(
-            f"| {r['users']} | {_ctx(r['context'])} | {r['survival']:.2%} | {old} | {r['fused_b2b_us']:,.1f} | "
-            f"{up} | {r['floor_us']:,.1f} | {r['fused_b2b_us'] / r['floor_us']:.2f}x |"
+            f"| {r['users']} | {_ctx(r['context'])} | {r['survival']:.2%} | {old} | "
+            f"{'-' if first is None else f'{first:,.1f}'} | {r['fused_b2b_us']:,.1f} | {up} | "
+            f"{r['floor_us']:,.1f} | {r['fused_b2b_us'] / r['floor_us']:.2f}x |"
         )
     return "\n".join(out)
 
@@ -184,38 +201,50 @@ def layer_table(path=FUSED, survival: float = 0.05) -> str:
 def grid_table(path=FUSED) -> str:
     """Markdown: the fused layer (back to back, us) and its multiple of the floor at every measured point."""
     rows = _layers(path)
-    targets = sorted({r["survival_target"] for r in rows})
+    points = sorted({(bool(r.get("planted")), r["survival_target"]) for r in rows})
+    labels = [_label({"planted": p, "survival_target": t}) for p, t in points]
     out = [
-        "| batch | context | " + " | ".join(f"survival target {t:.0%}" for t in targets) + " |",
-        "|---|---|" + "---|" * len(targets),
+        "| batch | context | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(points),
     ]
     for users, ctx in sorted({(r["users"], r["context"]) for r in rows}):
         cells = []
-        for t in targets:
-            r = next(x for x in rows if (x["users"], x["context"], x["survival_target"]) == (users, ctx, t))
-            cells.append(f"{r['fused_b2b_us']:,.1f} ({r['fused_b2b_us'] / r['floor_us']:.1f}x)")
+        for p, t in points:
+            r = next(
+                (
+                    x
+                    for x in rows
+                    if (x["users"], x["context"], x["survival_target"], bool(x.get("planted")))
+                    == (users, ctx, t, p)
+                ),
+                None,
+            )
+            cells.append(
+                "-" if r is None else f"{r['fused_b2b_us']:,.1f} ({r['fused_b2b_us'] / r['floor_us']:.1f}x)"
+            )
         out.append(f"| {users} | {_ctx(ctx)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
-def stage_table(path=FUSED, survival: float = 0.05) -> str:
-    """Markdown: each stage alone, back to back (us), at one survival target."""
+def stage_table(path=FUSED, survival: float = 0.05, planted: bool = True) -> str:
+    """Markdown: each stage alone, back to back (us), at one survival point, and the kernels the layer used."""
     out = [
-        "| batch | context | counter reset | filter + compaction + scores | top-k | attention + merge | whole layer |",
+        "| batch | context | select (reset + filter, compaction, scores) | top-k | attention (band, then picks) "
+        "| whole layer | kernels |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in _layers(path):
-        if r["survival_target"] != survival:
+        if r["survival_target"] != survival or bool(r.get("planted")) != planted:
             continue
-        st = r["stage_b2b_us"]
+        st, c = r["stage_b2b_us"], r["config"]
         out.append(
-            f"| {r['users']} | {_ctx(r['context'])} | {st['zero']:.1f} | {st['zero+select'] - st['zero']:.1f} | "
-            f"{st['topk']:.1f} | {st['attn']:.1f} | {r['fused_b2b_us']:.1f} |"
+            f"| {r['users']} | {_ctx(r['context'])} | {st['reset+select']:.1f} | {st['topk']:.1f} | "
+            f"{st['attention']:.1f} | {r['fused_b2b_us']:.1f} | {c['select']}, {c['topk']}, chunk {c['chunk']} |"
         )
     return "\n".join(out)
 
 
-def filter_table(path=FUSED, n: int = 1 << 24) -> str:
+def filter_table(path=FILTERS, n: int = 1 << 24) -> str:
     """Markdown: the SCF filter alone at ``n`` keys, fraction of copy bandwidth per variant and group size."""
     rows = [r for r in load_calibration(path)["filters"] if r["N"] == n]
     variants = ["popc", "mma", "mmax", "issue7_bitmap"]
@@ -258,6 +287,7 @@ def fit_table(path=FUSED) -> str:
 def main() -> None:
     """Print the tables of docs/gpu-kernels.md."""
     print(layer_table(), "\n")
+    print(layer_table(planted=False), "\n")
     print(grid_table(), "\n")
     print(stage_table(), "\n")
     print(filter_table(), "\n")

@@ -1,11 +1,14 @@
 """The fused LongSight sparse-attention pipeline of one layer on a CUDA GPU (kernels/longsight_fused.cu).
 
-Per layer, for all ``users x kv_heads`` rows at once, four graph-capturable launches and no host sync:
-a memset of the survivor counters, ``ls_select`` (SCF filter + compaction + exact scores of the survivors),
-``ls_topk`` / ``ls_topk_cluster`` (exact top-k per query head, radix select; the cluster form spreads a row
-over 4 blocks) and ``ls_attn`` (one pass over sinks + window + picks,
-split into chunks, whose last chunk per row merges them into one softmax per query head). :class:`Shape` (launch geometry and the bytes
-the step must read) works without a GPU; :class:`FusedLongSight` needs CuPy and a CUDA device.
+Per layer, for all ``users x kv_heads`` rows at once, graph-capturable launches and no host sync:
+``ls_select`` (SCF filter + compaction + exact scores of the survivors; or ``ls_filter`` then ``ls_score``),
+an exact top-k per query head (radix select, ``ls_topk``, or ``ls_topk_cluster`` over 4 blocks per row) whose
+blocks also attend over the picks they chose (or ``ls_attn`` does, in a launch of its own), and ``ls_attn`` over
+sinks + window, which needs nothing from the select and runs beside it in a graph. The block that completes a
+query head's partial softmaxes merges them; the merge of a row's last head zeroes its survivor tally, so no
+reset launch.
+:class:`Shape` (launch geometry and the bytes the step must read) works without a GPU; :class:`FusedLongSight`
+needs CuPy and a CUDA device.
 """
 
 from __future__ import annotations
@@ -21,17 +24,35 @@ from cemsim.gpu.sign_layout import padded_keys
 from cemsim.kernels import KERNEL_DIR, _cupy
 
 SOURCE = KERNEL_DIR / "longsight_fused.cu"
-BLOCK_KEYS = 8 * 8 * 32  # LS_WARPS x LS_KPT x 32: keys per ls_select block
+BLOCK_KEYS = 8 * 8 * 32  # LS_WARPS x LS_KPT x 32: keys per ls_select / ls_filter block
 SELECT_THREADS = 256
+SCORE_THREADS = 256
+SCORE_ROWS_PER_BLOCK = 128  # (SCORE_THREADS / (D / 8)) lane groups x SCORE_ROWS, at D = 128
 TOPK_THREADS = 1024
-ATTN_CHUNK = 128
+ATTN_CHUNKS = (64, 128)  # keys per attention work item, one kernel each
 ATTN_THREADS = 256
-ATTN_MAX_ITEMS = 128
+ATTN_MAX_ITEMS = 256
 MAX_GROUP_ATTN = 8  # LS_MAX_GA: query heads per KV head in registers
 MAX_GROUP_FILTER = 16
-TOPK_SMEM_KEYS = 47104  # scores ls_topk caches in dynamic shared memory (184 KiB, with 33 KiB static)
-TOPK_CTAS = 4  # blocks of ls_topk_cluster per (row, query head)
+TOPK_SMEM_KEYS = 45056  # scores the top-k kernels cache in dynamic shared memory (176 KiB; 41 KiB static)
+TOPK_CTAS = 4  # blocks of the cluster top-k kernels per (row, query head)
 Method = Literal["popc", "mma", "mmax", "frag"]
+SelectForm = Literal["fused", "split"]
+# atomic / match: ls_topk with its histogram adds by shared atomics or __match_any_sync; cluster:
+# ls_topk_cluster, each (row, head) over TOPK_CTAS blocks
+TopkVariant = Literal["atomic", "match", "cluster"]
+TOPK_VARIANTS: tuple[TopkVariant, ...] = ("atomic", "match", "cluster")
+
+
+@dataclass
+class Config:
+    """Which kernels run the layer (every combination computes the same answer; benchmarks/gpu/bench_fused.py
+    times them per configuration)."""
+
+    select: SelectForm = "fused"
+    topk: TopkVariant = "atomic"
+    chunk: int = 64
+    fold: bool = True  # the top-k blocks attend over their own picks (else ls_attn's pick chunks do)
 
 
 @dataclass(frozen=True)
@@ -63,10 +84,10 @@ class Shape:
             raise CemsimError(
                 f"sinks {self.sinks} + window {self.window} must be >= 1 and fit in the context {self.ctx}"
             )
-        if self.items > ATTN_MAX_ITEMS:
+        if self.items_for(min(ATTN_CHUNKS)) > ATTN_MAX_ITEMS:
             raise CemsimError(
-                f"{self.items} attention chunks per row (band {self.band}, {self.group} x k {self.k}) exceed "
-                f"the kernel's {ATTN_MAX_ITEMS}: shorten the window"
+                f"{self.items_for(min(ATTN_CHUNKS))} attention chunks per row (band {self.band}, {self.group} x "
+                f"k {self.k}) exceed the kernel's {ATTN_MAX_ITEMS}: shorten the window"
             )
         if self.cap < 1 or min(self.users, self.kv_heads) < 1:
             raise CemsimError(f"bad users {self.users} / KV heads {self.kv_heads} / cap {self.cap}")
@@ -91,10 +112,12 @@ class Shape:
     def band(self) -> int:
         return self.sinks + self.window
 
-    @property
-    def items(self) -> int:
-        """Attention work items per row: band chunks, then ``group`` x pick chunks."""
-        return -(-self.band // ATTN_CHUNK) + self.group * -(-self.k // ATTN_CHUNK)
+    def band_items(self, chunk: int) -> int:
+        return -(-self.band // chunk)
+
+    def items_for(self, chunk: int) -> int:
+        """Attention work items per row at ``chunk`` keys each: band chunks, then ``group`` x pick chunks."""
+        return self.band_items(chunk) + self.group * -(-self.k // chunk)
 
     def floor_bytes(self, survivors: float, picks: float) -> float:
         """Bytes the step must read: every region key's signs, each survivor's key row (its exact score),
@@ -126,46 +149,69 @@ def choose_method(group: int) -> Method:
     return "popc" if group <= 4 else "frag"
 
 
+def choose_config(shape: Shape) -> Config:
+    """The kernels measured fastest for shapes like this one on the H200 (cemsim/calibration/
+    h200-sparse-layer-2026-12-02.json: topk_variant_b2b_us, layer_variant_b2b_us). The cluster top-k pays when
+    few (row, head) pairs leave SMs idle and rows are long; the picks' attention folded into the top-k blocks
+    saved 3-4 us at batch 1 up to 128K and 15-24 us at batch 8 from 128K, but with the cluster top-k it cost
+    11-23 us (the attending kernel's extra registers and shared memory slow its selection)."""
+    cluster = shape.rows * shape.group <= 64 and shape.cap >= 32768
+    return Config(
+        select="fused",
+        topk="cluster" if cluster else "atomic",
+        chunk=64 if shape.rows <= 16 else 128,
+        fold=not cluster,
+    )
+
+
 class FusedLongSight:
     """Buffers and launches for one :class:`Shape`. Inputs are CuPy arrays: ``ksig [BH, ctx, W]`` uint64
     (method ``frag``: in frag layout, ``[BH, ceil(ctx / 32) * 32, W]``, cemsim.gpu.sign_layout.to_frag),
     ``qsig [BH, G, W]`` uint64, ``thresholds [BH]`` int32, ``q [BH, G, D]`` float32 (scaled), ``keys`` and
-    ``vals [BH, ctx, D]`` uint16 (bf16 bits)."""
+    ``vals [BH, ctx, D]`` uint16 (bf16 bits). ``config`` may be changed between runs."""
 
-    def __init__(self, shape: Shape, method: Method | None = None) -> None:
+    def __init__(self, shape: Shape, method: Method | None = None, config: Config | None = None) -> None:
         cp = _cupy()
         if cp is None:
             raise CemsimError("the fused GPU pipeline needs CuPy and a CUDA device")
         self.cp, self.shape = cp, shape
         self.method: Method = method or choose_method(shape.group)
+        self.config = config or choose_config(shape)
         mod = _module()
-        w = shape.words
+        w, d = shape.words, shape.head_dim
         self.f_select = mod.get_function(f"ls_select_{self.method}_w{w}")
-        self.f_topk = mod.get_function("ls_topk")
-        self.f_attn = mod.get_function(f"ls_attn_d{shape.head_dim}_g{4 if shape.group <= 4 else 8}")
-        self.f_topk_cluster = mod.get_function("ls_topk_cluster")
-        self.topk_mode = 1  # ls_topk's histogram through shared atomics (0: __match_any_sync)
-        # 1: ls_topk, one block per (row, head); TOPK_CTAS: ls_topk_cluster. Measured on the H200: the cluster
-        # pays when few (row, head) pairs share 132 SMs and rows are long (3.3 % of 1M: 29 us against 44), and
-        # costs up to 2x otherwise (benchmarks/gpu/results/h200-fused-run6-2026-12-02.json, topk_variant_b2b_us)
-        self.topk_ctas = TOPK_CTAS if shape.rows * shape.group <= 64 and shape.cap >= 32768 else 1
+        self.f_filter = mod.get_function(f"ls_filter_{self.method}_w{w}")
+        self.f_score = mod.get_function(f"ls_score_d{d}")
+        ga = 4 if shape.group <= 4 else 8
+        self.f_attn = {c: mod.get_function(f"ls_attn_d{d}_g{ga}_c{c}") for c in ATTN_CHUNKS}
+        # (cluster, fold): the fold kernels also attend over their picks; the others only select them
+        self.f_topk = {
+            (False, True): mod.get_function(f"ls_topk_d{d}"),
+            (True, True): mod.get_function(f"ls_topk_cluster_d{d}"),
+            (False, False): mod.get_function("ls_topk_select"),
+            (True, False): mod.get_function("ls_topk_cluster_select"),
+        }
         self.smem_keys = min(shape.cap, TOPK_SMEM_KEYS)
         self.smem_keys_cluster = min(-(-shape.cap // TOPK_CTAS) + 1, TOPK_SMEM_KEYS)
         try:  # over 48 KiB of shared memory needs the kernel's opt-in
-            self.f_topk.max_dynamic_shared_size_bytes = 4 * self.smem_keys
-            self.f_topk_cluster.max_dynamic_shared_size_bytes = 4 * self.smem_keys_cluster
+            for (cluster, _), f in self.f_topk.items():
+                f.max_dynamic_shared_size_bytes = 4 * (self.smem_keys_cluster if cluster else self.smem_keys)
         except Exception:
             self.smem_keys = self.smem_keys_cluster = 0  # the top-k passes then read the scores from L2
+        self.sms = int(cp.cuda.Device().attributes["MultiProcessorCount"])
         s = shape
-        self.count = cp.zeros(s.rows, dtype=cp.uint32)
+        chunk = min(ATTN_CHUNKS)
+        items = s.band_items(chunk) + s.group * max(-(-s.k // chunk), TOPK_CTAS)  # the most any config uses
+        self.tally = cp.zeros(s.rows, dtype=cp.uint32)  # survivors so far; zero at rest (merge_head)
+        self.count = cp.zeros(s.rows, dtype=cp.uint32)  # the last run's survivors per row
         self.idx = cp.empty((s.rows, s.cap), dtype=cp.int32)
         self.scores = cp.empty((s.rows, s.group, s.cap), dtype=cp.float32)
         self.pick_pos = cp.empty((s.rows, s.group, s.k), dtype=cp.int32)
         self.pick_score = cp.empty((s.rows, s.group, s.k), dtype=cp.float32)
         self.pick_count = cp.empty((s.rows, s.group), dtype=cp.int32)
-        self.part_ml = cp.empty((s.rows, s.items, s.group, 2), dtype=cp.float32)
-        self.part_o = cp.empty((s.rows, s.items, s.group, s.head_dim), dtype=cp.float32)
-        self.done = cp.zeros(s.rows, dtype=cp.uint32)  # ls_attn's per-row item counters (self-resetting)
+        self.part_ml = cp.empty((s.rows, items, s.group, 2), dtype=cp.float32)
+        self.part_o = cp.empty((s.rows, items, s.group, s.head_dim), dtype=cp.float32)
+        self.done = cp.zeros((s.rows, s.group + 1), dtype=cp.uint32)  # merge counters (self-resetting)
         self.out = cp.empty((s.rows, s.group, s.head_dim), dtype=cp.float32)
         self.lse = cp.empty((s.rows, s.group), dtype=cp.float32)
 
@@ -187,74 +233,116 @@ class FusedLongSight:
                     f"{name}: expected contiguous {np.dtype(dt).name} {shp}, got {a.dtype} {a.shape}"
                 )
 
-    def stages(self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any) -> list:
-        """The pipeline as a list of zero-argument callables, one per launch, on the current stream."""
-        s, cp = self.shape, self.cp
+    def stages(self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any) -> dict[str, Any]:
+        """The pipeline's launches as zero-argument callables on the current stream, in an order that runs it
+        right: ``band`` (attention over sinks + window: independent of the rest until the merge), ``select``
+        (one launch, or ``filter`` and ``score``), ``topk`` (with the picks' attention when ``config.fold``),
+        ``picks`` (the picks' attention, when not folded)."""
+        s, c = self.shape, self.config
         i32, i64 = np.int32, np.int64
         # frag: keys counted from the 32-key block holding the region's start
         lead = s.start % 32 if self.method == "frag" else 0
         grid_sel = (-(-(lead + s.region) // BLOCK_KEYS), s.rows)
-
-        def zero() -> None:
-            cp.cuda.runtime.memsetAsync(
-                self.count.data.ptr, 0, self.count.nbytes, cp.cuda.get_current_stream().ptr
-            )
+        band_items = s.band_items(c.chunk)
+        cluster = c.topk == "cluster"
+        # pick partials per head: one per top-k block when folded, else one per chunk of picks
+        pick_parts = (TOPK_CTAS if cluster else 1) if c.fold else -(-s.k // c.chunk)
+        items = band_items + s.group * pick_parts
+        f_attn = self.f_attn[c.chunk]
 
         def select() -> None:
             self.f_select(
                 grid_sel,
                 (SELECT_THREADS,),
                 (ksig, qsig, thresholds, q, keys, i64(s.ctx), i64(s.start), i64(s.region), i32(s.group),
-                 i32(s.cap), self.count, self.idx, self.scores),
+                 i32(s.cap), self.tally, self.idx, self.scores),
             )  # fmt: skip
+
+        def filt() -> None:
+            self.f_filter(
+                grid_sel,
+                (SELECT_THREADS,),
+                (ksig, qsig, thresholds, i64(s.ctx), i64(s.start), i64(s.region), i32(s.group), i32(s.cap),
+                 self.tally, self.idx),
+            )  # fmt: skip
+
+        def score() -> None:
+            # grid-strided over the survivor slots: enough blocks to fill the GPU, no more than the slots need
+            blocks = max(1, min(-(-s.cap // SCORE_ROWS_PER_BLOCK), -(-4 * self.sms // s.rows)))
+            self.f_score(
+                (blocks, s.rows),
+                (SCORE_THREADS,),
+                (q, keys, i64(s.ctx), i32(s.group), i32(s.cap), self.tally, self.idx, self.scores),
+            )
 
         def topk() -> None:
-            if self.topk_ctas == TOPK_CTAS:
-                self.f_topk_cluster(
-                    (s.rows * s.group * TOPK_CTAS,),
-                    (TOPK_THREADS,),
-                    (self.count, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k),
-                     i32(self.smem_keys_cluster), self.pick_pos, self.pick_score, self.pick_count),
-                    shared_mem=4 * self.smem_keys_cluster,
-                )  # fmt: skip
-                return
-            self.f_topk(
-                (s.rows * s.group,),
+            cached = self.smem_keys_cluster if cluster else self.smem_keys
+            mode: tuple = () if cluster else (i32(1 if c.topk == "atomic" else 0),)  # histogram adds
+            self.f_topk[cluster, c.fold](
+                (s.rows * s.group * (TOPK_CTAS if cluster else 1),),
                 (TOPK_THREADS,),
-                (self.count, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k), i32(self.smem_keys),
-                 i32(self.topk_mode), self.pick_pos, self.pick_score, self.pick_count),
-                shared_mem=4 * self.smem_keys,
+                (*mode, self.tally, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k), i32(cached),
+                 self.pick_pos, self.pick_score, self.pick_count, vals, i64(s.ctx), i32(items),
+                 i32(band_items), i32(pick_parts), self.part_ml, self.part_o, self.done, self.count, self.out,
+                 self.lse),
+                shared_mem=4 * cached,
             )  # fmt: skip
 
-        def attn() -> None:
-            self.f_attn(
-                (s.items, s.rows),
+        def attn(first: int, n_items: int) -> None:
+            f_attn(
+                (n_items, s.rows),
                 (ATTN_THREADS,),
                 (q, keys, vals, i64(s.ctx), i32(s.sinks), i32(s.window), i32(s.group), i32(s.k), self.pick_pos,
-                 self.pick_score, self.pick_count, i32(s.items), self.part_ml, self.part_o, self.done, self.out,
-                 self.lse),
+                 self.pick_score, self.pick_count, i32(first), i32(items), i32(pick_parts), self.part_ml,
+                 self.part_o, self.done, self.tally, self.count, self.out, self.lse),
             )  # fmt: skip
 
-        if s.region == 0:
-            return [zero, topk, attn]
-        return [zero, select, topk, attn]
+        out: dict[str, Any] = {"band": lambda: attn(0, band_items)}
+        if s.region > 0:
+            if c.select == "fused":
+                out["select"] = select
+            else:
+                out["filter"], out["score"] = filt, score
+        out["topk"] = topk
+        if not c.fold:
+            out["picks"] = lambda: attn(band_items, items - band_items)
+        return out
 
     def run(self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any) -> None:
         self.check_inputs(ksig, qsig, thresholds, q, keys, vals)
-        for stage in self.stages(ksig, qsig, thresholds, q, keys, vals):
+        for stage in self.stages(ksig, qsig, thresholds, q, keys, vals).values():
             stage()
 
     def capture(
         self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any, stream: Any
     ) -> Any:
-        """The whole layer as one CUDA graph on ``stream`` (a non-default CuPy stream)."""
+        """The whole layer as one CUDA graph on ``stream`` (a non-default CuPy stream), the band's attention
+        on a branch of its own beside the select and top-k."""
+        cp = self.cp
         self.check_inputs(ksig, qsig, thresholds, q, keys, vals)
         stages = self.stages(ksig, qsig, thresholds, q, keys, vals)
+        side = cp.cuda.Stream(non_blocking=True)
+        fork, join = cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True)
         with stream:
             stream.begin_capture()
-            for stage in stages:
-                stage()
+            fork.record(stream)
+            side.wait_event(fork)
+            with side:
+                stages["band"]()
+            join.record(side)
+            for name, stage in stages.items():
+                if name not in ("band", "picks"):
+                    stage()
+            stream.wait_event(join)
+            if "picks" in stages:
+                stages["picks"]()
             return stream.end_capture()
+
+    def reset(self) -> None:
+        """Zero the survivor tally and the merge counters: only needed after stages were launched without the
+        rest of the layer (timing a stage alone)."""
+        self.tally.fill(0)
+        self.done.fill(0)
 
     def overflowed(self) -> bool:
         return bool(int(self.count.max().get()) > self.shape.cap)

@@ -1,7 +1,8 @@
-"""The fused GPU LongSight pipeline measured on an H200 (cemsim/calibration/h200-sparse-fused-2026-12-02.json),
-replayed on the CPU: the file is complete and checked, the fit reproduces h200-sparse-hbm's constants, its
-held-out error is the one docs/gpu-kernels.md states, and h100-sparse-hbm's derived constants follow their
-stated rule. The device run itself is benchmarks/gpu/bench_fused.py (issue 18)."""
+"""The fused GPU LongSight pipeline measured on an H200 (cemsim/calibration/h200-sparse-layer-2026-12-02.json;
+the first version's file, h200-sparse-fused-2026-12-02.json, keeps its filter table), replayed on the CPU: the
+file is complete and checked, the fit reproduces h200-sparse-hbm's constants, its held-out error is the one
+docs/gpu-kernels.md states, and h100-sparse-hbm's derived constants follow their stated rule. The device run
+itself is benchmarks/gpu/bench_fused.py (issue 18)."""
 
 from __future__ import annotations
 
@@ -29,19 +30,24 @@ def test_measurement_file_is_complete_and_every_point_was_checked() -> None:
         assert prov[key], key
     assert prov["gpu"] == "NVIDIA H200"
     layers = cal["layers"]
-    # batch 1 and 8 x 4K..1M x four survival targets, each with its reference check passed and no error
-    assert {(r["users"], r["context"], r["survival_target"]) for r in layers} == {
-        (u, c, s)
+    # batch 1 and 8 x 4K..1M x four survival targets and the planted 5 %, each with its reference check passed
+    # and no error
+    assert {(r["users"], r["context"], r["survival_target"], r["planted"]) for r in layers} == {
+        (u, c, s, planted)
         for u in (1, 8)
         for c in (4096, 8192, 32768, 131072, 524288, 1048576)
-        for s in (0.01, 0.02, 0.05, 0.10)
+        for s, planted in ((0.01, False), (0.02, False), (0.05, False), (0.10, False), (0.05, True))
     }
     for r in layers:
         assert r["row0_checked"] and "error" not in r, r
-        assert r["floor_us"] < r["fused_b2b_us"] <= r["fused_median_us"] * 1.01
+        # back to back within 2 % of single replays or under them (batch 8 at 8K, 5 % planted: +1.5 %)
+        assert r["floor_us"] < r["fused_b2b_us"] <= r["fused_median_us"] * 1.02
         if "old_b2b_us" in r:  # today's pipeline, timed on the same data
             assert r["old_b2b_us"] > 2 * r["fused_b2b_us"]
-    assert all(r["correct"] for r in cal["filters"]), "a filter variant disagreed with NumPy"
+        if r["planted"]:  # exactly 5 % of the region's keys survive
+            assert r["survival"] == pytest.approx(0.05, abs=1e-4)
+    filters = load_calibration(fit.FILTERS)["filters"]
+    assert all(r["correct"] for r in filters), "a filter variant disagreed with NumPy"
     # the copy bandwidth of this run agrees with the H200 campaign's (4.28 TB/s) within 3 %
     ref = load_calibration(H200)["hbm_copy"]["bandwidth_bytes_per_s"]
     assert cal["hbm_copy"]["bandwidth_bytes_per_s"] == pytest.approx(ref, rel=0.03)
@@ -54,11 +60,11 @@ def fitted() -> tuple[tuple[float, ...], list[dict]]:
 
 # h200-sparse-hbm's constants as written (3 significant figures), in the order of fit.NAMES
 WRITTEN = {
-    "gpu.sparse_pipeline_latency": ("sparse_pipeline_latency", 25.9e-6),
-    "gpu.sparse_time_per_request": ("sparse_time_per_request", 363e-9),
-    "gpu.sparse_time_per_key": ("sparse_time_per_key", 1.70e-12),
-    "gpu.sparse_time_per_survivor": ("sparse_time_per_survivor", 0.154e-9),
-    "gpu.sparse_time_per_pick": ("sparse_time_per_pick", 0.243e-9),
+    "gpu.sparse_pipeline_latency": ("sparse_pipeline_latency", 17.2e-6),
+    "gpu.sparse_time_per_request": ("sparse_time_per_request", 432e-9),
+    "gpu.sparse_time_per_key": ("sparse_time_per_key", 0.672e-12),
+    "gpu.sparse_time_per_survivor": ("sparse_time_per_survivor", 0.158e-9),
+    "gpu.sparse_time_per_pick": ("sparse_time_per_pick", 0.235e-9),
 }
 
 
@@ -76,17 +82,23 @@ def test_fit_reproduces_the_h200_sparse_hbm_constants(fitted) -> None:
 def test_held_out_error_is_what_the_docs_state(fitted) -> None:
     _, rows = fitted
     held = np.abs([r["error"] for r in rows if r["split"] == "held out"])
-    assert len(held) == 24
-    # as computed and written in docs/gpu-kernels.md: 9.9 % mean, 17.9 % worst (the first, two-constant model
-    # gave 18.4 % / 39.4 %)
-    assert held.mean() == pytest.approx(0.099, abs=0.002)
-    assert held.max() == pytest.approx(0.179, abs=0.002)
+    assert len(held) == 30
+    # as computed and written in docs/gpu-kernels.md: 10.2 % mean, 30.4 % worst (batch 8 at 128K); on the first
+    # version's measurement the same model gave 9.9 % / 17.9 %, a two-constant one 18.4 % / 39.4 %
+    assert held.mean() == pytest.approx(0.102, abs=0.002)
+    assert held.max() == pytest.approx(0.304, abs=0.002)
     assert fit.fit_table() in DOC.read_text()
 
 
 def test_docs_carry_the_measured_tables() -> None:
     text = DOC.read_text()
-    for table in (fit.layer_table(), fit.grid_table(), fit.stage_table(), fit.filter_table()):
+    for table in (
+        fit.layer_table(),
+        fit.layer_table(planted=False),
+        fit.grid_table(),
+        fit.stage_table(),
+        fit.filter_table(),
+    ):
         assert table in text
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from cemsim import kernels
 from cemsim.errors import CemsimError
 from cemsim.gpu import reference as ref
-from cemsim.gpu.fused import Shape
+from cemsim.gpu.fused import Config, Shape
 from cemsim.gpu.sign_layout import to_frag
 
 needs_gpu = pytest.mark.skipif(not kernels.cupy_available(), reason="no CUDA device / CuPy")
@@ -31,15 +31,12 @@ def make_inputs(rng: np.random.Generator, s: Shape, survival: float) -> dict[str
     return {"ksig": ksig, "qsig": qsig, "thresholds": thresholds, "q": q, "keys": keys, "vals": vals}
 
 
-def run_gpu(
-    s: Shape, x: dict[str, np.ndarray], method: str, topk_mode: int = 1, topk_ctas: int = 4
-) -> dict[str, np.ndarray]:
+def run_gpu(s: Shape, x: dict[str, np.ndarray], method: str, config: Config) -> dict[str, np.ndarray]:
     import cupy as cp
 
     from cemsim.gpu.fused import FusedLongSight
 
-    p = FusedLongSight(s, method=method)  # type: ignore[arg-type]
-    p.topk_mode, p.topk_ctas = topk_mode, topk_ctas
+    p = FusedLongSight(s, method=method, config=config)  # type: ignore[arg-type]
     dev = {n: cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")}
     if method == "frag":
         dev["ksig"] = to_frag(dev["ksig"])
@@ -70,16 +67,30 @@ shapes = st.builds(
 def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     x = make_inputs(rng, s, survival)
-    # every filter method, both histogram modes of ls_topk and ls_topk_cluster
-    for method, topk_mode, topk_ctas in (("popc", 1, 4), ("mma", 0, 1), ("mmax", 1, 1), ("frag", 1, 1)):
-        ref.check_pipeline(s, x, run_gpu(s, x, method, topk_mode, topk_ctas))
+    # every filter method, select form, top-k kernel (and histogram mode), attention chunk, and the picks'
+    # attention in the top-k blocks (fold) or a launch of its own
+    for method, config in (
+        ("popc", Config("split", "atomic", 64, True)),
+        ("mma", Config("fused", "match", 128, False)),
+        ("mmax", Config("split", "cluster", 128, True)),
+        ("popc", Config("fused", "cluster", 64, False)),
+        ("frag", Config("fused", "match", 64, True)),
+        ("frag", Config("split", "atomic", 128, False)),
+    ):
+        ref.check_pipeline(s, x, run_gpu(s, x, method, config))
 
 
 @pytest.mark.gpu
 @needs_gpu
-def test_fused_pipeline_at_scale_and_in_a_graph() -> None:
-    """Llama-3-8B geometry at 64K tokens, two users: eager run checked, then a CUDA graph replayed after the
-    thresholds change in place gives the reference's answer for the new thresholds."""
+@pytest.mark.parametrize(
+    "config",
+    [Config("fused", "atomic", 64, True), Config("split", "cluster", 128, False)],
+    ids=["fold", "apart"],
+)
+def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
+    """Llama-3-8B geometry at 64K tokens, two users: eager run checked, then a CUDA graph (the band's attention
+    on a branch of its own) replayed after the thresholds change in place gives the reference's answer for the
+    new thresholds, twice in a row (nothing is left to reset between launches)."""
     import cupy as cp
 
     from cemsim.gpu.fused import FusedLongSight
@@ -88,19 +99,23 @@ def test_fused_pipeline_at_scale_and_in_a_graph() -> None:
     s = Shape(2, 8, 4, 128, 65536, 1024, 16, 1024, cap=8192)
     x = make_inputs(rng, s, 0.05)
     dev = {n: cp.asarray(v) for n, v in x.items()}
-    p = FusedLongSight(s)
+    p = FusedLongSight(s, config=config)
     p.run(*(dev[n] for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
     ref.check_pipeline(s, x, p.results())
+    # the merges left the survivor tally and their own counters zeroed for the next launch
+    assert int(p.tally.max()) == 0 and int(p.done.max()) == 0
     stream = cp.cuda.Stream(non_blocking=True)
     graph = p.capture(*(dev[n] for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")), stream=stream)
     x["thresholds"] = x["thresholds"] + 1  # fewer survivors
     dev["thresholds"][...] = cp.asarray(x["thresholds"])
     cp.cuda.Device().synchronize()
-    p.out.fill(np.nan)  # poison: the replay must write every output
-    graph.launch(stream)
-    stream.synchronize()
-    assert not p.overflowed()
-    ref.check_pipeline(s, x, p.results())
+    for _ in range(2):
+        p.out.fill(np.nan)  # poison: the replay must write every output
+        p.count.fill(0)
+        graph.launch(stream)
+        stream.synchronize()
+        assert not p.overflowed()
+        ref.check_pipeline(s, x, p.results())
 
 
 @pytest.mark.gpu
@@ -113,11 +128,12 @@ def test_overflow_is_reported_and_counts_stay_exact() -> None:
     rng = np.random.default_rng(5)
     s = Shape(1, 2, 4, 128, 20000, 64, 4, 32, cap=100)
     x = make_inputs(rng, s, 0.5)
-    p = FusedLongSight(s)
-    p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
-    assert p.overflowed()
     rows = ref.survivors(x["ksig"], x["qsig"], x["thresholds"], s.start, s.region)
-    np.testing.assert_array_equal(p.results()["count"], [len(r) for r in rows])
+    for form in ("fused", "split"):
+        p = FusedLongSight(s, config=Config(form, "atomic", 64))  # type: ignore[arg-type]
+        p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
+        assert p.overflowed()
+        np.testing.assert_array_equal(p.results()["count"], [len(r) for r in rows])
 
 
 @pytest.mark.gpu
@@ -243,6 +259,25 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
     # signs of every region key, survivor keys, picked values, band K and V, queries
     assert s.floor_bytes(0, 0) == 8 * (s.region * 16 + 2 * 1040 * 256 + 4 * 128 * 4)
     assert s.floor_bytes(10, 3) - s.floor_bytes(0, 0) == 13 * 256
+    # attention work items: the band's 1,040 keys in chunks, then 4 heads x k = 1,024 picks in chunks
+    assert (s.band_items(64), s.items_for(64)) == (17, 17 + 4 * 16)
+    assert (s.band_items(128), s.items_for(128)) == (9, 9 + 4 * 8)
+    with pytest.raises(CemsimError, match="attention chunks"):  # 129 band chunks + 8 heads x 16 pick chunks
+        Shape(1, 8, 8, 128, 16384, 8192, 16, 1024, cap=4096)
+
+
+def test_choose_config_follows_the_h200_measurement() -> None:
+    """The default kernels are the ones bench_fused.py measured fastest (h200-sparse-layer-2026-12-02.json):
+    at batch 1 from 512K the cluster top-k with the picks' attention apart, else the one-block top-k with it
+    folded in; chunk 64 at batch 1, 128 at batch 8."""
+    from cemsim.gpu.fused import choose_config
+
+    long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
+    assert choose_config(long1) == Config("fused", "cluster", 64, False)
+    short1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
+    assert choose_config(short1) == Config("fused", "atomic", 64, True)
+    long8 = Shape(8, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
+    assert choose_config(long8) == Config("fused", "atomic", 128, True)
 
 
 def test_pipeline_without_a_gpu_is_a_clear_error() -> None:
