@@ -40,6 +40,7 @@ from cemsim.dram.kernel_state import (
     P_BROADCAST,
     P_DEPTH,
     P_DUAL,
+    P_EVERY,
     P_HITCAP,
     P_NAAD,
     P_NBG,
@@ -120,8 +121,8 @@ def _row_state(ract, counts, r, t, opening):
 def _issue(dev, tabs, nrank, b, cmd, t, limited):
     """Issue cmd on bank b at t: raise the ready ticks of its nodes (and the other ranks' on a data access)."""
     nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan = dev
-    cl_n, cl_nx, cl_l, sib = tabs
-    _issue_bank(ready, rspan, nodes, b, cmd, t, cl_n, cl_nx, cl_l, sib, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
+    cl_n, cl_nx, cl_l = tabs
+    _issue_bank(ready, rspan, nodes, b, cmd, t, cl_n, cl_nx, cl_l, rank_nodes_of_pc, nrank, faw, faw_head, faw_cnt,
                 limited)  # fmt: skip
 
 
@@ -230,7 +231,8 @@ def _any_set(mv, base, nw):
 @numba.njit(cache=True, inline="always")
 def _move_one(S, BS, fq, fh, mv, bq, bqn, stage, nb, bankq, wqsize, bdirty, dstack, stream_end):
     """Per-bank profile, end of tick: move the first waiting transaction whose bank queue has room (writes
-    while draining). Returns whether another could move next tick (so the loop visits it).
+    while draining). Returns whether one moved: the loop then visits the next tick, where its bank's new
+    candidates may already be legal and another transaction may move.
 
     The waiting transactions are kept per bank (``fq`` rows: reads of bank b at row b, writes at nb + b,
     rings with heads ``fh``). They were accepted in request order, so the first in queue order whose bank has
@@ -278,7 +280,7 @@ def _move_one(S, BS, fq, fh, mv, bq, bqn, stage, nb, bankq, wqsize, bdirty, dsta
         BS[b, B_TQ] -= 1
         S[S_TQN] -= 1
     _track(b, BS, bqn, bankq, mv)
-    return _any_set(mv, nw if S[S_DRAIN] > 0 else 0, nw)
+    return True  # its bank's new candidates may be legal next tick, and another may move then
 
 
 @numba.njit(cache=True, _nrt=False)
@@ -467,10 +469,10 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 _mark(b, bdirty, dstack, S)
             if cmd in (REF, PREA):
                 u = sel[3]  # refresh unit
-                _apply(ready, rspan, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False)
+                _apply(ready, rspan, 0, 0, cmd, t, cl_n, cl_nx, cl_l, False, True)
                 for rr in range(u * rgroup, (u + 1) * rgroup):
-                    _apply(ready, rspan, pc0 + rr // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False)
-                    _apply(ready, rspan, rk0 + rr, 2, cmd, t, cl_n, cl_nx, cl_l, False)
+                    _apply(ready, rspan, pc0 + rr // nrank, 1, cmd, t, cl_n, cl_nx, cl_l, False, True)
+                    _apply(ready, rspan, rk0 + rr, 2, cmd, t, cl_n, cl_nx, cl_l, False, False)
                 for bb in range(rgroup * bpr):
                     b = u * rgroup * bpr + bb
                     _mark(b, bdirty, dstack, S)
@@ -555,15 +557,24 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
             v = _hi(_hi(arrival[nxt], last_acc + 1), t + 1)
             if v < nt:
                 nt = v
+        if offer_wait and nt > t + 1:
+            # a refused offer is retried every cycle: if this tick freed room for it, it goes in at t + 1
+            kd = kind[cand]
+            if per_bank:
+                room = (S[S_WQN] < wqsize) if kd == K_WRITE else (S[S_TQN] < qsize)
+            else:
+                room = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
+            if room:
+                nt = t + 1
         if nt >= INF:
             counts[C_STATUS] = 1
             break
-        t = nt
+        t = t + 1 if P[P_EVERY] == 1 else nt
 
 
 @numba.njit(cache=True)
 def _simulate_channel(
-    P, cl_n, cl_nx, cl_l, sib, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts, elig
+    P, cl_n, cl_nx, cl_l, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts, elig
 ):
     n = bank.shape[0]
     npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
@@ -643,7 +654,7 @@ def _simulate_channel(
     if depth == 0:
         for i in range(n):
             elig[i] = arrival[i]
-    tabs = (cl_n, cl_nx, cl_l, sib)
+    tabs = (cl_n, cl_nx, cl_l)
     req = (bank, row, kind, hold, arrival, key)
     out = (acc, first, done, cls, counts, elig)
     dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan)
@@ -665,13 +676,13 @@ def _simulate_channel(
 
 
 @numba.njit(cache=True)
-def simulate(P, cl_n, cl_nx, cl_l, sib, seg, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts,
+def simulate(P, cl_n, cl_nx, cl_l, seg, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts,
              elig):  # fmt: skip
     """Replay each channel's segment ``seg[c]:seg[c+1]`` of the (channel-sorted) stream on its own controller."""
     n = bank.shape[0]
     if seg.shape[0] == 2 and seg[0] == 0 and seg[1] == n:
         # one channel: the whole arrays are its segment (the outputs come initialised by the caller)
-        _simulate_channel(P, cl_n, cl_nx, cl_l, sib, bank, row, kind, hold, arrival, key, nkeys[0], acc, first,
+        _simulate_channel(P, cl_n, cl_nx, cl_l, bank, row, kind, hold, arrival, key, nkeys[0], acc, first,
                           done, cls, counts[0], elig)  # fmt: skip
         return
     for c in range(seg.shape[0] - 1):
@@ -689,7 +700,6 @@ def simulate(P, cl_n, cl_nx, cl_l, sib, seg, bank, row, kind, hold, arrival, key
             cl_n,
             cl_nx,
             cl_l,
-            sib,
             bank[a:z].copy(),
             row[a:z].copy(),
             kind[a:z].copy(),

@@ -5,7 +5,10 @@ accepted, a command issued, a refresh falling due, a closed-loop key released) t
 tick it does what a cycle-ticked controller does in that cycle: the client offers at most one request, the
 scheduler issues at most one command (two with separate row/column buses), the per-bank profile moves at
 most one transaction into a bank queue. Nothing can become legal between events, so this equals ticking
-every cycle, at O(banks + queue) per event.
+every cycle, at O(banks + queue) per event: a refused offer is retried the tick after room frees, and a
+transaction moved into a bank queue brings the next tick in (its command may be legal then).
+``replay(..., tick_every_cycle=True)`` runs the same loop on every tick; tests/dram/test_event_driven.py
+holds the two equal.
 
 State per channel: ``ready[node, cmd]`` = earliest tick ``cmd`` may issue at that node of the device tree
 (channel, pseudo-channel, rank, bank group, bank); issuing writes ``tick + lat`` into the nodes above the
@@ -22,6 +25,7 @@ import numpy as np
 
 from cemsim.dram.timing import ACT, NCMD, RD, WR
 
+SIB_LV = 5  # the constraint lists' extra level: a data command's rank switch, toward the other ranks
 ACTL = (
     NCMD  # pseudo-command: the ACT-to-ACT spacing of other banks (tRRD), kept apart so broadcast ACTs skip it
 )
@@ -53,8 +57,9 @@ INF = np.int64(1) << np.int64(62)
     P_WCKWR,
     P_DEPTH,
     P_REFGROUP,  # ranks per refresh unit (and tFAW node): 1, or the SIDs of an HBM3 pseudo-channel
-) = range(23)
-NPARAM = 23
+    P_EVERY,  # 1: visit every tick (a cycle-ticked run, to check the event-driven loop against)
+) = range(24)
+NPARAM = 24
 
 # Scalar controller state S[...] (one int64 vector, so the kernel's parts can share it).
 (
@@ -147,9 +152,9 @@ def _earliest_rank(ready, rank_node, pc_node, cmd):
 
 
 @numba.njit(cache=True, inline="always")
-def _apply(ready, rspan, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
-    """Constraints of cmd issued at node (level lv): raise the ready ticks, and for a channel or
-    pseudo-channel node those of the rank rows below it too (``rspan[node]``, empty below the rank level)."""
+def _apply(ready, rspan, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl, push):
+    """Constraints of cmd issued at node (level lv): raise the ready ticks, and with ``push`` (a channel or
+    pseudo-channel node) those of the rank rows below it too (``rspan[node]``)."""
     for k in range(cl_n[lv, cmd]):
         nx = cl_nx[lv, cmd, k]
         if skip_actl and nx == ACTL:
@@ -157,44 +162,27 @@ def _apply(ready, rspan, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl):
         v = t + cl_l[lv, cmd, k]
         if v > ready[node, nx]:
             ready[node, nx] = v
-        for r in range(rspan[node, 0], rspan[node, 1]):
-            if v > ready[r, nx]:
-                ready[r, nx] = v
+        if push:
+            for r in range(rspan[node, 0], rspan[node, 1]):
+                if v > ready[r, nx]:
+                    ready[r, nx] = v
 
 
 @numba.njit(cache=True, inline="always")
-def _issue_bank(
-    ready,
-    rspan,
-    nodes,
-    b,
-    cmd,
-    t,
-    cl_n,
-    cl_nx,
-    cl_l,
-    sib,
-    rank_nodes_of_pc,
-    nrank,
-    faw,
-    faw_head,
-    faw_cnt,
-    limited,
-):
-    for lv in range(5):
-        _apply(ready, rspan, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited)
+def _issue_bank(ready, rspan, nodes, b, cmd, t, cl_n, cl_nx, cl_l, rank_nodes_of_pc, nrank, faw, faw_head,
+                faw_cnt, limited):  # fmt: skip
+    # the five levels written out, so only the channel and pseudo-channel push into rank rows
+    _apply(ready, rspan, nodes[b, 0], 0, cmd, t, cl_n, cl_nx, cl_l, not limited, True)
+    _apply(ready, rspan, nodes[b, 1], 1, cmd, t, cl_n, cl_nx, cl_l, not limited, True)
+    for lv in (2, 3, 4):
+        _apply(ready, rspan, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited, False)
     if cmd in (RD, WR):
         pcn = np.int64(nodes[b, 1]) - 1
         me = np.int64(nodes[b, 2])
         for k in range(nrank):
             other = rank_nodes_of_pc[pcn, k]
-            if other == me:
-                continue
-            for nx in range(NCOL):
-                if sib[cmd, nx] >= 0:
-                    v = t + sib[cmd, nx]
-                    if v > ready[other, nx]:
-                        ready[other, nx] = v
+            if other != me:
+                _apply(ready, rspan, other, SIB_LV, cmd, t, cl_n, cl_nx, cl_l, False, False)
     if cmd == ACT and limited:
         r = nodes[b, 5]
         if faw_cnt[r] < 4:

@@ -65,7 +65,7 @@ def _check_range(name: str, arr: np.ndarray, size: int, spec: DramSpec) -> None:
         raise CemsimError(f"replay: {name} value {bad} is outside [0, {size}) for {spec.name}")
 
 
-def kernel_params(spec: DramSpec, depth: int) -> np.ndarray:
+def kernel_params(spec: DramSpec, depth: int, every_cycle: bool = False) -> np.ndarray:
     t = spec.timing
     prof = spec.controller
     codes = prof.codes()
@@ -93,28 +93,31 @@ def kernel_params(spec: DramSpec, depth: int) -> np.ndarray:
     P[K.P_WCKWR] = t["nCWL"] + t["nBL"] + t["nWCKPST"]
     P[K.P_DEPTH] = depth
     P[K.P_REFGROUP] = spec.ranks if spec.rank_scope == "pseudo_channel" else 1
+    P[K.P_EVERY] = int(every_cycle)
     return P
 
 
-_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
-def kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Constraint lists per (level, command) and the rank-switch table, with ACT-to-ACT spacing above the
-    bank moved to the ACTL pseudo-command (so broadcast ACTs can skip it). Cached per timing set: models
-    that replay many small streams call this once."""
+def kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Constraint lists per (level, command), the rank switch (toward the other ranks of the pseudo-channel)
+    as an extra level ``K.SIB_LV``, with ACT-to-ACT spacing above the bank moved to the ACTL pseudo-command
+    (so broadcast ACTs can skip it). Cached per timing set: models that replay many small streams call this
+    once."""
     key = (tuple(sorted(spec.timing.items())), spec.rank_scope)
     if key not in _TABLES:
         _TABLES[key] = _build_kernel_tables(spec)
     return _TABLES[key]
 
 
-def _build_kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    lat, sib0 = tables(spec)
-    nlev = lat.shape[0]
+def _build_kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lat, sib = tables(spec)
+    nlev = lat.shape[0] + 1
     full = np.full((nlev, NCMD, K.NCOL), -1, dtype=np.int64)
-    full[:, :, :NCMD] = lat
-    for lv in range(nlev):
+    full[: K.SIB_LV, :, :NCMD] = lat
+    full[K.SIB_LV, :, :NCMD] = sib
+    for lv in range(K.SIB_LV):
         if lv != BANK and full[lv, ACT, ACT] >= 0:
             full[lv, ACT, K.ACTL] = full[lv, ACT, ACT]
             full[lv, ACT, ACT] = -1
@@ -129,9 +132,7 @@ def _build_kernel_tables(spec: DramSpec) -> tuple[np.ndarray, np.ndarray, np.nda
                     cl_nx[lv, c, k] = nx
                     cl_l[lv, c, k] = full[lv, c, nx]
                     cl_n[lv, c] += 1
-    sib = np.full((NCMD, K.NCOL), -1, dtype=np.int64)
-    sib[:, :NCMD] = sib0
-    return cl_n, cl_nx, cl_l, sib
+    return cl_n, cl_nx, cl_l
 
 
 def replay(
@@ -149,11 +150,14 @@ def replay(
     kind=None,
     hold=None,
     act_limits: str | None = None,
+    tick_every_cycle: bool = False,
 ) -> DramResult:
     """Replay one request stream (one burst per request) on ``spec``; see the module docs of cemsim.dram.
 
     ``act_limits`` ("jedec" / "broadcast") overrides the spec's for this call: with "broadcast", ACTs of
-    bank-internal ops (kind 2) skip tRRD and tFAW (the DReX all-bank PFU assumption)."""
+    bank-internal ops (kind 2) skip tRRD and tFAW (the DReX all-bank PFU assumption). ``tick_every_cycle``
+    visits every tick instead of jumping between events: the same results, slower; it exists to check the
+    event-driven loop against a cycle-ticked run of the same rules (tests/dram/test_event_driven.py)."""
     import time
     from dataclasses import replace as _replace
 
@@ -234,8 +238,8 @@ def replay(
                     f"replay: arrival ticks decrease within channel {c}; requests are offered in stream order"
                 )
 
-    P = kernel_params(spec, int(depth) if closed else 0)
-    cl_n, cl_nx, cl_l, sib = kernel_tables(spec)
+    P = kernel_params(spec, int(depth) if closed else 0, tick_every_cycle)
+    cl_n, cl_nx, cl_l = kernel_tables(spec)
     acc = np.full(n, -1, dtype=np.int64)
     first = np.full(n, -1, dtype=np.int64)
     done = np.full(n, -1, dtype=np.int64)
@@ -248,7 +252,6 @@ def replay(
         cl_n,
         cl_nx,
         cl_l,
-        sib,
         seg,
         take(flat_bank),
         take(row),
