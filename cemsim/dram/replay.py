@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import numba
 import numpy as np
 
 from cemsim.dram import kernel_state as K
@@ -59,10 +60,19 @@ def _as_int(name: str, value, n: int | None) -> np.ndarray:
     return out if out.flags.writeable else out.copy()
 
 
+@numba.njit(cache=True)
+def _first_outside(arr: np.ndarray, lo: int, hi: int) -> int:
+    """Index of the first value outside [lo, hi), or -1: one pass (min and max would be two per array)."""
+    for i in range(arr.shape[0]):
+        if arr[i] < lo or arr[i] >= hi:
+            return i
+    return -1
+
+
 def _check_range(name: str, arr: np.ndarray, size: int, spec: DramSpec) -> None:
-    if arr.size and (arr.min() < 0 or arr.max() >= size):
-        bad = int(arr[(arr < 0) | (arr >= size)][0])
-        raise CemsimError(f"replay: {name} value {bad} is outside [0, {size}) for {spec.name}")
+    i = _first_outside(arr, 0, size)
+    if i >= 0:
+        raise CemsimError(f"replay: {name} value {int(arr[i])} is outside [0, {size}) for {spec.name}")
 
 
 def kernel_params(spec: DramSpec, depth: int, every_cycle: bool = False) -> np.ndarray:
@@ -185,10 +195,10 @@ def replay(
         kind_a = _as_int("kind", kind, n).copy()  # kept in the result: never the caller's array
         _check_range("kind", kind_a, 3, spec)
     hold_a = np.zeros(n, dtype=np.int64) if hold is None else _as_int("hold", hold, n)
-    if (hold_a < 0).any():
+    if hold is not None and _first_outside(hold_a, 0, K.INF) >= 0:
         raise CemsimError("replay: hold must not be negative")
     chan = np.zeros(n, dtype=np.int64) if channel is None else _as_int("channel", channel, n).copy()
-    if chan.size and chan.min() < 0:
+    if channel is not None and _first_outside(chan, 0, K.INF) >= 0:
         raise CemsimError("replay: channel must not be negative")
     closed = depth is not None
     if closed:
@@ -199,7 +209,7 @@ def replay(
         arr = np.zeros(n, dtype=np.int64)
     else:
         arr = np.zeros(n, dtype=np.int64) if arrival is None else _as_int("arrival", arrival, n)
-        if arr.size and arr.min() < 0:
+        if arrival is not None and _first_outside(arr, 0, K.INF) >= 0:
             raise CemsimError("replay: arrival ticks must not be negative")
     keys = np.arange(n, dtype=np.int64) if key_id is None else _as_int("key_id", key_id, n)
 
@@ -228,7 +238,7 @@ def replay(
             np.not_equal(ks[1:], ks[:-1], out=loc[1:])
             np.cumsum(loc, out=loc)
             nkeys[c] = loc[-1] + 1
-    if not closed:
+    if arrival is not None:
         # open loop: offers are in stream order per channel; arrivals must not go backwards
         a_sorted = take(arr)
         for c in range(nch):
@@ -240,12 +250,14 @@ def replay(
 
     P = kernel_params(spec, int(depth) if closed else 0, tick_every_cycle)
     cl_n, cl_nx, cl_l = kernel_tables(spec)
-    acc = np.full(n, -1, dtype=np.int64)
+    # the kernel writes every request's accept, done, class and issue tick (a stuck run raises below), and
+    # reads ``first`` (-1 = no command yet)
+    acc = np.empty(n, dtype=np.int64)
     first = np.full(n, -1, dtype=np.int64)
-    done = np.full(n, -1, dtype=np.int64)
-    cls = np.full(n, -1, dtype=np.int64)
+    done = np.empty(n, dtype=np.int64)
+    cls = np.empty(n, dtype=np.int64)
     counts = np.zeros((nch, K.NCOUNT), dtype=np.int64)
-    elig_out = np.zeros(n, dtype=np.int64)
+    elig_out = np.empty(n, dtype=np.int64)
     t0 = time.perf_counter()
     simulate(
         P,
