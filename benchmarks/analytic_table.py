@@ -15,14 +15,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from cemsim.attention.policies import published_k
-from cemsim.config.loader import load_system
-from cemsim.sim.analytic import analytic
-from cemsim.sim.simulate import prepare, simulate
-from cemsim.trace.synthetic import synthetic_header, synthetic_steps
-
+# this checkout's cemsim (not whichever one the environment installed) and the tests' step generator, so the
+# table shows the code and the cases CI checks
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the tests' step generator, so the table shows the cases CI checks
+sys.path.insert(0, str(REPO))
+from cemsim.attention.policies import published_k  # noqa: E402
+from cemsim.config.loader import load_system  # noqa: E402
+from cemsim.sim.analytic import analytic  # noqa: E402
+from cemsim.sim.simulate import prepare, simulate  # noqa: E402
+from cemsim.trace.synthetic import synthetic_header, synthetic_steps  # noqa: E402
 from tests.sim.conftest import make_header, make_step  # noqa: E402
 
 SINGLE = [(4096, 1), (65536, 1), (1 << 20, 1)]  # one user: the two must agree
