@@ -304,6 +304,26 @@ def test_drex_stage_times_from_first_principles_match_the_paper():
     assert rates.expected_rows(2048, 131_072) == pytest.approx(2048 * (1 - (1 - 1 / 64) ** 64), rel=1e-12)
 
 
+def test_rank_switch_and_refresh_pause_by_hand():
+    """LPDDR5X-8533 (tCK 0.9375 ns) under RoBaRaCoCh: consecutive rows of a channel lie in other ranks, so a
+    row's first read waits nBL + nRTRS = 4 CK for the bus, as long as tCCD_L. With 21.7 reads per row, the 32
+    reads in flight never reach the same rank's next row (4 rows on): both ends are 4 CK per read. At 5 %
+    (3.2 reads per row) they do, and the fast end is tCCD_S (2 CK). An all-bank refresh pauses the reads for
+    tRTP + tRPab + tRFC + tRCD = 8 + 23 + 299 + 20 CK every tREFI = 4,167 CK."""
+    tck = 0.9375e-9
+    cem = load(DREX).cem
+    rates = DrexRates(cem, head_dim=64, group=4, key_bytes=128)
+    assert rates.row_switch == pytest.approx(4 * tck) and rates.reads_in_flight == 32
+    reads = 44_545 / 2  # 128-byte keys: 4 bursts over 8 channels
+    assert rates.column_spacing(44_545, 1024) == pytest.approx((reads * 4 * tck, reads * 4 * tck))
+    fast, slow = rates.column_spacing(6554, 1024)  # 5 % of 1,024 rows of 128 keys: 3,277 reads
+    assert fast == pytest.approx(3277 * 2 * tck) and slow == pytest.approx(3277 * 4 * tck)
+    assert rates.dram.refresh == pytest.approx(350 / (4167 - 350))
+    # with the bank right above the column, consecutive rows change bank group: tCCD_S apart
+    other = load(DREX, **{"cem.layout.key_mapping": "RoRaBaCoCh"}).cem
+    assert DrexRates(other, head_dim=64, group=4, key_bytes=128).row_switch == pytest.approx(2 * tck)
+
+
 def synthetic_prep(hw: str, over: dict[str, object], context: int, survival: float, batch: int) -> Prepared:
     """A shipped system with overrides, on two synthetic steps of uniform survival (k = 64)."""
     system = load(REPO / "hwconfigs" / f"{hw}.yaml", **over)
