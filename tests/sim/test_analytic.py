@@ -41,9 +41,9 @@ def drex_slack(prep: Prepared) -> tuple[float, float]:
     may land anywhere in that range, and each row more costs what the estimate charges a row miss
     (DrexRates.row_miss_cost). The formula DES thins each row's no-survivor probability P^t for the values,
     which lands near the pessimistic end when rows are as large as Key Blocks.
-    Refresh (below). Where the DRAM preset gives tRFC and tREFI the estimate stretches every fetch by their
-    ratio, the average share of time a bank is refreshing; a fetch shorter than tREFI may fall between two
-    refreshes (the DRAM-engine DES restarts the refresh schedule with each phase), so up to that share of
+    Refresh (below). Where the DRAM preset gives tRFC and tREFI the estimate stretches every fetch by the
+    reads' pause for an all-bank refresh (tRTP + tRPab + tRFC + tRCD out of every tREFI: that share of the
+    time); a fetch shorter than tREFI may fall between two refreshes (the DRAM-engine DES restarts the refresh schedule with each phase), so up to that share of
     the estimate's fetch time may be absent.
     Column spacing (both ways). Where the NMA keeps keys in flight (the DRAM-engine DReX), whether
     consecutive reads of one opened row go tCCD_L apart in their bank group or interleave with other rows'
@@ -174,6 +174,9 @@ def test_alternating_filter_and_scoring_is_slower_in_both_models():
 
 
 def test_agreement_when_the_scratchpad_forces_alternation():
+    """30 % survival: 21.7 reads per row, too many for the reads in flight to reach another bank group of
+    the same rank, so every read goes 4 CK apart (tCCD_L in a row, nBL + nRTRS to the next row's rank); the
+    estimate's column spacing says so (docs/validation.md, section 3)."""
     small, _ = scratchpad_cases()
     assert agreement_failures(small) == []
 
