@@ -9,9 +9,12 @@ can happen.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numba
 import numpy as np
 
+from cemsim.dram.cache_guard import drop_stale_cache
 from cemsim.dram.kernel_state import (
     B_A2DL,
     B_A2REQ,
@@ -92,6 +95,12 @@ from cemsim.dram.schedule import (
     update_ticks,
 )
 from cemsim.dram.timing import ACT, ACT2, CAS, OP, PRE, PREA, RD, REF, REFPB, WR
+
+_HERE = Path(__file__).parent
+# Before any of the loop's functions is loaded from Numba's cache (they load on their first call).
+drop_stale_cache(
+    _HERE / "__pycache__", "kernel", [_HERE / f for f in ("kernel_state.py", "schedule.py", "timing.py")]
+)
 
 
 @numba.njit(cache=True, inline="always")
