@@ -136,6 +136,17 @@ def test_overflow_is_reported_and_counts_stay_exact() -> None:
         np.testing.assert_array_equal(p.results()["count"], [len(r) for r in rows])
 
 
+def _signs_with_extremes(seed: int, n: int, g: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random packed signs of n keys and g queries (w words each), with both ends of the match count planted."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(0, 2**64, size=(n, w), dtype=np.uint64)
+    q = rng.integers(0, 2**64, size=(g, w), dtype=np.uint64)
+    if n > 3:
+        k[:3] = q[0]  # exact copies: matches = D
+        k[3] = ~q[-1]  # complement: matches = 0
+    return k, q
+
+
 @pytest.mark.gpu
 @needs_gpu
 @settings(max_examples=60, deadline=None)
@@ -151,13 +162,8 @@ def test_bitmap_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac:
 
     from cemsim.gpu.fused import bitmap_filter
 
-    rng = np.random.default_rng(seed)
     w = d // 64
-    k = rng.integers(0, 2**64, size=(n, w), dtype=np.uint64)
-    q = rng.integers(0, 2**64, size=(g, w), dtype=np.uint64)
-    if n > 3:
-        k[:3] = q[0]  # exact copies: matches = D
-        k[3] = ~q[-1]  # complement: matches = 0
+    k, q = _signs_with_extremes(seed, n, g, w)
     t = round(t_frac * (d + 1))
     want = ref.bitmap(k, q, t)
     kd, qd = cp.asarray(k), cp.asarray(q)
@@ -187,13 +193,8 @@ def test_frag_filters_bit_identical(seed: int, d: int, g: int, n: int, t_frac: f
 
     from cemsim.gpu.fused import FragFilterKernel
 
-    rng = np.random.default_rng(seed)
     w = d // 64
-    k = rng.integers(0, 2**64, size=(n, w), dtype=np.uint64)
-    q = rng.integers(0, 2**64, size=(g, w), dtype=np.uint64)
-    if n > 3:
-        k[:3] = q[0]  # exact copies: matches = D
-        k[3] = ~q[-1]  # complement: matches = 0
+    k, q = _signs_with_extremes(seed, n, g, w)
     t = round(t_frac * (d + 1))  # -3 .. D + 2: every key and no key survive at the ends
     want = ref.bitmap(k, q, t)
     kd, qd = cp.asarray(to_frag(k)), cp.asarray(q)
