@@ -87,40 +87,26 @@ struct PopcFilter {
 
 // b1 MMA: lane (grp = lane / 4, t = lane % 4) holds 32-bit word t of keys grp, grp + 8 (first 16-key tile)
 // and grp + 16, grp + 24 (second tile); for D = 64 the words t = 2, 3 are zero (they add nothing to any
-// popcount). B: word t of query 8 * nb + grp. C: popc(q & k) for rows grp, grp + 8, columns 2t, 2t + 1.
-__device__ __forceinline__ void mma_b1_and_popc(int (&c)[4], u32 a0, u32 a1, u32 b0) {
+// popcount). B: word t of query 8 * nb + grp. C: popc(q & k) (XOR: popc(q ^ k), so no popc(k) per key;
+// measured against .and) for rows grp, grp + 8, columns 2t, 2t + 1.
+template <bool XOR>
+__device__ __forceinline__ void mma_b1_popc(int (&c)[4], u32 a0, u32 a1, u32 b0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.and.popc "
-        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a0), "r"(a1), "r"(b0));
-#else
-    // no b1 tensor cores before sm_80: the same AND-popcounts one element at a time through shuffles
-    const int lane = threadIdx.x & 31, grp = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int row = grp + (j >> 1) * 8, col = 2 * t + (j & 1);
-        int s = 0;
-        for (int w = 0; w < 4; ++w) {
-            const u32 aw = __shfl_sync(0xffffffffu, (j >> 1) ? a1 : a0, (row & 7) * 4 + w);
-            const u32 bw = __shfl_sync(0xffffffffu, b0, col * 4 + w);
-            s += __popc(aw & bw);
-        }
-        c[j] += s;
+    if constexpr (XOR) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.xor.popc "
+            "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+            : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+            : "r"(a0), "r"(a1), "r"(b0));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.and.popc "
+            "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+            : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+            : "r"(a0), "r"(a1), "r"(b0));
     }
-#endif
-}
-
-// The same shape with .xor.popc: c = popc(q ^ k) directly, so no popc(k) per key (measured against .and).
-__device__ __forceinline__ void mma_b1_xor_popc(int (&c)[4], u32 a0, u32 a1, u32 b0) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.xor.popc "
-        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a0), "r"(a1), "r"(b0));
 #else
+    // no b1 tensor cores before sm_80: the same popcounts one element at a time through shuffles
     const int lane = threadIdx.x & 31, grp = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -129,7 +115,7 @@ __device__ __forceinline__ void mma_b1_xor_popc(int (&c)[4], u32 a0, u32 a1, u32
         for (int w = 0; w < 4; ++w) {
             const u32 aw = __shfl_sync(0xffffffffu, (j >> 1) ? a1 : a0, (row & 7) * 4 + w);
             const u32 bw = __shfl_sync(0xffffffffu, b0, col * 4 + w);
-            s += __popc(aw ^ bw);
+            s += __popc(XOR ? (aw ^ bw) : (aw & bw));
         }
         c[j] += s;
     }
@@ -187,7 +173,7 @@ struct MmaFilter {
 #pragma unroll
                     for (int tile = 0; tile < 2; ++tile) {
                         int c[4] = {0, 0, 0, 0};
-                        mma_b1_xor_popc(c, a[2 * tile], a[2 * tile + 1], b[i]);
+                        mma_b1_popc<true>(c, a[2 * tile], a[2 * tile + 1], b[i]);
 #pragma unroll
                         for (int r = 0; r < 2; ++r)
                             s[2 * tile + r] |= (c[2 * r] <= pq[i][0]) | (c[2 * r + 1] <= pq[i][1]);
@@ -211,7 +197,7 @@ struct MmaFilter {
 #pragma unroll
                     for (int tile = 0; tile < 2; ++tile) {
                         int c[4] = {0, 0, 0, 0};
-                        mma_b1_and_popc(c, a[2 * tile], a[2 * tile + 1], b[i]);
+                        mma_b1_popc<false>(c, a[2 * tile], a[2 * tile + 1], b[i]);
 #pragma unroll
                         for (int r = 0; r < 2; ++r) {  // rows grp (+0) and grp + 8 of this tile
                             const int need = threshold - D + pk[2 * tile + r];
@@ -799,6 +785,23 @@ __device__ __forceinline__ u32 order_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// The order-preserving images of n scores into shared memory, 8 loads in flight per thread.
+__device__ __forceinline__ void cache_images(u32* __restrict__ dst, const float* __restrict__ sc, int n) {
+    for (int i0 = 0; i0 < n; i0 += 8 * TOPK_THREADS) {
+        u32 v[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const int i = i0 + u * TOPK_THREADS + threadIdx.x;
+            v[u] = i < n ? order_key(__ldg(sc + i)) : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const int i = i0 + u * TOPK_THREADS + threadIdx.x;
+            if (i < n) dst[i] = v[u];
+        }
+    }
+}
+
 // Pick number `slot` is the survivor at i: written out, and kept in shared memory when the block attends.
 template <bool ATTEND>
 __device__ __forceinline__ void put_pick(int slot, int i, const int* __restrict__ ix, const float* __restrict__ sc,
@@ -846,21 +849,7 @@ __device__ void topk_body(const unsigned int* __restrict__ tally, const int* __r
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool cached = n <= smem_keys;
-    if (cached) {
-        for (int i0 = 0; i0 < n; i0 += 8 * TOPK_THREADS) {  // 8 loads in flight per thread
-            u32 v[8];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
-                v[u] = i < n ? order_key(__ldg(sc + i)) : 0u;
-            }
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
-                if (i < n) images[i] = v[u];
-            }
-        }
-    }
+    if (cached) cache_images(images, sc, n);
     if (threadIdx.x == 0) {
         s_prefix = 0;
         s_mask = 0;
@@ -1041,21 +1030,7 @@ __device__ void topk_cluster_body(const unsigned int* __restrict__ tally, const 
     }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool cached = m <= smem_keys;
-    if (cached) {
-        for (int i0 = 0; i0 < m; i0 += 8 * TOPK_THREADS) {
-            u32 v[8];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
-                v[u] = i < m ? order_key(__ldg(sc + lo + i)) : 0u;
-            }
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
-                if (i < m) slice[i] = v[u];
-            }
-        }
-    }
+    if (cached) cache_images(slice, sc + lo, m);
     if (threadIdx.x == 0) {
         s_prefix = 0;
         s_mask = 0;

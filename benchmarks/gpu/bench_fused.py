@@ -18,11 +18,8 @@ shapes and byte counts without a GPU.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -31,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from run_info import host_info, smi
 
 from cemsim.gpu import reference as ref
 from cemsim.gpu.fused import Shape
@@ -53,31 +52,12 @@ def shape_for(users: int, ctx: int, survival: float) -> Shape:
 
 
 def provenance() -> dict:
-    def smi(q: str) -> str:
-        try:
-            return subprocess.run(
-                ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.strip()
-        except OSError:
-            return "unknown"
-
     import cupy as cp
-    import torch
 
     return {
-        "gpu": torch.cuda.get_device_name(0),
-        "driver": smi("driver_version"),
-        "memory": smi("memory.total"),
+        **host_info(),
         "clocks_sm_mem_mhz": smi("clocks.sm,clocks.mem"),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cupy": cp.__version__,
         "nvrtc": ".".join(map(str, cp.cuda.nvrtc.getVersion())),
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "script": "benchmarks/gpu/bench_fused.py",
     }
 

@@ -12,13 +12,11 @@ Writes one JSON file with provenance (GPU, driver, torch version, date). Run on 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import statistics
-import subprocess
 
 import torch
+from run_info import host_info  # this script's folder
 
 GEOM = {"layers": 32, "hidden": 4096, "q_heads": 32, "kv_heads": 8, "head_dim": 128, "intermediate": 14336}
 
@@ -290,32 +288,8 @@ def matmul_peak() -> dict:
 
 
 def provenance() -> dict:
-    def smi(q: str) -> str:
-        try:
-            return subprocess.run(
-                ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.strip()
-        except OSError:
-            return "unknown"
-
-    try:
-        import cupy
-
-        cupy_version = cupy.__version__
-    except ImportError:
-        cupy_version = None
     return {
-        "gpu": torch.cuda.get_device_name(0),
-        "driver": smi("driver_version"),
-        "memory": smi("memory.total"),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cupy": cupy_version,
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **host_info(),
         "method": "CUDA events, median of 15-30 timed runs after warm-up; random bf16 data",
     }
 
