@@ -469,6 +469,175 @@ LS_SELECT(2, 2, mmax_w2)
 LS_SELECT(1, LS_FRAG, frag_w1)
 LS_SELECT(2, LS_FRAG, frag_w2)
 
+// ls_select2_r{ROWS}_*: the fused select with its latency chain shortened (the same answer as ls_select_*).
+//   - each warp's sign loads go out first; the query and its signs reach shared memory while they are in flight
+//     (ls_select loads those first and waits at a barrier before its first sign load);
+//   - the block's slot claim (one atomicAdd on the row's tally) is issued after the compaction and waited for
+//     only after the first round of survivor-row loads has gone out (ls_select waits for it before compacting);
+//   - ROWS survivor rows per lane group in flight (8: a block's 128 rows at once, 102 on average at 5 %).
+// Each block claims its slots with one atomic, so idx / scores hold the same survivors in the same per-block
+// order as ls_select.
+template <int W, int METHOD, int ROWS>
+__device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict__ qsig,
+                             const int* __restrict__ thresholds, const float* __restrict__ q,
+                             const bf16_t* __restrict__ keys, long long ctx, long long start, long long n,
+                             int G, int cap, unsigned int* __restrict__ tally, int* __restrict__ idx,
+                             float* __restrict__ scores) {
+    constexpr int D = 64 * W;
+    constexpr int LPS = D / 8;     // lanes per survivor row: 8 bf16 (16 bytes) each
+    constexpr int SPW = 32 / LPS;  // survivor rows per warp at once
+    __shared__ u64 qs[LS_MAX_G * 2];
+    __shared__ __align__(16) float qf[LS_MAX_GA * D];
+    __shared__ int spos[LS_BLOCK_KEYS];
+    __shared__ unsigned int warp_total[LS_WARPS];
+    __shared__ unsigned int block_base, block_total;
+    const long long bh = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long long a0 = METHOD == LS_FRAG ? start & ~31ll : start;
+    const u64* ks = ksig + (bh * (METHOD == LS_FRAG ? (ctx + 31) & ~31ll : ctx) + a0) * W;
+    const long long wbase = (long long)blockIdx.x * LS_BLOCK_KEYS + (long long)warp * LS_KPT * 32;
+    // 1. this warp's sign loads (they need nothing from the query)
+    u32 words[LS_KPT];
+    uint4 fv[LS_KPT];           // frag: this lane's 16 bytes of each 32-key block
+    u64 kw[LS_KPT][W];          // popc
+    u32 ma[LS_KPT][4];          // mma / mmax
+    const long long lo = start - a0, hi = lo + n;  // frag: the region, relative to a0
+    const long long nblk = ((hi + 31) >> 5) - (wbase >> 5);
+    if (METHOD == LS_FRAG) {
+        const uint4* p = frag_lane_ptr<W>(ks, wbase >> 5);
+#pragma unroll
+        for (int j = 0; j < LS_KPT; ++j) fv[j] = j < nblk ? frag_ld(p + j * 16 * W) : make_uint4(0, 0, 0, 0);
+    } else if (METHOD > 0) {
+        MmaFilter<W, METHOD == 2> f;
+#pragma unroll
+        for (int j = 0; j < LS_KPT; ++j) f.load(ks, wbase + 32 * j, n, lane, ma[j]);
+    } else {
+        PopcFilter<W> f{nullptr, G, D, 0};
+#pragma unroll
+        for (int j = 0; j < LS_KPT; ++j) f.load(ks, wbase + 32 * j, n, lane, kw[j]);
+    }
+    // 2. the query (scores) and its signs (filter) into shared memory meanwhile
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) qf[i] = q[bh * G * D + i];
+    for (int i = threadIdx.x; i < G * W; i += blockDim.x) qs[i] = qsig[bh * G * W + i];
+    const int threshold = thresholds[bh];
+    __syncthreads();
+    // 3. the survivor words
+    if (METHOD == LS_FRAG) {
+        FragFilter<W, 1> f;
+        f.init(qs, G, threshold);
+#pragma unroll
+        for (int j = 0; j < LS_KPT; ++j)
+            words[j] = j < nblk ? f.word(fv[j]) & frag_range_mask(wbase + 32 * j, lo, hi) : 0u;
+    } else if (METHOD > 0) {
+        MmaFilter<W, METHOD == 2> f;
+        f.init(qs, G, D, threshold);
+#pragma unroll
+        for (int j = 0; j < LS_KPT; ++j) words[j] = f.word(ma[j], wbase + 32 * j, n, lane);
+    } else {
+        PopcFilter<W> f{qs, G, D, threshold};
+#pragma unroll
+        for (int j = 0; j < LS_KPT; ++j) words[j] = f.word(kw[j], wbase + 32 * j, n, lane);
+    }
+    // 4. block-local compaction (no slot claimed yet)
+    unsigned int mine = 0;
+#pragma unroll
+    for (int j = 0; j < LS_KPT; ++j) mine += __popc(words[j]);
+    if (lane == 0) warp_total[warp] = mine;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned int total = 0;
+        for (int w = 0; w < LS_WARPS; ++w) {
+            const unsigned int t = warp_total[w];
+            warp_total[w] = total;  // exclusive prefix
+            total += t;
+        }
+        block_total = total;
+    }
+    __syncthreads();
+    unsigned int off = warp_total[warp];
+#pragma unroll
+    for (int j = 0; j < LS_KPT; ++j) {
+        const u32 b = words[j];
+        if (b & (1u << lane)) spos[off + __popc(b & ((1u << lane) - 1u))] = (int)(a0 + wbase + 32 * j + lane);
+        off += __popc(b);
+    }
+    __syncthreads();
+    const unsigned int total = block_total;
+    if (total == 0) return;  // block-uniform
+    // 5. claim the slots; the first round of row loads goes out before anyone waits for the claim
+    unsigned int claim = 0;
+    if (threadIdx.x == 0) claim = atomicAdd(tally + bh, total);
+    const int sub = lane / LPS, part = lane % LPS;
+    const bf16_t* krow = keys + bh * ctx * D;
+    constexpr unsigned int STEP = LS_WARPS * SPW * ROWS;
+    uint4 raw[ROWS];
+    int pos[ROWS];
+    unsigned int i0 = warp * SPW * ROWS;
+    auto load = [&](unsigned int first) {
+#pragma unroll
+        for (int u = 0; u < ROWS; ++u) {
+            const unsigned int i = first + u * SPW + sub;
+            pos[u] = i < total ? spos[i] : -1;
+        }
+#pragma unroll
+        for (int u = 0; u < ROWS; ++u)
+            raw[u] = pos[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(krow + (long long)pos[u] * D) + part)
+                                 : make_uint4(0, 0, 0, 0);
+    };
+    load(i0);
+    if (threadIdx.x == 0) block_base = claim;
+    __syncthreads();
+    const unsigned int base = block_base;
+    while (true) {
+#pragma unroll
+        for (int u = 0; u < ROWS; ++u) {
+            const unsigned int i = i0 + u * SPW + sub;
+            float kf[8];
+            bf16x8_to_float(raw[u], kf);
+            const unsigned int slot = base + i;
+            const bool keep = i < total && slot < (unsigned int)cap;
+            for (int g = 0; g < G; ++g) {
+                const float4* qg = reinterpret_cast<const float4*>(qf + g * D + part * 8);
+                const float4 a = qg[0], b = qg[1];
+                float acc = a.x * kf[0];
+                acc = fmaf(a.y, kf[1], acc);
+                acc = fmaf(a.z, kf[2], acc);
+                acc = fmaf(a.w, kf[3], acc);
+                acc = fmaf(b.x, kf[4], acc);
+                acc = fmaf(b.y, kf[5], acc);
+                acc = fmaf(b.z, kf[6], acc);
+                acc = fmaf(b.w, kf[7], acc);
+#pragma unroll
+                for (int m = LPS / 2; m >= 1; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                if (part == 0 && keep) scores[(bh * G + g) * cap + slot] = acc;
+            }
+            if (part == 0 && keep) idx[bh * cap + slot] = pos[u];
+        }
+        i0 += STEP;
+        if (i0 >= total) break;  // warp-uniform
+        load(i0);
+    }
+}
+
+#define LS_SELECT2(W, METHOD, NAME, ROWS)                                                                          \
+    extern "C" __global__ void __launch_bounds__(LS_WARPS * 32)                                                  \
+        ls_select2_r##ROWS##_##NAME(const u64* ksig, const u64* qsig, const int* thresholds, const float* q,    \
+                                    const bf16_t* keys, long long ctx, long long start, long long n, int G,     \
+                                    int cap, unsigned int* tally, int* idx, float* scores) {                    \
+        select2_body<W, METHOD, ROWS>(ksig, qsig, thresholds, q, keys, ctx, start, n, G, cap, tally, idx, scores); \
+    }
+#define LS_SELECT2_ALL(ROWS)                 \
+    LS_SELECT2(1, 0, popc_w1, ROWS)          \
+    LS_SELECT2(2, 0, popc_w2, ROWS)          \
+    LS_SELECT2(1, 1, mma_w1, ROWS)           \
+    LS_SELECT2(2, 1, mma_w2, ROWS)           \
+    LS_SELECT2(1, 2, mmax_w1, ROWS)          \
+    LS_SELECT2(2, 2, mmax_w2, ROWS)          \
+    LS_SELECT2(1, LS_FRAG, frag_w1, ROWS)    \
+    LS_SELECT2(2, LS_FRAG, frag_w2, ROWS)
+LS_SELECT2_ALL(4)
+LS_SELECT2_ALL(8)
+
 // Exact scores of every kept survivor of row bh = blockIdx.y (slots [0, min(tally, cap)) of idx), grid-strided
 // over blockIdx.x: LPS lanes per bf16 key row, SCORE_ROWS rows per lane group with their loads issued together
 // (the positions first, then every row), so a block has 128 scattered rows in flight.
@@ -945,6 +1114,253 @@ __device__ void topk_body(const unsigned int* __restrict__ tally, const int* __r
 LS_TOPK(ls_topk_d64, 64, true)
 LS_TOPK(ls_topk_d128, 128, true)
 LS_TOPK(ls_topk_select, 128, false)
+
+// ls_topk_sample_*: the same exact top-k per (row, head) in one block, its radix passes over a few thousand
+// candidates instead of every survivor (the single-block kernel's first pass puts most survivors through
+// contended shared atomics: N(0, 1)-like scores share a handful of top-8-bit digits).
+//   1. threshold t: when the row has more survivors than the candidate buffer holds (cand, dynamic shared
+//      memory), a sample of TOPK_THREADS scores spread evenly over the list gives the largest t that r of them
+//      reach, r = e + 4 sqrt(e) + 4 for e = TOPK_THREADS k / n sample items expected at or above the k-th
+//      largest: bit by bit from the top, one counting barrier a bit;
+//   2. one pass over the list puts the survivors whose image reaches t into the buffer (one shared atomic per
+//      warp and iteration);
+//   3. when k <= candidates <= cand (always, unless the sample misled: then the whole list, from L2, as the
+//      single-block kernel does uncached), radix select starting just below the bits every candidate shares
+//      (those of t and of the largest candidate), so the first pass already discriminates; early exit as
+//      narrow_to_bin; warp-aggregated collect. The answer is exact whatever t was: t only bounds the search.
+#define TOPK_SAMPLE_LOW_BIT 12  // the sample's threshold to 20 bits of the image: finer buys nothing
+
+__device__ __forceinline__ float image_value(u32 key) {  // order_key inverted
+    return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// warp-wide max / min of a u32 (redux.sync from sm_80, shuffles below)
+template <bool MAX>
+__device__ __forceinline__ u32 warp_extreme(u32 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    return MAX ? __reduce_max_sync(0xffffffffu, v) : __reduce_min_sync(0xffffffffu, v);
+#else
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) {
+        const u32 t = __shfl_xor_sync(0xffffffffu, v, o);
+        v = MAX ? max(v, t) : min(v, t);
+    }
+    return v;
+#endif
+}
+
+// Radix select of the `need` largest of m images key(i) (0 <= i < m), starting from prefix / mask (bits every
+// image shares) with digits of 8 bits from `shift` down; then each pick's slot and list entry go to emit(slot, i).
+// done0: no pass needed (every image equal). Block-uniform arguments; hist / total / s_* in shared memory.
+template <class Key, class Emit>
+__device__ __forceinline__ void radix_pick(const Key& key, const Emit& emit, int m, u32 need0, u32 prefix0,
+                                           u32 mask0, int shift0, bool done0,
+                                           unsigned int (&hist)[TOPK_WARPS][256], unsigned int* total,
+                                           u32& s_prefix, u32& s_mask, u32& s_need, u32& s_done,
+                                           unsigned int& s_above, unsigned int& s_ties) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (threadIdx.x == 0) {
+        s_prefix = prefix0;
+        s_mask = mask0;
+        s_need = need0;
+        s_done = done0 ? 1u : 0u;
+        s_above = 0;
+        s_ties = 0;
+    }
+    __syncthreads();
+    if (!s_done) {
+        for (int shift = shift0;; shift = shift > 8 ? shift - 8 : 0) {
+            for (int i = threadIdx.x; i < TOPK_WARPS * 256; i += blockDim.x) (&hist[0][0])[i] = 0;
+            __syncthreads();
+            const u32 prefix = s_prefix, mask = s_mask;
+            for (int i = threadIdx.x; i < m; i += blockDim.x) {
+                const u32 k = key(i);
+                if ((k & mask) == prefix) atomicAdd(&hist[warp][(k >> shift) & 0xffu], 1u);
+            }
+            __syncthreads();
+            if (threadIdx.x < 256) {
+                unsigned int t = 0;
+#pragma unroll 8
+                for (int w = 0; w < TOPK_WARPS; ++w) t += hist[w][threadIdx.x];
+                total[threadIdx.x] = t;
+            }
+            __syncthreads();
+            if (warp == 0) {
+                unsigned int h[8], mine = 0;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    h[e] = total[255 - 8 * lane - e];
+                    mine += h[e];
+                }
+                narrow_to_bin(h, mine, lane, shift, prefix, mask, s_prefix, s_mask, s_need, s_done);
+            }
+            __syncthreads();
+            if (s_done || shift == 0) break;
+        }
+    }
+    // collect: images above the prefix are in; equal ones fill what is still needed. One shared atomic per warp
+    // and kind a round (the slots of a warp's keys from its ballot).
+    const u32 prefix = s_prefix, mask = s_mask, need = s_need;
+    const u32 n_above = need0 - need;
+    const unsigned int lt = (1u << lane) - 1u;
+    for (int i0 = 0; i0 < m; i0 += blockDim.x) {
+        const int i = i0 + threadIdx.x;
+        const u32 k = i < m ? key(i) & mask : 0u;
+        const bool above = i < m && k > prefix, tie = i < m && k == prefix;
+        const unsigned int ba = __ballot_sync(0xffffffffu, above), bt = __ballot_sync(0xffffffffu, tie);
+        unsigned int a0 = 0, t0 = 0;
+        if (lane == 0) {
+            if (ba) a0 = atomicAdd(&s_above, (unsigned int)__popc(ba));
+            if (bt) t0 = atomicAdd(&s_ties, (unsigned int)__popc(bt));
+        }
+        a0 = __shfl_sync(0xffffffffu, a0, 0);
+        t0 = __shfl_sync(0xffffffffu, t0, 0);
+        if (above) {
+            emit((int)(a0 + __popc(ba & lt)), i);
+        } else if (tie) {
+            const u32 t = t0 + __popc(bt & lt);
+            if (t < need) emit((int)(n_above + t), i);
+        }
+    }
+}
+
+template <int D, bool ATTEND>
+__device__ void topk_sample_body(const unsigned int* __restrict__ tally, const int* __restrict__ idx,
+                                 const float* __restrict__ scores, int G, int cap, int k, int cand,
+                                 int* __restrict__ pick_pos, float* __restrict__ pick_score,
+                                 int* __restrict__ pick_count, const PickAttn& attn) {
+    extern __shared__ u32 cbuf[];  // cand images, then cand list indices
+    u32* cimg = cbuf;
+    int* cidx = reinterpret_cast<int*>(cbuf + cand);
+    __shared__ unsigned int hist[TOPK_WARPS][256];
+    __shared__ unsigned int total[256];
+    __shared__ u32 s_prefix, s_mask, s_need, s_done;
+    __shared__ unsigned int s_above, s_ties, s_nc;
+    __shared__ u32 wmax[TOPK_WARPS], wmin[TOPK_WARPS];
+    __shared__ int pk_pos[1024];  // the picks again, for topk_attend
+    __shared__ float pk_sc[1024];
+    const int bhg = blockIdx.x, bh = bhg / G, g = bhg % G;
+    const int n = min((int)tally[bh], cap);
+    const int kk = min(k, n);
+    const float* sc = scores + (long long)bhg * cap;
+    const int* ix = idx + (long long)bh * cap;
+    int* out_pos = pick_pos + (long long)bhg * k;
+    float* out_score = pick_score + (long long)bhg * k;
+    if (threadIdx.x == 0) pick_count[bhg] = kk;
+    if (n <= k) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            put_pick<ATTEND>(i, i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
+        if constexpr (ATTEND) {
+            __syncthreads();
+            topk_attend<D>(attn, n, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, 0);
+        }
+        return;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // 1. the candidates' threshold (0: every survivor)
+    u32 t = 0;
+    bool try_cand = n <= cand;
+    if (!try_cand) {
+        const float e = (float)TOPK_THREADS * (float)k / (float)n;
+        const int r = (int)ceilf(e + 4.f * sqrtf(e) + 4.f);
+        // expected candidates r n / TOPK_THREADS must fit the buffer (block-uniform)
+        try_cand = r < TOPK_THREADS && (long long)r * n <= (long long)cand * TOPK_THREADS;
+        if (try_cand) {
+            const u32 mine = order_key(__ldg(sc + (int)(((long long)threadIdx.x * n) / TOPK_THREADS)));
+            for (int b = 31; b >= TOPK_SAMPLE_LOW_BIT; --b) {
+                const u32 c = t | (1u << b);
+                if (__syncthreads_count(mine >= c) >= r) t = c;
+            }
+        }
+    }
+    // 2. the candidates: images >= t
+    unsigned int nc = 0;
+    if (try_cand) {
+        if (threadIdx.x == 0) s_nc = 0;
+        __syncthreads();
+        const unsigned int lt = (1u << lane) - 1u;
+        for (int i0 = 0; i0 < n; i0 += 8 * TOPK_THREADS) {
+            u32 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
+                v[u] = i < n ? order_key(__ldg(sc + i)) : 0u;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
+                const bool in = i < n && v[u] >= t;
+                const unsigned int b = __ballot_sync(0xffffffffu, in);
+                if (b) {  // warp-uniform
+                    unsigned int s0 = 0;
+                    if (lane == 0) s0 = atomicAdd(&s_nc, (unsigned int)__popc(b));
+                    s0 = __shfl_sync(0xffffffffu, s0, 0) + __popc(b & lt);
+                    if (in && s0 < (unsigned int)cand) {
+                        cimg[s0] = v[u];
+                        cidx[s0] = i;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        nc = s_nc;
+    }
+    auto emit_list = [&](int slot, int i) { put_pick<ATTEND>(slot, i, ix, sc, out_pos, out_score, pk_pos, pk_sc); };
+    if (try_cand && nc >= (unsigned int)k && nc <= (unsigned int)cand) {
+        // 3. exact top-k of the candidates, from the first bit where they can differ
+        u32 mx = 0u, mn = 0xffffffffu;
+        for (int i = threadIdx.x; i < (int)nc; i += blockDim.x) {
+            mx = max(mx, cimg[i]);
+            mn = min(mn, cimg[i]);
+        }
+        mx = warp_extreme<true>(mx);
+        mn = warp_extreme<false>(mn);
+        if (lane == 0) {
+            wmax[warp] = mx;
+            wmin[warp] = mn;
+        }
+        __syncthreads();
+        mx = warp_extreme<true>(wmax[lane]);
+        mn = warp_extreme<false>(wmin[lane]);
+        const int L = __clz(mx ^ mn);  // leading bits every candidate shares (32: all equal)
+        const u32 mask0 = L >= 32 ? 0xffffffffu : (L == 0 ? 0u : ~0u << (32 - L));
+        const int shift0 = max(24 - L, 0);
+        auto key = [&](int i) { return cimg[i]; };
+        auto emit = [&](int slot, int i) {
+            const int j = cidx[i];
+            const int pos = ix[j];
+            const float v = image_value(cimg[i]);
+            out_pos[slot] = pos;
+            out_score[slot] = v;
+            if constexpr (ATTEND) {
+                pk_pos[slot] = pos;
+                pk_sc[slot] = v;
+            }
+        };
+        radix_pick(key, emit, (int)nc, (u32)k, mx & mask0, mask0, shift0, L >= 32, hist, total, s_prefix, s_mask,
+                   s_need, s_done, s_above, s_ties);
+    } else {
+        // the sample misled (or the buffer is too small): every survivor, from L2
+        auto key = [&](int i) { return order_key(__ldg(sc + i)); };
+        radix_pick(key, emit_list, n, (u32)k, 0u, 0u, 24, false, hist, total, s_prefix, s_mask, s_need, s_done,
+                   s_above, s_ties);
+    }
+    if constexpr (ATTEND) {
+        __syncthreads();
+        topk_attend<D>(attn, kk, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, 0);
+    }
+}
+
+// the LS_TOPK_ARGS smem_keys argument is the candidate buffer's size here (8 bytes of dynamic shared memory each)
+#define LS_TOPK_SAMPLE(NAME, DIM, ATTEND)                                                                         \
+    extern "C" __global__ void __launch_bounds__(TOPK_THREADS) NAME(LS_TOPK_ARGS) {                                \
+        const PickAttn attn LS_PICK_ATTN;                                                                          \
+        topk_sample_body<DIM, ATTEND>(tally, idx, scores, G, cap, k, smem_keys, pick_pos, pick_score, pick_count,  \
+                                      attn);                                                                       \
+    }
+LS_TOPK_SAMPLE(ls_topk_sample_d64, 64, true)
+LS_TOPK_SAMPLE(ls_topk_sample_d128, 128, true)
+LS_TOPK_SAMPLE(ls_topk_sample_select, 128, false)
 
 // The same selection spread over a cluster of TOPK_CTAS thread blocks (sm_90): block r of the cluster holds
 // scores [r n / C, (r + 1) n / C) of the row in its shared memory, histograms them, and every block reads the

@@ -506,22 +506,27 @@ def bench_layers(
                 p0.reset()
                 best_topk = min(row["topk_variant_b2b_us"], key=row["topk_variant_b2b_us"].get)
                 row["layer_variant_b2b_us"] = {}
-                for form in ("fused", "split"):
-                    for chunk in (64, 128):
-                        for fold in (True, False):
-                            for p in pipes:
-                                p.config = Config(form, best_topk, chunk, fold)
-                            gs = [p.capture(*a, stream=stream) for p, a in zip(pipes, args, strict=True)]
-                            row["layer_variant_b2b_us"][f"{form}/{chunk}/{'fold' if fold else 'apart'}"] = (
-                                back_to_back(cp, lambda i: gs[i % nsets].launch(stream), stream)
-                            )
+                # the fastest top-k alone and the sample top-k (its fold is cheap where the cluster's is not);
+                # ls_select (rows 0) and ls_select2 with 4 or 8 rows in flight for the fused form
+                for topk in sorted({best_topk, "sample"}):
+                    for form, rows_ in (("fused", 0), ("fused", 4), ("fused", 8), ("split", 0)):
+                        for chunk in (64, 128):
+                            for fold in (True, False):
+                                for p in pipes:
+                                    p.config = Config(form, topk, chunk, fold, rows_)  # type: ignore[arg-type]
+                                gs = [p.capture(*a, stream=stream) for p, a in zip(pipes, args, strict=True)]
+                                key = f"{form}{rows_ or ''}/{topk}/{chunk}/{'fold' if fold else 'apart'}"
+                                row["layer_variant_b2b_us"][key] = back_to_back(
+                                    cp, lambda i: gs[i % nsets].launch(stream), stream
+                                )
                 best = min(row["layer_variant_b2b_us"], key=row["layer_variant_b2b_us"].get)
-                form, chunk, where = best.split("/")
-                chosen = Config(form, best_topk, int(chunk), where == "fold")  # type: ignore[arg-type]
+                form_rows, topk, chunk, where = best.split("/")
+                form = form_rows.rstrip("0123456789")
+                chosen = Config(form, topk, int(chunk), where == "fold", int(form_rows[len(form) :] or 0))  # type: ignore[arg-type]
                 row["default_config"] = dict(vars(choose_config(s)))
                 row["config"] = dict(vars(chosen))
                 for p in pipes:
-                    p.config = Config(chosen.select, chosen.topk, chosen.chunk, chosen.fold)
+                    p.config = Config(chosen.select, chosen.topk, chosen.chunk, chosen.fold, chosen.rows)
                 p0.run(*args[0])  # the chosen kernels' results, checked too
                 again = check_row0(cp, s, sets[0], thresholds, p0)
                 row["row0_checked"] = bool(first["row0_checked"] and again["row0_checked"])
@@ -546,7 +551,7 @@ def bench_layers(
                 # merges and zero the tally it reads): the select with a reset in front (what the layer's
                 # merge does), the top-k's selection on the survivors it left, the attention (band, then
                 # picks: the merge counters need both)
-                p0.config = Config(chosen.select, chosen.topk, chosen.chunk, False)
+                p0.config = Config(chosen.select, chosen.topk, chosen.chunk, False, chosen.rows)
                 stages = p0.stages(*args[0])
                 sel = [stages[n] for n in ("select", "filter", "score") if n in stages]
                 parts = {

@@ -39,9 +39,12 @@ TOPK_CTAS = 4  # blocks of the cluster top-k kernels per (row, query head)
 Method = Literal["popc", "mma", "mmax", "frag"]
 SelectForm = Literal["fused", "split"]
 # atomic / match: ls_topk with its histogram adds by shared atomics or __match_any_sync; cluster:
-# ls_topk_cluster, each (row, head) over TOPK_CTAS blocks
-TopkVariant = Literal["atomic", "match", "cluster"]
-TOPK_VARIANTS: tuple[TopkVariant, ...] = ("atomic", "match", "cluster")
+# ls_topk_cluster, each (row, head) over TOPK_CTAS blocks; sample: ls_topk_sample, one block whose radix passes
+# run over the candidates a sampled threshold leaves (TOPK_CANDIDATES at most)
+TopkVariant = Literal["atomic", "match", "cluster", "sample"]
+TOPK_VARIANTS: tuple[TopkVariant, ...] = ("atomic", "match", "cluster", "sample")
+TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
+SELECT_ROWS = (4, 8)  # ls_select2: survivor rows in flight per lane group
 
 
 @dataclass
@@ -53,6 +56,9 @@ class Config:
     topk: TopkVariant = "atomic"
     chunk: int = 64
     fold: bool = True  # the top-k blocks attend over their own picks (else ls_attn's pick chunks do)
+    # fused select only: ls_select2 (sign loads before the query's, the slot claim overlapped with the first
+    # round of row loads) with this many survivor rows in flight per lane group; 0: ls_select
+    rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,7 @@ class FusedLongSight:
         mod = _module()
         w, d = shape.words, shape.head_dim
         self.f_select = mod.get_function(f"ls_select_{self.method}_w{w}")
+        self.f_select2 = {r: mod.get_function(f"ls_select2_r{r}_{self.method}_w{w}") for r in SELECT_ROWS}
         self.f_filter = mod.get_function(f"ls_filter_{self.method}_w{w}")
         self.f_score = mod.get_function(f"ls_score_d{d}")
         ga = 4 if shape.group <= 4 else 8
@@ -191,11 +198,18 @@ class FusedLongSight:
             (False, False): mod.get_function("ls_topk_select"),
             (True, False): mod.get_function("ls_topk_cluster_select"),
         }
+        self.f_topk_sample = {
+            True: mod.get_function(f"ls_topk_sample_d{d}"),
+            False: mod.get_function("ls_topk_sample_select"),
+        }
+        self.candidates = TOPK_CANDIDATES  # may be lowered (tests reach the sampling and fallback paths)
         self.smem_keys = min(shape.cap, TOPK_SMEM_KEYS)
         self.smem_keys_cluster = min(-(-shape.cap // TOPK_CTAS) + 1, TOPK_SMEM_KEYS)
         try:  # over 48 KiB of shared memory needs the kernel's opt-in
             for (cluster, _), f in self.f_topk.items():
                 f.max_dynamic_shared_size_bytes = 4 * (self.smem_keys_cluster if cluster else self.smem_keys)
+            for f in self.f_topk_sample.values():  # 74 KiB with the static part
+                f.max_dynamic_shared_size_bytes = 8 * TOPK_CANDIDATES
         except Exception:
             self.smem_keys = self.smem_keys_cluster = 0  # the top-k passes then read the scores from L2
         self.sms = int(cp.cuda.Device().attributes["MultiProcessorCount"])
@@ -250,8 +264,12 @@ class FusedLongSight:
         items = band_items + s.group * pick_parts
         f_attn = self.f_attn[c.chunk]
 
+        if c.rows and c.rows not in SELECT_ROWS:
+            raise CemsimError(f"Config.rows must be 0 or one of {SELECT_ROWS}, got {c.rows}")
+        f_select = self.f_select2[c.rows] if c.rows else self.f_select
+
         def select() -> None:
-            self.f_select(
+            f_select(
                 grid_sel,
                 (SELECT_THREADS,),
                 (ksig, qsig, thresholds, q, keys, i64(s.ctx), i64(s.start), i64(s.region), i32(s.group),
@@ -276,6 +294,19 @@ class FusedLongSight:
             )
 
         def topk() -> None:
+            if c.topk == "sample":
+                if not 1 <= self.candidates <= TOPK_CANDIDATES:
+                    raise CemsimError(f"candidates must be 1..{TOPK_CANDIDATES}, got {self.candidates}")
+                self.f_topk_sample[c.fold](
+                    (s.rows * s.group,),
+                    (TOPK_THREADS,),
+                    (self.tally, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k), i32(self.candidates),
+                     self.pick_pos, self.pick_score, self.pick_count, vals, i64(s.ctx), i32(items),
+                     i32(band_items), i32(pick_parts), self.part_ml, self.part_o, self.done, self.count, self.out,
+                     self.lse),
+                    shared_mem=8 * self.candidates,
+                )  # fmt: skip
+                return
             cached = self.smem_keys_cluster if cluster else self.smem_keys
             mode: tuple = () if cluster else (i32(1 if c.topk == "atomic" else 0),)  # histogram adds
             self.f_topk[cluster, c.fold](

@@ -31,12 +31,16 @@ def make_inputs(rng: np.random.Generator, s: Shape, survival: float) -> dict[str
     return {"ksig": ksig, "qsig": qsig, "thresholds": thresholds, "q": q, "keys": keys, "vals": vals}
 
 
-def run_gpu(s: Shape, x: dict[str, np.ndarray], method: str, config: Config) -> dict[str, np.ndarray]:
+def run_gpu(
+    s: Shape, x: dict[str, np.ndarray], method: str, config: Config, candidates: int | None = None
+) -> dict[str, np.ndarray]:
     import cupy as cp
 
     from cemsim.gpu.fused import FusedLongSight
 
     p = FusedLongSight(s, method=method, config=config)  # type: ignore[arg-type]
+    if candidates is not None:  # ls_topk_sample's buffer: small ones reach its sampling and fallback paths
+        p.candidates = candidates
     dev = {n: cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")}
     if method == "frag":
         dev["ksig"] = to_frag(dev["ksig"])
@@ -63,12 +67,19 @@ shapes = st.builds(
 @pytest.mark.gpu
 @needs_gpu
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(s=shapes, survival=st.sampled_from([0.01, 0.05, 0.2, 0.6, 0.99]), seed=st.integers(0, 2**31 - 1))
-def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int) -> None:
+@given(
+    s=shapes,
+    survival=st.sampled_from([0.01, 0.05, 0.2, 0.6, 0.99]),
+    seed=st.integers(0, 2**31 - 1),
+    candidates=st.sampled_from([4096, 1024, 256, 64]),
+)
+def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, candidates: int) -> None:
     rng = np.random.default_rng(seed)
     x = make_inputs(rng, s, survival)
-    # every filter method, select form, top-k kernel (and histogram mode), attention chunk, and the picks'
-    # attention in the top-k blocks (fold) or a launch of its own
+    # every filter method, select form (ls_select, ls_select2 with 4 or 8 rows in flight, split), top-k kernel
+    # (and histogram mode; the sample top-k with a candidate buffer from 64 entries, which sends long rows
+    # through its sampled threshold or its fallback), attention chunk, and the picks' attention in the top-k
+    # blocks (fold) or a launch of its own
     for method, config in (
         ("popc", Config("split", "atomic", 64, True)),
         ("mma", Config("fused", "match", 128, False)),
@@ -76,16 +87,44 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int) 
         ("popc", Config("fused", "cluster", 64, False)),
         ("frag", Config("fused", "match", 64, True)),
         ("frag", Config("split", "atomic", 128, False)),
+        ("popc", Config("fused", "sample", 64, True, 8)),
+        ("frag", Config("fused", "sample", 128, False, 4)),
+        ("mma", Config("fused", "atomic", 64, True, 8)),
+        ("mmax", Config("fused", "sample", 64, True, 4)),
+        ("frag", Config("fused", "cluster", 64, False, 8)),
+        ("popc", Config("split", "sample", 128, False)),
     ):
-        ref.check_pipeline(s, x, run_gpu(s, x, method, config))
+        ref.check_pipeline(s, x, run_gpu(s, x, method, config, candidates))
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("k", [7, 256])
+@pytest.mark.parametrize("candidates", [4096, 300])
+@pytest.mark.parametrize("topk", ["atomic", "cluster", "sample"])
+def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
+    """A zero query gives every survivor the same score: any k of them are a top-k. The sample top-k with room
+    for every survivor takes them all as candidates, which share all 32 bits (no radix pass); with 300 it
+    samples a threshold that every survivor reaches (k = 7: the candidates overflow, so it falls back) or
+    goes straight to its fallback (k = 256)."""
+    rng = np.random.default_rng(9)
+    s = Shape(1, 2, 4, 128, 9000, 64, 4, k, cap=9000)
+    x = make_inputs(rng, s, 0.3)
+    x["q"][:] = 0.0
+    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, 8), candidates))  # type: ignore[arg-type]
 
 
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize(
     "config",
-    [Config("fused", "atomic", 64, True), Config("split", "cluster", 128, False)],
-    ids=["fold", "apart"],
+    [
+        Config("fused", "atomic", 64, True),
+        Config("split", "cluster", 128, False),
+        Config("fused", "sample", 64, True, 8),
+        Config("fused", "sample", 128, False, 4),
+    ],
+    ids=["fold", "apart", "sample-fold-rows8", "sample-apart-rows4"],
 )
 def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
     """Llama-3-8B geometry at 64K tokens, two users: eager run checked, then a CUDA graph (the band's attention
@@ -129,8 +168,8 @@ def test_overflow_is_reported_and_counts_stay_exact() -> None:
     s = Shape(1, 2, 4, 128, 20000, 64, 4, 32, cap=100)
     x = make_inputs(rng, s, 0.5)
     rows = ref.survivors(x["ksig"], x["qsig"], x["thresholds"], s.start, s.region)
-    for form in ("fused", "split"):
-        p = FusedLongSight(s, config=Config(form, "atomic", 64))  # type: ignore[arg-type]
+    for form, rows in (("fused", 0), ("split", 0), ("fused", 4), ("fused", 8)):
+        p = FusedLongSight(s, config=Config(form, "atomic", 64, True, rows))  # type: ignore[arg-type]
         p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
         assert p.overflowed()
         np.testing.assert_array_equal(p.results()["count"], [len(r) for r in rows])
