@@ -36,6 +36,21 @@ typedef unsigned int u32;
 typedef unsigned short bf16_t;  // bf16 bit patterns: no header needed under NVRTC
 #define LS_NEG_INF __int_as_float(0xff800000)
 
+// Programmatic dependent launch (sm_90; Config.pdl): a kernel launched with the programmatic stream
+// serialization attribute may be scheduled before the kernel ahead of it in the stream has finished, once every
+// block of that one has called grid_dep_launch() (or exited); grid_dep_wait() then blocks until that kernel has
+// completed and its writes are visible. Both do nothing in a launch without the attribute.
+__device__ __forceinline__ void grid_dep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dep_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // ------------------------------------------------------------------------------------------------ filter
 
 #include "scf_frag.cuh"  // the b1-MMA filter on frag-layout signs (method frag of ls_select)
@@ -391,6 +406,7 @@ __device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict_
     __shared__ int spos[LS_BLOCK_KEYS];
     __shared__ unsigned int warp_total[LS_WARPS];
     __shared__ unsigned int block_base, block_total;
+    grid_dep_launch();  // the top-k may be scheduled once every block of this launch is running
     const long long bh = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) qf[i] = q[bh * G * D + i];
@@ -491,6 +507,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     __shared__ int spos[LS_BLOCK_KEYS];
     __shared__ unsigned int warp_total[LS_WARPS];
     __shared__ unsigned int block_base, block_total;
+    grid_dep_launch();  // the top-k may be scheduled once every block of this launch is running
     const long long bh = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const long long a0 = METHOD == LS_FRAG ? start & ~31ll : start;
@@ -650,6 +667,7 @@ __device__ void score_body(const float* __restrict__ q, const bf16_t* __restrict
                            float* __restrict__ scores) {
     constexpr int LPS = D / 8, NSUB = SCORE_THREADS / LPS, PER = NSUB * SCORE_ROWS;
     __shared__ __align__(16) float qf[LS_MAX_GA * D];
+    grid_dep_launch();  // the top-k may be scheduled once every block of this launch is running
     const long long bh = blockIdx.y;
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) qf[i] = q[bh * G * D + i];
     __syncthreads();
@@ -999,6 +1017,8 @@ __device__ void topk_body(const unsigned int* __restrict__ tally, const int* __r
     __shared__ unsigned int s_above, s_ties;
     __shared__ int pk_pos[1024];  // the picks again, for topk_attend
     __shared__ float pk_sc[1024];
+    grid_dep_wait();  // the select's survivors (programmatic launch)
+    grid_dep_launch();
     const int bhg = blockIdx.x, bh = bhg / G, g = bhg % G;
     const int n = min((int)tally[bh], cap);
     const int kk = min(k, n);
@@ -1239,6 +1259,8 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
     __shared__ u32 wmax[TOPK_WARPS], wmin[TOPK_WARPS];
     __shared__ int pk_pos[1024];  // the picks again, for topk_attend
     __shared__ float pk_sc[1024];
+    grid_dep_wait();  // the select's survivors (programmatic launch)
+    grid_dep_launch();
     const int bhg = blockIdx.x, bh = bhg / G, g = bhg % G;
     const int n = min((int)tally[bh], cap);
     const int kk = min(k, n);
@@ -1417,6 +1439,8 @@ __device__ void topk_cluster_body(const unsigned int* __restrict__ tally, const 
     __shared__ int pk_pos[1024];  // this block's picks again, for topk_attend
     __shared__ float pk_sc[1024];
     const unsigned int rank = cluster_rank();
+    grid_dep_wait();  // the select's survivors (programmatic launch)
+    grid_dep_launch();
     const int bhg = blockIdx.x / TOPK_CTAS, bh = bhg / G, g = bhg % G;
     const int n = min((int)tally[bh], cap);
     const int kk = min(k, n);
@@ -1579,6 +1603,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
                           unsigned int* __restrict__ tally, unsigned int* __restrict__ count,
                           float* __restrict__ out, float* __restrict__ lse) {
     constexpr int LPS = D / 8, NSUB = ATTN_THREADS / LPS, ROWS = CHUNK / NSUB;
+    grid_dep_wait();  // the picks (programmatic launch after the top-k; nothing to wait for on the band)
     __shared__ float qf[LS_MAX_GA * D];
     __shared__ float s[LS_MAX_GA][CHUNK];
     __shared__ float acc[LS_MAX_GA * D];

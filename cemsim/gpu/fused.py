@@ -59,6 +59,10 @@ class Config:
     # fused select only: ls_select2 (sign loads before the query's, the slot claim overlapped with the first
     # round of row loads) with this many survivor rows in flight per lane group; 0: ls_select
     rows: int = 0
+    # the top-k (and the picks' attention when apart) launched with programmatic stream serialization
+    # (cudaLaunchKernelEx through cuda-python): scheduled while the kernel ahead of it drains, waiting in
+    # griddepcontrol.wait for its writes, so the launch gap between the two goes
+    pdl: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,43 @@ def _module():
     if cp is None:
         raise CemsimError("the fused GPU pipeline needs CuPy and a CUDA device")
     return cp.RawModule(code=SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}"))
+
+
+def _launch_programmatic(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+    """Launch CuPy kernel ``f`` on the current CuPy stream with the programmatic stream serialization attribute
+    (cuLaunchKernelEx), capturable in a graph like a plain launch. ``args``: CuPy arrays and NumPy int32 /
+    int64 scalars, as for a CuPy launch."""
+    import ctypes
+
+    from cuda.bindings import driver as cu
+
+    cp = _cupy()
+    values, types = [], []
+    for a in args:
+        if isinstance(a, np.int32):
+            values.append(int(a))
+            types.append(ctypes.c_int32)
+        elif isinstance(a, np.int64):
+            values.append(int(a))
+            types.append(ctypes.c_int64)
+        else:
+            values.append(int(a.data.ptr))
+            types.append(ctypes.c_void_p)
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    block = tuple(block) + (1,) * (3 - len(block))
+    cfg = cu.CUlaunchConfig()
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block
+    cfg.sharedMemBytes = shared_mem
+    cfg.hStream = cu.CUstream(cp.cuda.get_current_stream().ptr)
+    attr = cu.CUlaunchAttribute()
+    attr.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    cfg.attrs = [attr]
+    cfg.numAttrs = 1
+    (err,) = cu.cuLaunchKernelEx(cfg, cu.CUfunction(f.ptr), (tuple(values), tuple(types)), 0)
+    if err != cu.CUresult.CUDA_SUCCESS:
+        raise CemsimError(f"cuLaunchKernelEx failed: {err}")
 
 
 def choose_method(group: int) -> Method:
@@ -268,6 +309,13 @@ class FusedLongSight:
             raise CemsimError(f"Config.rows must be 0 or one of {SELECT_ROWS}, got {c.rows}")
         f_select = self.f_select2[c.rows] if c.rows else self.f_select
 
+        def launch_dependent(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+            """A launch that depends on the kernel ahead of it in the stream: programmatic under config.pdl."""
+            if c.pdl:
+                _launch_programmatic(f, grid, block, args, shared_mem)
+            else:
+                f(grid, block, args, shared_mem=shared_mem)
+
         def select() -> None:
             f_select(
                 grid_sel,
@@ -297,7 +345,8 @@ class FusedLongSight:
             if c.topk == "sample":
                 if not 1 <= self.candidates <= TOPK_CANDIDATES:
                     raise CemsimError(f"candidates must be 1..{TOPK_CANDIDATES}, got {self.candidates}")
-                self.f_topk_sample[c.fold](
+                launch_dependent(
+                    self.f_topk_sample[c.fold],
                     (s.rows * s.group,),
                     (TOPK_THREADS,),
                     (self.tally, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k), i32(self.candidates),
@@ -309,7 +358,8 @@ class FusedLongSight:
                 return
             cached = self.smem_keys_cluster if cluster else self.smem_keys
             mode: tuple = () if cluster else (i32(1 if c.topk == "atomic" else 0),)  # histogram adds
-            self.f_topk[cluster, c.fold](
+            launch_dependent(
+                self.f_topk[cluster, c.fold],
                 (s.rows * s.group * (TOPK_CTAS if cluster else 1),),
                 (TOPK_THREADS,),
                 (*mode, self.tally, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k), i32(cached),
@@ -319,14 +369,14 @@ class FusedLongSight:
                 shared_mem=4 * cached,
             )  # fmt: skip
 
-        def attn(first: int, n_items: int) -> None:
-            f_attn(
-                (n_items, s.rows),
-                (ATTN_THREADS,),
-                (q, keys, vals, i64(s.ctx), i32(s.sinks), i32(s.window), i32(s.group), i32(s.k), self.pick_pos,
-                 self.pick_score, self.pick_count, i32(first), i32(items), i32(pick_parts), self.part_ml,
-                 self.part_o, self.done, self.tally, self.count, self.out, self.lse),
-            )  # fmt: skip
+        def attn(first: int, n_items: int, dependent: bool = False) -> None:
+            args = (q, keys, vals, i64(s.ctx), i32(s.sinks), i32(s.window), i32(s.group), i32(s.k), self.pick_pos,
+                    self.pick_score, self.pick_count, i32(first), i32(items), i32(pick_parts), self.part_ml,
+                    self.part_o, self.done, self.tally, self.count, self.out, self.lse)  # fmt: skip
+            if dependent:  # the picks, after the top-k
+                launch_dependent(f_attn, (n_items, s.rows), (ATTN_THREADS,), args)
+            else:
+                f_attn((n_items, s.rows), (ATTN_THREADS,), args)
 
         out: dict[str, Any] = {"band": lambda: attn(0, band_items)}
         if s.region > 0:
@@ -336,7 +386,7 @@ class FusedLongSight:
                 out["filter"], out["score"] = filt, score
         out["topk"] = topk
         if not c.fold:
-            out["picks"] = lambda: attn(band_items, items - band_items)
+            out["picks"] = lambda: attn(band_items, items - band_items, dependent=True)
         return out
 
     def run(self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any) -> None:
