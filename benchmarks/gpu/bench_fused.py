@@ -440,6 +440,47 @@ def torch_graph_time(torch, fn, reps: int) -> tuple[list[float], float]:
     return out, statistics.median(per)
 
 
+def graph_overhead(cp) -> dict:
+    """Back-to-back time of graphs of empty kernels (ls_nop) shaped like the layer: one kernel; band on a side
+    branch beside select -> top-k (fork and join), plain and with the top-k launched programmatically. What a
+    layer pays for its launches whatever its kernels do."""
+    from cemsim.gpu.fused import _launch_programmatic, _module
+
+    nop = _module().get_function("ls_nop")
+    sink = cp.zeros(1, dtype=cp.int32)
+    stream = cp.cuda.Stream(non_blocking=True)
+    side = cp.cuda.Stream(non_blocking=True)
+    out = {}
+
+    def one() -> None:
+        nop((1,), (32,), (sink,))
+
+    def layer(pdl: bool) -> None:
+        fork, join = cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True)
+        fork.record(stream)
+        side.wait_event(fork)
+        with side:
+            nop((136,), (256,), (sink,))
+        join.record(side)
+        nop((512,), (256,), (sink,))
+        if pdl:
+            _launch_programmatic(nop, (32,), (1024,), (sink,))
+        else:
+            nop((32,), (1024,), (sink,))
+        stream.wait_event(join)
+
+    for name, fn in (("one_kernel", one), ("layer_topology", lambda: layer(False)),
+                     ("layer_topology_pdl", lambda: layer(True))):  # fmt: skip
+        try:
+            g = capture(cp, stream, [fn])
+            out[name] = back_to_back(cp, lambda i: g.launch(stream), stream)
+        except Exception as e:
+            out[name] = f"{type(e).__name__}: {e}"[:300]
+            traceback.print_exc()
+    print(f"graph overhead b2b: {out}", flush=True)
+    return out
+
+
 def config_key(c) -> str:
     """select form (+ rows in flight) / top-k / chunk / fold or apart (/ pdl)."""
     where = "fold" if c.fold else "apart"
@@ -460,8 +501,12 @@ def parse_config_key(key: str):
 def capture(cp, stream, fns) -> object:
     with stream:
         stream.begin_capture()
-        for f in fns:
-            f()
+        try:
+            for f in fns:
+                f()
+        except Exception:
+            stream.end_capture()
+            raise
         return stream.end_capture()
 
 
@@ -767,6 +812,7 @@ def main() -> None:
             result["select_methods_error"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
         save()
+    result["graph_overhead_b2b_us"] = graph_overhead(cp)
     if "layers" not in skip:
         contexts = [int(c) for c in args.contexts.split(",")]
         configs = [(int(b), c) for b in args.batches.split(",") for c in contexts]

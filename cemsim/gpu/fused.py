@@ -183,7 +183,8 @@ def _launch_programmatic(f: Any, grid: tuple, block: tuple, args: tuple, shared_
     attr.value.programmaticStreamSerializationAllowed = 1
     cfg.attrs = [attr]
     cfg.numAttrs = 1
-    (err,) = cu.cuLaunchKernelEx(cfg, cu.CUfunction(f.ptr), (tuple(values), tuple(types)), 0)
+    func = getattr(f, "kernel", f)  # a CuPy RawKernel's cupy.cuda.Function (its CUfunction handle: .ptr)
+    (err,) = cu.cuLaunchKernelEx(cfg, cu.CUfunction(func.ptr), (tuple(values), tuple(types)), 0)
     if err != cu.CUresult.CUDA_SUCCESS:
         raise CemsimError(f"cuLaunchKernelEx failed: {err}")
 
@@ -406,17 +407,21 @@ class FusedLongSight:
         fork, join = cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True)
         with stream:
             stream.begin_capture()
-            fork.record(stream)
-            side.wait_event(fork)
-            with side:
-                stages["band"]()
-            join.record(side)
-            for name, stage in stages.items():
-                if name not in ("band", "picks"):
-                    stage()
-            stream.wait_event(join)
-            if "picks" in stages:
-                stages["picks"]()
+            try:
+                fork.record(stream)
+                side.wait_event(fork)
+                with side:
+                    stages["band"]()
+                join.record(side)
+                for name, stage in stages.items():
+                    if name not in ("band", "picks"):
+                        stage()
+                stream.wait_event(join)
+                if "picks" in stages:
+                    stages["picks"]()
+            except Exception:
+                stream.end_capture()  # leave the stream usable
+                raise
             return stream.end_capture()
 
     def reset(self) -> None:

@@ -208,8 +208,8 @@ def test_overflow_is_reported_and_counts_stay_exact() -> None:
     s = Shape(1, 2, 4, 128, 20000, 64, 4, 32, cap=100)
     x = make_inputs(rng, s, 0.5)
     rows = ref.survivors(x["ksig"], x["qsig"], x["thresholds"], s.start, s.region)
-    for form, rows in (("fused", 0), ("split", 0), ("fused", 4), ("fused", 8)):
-        p = FusedLongSight(s, config=Config(form, "atomic", 64, True, rows))  # type: ignore[arg-type]
+    for form, in_flight in (("fused", 0), ("split", 0), ("fused", 4), ("fused", 8)):
+        p = FusedLongSight(s, config=Config(form, "atomic", 64, True, in_flight))  # type: ignore[arg-type]
         p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
         assert p.overflowed()
         np.testing.assert_array_equal(p.results()["count"], [len(r) for r in rows])
