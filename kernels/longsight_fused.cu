@@ -688,8 +688,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     LS_SELECT2(2, 2, mmax_w2, ROWS)          \
     LS_SELECT2(1, LS_FRAG, frag_w1, ROWS)    \
     LS_SELECT2(2, LS_FRAG, frag_w2, ROWS)
-LS_SELECT2_ALL(4)
-LS_SELECT2_ALL(8)
+LS_SELECT2_ALL(4)  // 8 rows in flight: 64 registers with spills, slower everywhere (measured, dropped)
 
 // Exact scores of every kept survivor of row bh = blockIdx.y (slots [0, min(tally, cap)) of idx), grid-strided
 // over blockIdx.x: LPS lanes per bf16 key row, SCORE_ROWS rows per lane group with their loads issued together
@@ -1184,11 +1183,14 @@ LS_TOPK(ls_topk_select, 128, false)
 //      single-block kernel does uncached), radix select starting just below the bits every candidate shares
 //      (those of t and of the largest candidate), so the first pass already discriminates; early exit as
 //      narrow_to_bin; warp-aggregated collect. The answer is exact whatever t was: t only bounds the search.
-#define TOPK_SAMPLE_LOW_BIT 12  // the sample's threshold to 20 bits of the image: finer buys nothing
+#define TOPK_SAMPLE_LOW_BIT 16  // the sample's threshold to 16 bits of the image: finer buys nothing
 
 __device__ __forceinline__ float image_value(u32 key) {  // order_key inverted
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
+
+// a 128-byte line towards L2 (no register, no wait)
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // warp-wide max / min of a u32 (redux.sync from sm_80, shuffles below)
 template <bool MAX>
@@ -1208,7 +1210,9 @@ __device__ __forceinline__ u32 warp_extreme(u32 v) {
 // Radix select of the `need` largest of m images key(i) (0 <= i < m), starting from prefix / mask (bits every
 // image shares) with digits of 8 bits from `shift` down; then each pick's slot and list entry go to emit(slot, i).
 // done0: no pass needed (every image equal). Block-uniform arguments; hist / total / s_* in shared memory.
-template <class Key, class Emit>
+// HC: histogram copies (warp w adds to copy w % HC): 32, one a warp, where many keys share a digit (the first
+// pass over every survivor); fewer are cheaper to clear and sum where the digits are spread (the candidates).
+template <int HC, class Key, class Emit>
 __device__ __forceinline__ void radix_pick(const Key& key, const Emit& emit, int m, u32 need0, u32 prefix0,
                                            u32 mask0, int shift0, bool done0,
                                            unsigned int (&hist)[TOPK_WARPS][256], unsigned int* total,
@@ -1226,18 +1230,18 @@ __device__ __forceinline__ void radix_pick(const Key& key, const Emit& emit, int
     __syncthreads();
     if (!s_done) {
         for (int shift = shift0;; shift = shift > 8 ? shift - 8 : 0) {
-            for (int i = threadIdx.x; i < TOPK_WARPS * 256; i += blockDim.x) (&hist[0][0])[i] = 0;
+            for (int i = threadIdx.x; i < HC * 256; i += blockDim.x) (&hist[0][0])[i] = 0;
             __syncthreads();
             const u32 prefix = s_prefix, mask = s_mask;
             for (int i = threadIdx.x; i < m; i += blockDim.x) {
                 const u32 k = key(i);
-                if ((k & mask) == prefix) atomicAdd(&hist[warp][(k >> shift) & 0xffu], 1u);
+                if ((k & mask) == prefix) atomicAdd(&hist[warp % HC][(k >> shift) & 0xffu], 1u);
             }
             __syncthreads();
             if (threadIdx.x < 256) {
                 unsigned int t = 0;
 #pragma unroll 8
-                for (int w = 0; w < TOPK_WARPS; ++w) t += hist[w][threadIdx.x];
+                for (int w = 0; w < HC; ++w) t += hist[w][threadIdx.x];
                 total[threadIdx.x] = t;
             }
             __syncthreads();
@@ -1292,8 +1296,9 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
     __shared__ unsigned int hist[TOPK_WARPS][256];
     __shared__ unsigned int total[256];
     __shared__ u32 s_prefix, s_mask, s_need, s_done;
-    __shared__ unsigned int s_above, s_ties, s_nc;
+    __shared__ unsigned int s_above, s_ties;
     __shared__ u32 wmax[TOPK_WARPS], wmin[TOPK_WARPS];
+    __shared__ unsigned int wscan[TOPK_WARPS];
     __shared__ int pk_pos[1024];  // the picks again, for topk_attend
     __shared__ float pk_sc[1024];
     grid_dep_wait();  // the select's survivors (programmatic launch)
@@ -1319,6 +1324,8 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
     }
     LS_MARK(ls_trace_topk, bhg, 2);  // the survivor count read
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (n > cand)  // the whole score row heads for L2 (long rows: the select's stream may have evicted it)
+        for (int l = threadIdx.x; l < (n + 31) / 32; l += blockDim.x) prefetch_l2(sc + 32 * l);
     // 1. the candidates' threshold (0: every survivor)
     u32 t = 0;
     bool try_cand = n <= cand;
@@ -1336,37 +1343,96 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
         }
     }
     LS_MARK(ls_trace_topk, bhg, 3);  // threshold sampled
-    // 2. the candidates: images >= t
+    // 2. the candidates: images >= t. Chunks of 16 scores a thread (four 16-byte loads, all issued first); a
+    // block-wide scan of the threads' counts gives each its slots (no atomics); the row's few unaligned scores at
+    // either end go to single threads of the first chunk.
     unsigned int nc = 0;
     if (try_cand) {
-        if (threadIdx.x == 0) s_nc = 0;
-        __syncthreads();
-        const unsigned int lt = (1u << lane) - 1u;
-        for (int i0 = 0; i0 < n; i0 += 8 * TOPK_THREADS) {
-            u32 v[8];
+        const int head = min(n, (int)(((16u - (u32)(reinterpret_cast<size_t>(sc) & 15u)) & 15u) >> 2));
+        const int nv = (n - head) >> 2;                      // 16-byte vectors after the head
+        const int tail0 = head + 4 * nv, ntail = n - tail0;  // < 4 scalars at the end
+        const float4* sv = reinterpret_cast<const float4*>(sc + head);
+        unsigned int base = 0;
+        for (int v0 = 0, first = 1; v0 < nv || first; v0 += 4 * TOPK_THREADS, first = 0) {
+            float4 f[4];
 #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
-                v[u] = i < n ? order_key(__ldg(sc + i)) : 0u;
+            for (int u = 0; u < 4; ++u) {
+                const int j = v0 + u * TOPK_THREADS + threadIdx.x;
+                f[u] = j < nv ? __ldg(sv + j) : make_float4(0.f, 0.f, 0.f, 0.f);
             }
+            // this thread's extra scalar (first chunk only): head item, or tail item
+            int xi = -1;
+            if (first) {
+                if (threadIdx.x < head) xi = threadIdx.x;
+                else if (threadIdx.x - head < ntail) xi = tail0 + (threadIdx.x - head);
+            }
+            const u32 xv = xi >= 0 ? order_key(__ldg(sc + xi)) : 0u;
+            u32 img[17];
+            unsigned int cnt = 0;
 #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const int i = i0 + u * TOPK_THREADS + threadIdx.x;
-                const bool in = i < n && v[u] >= t;
-                const unsigned int b = __ballot_sync(0xffffffffu, in);
-                if (b) {  // warp-uniform
-                    unsigned int s0 = 0;
-                    if (lane == 0) s0 = atomicAdd(&s_nc, (unsigned int)__popc(b));
-                    s0 = __shfl_sync(0xffffffffu, s0, 0) + __popc(b & lt);
-                    if (in && s0 < (unsigned int)cand) {
-                        cimg[s0] = v[u];
-                        cidx[s0] = i;
+            for (int u = 0; u < 4; ++u) {
+                const int j = v0 + u * TOPK_THREADS + threadIdx.x;
+                const float e4[4] = {f[u].x, f[u].y, f[u].z, f[u].w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    img[4 * u + e] = order_key(e4[e]);
+                    cnt += (j < nv && img[4 * u + e] >= t) ? 1u : 0u;
+                }
+            }
+            img[16] = xv;
+            cnt += (xi >= 0 && xv >= t) ? 1u : 0u;
+            // exclusive scan of cnt over the block
+            unsigned int incl = cnt;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned int y = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += y;
+            }
+            if (lane == 31) wscan[warp] = incl;
+            __syncthreads();
+            const unsigned int wt = wscan[lane];  // every warp's total
+            unsigned int wincl = wt;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned int y = __shfl_up_sync(0xffffffffu, wincl, o);
+                if (lane >= o) wincl += y;
+            }
+            const unsigned int chunk_total = __shfl_sync(0xffffffffu, wincl, 31);
+            unsigned int slot = base + __shfl_sync(0xffffffffu, wincl - wt, warp) + incl - cnt;
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int j = v0 + u * TOPK_THREADS + threadIdx.x;
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    if (j < nv && img[4 * u + e] >= t) {
+                        if (slot < (unsigned int)cand) {
+                            cimg[slot] = img[4 * u + e];
+                            cidx[slot] = head + 4 * j + e;
+                        }
+                        ++slot;
                     }
                 }
             }
+            if (xi >= 0 && xv >= t && slot < (unsigned int)cand) {
+                cimg[slot] = xv;
+                cidx[slot] = xi;
+            }
+            base += chunk_total;
+            __syncthreads();  // wscan is rewritten by the next chunk
         }
-        __syncthreads();
-        nc = s_nc;
+        nc = base;
+        // the candidates' positions replace their list indices, and their value rows head for L2 while the radix
+        // passes run (the picks' attention then reads them from there)
+        if (nc >= (unsigned int)k && nc <= (unsigned int)cand) {
+            const bf16_t* vb = attn.vals + (long long)bh * attn.ctx * D;
+            for (int j = threadIdx.x; j < (int)nc; j += blockDim.x) {
+                const int pos = __ldg(ix + cidx[j]);
+                cidx[j] = pos;
+                prefetch_l2(vb + (long long)pos * D);
+                if (D * 2 > 128) prefetch_l2(vb + (long long)pos * D + 64);
+            }
+            __syncthreads();
+        }
     }
     LS_MARK(ls_trace_topk, bhg, 4);  // candidates in shared memory
     auto emit_list = [&](int slot, int i) { put_pick<ATTEND>(slot, i, ix, sc, out_pos, out_score, pk_pos, pk_sc); };
@@ -1392,8 +1458,7 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
         const int shift0 = max(24 - L, 0);
         auto key = [&](int i) { return cimg[i]; };
         auto emit = [&](int slot, int i) {
-            const int j = cidx[i];
-            const int pos = ix[j];
+            const int pos = cidx[i];  // the candidate's position (step 2)
             const float v = image_value(cimg[i]);
             out_pos[slot] = pos;
             out_score[slot] = v;
@@ -1402,13 +1467,13 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
                 pk_sc[slot] = v;
             }
         };
-        radix_pick(key, emit, (int)nc, (u32)k, mx & mask0, mask0, shift0, L >= 32, hist, total, s_prefix, s_mask,
-                   s_need, s_done, s_above, s_ties);
+        radix_pick<8>(key, emit, (int)nc, (u32)k, mx & mask0, mask0, shift0, L >= 32, hist, total, s_prefix,
+                      s_mask, s_need, s_done, s_above, s_ties);
     } else {
         // the sample misled (or the buffer is too small): every survivor, from L2
         auto key = [&](int i) { return order_key(__ldg(sc + i)); };
-        radix_pick(key, emit_list, n, (u32)k, 0u, 0u, 24, false, hist, total, s_prefix, s_mask, s_need, s_done,
-                   s_above, s_ties);
+        radix_pick<TOPK_WARPS>(key, emit_list, n, (u32)k, 0u, 0u, 24, false, hist, total, s_prefix, s_mask, s_need,
+                               s_done, s_above, s_ties);
     }
     __syncthreads();
     LS_MARK(ls_trace_topk, bhg, 7);  // picks written

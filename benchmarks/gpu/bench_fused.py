@@ -581,11 +581,9 @@ def bench_layers(
                 row["layer_variant_b2b_us"] = {}
                 row["layer_variant_errors"] = {}
                 # the fastest top-k alone and the sample top-k (its fold is cheap where the cluster's is not);
-                # ls_select (rows 0) and ls_select2 with 4 or 8 rows in flight for the fused form, each with
-                # and without programmatic launch of what follows it (pdl)
-                forms = [("fused", r, pdl) for r in (0, 4, 8) for pdl in (False, True)] + [
-                    ("split", 0, False)
-                ]
+                # ls_select (rows 0) and ls_select2 (rows 4) for the fused form, each with and without
+                # programmatic launch of what follows it (pdl)
+                forms = [("fused", r, pdl) for r in (0, 4) for pdl in (False, True)] + [("split", 0, False)]
                 for topk in sorted({best_topk, "sample"}):
                     for form, rows_, pdl in forms:
                         for chunk in (64, 128):
@@ -615,10 +613,10 @@ def bench_layers(
                     p.config = replace(chosen)
                 p0.run(*args[0])  # the chosen kernels' results, checked too
                 again = check_row0(cp, s, sets[0], thresholds, p0)
-                # and the new kernels together (ls_select2 with 8 rows, sample top-k folded, programmatic
+                # and the new kernels together (ls_select2, the sample top-k folded, programmatic
                 # launch) whatever was chosen, eager then replayed in a graph
                 try:
-                    p0.config = Config("fused", "sample", 64, True, 8, True)
+                    p0.config = Config("fused", "sample", 64, True, 4, True)
                     p0.run(*args[0])
                     new = check_row0(cp, s, sets[0], thresholds, p0)
                     gnew = p0.capture(*args[0], stream=stream)

@@ -3,7 +3,7 @@
 Nsight Compute (the first run compiles and warms; ncu's filter skips its kernels and profiles the second's):
 
     ncu --clock-control none -k regex:'ls_select|ls_topk' --launch-skip 2 --launch-count 2 \\
-        --section SpeedOfLight ... python3 benchmarks/gpu/profile_layer.py --ctx 131072 --config fused8/sample/64/fold
+        --section SpeedOfLight ... python3 benchmarks/gpu/profile_layer.py --ctx 131072 --config fused4/sample/64/fold/pdl
 
 Phase trace (``--trace``): the kernels built with -DLS_TRACE, the layer replayed from its CUDA graph, then the
 thread-0 timestamps of every ls_select2 / ls_topk_sample block (kernels/longsight_fused.cu LS_MARK) summarised:
@@ -79,7 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ctx", default="131072")
     ap.add_argument("--users", type=int, default=1)
-    ap.add_argument("--config", default="fused8/sample/64/fold")
+    ap.add_argument("--config", default="fused4/sample/64/fold/pdl")
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--out")
     a = ap.parse_args()

@@ -44,7 +44,7 @@ SelectForm = Literal["fused", "split"]
 TopkVariant = Literal["atomic", "match", "cluster", "sample"]
 TOPK_VARIANTS: tuple[TopkVariant, ...] = ("atomic", "match", "cluster", "sample")
 TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
-SELECT_ROWS = (4, 8)  # ls_select2: survivor rows in flight per lane group
+SELECT_ROWS = (4,)  # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower: dropped)
 
 
 @dataclass
