@@ -151,6 +151,18 @@ def _module():
     return cp.RawModule(code=SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}"))
 
 
+@functools.cache
+def programmatic_launch_available() -> bool:
+    """cuda-python's driver bindings, through which Config.pdl launches, are importable (without them a pdl
+    launch is a plain one: the same answer, the launch gap kept)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("cuda.bindings") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _launch_programmatic(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
     """Launch CuPy kernel ``f`` on the current CuPy stream with the programmatic stream serialization attribute
     (cuLaunchKernelEx), capturable in a graph like a plain launch. ``args``: CuPy arrays and NumPy int32 /
@@ -199,16 +211,19 @@ def choose_method(group: int) -> Method:
 
 def choose_config(shape: Shape) -> Config:
     """The kernels measured fastest for shapes like this one on the H200 (cemsim/calibration/
-    h200-sparse-layer-2026-12-02.json: topk_variant_b2b_us, layer_variant_b2b_us). The cluster top-k pays when
-    few (row, head) pairs leave SMs idle and rows are long; the picks' attention folded into the top-k blocks
-    saved 3-4 us at batch 1 up to 128K and 15-24 us at batch 8 from 128K, but with the cluster top-k it cost
-    11-23 us (the attending kernel's extra registers and shared memory slow its selection)."""
-    cluster = shape.rows * shape.group <= 64 and shape.cap >= 32768
+    h200-sparse-layer-v3-2026-12-02.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule is within 2.1 %
+    of each point's fastest combination on average, 14 % at worst, where the split select wins at 1 %): the
+    sample top-k once rows can hold 8K survivors (its selection alone: 15.8 against the cluster's 23.8 and the
+    single block's 29.4 us at 512K, batch 1, planted 5 %), its picks' attention folded in; ls_select2 for long
+    rows; the top-k launched programmatically from 4K slots (on short rows at batch 8 it cost 1.5-2.5 us);
+    chunk 64."""
     return Config(
         select="fused",
-        topk="cluster" if cluster else "atomic",
-        chunk=64 if shape.rows <= 16 else 128,
-        fold=not cluster,
+        topk="sample" if shape.cap >= 8192 else "atomic",
+        chunk=64,
+        fold=True,
+        rows=4 if shape.cap >= 32768 else 0,
+        pdl=shape.cap >= 4096,
     )
 
 
@@ -312,7 +327,7 @@ class FusedLongSight:
 
         def launch_dependent(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
             """A launch that depends on the kernel ahead of it in the stream: programmatic under config.pdl."""
-            if c.pdl:
+            if c.pdl and programmatic_launch_available():
                 _launch_programmatic(f, grid, block, args, shared_mem)
             else:
                 f(grid, block, args, shared_mem=shared_mem)

@@ -362,17 +362,19 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
 
 
 def test_choose_config_follows_the_h200_measurement() -> None:
-    """The default kernels are the ones bench_fused.py measured fastest (h200-sparse-layer-2026-12-02.json):
-    at batch 1 from 512K the cluster top-k with the picks' attention apart, else the one-block top-k with it
-    folded in; chunk 64 at batch 1, 128 at batch 8."""
+    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v3-2026-12-02.json): the sample
+    top-k once rows can hold 8K survivors, else the single-block one; ls_select2 from 32K slots; the picks'
+    attention folded; programmatic launch from 4K slots; chunk 64."""
     from cemsim.gpu.fused import choose_config
 
     long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
-    assert choose_config(long1) == Config("fused", "cluster", 64, False)
-    short1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
-    assert choose_config(short1) == Config("fused", "atomic", 64, True)
-    long8 = Shape(8, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
-    assert choose_config(long8) == Config("fused", "atomic", 128, True)
+    assert choose_config(long1) == Config("fused", "sample", 64, True, 4, True)
+    mid1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
+    assert choose_config(mid1) == Config("fused", "sample", 64, True, 0, True)
+    short8 = Shape(8, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)
+    assert choose_config(short8) == Config("fused", "atomic", 64, True, 0, True)
+    tiny8 = Shape(8, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246)
+    assert choose_config(tiny8) == Config("fused", "atomic", 64, True, 0, False)
 
 
 def test_pipeline_without_a_gpu_is_a_clear_error() -> None:
