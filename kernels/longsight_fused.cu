@@ -783,7 +783,6 @@ __device__ void merge_head(long long bh, int g, int G, int items, int band_items
                            float* ml, float* red, float* stat) {
     const int nparts = band_items + pick_parts;
     if (threadIdx.x == 0) done[bh * (G + 1) + g] = 0u;  // ready for the next launch
-    __threadfence();
     for (int j = threadIdx.x; j < nparts; j += blockDim.x) {
         const int it = j < band_items ? j : band_items + g * pick_parts + (j - band_items);
         const float2 v = __ldcg(reinterpret_cast<const float2*>(part_ml) + (bh * items + it) * G + g);
@@ -957,12 +956,17 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
         a.part_ml[slot * 2] = P > 0 ? m : LS_NEG_INF;
         a.part_ml[slot * 2 + 1] = l;
     }
-    __threadfence();
+    // release (this block's partial) and acquire (the others', when it completes the head) by thread 0 alone,
+    // ordered for the whole block by the barriers around it (a fence in all 1,024 threads cost more)
     __syncthreads();
-    if (threadIdx.x == 0) s_last = completes_head(a.done, bh, g, G, a.band_items + a.pick_parts) ? 1u : 0u;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const bool last = completes_head(a.done, bh, g, G, a.band_items + a.pick_parts);
+        if (last) __threadfence();
+        s_last = last ? 1u : 0u;
+    }
     __syncthreads();
     if (!s_last) return;
-    __threadfence();
     merge_head<D>(bh, g, G, a.items, a.band_items, a.pick_parts, a.part_ml, a.part_o, a.done, a.tally, a.count,
                   a.out, a.lse, pk_sc, scratch, stat);
 }
@@ -1189,9 +1193,6 @@ __device__ __forceinline__ float image_value(u32 key) {  // order_key inverted
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
-// a 128-byte line towards L2 (no register, no wait)
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-
 // warp-wide max / min of a u32 (redux.sync from sm_80, shuffles below)
 template <bool MAX>
 __device__ __forceinline__ u32 warp_extreme(u32 v) {
@@ -1324,8 +1325,6 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
     }
     LS_MARK(ls_trace_topk, bhg, 2);  // the survivor count read
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (n > cand)  // the whole score row heads for L2 (long rows: the select's stream may have evicted it)
-        for (int l = threadIdx.x; l < (n + 31) / 32; l += blockDim.x) prefetch_l2(sc + 32 * l);
     // 1. the candidates' threshold (0: every survivor)
     u32 t = 0;
     bool try_cand = n <= cand;
@@ -1421,18 +1420,6 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
             __syncthreads();  // wscan is rewritten by the next chunk
         }
         nc = base;
-        // the candidates' positions replace their list indices, and their value rows head for L2 while the radix
-        // passes run (the picks' attention then reads them from there)
-        if (nc >= (unsigned int)k && nc <= (unsigned int)cand) {
-            const bf16_t* vb = attn.vals + (long long)bh * attn.ctx * D;
-            for (int j = threadIdx.x; j < (int)nc; j += blockDim.x) {
-                const int pos = __ldg(ix + cidx[j]);
-                cidx[j] = pos;
-                prefetch_l2(vb + (long long)pos * D);
-                if (D * 2 > 128) prefetch_l2(vb + (long long)pos * D + 64);
-            }
-            __syncthreads();
-        }
     }
     LS_MARK(ls_trace_topk, bhg, 4);  // candidates in shared memory
     auto emit_list = [&](int slot, int i) { put_pick<ATTEND>(slot, i, ix, sc, out_pos, out_score, pk_pos, pk_sc); };
@@ -1458,7 +1445,7 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
         const int shift0 = max(24 - L, 0);
         auto key = [&](int i) { return cimg[i]; };
         auto emit = [&](int slot, int i) {
-            const int pos = cidx[i];  // the candidate's position (step 2)
+            const int pos = ix[cidx[i]];
             const float v = image_value(cimg[i]);
             out_pos[slot] = pos;
             out_score[slot] = v;
@@ -1863,19 +1850,20 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
             part_ml[slot * 2 + 1] = any ? sm[g] : 0.f;
         }
     }
-    // the item that completes a head's partials merges that head
-    __threadfence();
+    // the item that completes a head's partials merges that head; release and acquire by thread 0 alone,
+    // ordered for the block by the barriers around it
     __syncthreads();
     if (threadIdx.x == 0) {
+        __threadfence();
         unsigned int last = 0;
         for (int g = g_lo; g < g_hi; ++g)
             if (completes_head(done, bh, g, G, band_items + pick_parts)) last |= 1u << g;
+        if (last) __threadfence();
         s_last = last;
     }
     __syncthreads();
     const unsigned int last = s_last;
     if (!last) return;
-    __threadfence();
     for (int g = g_lo; g < g_hi; ++g)
         if ((last >> g) & 1u)  // block-uniform
             merge_head<D>(bh, g, G, items, band_items, pick_parts, part_ml, part_o, done, tally, count, out, lse,
