@@ -212,8 +212,8 @@ def choose_method(group: int) -> Method:
 def choose_config(shape: Shape) -> Config:
     """The kernels measured fastest for shapes like this one on the H200 (cemsim/calibration/
     h200-sparse-layer-v3-2026-12-02.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule is within 2.1 %
-    of each point's fastest combination on average, 14 % at worst, where the split select wins at 1 %): the
-    sample top-k once rows can hold 8K survivors (its selection alone: 15.8 against the cluster's 23.8 and the
+    of each point's fastest combination on average, 12 % at worst, where the split select wins at 1 %): the
+    sample top-k once rows can hold 8K survivors (its selection alone: 13.6 against the cluster's 23.9 and the
     single block's 29.4 us at 512K, batch 1, planted 5 %), its picks' attention folded in; ls_select2 for long
     rows; the top-k launched programmatically from 4K slots (on short rows at batch 8 it cost 1.5-2.5 us);
     chunk 64."""
