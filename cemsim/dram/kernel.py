@@ -72,6 +72,7 @@ from cemsim.dram.kernel_state import (
     S_NDIRTY,
     S_RBN,
     S_REFQN,
+    S_REST,
     S_TQN,
     S_WBN,
     S_WCKEXP,
@@ -87,6 +88,7 @@ from cemsim.dram.kernel_state import (
 )
 from cemsim.dram.schedule import (
     _ctz,
+    next_tick_rest,
     rebuild_per_bank,
     rebuild_shared,
     refpb_banks,
@@ -292,7 +294,7 @@ def _move_one(S, BS, fq, fh, mv, bq, bqn, stage, nb, bankq, wqsize, bdirty, dsta
     return True  # its bank's new candidates may be legal next tick, and another may move then
 
 
-@numba.njit(cache=True, _nrt=False)
+@numba.njit(cache=True, _nrt=False, error_model="numpy")
 def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
     """The event loop (no allocation, so compiled without reference counting). The arrays come grouped:
     timing tables, requests, outputs, device state, controller state, client state (see _simulate_channel).
@@ -427,6 +429,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
         issued = 0
         next_e = INF
         last_col = -1
+        S[S_REST] = 0
         for slot in range(2 if dual else 1):
             sel[0] = -1
             sel[1] = -1
@@ -575,6 +578,11 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 room = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
             if room:
                 nt = t + 1
+        if per_bank and nt > t + 1 and S[S_REST] == 1:
+            # nothing issued (else nt = t + 1): the banks select_per_bank left out still hold their ticks
+            e = next_tick_rest(S, ctl[12], nb)
+            if e < nt:
+                nt = e
         if nt >= INF:
             counts[C_STATUS] = 1
             break

@@ -79,8 +79,10 @@ NPARAM = 24
     S_NDIRTY,  # banks whose candidates need rebuilding (listed in the dirty stack)
     S_NBUSY,  # per-bank profile: banks whose queue is not empty
     S_NEXT,  # scratch: the selectors' earliest next tick
-) = range(16)
-NSTATE = 16
+    S_REST,  # per-bank profile: 1 if select_per_bank left banks' cached ticks out of its next tick
+    S_RESTMASK,  # ... the banks it did not leave out (bits)
+) = range(18)
+NSTATE = 18
 # Bank state BS[bank, ...]: open row (-1 closed), accesses since its ACT, ACT-2 deadline and owner (-1 none),
 # requests past their own ACT (shared profile's active buffer), transactions waiting for its queue (per-bank
 # profile: reads, writes).
