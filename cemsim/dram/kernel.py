@@ -448,18 +448,27 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                     S[S_WMODE] = 1 if wm else 0
                     for b in range(nb):
                         _mark(b, bdirty, dstack, S)
+            claims = np.int64(0)
+            if per_bank and nb <= 64:
+                # banks whose cached tick claims t, before the rebuilds below store fresh ticks (a vector pass
+                # over bmin right after those scalar stores waits for them); the rebuilt banks are patched in
+                for b in range(nb):  # branch-free: a bank's bit is as often set as not
+                    claims |= np.int64(bmin[b] <= t) << b
             for k in range(S[S_NDIRTY]):
                 b = dstack[k]
                 if per_bank:
                     rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot)
                 else:
                     rebuild_shared(b, BS, bq, bqn, stage, row, kind, S[S_WMODE] == 1, broadcast, slots, nslot)
-                update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                m = update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                if per_bank:
+                    bit = np.int64(1) << (b & 63)
+                    claims = (claims | bit) if m <= t else (claims & ~bit)
                 bdirty[b] = False
             S[S_NDIRTY] = 0
             if per_bank:
                 e = select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt,
-                                    nfaw, nb, bpr, nrank, rk0, pc0, rgroup, slot == 1, refmode)  # fmt: skip
+                                    nfaw, nb, bpr, nrank, rk0, pc0, rgroup, slot == 1, refmode, claims)  # fmt: skip
             else:
                 e = select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, nodes, faw, faw_head,
                                   faw_cnt, nfaw, nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only,

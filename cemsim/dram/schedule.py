@@ -151,6 +151,7 @@ def update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nf
         if e < m:
             m = e
     bmin[b] = m
+    return m
 
 
 @numba.njit(cache=True, inline="always")
@@ -257,11 +258,13 @@ def _bank_pick(
 
 @numba.njit(cache=True, _nrt=False, inline="always")
 def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb,
-                    bpr, nrank, rk0, pc0, rgroup, second, refmode):  # fmt: skip
+                    bpr, nrank, rk0, pc0, rgroup, second, refmode, claims):  # fmt: skip
     """DRAMsim3-like: the pending refresh first (PRE each open bank of its rank, then REF), then bank queues
     round-robin from the one after the last served, each giving its first ready command in queue order.
     ``second``: the extra look of a dual-command (HBM) tick: no refresh command, the caller discards a
-    command of the same kind as the first (DRAMsim3's Controller::ClockTick)."""
+    command of the same kind as the first (DRAMsim3's Controller::ClockTick). ``claims`` (up to 64 banks):
+    the banks whose cached tick is <= t, as bits (the kernel builds it before the tick's candidate rebuilds
+    and patches the rebuilt banks' bits, so the pass over ``bmin`` does not wait on their fresh stores)."""
     next_e = INF
     next_e_out = S[S_NEXT : S_NEXT + 1]
     next_e_out[0] = INF
@@ -305,9 +308,7 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
     if nb <= 64:
         # the banks that may have a legal candidate (cached tick <= t, or ACTs held by refresh), as bits,
         # visited in round-robin order from the one after the last served
-        mask = np.int64(0)
-        for b in range(nb):  # branch-free: a bank's bit is as often set as not
-            mask |= np.int64(bmin[b] <= t) << b
+        mask = claims
         for b in (blk1, blk2):
             if b >= 0:
                 mask |= np.int64(1) << b
