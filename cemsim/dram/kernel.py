@@ -449,7 +449,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                     for b in range(nb):
                         _mark(b, bdirty, dstack, S)
             claims = np.int64(0)
-            if per_bank and nb <= 64:
+            if nb <= 64:
                 # banks whose cached tick claims t, before the rebuilds below store fresh ticks (a vector pass
                 # over bmin right after those scalar stores waits for them); the rebuilt banks are patched in
                 for b in range(nb):  # branch-free: a bank's bit is as often set as not
@@ -461,7 +461,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 else:
                     rebuild_shared(b, BS, bq, bqn, stage, row, kind, S[S_WMODE] == 1, broadcast, slots, nslot)
                 m = update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw)
-                if per_bank:
+                if nb <= 64:
                     bit = np.int64(1) << (b & 63)
                     claims = (claims | bit) if m <= t else (claims & ~bit)
                 bdirty[b] = False
@@ -472,7 +472,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
             else:
                 e = select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, nodes, faw, faw_head,
                                   faw_cnt, nfaw, nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only,
-                                  refmode)  # fmt: skip
+                                  refmode, claims)  # fmt: skip
             if e < next_e:
                 next_e = e
             cmd = sel[1]
@@ -587,8 +587,8 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 room = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
             if room:
                 nt = t + 1
-        if per_bank and nt > t + 1 and S[S_REST] == 1:
-            # nothing issued (else nt = t + 1): the banks select_per_bank left out still hold their ticks
+        if nt > t + 1 and S[S_REST] == 1:
+            # nothing issued (else nt = t + 1): the banks the selector left out still hold their ticks
             e = next_tick_rest(S, ctl[12], nb)
             if e < nt:
                 nt = e

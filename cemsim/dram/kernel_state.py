@@ -79,7 +79,7 @@ NPARAM = 24
     S_NDIRTY,  # banks whose candidates need rebuilding (listed in the dirty stack)
     S_NBUSY,  # per-bank profile: banks whose queue is not empty
     S_NEXT,  # scratch: the selectors' earliest next tick
-    S_REST,  # per-bank profile: 1 if select_per_bank left banks' cached ticks out of its next tick
+    S_REST,  # 1 if the selector left banks' cached ticks out of its next tick (next_tick_rest)
     S_RESTMASK,  # ... the banks it did not leave out (bits)
 ) = range(18)
 NSTATE = 18

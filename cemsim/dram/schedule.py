@@ -354,8 +354,8 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
 
 @numba.njit(cache=True, inline="always")
 def next_tick_rest(S, bmin, nb):
-    """Per-bank profile: the cached ticks select_per_bank left out of its next tick (``S[S_RESTMASK]``: the
-    banks it looked at or skipped), folded in when the kernel needs the exact next event."""
+    """The cached ticks the selector left out of its next tick (``S[S_RESTMASK]``: the banks it looked at or
+    skipped), folded in when the kernel needs the exact next event."""
     mask = S[S_RESTMASK]
     e = INF
     for b in range(nb):
@@ -365,7 +365,7 @@ def next_tick_rest(S, bmin, nb):
 
 @numba.njit(cache=True, _nrt=False, inline="always")
 def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, nodes, faw, faw_head, faw_cnt, nfaw,
-                  nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only, refmode):  # fmt: skip
+                  nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only, refmode, claims):  # fmt: skip
     """Ramulator-2-like: an access waiting behind its CAS; an ACT-2 at its deadline; else the oldest ready
     access of a request whose own ACT opened its row (active buffer); else the pending refresh (PREA, then
     REF), which holds back the buffer; else the oldest ready request of the buffer, no ACT-1 while an ACT-2
@@ -420,15 +420,27 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, no
     # cannot have a legal candidate)
     look_all = refq_n > 0
     for lo in range(0, nb, 64):
-        # banks to look at, 64 at a time, in one branch-free pass: a cached tick claiming t, or held ACTs, or
-        # everything while a refresh or an ACT-2 is pending; the others' earliest candidates are next events
-        # (with dual buses the column and the row look together see every candidate once)
-        look = np.int64(0)
-        for b in range(lo, _lo(lo + 64, nb)):
-            m = bmin[b]
-            here = (m <= t) | look_all | (b == blk1) | (b == blk2)
-            look |= np.int64(here) << (b - lo)
-            next_e = _lo(next_e, INF if here else m)
+        if nb <= 64:
+            # ``claims`` (built by the kernel before the candidate rebuilds, see select_per_bank): the others'
+            # cached ticks count toward the next tick only when the kernel needs it (next_tick_rest)
+            look = claims
+            if look_all:
+                look = np.int64(-1) if nb == 64 else (np.int64(1) << nb) - 1
+            for b in (blk1, blk2):
+                if b >= 0:
+                    look |= np.int64(1) << b
+            S[S_RESTMASK] = look
+            S[S_REST] = 1
+        else:
+            look = np.int64(0)
+            # banks to look at, 64 at a time, in one branch-free pass: a cached tick claiming t, or held ACTs,
+            # or everything while a refresh is pending; the others' earliest candidates are next events (with
+            # dual buses the column and the row look together see every candidate once)
+            for b in range(lo, _lo(lo + 64, nb)):
+                m = bmin[b]
+                here = (m <= t) | look_all | (b == blk1) | (b == blk2)
+                look |= np.int64(here) << (b - lo)
+                next_e = _lo(next_e, INF if here else m)
         while look != 0:
             b = lo + _ctz(look)
             look &= look - 1
