@@ -85,6 +85,7 @@ from cemsim.dram.kernel_state import (
     _hi,
     _issue_bank,
     _remove_at,
+    prefetch,
 )
 from cemsim.dram.schedule import (
     _ctz,
@@ -303,7 +304,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
     values, less spilling in the hot path)."""
     cl_n, cl_nx, cl_l = tabs[0], tabs[1], tabs[2]
     bank, row, kind, arrival, key = req[0], req[1], req[2], req[4], req[5]
-    acc, first, cls, counts, elig = out[0], out[1], out[3], out[4], out[5]
+    acc, first, done, cls, counts, elig = out[0], out[1], out[2], out[3], out[4], out[5]
     nodes, ready, faw, faw_head, faw_cnt, rspan = dev[0], dev[2], dev[3], dev[4], dev[5], dev[6]
     S, BS, bq, bqn, stage, fq, fh, mv, refq, sel, slots, nslot, bmin, bdirty, dstack, ract = ctl
     pend, key_first, key_left, key_done, heap = cli
@@ -387,6 +388,16 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 space = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
             if space:
                 acc[cand] = t
+                # the lines this request's command and retirement and the next offers will touch (see prefetch)
+                prefetch(first, cand, True)
+                prefetch(done, cand, True)
+                prefetch(cls, cand, True)
+                ahead = cand + 8  # one cache line of int64s ahead
+                prefetch(kind, ahead, False)
+                prefetch(bank, ahead, False)
+                prefetch(row, ahead, False)
+                prefetch(elig, ahead, False)
+                prefetch(acc, ahead, True)
                 naccepted += 1
                 last_acc = t
                 if depth > 0:

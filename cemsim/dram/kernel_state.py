@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from cemsim.dram.timing import ACT, NCMD, RD, WR
 
@@ -107,6 +111,31 @@ C_RANK_ACTIVE = NCMD + 6  # rank-ticks with at least one open bank (active stand
 NCOUNT = NCMD + 7
 
 K_READ, K_WRITE, K_OP = 0, 1, 2
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx, write):
+    """Hint the CPU to fetch the cache line of ``arr[idx]`` (LLVM's prefetch: never faults, so ``idx`` may run
+    past the end). ``write`` (a literal bool) asks for the line in a writable state. The per-request arrays
+    (2 MB each at 262,144 requests) are read or written once per request at ticks far apart, and the loop
+    otherwise waits on those cache misses."""
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+        return None
+    if not isinstance(write, types.BooleanLiteral):
+        return None
+    rw = 1 if write.literal_value else 0
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, cgutils.voidptr_t), i32(rw), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, write), codegen
 
 
 @numba.njit(cache=True, inline="always")
