@@ -39,6 +39,7 @@ from cemsim.dram.kernel_state import (
     NFIELD,
     NSLOT,
     NSTATE,
+    NW,
     P_BANKQ,
     P_BROADCAST,
     P_DEPTH,
@@ -63,6 +64,7 @@ from cemsim.dram.kernel_state import (
     P_WCKWR,
     P_WQSIZE,
     P_WRDELAY,
+    RW,
     S_CAS,
     S_DRAIN,
     S_FIN,
@@ -84,7 +86,9 @@ from cemsim.dram.kernel_state import (
     _heap_push,
     _hi,
     _issue_bank,
+    _nd,
     _remove_at,
+    _rx,
     prefetch,
 )
 from cemsim.dram.schedule import (
@@ -157,10 +161,10 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
     else:
         hv = hold[i]
         done[i] = t + hv
-        node = nodes[b, 4]
+        node = _nd(nodes, b, 4)
         for cx in range(NCOL):
-            if (cx in (PRE, RD, WR, OP)) and t + hv > ready[node, cx]:
-                ready[node, cx] = t + hv
+            if (cx in (PRE, RD, WR, OP)) and t + hv > ready[_rx(node, cx)]:
+                ready[_rx(node, cx)] = t + hv
     BS[b, B_HITS] += 1
     if P[P_WCK] == 1 and kd != K_OP:
         ex = t + (P[P_WCKWR] if kd == K_WRITE else P[P_WCKRD])
@@ -206,7 +210,7 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
             # closed page: auto-precharge as soon as it is legal (no command-bus slot)
             tp = _earliest(ready, nodes, b, PRE, dev[3], dev[4], dev[5], P[P_NFAW], True)
             _issue(dev, tabs, P[P_NRANK], b, PRE, tp, True)
-            _row_state(ctl[15], counts, np.int64(nodes[b, 2]) - 1 - P[P_NPC], tp, False)
+            _row_state(ctl[15], counts, np.int64(_nd(nodes, b, 2)) - 1 - P[P_NPC], tp, False)
             BS[b, B_OPEN] = -1
             BS[b, B_HITS] = 0
             counts[PRE] += 1
@@ -629,25 +633,26 @@ def _simulate_channel(
     nnodes = bk0 + nb
     rgroup = P[P_REFGROUP]
     # unsigned, so indexing ``ready`` by a node skips Numba's negative-index wraparound in the hot loop
-    nodes = np.empty((nb, 6), dtype=np.uint64)
+    # flat tables (kernel_state._nd, _rx): bank b's nodes at b * NW + level
+    nodes = np.zeros(nb * NW, dtype=np.uint64)
     for b in range(nb):
         r = b // bpr
-        nodes[b, 0] = 0
-        nodes[b, 1] = pc0 + r // nrank
-        nodes[b, 2] = rk0 + r
-        nodes[b, 3] = bg0 + b // nbpg
-        nodes[b, 4] = bk0 + b
-        nodes[b, 5] = nodes[b, 1] if rgroup > 1 else nodes[b, 2]
+        nodes[b * NW + 0] = 0
+        nodes[b * NW + 1] = pc0 + r // nrank
+        nodes[b * NW + 2] = rk0 + r
+        nodes[b * NW + 3] = bg0 + b // nbpg
+        nodes[b * NW + 4] = bk0 + b
+        nodes[b * NW + 5] = nodes[b * NW + 1] if rgroup > 1 else nodes[b * NW + 2]
     rank_nodes_of_pc = np.empty((npc, nrank), dtype=np.int64)
     for p in range(npc):
         for k in range(nrank):
             rank_nodes_of_pc[p, k] = rk0 + p * nrank + k
-    ready = np.zeros((nnodes, NCOL), dtype=np.int64)
-    rspan = np.zeros((nnodes, 2), dtype=np.int64)  # rank rows below the channel and each pseudo-channel
-    rspan[0, 0], rspan[0, 1] = rk0, rk0 + nrk
+    ready = np.zeros(nnodes * RW, dtype=np.int64)
+    rspan = np.zeros(nnodes * 2, dtype=np.int64)  # rank rows below the channel and each pseudo-channel
+    rspan[0], rspan[1] = rk0, rk0 + nrk
     for p in range(npc):
-        rspan[pc0 + p, 0], rspan[pc0 + p, 1] = rk0 + p * nrank, rk0 + (p + 1) * nrank
-    faw = np.zeros((nnodes, 4), dtype=np.int64)
+        rspan[2 * (pc0 + p)], rspan[2 * (pc0 + p) + 1] = rk0 + p * nrank, rk0 + (p + 1) * nrank
+    faw = np.zeros(nnodes * 4, dtype=np.int64)
     faw_head = np.zeros(nnodes, dtype=np.int64)
     faw_cnt = np.zeros(nnodes, dtype=np.int64)
 
@@ -691,7 +696,7 @@ def _simulate_channel(
     if depth == 0:
         for i in range(n):
             elig[i] = arrival[i]
-    tabs = (cl_n, cl_nx, cl_l)
+    tabs = (cl_n.reshape(cl_n.size), cl_nx.reshape(cl_nx.size), cl_l.reshape(cl_l.size))  # flat (see _apply)
     req = (bank, row, kind, hold, arrival, key)
     out = (acc, first, done, cls, counts, elig)
     dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan)
