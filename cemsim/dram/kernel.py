@@ -39,6 +39,7 @@ from cemsim.dram.kernel_state import (
     NFIELD,
     NSLOT,
     NSTATE,
+    NW,
     P_BANKQ,
     P_BROADCAST,
     P_DEPTH,
@@ -63,6 +64,7 @@ from cemsim.dram.kernel_state import (
     P_WCKWR,
     P_WQSIZE,
     P_WRDELAY,
+    RW,
     S_CAS,
     S_DRAIN,
     S_FIN,
@@ -72,6 +74,7 @@ from cemsim.dram.kernel_state import (
     S_NDIRTY,
     S_RBN,
     S_REFQN,
+    S_REST,
     S_TQN,
     S_WBN,
     S_WCKEXP,
@@ -83,10 +86,14 @@ from cemsim.dram.kernel_state import (
     _heap_push,
     _hi,
     _issue_bank,
+    _nd,
     _remove_at,
+    _rx,
+    prefetch,
 )
 from cemsim.dram.schedule import (
     _ctz,
+    next_tick_rest,
     rebuild_per_bank,
     rebuild_shared,
     refpb_banks,
@@ -154,10 +161,10 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
     else:
         hv = hold[i]
         done[i] = t + hv
-        node = nodes[b, 4]
+        node = _nd(nodes, b, 4)
         for cx in range(NCOL):
-            if (cx in (PRE, RD, WR, OP)) and t + hv > ready[node, cx]:
-                ready[node, cx] = t + hv
+            if (cx in (PRE, RD, WR, OP)) and t + hv > ready[_rx(node, cx)]:
+                ready[_rx(node, cx)] = t + hv
     BS[b, B_HITS] += 1
     if P[P_WCK] == 1 and kd != K_OP:
         ex = t + (P[P_WCKWR] if kd == K_WRITE else P[P_WCKRD])
@@ -203,7 +210,7 @@ def _retire(t, i, b, P, per_bank, tabs, req, out, dev, ctl, cli):
             # closed page: auto-precharge as soon as it is legal (no command-bus slot)
             tp = _earliest(ready, nodes, b, PRE, dev[3], dev[4], dev[5], P[P_NFAW], True)
             _issue(dev, tabs, P[P_NRANK], b, PRE, tp, True)
-            _row_state(ctl[15], counts, np.int64(nodes[b, 2]) - 1 - P[P_NPC], tp, False)
+            _row_state(ctl[15], counts, np.int64(_nd(nodes, b, 2)) - 1 - P[P_NPC], tp, False)
             BS[b, B_OPEN] = -1
             BS[b, B_HITS] = 0
             counts[PRE] += 1
@@ -292,7 +299,7 @@ def _move_one(S, BS, fq, fh, mv, bq, bqn, stage, nb, bankq, wqsize, bdirty, dsta
     return True  # its bank's new candidates may be legal next tick, and another may move then
 
 
-@numba.njit(cache=True, _nrt=False)
+@numba.njit(cache=True, _nrt=False, error_model="numpy")
 def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
     """The event loop (no allocation, so compiled without reference counting). The arrays come grouped:
     timing tables, requests, outputs, device state, controller state, client state (see _simulate_channel).
@@ -301,7 +308,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
     values, less spilling in the hot path)."""
     cl_n, cl_nx, cl_l = tabs[0], tabs[1], tabs[2]
     bank, row, kind, arrival, key = req[0], req[1], req[2], req[4], req[5]
-    acc, first, cls, counts, elig = out[0], out[1], out[3], out[4], out[5]
+    acc, first, done, cls, counts, elig = out[0], out[1], out[2], out[3], out[4], out[5]
     nodes, ready, faw, faw_head, faw_cnt, rspan = dev[0], dev[2], dev[3], dev[4], dev[5], dev[6]
     S, BS, bq, bqn, stage, fq, fh, mv, refq, sel, slots, nslot, bmin, bdirty, dstack, ract = ctl
     pend, key_first, key_left, key_done, heap = cli
@@ -385,6 +392,16 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 space = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
             if space:
                 acc[cand] = t
+                # the lines this request's command and retirement and the next offers will touch (see prefetch)
+                prefetch(first, cand, True)
+                prefetch(done, cand, True)
+                prefetch(cls, cand, True)
+                ahead = cand + 8  # one cache line of int64s ahead
+                prefetch(kind, ahead, False)
+                prefetch(bank, ahead, False)
+                prefetch(row, ahead, False)
+                prefetch(elig, ahead, False)
+                prefetch(acc, ahead, True)
                 naccepted += 1
                 last_acc = t
                 if depth > 0:
@@ -427,6 +444,7 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
         issued = 0
         next_e = INF
         last_col = -1
+        S[S_REST] = 0
         for slot in range(2 if dual else 1):
             sel[0] = -1
             sel[1] = -1
@@ -445,22 +463,31 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                     S[S_WMODE] = 1 if wm else 0
                     for b in range(nb):
                         _mark(b, bdirty, dstack, S)
+            claims = np.int64(0)
+            if nb <= 64:
+                # banks whose cached tick claims t, before the rebuilds below store fresh ticks (a vector pass
+                # over bmin right after those scalar stores waits for them); the rebuilt banks are patched in
+                for b in range(nb):  # branch-free: a bank's bit is as often set as not
+                    claims |= np.int64(bmin[b] <= t) << b
             for k in range(S[S_NDIRTY]):
                 b = dstack[k]
                 if per_bank:
                     rebuild_per_bank(b, BS, bq, bqn, row, kind, hitcap, broadcast, slots, nslot)
                 else:
                     rebuild_shared(b, BS, bq, bqn, stage, row, kind, S[S_WMODE] == 1, broadcast, slots, nslot)
-                update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                m = update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw)
+                if nb <= 64:
+                    bit = np.int64(1) << (b & 63)
+                    claims = (claims | bit) if m <= t else (claims & ~bit)
                 bdirty[b] = False
             S[S_NDIRTY] = 0
             if per_bank:
                 e = select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt,
-                                    nfaw, nb, bpr, nrank, rk0, pc0, rgroup, slot == 1, refmode)  # fmt: skip
+                                    nfaw, nb, bpr, nrank, rk0, pc0, rgroup, slot == 1, refmode, claims)  # fmt: skip
             else:
                 e = select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, nodes, faw, faw_head,
                                   faw_cnt, nfaw, nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only,
-                                  refmode)  # fmt: skip
+                                  refmode, claims)  # fmt: skip
             if e < next_e:
                 next_e = e
             cmd = sel[1]
@@ -575,6 +602,11 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
                 room = (S[S_WBN] < wqsize) if kd == K_WRITE else (S[S_RBN] < qsize)
             if room:
                 nt = t + 1
+        if nt > t + 1 and S[S_REST] == 1:
+            # nothing issued (else nt = t + 1): the banks the selector left out still hold their ticks
+            e = next_tick_rest(S, ctl[12], nb)
+            if e < nt:
+                nt = e
         if nt >= INF:
             counts[C_STATUS] = 1
             break
@@ -601,25 +633,26 @@ def _simulate_channel(
     nnodes = bk0 + nb
     rgroup = P[P_REFGROUP]
     # unsigned, so indexing ``ready`` by a node skips Numba's negative-index wraparound in the hot loop
-    nodes = np.empty((nb, 6), dtype=np.uint64)
+    # flat tables (kernel_state._nd, _rx): bank b's nodes at b * NW + level
+    nodes = np.zeros(nb * NW, dtype=np.uint64)
     for b in range(nb):
         r = b // bpr
-        nodes[b, 0] = 0
-        nodes[b, 1] = pc0 + r // nrank
-        nodes[b, 2] = rk0 + r
-        nodes[b, 3] = bg0 + b // nbpg
-        nodes[b, 4] = bk0 + b
-        nodes[b, 5] = nodes[b, 1] if rgroup > 1 else nodes[b, 2]
+        nodes[b * NW + 0] = 0
+        nodes[b * NW + 1] = pc0 + r // nrank
+        nodes[b * NW + 2] = rk0 + r
+        nodes[b * NW + 3] = bg0 + b // nbpg
+        nodes[b * NW + 4] = bk0 + b
+        nodes[b * NW + 5] = nodes[b * NW + 1] if rgroup > 1 else nodes[b * NW + 2]
     rank_nodes_of_pc = np.empty((npc, nrank), dtype=np.int64)
     for p in range(npc):
         for k in range(nrank):
             rank_nodes_of_pc[p, k] = rk0 + p * nrank + k
-    ready = np.zeros((nnodes, NCOL), dtype=np.int64)
-    rspan = np.zeros((nnodes, 2), dtype=np.int64)  # rank rows below the channel and each pseudo-channel
-    rspan[0, 0], rspan[0, 1] = rk0, rk0 + nrk
+    ready = np.zeros(nnodes * RW, dtype=np.int64)
+    rspan = np.zeros(nnodes * 2, dtype=np.int64)  # rank rows below the channel and each pseudo-channel
+    rspan[0], rspan[1] = rk0, rk0 + nrk
     for p in range(npc):
-        rspan[pc0 + p, 0], rspan[pc0 + p, 1] = rk0 + p * nrank, rk0 + (p + 1) * nrank
-    faw = np.zeros((nnodes, 4), dtype=np.int64)
+        rspan[2 * (pc0 + p)], rspan[2 * (pc0 + p) + 1] = rk0 + p * nrank, rk0 + (p + 1) * nrank
+    faw = np.zeros(nnodes * 4, dtype=np.int64)
     faw_head = np.zeros(nnodes, dtype=np.int64)
     faw_cnt = np.zeros(nnodes, dtype=np.int64)
 
@@ -663,7 +696,7 @@ def _simulate_channel(
     if depth == 0:
         for i in range(n):
             elig[i] = arrival[i]
-    tabs = (cl_n, cl_nx, cl_l)
+    tabs = (cl_n.reshape(cl_n.size), cl_nx.reshape(cl_nx.size), cl_l.reshape(cl_l.size))  # flat (see _apply)
     req = (bank, row, kind, hold, arrival, key)
     out = (acc, first, done, cls, counts, elig)
     dev = (nodes, rank_nodes_of_pc, ready, faw, faw_head, faw_cnt, rspan)

@@ -10,7 +10,7 @@ transaction moved into a bank queue brings the next tick in (its command may be 
 ``replay(..., tick_every_cycle=True)`` runs the same loop on every tick; tests/dram/test_event_driven.py
 holds the two equal.
 
-State per channel: ``ready[node, cmd]`` = earliest tick ``cmd`` may issue at that node of the device tree
+State per channel: ``ready[node, cmd]`` (flat, ``_rx``) = earliest tick ``cmd`` may issue at that node of the device tree
 (channel, pseudo-channel, rank, bank group, bank); issuing writes ``tick + lat`` into the nodes above the
 bank (see timing.py). A rank's row also holds what was written to the channel and pseudo-channel above it
 (ticks only grow, so pushing those writes down keeps it exact): a bank's command is legal at the maximum of
@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from cemsim.dram.timing import ACT, NCMD, RD, WR
 
@@ -30,6 +34,8 @@ ACTL = (
     NCMD  # pseudo-command: the ACT-to-ACT spacing of other banks (tRRD), kept apart so broadcast ACTs skip it
 )
 NCOL = NCMD + 1
+RW = 16  # row width of the flat ready table (>= NCOL; a power of two, so a node's row is a shift away)
+NW = 8  # row width of the flat bank-to-node table
 INF = np.int64(1) << np.int64(62)
 
 # Parameter vector layout (built by replay.py).
@@ -79,8 +85,10 @@ NPARAM = 24
     S_NDIRTY,  # banks whose candidates need rebuilding (listed in the dirty stack)
     S_NBUSY,  # per-bank profile: banks whose queue is not empty
     S_NEXT,  # scratch: the selectors' earliest next tick
-) = range(16)
-NSTATE = 16
+    S_REST,  # 1 if the selector left banks' cached ticks out of its next tick (next_tick_rest)
+    S_RESTMASK,  # ... the banks it did not leave out (bits)
+) = range(18)
+NSTATE = 18
 # Bank state BS[bank, ...]: open row (-1 closed), accesses since its ACT, ACT-2 deadline and owner (-1 none),
 # requests past their own ACT (shared profile's active buffer), transactions waiting for its queue (per-bank
 # profile: reads, writes).
@@ -107,6 +115,31 @@ NCOUNT = NCMD + 7
 K_READ, K_WRITE, K_OP = 0, 1, 2
 
 
+@intrinsic
+def prefetch(typingctx, arr, idx, write):
+    """Hint the CPU to fetch the cache line of ``arr[idx]`` (LLVM's prefetch: never faults, so ``idx`` may run
+    past the end). ``write`` (a literal bool) asks for the line in a writable state. The per-request arrays
+    (2 MB each at 262,144 requests) are read or written once per request at ticks far apart, and the loop
+    otherwise waits on those cache misses."""
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+        return None
+    if not isinstance(write, types.BooleanLiteral):
+        return None
+    rw = 1 if write.literal_value else 0
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, cgutils.voidptr_t), i32(rw), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, write), codegen
+
+
 @numba.njit(cache=True, inline="always")
 def _lo(a, b):
     """min(a, b) for ints, inline: Numba compiles the builtin min/max as out-of-line calls that pass their
@@ -121,21 +154,34 @@ def _hi(a, b):
 
 
 @numba.njit(cache=True, inline="always")
+def _rx(node, cmd):
+    """Index of ``ready[node, cmd]`` in the flat table: unsigned, and a row width known when Numba compiles,
+    so LLVM needs no stride or negative-index wraparound."""
+    return np.uint64(node) * np.uint64(RW) + np.uint64(cmd)
+
+
+@numba.njit(cache=True, inline="always")
+def _nd(nodes, b, lv):
+    """Bank b's node at level lv (0 channel, 1 pseudo-channel, 2 rank, 3 bank group, 4 bank, 5 tFAW node)."""
+    return nodes[np.uint64(b) * np.uint64(NW) + np.uint64(lv)]
+
+
+@numba.njit(cache=True, inline="always")
 def _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, limited):
     # rank rows include the channel's and pseudo-channel's ticks (module docs)
-    e = ready[nodes[b, 4], cmd]
+    e = ready[_rx(_nd(nodes, b, 4), cmd)]
     for lv in (2, 3):
-        v = ready[nodes[b, lv], cmd]
+        v = ready[_rx(_nd(nodes, b, lv), cmd)]
         if v > e:
             e = v
     if cmd == ACT and limited:
         for lv in (2, 3):
-            v = ready[nodes[b, lv], ACTL]
+            v = ready[_rx(_nd(nodes, b, lv), ACTL)]
             if v > e:
                 e = v
-        r = nodes[b, 5]  # the node tFAW counts at (rank, or pseudo-channel for HBM3)
+        r = _nd(nodes, b, 5)  # the node tFAW counts at (rank, or pseudo-channel for HBM3)
         if faw_cnt[r] >= 4:
-            v = faw[r, faw_head[r]] + nfaw
+            v = faw[r * np.uint64(4) + np.uint64(faw_head[r])] + nfaw
             if v > e:
                 e = v
     return e
@@ -143,53 +189,63 @@ def _earliest(ready, nodes, b, cmd, faw, faw_head, faw_cnt, nfaw, limited):
 
 @numba.njit(cache=True, inline="always")
 def _earliest_rank(ready, rank_node, pc_node, cmd):
-    e = ready[0, cmd]
-    if ready[pc_node, cmd] > e:
-        e = ready[pc_node, cmd]
-    if ready[rank_node, cmd] > e:
-        e = ready[rank_node, cmd]
+    e = ready[_rx(0, cmd)]
+    v = ready[_rx(pc_node, cmd)]
+    if v > e:
+        e = v
+    v = ready[_rx(rank_node, cmd)]
+    if v > e:
+        e = v
     return e
 
 
 @numba.njit(cache=True, inline="always")
 def _apply(ready, rspan, node, lv, cmd, t, cl_n, cl_nx, cl_l, skip_actl, push):
     """Constraints of cmd issued at node (level lv): raise the ready ticks, and with ``push`` (a channel or
-    pseudo-channel node) those of the rank rows below it too (``rspan[node]``)."""
-    for k in range(cl_n[lv, cmd]):
-        nx = cl_nx[lv, cmd, k]
+    pseudo-channel node) those of the rank rows below it too (``rspan[node]``). The constraint lists are flat:
+    ``cl_n[lv * NCMD + cmd]`` entries from ``(lv * NCMD + cmd) * NCOL`` in ``cl_nx`` / ``cl_l``."""
+    lc = np.uint64(lv) * np.uint64(NCMD) + np.uint64(cmd)
+    k0 = lc * np.uint64(NCOL)
+    for k in range(cl_n[lc]):
+        nx = cl_nx[k0 + np.uint64(k)]
         if skip_actl and nx == ACTL:
             continue
-        v = t + cl_l[lv, cmd, k]
-        if v > ready[node, nx]:
-            ready[node, nx] = v
+        v = t + cl_l[k0 + np.uint64(k)]
+        ix = _rx(node, nx)
+        if v > ready[ix]:
+            ready[ix] = v
         if push:
-            for r in range(rspan[node, 0], rspan[node, 1]):
-                if v > ready[r, nx]:
-                    ready[r, nx] = v
+            for r in range(
+                rspan[np.uint64(node) * np.uint64(2)], rspan[np.uint64(node) * np.uint64(2) + np.uint64(1)]
+            ):
+                ix = _rx(r, nx)
+                if v > ready[ix]:
+                    ready[ix] = v
 
 
 @numba.njit(cache=True, inline="always")
 def _issue_bank(ready, rspan, nodes, b, cmd, t, cl_n, cl_nx, cl_l, rank_nodes_of_pc, nrank, faw, faw_head,
                 faw_cnt, limited):  # fmt: skip
     # the five levels written out, so only the channel and pseudo-channel push into rank rows
-    _apply(ready, rspan, nodes[b, 0], 0, cmd, t, cl_n, cl_nx, cl_l, not limited, True)
-    _apply(ready, rspan, nodes[b, 1], 1, cmd, t, cl_n, cl_nx, cl_l, not limited, True)
+    _apply(ready, rspan, _nd(nodes, b, 0), 0, cmd, t, cl_n, cl_nx, cl_l, not limited, True)
+    _apply(ready, rspan, _nd(nodes, b, 1), 1, cmd, t, cl_n, cl_nx, cl_l, not limited, True)
     for lv in (2, 3, 4):
-        _apply(ready, rspan, nodes[b, lv], lv, cmd, t, cl_n, cl_nx, cl_l, not limited, False)
+        _apply(ready, rspan, _nd(nodes, b, lv), lv, cmd, t, cl_n, cl_nx, cl_l, not limited, False)
     if cmd in (RD, WR):
-        pcn = np.int64(nodes[b, 1]) - 1
-        me = np.int64(nodes[b, 2])
+        pcn = np.int64(_nd(nodes, b, 1)) - 1
+        me = np.int64(_nd(nodes, b, 2))
         for k in range(nrank):
             other = rank_nodes_of_pc[pcn, k]
             if other != me:
                 _apply(ready, rspan, other, SIB_LV, cmd, t, cl_n, cl_nx, cl_l, False, False)
     if cmd == ACT and limited:
-        r = nodes[b, 5]
+        r = _nd(nodes, b, 5)
+        h = np.uint64(faw_head[r])
         if faw_cnt[r] < 4:
-            faw[r, (faw_head[r] + faw_cnt[r]) & 3] = t
+            faw[r * np.uint64(4) + ((h + np.uint64(faw_cnt[r])) & np.uint64(3))] = t
             faw_cnt[r] += 1
         else:
-            faw[r, faw_head[r]] = t
+            faw[r * np.uint64(4) + h] = t
             faw_head[r] = (faw_head[r] + 1) & 3
 
 

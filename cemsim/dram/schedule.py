@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from cemsim.dram.kernel_state import (
     B_A2DL,
@@ -34,6 +35,8 @@ from cemsim.dram.kernel_state import (
     S_NA2,
     S_NEXT,
     S_REFQN,
+    S_REST,
+    S_RESTMASK,
     S_RR,
     S_WCKEXP,
     S_WMODE,
@@ -148,6 +151,7 @@ def update_ticks(b, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nf
         if e < m:
             m = e
     bmin[b] = m
+    return m
 
 
 @numba.njit(cache=True, inline="always")
@@ -214,18 +218,11 @@ def _is_col(cmd):
     return cmd in (RD, WR, OP)
 
 
-_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
-_CTZ = np.zeros(64, dtype=np.int64)
-for _i in range(64):
-    _CTZ[((1 << _i) * 0x03F79D71B4CB0A89 & (2**64 - 1)) >> 58] = _i
-
-
 @numba.njit(cache=True, inline="always")
 def _ctz(x):
-    """Index of the lowest set bit of a non-zero int64 (de Bruijn multiply). The ``& 63`` tells LLVM the result
-    is not negative, so bank tables indexed by it skip Numba's negative-index wraparound."""
-    low = np.uint64(x & -x)
-    return _CTZ[np.int64((low * _DEBRUIJN) >> np.uint64(58))] & 63
+    """Index of the lowest set bit of a non-zero int64 (LLVM's cttz: one instruction). The ``& 63`` tells LLVM
+    the result is not negative, so bank tables indexed by it skip Numba's negative-index wraparound."""
+    return trailing_zeros(x) & 63
 
 
 @numba.njit(cache=True, inline="always")
@@ -261,11 +258,13 @@ def _bank_pick(
 
 @numba.njit(cache=True, _nrt=False, inline="always")
 def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, nb,
-                    bpr, nrank, rk0, pc0, rgroup, second, refmode):  # fmt: skip
+                    bpr, nrank, rk0, pc0, rgroup, second, refmode, claims):  # fmt: skip
     """DRAMsim3-like: the pending refresh first (PRE each open bank of its rank, then REF), then bank queues
     round-robin from the one after the last served, each giving its first ready command in queue order.
     ``second``: the extra look of a dual-command (HBM) tick: no refresh command, the caller discards a
-    command of the same kind as the first (DRAMsim3's Controller::ClockTick)."""
+    command of the same kind as the first (DRAMsim3's Controller::ClockTick). ``claims`` (up to 64 banks):
+    the banks whose cached tick is <= t, as bits (the kernel builds it before the tick's candidate rebuilds
+    and patches the rebuilt banks' bits, so the pass over ``bmin`` does not wait on their fresh stores)."""
     next_e = INF
     next_e_out = S[S_NEXT : S_NEXT + 1]
     next_e_out[0] = INF
@@ -309,9 +308,7 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
     if nb <= 64:
         # the banks that may have a legal candidate (cached tick <= t, or ACTs held by refresh), as bits,
         # visited in round-robin order from the one after the last served
-        mask = np.int64(0)
-        for b in range(nb):  # branch-free: a bank's bit is as often set as not
-            mask |= np.int64(bmin[b] <= t) << b
+        mask = claims
         for b in (blk1, blk2):
             if b >= 0:
                 mask |= np.int64(1) << b
@@ -328,11 +325,14 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
                 if _bank_pick(t, S, sel, slots, nslot, bmin, ready, nodes, faw, faw_head, faw_cnt, nfaw, b,
                               blk1, blk2, next_e_out):  # fmt: skip
                     return next_e_out[0]
-        next_e = _lo(next_e, next_e_out[0])
-        for b in range(nb):
-            out = ((mask >> b) & 1) != 0 or skip_lo <= b < skip_hi
-            next_e = _lo(next_e, INF if out else bmin[b])
-        return next_e
+        # the banks outside the mask and the refresh unit add their cached ticks to the next tick; that is
+        # needed only when nothing else brings the next tick in (rarely), so the kernel folds them in then
+        # (next_tick_rest): nothing changes bmin until then on a tick that issues nothing
+        for b in range(skip_lo, _lo(skip_hi, nb)):
+            mask |= np.int64(1) << b
+        S[S_RESTMASK] = mask
+        S[S_REST] = 1
+        return _lo(next_e, next_e_out[0])
     b = S[S_RR]
     for _ in range(nb):
         b += 1
@@ -352,9 +352,20 @@ def select_per_bank(t, S, sel, BS, refq, slots, nslot, bmin, ready, nodes, faw, 
     return _lo(next_e, next_e_out[0])
 
 
+@numba.njit(cache=True, inline="always")
+def next_tick_rest(S, bmin, nb):
+    """The cached ticks the selector left out of its next tick (``S[S_RESTMASK]``: the banks it looked at or
+    skipped), folded in when the kernel needs the exact next event."""
+    mask = S[S_RESTMASK]
+    e = INF
+    for b in range(nb):
+        e = _lo(e, INF if ((mask >> b) & 1) != 0 else bmin[b])
+    return e
+
+
 @numba.njit(cache=True, _nrt=False, inline="always")
 def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, nodes, faw, faw_head, faw_cnt, nfaw,
-                  nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only, refmode):  # fmt: skip
+                  nb, bpr, nrank, rk0, pc0, rgroup, naad, wck, col_only, row_only, refmode, claims):  # fmt: skip
     """Ramulator-2-like: an access waiting behind its CAS; an ACT-2 at its deadline; else the oldest ready
     access of a request whose own ACT opened its row (active buffer); else the pending refresh (PREA, then
     REF), which holds back the buffer; else the oldest ready request of the buffer, no ACT-1 while an ACT-2
@@ -404,17 +415,32 @@ def select_shared(t, S, sel, BS, refq, slots, nslot, bmin, kind, bank, ready, no
     best_act_b = -1
     best_buf = -1
     best_buf_b = -1
-    look_all = refq_n > 0 or has_act2
+    # a pending refresh changes which candidates count toward the next tick, so every bank is looked at; an
+    # owed ACT-2 does not (the loop visits the next tick anyway, and banks whose cached ticks are later
+    # cannot have a legal candidate)
+    look_all = refq_n > 0
     for lo in range(0, nb, 64):
-        # banks to look at, 64 at a time, in one branch-free pass: a cached tick claiming t, or held ACTs, or
-        # everything while a refresh or an ACT-2 is pending; the others' earliest candidates are next events
-        # (with dual buses the column and the row look together see every candidate once)
-        look = np.int64(0)
-        for b in range(lo, _lo(lo + 64, nb)):
-            m = bmin[b]
-            here = (m <= t) | look_all | (b == blk1) | (b == blk2)
-            look |= np.int64(here) << (b - lo)
-            next_e = _lo(next_e, INF if here else m)
+        if nb <= 64:
+            # ``claims`` (built by the kernel before the candidate rebuilds, see select_per_bank): the others'
+            # cached ticks count toward the next tick only when the kernel needs it (next_tick_rest)
+            look = claims
+            if look_all:
+                look = np.int64(-1) if nb == 64 else (np.int64(1) << nb) - 1
+            for b in (blk1, blk2):
+                if b >= 0:
+                    look |= np.int64(1) << b
+            S[S_RESTMASK] = look
+            S[S_REST] = 1
+        else:
+            look = np.int64(0)
+            # banks to look at, 64 at a time, in one branch-free pass: a cached tick claiming t, or held ACTs,
+            # or everything while a refresh is pending; the others' earliest candidates are next events (with
+            # dual buses the column and the row look together see every candidate once)
+            for b in range(lo, _lo(lo + 64, nb)):
+                m = bmin[b]
+                here = (m <= t) | look_all | (b == blk1) | (b == blk2)
+                look |= np.int64(here) << (b - lo)
+                next_e = _lo(next_e, INF if here else m)
         while look != 0:
             b = lo + _ctz(look)
             look &= look - 1

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cemsim import __version__
+from cemsim.code_digest import code_digest
 from cemsim.config.loader import ConfigError, load_system
 from cemsim.config.system import SystemConfig
 from cemsim.sweep.spec import TRACE_AXIS, SweepSpec
@@ -161,6 +162,7 @@ def point_hash(
         "evaluate": evaluate,
         "options": options or {},
         "cemsim": __version__,
+        "code": code_digest(evaluate),
     }
     blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
