@@ -129,16 +129,17 @@ def capture_qk(lm: LoadedModel, ids: list[int]) -> tuple[np.ndarray, np.ndarray]
     return keys, queries
 
 
-def itq_recipe(lm: LoadedModel, text: EvalText, tokens: int, iters: int) -> str:
-    """What a cached rotations file was trained from: the model's weights, the text, the token count, the
-    iterations and the training code (itq.py). It names the cache file and is stored in it: rotations that an
-    older cemsim or another text trained are never reused silently (they once moved the demo's results
-    between two runs of the same code)."""
+def itq_recipe(lm: LoadedModel, ids: list[int], iters: int) -> str:
+    """What cached rotations were trained from: the model's weights, the token ids they saw (text, tokenizer
+    and BOS all show there), the iterations and the training code (itq.py). It names the cache file and is
+    stored in it, so rotations that an older cemsim or another text trained are never reused silently (they
+    once moved the demo's results between two runs of the same code)."""
     from cemsim.attention import itq as itq_module
 
-    code = hashlib.sha256(Path(itq_module.__file__).read_bytes()).hexdigest()
-    blob = f"{_model_key(lm)}|{text.sha256}|{tokens}|{iters}|{code}"
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    h = hashlib.sha256(f"{_model_key(lm)}|{iters}|".encode())
+    h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    h.update(Path(itq_module.__file__).read_bytes())
+    return h.hexdigest()[:24]
 
 
 def load_or_train_itq(
@@ -157,7 +158,8 @@ def load_or_train_itq(
             raise CemsimError("no such ITQ file", where=str(path))
         geo = {"layers": lm.num_layers, "kv_heads": lm.num_kv_heads, "head_dim": lm.head_dim}
         return ItqRotations.load(Path(path), **geo), Path(path), False
-    recipe = itq_recipe(lm, text, tokens, iters)
+    ids = token_ids(lm.tokenizer, text, tokens, from_end=True, bos=lm.bos_id)
+    recipe = itq_recipe(lm, ids, iters)
     path = itq_path(lm, recipe)
     if path.is_file() and not retrain:
         try:
@@ -168,7 +170,6 @@ def load_or_train_itq(
             cached = None  # a damaged or foreign cache entry is retrained
         if cached is not None and cached.recipe == recipe:
             return cached, path, False
-    ids = token_ids(lm.tokenizer, text, tokens, from_end=True, bos=lm.bos_id)
     keys, queries = capture_qk(lm, ids)
     rot = dataclasses.replace(train_all(keys, queries, iters=iters), recipe=recipe)
     rot.save(path)

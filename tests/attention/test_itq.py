@@ -112,8 +112,8 @@ def test_train_all_shapes_roundtrip_and_shape_check(tmp_path):
 
 
 def test_cached_rotations_are_keyed_on_what_trained_them(tmp_path, monkeypatch):
-    """load_or_train_itq reuses a cached file only for the same weights, text, token count, iterations and
-    training code: another text trains (and keeps) its own file, and a file without a recipe (written before
+    """load_or_train_itq reuses a cached file only for the same weights, token ids (text, token count,
+    tokenizer, BOS), iterations and training code: another text trains (and keeps) its own file, and a file without a recipe (written before
     recipes were recorded) or with another recipe under the same name is retrained, not reused."""
     from types import SimpleNamespace
 
@@ -136,7 +136,9 @@ def test_cached_rotations_are_keyed_on_what_trained_them(tmp_path, monkeypatch):
         return rng.standard_normal((2, 1, 64, 8)), rng.standard_normal((2, 2, 64, 8))
 
     monkeypatch.setattr(runner, "capture_qk", fake_capture)
-    monkeypatch.setattr(runner, "token_ids", lambda tok, text, n, from_end, bos: list(range(n)))
+    monkeypatch.setattr(
+        runner, "token_ids", lambda tok, text, n, from_end, bos: [ord(text.text[-1]), *range(n - 1)]
+    )
     a, b = EvalText("text a", "a"), EvalText("text b", "b")
 
     rot_a, path_a, trained = runner.load_or_train_itq(lm, a, tokens=64, iters=3)
