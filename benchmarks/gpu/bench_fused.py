@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -439,20 +440,92 @@ def torch_graph_time(torch, fn, reps: int) -> tuple[list[float], float]:
     return out, statistics.median(per)
 
 
+def graph_overhead(cp) -> dict:
+    """Back-to-back time of graphs of empty kernels (ls_nop) shaped like the layer: one kernel; band on a side
+    branch beside select -> top-k (fork and join), plain and with the top-k launched programmatically. What a
+    layer pays for its launches whatever its kernels do."""
+    from cemsim.gpu.fused import _launch_programmatic, _module
+
+    nop = _module().get_function("ls_nop")
+    sink = cp.zeros(1, dtype=cp.int32)
+    stream = cp.cuda.Stream(non_blocking=True)
+    side = cp.cuda.Stream(non_blocking=True)
+    out = {}
+
+    def one() -> None:
+        nop((1,), (32,), (sink,))
+
+    def layer(pdl: bool) -> None:
+        fork, join = cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True)
+        fork.record(stream)
+        side.wait_event(fork)
+        with side:
+            nop((136,), (256,), (sink,))
+        join.record(side)
+        nop((512,), (256,), (sink,))
+        if pdl:
+            _launch_programmatic(nop, (32,), (1024,), (sink,))
+        else:
+            nop((32,), (1024,), (sink,))
+        stream.wait_event(join)
+
+    for name, fn in (("one_kernel", one), ("layer_topology", lambda: layer(False)),
+                     ("layer_topology_pdl", lambda: layer(True))):  # fmt: skip
+        try:
+            g = capture(cp, stream, [fn])
+            out[name] = back_to_back(cp, lambda i: g.launch(stream), stream)
+        except Exception as e:
+            out[name] = f"{type(e).__name__}: {e}"[:300]
+            traceback.print_exc()
+    print(f"graph overhead b2b: {out}", flush=True)
+    return out
+
+
+def config_key(c) -> str:
+    """select form (+ rows in flight) / top-k / chunk / fold or apart (/ pdl)."""
+    where = "fold" if c.fold else "apart"
+    return f"{c.select}{c.rows or ''}/{c.topk}/{c.chunk}/{where}" + ("/pdl" if c.pdl else "")
+
+
+def parse_config_key(key: str):
+    from cemsim.gpu.fused import Config
+
+    parts = key.split("/")
+    form = parts[0].rstrip("0123456789")
+    rows = int(parts[0][len(form) :] or 0)
+    return Config(
+        form, parts[1], int(parts[2]), parts[3] == "fold", rows, len(parts) > 4 and parts[4] == "pdl"
+    )  # type: ignore[arg-type]
+
+
 def capture(cp, stream, fns) -> object:
     with stream:
         stream.begin_capture()
-        for f in fns:
-            f()
+        try:
+            for f in fns:
+                f()
+        except Exception:
+            stream.end_capture()
+            raise
         return stream.end_capture()
 
 
 def bench_layers(
-    cp, torch, bw: float, configs: list[tuple[int, int]], reps: int, old_for, deadline: float, planted: bool
+    cp,
+    torch,
+    bw: float,
+    configs: list[tuple[int, int]],
+    reps: int,
+    old_for,
+    deadline: float,
+    planted: bool,
+    survival_points: tuple[float, ...] = SURVIVAL,
 ) -> list[dict]:
     from cemsim.gpu.fused import TOPK_VARIANTS, Config, FusedLongSight, choose_config
 
-    points: list[tuple[float, bool]] = [(x, False) for x in SURVIVAL] + ([(0.05, True)] if planted else [])
+    points: list[tuple[float, bool]] = [(x, False) for x in survival_points] + (
+        [(0.05, True)] if planted else []
+    )
     rows = []
     for users, ctx in configs:
         if time.time() > deadline:
@@ -464,7 +537,7 @@ def bench_layers(
         free = cp.cuda.Device().mem_info[0]
         nsets = int(max(1, min(4, -(-4 * L2 // hot), (0.5 * free) // set_bytes)))
         for survival, plant in points:
-            if plant or survival == SURVIVAL[0]:  # planted points need their own signs
+            if plant or survival == survival_points[0]:  # planted points need their own signs
                 sets = args = thresholds = None
                 torch.cuda.empty_cache()
                 cp.get_default_memory_pool().free_all_blocks()
@@ -506,24 +579,59 @@ def bench_layers(
                 p0.reset()
                 best_topk = min(row["topk_variant_b2b_us"], key=row["topk_variant_b2b_us"].get)
                 row["layer_variant_b2b_us"] = {}
-                for form in ("fused", "split"):
-                    for chunk in (64, 128):
-                        for fold in (True, False):
-                            for p in pipes:
-                                p.config = Config(form, best_topk, chunk, fold)
-                            gs = [p.capture(*a, stream=stream) for p, a in zip(pipes, args, strict=True)]
-                            row["layer_variant_b2b_us"][f"{form}/{chunk}/{'fold' if fold else 'apart'}"] = (
-                                back_to_back(cp, lambda i: gs[i % nsets].launch(stream), stream)
-                            )
+                row["layer_variant_errors"] = {}
+                # the fastest top-k alone and the sample top-k (its fold is cheap where the cluster's is not);
+                # ls_select (rows 0) and ls_select2 (rows 4) for the fused form, each with and without
+                # programmatic launch of what follows it (pdl)
+                forms = [("fused", r, pdl) for r in (0, 4) for pdl in (False, True)] + [("split", 0, False)]
+                for topk in sorted({best_topk, "sample"}):
+                    for form, rows_, pdl in forms:
+                        for chunk in (64, 128):
+                            for fold in (True, False):
+                                cfg = Config(form, topk, chunk, fold, rows_, pdl)  # type: ignore[arg-type]
+                                key = config_key(cfg)
+                                try:
+                                    for p in pipes:
+                                        p.config = cfg
+                                    gs = [
+                                        p.capture(*a, stream=stream) for p, a in zip(pipes, args, strict=True)
+                                    ]
+                                    row["layer_variant_b2b_us"][key] = back_to_back(
+                                        cp, lambda i: gs[i % nsets].launch(stream), stream
+                                    )
+                                except Exception as e:  # one variant's failure must not cost the point
+                                    row["layer_variant_errors"][key] = f"{type(e).__name__}: {e}"[:300]
+                                    traceback.print_exc()
+                                    cp.cuda.Device().synchronize()
+                                    for p in pipes:
+                                        p.reset()
                 best = min(row["layer_variant_b2b_us"], key=row["layer_variant_b2b_us"].get)
-                form, chunk, where = best.split("/")
-                chosen = Config(form, best_topk, int(chunk), where == "fold")  # type: ignore[arg-type]
+                chosen = parse_config_key(best)
                 row["default_config"] = dict(vars(choose_config(s)))
                 row["config"] = dict(vars(chosen))
                 for p in pipes:
-                    p.config = Config(chosen.select, chosen.topk, chosen.chunk, chosen.fold)
+                    p.config = replace(chosen)
                 p0.run(*args[0])  # the chosen kernels' results, checked too
                 again = check_row0(cp, s, sets[0], thresholds, p0)
+                # and the new kernels together (ls_select2, the sample top-k folded, programmatic
+                # launch) whatever was chosen, eager then replayed in a graph
+                try:
+                    p0.config = Config("fused", "sample", 64, True, 4, True)
+                    p0.run(*args[0])
+                    new = check_row0(cp, s, sets[0], thresholds, p0)
+                    gnew = p0.capture(*args[0], stream=stream)
+                    gnew.launch(stream)
+                    stream.synchronize()
+                    new_graph = check_row0(cp, s, sets[0], thresholds, p0)
+                    row["row0_new_kernels_checked"] = bool(new["row0_checked"] and new_graph["row0_checked"])
+                    row["row0_new_kernels_error"] = new["row0_error"] or new_graph["row0_error"]
+                except Exception as e:
+                    row["row0_new_kernels_checked"] = False
+                    row["row0_new_kernels_error"] = f"{type(e).__name__}: {e}"[:300]
+                    traceback.print_exc()
+                    cp.cuda.Device().synchronize()
+                    p0.reset()
+                p0.config = replace(chosen)
                 row["row0_checked"] = bool(first["row0_checked"] and again["row0_checked"])
                 row["row0_error"] = first["row0_error"] or again["row0_error"]
                 # eager, per launch (launch gaps included)
@@ -546,7 +654,7 @@ def bench_layers(
                 # merges and zero the tally it reads): the select with a reset in front (what the layer's
                 # merge does), the top-k's selection on the survivors it left, the attention (band, then
                 # picks: the merge counters need both)
-                p0.config = Config(chosen.select, chosen.topk, chosen.chunk, False)
+                p0.config = replace(chosen, fold=False, pdl=False)
                 stages = p0.stages(*args[0])
                 sel = [stages[n] for n in ("select", "filter", "score") if n in stages]
                 parts = {
@@ -649,6 +757,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8", help="comma list of batch sizes for the layer section")
     ap.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     ap.add_argument("--no-planted", action="store_true", help="skip the planted 5 %% survival points")
+    ap.add_argument("--survival", default=",".join(map(str, SURVIVAL)), help="random-sign survival targets")
     ap.add_argument(
         "--budget-s", type=float, default=420.0, help="stop starting new layer configs after this"
     )
@@ -701,6 +810,7 @@ def main() -> None:
             result["select_methods_error"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
         save()
+    result["graph_overhead_b2b_us"] = graph_overhead(cp)
     if "layers" not in skip:
         contexts = [int(c) for c in args.contexts.split(",")]
         configs = [(int(b), c) for b in args.batches.split(",") for c in contexts]
@@ -709,7 +819,15 @@ def main() -> None:
             return survival == 0.05 or (users == 1 and ctx in (32768, 1048576))
 
         result["layers"] = bench_layers(
-            cp, torch, bw, configs, args.reps, old_for, t0 + args.budget_s, not args.no_planted
+            cp,
+            torch,
+            bw,
+            configs,
+            args.reps,
+            old_for,
+            t0 + args.budget_s,
+            not args.no_planted,
+            tuple(float(x) for x in args.survival.split(",") if x),
         )
         save()
     result["wall_s"] = time.time() - t0

@@ -2,12 +2,14 @@
 to the fused GPU LongSight pipeline measured per layer on an H200 (issue 18), and check them on points they
 were not fitted to.
 
-Measurement: ``h200-sparse-layer-2026-12-02.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on the
-lent H200 (issue 18's second version of the kernels: no reset launch, the band's attention beside the select,
-the picks' attention in the top-k blocks): one layer of Llama-3-8B geometry (8 KV heads x 4 query heads,
-D = 128, window 1,024, sinks 16, LongSight's k schedule), batch 1 and 8, contexts 4K-1M, survival targets
-1-10 % on random signs plus exactly 5 % planted, the whole layer one CUDA graph. The first version's
-measurement, ``h200-sparse-fused-2026-12-02.json``, keeps the filter table (:func:`filter_table`).
+Measurement: ``h200-sparse-layer-v3-2026-12-02.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on
+the lent H200 (issue 18's third version of the kernels: the second's, plus the sample top-k, ls_select2 and
+programmatic dependent launch of the top-k, each combination timed and the fastest kept per point): one layer
+of Llama-3-8B geometry (8 KV heads x 4 query heads, D = 128, window 1,024, sinks 16, LongSight's k schedule),
+batch 1 and 8, contexts 4K-1M, survival targets 1-10 % on random signs plus exactly 5 % planted, the whole
+layer one CUDA graph. The second version's measurement is ``h200-sparse-layer-2026-12-02.json``
+(:data:`SECOND`); the first version's, ``h200-sparse-fused-2026-12-02.json``, keeps the filter table
+(:func:`filter_table`).
 
 The simulator charges GPU-side sparse attention as the roofline of the bytes it reads (band, signs of every
 region key, survivors' keys, picks' values) plus a fixed cost and a cost per unit of each stage's work:
@@ -38,7 +40,8 @@ from cemsim.paths import repo_root
 from cemsim.sim import prepare, simulate
 from cemsim.trace.synthetic import synthetic_header
 
-FUSED = CALIBRATION_DIR / "h200-sparse-layer-2026-12-02.json"
+FUSED = CALIBRATION_DIR / "h200-sparse-layer-v3-2026-12-02.json"
+SECOND = CALIBRATION_DIR / "h200-sparse-layer-2026-12-02.json"  # the second version of the kernels
 FILTERS = CALIBRATION_DIR / "h200-sparse-fused-2026-12-02.json"  # the first version's run, with the filters
 SYSTEM = "h200-sparse-hbm"
 LATENCY = "gpu.sparse_pipeline_latency"
@@ -171,29 +174,38 @@ def _label(r: dict) -> str:
     return "planted 5%" if r.get("planted") else f"target {r['survival_target']:.0%}"
 
 
-def layer_table(path=FUSED, survival: float = 0.05, planted: bool = True, previous=FILTERS) -> str:
-    """Markdown: today's pipeline, the fused pipeline's first version (``previous``, random-sign points only)
-    and this one per layer at one survival point, with the floor."""
-    before = {
-        (r["users"], r["context"], r["survival_target"]): r["fused_b2b_us"]
-        for r in _layers(previous)
-        if "error" not in r
-    }
+def layer_table(
+    path=FUSED, survival: float = 0.05, planted: bool = True, first=FILTERS, second=SECOND
+) -> str:
+    """Markdown: today's pipeline, the fused pipeline's first version (``first``, random-sign points only), its
+    second version (``second``, with its multiple of its own run's floor) and this one per layer at one survival
+    point, with the floor."""
+
+    def times(p) -> dict:
+        return {
+            (r["users"], r["context"], r["survival_target"], bool(r.get("planted"))): r
+            for r in _layers(p)
+            if "error" not in r
+        }
+
+    v1, v2 = times(first), times(second)
     out = [
-        "| batch | context | survivors | today's pipeline (us) | first version (us) | fused (us) | speed-up "
-        "| floor (us) | fused / floor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| batch | context | survivors | today's pipeline (us) | first version (us) | second version (us) "
+        "| fused (us) | speed-up | floor (us) | fused / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in _layers(path):
         if r["survival_target"] != survival or bool(r.get("planted")) != planted:
             continue
+        key = (r["users"], r["context"], survival, planted)
         old = f"{r['old_b2b_us']:,.1f}" if "old_b2b_us" in r else "-"
         up = f"{r['old_b2b_us'] / r['fused_b2b_us']:.1f}x" if "old_b2b_us" in r else "-"
-        first = before.get((r["users"], r["context"], survival)) if not planted else None
+        a, b = v1.get(key), v2.get(key)
+        one = "-" if a is None else f"{a['fused_b2b_us']:,.1f}"
+        two = "-" if b is None else f"{b['fused_b2b_us']:,.1f} ({b['fused_b2b_us'] / b['floor_us']:.2f}x)"
         out.append(
-            f"| {r['users']} | {_ctx(r['context'])} | {r['survival']:.2%} | {old} | "
-            f"{'-' if first is None else f'{first:,.1f}'} | {r['fused_b2b_us']:,.1f} | {up} | "
-            f"{r['floor_us']:,.1f} | {r['fused_b2b_us'] / r['floor_us']:.2f}x |"
+            f"| {r['users']} | {_ctx(r['context'])} | {r['survival']:.2%} | {old} | {one} | {two} | "
+            f"{r['fused_b2b_us']:,.1f} | {up} | {r['floor_us']:,.1f} | {r['fused_b2b_us'] / r['floor_us']:.2f}x |"
         )
     return "\n".join(out)
 
@@ -239,9 +251,16 @@ def stage_table(path=FUSED, survival: float = 0.05, planted: bool = True) -> str
         st, c = r["stage_b2b_us"], r["config"]
         out.append(
             f"| {r['users']} | {_ctx(r['context'])} | {st['reset+select']:.1f} | {st['topk']:.1f} | "
-            f"{st['attention']:.1f} | {r['fused_b2b_us']:.1f} | {c['select']}, {c['topk']}, chunk {c['chunk']} |"
+            f"{st['attention']:.1f} | {r['fused_b2b_us']:.1f} | {_kernels(c)} |"
         )
     return "\n".join(out)
+
+
+def _kernels(c: dict) -> str:
+    """The chosen configuration in words: select form, top-k, chunk, where the picks' attention ran, pdl."""
+    sel = "select2" if c["select"] == "fused" and c.get("rows") else c["select"]
+    where = "fold" if c.get("fold", True) else "apart"
+    return f"{sel}, {c['topk']}, chunk {c['chunk']}, {where}" + (", pdl" if c.get("pdl") else "")
 
 
 def filter_table(path=FILTERS, n: int = 1 << 24) -> str:

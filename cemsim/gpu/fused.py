@@ -39,9 +39,12 @@ TOPK_CTAS = 4  # blocks of the cluster top-k kernels per (row, query head)
 Method = Literal["popc", "mma", "mmax", "frag"]
 SelectForm = Literal["fused", "split"]
 # atomic / match: ls_topk with its histogram adds by shared atomics or __match_any_sync; cluster:
-# ls_topk_cluster, each (row, head) over TOPK_CTAS blocks
-TopkVariant = Literal["atomic", "match", "cluster"]
-TOPK_VARIANTS: tuple[TopkVariant, ...] = ("atomic", "match", "cluster")
+# ls_topk_cluster, each (row, head) over TOPK_CTAS blocks; sample: ls_topk_sample, one block whose radix passes
+# run over the candidates a sampled threshold leaves (TOPK_CANDIDATES at most)
+TopkVariant = Literal["atomic", "match", "cluster", "sample"]
+TOPK_VARIANTS: tuple[TopkVariant, ...] = ("atomic", "match", "cluster", "sample")
+TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
+SELECT_ROWS = (4,)  # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower: dropped)
 
 
 @dataclass
@@ -53,6 +56,13 @@ class Config:
     topk: TopkVariant = "atomic"
     chunk: int = 64
     fold: bool = True  # the top-k blocks attend over their own picks (else ls_attn's pick chunks do)
+    # fused select only: ls_select2 (sign loads before the query's, the slot claim overlapped with the first
+    # round of row loads) with this many survivor rows in flight per lane group; 0: ls_select
+    rows: int = 0
+    # the top-k (and the picks' attention when apart) launched with programmatic stream serialization
+    # (cudaLaunchKernelEx through cuda-python): scheduled while the kernel ahead of it drains, waiting in
+    # griddepcontrol.wait for its writes, so the launch gap between the two goes
+    pdl: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,56 @@ def _module():
     return cp.RawModule(code=SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}"))
 
 
+@functools.cache
+def programmatic_launch_available() -> bool:
+    """cuda-python's driver bindings, through which Config.pdl launches, are importable (without them a pdl
+    launch is a plain one: the same answer, the launch gap kept)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("cuda.bindings") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _launch_programmatic(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+    """Launch CuPy kernel ``f`` on the current CuPy stream with the programmatic stream serialization attribute
+    (cuLaunchKernelEx), capturable in a graph like a plain launch. ``args``: CuPy arrays and NumPy int32 /
+    int64 scalars, as for a CuPy launch."""
+    import ctypes
+
+    from cuda.bindings import driver as cu
+
+    cp = _cupy()
+    values, types = [], []
+    for a in args:
+        if isinstance(a, np.int32):
+            values.append(int(a))
+            types.append(ctypes.c_int32)
+        elif isinstance(a, np.int64):
+            values.append(int(a))
+            types.append(ctypes.c_int64)
+        else:
+            values.append(int(a.data.ptr))
+            types.append(ctypes.c_void_p)
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    block = tuple(block) + (1,) * (3 - len(block))
+    cfg = cu.CUlaunchConfig()
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block
+    cfg.sharedMemBytes = shared_mem
+    cfg.hStream = cu.CUstream(cp.cuda.get_current_stream().ptr)
+    attr = cu.CUlaunchAttribute()
+    attr.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    cfg.attrs = [attr]
+    cfg.numAttrs = 1
+    func = getattr(f, "kernel", f)  # a CuPy RawKernel's cupy.cuda.Function (its CUfunction handle: .ptr)
+    (err,) = cu.cuLaunchKernelEx(cfg, cu.CUfunction(func.ptr), (tuple(values), tuple(types)), 0)
+    if err != cu.CUresult.CUDA_SUCCESS:
+        raise CemsimError(f"cuLaunchKernelEx failed: {err}")
+
+
 def choose_method(group: int) -> Method:
     """popc up to 4 query heads per KV head (POPC issue rate is not yet the bound; the frag method measured the
     same there), the frag b1-MMA filter above: ls_select at 1M keys and G = 8 took 182.5 us against popc's
@@ -151,16 +211,19 @@ def choose_method(group: int) -> Method:
 
 def choose_config(shape: Shape) -> Config:
     """The kernels measured fastest for shapes like this one on the H200 (cemsim/calibration/
-    h200-sparse-layer-2026-12-02.json: topk_variant_b2b_us, layer_variant_b2b_us). The cluster top-k pays when
-    few (row, head) pairs leave SMs idle and rows are long; the picks' attention folded into the top-k blocks
-    saved 3-4 us at batch 1 up to 128K and 15-24 us at batch 8 from 128K, but with the cluster top-k it cost
-    11-23 us (the attending kernel's extra registers and shared memory slow its selection)."""
-    cluster = shape.rows * shape.group <= 64 and shape.cap >= 32768
+    h200-sparse-layer-v3-2026-12-02.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule is within 2.1 %
+    of each point's fastest combination on average, 12 % at worst, where the split select wins at 1 %): the
+    sample top-k once rows can hold 8K survivors (its selection alone: 13.6 against the cluster's 23.9 and the
+    single block's 29.4 us at 512K, batch 1, planted 5 %), its picks' attention folded in; ls_select2 for long
+    rows; the top-k launched programmatically from 4K slots (on short rows at batch 8 it cost 1.5-2.5 us);
+    chunk 64."""
     return Config(
         select="fused",
-        topk="cluster" if cluster else "atomic",
-        chunk=64 if shape.rows <= 16 else 128,
-        fold=not cluster,
+        topk="sample" if shape.cap >= 8192 else "atomic",
+        chunk=64,
+        fold=True,
+        rows=4 if shape.cap >= 32768 else 0,
+        pdl=shape.cap >= 4096,
     )
 
 
@@ -180,6 +243,7 @@ class FusedLongSight:
         mod = _module()
         w, d = shape.words, shape.head_dim
         self.f_select = mod.get_function(f"ls_select_{self.method}_w{w}")
+        self.f_select2 = {r: mod.get_function(f"ls_select2_r{r}_{self.method}_w{w}") for r in SELECT_ROWS}
         self.f_filter = mod.get_function(f"ls_filter_{self.method}_w{w}")
         self.f_score = mod.get_function(f"ls_score_d{d}")
         ga = 4 if shape.group <= 4 else 8
@@ -191,11 +255,18 @@ class FusedLongSight:
             (False, False): mod.get_function("ls_topk_select"),
             (True, False): mod.get_function("ls_topk_cluster_select"),
         }
+        self.f_topk_sample = {
+            True: mod.get_function(f"ls_topk_sample_d{d}"),
+            False: mod.get_function("ls_topk_sample_select"),
+        }
+        self.candidates = TOPK_CANDIDATES  # may be lowered (tests reach the sampling and fallback paths)
         self.smem_keys = min(shape.cap, TOPK_SMEM_KEYS)
         self.smem_keys_cluster = min(-(-shape.cap // TOPK_CTAS) + 1, TOPK_SMEM_KEYS)
         try:  # over 48 KiB of shared memory needs the kernel's opt-in
             for (cluster, _), f in self.f_topk.items():
                 f.max_dynamic_shared_size_bytes = 4 * (self.smem_keys_cluster if cluster else self.smem_keys)
+            for f in self.f_topk_sample.values():  # 74 KiB with the static part
+                f.max_dynamic_shared_size_bytes = 8 * TOPK_CANDIDATES
         except Exception:
             self.smem_keys = self.smem_keys_cluster = 0  # the top-k passes then read the scores from L2
         self.sms = int(cp.cuda.Device().attributes["MultiProcessorCount"])
@@ -250,8 +321,19 @@ class FusedLongSight:
         items = band_items + s.group * pick_parts
         f_attn = self.f_attn[c.chunk]
 
+        if c.rows and c.rows not in SELECT_ROWS:
+            raise CemsimError(f"Config.rows must be 0 or one of {SELECT_ROWS}, got {c.rows}")
+        f_select = self.f_select2[c.rows] if c.rows else self.f_select
+
+        def launch_dependent(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+            """A launch that depends on the kernel ahead of it in the stream: programmatic under config.pdl."""
+            if c.pdl and programmatic_launch_available():
+                _launch_programmatic(f, grid, block, args, shared_mem)
+            else:
+                f(grid, block, args, shared_mem=shared_mem)
+
         def select() -> None:
-            self.f_select(
+            f_select(
                 grid_sel,
                 (SELECT_THREADS,),
                 (ksig, qsig, thresholds, q, keys, i64(s.ctx), i64(s.start), i64(s.region), i32(s.group),
@@ -276,9 +358,24 @@ class FusedLongSight:
             )
 
         def topk() -> None:
+            if c.topk == "sample":
+                if not 1 <= self.candidates <= TOPK_CANDIDATES:
+                    raise CemsimError(f"candidates must be 1..{TOPK_CANDIDATES}, got {self.candidates}")
+                launch_dependent(
+                    self.f_topk_sample[c.fold],
+                    (s.rows * s.group,),
+                    (TOPK_THREADS,),
+                    (self.tally, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k), i32(self.candidates),
+                     self.pick_pos, self.pick_score, self.pick_count, vals, i64(s.ctx), i32(items),
+                     i32(band_items), i32(pick_parts), self.part_ml, self.part_o, self.done, self.count, self.out,
+                     self.lse),
+                    shared_mem=8 * self.candidates,
+                )  # fmt: skip
+                return
             cached = self.smem_keys_cluster if cluster else self.smem_keys
             mode: tuple = () if cluster else (i32(1 if c.topk == "atomic" else 0),)  # histogram adds
-            self.f_topk[cluster, c.fold](
+            launch_dependent(
+                self.f_topk[cluster, c.fold],
                 (s.rows * s.group * (TOPK_CTAS if cluster else 1),),
                 (TOPK_THREADS,),
                 (*mode, self.tally, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k), i32(cached),
@@ -288,14 +385,14 @@ class FusedLongSight:
                 shared_mem=4 * cached,
             )  # fmt: skip
 
-        def attn(first: int, n_items: int) -> None:
-            f_attn(
-                (n_items, s.rows),
-                (ATTN_THREADS,),
-                (q, keys, vals, i64(s.ctx), i32(s.sinks), i32(s.window), i32(s.group), i32(s.k), self.pick_pos,
-                 self.pick_score, self.pick_count, i32(first), i32(items), i32(pick_parts), self.part_ml,
-                 self.part_o, self.done, self.tally, self.count, self.out, self.lse),
-            )  # fmt: skip
+        def attn(first: int, n_items: int, dependent: bool = False) -> None:
+            args = (q, keys, vals, i64(s.ctx), i32(s.sinks), i32(s.window), i32(s.group), i32(s.k), self.pick_pos,
+                    self.pick_score, self.pick_count, i32(first), i32(items), i32(pick_parts), self.part_ml,
+                    self.part_o, self.done, self.tally, self.count, self.out, self.lse)  # fmt: skip
+            if dependent:  # the picks, after the top-k
+                launch_dependent(f_attn, (n_items, s.rows), (ATTN_THREADS,), args)
+            else:
+                f_attn((n_items, s.rows), (ATTN_THREADS,), args)
 
         out: dict[str, Any] = {"band": lambda: attn(0, band_items)}
         if s.region > 0:
@@ -305,7 +402,7 @@ class FusedLongSight:
                 out["filter"], out["score"] = filt, score
         out["topk"] = topk
         if not c.fold:
-            out["picks"] = lambda: attn(band_items, items - band_items)
+            out["picks"] = lambda: attn(band_items, items - band_items, dependent=True)
         return out
 
     def run(self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any) -> None:
@@ -325,17 +422,21 @@ class FusedLongSight:
         fork, join = cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True)
         with stream:
             stream.begin_capture()
-            fork.record(stream)
-            side.wait_event(fork)
-            with side:
-                stages["band"]()
-            join.record(side)
-            for name, stage in stages.items():
-                if name not in ("band", "picks"):
-                    stage()
-            stream.wait_event(join)
-            if "picks" in stages:
-                stages["picks"]()
+            try:
+                fork.record(stream)
+                side.wait_event(fork)
+                with side:
+                    stages["band"]()
+                join.record(side)
+                for name, stage in stages.items():
+                    if name not in ("band", "picks"):
+                        stage()
+                stream.wait_event(join)
+                if "picks" in stages:
+                    stages["picks"]()
+            except Exception:
+                stream.end_capture()  # leave the stream usable
+                raise
             return stream.end_capture()
 
     def reset(self) -> None:

@@ -31,12 +31,16 @@ def make_inputs(rng: np.random.Generator, s: Shape, survival: float) -> dict[str
     return {"ksig": ksig, "qsig": qsig, "thresholds": thresholds, "q": q, "keys": keys, "vals": vals}
 
 
-def run_gpu(s: Shape, x: dict[str, np.ndarray], method: str, config: Config) -> dict[str, np.ndarray]:
+def run_gpu(
+    s: Shape, x: dict[str, np.ndarray], method: str, config: Config, candidates: int | None = None
+) -> dict[str, np.ndarray]:
     import cupy as cp
 
     from cemsim.gpu.fused import FusedLongSight
 
     p = FusedLongSight(s, method=method, config=config)  # type: ignore[arg-type]
+    if candidates is not None:  # ls_topk_sample's buffer: small ones reach its sampling and fallback paths
+        p.candidates = candidates
     dev = {n: cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")}
     if method == "frag":
         dev["ksig"] = to_frag(dev["ksig"])
@@ -63,12 +67,19 @@ shapes = st.builds(
 @pytest.mark.gpu
 @needs_gpu
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(s=shapes, survival=st.sampled_from([0.01, 0.05, 0.2, 0.6, 0.99]), seed=st.integers(0, 2**31 - 1))
-def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int) -> None:
+@given(
+    s=shapes,
+    survival=st.sampled_from([0.01, 0.05, 0.2, 0.6, 0.99]),
+    seed=st.integers(0, 2**31 - 1),
+    candidates=st.sampled_from([4096, 1024, 256, 64]),
+)
+def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, candidates: int) -> None:
     rng = np.random.default_rng(seed)
     x = make_inputs(rng, s, survival)
-    # every filter method, select form, top-k kernel (and histogram mode), attention chunk, and the picks'
-    # attention in the top-k blocks (fold) or a launch of its own
+    # every filter method, select form (ls_select, ls_select2, split), top-k kernel
+    # (and histogram mode; the sample top-k with a candidate buffer from 64 entries, which sends long rows
+    # through its sampled threshold or its fallback), attention chunk, and the picks' attention in the top-k
+    # blocks (fold) or a launch of its own
     for method, config in (
         ("popc", Config("split", "atomic", 64, True)),
         ("mma", Config("fused", "match", 128, False)),
@@ -76,16 +87,44 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int) 
         ("popc", Config("fused", "cluster", 64, False)),
         ("frag", Config("fused", "match", 64, True)),
         ("frag", Config("split", "atomic", 128, False)),
+        ("popc", Config("fused", "sample", 64, True, 4, True)),
+        ("frag", Config("fused", "sample", 128, False, 4)),
+        ("mma", Config("fused", "atomic", 64, True, 4)),
+        ("mmax", Config("fused", "sample", 64, True, 4)),
+        ("frag", Config("fused", "cluster", 64, False, 4, True)),
+        ("popc", Config("split", "sample", 128, False)),
     ):
-        ref.check_pipeline(s, x, run_gpu(s, x, method, config))
+        ref.check_pipeline(s, x, run_gpu(s, x, method, config, candidates))
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("k", [7, 256])
+@pytest.mark.parametrize("candidates", [4096, 300])
+@pytest.mark.parametrize("topk", ["atomic", "cluster", "sample"])
+def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
+    """A zero query gives every survivor the same score: any k of them are a top-k. The sample top-k with room
+    for every survivor takes them all as candidates, which share all 32 bits (no radix pass); with 300 it
+    samples a threshold that every survivor reaches (k = 7: the candidates overflow, so it falls back) or
+    goes straight to its fallback (k = 256)."""
+    rng = np.random.default_rng(9)
+    s = Shape(1, 2, 4, 128, 9000, 64, 4, k, cap=9000)
+    x = make_inputs(rng, s, 0.3)
+    x["q"][:] = 0.0
+    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, 4), candidates))  # type: ignore[arg-type]
 
 
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize(
     "config",
-    [Config("fused", "atomic", 64, True), Config("split", "cluster", 128, False)],
-    ids=["fold", "apart"],
+    [
+        Config("fused", "atomic", 64, True),
+        Config("split", "cluster", 128, False),
+        Config("fused", "sample", 64, True, 4, True),
+        Config("fused", "sample", 128, False, 4),
+    ],
+    ids=["fold", "apart", "sample-fold-rows4-pdl", "sample-apart-rows4"],
 )
 def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
     """Llama-3-8B geometry at 64K tokens, two users: eager run checked, then a CUDA graph (the band's attention
@@ -120,6 +159,61 @@ def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize(("k", "candidates"), [(1024, 4096), (256, 1000), (1024, 700)])
+@pytest.mark.parametrize("fold", [True, False])
+def test_sample_topk_on_long_rows(fold: bool, k: int, candidates: int) -> None:
+    """Rows of ~27K survivors (odd cap, so score rows start off 16-byte boundaries): the sample top-k's candidate
+    pass runs over several chunks with unaligned heads and tails; with 1,000 slots for k = 256 the sampled
+    threshold leaves about 700 candidates (or overflows: then the fallback); 700 slots for k = 1,024 cannot
+    hold what the sample would leave, so it goes straight to its fallback over the whole list."""
+    rng = np.random.default_rng(17)
+    s = Shape(1, 2, 4, 64, 90000, 64, 4, k, cap=89931)
+    x = make_inputs(rng, s, 0.3)
+    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", "sample", 64, fold, 4), candidates))
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config("fused", "sample", 64, True, 4, True),
+        Config("fused", "atomic", 128, False, 4, True),
+        Config("fused", "cluster", 64, False, 0, True),
+        Config("split", "match", 64, True, 0, True),
+    ],
+    ids=["sample-fold", "atomic-apart", "cluster-apart", "split-match-fold"],
+)
+def test_programmatic_launch_matches_reference(config: Config) -> None:
+    """The top-k (and the picks' attention when apart) launched with programmatic stream serialization: the
+    same answer eagerly and from a CUDA graph replayed twice after the thresholds change in place."""
+    import cupy as cp
+
+    from cemsim.gpu.fused import FusedLongSight
+
+    rng = np.random.default_rng(21)
+    s = Shape(2, 3, 4, 128, 24000, 256, 8, 256, cap=24000)
+    x = make_inputs(rng, s, 0.3)  # ~7K survivors a row: the sample top-k samples its threshold
+    dev = {n: cp.asarray(v) for n, v in x.items()}
+    names = ("ksig", "qsig", "thresholds", "q", "keys", "vals")
+    p = FusedLongSight(s, config=config)
+    p.run(*(dev[n] for n in names))
+    ref.check_pipeline(s, x, p.results())
+    stream = cp.cuda.Stream(non_blocking=True)
+    graph = p.capture(*(dev[n] for n in names), stream=stream)
+    x["thresholds"] = x["thresholds"] - 1  # more survivors
+    dev["thresholds"][...] = cp.asarray(x["thresholds"])
+    cp.cuda.Device().synchronize()
+    for _ in range(2):
+        p.out.fill(np.nan)
+        graph.launch(stream)
+        stream.synchronize()
+        ref.check_pipeline(s, x, p.results())
+    assert int(p.tally.max()) == 0 and int(p.done.max()) == 0
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_overflow_is_reported_and_counts_stay_exact() -> None:
     import cupy as cp
 
@@ -129,8 +223,8 @@ def test_overflow_is_reported_and_counts_stay_exact() -> None:
     s = Shape(1, 2, 4, 128, 20000, 64, 4, 32, cap=100)
     x = make_inputs(rng, s, 0.5)
     rows = ref.survivors(x["ksig"], x["qsig"], x["thresholds"], s.start, s.region)
-    for form in ("fused", "split"):
-        p = FusedLongSight(s, config=Config(form, "atomic", 64))  # type: ignore[arg-type]
+    for form, in_flight in (("fused", 0), ("split", 0), ("fused", 4)):
+        p = FusedLongSight(s, config=Config(form, "atomic", 64, True, in_flight))  # type: ignore[arg-type]
         p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
         assert p.overflowed()
         np.testing.assert_array_equal(p.results()["count"], [len(r) for r in rows])
@@ -268,17 +362,19 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
 
 
 def test_choose_config_follows_the_h200_measurement() -> None:
-    """The default kernels are the ones bench_fused.py measured fastest (h200-sparse-layer-2026-12-02.json):
-    at batch 1 from 512K the cluster top-k with the picks' attention apart, else the one-block top-k with it
-    folded in; chunk 64 at batch 1, 128 at batch 8."""
+    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v3-2026-12-02.json): the sample
+    top-k once rows can hold 8K survivors, else the single-block one; ls_select2 from 32K slots; the picks'
+    attention folded; programmatic launch from 4K slots; chunk 64."""
     from cemsim.gpu.fused import choose_config
 
     long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
-    assert choose_config(long1) == Config("fused", "cluster", 64, False)
-    short1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
-    assert choose_config(short1) == Config("fused", "atomic", 64, True)
-    long8 = Shape(8, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
-    assert choose_config(long8) == Config("fused", "atomic", 128, True)
+    assert choose_config(long1) == Config("fused", "sample", 64, True, 4, True)
+    mid1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
+    assert choose_config(mid1) == Config("fused", "sample", 64, True, 0, True)
+    short8 = Shape(8, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)
+    assert choose_config(short8) == Config("fused", "atomic", 64, True, 0, True)
+    tiny8 = Shape(8, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246)
+    assert choose_config(tiny8) == Config("fused", "atomic", 64, True, 0, False)
 
 
 def test_pipeline_without_a_gpu_is_a_clear_error() -> None:

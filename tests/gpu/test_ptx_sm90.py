@@ -46,6 +46,11 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         "scf_bitmap_mma_w2",
         "ls_select_frag_w1",
         "ls_select_frag_w2",
+        "ls_select2_r4_popc_w2",
+        "ls_select2_r4_frag_w2",
+        "ls_topk_sample_d64",
+        "ls_topk_sample_d128",
+        "ls_topk_sample_select",
     ):
         assert f".entry {entry}" in ptx
     for op in ("and", "xor"):  # the tensor-core paths are real

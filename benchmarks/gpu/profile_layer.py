@@ -1,0 +1,119 @@
+"""One fused layer (planted 5 % survival, Llama-3-8B geometry), for looking inside it on the device.
+
+Nsight Compute (the first run compiles and warms; ncu's filter skips its kernels and profiles the second's):
+
+    ncu --clock-control none -k regex:'ls_select|ls_topk' --launch-skip 2 --launch-count 2 \\
+        --section SpeedOfLight ... python3 benchmarks/gpu/profile_layer.py --ctx 131072 --config fused4/sample/64/fold/pdl
+
+Phase trace (``--trace``): the kernels built with -DLS_TRACE, the layer replayed from its CUDA graph, then the
+thread-0 timestamps of every ls_select2 / ls_topk_sample block (kernels/longsight_fused.cu LS_MARK) summarised:
+median cycles of each phase, and from %globaltimer when each kernel's blocks started and ended relative to the
+first select block's start."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_fused import PLANTED_THRESHOLD, Data, parse_config_key, shape_for
+
+from cemsim.gpu import fused
+from cemsim.kernels import KERNEL_DIR
+
+SELECT_PHASES = ["query in smem", "filtered+compacted", "claimed (+1st row loads)", "rows scored"]
+TOPK_PHASES = [
+    "count read",
+    "threshold sampled",
+    "candidates",
+    "range",
+    "radix passes",
+    "collect",
+    "attend+merge",
+]
+
+
+def trace(cp, mod, p, args, stream, replays: int) -> dict:
+    graph = p.capture(*args, stream=stream)
+    for _ in range(replays):
+        graph.launch(stream)
+    stream.synchronize()
+    for name in ("ls_trace_select", "ls_trace_topk"):
+        ptr = mod.get_global(name)
+        shape = (4096, 8) if name == "ls_trace_select" else (1024, 12)
+        cp.ndarray(shape, cp.int64, ptr).fill(0)
+    graph.launch(stream)
+    stream.synchronize()
+    sel = cp.ndarray((4096, 8), cp.int64, mod.get_global("ls_trace_select")).get()
+    top = cp.ndarray((1024, 12), cp.int64, mod.get_global("ls_trace_topk")).get()
+    sel = sel[sel[:, 0] > 0]
+    top = top[top[:, 0] > 0]
+    out: dict = {"select_blocks_traced": len(sel), "topk_blocks_traced": len(top)}
+    t0 = sel[:, 0].min() if len(sel) else top[:, 0].min()
+    if len(sel):
+        done = sel[:, 5] > 0  # blocks with survivors
+        out["select_phase_cycles_median"] = {
+            ph: float(np.median(sel[done, i + 2] - sel[done, i + 1])) for i, ph in enumerate(SELECT_PHASES)
+        }
+        out["select_block_cycles_median"] = float(np.median(sel[done, 5] - sel[done, 1]))
+        out["select_start_ns"] = [float(np.min(sel[:, 0] - t0)), float(np.max(sel[:, 0] - t0))]
+        out["select_end_ns"] = [float(np.min(sel[done, 6] - t0)), float(np.max(sel[done, 6] - t0))]
+    if len(top):
+        full = top[:, 3] > 0  # blocks that ran the selection (not the copy path)
+        out["topk_phase_cycles_median"] = {
+            ph: float(np.median(top[full, i + 2] - top[full, i + 1])) for i, ph in enumerate(TOPK_PHASES)
+        }
+        out["topk_block_cycles_median"] = float(np.median(top[full, 8] - top[full, 1]))
+        out["topk_start_ns"] = [float(np.min(top[:, 0] - t0)), float(np.max(top[:, 0] - t0))]
+        out["topk_end_ns"] = [float(np.min(top[:, 9] - t0)), float(np.max(top[:, 9] - t0))]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ctx", default="131072")
+    ap.add_argument("--users", type=int, default=1)
+    ap.add_argument("--config", default="fused4/sample/64/fold/pdl")
+    ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    import cupy as cp
+    import torch
+
+    mod = None
+    if a.trace:
+        mod = cp.RawModule(
+            code=fused.SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}", "-DLS_TRACE")
+        )
+        fused._module = lambda: mod  # the pipeline's kernels from the traced build
+    results = []
+    for ctx in (int(c) for c in a.ctx.split(",")):
+        s = shape_for(a.users, ctx, 0.05)
+        data = Data(cp, torch, a.users, ctx, seed=1, planted=0.05)
+        thresholds = cp.full(s.rows, PLANTED_THRESHOLD, dtype=cp.int32)
+        args = (data.ksig, data.qsig, thresholds, data.q, data.keys, data.vals)
+        for key in a.config.split(","):
+            p = fused.FusedLongSight(s, config=parse_config_key(key))
+            for _ in range(2):
+                p.run(*args)
+                cp.cuda.Device().synchronize()
+            row = {"context": ctx, "users": a.users, "config": key, "survivors": int(p.count.sum())}
+            if a.trace:
+                row.update(trace(cp, mod, p, args, cp.cuda.Stream(non_blocking=True), replays=5))
+            print(json.dumps(row), flush=True)
+            results.append(row)
+            del p
+        del data
+        cp.get_default_memory_pool().free_all_blocks()
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
