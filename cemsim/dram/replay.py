@@ -69,6 +69,19 @@ def _first_outside(arr: np.ndarray, lo: int, hi: int) -> int:
     return -1
 
 
+@numba.njit(cache=True)
+def _flat_banks(rank, bankgroup, bank, row, column, nrank, nbg, nbpg, nrows, ncols, out):
+    """One compiled pass: ``out`` = (rank * nbg + bankgroup) * nbpg + bank; returns whether any coordinate is
+    outside its range (branch-free, so the loop vectorizes; the caller then finds and reports the first)."""
+    bad = False
+    for i in range(rank.shape[0]):
+        r, g, k, w, c = rank[i], bankgroup[i], bank[i], row[i], column[i]
+        bad |= (r < 0) | (r >= nrank) | (g < 0) | (g >= nbg) | (k < 0) | (k >= nbpg)
+        bad |= (w < 0) | (w >= nrows) | (c < 0) | (c >= ncols)
+        out[i] = (r * nbg + g) * nbpg + k
+    return bad
+
+
 def _check_range(name: str, arr: np.ndarray, size: int, spec: DramSpec) -> None:
     i = _first_outside(arr, 0, size)
     if i >= 0:
@@ -183,11 +196,15 @@ def replay(
     bank = _as_int("bank", bank, n)
     column = _as_int("column", column, n)
     is_write = _as_int("is_write", is_write, n)
-    _check_range("rank", rank, spec.ranks * spec.pseudo_channels, spec)
-    _check_range("bankgroup", bankgroup, spec.bankgroups, spec)
-    _check_range("bank", bank, spec.banks_per_group, spec)
-    _check_range("row", row, spec.rows, spec)
-    _check_range("column", column, spec.columns, spec)
+    nrank = spec.ranks * spec.pseudo_channels
+    flat_bank = np.empty(n, dtype=np.int64)
+    if _flat_banks(rank, bankgroup, bank, row, column, nrank, spec.bankgroups, spec.banks_per_group, spec.rows,
+                   spec.columns, flat_bank):  # fmt: skip
+        _check_range("rank", rank, nrank, spec)
+        _check_range("bankgroup", bankgroup, spec.bankgroups, spec)
+        _check_range("bank", bank, spec.banks_per_group, spec)
+        _check_range("row", row, spec.rows, spec)
+        _check_range("column", column, spec.columns, spec)
     if kind is None:
         kind_a = np.empty(n, dtype=np.int64)
         np.not_equal(is_write, 0, out=kind_a)
@@ -221,10 +238,6 @@ def replay(
         return a if order is None else a[order]
 
     seg = np.searchsorted(take(chan), np.arange(nch + 1)).astype(np.int64)
-    flat_bank = rank * spec.bankgroups  # (rank * bankgroups + bankgroup) * banks_per_group + bank, in place
-    flat_bank += bankgroup
-    flat_bank *= spec.banks_per_group
-    flat_bank += bank
     # keys: consecutive runs of equal key_id within each channel's sub-stream, numbered from 0 per channel
     k_sorted = take(keys)
     key_local = np.empty(n, dtype=np.int64)
