@@ -1174,6 +1174,53 @@ LS_TOPK(ls_topk_d64, 64, true)
 LS_TOPK(ls_topk_d128, 128, true)
 LS_TOPK(ls_topk_select, 128, false)
 
+// Cluster primitives (sm_90); a plain block is a cluster of one below that, so the templates that use them
+// under ``if constexpr`` still build for every target.
+__device__ __forceinline__ unsigned int cluster_rank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned int r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+#else
+    return 0u;
+#endif
+}
+
+__device__ __forceinline__ void cluster_sync_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+    __syncthreads();
+#endif
+}
+
+// a 32-bit word of block ``rank``'s shared memory at the address ``p`` has in this block
+__device__ __forceinline__ unsigned int ld_cluster(const unsigned int* p, unsigned int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned int local, remote, v;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(local) : "l"(p));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
+    return v;
+#else
+    return *p;
+#endif
+}
+
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+    __syncthreads();
+#endif
+}
+
 // ls_topk_sample_*: the same exact top-k per (row, head) in one block, its radix passes over a few thousand
 // candidates instead of every survivor (the single-block kernel's first pass puts most survivors through
 // contended shared atomics: N(0, 1)-like scores share a handful of top-8-bit digits).
@@ -1286,42 +1333,44 @@ __device__ __forceinline__ void radix_pick(const Key& key, const Emit& emit, int
     }
 }
 
-template <int D, bool ATTEND>
-__device__ void topk_sample_body(const unsigned int* __restrict__ tally, const int* __restrict__ idx,
-                                 const float* __restrict__ scores, int G, int cap, int k, int cand,
-                                 int* __restrict__ pick_pos, float* __restrict__ pick_score,
-                                 int* __restrict__ pick_count, const PickAttn& attn) {
+// The selection of topk_sample_body for (row, head) bhg: writes the picks out (and, KEEP, into pk_pos / pk_sc
+// in shared memory) and returns their number. hist / total: the radix passes' shared memory, free afterwards.
+// CL > 1: called by every block of a cluster of CL; each samples the same threshold and puts the candidates of
+// its CL-th of the score row into its own buffer, block 0 pulls the others' through distributed shared memory
+// and alone picks (the others return once their candidates are pulled: they wait at the caller's next cluster
+// barrier, which block 0 reaches after the pull).
+template <bool KEEP, int CL = 1>
+__device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__ tally,
+                                                const int* __restrict__ idx, const float* __restrict__ scores,
+                                                int G, int cap, int k, int cand, int* __restrict__ pick_pos,
+                                                float* __restrict__ pick_score, int* __restrict__ pick_count,
+                                                int bhg, int* pk_pos, float* pk_sc,
+                                                unsigned int (&hist)[TOPK_WARPS][256], unsigned int* total) {
+    constexpr bool ATTEND = KEEP;
     extern __shared__ u32 cbuf[];  // cand images, then cand list indices
     u32* cimg = cbuf;
     int* cidx = reinterpret_cast<int*>(cbuf + cand);
-    __shared__ unsigned int hist[TOPK_WARPS][256];
-    __shared__ unsigned int total[256];
     __shared__ u32 s_prefix, s_mask, s_need, s_done;
     __shared__ unsigned int s_above, s_ties;
     __shared__ u32 wmax[TOPK_WARPS], wmin[TOPK_WARPS];
     __shared__ unsigned int wscan[TOPK_WARPS];
-    __shared__ int pk_pos[1024];  // the picks again, for topk_attend
-    __shared__ float pk_sc[1024];
-    grid_dep_wait();  // the select's survivors (programmatic launch)
-    grid_dep_launch();
-    const int bhg = blockIdx.x, bh = bhg / G, g = bhg % G;
+    __shared__ unsigned int s_nc;  // CL > 1: this block's candidates
+    const unsigned int rank = CL > 1 ? cluster_rank() : 0u;
+    const int bh = bhg / G;
     const int n = min((int)tally[bh], cap);
     const int kk = min(k, n);
     const float* sc = scores + (long long)bhg * cap;
     const int* ix = idx + (long long)bh * cap;
     int* out_pos = pick_pos + (long long)bhg * k;
     float* out_score = pick_score + (long long)bhg * k;
-    if (threadIdx.x == 0) pick_count[bhg] = kk;
+    if (threadIdx.x == 0 && rank == 0) pick_count[bhg] = kk;
     LS_GMARK(ls_trace_topk, bhg, 0);
     LS_MARK(ls_trace_topk, bhg, 1);
     if (n <= k) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x)
-            put_pick<ATTEND>(i, i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
-        if constexpr (ATTEND) {
-            __syncthreads();
-            topk_attend<D>(attn, n, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, 0);
-        }
-        return;
+        if (rank == 0)
+            for (int i = threadIdx.x; i < n; i += blockDim.x)
+                put_pick<ATTEND>(i, i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
+        return kk;
     }
     LS_MARK(ls_trace_topk, bhg, 2);  // the survivor count read
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -1351,17 +1400,19 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
         const int nv = (n - head) >> 2;                      // 16-byte vectors after the head
         const int tail0 = head + 4 * nv, ntail = n - tail0;  // < 4 scalars at the end
         const float4* sv = reinterpret_cast<const float4*>(sc + head);
+        // this block's vectors [jlo, jhi) (CL > 1: a CL-th of them each)
+        const int jlo = (int)(((long long)rank * nv) / CL), jhi = (int)((((long long)rank + 1) * nv) / CL);
         unsigned int base = 0;
-        for (int v0 = 0, first = 1; v0 < nv || first; v0 += 4 * TOPK_THREADS, first = 0) {
+        for (int v0 = jlo, first = 1; v0 < jhi || first; v0 += 4 * TOPK_THREADS, first = 0) {
             float4 f[4];
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
                 const int j = v0 + u * TOPK_THREADS + threadIdx.x;
-                f[u] = j < nv ? __ldg(sv + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+                f[u] = j < jhi ? __ldg(sv + j) : make_float4(0.f, 0.f, 0.f, 0.f);
             }
-            // this thread's extra scalar (first chunk only): head item, or tail item
+            // this thread's extra scalar (block 0's first chunk only): head item, or tail item
             int xi = -1;
-            if (first) {
+            if (first && rank == 0) {
                 if (threadIdx.x < head) xi = threadIdx.x;
                 else if (threadIdx.x - head < ntail) xi = tail0 + (threadIdx.x - head);
             }
@@ -1375,7 +1426,7 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     img[4 * u + e] = order_key(e4[e]);
-                    cnt += (j < nv && img[4 * u + e] >= t) ? 1u : 0u;
+                    cnt += (j < jhi && img[4 * u + e] >= t) ? 1u : 0u;
                 }
             }
             img[16] = xv;
@@ -1403,7 +1454,7 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
                 const int j = v0 + u * TOPK_THREADS + threadIdx.x;
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    if (j < nv && img[4 * u + e] >= t) {
+                    if (j < jhi && img[4 * u + e] >= t) {
                         if (slot < (unsigned int)cand) {
                             cimg[slot] = img[4 * u + e];
                             cidx[slot] = head + 4 * j + e;
@@ -1420,7 +1471,24 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
             __syncthreads();  // wscan is rewritten by the next chunk
         }
         nc = base;
+        if constexpr (CL > 1) {
+            if (threadIdx.x == 0) s_nc = base;
+            cluster_sync_all();  // every block's candidates and count visible to the cluster
+            if (rank != 0) return kk;
+            // block 0 appends the others' candidates that fit (nc past cand: the fallback below, as in one block)
+            for (unsigned int r = 1; r < (unsigned int)CL; ++r) {
+                const unsigned int ncr = ld_cluster(&s_nc, r);
+                const int take = nc < (unsigned int)cand ? (int)min(ncr, (unsigned int)cand - nc) : 0;
+                for (int i = threadIdx.x; i < take; i += blockDim.x) {
+                    cimg[nc + i] = ld_cluster(cimg + i, r);
+                    cidx[nc + i] = (int)ld_cluster(reinterpret_cast<const unsigned int*>(cidx + i), r);
+                }
+                nc += ncr;
+            }
+            __syncthreads();
+        }
     }
+    if (CL > 1 && rank != 0) return kk;  // no candidates tried (block 0 takes the whole list)
     LS_MARK(ls_trace_topk, bhg, 4);  // candidates in shared memory
     auto emit_list = [&](int slot, int i) { put_pick<ATTEND>(slot, i, ix, sc, out_pos, out_score, pk_pos, pk_sc); };
     if (try_cand && nc >= (unsigned int)k && nc <= (unsigned int)cand) {
@@ -1462,9 +1530,27 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
         radix_pick<TOPK_WARPS>(key, emit_list, n, (u32)k, 0u, 0u, 24, false, hist, total, s_prefix, s_mask, s_need,
                                s_done, s_above, s_ties);
     }
+    return kk;
+}
+
+template <int D, bool ATTEND>
+__device__ void topk_sample_body(const unsigned int* __restrict__ tally, const int* __restrict__ idx,
+                                 const float* __restrict__ scores, int G, int cap, int k, int cand,
+                                 int* __restrict__ pick_pos, float* __restrict__ pick_score,
+                                 int* __restrict__ pick_count, const PickAttn& attn) {
+    __shared__ unsigned int hist[TOPK_WARPS][256];
+    __shared__ unsigned int total[256];
+    __shared__ int pk_pos[1024];  // the picks again, for topk_attend
+    __shared__ float pk_sc[1024];
+    grid_dep_wait();  // the select's survivors (programmatic launch)
+    grid_dep_launch();
+    const int bhg = blockIdx.x;
+    const int kk = topk_sample_pick<ATTEND>(tally, idx, scores, G, cap, k, cand, pick_pos, pick_score, pick_count,
+                                            bhg, pk_pos, pk_sc, hist, total);
     __syncthreads();
     LS_MARK(ls_trace_topk, bhg, 7);  // picks written
-    if constexpr (ATTEND) topk_attend<D>(attn, kk, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, 0);
+    if constexpr (ATTEND)
+        topk_attend<D>(attn, kk, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bhg / G, bhg % G, G, 0);
     LS_MARK(ls_trace_topk, bhg, 8);  // attended (and merged, for the block that completed a head)
     LS_GMARK(ls_trace_topk, bhg, 9);
 }
@@ -1486,39 +1572,6 @@ LS_TOPK_SAMPLE(ls_topk_sample_select, 128, false)
 // offsets come the same way. TOPK_CTAS times the SMs and the shared memory per row: at batch 1 a layer has
 // only 32 rows (8 KV heads x 4 query heads) for 132 SMs.
 #define TOPK_CTAS 4
-
-// Cluster primitives (sm_90); a plain block is a cluster of one below that, so the templates that use them
-// under ``if constexpr`` still build for every target.
-__device__ __forceinline__ unsigned int cluster_rank() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned int r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-#else
-    return 0u;
-#endif
-}
-
-__device__ __forceinline__ void cluster_sync_all() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-#else
-    __syncthreads();
-#endif
-}
-
-// a 32-bit word of block ``rank``'s shared memory at the address ``p`` has in this block
-__device__ __forceinline__ unsigned int ld_cluster(const unsigned int* p, unsigned int rank) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned int local, remote, v;
-    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(local) : "l"(p));
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
-    return v;
-#else
-    return *p;
-#endif
-}
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 template <int D, bool ATTEND>
@@ -1671,6 +1724,64 @@ __device__ void topk_cluster_body(const unsigned int* __restrict__ tally, const 
 LS_TOPK_CLUSTER(ls_topk_cluster_d64, 64, true)
 LS_TOPK_CLUSTER(ls_topk_cluster_d128, 128, true)
 LS_TOPK_CLUSTER(ls_topk_cluster_select, 128, false)
+
+// ls_topk_sample_spread*_*: the sample top-k over a cluster of C blocks per (row, head). Block 0 selects (spreadc:
+// every block puts the candidates of a C-th of the score row into its buffer and block 0 pulls them through
+// distributed shared memory, topk_sample_pick<KEEP, C>); then every block of the cluster attends over a C-th of
+// the picks, read from block 0's shared memory, and writes its own partial (pick_parts = C; merge_head combines
+// them). The picks' value rows are then loaded by C SMs instead of one: at batch 1 a layer has 32 (row, head)
+// blocks for 132 SMs, and one block's dependent rounds of value-row loads were ~9 us of the top-k's ~27 at 512K.
+// Clusters of 2: at batch 1 all 32 fit at once (66 do on the H200); 32 clusters of 4 did not (30 do), and the
+// second wave made C = 4 11-20 us slower than one block (gpuattn2 run 8, docs/gpu-kernels.md).
+template <int D, int C, bool SPLIT>
+__device__ void topk_sample_spread_body(const unsigned int* __restrict__ tally, const int* __restrict__ idx,
+                                        const float* __restrict__ scores, int G, int cap, int k, int cand,
+                                        int* __restrict__ pick_pos, float* __restrict__ pick_score,
+                                        int* __restrict__ pick_count, const PickAttn& attn) {
+    __shared__ unsigned int hist[TOPK_WARPS][256];
+    __shared__ unsigned int total[256];
+    __shared__ int pk_pos[1024];  // block 0: every pick; the others: their slice, copied from block 0
+    __shared__ float pk_sc[1024];
+    grid_dep_wait();  // the select's survivors (programmatic launch)
+    grid_dep_launch();
+    const unsigned int rank = cluster_rank();
+    const int bhg = blockIdx.x / C, bh = bhg / G, g = bhg % G;
+    // the tally is zeroed only by the merge of the row's last head, which needs this block's partial first
+    int kk;
+    if constexpr (SPLIT)
+        kk = topk_sample_pick<true, C>(tally, idx, scores, G, cap, k, cand, pick_pos, pick_score, pick_count, bhg,
+                                       pk_pos, pk_sc, hist, total);
+    else
+        kk = rank == 0 ? topk_sample_pick<true>(tally, idx, scores, G, cap, k, cand, pick_pos, pick_score,
+                                                pick_count, bhg, pk_pos, pk_sc, hist, total)
+                       : min(k, min((int)tally[bh], cap));
+    cluster_sync_all();  // block 0's picks visible to the cluster
+    const int lo = (int)(((long long)rank * kk) / C);
+    const int P = (int)((((long long)rank + 1) * kk) / C) - lo;
+    if (rank != 0) {
+        for (int j = threadIdx.x; j < P; j += blockDim.x) {
+            pk_pos[j] = (int)ld_cluster(reinterpret_cast<const unsigned int*>(pk_pos + lo + j), 0u);
+            pk_sc[j] = __uint_as_float(ld_cluster(reinterpret_cast<const unsigned int*>(pk_sc + lo + j), 0u));
+        }
+    }
+    cluster_arrive();  // done reading block 0's shared memory (block 0 waits for this before it leaves)
+    __syncthreads();   // the slice visible to the whole block
+    // block 0 rewrites pk_sc[0, P) only (slice 0), and merges (pk_sc as scratch) only once every block has
+    // counted its partial, so after every copy
+    topk_attend<D>(attn, P, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, (int)rank);
+    cluster_wait();
+}
+
+#define LS_TOPK_SAMPLE_SPREAD(NAME, DIM, C, SPLIT)                                                                 \
+    extern "C" __global__ void __cluster_dims__(C, 1, 1) __launch_bounds__(TOPK_THREADS) NAME(LS_TOPK_ARGS) {     \
+        const PickAttn attn LS_PICK_ATTN;                                                                          \
+        topk_sample_spread_body<DIM, C, SPLIT>(tally, idx, scores, G, cap, k, smem_keys, pick_pos, pick_score,     \
+                                               pick_count, attn);                                                  \
+    }
+LS_TOPK_SAMPLE_SPREAD(ls_topk_sample_spread_d64, 64, 2, false)
+LS_TOPK_SAMPLE_SPREAD(ls_topk_sample_spread_d128, 128, 2, false)
+LS_TOPK_SAMPLE_SPREAD(ls_topk_sample_spreadc_d64, 64, 2, true)
+LS_TOPK_SAMPLE_SPREAD(ls_topk_sample_spreadc_d128, 128, 2, true)
 
 #endif
 

@@ -521,7 +521,7 @@ def bench_layers(
     planted: bool,
     survival_points: tuple[float, ...] = SURVIVAL,
 ) -> list[dict]:
-    from cemsim.gpu.fused import TOPK_VARIANTS, Config, FusedLongSight, choose_config
+    from cemsim.gpu.fused import SPREAD_CTAS, TOPK_VARIANTS, Config, FusedLongSight, choose_config
 
     points: list[tuple[float, bool]] = [(x, False) for x in survival_points] + (
         [(0.05, True)] if planted else []
@@ -573,6 +573,8 @@ def bench_layers(
                         f()
                 row["topk_variant_b2b_us"] = {}
                 for v in TOPK_VARIANTS:
+                    if v.startswith("spread"):  # its selection alone is the sample top-k's (the same kernel)
+                        continue
                     p0.config.topk = v
                     g1 = capture(cp, stream, [p0.stages(*args[0])["topk"]])
                     row["topk_variant_b2b_us"][v] = back_to_back(cp, lambda i: g1.launch(stream), stream)
@@ -580,14 +582,15 @@ def bench_layers(
                 best_topk = min(row["topk_variant_b2b_us"], key=row["topk_variant_b2b_us"].get)
                 row["layer_variant_b2b_us"] = {}
                 row["layer_variant_errors"] = {}
-                # the fastest top-k alone and the sample top-k (its fold is cheap where the cluster's is not);
+                # the fastest top-k alone, the sample top-k (its fold is cheap where the cluster's is not) and
+                # the spread ones (the sample top-k over a cluster: folded only, apart each is sample);
                 # ls_select (rows 0) and ls_select2 (rows 4) for the fused form, each with and without
                 # programmatic launch of what follows it (pdl)
                 forms = [("fused", r, pdl) for r in (0, 4) for pdl in (False, True)] + [("split", 0, False)]
-                for topk in sorted({best_topk, "sample"}):
+                for topk in sorted({best_topk, "sample", *SPREAD_CTAS}):
                     for form, rows_, pdl in forms:
                         for chunk in (64, 128):
-                            for fold in (True, False):
+                            for fold in (True, False) if topk not in SPREAD_CTAS else (True,):
                                 cfg = Config(form, topk, chunk, fold, rows_, pdl)  # type: ignore[arg-type]
                                 key = config_key(cfg)
                                 try:
@@ -613,24 +616,27 @@ def bench_layers(
                     p.config = replace(chosen)
                 p0.run(*args[0])  # the chosen kernels' results, checked too
                 again = check_row0(cp, s, sets[0], thresholds, p0)
-                # and the new kernels together (ls_select2, the sample top-k folded, programmatic
+                # and the new kernels together (ls_select2, the sample top-k folded or spread, programmatic
                 # launch) whatever was chosen, eager then replayed in a graph
-                try:
-                    p0.config = Config("fused", "sample", 64, True, 4, True)
-                    p0.run(*args[0])
-                    new = check_row0(cp, s, sets[0], thresholds, p0)
-                    gnew = p0.capture(*args[0], stream=stream)
-                    gnew.launch(stream)
-                    stream.synchronize()
-                    new_graph = check_row0(cp, s, sets[0], thresholds, p0)
-                    row["row0_new_kernels_checked"] = bool(new["row0_checked"] and new_graph["row0_checked"])
-                    row["row0_new_kernels_error"] = new["row0_error"] or new_graph["row0_error"]
-                except Exception as e:
-                    row["row0_new_kernels_checked"] = False
-                    row["row0_new_kernels_error"] = f"{type(e).__name__}: {e}"[:300]
-                    traceback.print_exc()
-                    cp.cuda.Device().synchronize()
-                    p0.reset()
+                row["row0_new_kernels_checked"], row["row0_new_kernels_error"] = True, None
+                for topk_new in ("sample", *SPREAD_CTAS):
+                    try:
+                        p0.config = Config("fused", topk_new, 64, True, 4, True)
+                        p0.run(*args[0])
+                        new = check_row0(cp, s, sets[0], thresholds, p0)
+                        gnew = p0.capture(*args[0], stream=stream)
+                        gnew.launch(stream)
+                        stream.synchronize()
+                        new_graph = check_row0(cp, s, sets[0], thresholds, p0)
+                        ok = bool(new["row0_checked"] and new_graph["row0_checked"])
+                        err = new["row0_error"] or new_graph["row0_error"]
+                    except Exception as e:
+                        ok, err = False, f"{type(e).__name__}: {e}"[:300]
+                        traceback.print_exc()
+                        cp.cuda.Device().synchronize()
+                        p0.reset()
+                    row["row0_new_kernels_checked"] = row["row0_new_kernels_checked"] and ok
+                    row["row0_new_kernels_error"] = row["row0_new_kernels_error"] or err
                 p0.config = replace(chosen)
                 row["row0_checked"] = bool(first["row0_checked"] and again["row0_checked"])
                 row["row0_error"] = first["row0_error"] or again["row0_error"]

@@ -2,7 +2,8 @@
 
 Per layer, for all ``users x kv_heads`` rows at once, graph-capturable launches and no host sync:
 ``ls_select`` (SCF filter + compaction + exact scores of the survivors; or ``ls_filter`` then ``ls_score``),
-an exact top-k per query head (radix select, ``ls_topk``, or ``ls_topk_cluster`` over 4 blocks per row) whose
+an exact top-k per query head (radix select, ``ls_topk``, or ``ls_topk_cluster`` over 4 blocks per row; the
+sample top-k ``ls_topk_sample``, or ``ls_topk_sample_spread`` / ``_spreadc`` over a cluster of 2) whose
 blocks also attend over the picks they chose (or ``ls_attn`` does, in a launch of its own), and ``ls_attn`` over
 sinks + window, which needs nothing from the select and runs beside it in a graph. The block that completes a
 query head's partial softmaxes merges them; the merge of a row's last head zeroes its survivor tally, so no
@@ -40,9 +41,15 @@ Method = Literal["popc", "mma", "mmax", "frag"]
 SelectForm = Literal["fused", "split"]
 # atomic / match: ls_topk with its histogram adds by shared atomics or __match_any_sync; cluster:
 # ls_topk_cluster, each (row, head) over TOPK_CTAS blocks; sample: ls_topk_sample, one block whose radix passes
-# run over the candidates a sampled threshold leaves (TOPK_CANDIDATES at most)
-TopkVariant = Literal["atomic", "match", "cluster", "sample"]
-TOPK_VARIANTS: tuple[TopkVariant, ...] = ("atomic", "match", "cluster", "sample")
+# run over the candidates a sampled threshold leaves (TOPK_CANDIDATES at most); spread: the sample top-k's
+# selection in one block of a cluster of 2 per (row, head), the picks' attention (folded) spread over both;
+# spreadc: spread, the candidate pass split over the cluster too (apart, each is the sample top-k)
+TopkVariant = Literal["atomic", "match", "cluster", "sample", "spread", "spreadc"]
+TOPK_VARIANTS: tuple[TopkVariant, ...] = ("atomic", "match", "cluster", "sample", "spread", "spreadc")
+SPREAD_CTAS = {"spread": 2, "spreadc": 2}  # blocks per (row, head) of the spread top-k kernels
+# clusters of two 1,024-thread top-k blocks resident at once on the H200 (cuOccupancyMaxActiveClusters, gpuattn2
+# run 8; 30 clusters of 4): choose_config takes spreadc only where every (row, head) fits in one wave
+SPREAD_MAX_CLUSTERS = 66
 TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
 SELECT_ROWS = (4,)  # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower: dropped)
 
@@ -216,13 +223,18 @@ def choose_config(shape: Shape) -> Config:
     sample top-k once rows can hold 8K survivors (its selection alone: 13.6 against the cluster's 23.9 and the
     single block's 29.4 us at 512K, batch 1, planted 5 %), its picks' attention folded in; ls_select2 for long
     rows; the top-k launched programmatically from 4K slots (on short rows at batch 8 it cost 1.5-2.5 us);
-    chunk 64."""
+    chunk 64. From 32K slots, where every (row, query head) cluster of two fits on the GPU at once, spreadc
+    (the sample top-k's candidate pass and picks' attention over a cluster of 2): 94.9 against 98.1 us at 512K
+    and 153.8 against 158.0 at 1M, batch 1, planted 5 % (benchmarks/gpu/results/
+    h200-layer-gpuattn2-run8-2026-12-02.json; measured at batch 1 only)."""
+    long_rows = shape.cap >= 32768
+    spread = long_rows and shape.rows * shape.group <= SPREAD_MAX_CLUSTERS
     return Config(
         select="fused",
-        topk="sample" if shape.cap >= 8192 else "atomic",
+        topk="spreadc" if spread else "sample" if shape.cap >= 8192 else "atomic",
         chunk=64,
         fold=True,
-        rows=4 if shape.cap >= 32768 else 0,
+        rows=4 if long_rows else 0,
         pdl=shape.cap >= 4096,
     )
 
@@ -259,13 +271,17 @@ class FusedLongSight:
             True: mod.get_function(f"ls_topk_sample_d{d}"),
             False: mod.get_function("ls_topk_sample_select"),
         }
+        self.f_topk_spread = {v: mod.get_function(f"ls_topk_sample_{v}_d{d}") for v in SPREAD_CTAS}
         self.candidates = TOPK_CANDIDATES  # may be lowered (tests reach the sampling and fallback paths)
         self.smem_keys = min(shape.cap, TOPK_SMEM_KEYS)
         self.smem_keys_cluster = min(-(-shape.cap // TOPK_CTAS) + 1, TOPK_SMEM_KEYS)
         try:  # over 48 KiB of shared memory needs the kernel's opt-in
             for (cluster, _), f in self.f_topk.items():
                 f.max_dynamic_shared_size_bytes = 4 * (self.smem_keys_cluster if cluster else self.smem_keys)
-            for f in self.f_topk_sample.values():  # 74 KiB with the static part
+            for f in (
+                *self.f_topk_sample.values(),
+                *self.f_topk_spread.values(),
+            ):  # 74 KiB with the static part
                 f.max_dynamic_shared_size_bytes = 8 * TOPK_CANDIDATES
         except Exception:
             self.smem_keys = self.smem_keys_cluster = 0  # the top-k passes then read the scores from L2
@@ -316,8 +332,11 @@ class FusedLongSight:
         grid_sel = (-(-(lead + s.region) // BLOCK_KEYS), s.rows)
         band_items = s.band_items(c.chunk)
         cluster = c.topk == "cluster"
+        spread = (
+            SPREAD_CTAS.get(c.topk, 0) if c.fold else 0
+        )  # apart, the spread kernels are sample's launches
         # pick partials per head: one per top-k block when folded, else one per chunk of picks
-        pick_parts = (TOPK_CTAS if cluster else 1) if c.fold else -(-s.k // c.chunk)
+        pick_parts = (TOPK_CTAS if cluster else spread or 1) if c.fold else -(-s.k // c.chunk)
         items = band_items + s.group * pick_parts
         f_attn = self.f_attn[c.chunk]
 
@@ -358,12 +377,12 @@ class FusedLongSight:
             )
 
         def topk() -> None:
-            if c.topk == "sample":
+            if c.topk == "sample" or c.topk in SPREAD_CTAS:
                 if not 1 <= self.candidates <= TOPK_CANDIDATES:
                     raise CemsimError(f"candidates must be 1..{TOPK_CANDIDATES}, got {self.candidates}")
                 launch_dependent(
-                    self.f_topk_sample[c.fold],
-                    (s.rows * s.group,),
+                    self.f_topk_spread[c.topk] if spread else self.f_topk_sample[c.fold],
+                    (s.rows * s.group * (spread or 1),),
                     (TOPK_THREADS,),
                     (self.tally, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k), i32(self.candidates),
                      self.pick_pos, self.pick_score, self.pick_count, vals, i64(s.ctx), i32(items),

@@ -93,6 +93,11 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, 
         ("mmax", Config("fused", "sample", 64, True, 4)),
         ("frag", Config("fused", "cluster", 64, False, 4, True)),
         ("popc", Config("split", "sample", 128, False)),
+        ("popc", Config("fused", "spread", 64, True, 4, True)),
+        ("frag", Config("fused", "spread", 128, True)),
+        ("mmax", Config("split", "spread", 64, False)),
+        ("mma", Config("fused", "spreadc", 64, True, 4, True)),
+        ("popc", Config("split", "spreadc", 128, True)),
     ):
         ref.check_pipeline(s, x, run_gpu(s, x, method, config, candidates))
 
@@ -101,7 +106,7 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, 
 @needs_gpu
 @pytest.mark.parametrize("k", [7, 256])
 @pytest.mark.parametrize("candidates", [4096, 300])
-@pytest.mark.parametrize("topk", ["atomic", "cluster", "sample"])
+@pytest.mark.parametrize("topk", ["atomic", "cluster", "sample", "spread", "spreadc"])
 def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
     """A zero query gives every survivor the same score: any k of them are a top-k. The sample top-k with room
     for every survivor takes them all as candidates, which share all 32 bits (no radix pass); with 300 it
@@ -123,8 +128,17 @@ def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
         Config("split", "cluster", 128, False),
         Config("fused", "sample", 64, True, 4, True),
         Config("fused", "sample", 128, False, 4),
+        Config("fused", "spread", 64, True, 4, True),
+        Config("fused", "spreadc", 64, True, 4, True),
     ],
-    ids=["fold", "apart", "sample-fold-rows4-pdl", "sample-apart-rows4"],
+    ids=[
+        "fold",
+        "apart",
+        "sample-fold-rows4-pdl",
+        "sample-apart-rows4",
+        "spread-fold-rows4-pdl",
+        "spreadc-fold-pdl",
+    ],
 )
 def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
     """Llama-3-8B geometry at 64K tokens, two users: eager run checked, then a CUDA graph (the band's attention
@@ -160,8 +174,10 @@ def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize(("k", "candidates"), [(1024, 4096), (256, 1000), (1024, 700)])
-@pytest.mark.parametrize("fold", [True, False])
-def test_sample_topk_on_long_rows(fold: bool, k: int, candidates: int) -> None:
+@pytest.mark.parametrize(
+    ("topk", "fold"), [("sample", True), ("sample", False), ("spread", True), ("spreadc", True)]
+)
+def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int) -> None:
     """Rows of ~27K survivors (odd cap, so score rows start off 16-byte boundaries): the sample top-k's candidate
     pass runs over several chunks with unaligned heads and tails; with 1,000 slots for k = 256 the sampled
     threshold leaves about 700 candidates (or overflows: then the fallback); 700 slots for k = 1,024 cannot
@@ -169,7 +185,8 @@ def test_sample_topk_on_long_rows(fold: bool, k: int, candidates: int) -> None:
     rng = np.random.default_rng(17)
     s = Shape(1, 2, 4, 64, 90000, 64, 4, k, cap=89931)
     x = make_inputs(rng, s, 0.3)
-    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", "sample", 64, fold, 4), candidates))
+    config = Config("fused", topk, 64, fold, 4)  # type: ignore[arg-type]
+    ref.check_pipeline(s, x, run_gpu(s, x, "popc", config, candidates))
 
 
 @pytest.mark.gpu
@@ -181,8 +198,10 @@ def test_sample_topk_on_long_rows(fold: bool, k: int, candidates: int) -> None:
         Config("fused", "atomic", 128, False, 4, True),
         Config("fused", "cluster", 64, False, 0, True),
         Config("split", "match", 64, True, 0, True),
+        Config("fused", "spread", 128, True, 4, True),
+        Config("fused", "spreadc", 128, True, 4, True),
     ],
-    ids=["sample-fold", "atomic-apart", "cluster-apart", "split-match-fold"],
+    ids=["sample-fold", "atomic-apart", "cluster-apart", "split-match-fold", "spread-fold", "spreadc-fold"],
 )
 def test_programmatic_launch_matches_reference(config: Config) -> None:
     """The top-k (and the picks' attention when apart) launched with programmatic stream serialization: the
@@ -364,11 +383,14 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
 def test_choose_config_follows_the_h200_measurement() -> None:
     """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v3-2026-12-02.json): the sample
     top-k once rows can hold 8K survivors, else the single-block one; ls_select2 from 32K slots; the picks'
-    attention folded; programmatic launch from 4K slots; chunk 64."""
+    attention folded; programmatic launch from 4K slots; chunk 64; from 32K slots spreadc where its clusters
+    of two fit on the GPU at once (gpuattn2 run 8, batch 1)."""
     from cemsim.gpu.fused import choose_config
 
     long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
-    assert choose_config(long1) == Config("fused", "sample", 64, True, 4, True)
+    assert choose_config(long1) == Config("fused", "spreadc", 64, True, 4, True)
+    long8 = Shape(8, 8, 4, 128, 1 << 19, 1024, 16, 1024, cap=36059)
+    assert choose_config(long8) == Config("fused", "sample", 64, True, 4, True)
     mid1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
     assert choose_config(mid1) == Config("fused", "sample", 64, True, 0, True)
     short8 = Shape(8, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)
