@@ -22,8 +22,9 @@ quantization loss. :func:`procrustes` and :func:`train_itq` emulate that rule ex
 ``update="artifact"`` (``torch.svd`` of the same M, ``V.t() @ U.t()``) only so tests can show what it does;
 cemsim trains with ``update="correct"``.
 
-Rotations are saved beside the model (``<model folder>/cemsim-itq.npz``): array ``rotations`` of shape
-[layers, kv_heads, D, D] (x_rotated = x @ R), plus ``losses`` and ``tokens`` for provenance.
+Rotations are saved beside the model (``<model folder>/cemsim-itq-<recipe>.npz``, runner.itq_recipe): array
+``rotations`` of shape [layers, kv_heads, D, D] (x_rotated = x @ R), plus ``losses``, ``tokens`` and
+``recipe`` (what trained them) for provenance.
 """
 
 from __future__ import annotations
@@ -118,10 +119,17 @@ class ItqRotations:
     rotations: np.ndarray  # float32 [layers, kv_heads, D, D]
     losses: np.ndarray  # float64 [layers, kv_heads, iters + 1]
     tokens: int
+    recipe: str = ""  # what trained them (runner.itq_recipe); "" for files written before it was recorded
 
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, rotations=self.rotations, losses=self.losses, tokens=np.int64(self.tokens))
+            np.savez(
+                fh,
+                rotations=self.rotations,
+                losses=self.losses,
+                tokens=np.int64(self.tokens),
+                recipe=np.str_(self.recipe),
+            )
 
     @classmethod
     def load(
@@ -135,12 +143,13 @@ class ItqRotations:
         try:
             with np.load(path) as z:
                 rot, losses, tokens = z["rotations"], z["losses"], int(z["tokens"])
+                recipe = str(z["recipe"]) if "recipe" in z.files else ""
         except Exception as exc:
             raise CemsimError(f"cannot read ITQ rotations: {exc}", where=str(path)) from exc
         want = (layers, kv_heads, head_dim, head_dim)
         if rot.ndim != 4 or any(w is not None and w != s for w, s in zip(want, rot.shape, strict=True)):
             raise CemsimError(f"rotations have shape {rot.shape}, the model needs {want}", where=str(path))
-        return cls(rotations=rot.astype(np.float32), losses=losses, tokens=tokens)
+        return cls(rotations=rot.astype(np.float32), losses=losses, tokens=tokens, recipe=recipe)
 
 
 def train_all(keys: np.ndarray, queries: np.ndarray, *, iters: int = 50, seed: int = 0) -> ItqRotations:

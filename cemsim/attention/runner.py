@@ -19,6 +19,7 @@ group), ``window`` and ``sinks`` (dense keys). Records arrive in (step, layer, k
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,13 +107,14 @@ def dense_nll_cached(
 # ----------------------------------------------------------------------------------------------- ITQ
 
 
-def itq_path(lm: LoadedModel) -> Path:
+def itq_path(lm: LoadedModel, recipe: str) -> Path:
     """Beside the bundled model's converted checkpoint; for user checkpoints, in the cache (never in
-    the user's folder)."""
+    the user's folder). One file per recipe (itq_recipe), so captures on different texts each keep theirs."""
     root = cache_dir().resolve()
+    name = f"{Path(ITQ_FILE).stem}-{recipe}.npz"
     if root in lm.folder.resolve().parents:
-        return lm.folder / ITQ_FILE
-    return root / "itq" / f"{lm.name}-{_model_key(lm)}.npz"
+        return lm.folder / name
+    return root / "itq" / f"{lm.name}-{_model_key(lm)}-{name}"
 
 
 @torch.inference_mode()
@@ -125,6 +127,19 @@ def capture_qk(lm: LoadedModel, ids: list[int]) -> tuple[np.ndarray, np.ndarray]
     keys = np.stack([state.capture[i][1].numpy() for i in range(lm.num_layers)])
     queries = np.stack([state.capture[i][0].numpy() for i in range(lm.num_layers)])
     return keys, queries
+
+
+def itq_recipe(lm: LoadedModel, ids: list[int], iters: int) -> str:
+    """What cached rotations were trained from: the model's weights, the token ids they saw (text, tokenizer
+    and BOS all show there), the iterations and the training code (itq.py). It names the cache file and is
+    stored in it, so rotations that an older cemsim or another text trained are never reused silently (they
+    once moved the demo's results between two runs of the same code)."""
+    from cemsim.attention import itq as itq_module
+
+    h = hashlib.sha256(f"{_model_key(lm)}|{iters}|".encode())
+    h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    h.update(Path(itq_module.__file__).read_bytes())
+    return h.hexdigest()[:24]
 
 
 def load_or_train_itq(
@@ -143,16 +158,20 @@ def load_or_train_itq(
             raise CemsimError("no such ITQ file", where=str(path))
         geo = {"layers": lm.num_layers, "kv_heads": lm.num_kv_heads, "head_dim": lm.head_dim}
         return ItqRotations.load(Path(path), **geo), Path(path), False
-    path = itq_path(lm)
-    if path.is_file() and not retrain:
-        return (
-            ItqRotations.load(path, layers=lm.num_layers, kv_heads=lm.num_kv_heads, head_dim=lm.head_dim),
-            path,
-            False,
-        )
     ids = token_ids(lm.tokenizer, text, tokens, from_end=True, bos=lm.bos_id)
+    recipe = itq_recipe(lm, ids, iters)
+    path = itq_path(lm, recipe)
+    if path.is_file() and not retrain:
+        try:
+            cached = ItqRotations.load(
+                path, layers=lm.num_layers, kv_heads=lm.num_kv_heads, head_dim=lm.head_dim
+            )
+        except CemsimError:
+            cached = None  # a damaged or foreign cache entry is retrained
+        if cached is not None and cached.recipe == recipe:
+            return cached, path, False
     keys, queries = capture_qk(lm, ids)
-    rot = train_all(keys, queries, iters=iters)
+    rot = dataclasses.replace(train_all(keys, queries, iters=iters), recipe=recipe)
     rot.save(path)
     return rot, path, True
 

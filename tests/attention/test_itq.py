@@ -109,3 +109,54 @@ def test_train_all_shapes_roundtrip_and_shape_check(tmp_path):
     with pytest.raises(CemsimError, match=r"junk\.npz"):
         ItqRotations.load(tmp_path / "junk.npz")
     assert quantization_loss(normalize_rows(keys[0, 0]), np.eye(64)) > 0
+
+
+def test_cached_rotations_are_keyed_on_what_trained_them(tmp_path, monkeypatch):
+    """load_or_train_itq reuses a cached file only for the same weights, token ids (text, token count,
+    tokenizer, BOS), iterations and training code: another text trains (and keeps) its own file, and a file without a recipe (written before
+    recipes were recorded) or with another recipe under the same name is retrained, not reused."""
+    from types import SimpleNamespace
+
+    from cemsim.attention import runner
+    from cemsim.attention.itq import ItqRotations
+    from cemsim.attention.text import EvalText
+
+    monkeypatch.setenv("CEMSIM_CACHE", str(tmp_path))
+    folder = tmp_path / "models" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    lm = SimpleNamespace(
+        folder=folder, name="toy", num_layers=2, num_kv_heads=1, head_dim=8, tokenizer=None, bos_id=1
+    )
+    rng = np.random.default_rng(0)
+    calls: list[int] = []
+
+    def fake_capture(lm_, ids):  # keys [L, Hkv, n, D], queries [L, Hq, n, D]
+        calls.append(len(ids))
+        return rng.standard_normal((2, 1, 64, 8)), rng.standard_normal((2, 2, 64, 8))
+
+    monkeypatch.setattr(runner, "capture_qk", fake_capture)
+    monkeypatch.setattr(
+        runner, "token_ids", lambda tok, text, n, from_end, bos: [ord(text.text[-1]), *range(n - 1)]
+    )
+    a, b = EvalText("text a", "a"), EvalText("text b", "b")
+
+    rot_a, path_a, trained = runner.load_or_train_itq(lm, a, tokens=64, iters=3)
+    assert trained and path_a.parent == folder and rot_a.recipe in path_a.name
+    again, path, trained = runner.load_or_train_itq(lm, a, tokens=64, iters=3)
+    assert not trained and path == path_a and len(calls) == 1
+    np.testing.assert_array_equal(again.rotations, rot_a.rotations)
+
+    _, path_b, trained = runner.load_or_train_itq(lm, b, tokens=64, iters=3)
+    assert trained and path_b != path_a and len(calls) == 2
+    for tokens, iters in ((32, 3), (64, 4)):  # another token count or iteration count is another recipe
+        assert runner.load_or_train_itq(lm, a, tokens=tokens, iters=iters)[2]
+    assert not runner.load_or_train_itq(lm, b, tokens=64, iters=3)[2]  # b's file was kept beside a's
+
+    # the same file name holding rotations without a recipe, or another one, is retrained
+    for stale in ("", "another recipe"):
+        ItqRotations(rotations=rot_a.rotations, losses=rot_a.losses, tokens=64, recipe=stale).save(path_a)
+        assert ItqRotations.load(path_a).recipe == stale
+        n = len(calls)
+        rot, _, trained = runner.load_or_train_itq(lm, a, tokens=64, iters=3)
+        assert trained and len(calls) == n + 1 and rot.recipe == rot_a.recipe
