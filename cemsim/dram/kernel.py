@@ -615,8 +615,11 @@ def _run(P, nkeys, tabs, req, out, dev, ctl, cli, profile):
 
 @numba.njit(cache=True)
 def _simulate_channel(
-    P, cl_n, cl_nx, cl_l, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts, elig
+    P, cl_n, cl_nx, cl_l, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts, elig, ws
 ):
+    """One channel. ``ws``: 6 rows of at least n + 1 scratch entries (request stages, the closed loop's pending
+    offers, its keys' first request, requests left, last done tick, release heap), given by the caller so a
+    large stream's scratch comes from one block (replay.py)."""
     n = bank.shape[0]
     npc, nrank, nbg, nbpg = P[P_NPC], P[P_NRANK], P[P_NBG], P[P_NBPG]
     nrk = npc * nrank
@@ -667,7 +670,8 @@ def _simulate_channel(
     width = max(qsize + wqsize, bankq) + 1
     bq = np.empty((nb, width), dtype=np.int64)
     bqn = np.zeros(nb, dtype=np.int64)
-    stage = np.zeros(n, dtype=np.int64)
+    stage = ws[0]  # whole rows (1-D C arrays, as the loop was compiled for); only the used part is cleared
+    stage[:n] = 0
     # per-bank profile: waiting transactions per bank (reads, then writes), rings of a power-of-two size
     ring = 1
     while ring < max(qsize, wqsize) + 1:
@@ -684,15 +688,18 @@ def _simulate_channel(
     dstack = np.arange(nb + 1, dtype=np.int64)
     S[S_NDIRTY] = nb
     # client
-    pend = np.empty(n + 1, dtype=np.int64)
-    key_first = np.zeros(nkeys + 1, dtype=np.int64)
-    key_left = np.zeros(nkeys + 1, dtype=np.int64)
-    key_done = np.zeros(nkeys + 1, dtype=np.int64)
+    pend = ws[1]
+    key_first = ws[2]
+    key_left = ws[3]
+    key_done = ws[4]
+    key_first[: nkeys + 1] = 0
+    key_left[: nkeys + 1] = 0
+    key_done[: nkeys + 1] = 0
     for i in range(n):
         if key_left[key[i]] == 0:
             key_first[key[i]] = i
         key_left[key[i]] += 1
-    heap = np.empty(nkeys + 1, dtype=np.int64)
+    heap = ws[5]
     if depth == 0:
         for i in range(n):
             elig[i] = arrival[i]
@@ -719,13 +726,14 @@ def _simulate_channel(
 
 @numba.njit(cache=True)
 def simulate(P, cl_n, cl_nx, cl_l, seg, bank, row, kind, hold, arrival, key, nkeys, acc, first, done, cls, counts,
-             elig):  # fmt: skip
-    """Replay each channel's segment ``seg[c]:seg[c+1]`` of the (channel-sorted) stream on its own controller."""
+             elig, ws):  # fmt: skip
+    """Replay each channel's segment ``seg[c]:seg[c+1]`` of the (channel-sorted) stream on its own controller.
+    ``ws``: scratch, 6 rows of n + 1 (see _simulate_channel)."""
     n = bank.shape[0]
     if seg.shape[0] == 2 and seg[0] == 0 and seg[1] == n:
         # one channel: the whole arrays are its segment (the outputs come initialised by the caller)
         _simulate_channel(P, cl_n, cl_nx, cl_l, bank, row, kind, hold, arrival, key, nkeys[0], acc, first,
-                          done, cls, counts[0], elig)  # fmt: skip
+                          done, cls, counts[0], elig, ws)  # fmt: skip
         return
     for c in range(seg.shape[0] - 1):
         a, z = seg[c], seg[c + 1]
@@ -755,6 +763,7 @@ def simulate(P, cl_n, cl_nx, cl_l, seg, bank, row, kind, hold, arrival, key, nke
             o_cls,
             counts[c],
             o_elig,
+            np.empty((6, m + 1), dtype=np.int64),
         )
         acc[a:z] = o_acc
         first[a:z] = o_first
