@@ -14,21 +14,23 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 
 
-def _hash_files(h: hashlib._Hash, root: Path, files: list[Path]) -> None:
+def files_digest(files: list[Path], root: Path | None = None) -> str:
+    """SHA-256 over ``files`` in the order given, each keyed by its path relative to ``root`` (by its name when
+    no root is given) and its bytes. The one source digest of the package: sweep points, the DRAM engine's
+    Numba cache guard and the ITQ cache recipe all use it."""
+    h = hashlib.sha256()
     for f in files:
-        h.update(str(f.relative_to(root)).encode())
+        h.update(str(f.relative_to(root) if root else f.name).encode())
         h.update(b"\0")
         h.update(f.read_bytes())
         h.update(b"\0")
+    return h.hexdigest()
 
 
 @cache
 def package_digest() -> str:
     """SHA-256 over cemsim's .py sources (relative path and content, in sorted order)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
-    _hash_files(h, PACKAGE, files)
-    return h.hexdigest()
+    return files_digest(sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts), PACKAGE)
 
 
 @cache
@@ -51,6 +53,4 @@ def code_digest(evaluate: str) -> str:
     extra = module_file(evaluate.partition(":")[0])
     if extra is None:
         return package_digest()
-    h = hashlib.sha256(package_digest().encode())
-    _hash_files(h, extra.parent, [extra])
-    return h.hexdigest()
+    return hashlib.sha256(f"{package_digest()}|{files_digest([extra])}".encode()).hexdigest()

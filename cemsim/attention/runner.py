@@ -135,10 +135,10 @@ def itq_recipe(lm: LoadedModel, ids: list[int], iters: int) -> str:
     stored in it, so rotations that an older cemsim or another text trained are never reused silently (they
     once moved the demo's results between two runs of the same code)."""
     from cemsim.attention import itq as itq_module
+    from cemsim.code_digest import files_digest
 
-    h = hashlib.sha256(f"{_model_key(lm)}|{iters}|".encode())
+    h = hashlib.sha256(f"{_model_key(lm)}|{iters}|{files_digest([Path(itq_module.__file__)])}|".encode())
     h.update(np.asarray(ids, dtype=np.int64).tobytes())
-    h.update(Path(itq_module.__file__).read_bytes())
     return h.hexdigest()[:24]
 
 

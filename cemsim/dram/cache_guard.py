@@ -8,25 +8,18 @@ cache entries are removed and the loop compiles afresh on its next call.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from cemsim.code_digest import files_digest
+
 STAMP = "cemsim-dram-deps.sha256"
-
-
-def sources_digest(sources: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sources:
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def drop_stale_cache(cache_dir: Path, module: str, sources: list[Path]) -> bool:
     """Remove ``module``'s Numba cache files in ``cache_dir`` if ``sources`` changed since the stamp was
     written (or no stamp is there); returns whether anything was removed. Never raises: a cache folder that
     cannot be written is left as it is."""
-    digest = sources_digest(sources)
+    digest = files_digest(sources)
     stamp = cache_dir / STAMP
     try:
         if stamp.read_text().strip() == digest:
