@@ -1006,6 +1006,32 @@ __device__ __forceinline__ void narrow_to_bin(const unsigned int (&h)[8], unsign
     }
 }
 
+// One radix pass's reduction, after the block has filled its per-warp histograms: the first NW of them summed
+// into total[], then warp 0 (lane L owning bins 255 - 8L down to 248 - 8L) narrows the selection to the bin
+// of the need-th largest key. Every thread of the block calls it; s_* are visible to all when it returns.
+template <int NW>
+__device__ __forceinline__ void radix_step(const unsigned int (&hist)[TOPK_WARPS][256], unsigned int* total,
+                                           int warp, int lane, int shift, u32 prefix, u32 mask, u32& s_prefix,
+                                           u32& s_mask, u32& s_need, u32& s_done) {
+    if (threadIdx.x < 256) {
+        unsigned int t = 0;
+#pragma unroll 8
+        for (int w = 0; w < NW; ++w) t += hist[w][threadIdx.x];
+        total[threadIdx.x] = t;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        unsigned int h[8], mine = 0;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            h[e] = total[255 - 8 * lane - e];
+            mine += h[e];
+        }
+        narrow_to_bin(h, mine, lane, shift, prefix, mask, s_prefix, s_mask, s_need, s_done);
+    }
+    __syncthreads();
+}
+
 __device__ __forceinline__ u32 order_key(float f) {
     const u32 u = __float_as_uint(f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
@@ -1108,24 +1134,7 @@ __device__ void topk_body(const unsigned int* __restrict__ tally, const int* __r
             }
         }
         __syncthreads();
-        if (threadIdx.x < 256) {
-            unsigned int t = 0;
-#pragma unroll 8
-            for (int w = 0; w < TOPK_WARPS; ++w) t += hist[w][threadIdx.x];
-            total[threadIdx.x] = t;
-        }
-        __syncthreads();
-        if (warp == 0) {
-            // lane L owns bins 255 - 8L down to 248 - 8L; a scan from the top finds the k-th element's bin
-            unsigned int h[8], mine = 0;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                h[e] = total[255 - 8 * lane - e];
-                mine += h[e];
-            }
-            narrow_to_bin(h, mine, lane, shift, prefix, mask, s_prefix, s_mask, s_need, s_done);
-        }
-        __syncthreads();
+        radix_step<TOPK_WARPS>(hist, total, warp, lane, shift, prefix, mask, s_prefix, s_mask, s_need, s_done);
         if (s_done) break;
     }
     // collect: keys whose masked image beats the prefix are in; equal ones fill what is still needed
@@ -1286,23 +1295,7 @@ __device__ __forceinline__ void radix_pick(const Key& key, const Emit& emit, int
                 if ((k & mask) == prefix) atomicAdd(&hist[warp % HC][(k >> shift) & 0xffu], 1u);
             }
             __syncthreads();
-            if (threadIdx.x < 256) {
-                unsigned int t = 0;
-#pragma unroll 8
-                for (int w = 0; w < HC; ++w) t += hist[w][threadIdx.x];
-                total[threadIdx.x] = t;
-            }
-            __syncthreads();
-            if (warp == 0) {
-                unsigned int h[8], mine = 0;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    h[e] = total[255 - 8 * lane - e];
-                    mine += h[e];
-                }
-                narrow_to_bin(h, mine, lane, shift, prefix, mask, s_prefix, s_mask, s_need, s_done);
-            }
-            __syncthreads();
+            radix_step<HC>(hist, total, warp, lane, shift, prefix, mask, s_prefix, s_mask, s_need, s_done);
             if (s_done || shift == 0) break;
         }
     }
