@@ -2001,3 +2001,7 @@ extern "C" __global__ void ls_nop(int* sink) {
     grid_dep_launch();
     if (sink != nullptr && threadIdx.x == 0 && blockIdx.x == 0) sink[0] = 0;
 }
+
+// ------------------------------------------------------------------------------------------------ one launch
+
+#include "ls_layer.cuh"  // ls_layer_d*: the whole layer in one launch, a cluster of blocks per row

@@ -52,6 +52,11 @@ SPREAD_CTAS = {"spread": 2, "spreadc": 2}  # blocks per (row, head) of the sprea
 SPREAD_MAX_CLUSTERS = 66
 TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
 SELECT_ROWS = (4,)  # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower: dropped)
+# ls_layer (kernels/ls_layer.cuh): the whole layer in one launch, a cluster of up to LAYER_MAX_CTAS blocks per row
+LAYER_THREADS = 1024
+LAYER_SCR = 32 * 256  # words: per-warp digit histograms, then the attention's reduction
+LAYER_MAX_CTAS = 16  # clusters past 8 blocks are non-portable (Hopper allows 16)
+LAYER_MAX_LIST = 65535  # a block's survivor list is indexed by 16-bit picks
 
 
 @dataclass
@@ -70,6 +75,11 @@ class Config:
     # (cudaLaunchKernelEx through cuda-python): scheduled while the kernel ahead of it drains, waiting in
     # griddepcontrol.wait for its writes, so the launch gap between the two goes
     pdl: bool = False
+    # the whole layer in one launch (ls_layer: filter, scores, top-k, attention and merge in a cluster of blocks
+    # per row; popc filter, needs cuda-python); the fields above then play no part
+    layer: bool = False
+    # ls_layer's blocks per row; 0: the most (up to LAYER_MAX_CTAS) with every row's cluster resident at once
+    ctas: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,15 +180,74 @@ def programmatic_launch_available() -> bool:
         return False
 
 
-def _launch_programmatic(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
-    """Launch CuPy kernel ``f`` on the current CuPy stream with the programmatic stream serialization attribute
-    (cuLaunchKernelEx), capturable in a graph like a plain launch. ``args``: CuPy arrays and NumPy int32 /
-    int64 scalars, as for a CuPy launch."""
+def _launch_config(grid: tuple, block: tuple, shared_mem: int, pdl: bool, cluster: int) -> Any:
+    """A cuLaunchKernelEx configuration on the current CuPy stream: programmatic stream serialization (``pdl``)
+    and / or a cluster of ``cluster`` blocks along x."""
+    from cuda.bindings import driver as cu
+
+    cp = _cupy()
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    block = tuple(block) + (1,) * (3 - len(block))
+    cfg = cu.CUlaunchConfig()
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block
+    cfg.sharedMemBytes = shared_mem
+    cfg.hStream = cu.CUstream(cp.cuda.get_current_stream().ptr)
+    attrs = []
+    if pdl:
+        attr = cu.CUlaunchAttribute()
+        attr.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attr.value.programmaticStreamSerializationAllowed = 1
+        attrs.append(attr)
+    if cluster:
+        attr = cu.CUlaunchAttribute()
+        attr.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+        attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster, 1, 1
+        attrs.append(attr)
+    cfg.attrs = attrs
+    cfg.numAttrs = len(attrs)
+    return cfg
+
+
+def _function(f: Any) -> Any:
+    """The driver handle of a CuPy RawKernel (its cupy.cuda.Function's CUfunction)."""
+    from cuda.bindings import driver as cu
+
+    return cu.CUfunction(getattr(f, "kernel", f).ptr)
+
+
+def _check(err: Any, what: str) -> None:
+    from cuda.bindings import driver as cu
+
+    if err != cu.CUresult.CUDA_SUCCESS:
+        raise CemsimError(f"{what} failed: {err}")
+
+
+def max_active_clusters(f: Any, ctas: int, threads: int, shared_mem: int) -> int:
+    """How many clusters of ``ctas`` blocks of kernel ``f`` the device runs at once (cuOccupancyMaxActiveClusters);
+    sizes past 8 are allowed on the kernel first (non-portable)."""
+    from cuda.bindings import driver as cu
+
+    fn = _function(f)
+    if ctas > 8:
+        (err,) = cu.cuFuncSetAttribute(
+            fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
+        )
+        _check(err, "allowing a non-portable cluster size")
+    err, n = cu.cuOccupancyMaxActiveClusters(fn, _launch_config((ctas,), (threads,), shared_mem, False, ctas))
+    return int(n) if err == cu.CUresult.CUDA_SUCCESS else 0
+
+
+def _launch_ex(
+    f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0, pdl: bool = False, cluster: int = 0
+) -> None:
+    """Launch CuPy kernel ``f`` on the current CuPy stream through cuLaunchKernelEx, with the programmatic stream
+    serialization attribute (``pdl``) and / or a cluster size (``cluster``), capturable in a graph like a plain
+    launch. ``args``: CuPy arrays and NumPy int32 / int64 scalars, as for a CuPy launch."""
     import ctypes
 
     from cuda.bindings import driver as cu
 
-    cp = _cupy()
     values, types = [], []
     for a in args:
         if isinstance(a, np.int32):
@@ -190,22 +259,41 @@ def _launch_programmatic(f: Any, grid: tuple, block: tuple, args: tuple, shared_
         else:
             values.append(int(a.data.ptr))
             types.append(ctypes.c_void_p)
-    grid = tuple(grid) + (1,) * (3 - len(grid))
-    block = tuple(block) + (1,) * (3 - len(block))
-    cfg = cu.CUlaunchConfig()
-    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid
-    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block
-    cfg.sharedMemBytes = shared_mem
-    cfg.hStream = cu.CUstream(cp.cuda.get_current_stream().ptr)
-    attr = cu.CUlaunchAttribute()
-    attr.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-    attr.value.programmaticStreamSerializationAllowed = 1
-    cfg.attrs = [attr]
-    cfg.numAttrs = 1
-    func = getattr(f, "kernel", f)  # a CuPy RawKernel's cupy.cuda.Function (its CUfunction handle: .ptr)
-    (err,) = cu.cuLaunchKernelEx(cfg, cu.CUfunction(func.ptr), (tuple(values), tuple(types)), 0)
-    if err != cu.CUresult.CUDA_SUCCESS:
-        raise CemsimError(f"cuLaunchKernelEx failed: {err}")
+    cfg = _launch_config(grid, block, shared_mem, pdl, cluster)
+    (err,) = cu.cuLaunchKernelEx(cfg, _function(f), (tuple(values), tuple(types)), 0)
+    _check(err, "cuLaunchKernelEx")
+
+
+def layer_smem_words(group: int, head_dim: int, bcap: int, k: int, scap: int) -> int:
+    """ls_layer's dynamic shared memory in 4-byte words (kernels/ls_layer.cuh LayerSmem): the query, the band
+    share's scores, the histograms, the picks' list indices, the survivor list (positions and scores)."""
+
+    def a4(w: int) -> int:
+        return (w + 3) & ~3
+
+    kp = (k + 1) & ~1
+    return (
+        a4(group * head_dim)
+        + a4(group * bcap)
+        + LAYER_SCR
+        + 3 * group * 256
+        + a4((group * kp + 1) // 2)
+        + a4(scap)
+        + group * scap
+    )
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """ls_layer's launch for a shape: ``ctas`` blocks per row (a cluster), each with a survivor list of ``scap``
+    entries and ``bcap`` band keys, ``smem`` bytes of dynamic shared memory; ``resident``: clusters of that size
+    the device runs at once."""
+
+    ctas: int
+    scap: int
+    bcap: int
+    smem: int
+    resident: int
 
 
 def choose_method(group: int) -> Method:
@@ -273,6 +361,11 @@ class FusedLongSight:
         }
         self.f_topk_spread = {v: mod.get_function(f"ls_topk_sample_{v}_d{d}") for v in SPREAD_CTAS}
         self.candidates = TOPK_CANDIDATES  # may be lowered (tests reach the sampling and fallback paths)
+        self.f_layer = mod.get_function(f"ls_layer_d{d}")
+        self.layer_list: int | None = (
+            None  # caps ls_layer's per-block survivor list (tests reach its overflow)
+        )
+        self._layer_geometry: dict[tuple[int, int | None], LayerGeometry] = {}
         self.smem_keys = min(shape.cap, TOPK_SMEM_KEYS)
         self.smem_keys_cluster = min(-(-shape.cap // TOPK_CTAS) + 1, TOPK_SMEM_KEYS)
         try:  # over 48 KiB of shared memory needs the kernel's opt-in
@@ -301,6 +394,46 @@ class FusedLongSight:
         self.done = cp.zeros((s.rows, s.group + 1), dtype=cp.uint32)  # merge counters (self-resetting)
         self.out = cp.empty((s.rows, s.group, s.head_dim), dtype=cp.float32)
         self.lse = cp.empty((s.rows, s.group), dtype=cp.float32)
+        self.lost = cp.zeros(s.rows, dtype=cp.uint32)  # ls_layer: survivors no block's list had room for
+
+    def layer_geometry(self) -> LayerGeometry:
+        """ls_layer's launch for this shape and ``config.ctas`` (0: the most blocks per row, up to
+        LAYER_MAX_CTAS, for which the device runs every row's cluster at once; 1 when none does): each block's
+        survivor list takes the shared memory the rest leaves."""
+        key = (self.config.ctas, self.layer_list)
+        if key in self._layer_geometry:
+            return self._layer_geometry[key]
+        s, f = self.shape, self.f_layer
+        if not 0 <= self.config.ctas <= LAYER_MAX_CTAS:
+            raise CemsimError(f"Config.ctas must be 0..{LAYER_MAX_CTAS}, got {self.config.ctas}")
+        optin = int(self.cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 232448))
+        budget = (optin - int(f.attributes["shared_size_bytes"])) // 4
+
+        def geometry(ctas: int) -> LayerGeometry:
+            bcap = max(1, -(-s.band // ctas))
+            fixed = layer_smem_words(s.group, s.head_dim, bcap, s.k, 0)
+            scap = min(
+                LAYER_MAX_LIST, (budget - fixed - 3) // (1 + s.group), self.layer_list or LAYER_MAX_LIST
+            )
+            if scap < 1:
+                raise CemsimError(
+                    f"ls_layer: {ctas} blocks per row leave no shared memory for survivors (band {s.band}, "
+                    f"k {s.k}, G {s.group}): use more blocks per row or the staged kernels"
+                )
+            smem = 4 * layer_smem_words(s.group, s.head_dim, bcap, s.k, scap)
+            f.max_dynamic_shared_size_bytes = smem
+            resident = max_active_clusters(f, ctas, LAYER_THREADS, smem)
+            return LayerGeometry(ctas, scap, bcap, smem, resident)
+
+        if self.config.ctas:
+            geo = geometry(self.config.ctas)
+        else:
+            geo = next(
+                (g for c in range(LAYER_MAX_CTAS, 1, -1) if (g := geometry(c)).resident >= s.rows),
+                geometry(1),
+            )
+        self._layer_geometry[key] = geo
+        return geo
 
     def check_inputs(self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any) -> None:
         s, cp = self.shape, self.cp
@@ -327,6 +460,8 @@ class FusedLongSight:
         ``picks`` (the picks' attention, when not folded)."""
         s, c = self.shape, self.config
         i32, i64 = np.int32, np.int64
+        if c.layer:
+            return {"layer": self._layer_stage(ksig, qsig, thresholds, q, keys, vals)}
         # frag: keys counted from the 32-key block holding the region's start
         lead = s.start % 32 if self.method == "frag" else 0
         grid_sel = (-(-(lead + s.region) // BLOCK_KEYS), s.rows)
@@ -347,7 +482,7 @@ class FusedLongSight:
         def launch_dependent(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
             """A launch that depends on the kernel ahead of it in the stream: programmatic under config.pdl."""
             if c.pdl and programmatic_launch_available():
-                _launch_programmatic(f, grid, block, args, shared_mem)
+                _launch_ex(f, grid, block, args, shared_mem, pdl=True)
             else:
                 f(grid, block, args, shared_mem=shared_mem)
 
@@ -429,11 +564,36 @@ class FusedLongSight:
         for stage in self.stages(ksig, qsig, thresholds, q, keys, vals).values():
             stage()
 
+    def _layer_stage(self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any) -> Any:
+        """The one launch of ls_layer (Config.layer) as a zero-argument callable on the current stream."""
+        s = self.shape
+        if self.method != "popc":
+            raise CemsimError(
+                f"Config.layer filters with popc on signs in the natural layout; this pipeline's method is "
+                f"{self.method} (pass method='popc')"
+            )
+        if not programmatic_launch_available():
+            raise CemsimError(
+                "Config.layer launches clusters through cuda-python (cuda.bindings): not installed"
+            )
+        geo = self.layer_geometry()
+        f = self.f_layer
+        f.max_dynamic_shared_size_bytes = geo.smem
+        i32, i64 = np.int32, np.int64
+        args = (ksig, qsig, thresholds, q, keys, vals, i64(s.ctx), i32(s.sinks), i32(s.window), i32(s.group),
+                i32(s.k), i32(s.cap), i32(geo.scap), i32(geo.bcap), self.tally, self.count, self.lost, self.idx,
+                self.scores, self.pick_pos, self.pick_score, self.pick_count, self.out, self.lse)  # fmt: skip
+
+        def layer() -> None:
+            _launch_ex(f, (s.rows * geo.ctas,), (LAYER_THREADS,), args, shared_mem=geo.smem, cluster=geo.ctas)
+
+        return layer
+
     def capture(
         self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any, stream: Any
     ) -> Any:
         """The whole layer as one CUDA graph on ``stream`` (a non-default CuPy stream), the band's attention
-        on a branch of its own beside the select and top-k."""
+        on a branch of its own beside the select and top-k (ls_layer: its one launch)."""
         cp = self.cp
         self.check_inputs(ksig, qsig, thresholds, q, keys, vals)
         stages = self.stages(ksig, qsig, thresholds, q, keys, vals)
@@ -442,6 +602,9 @@ class FusedLongSight:
         with stream:
             stream.begin_capture()
             try:
+                if "layer" in stages:
+                    stages["layer"]()
+                    return stream.end_capture()
                 fork.record(stream)
                 side.wait_event(fork)
                 with side:
@@ -465,7 +628,10 @@ class FusedLongSight:
         self.done.fill(0)
 
     def overflowed(self) -> bool:
-        return bool(int(self.count.max().get()) > self.shape.cap)
+        """Some row had more survivors than ``cap`` slots (or, after ls_layer, than its blocks' lists held): the
+        counts are exact, the rest is not."""
+        lost = self.config.layer and int(self.lost.max().get()) > 0
+        return bool(int(self.count.max().get()) > self.shape.cap or lost)
 
     def results(self) -> dict[str, np.ndarray]:
         g = {

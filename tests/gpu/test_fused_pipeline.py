@@ -98,6 +98,9 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, 
         ("mmax", Config("split", "spread", 64, False)),
         ("mma", Config("fused", "spreadc", 64, True, 4, True)),
         ("popc", Config("split", "spreadc", 128, True)),
+        ("popc", Config(layer=True)),  # ls_layer, as many blocks per row as fit at once
+        ("popc", Config(layer=True, ctas=3)),
+        ("popc", Config(layer=True, ctas=1)),
     ):
         ref.check_pipeline(s, x, run_gpu(s, x, method, config, candidates))
 
@@ -106,17 +109,23 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, 
 @needs_gpu
 @pytest.mark.parametrize("k", [7, 256])
 @pytest.mark.parametrize("candidates", [4096, 300])
-@pytest.mark.parametrize("topk", ["atomic", "cluster", "sample", "spread", "spreadc"])
+@pytest.mark.parametrize("topk", ["atomic", "cluster", "sample", "spread", "spreadc", "layer", "layer5"])
 def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
     """A zero query gives every survivor the same score: any k of them are a top-k. The sample top-k with room
     for every survivor takes them all as candidates, which share all 32 bits (no radix pass); with 300 it
     samples a threshold that every survivor reaches (k = 7: the candidates overflow, so it falls back) or
-    goes straight to its fallback (k = 256)."""
+    goes straight to its fallback (k = 256). ls_layer (auto and 5 blocks a row) runs all four radix passes and
+    splits the tied value among its blocks by rank."""
     rng = np.random.default_rng(9)
     s = Shape(1, 2, 4, 128, 9000, 64, 4, k, cap=9000)
     x = make_inputs(rng, s, 0.3)
     x["q"][:] = 0.0
-    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, 4), candidates))  # type: ignore[arg-type]
+    config = (
+        Config(layer=True, ctas=5 if topk == "layer5" else 0)
+        if topk.startswith("layer")
+        else Config("fused", topk, 64, True, 4)  # type: ignore[arg-type]
+    )
+    ref.check_pipeline(s, x, run_gpu(s, x, "popc", config, candidates))
 
 
 @pytest.mark.gpu
@@ -130,6 +139,7 @@ def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
         Config("fused", "sample", 128, False, 4),
         Config("fused", "spread", 64, True, 4, True),
         Config("fused", "spreadc", 64, True, 4, True),
+        Config(layer=True),
     ],
     ids=[
         "fold",
@@ -138,6 +148,7 @@ def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
         "sample-apart-rows4",
         "spread-fold-rows4-pdl",
         "spreadc-fold-pdl",
+        "layer",
     ],
 )
 def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
@@ -175,17 +186,19 @@ def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
 @needs_gpu
 @pytest.mark.parametrize(("k", "candidates"), [(1024, 4096), (256, 1000), (1024, 700)])
 @pytest.mark.parametrize(
-    ("topk", "fold"), [("sample", True), ("sample", False), ("spread", True), ("spreadc", True)]
+    ("topk", "fold"),
+    [("sample", True), ("sample", False), ("spread", True), ("spreadc", True), ("layer", True)],
 )
 def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int) -> None:
     """Rows of ~27K survivors (odd cap, so score rows start off 16-byte boundaries): the sample top-k's candidate
     pass runs over several chunks with unaligned heads and tails; with 1,000 slots for k = 256 the sampled
     threshold leaves about 700 candidates (or overflows: then the fallback); 700 slots for k = 1,024 cannot
-    hold what the sample would leave, so it goes straight to its fallback over the whole list."""
+    hold what the sample would leave, so it goes straight to its fallback over the whole list. ls_layer: ~27K
+    survivors over its blocks' lists (D = 64), many tiles a block."""
     rng = np.random.default_rng(17)
     s = Shape(1, 2, 4, 64, 90000, 64, 4, k, cap=89931)
     x = make_inputs(rng, s, 0.3)
-    config = Config("fused", topk, 64, fold, 4)  # type: ignore[arg-type]
+    config = Config(layer=True) if topk == "layer" else Config("fused", topk, 64, fold, 4)  # type: ignore[arg-type]
     ref.check_pipeline(s, x, run_gpu(s, x, "popc", config, candidates))
 
 
@@ -200,8 +213,17 @@ def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int
         Config("split", "match", 64, True, 0, True),
         Config("fused", "spread", 128, True, 4, True),
         Config("fused", "spreadc", 128, True, 4, True),
+        Config(layer=True, ctas=2),
     ],
-    ids=["sample-fold", "atomic-apart", "cluster-apart", "split-match-fold", "spread-fold", "spreadc-fold"],
+    ids=[
+        "sample-fold",
+        "atomic-apart",
+        "cluster-apart",
+        "split-match-fold",
+        "spread-fold",
+        "spreadc-fold",
+        "layer-2",
+    ],
 )
 def test_programmatic_launch_matches_reference(config: Config) -> None:
     """The top-k (and the picks' attention when apart) launched with programmatic stream serialization: the
@@ -242,11 +264,37 @@ def test_overflow_is_reported_and_counts_stay_exact() -> None:
     s = Shape(1, 2, 4, 128, 20000, 64, 4, 32, cap=100)
     x = make_inputs(rng, s, 0.5)
     rows = ref.survivors(x["ksig"], x["qsig"], x["thresholds"], s.start, s.region)
-    for form, in_flight in (("fused", 0), ("split", 0), ("fused", 4)):
-        p = FusedLongSight(s, config=Config(form, "atomic", 64, True, in_flight))  # type: ignore[arg-type]
+    for form, in_flight in (("fused", 0), ("split", 0), ("fused", 4), ("layer", 0)):
+        config = Config(layer=True) if form == "layer" else Config(form, "atomic", 64, True, in_flight)  # type: ignore[arg-type]
+        p = FusedLongSight(s, method="popc", config=config)
         p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
         assert p.overflowed()
         np.testing.assert_array_equal(p.results()["count"], [len(r) for r in rows])
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_layer_list_overflow_is_reported() -> None:
+    """ls_layer with room for 300 survivors a block (a row of ~10K over 3 blocks): overflowed() says so, the
+    counts stay exact; with room enough the same rows check against the reference."""
+    import cupy as cp
+
+    from cemsim.gpu.fused import FusedLongSight
+
+    rng = np.random.default_rng(6)
+    s = Shape(1, 2, 4, 128, 20000, 64, 4, 64, cap=20000)
+    x = make_inputs(rng, s, 0.5)
+    rows = ref.survivors(x["ksig"], x["qsig"], x["thresholds"], s.start, s.region)
+    dev = [cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")]
+    p = FusedLongSight(s, method="popc", config=Config(layer=True, ctas=3))
+    p.layer_list = 300
+    p.run(*dev)
+    assert p.overflowed() and int(p.lost.min()) > 0
+    np.testing.assert_array_equal(p.results()["count"], [len(r) for r in rows])
+    p.layer_list = None
+    p.run(*dev)
+    assert not p.overflowed()
+    ref.check_pipeline(s, x, p.results())
 
 
 def _signs_with_extremes(seed: int, n: int, g: int, w: int) -> tuple[np.ndarray, np.ndarray]:

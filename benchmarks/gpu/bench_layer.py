@@ -1,0 +1,178 @@
+# ruff: noqa: B023  (closures are timed inside the loop iteration that made them)
+"""ls_layer (kernels/ls_layer.cuh: the whole sparse layer in one launch, a cluster of blocks per row) against the
+staged kernels choose_config picks, per layer of Llama-3-8B geometry, on the device machine:
+
+    python3 benchmarks/gpu/bench_layer.py --out $OUT/layer.json [--trace]
+
+The same data, method and floor as bench_fused.py (planted 5 % survival and random-sign targets; CUDA graphs
+replayed back to back, inputs rotating among up to four sets; floor = bytes the step must read / copy bandwidth
+measured in the same run); every configuration's row 0 checked against the NumPy reference (eagerly and from
+its graph) before it is timed. ``--trace``: the kernels built with -DLS_TRACE, and each ls_layer block's phase
+times (thread 0's SM clock at each phase boundary, %globaltimer at its start and end)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_fused import (
+    L2,
+    PLANTED_THRESHOLD,
+    Data,
+    back_to_back,
+    check_row0,
+    config_key,
+    copy_bandwidth,
+    provenance,
+    shape_for,
+)
+
+from cemsim.gpu import fused
+from cemsim.gpu import reference as ref
+from cemsim.kernels import KERNEL_DIR
+
+PHASES = [
+    "band scored",
+    "tiles (filter, claims, scores)",
+    "radix passes",
+    "collect",
+    "attention",
+    "merge + out",
+]
+
+
+TRACE_SHAPE = (2048, 9)  # kernels/ls_layer.cuh ls_trace_layer
+
+
+def phase_trace(cp, mod, graph, stream) -> dict:
+    arr = cp.ndarray(TRACE_SHAPE, cp.int64, mod.get_global("ls_trace_layer"))
+    arr.fill(0)
+    graph.launch(stream)
+    stream.synchronize()
+    t = arr.get()
+    t = t[t[:, 0] > 0]
+    t0 = t[:, 0].min()
+    return {
+        "blocks": len(t),
+        "phase_cycles_median": {
+            ph: float(np.median(t[:, i + 2] - t[:, i + 1])) for i, ph in enumerate(PHASES)
+        },
+        "phase_cycles_max": {ph: float(np.max(t[:, i + 2] - t[:, i + 1])) for i, ph in enumerate(PHASES)},
+        "start_ns": [0.0, float(np.max(t[:, 0] - t0))],
+        "end_ns": [float(np.min(t[:, 8] - t0)), float(np.max(t[:, 8] - t0))],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--batches", default="1")
+    ap.add_argument("--contexts", default="131072,524288,1048576")
+    ap.add_argument("--survival", default="0.05", help="random-sign targets besides planted 5 %%")
+    ap.add_argument("--ctas", default="0", help="ls_layer blocks per row to time (0: auto)")
+    ap.add_argument("--staged", action="store_true", help="also time choose_config's staged kernels")
+    ap.add_argument("--trace", action="store_true")
+    a = ap.parse_args()
+    import cupy as cp
+    import torch
+
+    mod = None
+    if a.trace:
+        mod = cp.RawModule(
+            code=fused.SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}", "-DLS_TRACE")
+        )
+        fused._module = lambda: mod
+    bw = copy_bandwidth(cp)
+    out: dict = {"provenance": provenance(), "copy": bw, "points": []}
+    bw_bps = bw["bandwidth_bytes_per_s"]
+    print(f"copy bandwidth {bw_bps / 1e12:.2f} TB/s", flush=True)
+    probe = fused.FusedLongSight(shape_for(1, 131072, 0.05), method="popc", config=fused.Config(layer=True))
+    out["resident_clusters"] = {}
+    for c in range(1, fused.LAYER_MAX_CTAS + 1):
+        probe.config.ctas = c
+        out["resident_clusters"][c] = probe.layer_geometry().resident
+    print(f"clusters resident at once, by blocks per row: {out['resident_clusters']}", flush=True)
+    del probe
+    stream = cp.cuda.Stream(non_blocking=True)
+    points = [(0.05, True)] + [(float(x), False) for x in a.survival.split(",") if x]
+    for users in (int(b) for b in a.batches.split(",")):
+        for ctx in (int(c) for c in a.contexts.split(",")):
+            s0 = shape_for(users, ctx, 0.05)
+            hot = s0.floor_bytes(s0.rows * s0.region * 0.05, s0.rows * s0.group * s0.k)
+            nsets = int(max(1, min(4, -(-4 * L2 // hot))))
+            for survival, plant in points:
+                sets = [
+                    Data(cp, torch, users, ctx, seed=1000 * users + ctx + i, planted=0.05 if plant else None)
+                    for i in range(nsets)
+                ]
+                s = shape_for(users, ctx, survival)
+                t = PLANTED_THRESHOLD if plant else ref.survival_threshold(s.head_dim, s.group, survival)
+                thresholds = cp.full(s.rows, t, dtype=cp.int32)
+                args = [(d.ksig, d.qsig, thresholds, d.q, d.keys, d.vals) for d in sets]
+                configs = {f"layer{c}": fused.Config(layer=True, ctas=int(c)) for c in a.ctas.split(",")}
+                if a.staged:
+                    configs["staged " + config_key(fused.choose_config(s))] = fused.choose_config(s)
+                row: dict = {"users": users, "context": ctx, "survival_target": survival, "planted": plant,
+                             "input_sets": nsets, "configs": {}}  # fmt: skip
+                for name, cfg in configs.items():
+                    r: dict = {}
+                    try:
+                        pipes = [fused.FusedLongSight(s, method="popc", config=cfg) for _ in sets]
+                        p0 = pipes[0]
+                        if cfg.layer:
+                            g = p0.layer_geometry()
+                            r["geometry"] = {"ctas": g.ctas, "scap": g.scap, "bcap": g.bcap, "smem": g.smem,
+                                             "resident": g.resident}  # fmt: skip
+                        p0.run(*args[0])
+                        cp.cuda.Device().synchronize()
+                        r["overflowed"] = p0.overflowed()
+                        r.update(check_row0(cp, s, sets[0], thresholds, p0))
+                        res = p0.results()
+                        survivors, picks = int(res["count"].sum()), int(res["pick_count"].sum())
+                        graphs = [p.capture(*x, stream=stream) for p, x in zip(pipes, args, strict=True)]
+                        p0.out.fill(np.nan)
+                        graphs[0].launch(stream)
+                        stream.synchronize()
+                        r["graph_row0_checked"] = check_row0(cp, s, sets[0], thresholds, p0)["row0_checked"]
+                        r["b2b_us"] = back_to_back(cp, lambda i: graphs[i % nsets].launch(stream), stream)
+                        r["b2b_repeat_us"] = back_to_back(
+                            cp, lambda i: graphs[i % nsets].launch(stream), stream
+                        )
+                        floor = s.floor_bytes(survivors, picks) / bw_bps * 1e6
+                        r.update({"survivors": survivors, "picks": picks, "floor_us": floor,
+                                  "over_floor": min(r["b2b_us"], r["b2b_repeat_us"]) / floor})  # fmt: skip
+                        if a.trace and cfg.layer:
+                            r["trace"] = phase_trace(cp, mod, graphs[0], stream)
+                    except Exception as e:
+                        r["error"] = f"{type(e).__name__}: {e}"[:400]
+                        traceback.print_exc()
+                        cp.cuda.Device().synchronize()
+                    row["configs"][name] = r
+                    label = "planted 5%" if plant else f"{survival:.0%}"
+                    print(
+                        f"B={users} ctx={ctx:>8,} {label:>10} {name:<40} "
+                        f"{min(r.get('b2b_us', np.nan), r.get('b2b_repeat_us', np.nan)):7.1f} us "
+                        f"floor {r.get('floor_us', np.nan):6.1f} ({r.get('over_floor', np.nan):.2f}x) "
+                        f"check {r.get('row0_checked')}/{r.get('graph_row0_checked')} "
+                        f"overflow {r.get('overflowed')} {r.get('geometry', '')} {r.get('error', '')} "
+                        f"{json.dumps(r.get('trace', {}).get('phase_cycles_median', {}))}",
+                        flush=True,
+                    )
+                out["points"].append(row)
+                del sets
+                torch.cuda.empty_cache()
+                cp.get_default_memory_pool().free_all_blocks()
+                if a.out:
+                    Path(a.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
