@@ -482,7 +482,9 @@ def graph_overhead(cp) -> dict:
 
 
 def config_key(c) -> str:
-    """select form (+ rows in flight) / top-k / chunk / fold or apart (/ pdl)."""
+    """select form (+ rows in flight) / top-k / chunk / fold or apart (/ pdl); ls_layer: layer (/ blocks per row)."""
+    if c.layer:
+        return "layer" + (f"/{c.ctas}" if c.ctas else "")
     where = "fold" if c.fold else "apart"
     return f"{c.select}{c.rows or ''}/{c.topk}/{c.chunk}/{where}" + ("/pdl" if c.pdl else "")
 
@@ -491,6 +493,8 @@ def parse_config_key(key: str):
     from cemsim.gpu.fused import Config
 
     parts = key.split("/")
+    if parts[0] == "layer":
+        return Config(layer=True, ctas=int(parts[1]) if len(parts) > 1 else 0)
     form = parts[0].rstrip("0123456789")
     rows = int(parts[0][len(form) :] or 0)
     return Config(
@@ -608,6 +612,25 @@ def bench_layers(
                                     cp.cuda.Device().synchronize()
                                     for p in pipes:
                                         p.reset()
+                best_staged = parse_config_key(
+                    min(row["layer_variant_b2b_us"], key=row["layer_variant_b2b_us"].get)
+                )
+                # the whole layer in one launch (ls_layer), as many blocks per row as run at once
+                try:
+                    cfg = Config(layer=True)
+                    for p in pipes:
+                        p.config = cfg
+                    g = p0.layer_geometry()
+                    row["layer_geometry"] = {"ctas": g.ctas, "scap": g.scap, "bcap": g.bcap, "smem": g.smem,
+                                             "resident": g.resident}  # fmt: skip
+                    gs = [p.capture(*a, stream=stream) for p, a in zip(pipes, args, strict=True)]
+                    row["layer_variant_b2b_us"]["layer"] = back_to_back(
+                        cp, lambda i: gs[i % nsets].launch(stream), stream
+                    )
+                except Exception as e:
+                    row["layer_variant_errors"]["layer"] = f"{type(e).__name__}: {e}"[:300]
+                    traceback.print_exc()
+                    cp.cuda.Device().synchronize()
                 best = min(row["layer_variant_b2b_us"], key=row["layer_variant_b2b_us"].get)
                 chosen = parse_config_key(best)
                 row["default_config"] = dict(vars(choose_config(s)))
@@ -619,9 +642,13 @@ def bench_layers(
                 # and the new kernels together (ls_select2, the sample top-k folded or spread, programmatic
                 # launch) whatever was chosen, eager then replayed in a graph
                 row["row0_new_kernels_checked"], row["row0_new_kernels_error"] = True, None
-                for topk_new in ("sample", *SPREAD_CTAS):
+                for topk_new in ("sample", *SPREAD_CTAS, "layer"):
                     try:
-                        p0.config = Config("fused", topk_new, 64, True, 4, True)
+                        p0.config = (
+                            Config(layer=True)
+                            if topk_new == "layer"
+                            else Config("fused", topk_new, 64, True, 4, True)  # type: ignore[arg-type]
+                        )
                         p0.run(*args[0])
                         new = check_row0(cp, s, sets[0], thresholds, p0)
                         gnew = p0.capture(*args[0], stream=stream)
@@ -660,7 +687,7 @@ def bench_layers(
                 # merges and zero the tally it reads): the select with a reset in front (what the layer's
                 # merge does), the top-k's selection on the survivors it left, the attention (band, then
                 # picks: the merge counters need both)
-                p0.config = replace(chosen, fold=False, pdl=False)
+                p0.config = replace(best_staged, fold=False, pdl=False)  # (ls_layer has no stages)
                 stages = p0.stages(*args[0])
                 sel = [stages[n] for n in ("select", "filter", "score") if n in stages]
                 parts = {
