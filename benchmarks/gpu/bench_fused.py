@@ -623,6 +623,10 @@ def bench_layers(
                     g = p0.layer_geometry()
                     row["layer_geometry"] = {"ctas": g.ctas, "scap": g.scap, "bcap": g.bcap, "smem": g.smem,
                                              "resident": g.resident}  # fmt: skip
+                    p0.run(*args[0])
+                    cp.cuda.Device().synchronize()
+                    if p0.overflowed():  # a block's list too short: not an answer, so not a time
+                        raise RuntimeError(f"survivor lists overflowed ({int(p0.lost.max())} lost in a row)")
                     gs = [p.capture(*a, stream=stream) for p, a in zip(pipes, args, strict=True)]
                     row["layer_variant_b2b_us"]["layer"] = back_to_back(
                         cp, lambda i: gs[i % nsets].launch(stream), stream
