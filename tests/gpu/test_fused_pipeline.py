@@ -447,6 +447,17 @@ def test_choose_config_follows_the_h200_measurement() -> None:
     assert choose_config(tiny8) == Config("fused", "atomic", 64, True, 0, False)
 
 
+def test_layer_shared_memory_words_by_hand() -> None:
+    """ls_layer's dynamic shared memory (kernels/ls_layer.cuh LayerSmem), counted by hand for G = 4, D = 128, a
+    band share of 87 keys, k = 1,024 and 1,000 list entries: query 512 + band scores 348 + histograms 8,192 +
+    exchange 2 x 1,024 + totals 1,024 + picks 2,048 (16-bit) + positions 1,000 + scores 4,000 words."""
+    from cemsim.gpu.fused import layer_smem_words
+
+    assert layer_smem_words(4, 128, 87, 1024, 1000) == 512 + 348 + 8192 + 3072 + 2048 + 1000 + 4000
+    # every region starts on a 16-byte boundary: odd sizes round up to whole 4-word groups
+    assert layer_smem_words(3, 64, 5, 7, 9) == 192 + 16 + 8192 + 2304 + 12 + 12 + 27
+
+
 def test_pipeline_without_a_gpu_is_a_clear_error() -> None:
     if kernels.cupy_available():
         pytest.skip("a GPU is present")
