@@ -25,12 +25,20 @@
 // counted in lost[bh] and take no part (FusedLongSight.overflowed() reports them), as survivors past cap do.
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 
+#ifndef LAYER_THREADS
 #define LAYER_THREADS 1024
+#endif
 #define LAYER_WARPS (LAYER_THREADS / 32)
+#ifndef LAYER_KPT
 #define LAYER_KPT 4                                     // 32-key words per warp per tile
+#endif
 #define LAYER_TILE (LAYER_WARPS * LAYER_KPT * 32)       // keys per tile: 4,096
+#ifndef LAYER_ROWS
 #define LAYER_ROWS 4                                    // survivor key rows per lane group in flight
+#endif
+#ifndef LAYER_VROWS
 #define LAYER_VROWS 8                                   // value rows per lane group in flight (attention)
+#endif
 #define LAYER_SCR (LAYER_WARPS * 256)                   // per-warp histograms, later the attention's reduction
 
 #define LAYER_MAX_C 16

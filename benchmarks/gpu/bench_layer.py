@@ -79,19 +79,20 @@ def main() -> None:
     ap.add_argument("--survival", default="0.05", help="random-sign targets besides planted 5 %%")
     ap.add_argument("--ctas", default="0", help="ls_layer blocks per row to time (0: auto)")
     ap.add_argument("--staged", action="store_true", help="also time choose_config's staged kernels")
+    ap.add_argument("--lists", default="0", help="ls_layer list caps to time (0: all the shared memory)")
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--defines", default="", help="comma list of NAME=VALUE for the kernels' build (LAYER_*)")
     a = ap.parse_args()
     import cupy as cp
     import torch
 
     mod = None
-    if a.trace:
-        mod = cp.RawModule(
-            code=fused.SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}", "-DLS_TRACE")
-        )
+    defines = [f"-D{d}" for d in a.defines.split(",") if d] + (["-DLS_TRACE"] if a.trace else [])
+    if defines:
+        mod = cp.RawModule(code=fused.SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}", *defines))
         fused._module = lambda: mod
     bw = copy_bandwidth(cp)
-    out: dict = {"provenance": provenance(), "copy": bw, "points": []}
+    out: dict = {"provenance": provenance(), "copy": bw, "defines": defines, "points": []}
     bw_bps = bw["bandwidth_bytes_per_s"]
     print(f"copy bandwidth {bw_bps / 1e12:.2f} TB/s", flush=True)
     probe = fused.FusedLongSight(shape_for(1, 131072, 0.05), method="popc", config=fused.Config(layer=True))
@@ -117,15 +118,21 @@ def main() -> None:
                 t = PLANTED_THRESHOLD if plant else ref.survival_threshold(s.head_dim, s.group, survival)
                 thresholds = cp.full(s.rows, t, dtype=cp.int32)
                 args = [(d.ksig, d.qsig, thresholds, d.q, d.keys, d.vals) for d in sets]
-                configs = {f"layer{c}": fused.Config(layer=True, ctas=int(c)) for c in a.ctas.split(",")}
+                configs = {
+                    f"layer{c}/list{n}": (fused.Config(layer=True, ctas=int(c)), int(n))
+                    for c in a.ctas.split(",")
+                    for n in a.lists.split(",")
+                }
                 if a.staged:
-                    configs["staged " + config_key(fused.choose_config(s))] = fused.choose_config(s)
+                    configs["staged " + config_key(fused.choose_config(s))] = (fused.choose_config(s), 0)
                 row: dict = {"users": users, "context": ctx, "survival_target": survival, "planted": plant,
                              "input_sets": nsets, "configs": {}}  # fmt: skip
-                for name, cfg in configs.items():
+                for name, (cfg, list_cap) in configs.items():
                     r: dict = {}
                     try:
                         pipes = [fused.FusedLongSight(s, method="popc", config=cfg) for _ in sets]
+                        for p in pipes:
+                            p.layer_list = list_cap or None
                         p0 = pipes[0]
                         if cfg.layer:
                             g = p0.layer_geometry()
@@ -158,7 +165,7 @@ def main() -> None:
                     row["configs"][name] = r
                     label = "planted 5%" if plant else f"{survival:.0%}"
                     print(
-                        f"B={users} ctx={ctx:>8,} {label:>10} {name:<40} "
+                        f"{a.defines or 'default'} B={users} ctx={ctx:>8,} {label:>10} {name:<40} "
                         f"{min(r.get('b2b_us', np.nan), r.get('b2b_repeat_us', np.nan)):7.1f} us "
                         f"floor {r.get('floor_us', np.nan):6.1f} ({r.get('over_floor', np.nan):.2f}x) "
                         f"check {r.get('row0_checked')}/{r.get('graph_row0_checked')} "

@@ -53,8 +53,6 @@ SPREAD_MAX_CLUSTERS = 66
 TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
 SELECT_ROWS = (4,)  # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower: dropped)
 # ls_layer (kernels/ls_layer.cuh): the whole layer in one launch, a cluster of up to LAYER_MAX_CTAS blocks per row
-LAYER_THREADS = 1024
-LAYER_SCR = 32 * 256  # words: per-warp digit histograms, then the attention's reduction
 LAYER_MAX_CTAS = 16  # clusters past 8 blocks are non-portable (Hopper allows 16)
 LAYER_MAX_LIST = 65535  # a block's survivor list is indexed by 16-bit picks
 
@@ -264,9 +262,11 @@ def _launch_ex(
     _check(err, "cuLaunchKernelEx")
 
 
-def layer_smem_words(group: int, head_dim: int, bcap: int, k: int, scap: int) -> int:
-    """ls_layer's dynamic shared memory in 4-byte words (kernels/ls_layer.cuh LayerSmem): the query, the band
-    share's scores, the histograms, the picks' list indices, the survivor list (positions and scores)."""
+def layer_smem_words(group: int, head_dim: int, bcap: int, k: int, scap: int, threads: int = 1024) -> int:
+    """ls_layer's dynamic shared memory in 4-byte words (kernels/ls_layer.cuh LayerSmem) for blocks of ``threads``
+    threads: the query, the band share's scores, the per-warp histograms (256 words a warp, later the attention's
+    reduction), the cluster's exchange and totals, the picks' list indices, the survivor list (positions and
+    scores)."""
 
     def a4(w: int) -> int:
         return (w + 3) & ~3
@@ -275,7 +275,7 @@ def layer_smem_words(group: int, head_dim: int, bcap: int, k: int, scap: int) ->
     return (
         a4(group * head_dim)
         + a4(group * bcap)
-        + LAYER_SCR
+        + threads // 32 * 256
         + 3 * group * 256
         + a4((group * kp + 1) // 2)
         + a4(scap)
@@ -362,6 +362,8 @@ class FusedLongSight:
         self.f_topk_spread = {v: mod.get_function(f"ls_topk_sample_{v}_d{d}") for v in SPREAD_CTAS}
         self.candidates = TOPK_CANDIDATES  # may be lowered (tests reach the sampling and fallback paths)
         self.f_layer = mod.get_function(f"ls_layer_d{d}")
+        # its block size is its launch bound (LAYER_THREADS in kernels/ls_layer.cuh)
+        self.layer_threads = int(self.f_layer.attributes["max_threads_per_block"])
         self.layer_list: int | None = (
             None  # caps ls_layer's per-block survivor list (tests reach its overflow)
         )
@@ -404,6 +406,7 @@ class FusedLongSight:
         if key in self._layer_geometry:
             return self._layer_geometry[key]
         s, f = self.shape, self.f_layer
+        threads = self.layer_threads
         if not 0 <= self.config.ctas <= LAYER_MAX_CTAS:
             raise CemsimError(f"Config.ctas must be 0..{LAYER_MAX_CTAS}, got {self.config.ctas}")
         optin = int(self.cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 232448))
@@ -411,7 +414,7 @@ class FusedLongSight:
 
         def geometry(ctas: int) -> LayerGeometry:
             bcap = max(1, -(-s.band // ctas))
-            fixed = layer_smem_words(s.group, s.head_dim, bcap, s.k, 0)
+            fixed = layer_smem_words(s.group, s.head_dim, bcap, s.k, 0, threads)
             scap = min(
                 LAYER_MAX_LIST, (budget - fixed - 3) // (1 + s.group), self.layer_list or LAYER_MAX_LIST
             )
@@ -420,9 +423,9 @@ class FusedLongSight:
                     f"ls_layer: {ctas} blocks per row leave no shared memory for survivors (band {s.band}, "
                     f"k {s.k}, G {s.group}): use more blocks per row or the staged kernels"
                 )
-            smem = 4 * layer_smem_words(s.group, s.head_dim, bcap, s.k, scap)
+            smem = 4 * layer_smem_words(s.group, s.head_dim, bcap, s.k, scap, threads)
             f.max_dynamic_shared_size_bytes = smem
-            resident = max_active_clusters(f, ctas, LAYER_THREADS, smem)
+            resident = max_active_clusters(f, ctas, threads, smem)
             return LayerGeometry(ctas, scap, bcap, smem, resident)
 
         if self.config.ctas:
@@ -577,7 +580,7 @@ class FusedLongSight:
                 "Config.layer launches clusters through cuda-python (cuda.bindings): not installed"
             )
         geo = self.layer_geometry()
-        f = self.f_layer
+        f, threads = self.f_layer, self.layer_threads
         f.max_dynamic_shared_size_bytes = geo.smem
         i32, i64 = np.int32, np.int64
         args = (ksig, qsig, thresholds, q, keys, vals, i64(s.ctx), i32(s.sinks), i32(s.window), i32(s.group),
@@ -585,7 +588,7 @@ class FusedLongSight:
                 self.scores, self.pick_pos, self.pick_score, self.pick_count, self.out, self.lse)  # fmt: skip
 
         def layer() -> None:
-            _launch_ex(f, (s.rows * geo.ctas,), (LAYER_THREADS,), args, shared_mem=geo.smem, cluster=geo.ctas)
+            _launch_ex(f, (s.rows * geo.ctas,), (threads,), args, shared_mem=geo.smem, cluster=geo.ctas)
 
         return layer
 
