@@ -39,6 +39,9 @@
 #ifndef LAYER_VROWS
 #define LAYER_VROWS 8                                   // value rows per lane group in flight (attention)
 #endif
+#ifndef LAYER_ROTATE
+#define LAYER_ROTATE 0
+#endif
 #define LAYER_SCR (LAYER_WARPS * 256)                   // per-warp histograms, later the attention's reduction
 
 #define LAYER_MAX_C 16
@@ -165,7 +168,16 @@ __device__ void layer_body(const u64* __restrict__ ksig, const u64* __restrict__
 #pragma unroll
         for (int j = 0; j < LAYER_KPT; ++j) filt.load(ks, wb + 32 * j, hi, lane, kw[j]);
     };
-    if (lo < hi) load_tile(lo);
+    // tiles in a rotated order (LAYER_ROTATE): the rows' and blocks' streams then do not advance in lockstep over
+    // addresses a power of two apart
+    const long long ntiles = (hi - lo + LAYER_TILE - 1) / LAYER_TILE;
+#if LAYER_ROTATE
+    const long long rot = ntiles > 0 ? ((long long)bh * 5 + (long long)rank * 3) % ntiles : 0;
+#else
+    const long long rot = 0;
+#endif
+    auto tile_at = [&](long long t) { return lo + ((t + rot) % ntiles) * LAYER_TILE; };
+    if (ntiles > 0) load_tile(tile_at(0));
     for (int i = threadIdx.x; i < G * D; i += LAYER_THREADS) sm.qf[i] = q[bh * G * D + i];
     for (int i = threadIdx.x; i < G * W; i += LAYER_THREADS) qs[i] = qsig[bh * G * W + i];
     filt.threshold = thresholds[bh];
@@ -217,12 +229,13 @@ __device__ void layer_body(const u64* __restrict__ ksig, const u64* __restrict__
 
     // 1. filter, compaction, slot claims and scores, tile by tile
     unsigned int n_list = 0;  // survivors in this block's list (block-uniform)
-    for (long long tb = lo; tb < hi; tb += LAYER_TILE) {
+    for (long long t = 0; t < ntiles; ++t) {
+        const long long tb = tile_at(t);
         const long long wb = tb + (long long)warp * LAYER_KPT * 32;
         u32 words[LAYER_KPT];
 #pragma unroll
         for (int j = 0; j < LAYER_KPT; ++j) words[j] = filt.word(kw[j], wb + 32 * j, hi, lane);
-        if (tb + LAYER_TILE < hi) load_tile(tb + LAYER_TILE);  // the next tile's signs while this one's rows come
+        if (t + 1 < ntiles) load_tile(tile_at(t + 1));  // the next tile's signs while this one's rows come
         unsigned int mine = 0;
 #pragma unroll
         for (int j = 0; j < LAYER_KPT; ++j) mine += __popc(words[j]);
