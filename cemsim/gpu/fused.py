@@ -7,7 +7,8 @@ sample top-k ``ls_topk_sample``, or ``ls_topk_sample_spread`` / ``_spreadc`` ove
 blocks also attend over the picks they chose (or ``ls_attn`` does, in a launch of its own), and ``ls_attn`` over
 sinks + window, which needs nothing from the select and runs beside it in a graph. The block that completes a
 query head's partial softmaxes merges them; the merge of a row's last head zeroes its survivor tally, so no
-reset launch.
+reset launch. Or the whole layer in one launch (``Config.layer``: ``ls_layer``, kernels/ls_layer.cuh, a cluster of
+blocks per row; correct and, as measured, slower: docs/gpu-kernels.md).
 :class:`Shape` (launch geometry and the bytes the step must read) works without a GPU; :class:`FusedLongSight`
 needs CuPy and a CUDA device.
 """
@@ -74,7 +75,8 @@ class Config:
     # griddepcontrol.wait for its writes, so the launch gap between the two goes
     pdl: bool = False
     # the whole layer in one launch (ls_layer: filter, scores, top-k, attention and merge in a cluster of blocks
-    # per row; popc filter, needs cuda-python); the fields above then play no part
+    # per row; popc filter, needs cuda-python); the fields above then play no part. Measured 1.8-2.6x slower than
+    # the staged kernels at batch 1 (docs/gpu-kernels.md, fifth step), so choose_config never picks it
     layer: bool = False
     # ls_layer's blocks per row; 0: the most (up to LAYER_MAX_CTAS) with every row's cluster resident at once
     ctas: int = 0

@@ -55,6 +55,8 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         "ls_topk_sample_spread_d128",
         "ls_topk_sample_spreadc_d64",
         "ls_topk_sample_spreadc_d128",
+        "ls_layer_d64",
+        "ls_layer_d128",
     ):
         assert f".entry {entry}" in ptx
     for op in ("and", "xor"):  # the tensor-core paths are real
