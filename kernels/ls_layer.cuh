@@ -25,9 +25,9 @@
 // counted in lost[bh] and take no part (FusedLongSight.overflowed() reports them), as survivors past cap do.
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 
-#ifndef LAYER_THREADS
+// 1,024 threads only: a 512-thread build (128 registers) failed with CUDA_ERROR_INVALID_ADDRESS_SPACE on the
+// H200 (lead call 14), not investigated
 #define LAYER_THREADS 1024
-#endif
 #define LAYER_WARPS (LAYER_THREADS / 32)
 #ifndef LAYER_KPT
 #define LAYER_KPT 4                                     // 32-key words per warp per tile
