@@ -93,6 +93,25 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& raw, float (&f)[8])
     }
 }
 
+// One query head's dot product with a bf16 row split over LPS lanes: this lane's 8 dimensions (qg: the head's 8
+// floats at this lane's offset, 16-byte aligned, in shared memory), then the sum over the lane group, returned to
+// every lane of it.
+template <int LPS>
+__device__ __forceinline__ float row_dot(const float* qg, const float (&kf)[8]) {
+    const float4 a = reinterpret_cast<const float4*>(qg)[0], b = reinterpret_cast<const float4*>(qg)[1];
+    float acc = a.x * kf[0];
+    acc = fmaf(a.y, kf[1], acc);
+    acc = fmaf(a.z, kf[2], acc);
+    acc = fmaf(a.w, kf[3], acc);
+    acc = fmaf(b.x, kf[4], acc);
+    acc = fmaf(b.y, kf[5], acc);
+    acc = fmaf(b.z, kf[6], acc);
+    acc = fmaf(b.w, kf[7], acc);
+#pragma unroll
+    for (int m = LPS / 2; m >= 1; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+    return acc;
+}
+
 // The survivor word of 32 consecutive keys [base, base + 32): bit j set when key base + j survives (every lane
 // gets the word). Keys at or past n never survive. qs: the group's query signs [G][W] in shared memory.
 template <int W>
@@ -648,18 +667,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
             const unsigned int slot = base + i;
             const bool keep = i < total && slot < (unsigned int)cap;
             for (int g = 0; g < G; ++g) {
-                const float4* qg = reinterpret_cast<const float4*>(qf + g * D + part * 8);
-                const float4 a = qg[0], b = qg[1];
-                float acc = a.x * kf[0];
-                acc = fmaf(a.y, kf[1], acc);
-                acc = fmaf(a.z, kf[2], acc);
-                acc = fmaf(a.w, kf[3], acc);
-                acc = fmaf(b.x, kf[4], acc);
-                acc = fmaf(b.y, kf[5], acc);
-                acc = fmaf(b.z, kf[6], acc);
-                acc = fmaf(b.w, kf[7], acc);
-#pragma unroll
-                for (int m = LPS / 2; m >= 1; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                const float acc = row_dot<LPS>(qf + g * D + part * 8, kf);
                 if (part == 0 && keep) scores[(bh * G + g) * cap + slot] = acc;
             }
             if (part == 0 && keep) idx[bh * cap + slot] = pos[u];

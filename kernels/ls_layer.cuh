@@ -209,18 +209,7 @@ __device__ void layer_body(const u64* __restrict__ ksig, const u64* __restrict__
             float kf[8];
             bf16x8_to_float(raw[u], kf);
             for (int g = 0; g < G; ++g) {
-                const float4* qg = reinterpret_cast<const float4*>(sm.qf + g * D + part * 8);
-                const float4 a = qg[0], c = qg[1];
-                float acc = a.x * kf[0];
-                acc = fmaf(a.y, kf[1], acc);
-                acc = fmaf(a.z, kf[2], acc);
-                acc = fmaf(a.w, kf[3], acc);
-                acc = fmaf(c.x, kf[4], acc);
-                acc = fmaf(c.y, kf[5], acc);
-                acc = fmaf(c.z, kf[6], acc);
-                acc = fmaf(c.w, kf[7], acc);
-#pragma unroll
-                for (int m = LPS / 2; m >= 1; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                const float acc = row_dot<LPS>(sm.qf + g * D + part * 8, kf);
                 if (part == 0 && j < nb) sm.bsc[g * bcap + j] = acc;
             }
         }
@@ -299,18 +288,7 @@ __device__ void layer_body(const u64* __restrict__ ksig, const u64* __restrict__
                 const unsigned int slot = base + (i - n_list);
                 const bool in = i < end, keep = in && slot < (unsigned int)cap;
                 for (int g = 0; g < G; ++g) {
-                    const float4* qg = reinterpret_cast<const float4*>(sm.qf + g * D + part * 8);
-                    const float4 a = qg[0], c = qg[1];
-                    float acc = a.x * kf[0];
-                    acc = fmaf(a.y, kf[1], acc);
-                    acc = fmaf(a.z, kf[2], acc);
-                    acc = fmaf(a.w, kf[3], acc);
-                    acc = fmaf(c.x, kf[4], acc);
-                    acc = fmaf(c.y, kf[5], acc);
-                    acc = fmaf(c.z, kf[6], acc);
-                    acc = fmaf(c.w, kf[7], acc);
-#pragma unroll
-                    for (int m = LPS / 2; m >= 1; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                    const float acc = row_dot<LPS>(sm.qf + g * D + part * 8, kf);
                     if (part == 0 && in) {
                         sm.sc[g * scap + i] = acc;
                         if (keep) scores[(bh * G + g) * cap + slot] = acc;
