@@ -736,18 +736,7 @@ __device__ void score_body(const float* __restrict__ q, const bf16_t* __restrict
             float kf[8];
             bf16x8_to_float(raw[u], kf);
             for (int g = 0; g < G; ++g) {
-                const float4* qg = reinterpret_cast<const float4*>(qf + g * D + part * 8);
-                const float4 a = qg[0], b = qg[1];
-                float acc = a.x * kf[0];
-                acc = fmaf(a.y, kf[1], acc);
-                acc = fmaf(a.z, kf[2], acc);
-                acc = fmaf(a.w, kf[3], acc);
-                acc = fmaf(b.x, kf[4], acc);
-                acc = fmaf(b.y, kf[5], acc);
-                acc = fmaf(b.z, kf[6], acc);
-                acc = fmaf(b.w, kf[7], acc);
-#pragma unroll
-                for (int m = LPS / 2; m >= 1; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+                const float acc = row_dot<LPS>(qf + g * D + part * 8, kf);
                 if (part == 0 && i < n) scores[(bh * G + g) * cap + i] = acc;
             }
         }
