@@ -644,7 +644,7 @@ def bench_layers(
                 p0.run(*args[0])  # the chosen kernels' results, checked too
                 again = check_row0(cp, s, sets[0], thresholds, p0)
                 # and the new kernels together (ls_select2, the sample top-k folded or spread, programmatic
-                # launch) whatever was chosen, eager then replayed in a graph
+                # launch; ls_layer) whatever was chosen, eager then replayed in a graph
                 row["row0_new_kernels_checked"], row["row0_new_kernels_error"] = True, None
                 for topk_new in ("sample", *SPREAD_CTAS, "layer"):
                     try:

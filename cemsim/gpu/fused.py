@@ -366,9 +366,8 @@ class FusedLongSight:
         self.f_layer = mod.get_function(f"ls_layer_d{d}")
         # its block size is its launch bound (LAYER_THREADS in kernels/ls_layer.cuh)
         self.layer_threads = int(self.f_layer.attributes["max_threads_per_block"])
-        self.layer_list: int | None = (
-            None  # caps ls_layer's per-block survivor list (tests reach its overflow)
-        )
+        # caps ls_layer's per-block survivor list (tests reach its overflow)
+        self.layer_list: int | None = None
         self._layer_geometry: dict[tuple[int, int | None], LayerGeometry] = {}
         self.smem_keys = min(shape.cap, TOPK_SMEM_KEYS)
         self.smem_keys_cluster = min(-(-shape.cap // TOPK_CTAS) + 1, TOPK_SMEM_KEYS)
