@@ -23,6 +23,9 @@
 //      the tally to count and zeroes it (no reset launch) and adds up the survivors no list had room for (lost).
 // A block's list holds scap survivors (dynamic shared memory, what is left after the rest); survivors past it are
 // counted in lost[bh] and take no part (FusedLongSight.overflowed() reports them), as survivors past cap do.
+// Measured 1.8-2.6x slower than the staged kernels at batch 1 on the H200 (docs/gpu-kernels.md, fifth step: 72 SMs
+// of 32 warps, latency-bound), so an option, not the default; LAYER_KPT / ROWS / VROWS / ROTATE are build
+// variants for experiments (benchmarks/gpu/bench_layer.py --defines).
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 
 // 1,024 threads only: a 512-thread build (128 registers) failed with CUDA_ERROR_INVALID_ADDRESS_SPACE on the
