@@ -372,6 +372,45 @@ extern "C" __global__ void scf_bitmap_mmax_w2(const u64* q, const u64* k, long l
 // Each filter block covers LS_WARPS x LS_KPT x 32 consecutive keys and makes one atomicAdd.
 #define LS_BLOCK_KEYS (LS_WARPS * LS_KPT * 32)
 
+// Block-local compaction of KPT survivor words per warp (bit l of words[j]: key first + 32 j + l survives, first
+// being this warp's first key position): warp w's count into warp_total[w], thread 0 turns the NW counts into
+// exclusive prefixes and the block's total s_total (CLAIM: and claims that many slots on *tally into s_base, none
+// when nothing survives), then each lane writes its survivors' positions into dst in key order, those at index room
+// or past it dropped (BOUNDED). Every thread of the block calls it; s_total, s_base and dst are visible to all when
+// it returns.
+template <int NW, int KPT, bool CLAIM, bool BOUNDED>
+__device__ __forceinline__ void compact_block(const u32 (&words)[KPT], long long first, int lane, int warp,
+                                              unsigned int* warp_total, int* dst, unsigned int room,
+                                              unsigned int* tally, unsigned int& s_total, unsigned int& s_base) {
+    unsigned int mine = 0;
+#pragma unroll
+    for (int j = 0; j < KPT; ++j) mine += __popc(words[j]);
+    if (lane == 0) warp_total[warp] = mine;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned int total = 0;
+        for (int w = 0; w < NW; ++w) {
+            const unsigned int t = warp_total[w];
+            warp_total[w] = total;  // exclusive prefix
+            total += t;
+        }
+        s_total = total;
+        if constexpr (CLAIM) s_base = total ? atomicAdd(tally, total) : 0u;
+    }
+    __syncthreads();
+    unsigned int off = warp_total[warp];
+#pragma unroll
+    for (int j = 0; j < KPT; ++j) {
+        const u32 b = words[j];
+        if (b & (1u << lane)) {
+            const unsigned int i = off + __popc(b & ((1u << lane) - 1u));
+            if (!BOUNDED || i < room) dst[i] = (int)(first + 32 * j + lane);
+        }
+        off += __popc(b);
+    }
+    __syncthreads();
+}
+
 // SCF filter + compaction of this block's keys: spos[0, block_total) = survivor positions (absolute), their
 // first slot in the row block_base. qs: the group's query signs in shared memory.
 template <int W, int METHOD>
@@ -413,30 +452,8 @@ __device__ __forceinline__ void filter_compact(const u64* __restrict__ ksig, con
 #pragma unroll
         for (int j = 0; j < LS_KPT; ++j) words[j] = f.word(kw[j], wbase + 32 * j, n, lane);
     }
-    unsigned int mine = 0;
-#pragma unroll
-    for (int j = 0; j < LS_KPT; ++j) mine += __popc(words[j]);
-    if (lane == 0) warp_total[warp] = mine;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned int total = 0;
-        for (int w = 0; w < LS_WARPS; ++w) {
-            const unsigned int t = warp_total[w];
-            warp_total[w] = total;  // exclusive prefix
-            total += t;
-        }
-        block_total = total;
-        block_base = total ? atomicAdd(tally + bh, total) : 0u;
-    }
-    __syncthreads();
-    unsigned int off = warp_total[warp];
-#pragma unroll
-    for (int j = 0; j < LS_KPT; ++j) {
-        const u32 b = words[j];
-        if (b & (1u << lane)) spos[off + __popc(b & ((1u << lane) - 1u))] = (int)(a0 + wbase + 32 * j + lane);
-        off += __popc(b);
-    }
-    __syncthreads();
+    compact_block<LS_WARPS, LS_KPT, true, false>(words, a0 + wbase, lane, warp, warp_total, spos, 0u, tally + bh,
+                                                 block_total, block_base);
 }
 
 template <int W, int METHOD>
@@ -607,29 +624,8 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     }
     // 4. block-local compaction (no slot claimed yet)
     LS_MARK(ls_trace_select, trow, 2);  // the query in shared memory (the signs need not have arrived)
-    unsigned int mine = 0;
-#pragma unroll
-    for (int j = 0; j < LS_KPT; ++j) mine += __popc(words[j]);
-    if (lane == 0) warp_total[warp] = mine;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned int total = 0;
-        for (int w = 0; w < LS_WARPS; ++w) {
-            const unsigned int t = warp_total[w];
-            warp_total[w] = total;  // exclusive prefix
-            total += t;
-        }
-        block_total = total;
-    }
-    __syncthreads();
-    unsigned int off = warp_total[warp];
-#pragma unroll
-    for (int j = 0; j < LS_KPT; ++j) {
-        const u32 b = words[j];
-        if (b & (1u << lane)) spos[off + __popc(b & ((1u << lane) - 1u))] = (int)(a0 + wbase + 32 * j + lane);
-        off += __popc(b);
-    }
-    __syncthreads();
+    compact_block<LS_WARPS, LS_KPT, false, false>(words, a0 + wbase, lane, warp, warp_total, spos, 0u, nullptr,
+                                                  block_total, block_base);
     const unsigned int total = block_total;
     LS_MARK(ls_trace_select, trow, 3);  // filtered and compacted
     if (total == 0) return;  // block-uniform

@@ -228,41 +228,16 @@ __device__ void layer_body(const u64* __restrict__ ksig, const u64* __restrict__
 #pragma unroll
         for (int j = 0; j < LAYER_KPT; ++j) words[j] = filt.word(kw[j], wb + 32 * j, hi, lane);
         if (t + 1 < ntiles) load_tile(tile_at(t + 1));  // the next tile's signs while this one's rows come
-        unsigned int mine = 0;
-#pragma unroll
-        for (int j = 0; j < LAYER_KPT; ++j) mine += __popc(words[j]);
-        if (lane == 0) warp_total[warp] = mine;
-        __syncthreads();
-        if (warp == 0) {  // exclusive prefix of the warps' counts
-            const unsigned int v = warp_total[lane];
-            unsigned int incl = v;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const unsigned int t = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += t;
-            }
-            warp_total[lane] = incl - v;
-            if (lane == 31) s_tile_total = incl;
-        }
-        __syncthreads();
+        const unsigned int room = (unsigned int)scap - n_list;  // n_list <= scap
+        compact_block<LAYER_WARPS, LAYER_KPT, false, true>(words, sinks + wb, lane, warp, warp_total,
+                                                           sm.spos + n_list, room, nullptr, s_tile_total,
+                                                           s_tile_base);  // the tile's positions in the list
         const unsigned int tt = s_tile_total;
         if (tt == 0) continue;  // block-uniform
         unsigned int claim = 0;
         if (threadIdx.x == 0) claim = atomicAdd(tally + bh, tt);  // waited for after the first row loads
-        unsigned int off = n_list + warp_total[warp];
-#pragma unroll
-        for (int j = 0; j < LAYER_KPT; ++j) {
-            const u32 b = words[j];
-            if (b & (1u << lane)) {
-                const unsigned int i = off + __popc(b & ((1u << lane) - 1u));
-                if (i < (unsigned int)scap) sm.spos[i] = (int)(sinks + wb + 32 * j + lane);
-            }
-            off += __popc(b);
-        }
-        const unsigned int room = (unsigned int)scap - min(n_list, (unsigned int)scap);
         const unsigned int kept = min(tt, room), end = n_list + kept;
         if (threadIdx.x == 0) s_lost += tt - kept;
-        __syncthreads();  // the tile's positions in the list
         constexpr unsigned int STEP = LAYER_WARPS * SPW * LAYER_ROWS;
         uint4 raw[LAYER_ROWS];
         int pos[LAYER_ROWS];

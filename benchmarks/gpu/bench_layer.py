@@ -37,7 +37,6 @@ from bench_fused import (
 
 from cemsim.gpu import fused
 from cemsim.gpu import reference as ref
-from cemsim.kernels import KERNEL_DIR
 
 PHASES = [
     "band scored",
@@ -87,9 +86,9 @@ def main() -> None:
     import torch
 
     mod = None
-    defines = [f"-D{d}" for d in a.defines.split(",") if d] + (["-DLS_TRACE"] if a.trace else [])
+    defines = [d for d in a.defines.split(",") if d] + (["LS_TRACE"] if a.trace else [])
     if defines:
-        mod = cp.RawModule(code=fused.SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}", *defines))
+        mod = fused.build_module(*defines)
         fused._module = lambda: mod
     bw = copy_bandwidth(cp)
     out: dict = {"provenance": provenance(), "copy": bw, "defines": defines, "points": []}

@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fused import PLANTED_THRESHOLD, Data, parse_config_key, shape_for
 
 from cemsim.gpu import fused
-from cemsim.kernels import KERNEL_DIR
 
 SELECT_PHASES = ["query in smem", "filtered+compacted", "claimed (+1st row loads)", "rows scored"]
 TOPK_PHASES = [
@@ -88,9 +87,7 @@ def main() -> None:
 
     mod = None
     if a.trace:
-        mod = cp.RawModule(
-            code=fused.SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}", "-DLS_TRACE")
-        )
+        mod = fused.build_module("LS_TRACE")
         fused._module = lambda: mod  # the pipeline's kernels from the traced build
     results = []
     for ctx in (int(c) for c in a.ctx.split(",")):

@@ -160,12 +160,20 @@ class Shape:
         )
 
 
-@functools.cache
-def _module():
+def build_module(*defines: str) -> Any:
+    """kernels/longsight_fused.cu (and what it includes) built by NVRTC, with ``-D`` options ``defines`` (such as
+    ``LS_TRACE`` or ``LAYER_KPT=2``): the benchmarks' traced and variant builds, and the pipeline's own."""
     cp = _cupy()
     if cp is None:
         raise CemsimError("the fused GPU pipeline needs CuPy and a CUDA device")
-    return cp.RawModule(code=SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}"))
+    return cp.RawModule(
+        code=SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}", *(f"-D{d}" for d in defines))
+    )
+
+
+@functools.cache
+def _module():
+    return build_module()
 
 
 @functools.cache
