@@ -79,6 +79,28 @@ __device__ __forceinline__ void grid_dep_launch() {
 #endif
 }
 
+// 16 bytes global -> shared without registers (sm_80 cp.async, L2 only), committed and waited for in groups;
+// before sm_80 a plain copy (the kernels run on sm_90; other targets only build)
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned int a = (unsigned int)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(gmem) : "memory");
+#else
+    *reinterpret_cast<uint4*>(smem) = *reinterpret_cast<const uint4*>(gmem);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
 // ------------------------------------------------------------------------------------------------ filter
 
 #include "scf_frag.cuh"  // the b1-MMA filter on frag-layout signs (method frag of ls_select)
@@ -557,6 +579,10 @@ LS_SELECT(2, LS_FRAG, frag_w2)
 //   - ROWS survivor rows per lane group in flight (8: a block's 128 rows at once, 102 on average at 5 %).
 // Each block claims its slots with one atomic, so idx / scores hold the same survivors in the same per-block
 // order as ls_select.
+// ROWS survivor rows in flight per lane group, in registers; ROWS = 0: the block's survivor rows brought into two
+// shared-memory buffers of SEL_ASYNC_BYTES by cp.async, up to two buffers' worth in flight at once with no
+// registers held (the register form issues 64 rows a block, then waits for them before the next 64)
+#define SEL_ASYNC_BYTES 16384
 template <int W, int METHOD, int ROWS>
 __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict__ qsig,
                              const int* __restrict__ thresholds, const float* __restrict__ q,
@@ -571,6 +597,8 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     __shared__ int spos[LS_BLOCK_KEYS];
     __shared__ unsigned int warp_total[LS_WARPS];
     __shared__ unsigned int block_base, block_total;
+    constexpr int BUF_ROWS = SEL_ASYNC_BYTES / (2 * D);  // rows a buffer (ROWS = 0)
+    __shared__ __align__(16) bf16_t rowbuf[ROWS ? 8 : 2 * BUF_ROWS * D];
     grid_dep_launch();  // the top-k may be scheduled once every block of this launch is running
     const long long bh = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -634,43 +662,90 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     if (threadIdx.x == 0) claim = atomicAdd(tally + bh, total);
     const int sub = lane / LPS, part = lane % LPS;
     const bf16_t* krow = keys + bh * ctx * D;
-    constexpr unsigned int STEP = LS_WARPS * SPW * ROWS;
-    uint4 raw[ROWS];
-    int pos[ROWS];
-    unsigned int i0 = warp * SPW * ROWS;
-    auto load = [&](unsigned int first) {
-#pragma unroll
-        for (int u = 0; u < ROWS; ++u) {
-            const unsigned int i = first + u * SPW + sub;
-            pos[u] = i < total ? spos[i] : -1;
-        }
-#pragma unroll
-        for (int u = 0; u < ROWS; ++u)
-            raw[u] = pos[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(krow + (long long)pos[u] * D) + part)
-                                 : make_uint4(0, 0, 0, 0);
-    };
-    load(i0);
-    if (threadIdx.x == 0) block_base = claim;
-    __syncthreads();
-    LS_MARK(ls_trace_select, trow, 4);  // slots claimed
-    const unsigned int base = block_base;
-    while (true) {
-#pragma unroll
-        for (int u = 0; u < ROWS; ++u) {
-            const unsigned int i = i0 + u * SPW + sub;
-            float kf[8];
-            bf16x8_to_float(raw[u], kf);
-            const unsigned int slot = base + i;
-            const bool keep = i < total && slot < (unsigned int)cap;
-            for (int g = 0; g < G; ++g) {
-                const float acc = row_dot<LPS>(qf + g * D + part * 8, kf);
-                if (part == 0 && keep) scores[(bh * G + g) * cap + slot] = acc;
+    if constexpr (ROWS == 0) {
+        // rows [c BUF_ROWS, (c + 1) BUF_ROWS) into buffer c % 2, LPS 16-byte pieces a row; every thread commits
+        // one group a chunk (empty or not), so wait_group counts the same chunks in every thread
+        const unsigned int chunks = (total + BUF_ROWS - 1) / BUF_ROWS;
+        auto issue = [&](unsigned int c) {
+            const unsigned int r0 = c * BUF_ROWS, nr = min(total - r0, (unsigned int)BUF_ROWS);
+            bf16_t* buf = rowbuf + (c & 1) * BUF_ROWS * D;
+            for (unsigned int p = threadIdx.x; p < nr * LPS; p += blockDim.x) {
+                const unsigned int r = p / LPS, pc = p % LPS;
+                cp_async16(buf + r * D + pc * 8, krow + (long long)spos[r0 + r] * D + pc * 8);
             }
-            if (part == 0 && keep) idx[bh * cap + slot] = pos[u];
+            cp_async_commit();
+        };
+        issue(0);
+        if (chunks > 1) issue(1);
+        if (threadIdx.x == 0) block_base = claim;
+        constexpr unsigned int LG = LS_WARPS * SPW;  // lane groups a block
+        const unsigned int lg = warp * SPW + sub;
+        for (unsigned int c = 0; c < chunks; ++c) {
+            if (c + 1 < chunks)
+                cp_async_wait<1>();
+            else
+                cp_async_wait<0>();
+            __syncthreads();  // every thread's pieces of chunk c (and block_base) visible
+            if (c == 0) LS_MARK(ls_trace_select, trow, 4);  // slots claimed, the first chunk in
+            const unsigned int base = block_base, r0 = c * BUF_ROWS, nr = min(total - r0, (unsigned int)BUF_ROWS);
+            const bf16_t* buf = rowbuf + (c & 1) * BUF_ROWS * D;
+            for (unsigned int j = 0; j < nr; j += LG) {  // warp-uniform: row_dot shuffles over the whole warp
+                const unsigned int r = j + lg;
+                const uint4 raw = r < nr ? reinterpret_cast<const uint4*>(buf + r * D)[part] : make_uint4(0, 0, 0, 0);
+                float kf[8];
+                bf16x8_to_float(raw, kf);
+                const unsigned int slot = base + r0 + r;
+                const bool keep = r < nr && slot < (unsigned int)cap;
+                for (int g = 0; g < G; ++g) {
+                    const float acc = row_dot<LPS>(qf + g * D + part * 8, kf);
+                    if (part == 0 && keep) scores[(bh * G + g) * cap + slot] = acc;
+                }
+                if (part == 0 && keep) idx[bh * cap + slot] = spos[r0 + r];
+            }
+            if (c + 2 < chunks) {
+                __syncthreads();  // buffer c % 2 read by every lane group
+                issue(c + 2);
+            }
         }
-        i0 += STEP;
-        if (i0 >= total) break;  // warp-uniform
+    } else {
+        constexpr unsigned int STEP = LS_WARPS * SPW * ROWS;
+        uint4 raw[ROWS];
+        int pos[ROWS];
+        unsigned int i0 = warp * SPW * ROWS;
+        auto load = [&](unsigned int first) {
+#pragma unroll
+            for (int u = 0; u < ROWS; ++u) {
+                const unsigned int i = first + u * SPW + sub;
+                pos[u] = i < total ? spos[i] : -1;
+            }
+#pragma unroll
+            for (int u = 0; u < ROWS; ++u)
+                raw[u] = pos[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(krow + (long long)pos[u] * D) + part)
+                                     : make_uint4(0, 0, 0, 0);
+        };
         load(i0);
+        if (threadIdx.x == 0) block_base = claim;
+        __syncthreads();
+        LS_MARK(ls_trace_select, trow, 4);  // slots claimed
+        const unsigned int base = block_base;
+        while (true) {
+#pragma unroll
+            for (int u = 0; u < ROWS; ++u) {
+                const unsigned int i = i0 + u * SPW + sub;
+                float kf[8];
+                bf16x8_to_float(raw[u], kf);
+                const unsigned int slot = base + i;
+                const bool keep = i < total && slot < (unsigned int)cap;
+                for (int g = 0; g < G; ++g) {
+                    const float acc = row_dot<LPS>(qf + g * D + part * 8, kf);
+                    if (part == 0 && keep) scores[(bh * G + g) * cap + slot] = acc;
+                }
+                if (part == 0 && keep) idx[bh * cap + slot] = pos[u];
+            }
+            i0 += STEP;
+            if (i0 >= total) break;  // warp-uniform
+            load(i0);
+        }
     }
     LS_MARK(ls_trace_select, trow, 5);  // thread 0's rows scored
     LS_GMARK(ls_trace_select, trow, 6);
@@ -693,6 +768,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     LS_SELECT2(1, LS_FRAG, frag_w1, ROWS)    \
     LS_SELECT2(2, LS_FRAG, frag_w2, ROWS)
 LS_SELECT2_ALL(4)  // 8 rows in flight: 64 registers with spills, slower everywhere (measured, dropped)
+LS_SELECT2_ALL(0)  // the rows by cp.async into shared memory
 
 // Exact scores of every kept survivor of row bh = blockIdx.y (slots [0, min(tally, cap)) of idx), grid-strided
 // over blockIdx.x: LPS lanes per bf16 key row, SCORE_ROWS rows per lane group with their loads issued together

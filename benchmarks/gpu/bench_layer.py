@@ -1,6 +1,7 @@
 # ruff: noqa: B023  (closures are timed inside the loop iteration that made them)
 """ls_layer (kernels/ls_layer.cuh: the whole sparse layer in one launch, a cluster of blocks per row) against the
-staged kernels choose_config picks, per layer of Llama-3-8B geometry, on the device machine:
+staged kernels choose_config picks (``--staged``; ``--async-select``: the same with the select's rows brought in
+by cp.async), per layer of Llama-3-8B geometry, on the device machine:
 
     python3 benchmarks/gpu/bench_layer.py --out $OUT/layer.json [--trace]
 
@@ -13,6 +14,7 @@ times (thread 0's SM clock at each phase boundary, %globaltimer at its start and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import traceback
@@ -76,8 +78,11 @@ def main() -> None:
     ap.add_argument("--batches", default="1")
     ap.add_argument("--contexts", default="131072,524288,1048576")
     ap.add_argument("--survival", default="0.05", help="random-sign targets besides planted 5 %%")
-    ap.add_argument("--ctas", default="0", help="ls_layer blocks per row to time (0: auto)")
+    ap.add_argument("--ctas", default="0", help="ls_layer blocks per row to time (0: auto; empty: none)")
     ap.add_argument("--staged", action="store_true", help="also time choose_config's staged kernels")
+    ap.add_argument(
+        "--async-select", action="store_true", help="also time them with the async select (rows by cp.async)"
+    )
     ap.add_argument("--lists", default="0", help="ls_layer list caps to time (0: all the shared memory)")
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--defines", default="", help="comma list of NAME=VALUE for the kernels' build (LAYER_*)")
@@ -120,10 +125,14 @@ def main() -> None:
                 configs = {
                     f"layer{c}/list{n}": (fused.Config(layer=True, ctas=int(c)), int(n))
                     for c in a.ctas.split(",")
+                    if c
                     for n in a.lists.split(",")
                 }
                 if a.staged:
                     configs["staged " + config_key(fused.choose_config(s))] = (fused.choose_config(s), 0)
+                if a.async_select:
+                    c = dataclasses.replace(fused.choose_config(s), select="async", rows=0)
+                    configs["staged " + config_key(c)] = (c, 0)
                 row: dict = {"users": users, "context": ctx, "survival_target": survival, "planted": plant,
                              "input_sets": nsets, "configs": {}}  # fmt: skip
                 for name, (cfg, list_cap) in configs.items():

@@ -39,7 +39,10 @@ MAX_GROUP_FILTER = 16
 TOPK_SMEM_KEYS = 45056  # scores the top-k kernels cache in dynamic shared memory (176 KiB; 41 KiB static)
 TOPK_CTAS = 4  # blocks of the cluster top-k kernels per (row, query head)
 Method = Literal["popc", "mma", "mmax", "frag"]
-SelectForm = Literal["fused", "split"]
+# fused: ls_select (ls_select2 with Config.rows); split: ls_filter then ls_score; async: ls_select2 with each
+# block's survivor rows brought into shared memory by cp.async, every row of two 16 KiB buffers in flight at once
+SelectForm = Literal["fused", "split", "async"]
+SELECT_FORMS: tuple[SelectForm, ...] = ("fused", "split", "async")
 # atomic / match: ls_topk with its histogram adds by shared atomics or __match_any_sync; cluster:
 # ls_topk_cluster, each (row, head) over TOPK_CTAS blocks; sample: ls_topk_sample, one block whose radix passes
 # run over the candidates a sampled threshold leaves (TOPK_CANDIDATES at most); spread: the sample top-k's
@@ -53,6 +56,7 @@ SPREAD_CTAS = {"spread": 2, "spreadc": 2}  # blocks per (row, head) of the sprea
 SPREAD_MAX_CLUSTERS = 66
 TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
 SELECT_ROWS = (4,)  # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower: dropped)
+SELECT_ASYNC = 0  # ls_select2_r0_*: the async select form (kernels: ROWS = 0)
 # ls_layer (kernels/ls_layer.cuh): the whole layer in one launch, a cluster of up to LAYER_MAX_CTAS blocks per row
 LAYER_MAX_CTAS = 16  # clusters past 8 blocks are non-portable (Hopper allows 16)
 LAYER_MAX_LIST = 65535  # a block's survivor list is indexed by 16-bit picks
@@ -353,7 +357,9 @@ class FusedLongSight:
         mod = _module()
         w, d = shape.words, shape.head_dim
         self.f_select = mod.get_function(f"ls_select_{self.method}_w{w}")
-        self.f_select2 = {r: mod.get_function(f"ls_select2_r{r}_{self.method}_w{w}") for r in SELECT_ROWS}
+        self.f_select2 = {
+            r: mod.get_function(f"ls_select2_r{r}_{self.method}_w{w}") for r in (*SELECT_ROWS, SELECT_ASYNC)
+        }
         self.f_filter = mod.get_function(f"ls_filter_{self.method}_w{w}")
         self.f_score = mod.get_function(f"ls_score_d{d}")
         ga = 4 if shape.group <= 4 else 8
@@ -487,9 +493,14 @@ class FusedLongSight:
         items = band_items + s.group * pick_parts
         f_attn = self.f_attn[c.chunk]
 
+        if c.select not in SELECT_FORMS:
+            raise CemsimError(f"Config.select must be one of {SELECT_FORMS}, got {c.select!r}")
         if c.rows and c.rows not in SELECT_ROWS:
             raise CemsimError(f"Config.rows must be 0 or one of {SELECT_ROWS}, got {c.rows}")
-        f_select = self.f_select2[c.rows] if c.rows else self.f_select
+        if c.select == "async":
+            f_select = self.f_select2[SELECT_ASYNC]
+        else:
+            f_select = self.f_select2[c.rows] if c.rows else self.f_select
 
         def launch_dependent(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
             """A launch that depends on the kernel ahead of it in the stream: programmatic under config.pdl."""
@@ -562,7 +573,7 @@ class FusedLongSight:
 
         out: dict[str, Any] = {"band": lambda: attn(0, band_items)}
         if s.region > 0:
-            if c.select == "fused":
+            if c.select != "split":
                 out["select"] = select
             else:
                 out["filter"], out["score"] = filt, score

@@ -76,7 +76,7 @@ shapes = st.builds(
 def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, candidates: int) -> None:
     rng = np.random.default_rng(seed)
     x = make_inputs(rng, s, survival)
-    # every filter method, select form (ls_select, ls_select2, split), top-k kernel
+    # every filter method, select form (ls_select, ls_select2 with rows in registers or by cp.async, split), top-k kernel
     # (and histogram mode; the sample top-k with a candidate buffer from 64 entries, which sends long rows
     # through its sampled threshold or its fallback), attention chunk, and the picks' attention in the top-k
     # blocks (fold) or a launch of its own
@@ -98,6 +98,9 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, 
         ("mmax", Config("split", "spread", 64, False)),
         ("mma", Config("fused", "spreadc", 64, True, 4, True)),
         ("popc", Config("split", "spreadc", 128, True)),
+        ("popc", Config("async", "sample", 64, True, 0, True)),  # ls_select2, rows by cp.async
+        ("frag", Config("async", "spreadc", 128, True)),
+        ("mma", Config("async", "atomic", 64, False)),
         ("popc", Config(layer=True)),  # ls_layer, as many blocks per row as fit at once
         ("popc", Config(layer=True, ctas=3)),
         ("popc", Config(layer=True, ctas=1)),
@@ -139,6 +142,7 @@ def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
         Config("fused", "sample", 128, False, 4),
         Config("fused", "spread", 64, True, 4, True),
         Config("fused", "spreadc", 64, True, 4, True),
+        Config("async", "spreadc", 64, True, 0, True),
         Config(layer=True),
     ],
     ids=[
@@ -148,6 +152,7 @@ def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
         "sample-apart-rows4",
         "spread-fold-rows4-pdl",
         "spreadc-fold-pdl",
+        "async-spreadc-fold-pdl",
         "layer",
     ],
 )
@@ -187,7 +192,14 @@ def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
 @pytest.mark.parametrize(("k", "candidates"), [(1024, 4096), (256, 1000), (1024, 700)])
 @pytest.mark.parametrize(
     ("topk", "fold"),
-    [("sample", True), ("sample", False), ("spread", True), ("spreadc", True), ("layer", True)],
+    [
+        ("sample", True),
+        ("sample", False),
+        ("spread", True),
+        ("spreadc", True),
+        ("layer", True),
+        ("async", True),
+    ],
 )
 def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int) -> None:
     """Rows of ~27K survivors (odd cap, so score rows start off 16-byte boundaries): the sample top-k's candidate
@@ -198,7 +210,14 @@ def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int
     rng = np.random.default_rng(17)
     s = Shape(1, 2, 4, 64, 90000, 64, 4, k, cap=89931)
     x = make_inputs(rng, s, 0.3)
-    config = Config(layer=True) if topk == "layer" else Config("fused", topk, 64, fold, 4)  # type: ignore[arg-type]
+    if topk == "layer":
+        config = Config(layer=True)
+    elif (
+        topk == "async"
+    ):  # the sample top-k after the async select: ~650 rows a select block, 6 buffers of rows
+        config = Config("async", "sample", 64, fold)
+    else:
+        config = Config("fused", topk, 64, fold, 4)  # type: ignore[arg-type]
     ref.check_pipeline(s, x, run_gpu(s, x, "popc", config, candidates))
 
 
@@ -264,7 +283,7 @@ def test_overflow_is_reported_and_counts_stay_exact() -> None:
     s = Shape(1, 2, 4, 128, 20000, 64, 4, 32, cap=100)
     x = make_inputs(rng, s, 0.5)
     rows = ref.survivors(x["ksig"], x["qsig"], x["thresholds"], s.start, s.region)
-    for form, in_flight in (("fused", 0), ("split", 0), ("fused", 4), ("layer", 0)):
+    for form, in_flight in (("fused", 0), ("split", 0), ("fused", 4), ("async", 0), ("layer", 0)):
         config = Config(layer=True) if form == "layer" else Config(form, "atomic", 64, True, in_flight)  # type: ignore[arg-type]
         p = FusedLongSight(s, method="popc", config=config)
         p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))

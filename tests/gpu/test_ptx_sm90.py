@@ -48,6 +48,8 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         "ls_select_frag_w2",
         "ls_select2_r4_popc_w2",
         "ls_select2_r4_frag_w2",
+        "ls_select2_r0_popc_w1",  # the async select form
+        "ls_select2_r0_frag_w2",
         "ls_topk_sample_d64",
         "ls_topk_sample_d128",
         "ls_topk_sample_select",
@@ -68,3 +70,7 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
     # the frag filter is on the tensor core, in the AND form only (sm_90 emulates .xor.popc)
     assert "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.and.popc" in frag
     assert ".xor.popc" not in frag
+    # the async select and the gather probe bring rows into shared memory by cp.async on Hopper
+    assert "cp.async.cg.shared.global" in ptx
+    probe = (tmp_path / "gather_probe.ptx").read_text()
+    assert "cp.async.cg.shared.global" in probe and ".entry gather_ldg_r16" in probe
