@@ -26,7 +26,12 @@
 
 #define LS_MAX_G 16   // filter: queries per KV group
 #define LS_MAX_GA 8   // scoring / attention: query heads per KV group held in registers
-#define LS_KPT 8      // 32-key words per warp per iteration of the filter
+#ifndef LS_KPT
+#define LS_KPT 8  // 32-key words per warp per iteration of the filter (a build variant may set it: ls_block_keys)
+#endif
+#ifndef LS_SELECT_MINB
+#define LS_SELECT_MINB 1  // the select kernels' blocks an SM, the register cap's launch bound (a build variant)
+#endif
 #define LS_WARPS 8    // warps per block of ls_select and of the bitmap filters
 #define LS_ROWS 4     // survivor key rows each lane group of ls_select has in flight
 #define LS_FRAG 3     // ls_select's filter method on frag-layout signs (scf_frag.cuh)
@@ -393,6 +398,7 @@ extern "C" __global__ void scf_bitmap_mmax_w2(const u64* q, const u64* k, long l
 // (scores) lets the sign stream and the scattered key-row reads each run with nothing else in the way.
 // Each filter block covers LS_WARPS x LS_KPT x 32 consecutive keys and makes one atomicAdd.
 #define LS_BLOCK_KEYS (LS_WARPS * LS_KPT * 32)
+extern "C" __device__ const int ls_block_keys = LS_BLOCK_KEYS;  // the host sizes the select's grid by it
 
 // Block-local compaction of KPT survivor words per warp (bit l of words[j]: key first + 32 j + l survives, first
 // being this warp's first key position): warp w's count into warp_total[w], thread 0 turns the NW counts into
@@ -551,13 +557,13 @@ __device__ void filter_body(const u64* __restrict__ ksig, const u64* __restrict_
 }
 
 #define LS_SELECT(W, METHOD, NAME)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(LS_WARPS * 32)                                                  \
+    extern "C" __global__ void __launch_bounds__(LS_WARPS * 32, LS_SELECT_MINB)                                  \
         ls_select_##NAME(const u64* ksig, const u64* qsig, const int* thresholds, const float* q,               \
                          const bf16_t* keys, long long ctx, long long start, long long n, int G, int cap,       \
                          unsigned int* tally, int* idx, float* scores) {                                        \
         select_body<W, METHOD>(ksig, qsig, thresholds, q, keys, ctx, start, n, G, cap, tally, idx, scores);        \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(LS_WARPS * 32)                                                  \
+    extern "C" __global__ void __launch_bounds__(LS_WARPS * 32, LS_SELECT_MINB)                                  \
         ls_filter_##NAME(const u64* ksig, const u64* qsig, const int* thresholds, long long ctx, long long start, \
                          long long n, int G, int cap, unsigned int* tally, int* idx) {                          \
         filter_body<W, METHOD>(ksig, qsig, thresholds, ctx, start, n, G, cap, tally, idx);                      \
@@ -752,7 +758,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
 }
 
 #define LS_SELECT2(W, METHOD, NAME, ROWS)                                                                          \
-    extern "C" __global__ void __launch_bounds__(LS_WARPS * 32)                                                  \
+    extern "C" __global__ void __launch_bounds__(LS_WARPS * 32, LS_SELECT_MINB)                                  \
         ls_select2_r##ROWS##_##NAME(const u64* ksig, const u64* qsig, const int* thresholds, const float* q,    \
                                     const bf16_t* keys, long long ctx, long long start, long long n, int G,     \
                                     int cap, unsigned int* tally, int* idx, float* scores) {                    \

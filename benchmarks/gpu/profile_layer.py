@@ -80,15 +80,19 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1)
     ap.add_argument("--config", default="fused4/sample/64/fold/pdl")
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument(
+        "--defines", default="", help="comma list of NAME=VALUE for the kernels' build (LS_KPT, ...)"
+    )
     ap.add_argument("--out")
     a = ap.parse_args()
     import cupy as cp
     import torch
 
     mod = None
-    if a.trace:
-        mod = fused.build_module("LS_TRACE")
-        fused._module = lambda: mod  # the pipeline's kernels from the traced build
+    defines = [d for d in a.defines.split(",") if d] + (["LS_TRACE"] if a.trace else [])
+    if defines:
+        mod = fused.build_module(*defines)
+        fused._module = lambda: mod  # the pipeline's kernels from the traced / variant build
     results = []
     for ctx in (int(c) for c in a.ctx.split(",")):
         s = shape_for(a.users, ctx, 0.05)

@@ -26,7 +26,7 @@ from cemsim.gpu.sign_layout import padded_keys
 from cemsim.kernels import KERNEL_DIR, _cupy
 
 SOURCE = KERNEL_DIR / "longsight_fused.cu"
-BLOCK_KEYS = 8 * 8 * 32  # LS_WARPS x LS_KPT x 32: keys per ls_select / ls_filter block
+BLOCK_KEYS = 8 * 8 * 32  # LS_WARPS x LS_KPT x 32: keys per ls_select / ls_filter block (ls_block_keys)
 SELECT_THREADS = 256
 SCORE_THREADS = 256
 SCORE_ROWS_PER_BLOCK = 128  # (SCORE_THREADS / (D / 8)) lane groups x SCORE_ROWS, at D = 128
@@ -357,6 +357,8 @@ class FusedLongSight:
         mod = _module()
         w, d = shape.words, shape.head_dim
         self.f_select = mod.get_function(f"ls_select_{self.method}_w{w}")
+        # keys a select block filters: BLOCK_KEYS unless a build variant set LS_KPT (benchmarks' --defines)
+        self.block_keys = int(cp.ndarray((1,), cp.int32, mod.get_global("ls_block_keys")).get()[0])
         self.f_select2 = {
             r: mod.get_function(f"ls_select2_r{r}_{self.method}_w{w}") for r in (*SELECT_ROWS, SELECT_ASYNC)
         }
@@ -482,7 +484,7 @@ class FusedLongSight:
             return {"layer": self._layer_stage(ksig, qsig, thresholds, q, keys, vals)}
         # frag: keys counted from the 32-key block holding the region's start
         lead = s.start % 32 if self.method == "frag" else 0
-        grid_sel = (-(-(lead + s.region) // BLOCK_KEYS), s.rows)
+        grid_sel = (-(-(lead + s.region) // self.block_keys), s.rows)
         band_items = s.band_items(c.chunk)
         cluster = c.topk == "cluster"
         spread = (
