@@ -482,11 +482,13 @@ def graph_overhead(cp) -> dict:
 
 
 def config_key(c) -> str:
-    """select form (+ rows in flight) / top-k / chunk / fold or apart (/ pdl); ls_layer: layer (/ blocks per row)."""
+    """select form (+ rows in flight) / top-k / chunk / fold or apart (/ pdl) (/ late: the band beside the top-k);
+    ls_layer: layer (/ blocks per row)."""
     if c.layer:
         return "layer" + (f"/{c.ctas}" if c.ctas else "")
     where = "fold" if c.fold else "apart"
-    return f"{c.select}{c.rows or ''}/{c.topk}/{c.chunk}/{where}" + ("/pdl" if c.pdl else "")
+    flags = ("/pdl" if c.pdl else "") + ("/late" if c.band_late else "")
+    return f"{c.select}{c.rows or ''}/{c.topk}/{c.chunk}/{where}" + flags
 
 
 def parse_config_key(key: str):
@@ -498,7 +500,13 @@ def parse_config_key(key: str):
     form = parts[0].rstrip("0123456789")
     rows = int(parts[0][len(form) :] or 0)
     return Config(
-        form, parts[1], int(parts[2]), parts[3] == "fold", rows, len(parts) > 4 and parts[4] == "pdl"
+        form,
+        parts[1],
+        int(parts[2]),
+        parts[3] == "fold",
+        rows,
+        "pdl" in parts[4:],
+        band_late="late" in parts[4:],
     )  # type: ignore[arg-type]
 
 

@@ -83,6 +83,9 @@ def main() -> None:
     ap.add_argument(
         "--async-select", action="store_true", help="also time them with the async select (rows by cp.async)"
     )
+    ap.add_argument(
+        "--band-late", action="store_true", help="also time each staged form with Config.band_late"
+    )
     ap.add_argument("--lists", default="0", help="ls_layer list caps to time (0: all the shared memory)")
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--defines", default="", help="comma list of NAME=VALUE for the kernels' build (LAYER_*)")
@@ -133,6 +136,10 @@ def main() -> None:
                 if a.async_select:
                     c = dataclasses.replace(fused.choose_config(s), select="async", rows=0)
                     configs["staged " + config_key(c)] = (c, 0)
+                if a.band_late:
+                    for c, _ in [v for v in configs.values() if not v[0].layer]:
+                        c = dataclasses.replace(c, band_late=True)
+                        configs["staged " + config_key(c)] = (c, 0)
                 row: dict = {"users": users, "context": ctx, "survival_target": survival, "planted": plant,
                              "input_sets": nsets, "configs": {}}  # fmt: skip
                 for name, (cfg, list_cap) in configs.items():

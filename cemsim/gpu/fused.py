@@ -84,6 +84,9 @@ class Config:
     layer: bool = False
     # ls_layer's blocks per row; 0: the most (up to LAYER_MAX_CTAS) with every row's cluster resident at once
     ctas: int = 0
+    # in a captured graph, the band's attention branches off after the select (beside the top-k, which leaves
+    # most SMs idle at batch 1) instead of at the start, where its blocks take SM slots from the select's
+    band_late: bool = False
 
 
 @dataclass(frozen=True)
@@ -618,7 +621,8 @@ class FusedLongSight:
         self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any, stream: Any
     ) -> Any:
         """The whole layer as one CUDA graph on ``stream`` (a non-default CuPy stream), the band's attention
-        on a branch of its own beside the select and top-k (ls_layer: its one launch)."""
+        on a branch of its own beside the select and top-k, or with ``config.band_late`` beside the top-k only
+        (ls_layer: its one launch)."""
         cp = self.cp
         self.check_inputs(ksig, qsig, thresholds, q, keys, vals)
         stages = self.stages(ksig, qsig, thresholds, q, keys, vals)
@@ -630,12 +634,22 @@ class FusedLongSight:
                 if "layer" in stages:
                     stages["layer"]()
                     return stream.end_capture()
-                fork.record(stream)
-                side.wait_event(fork)
-                with side:
-                    stages["band"]()
-                join.record(side)
+
+                def branch() -> None:  # the band on the side stream, after what the stream has so far
+                    fork.record(stream)
+                    side.wait_event(fork)
+                    with side:
+                        stages["band"]()
+                    join.record(side)
+
+                late = (
+                    self.config.band_late and "topk" in stages and ("select" in stages or "score" in stages)
+                )
+                if not late:
+                    branch()
                 for name, stage in stages.items():
+                    if name == "topk" and late:
+                        branch()
                     if name not in ("band", "picks"):
                         stage()
                 stream.wait_event(join)

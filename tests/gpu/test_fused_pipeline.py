@@ -143,6 +143,8 @@ def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
         Config("fused", "spread", 64, True, 4, True),
         Config("fused", "spreadc", 64, True, 4, True),
         Config("async", "spreadc", 64, True, 0, True),
+        Config("fused", "sample", 64, True, 0, True, band_late=True),
+        Config("split", "atomic", 128, False, band_late=True),
         Config(layer=True),
     ],
     ids=[
@@ -153,6 +155,8 @@ def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
         "spread-fold-rows4-pdl",
         "spreadc-fold-pdl",
         "async-spreadc-fold-pdl",
+        "sample-fold-pdl-band-late",
+        "split-apart-band-late",
         "layer",
     ],
 )
@@ -232,6 +236,7 @@ def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int
         Config("split", "match", 64, True, 0, True),
         Config("fused", "spread", 128, True, 4, True),
         Config("fused", "spreadc", 128, True, 4, True),
+        Config("fused", "sample", 64, False, 4, True, band_late=True),
         Config(layer=True, ctas=2),
     ],
     ids=[
@@ -241,6 +246,7 @@ def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int
         "split-match-fold",
         "spread-fold",
         "spreadc-fold",
+        "sample-apart-band-late",
         "layer-2",
     ],
 )
