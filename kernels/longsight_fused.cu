@@ -30,7 +30,10 @@
 #define LS_KPT 8  // 32-key words per warp per iteration of the filter (a build variant may set it: ls_block_keys)
 #endif
 #ifndef LS_SELECT_MINB
-#define LS_SELECT_MINB 1  // the select kernels' blocks an SM, the register cap's launch bound (a build variant)
+// the select kernels' blocks an SM (their launch bound caps registers at 64): NVRTC built them with 76-79
+// registers, 3 blocks an SM, so at batch 1 and 128K (512 blocks) a second wave started ~14 us after the first
+// (lead session 2, 2026-12-02: 128K planted 53.6 -> 50.0 us, 1M 172.3 -> 156.8 us; no spills)
+#define LS_SELECT_MINB 4
 #endif
 #define LS_WARPS 8    // warps per block of ls_select and of the bitmap filters
 #define LS_ROWS 4     // survivor key rows each lane group of ls_select has in flight
