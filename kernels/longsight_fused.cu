@@ -30,9 +30,10 @@
 #define LS_KPT 8  // 32-key words per warp per iteration of the filter (a build variant may set it: ls_block_keys)
 #endif
 #ifndef LS_SELECT_MINB
-// the select kernels' blocks an SM (their launch bound caps registers at 64): NVRTC built them with 76-79
-// registers, 3 blocks an SM, so at batch 1 and 128K (512 blocks) a second wave started ~14 us after the first
-// (lead session 2, 2026-12-02: 128K planted 53.6 -> 50.0 us, 1M 172.3 -> 156.8 us; no spills)
+// the select kernels' blocks an SM (their launch bound caps registers at 64). Written as a bound of 1, NVRTC built
+// them with 76-79 registers, 3 blocks an SM, and at batch 1 and 128K (512 blocks) a second wave started ~14 us
+// after the first (H200, 2026-12-02: 128K planted 53.9 against 49.6 us, 1M 171.6 against 156.2, batch 8 1M
+// 1,121.5 against 986.3); with 4 they run as fast as the kernels did with no minimum given (no spills)
 #define LS_SELECT_MINB 4
 #endif
 #define LS_WARPS 8    // warps per block of ls_select and of the bitmap filters
@@ -778,6 +779,8 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     LS_SELECT2(2, LS_FRAG, frag_w2, ROWS)
 LS_SELECT2_ALL(4)  // 8 rows in flight: 64 registers with spills, slower everywhere (measured, dropped)
 LS_SELECT2_ALL(0)  // the rows by cp.async into shared memory
+LS_SELECT2_ALL(6)
+LS_SELECT2_ALL(7)
 
 // Exact scores of every kept survivor of row bh = blockIdx.y (slots [0, min(tally, cap)) of idx), grid-strided
 // over blockIdx.x: LPS lanes per bf16 key row, SCORE_ROWS rows per lane group with their loads issued together

@@ -55,7 +55,11 @@ SPREAD_CTAS = {"spread": 2, "spreadc": 2}  # blocks per (row, head) of the sprea
 # run 8; 30 clusters of 4): choose_config takes spreadc only where every (row, head) fits in one wave
 SPREAD_MAX_CLUSTERS = 66
 TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
-SELECT_ROWS = (4,)  # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower: dropped)
+SELECT_ROWS = (
+    4,
+    6,
+    7,
+)  # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower: dropped)
 SELECT_ASYNC = 0  # ls_select2_r0_*: the async select form (kernels: ROWS = 0)
 # ls_layer (kernels/ls_layer.cuh): the whole layer in one launch, a cluster of up to LAYER_MAX_CTAS blocks per row
 LAYER_MAX_CTAS = 16  # clusters past 8 blocks are non-portable (Hopper allows 16)
@@ -331,9 +335,13 @@ def choose_config(shape: Shape) -> Config:
     chunk 64. From 32K slots, where every (row, query head) cluster of two fits on the GPU at once, spreadc
     (the sample top-k's candidate pass and picks' attention over a cluster of 2): 94.9 against 98.1 us at 512K
     and 153.8 against 158.0 at 1M, batch 1, planted 5 % (benchmarks/gpu/results/
-    h200-layer-gpuattn2-run8-2026-12-02.json; measured at batch 1 only)."""
+    h200-layer-gpuattn2-run8-2026-12-02.json; measured at batch 1 only). The band's attention beside the top-k
+    rather than the select (band_late) where the top-k leaves most SMs idle and rows hold 8K slots: -2.0 us at
+    128K and -2.5 at 1M, batch 1, planted 5 %; +4 us at 4K and +10-14 us at batch 8 from 32K, where it is off
+    (benchmarks/gpu/results/h200-band-late-lead2-2026-12-02.json)."""
     long_rows = shape.cap >= 32768
-    spread = long_rows and shape.rows * shape.group <= SPREAD_MAX_CLUSTERS
+    few_heads = shape.rows * shape.group <= SPREAD_MAX_CLUSTERS  # the top-k leaves most SMs idle (batch 1)
+    spread = long_rows and few_heads
     return Config(
         select="fused",
         topk="spreadc" if spread else "sample" if shape.cap >= 8192 else "atomic",
@@ -341,6 +349,7 @@ def choose_config(shape: Shape) -> Config:
         fold=True,
         rows=4 if long_rows else 0,
         pdl=shape.cap >= 4096,
+        band_late=few_heads and shape.cap >= 8192,
     )
 
 

@@ -457,15 +457,17 @@ def test_choose_config_follows_the_h200_measurement() -> None:
     """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v3-2026-12-02.json): the sample
     top-k once rows can hold 8K survivors, else the single-block one; ls_select2 from 32K slots; the picks'
     attention folded; programmatic launch from 4K slots; chunk 64; from 32K slots spreadc where its clusters
-    of two fit on the GPU at once (gpuattn2 run 8, batch 1)."""
+    of two fit on the GPU at once (gpuattn2 run 8, batch 1); the band beside the top-k at batch 1 from 8K slots."""
     from cemsim.gpu.fused import choose_config
 
     long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
-    assert choose_config(long1) == Config("fused", "spreadc", 64, True, 4, True)
+    assert choose_config(long1) == Config("fused", "spreadc", 64, True, 4, True, band_late=True)
     long8 = Shape(8, 8, 4, 128, 1 << 19, 1024, 16, 1024, cap=36059)
     assert choose_config(long8) == Config("fused", "sample", 64, True, 4, True)
     mid1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
-    assert choose_config(mid1) == Config("fused", "sample", 64, True, 0, True)
+    assert choose_config(mid1) == Config("fused", "sample", 64, True, 0, True, band_late=True)
+    short1 = Shape(1, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)  # the band stays beside the select
+    assert choose_config(short1) == Config("fused", "atomic", 64, True, 0, True)
     short8 = Shape(8, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)
     assert choose_config(short8) == Config("fused", "atomic", 64, True, 0, True)
     tiny8 = Shape(8, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246)
