@@ -33,6 +33,7 @@ from bench_fused import (
     check_row0,
     config_key,
     copy_bandwidth,
+    parse_config_key,
     provenance,
     shape_for,
 )
@@ -86,6 +87,9 @@ def main() -> None:
     ap.add_argument(
         "--band-late", action="store_true", help="also time each staged form with Config.band_late"
     )
+    ap.add_argument(
+        "--configs", default="", help="comma list of config keys (bench_fused.config_key) to time too"
+    )
     ap.add_argument("--lists", default="0", help="ls_layer list caps to time (0: all the shared memory)")
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--defines", default="", help="comma list of NAME=VALUE for the kernels' build (LAYER_*)")
@@ -136,6 +140,8 @@ def main() -> None:
                 if a.async_select:
                     c = dataclasses.replace(fused.choose_config(s), select="async", rows=0)
                     configs["staged " + config_key(c)] = (c, 0)
+                for key in (k for k in a.configs.split(",") if k):
+                    configs[key] = (parse_config_key(key), 0)
                 if a.band_late:
                     for c, _ in [v for v in configs.values() if not v[0].layer]:
                         c = dataclasses.replace(c, band_late=True)
