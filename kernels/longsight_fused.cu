@@ -779,8 +779,6 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     LS_SELECT2(2, LS_FRAG, frag_w2, ROWS)
 LS_SELECT2_ALL(4)  // 8 rows in flight: 64 registers with spills, slower everywhere (measured, dropped)
 LS_SELECT2_ALL(0)  // the rows by cp.async into shared memory
-LS_SELECT2_ALL(6)
-LS_SELECT2_ALL(7)
 
 // Exact scores of every kept survivor of row bh = blockIdx.y (slots [0, min(tally, cap)) of idx), grid-strided
 // over blockIdx.x: LPS lanes per bf16 key row, SCORE_ROWS rows per lane group with their loads issued together
@@ -864,9 +862,19 @@ __device__ void merge_head(long long bh, int g, int G, int items, int band_items
                            float* ml, float* red, float* stat) {
     const int nparts = band_items + pick_parts;
     if (threadIdx.x == 0) done[bh * (G + 1) + g] = 0u;  // ready for the next launch
+    const int H = blockDim.x / D;  // thread groups splitting the partials of each output element
+    const int dd = threadIdx.x % D, h = threadIdx.x / D;
+    // this thread's first MERGE_PRE partial outputs, loaded with the (max, sum) pairs rather than after them
+    constexpr int MERGE_PRE = 4;
+    auto item = [&](int j) { return j < band_items ? j : band_items + g * pick_parts + (j - band_items); };
+    float po[MERGE_PRE];
+#pragma unroll
+    for (int u = 0; u < MERGE_PRE; ++u) {
+        const int j = h + u * H;
+        po[u] = j < nparts ? __ldcg(part_o + ((bh * items + item(j)) * G + g) * D + dd) : 0.f;
+    }
     for (int j = threadIdx.x; j < nparts; j += blockDim.x) {
-        const int it = j < band_items ? j : band_items + g * pick_parts + (j - band_items);
-        const float2 v = __ldcg(reinterpret_cast<const float2*>(part_ml) + (bh * items + it) * G + g);
+        const float2 v = __ldcg(reinterpret_cast<const float2*>(part_ml) + (bh * items + item(j)) * G + g);
         ml[2 * j] = v.x;
         ml[2 * j + 1] = v.y;
     }
@@ -892,14 +900,12 @@ __device__ void merge_head(long long bh, int g, int G, int items, int band_items
         }
     }
     __syncthreads();
-    const int H = blockDim.x / D;  // thread groups splitting the partials of each output element
-    const int dd = threadIdx.x % D, h = threadIdx.x / D;
     float a = 0.f;
+#pragma unroll
+    for (int u = 0; u < MERGE_PRE; ++u)
+        if (h + u * H < nparts) a += ml[2 * (h + u * H)] * po[u];
 #pragma unroll 4
-    for (int j = h; j < nparts; j += H) {
-        const int it = j < band_items ? j : band_items + g * pick_parts + (j - band_items);
-        a += ml[2 * j] * __ldcg(part_o + ((bh * items + it) * G + g) * D + dd);
-    }
+    for (int j = h + MERGE_PRE * H; j < nparts; j += H) a += ml[2 * j] * __ldcg(part_o + ((bh * items + item(j)) * G + g) * D + dd);
     red[h * D + dd] = a;
     __syncthreads();
     if (threadIdx.x < D) {

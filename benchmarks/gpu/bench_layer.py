@@ -93,14 +93,17 @@ def main() -> None:
     ap.add_argument("--lists", default="0", help="ls_layer list caps to time (0: all the shared memory)")
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--defines", default="", help="comma list of NAME=VALUE for the kernels' build (LAYER_*)")
+    ap.add_argument(
+        "--source", help="build this copy of kernels/longsight_fused.cu instead (an A/B against it)"
+    )
     a = ap.parse_args()
     import cupy as cp
     import torch
 
     mod = None
     defines = [d for d in a.defines.split(",") if d] + (["LS_TRACE"] if a.trace else [])
-    if defines:
-        mod = fused.build_module(*defines)
+    if defines or a.source:
+        mod = fused.build_module(*defines, source=Path(a.source) if a.source else None)
         fused._module = lambda: mod
     bw = copy_bandwidth(cp)
     out: dict = {"provenance": provenance(), "copy": bw, "defines": defines, "points": []}

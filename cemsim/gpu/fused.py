@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -171,14 +172,16 @@ class Shape:
         )
 
 
-def build_module(*defines: str) -> Any:
+def build_module(*defines: str, source: Path | None = None) -> Any:
     """kernels/longsight_fused.cu (and what it includes) built by NVRTC, with ``-D`` options ``defines`` (such as
-    ``LS_TRACE`` or ``LAYER_KPT=2``): the benchmarks' traced and variant builds, and the pipeline's own."""
+    ``LS_TRACE`` or ``LAYER_KPT=2``): the benchmarks' traced and variant builds, and the pipeline's own;
+    ``source``: another copy of it (a benchmark timing an earlier version beside this one)."""
     cp = _cupy()
     if cp is None:
         raise CemsimError("the fused GPU pipeline needs CuPy and a CUDA device")
     return cp.RawModule(
-        code=SOURCE.read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}", *(f"-D{d}" for d in defines))
+        code=(source or SOURCE).read_text(),
+        options=("-std=c++17", f"-I{KERNEL_DIR}", *(f"-D{d}" for d in defines)),
     )
 
 
