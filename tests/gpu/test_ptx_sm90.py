@@ -70,6 +70,13 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
     # the frag filter is on the tensor core, in the AND form only (sm_90 emulates .xor.popc)
     assert "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.and.popc" in frag
     assert ".xor.popc" not in frag
+    # every ls_select2 form the host asks for (cemsim.gpu.fused) is built, for every filter method and width
+    from cemsim.gpu.fused import SELECT_ASYNC, SELECT_ROWS
+
+    for rows in (*SELECT_ROWS, SELECT_ASYNC):
+        for method in ("popc", "mma", "mmax", "frag"):
+            for w in (1, 2):
+                assert f".entry ls_select2_r{rows}_{method}_w{w}(" in ptx, (rows, method, w)
     # the async select and the gather probe bring rows into shared memory by cp.async on Hopper
     assert "cp.async.cg.shared.global" in ptx
     probe = (tmp_path / "gather_probe.ptx").read_text()
