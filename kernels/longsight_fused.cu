@@ -591,7 +591,8 @@ LS_SELECT(2, LS_FRAG, frag_w2)
 // order as ls_select.
 // ROWS survivor rows in flight per lane group, in registers; ROWS = 0: the block's survivor rows brought into two
 // shared-memory buffers of SEL_ASYNC_BYTES by cp.async, up to two buffers' worth in flight at once with no
-// registers held (the register form issues 64 rows a block, then waits for them before the next 64)
+// registers held (the register form issues 64 rows a block, then waits for them before the next 64). Measured
+// 2-13 us slower than ROWS = 4 at 128K-1M on the H200 (docs/gpu-kernels.md, sixth step): an option, not chosen
 #define SEL_ASYNC_BYTES 16384
 template <int W, int METHOD, int ROWS>
 __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict__ qsig,

@@ -74,7 +74,7 @@ class Config:
     chunk: int = 64
     fold: bool = True  # the top-k blocks attend over their own picks (else ls_attn's pick chunks do)
     # fused select only: ls_select2 (sign loads before the query's, the slot claim overlapped with the first
-    # round of row loads) with this many survivor rows in flight per lane group; 0: ls_select
+    # round of row loads) with this many survivor rows in flight per lane group; 0: ls_select (async: unused)
     rows: int = 0
     # the top-k (and the picks' attention when apart) launched with programmatic stream serialization
     # (cudaLaunchKernelEx through cuda-python): scheduled while the kernel ahead of it drains, waiting in
@@ -86,8 +86,8 @@ class Config:
     layer: bool = False
     # ls_layer's blocks per row; 0: the most (up to LAYER_MAX_CTAS) with every row's cluster resident at once
     ctas: int = 0
-    # in a captured graph, the band's attention branches off after the select (beside the top-k, which leaves
-    # most SMs idle at batch 1) instead of at the start, where its blocks take SM slots from the select's
+    # in a captured graph, the band's attention branches off after the select, beside the top-k (which leaves
+    # most SMs idle at batch 1), instead of at the start, where it shares the SMs and the memory with the select
     band_late: bool = False
 
 
