@@ -597,13 +597,14 @@ def bench_layers(
                 # the fastest top-k alone, the sample top-k (its fold is cheap where the cluster's is not) and
                 # the spread ones (the sample top-k over a cluster: folded only, apart each is sample);
                 # ls_select (rows 0) and ls_select2 (rows 4) for the fused form, each with and without
-                # programmatic launch of what follows it (pdl)
-                forms = [("fused", r, pdl) for r in (0, 4) for pdl in (False, True)] + [("split", 0, False)]
+                # programmatic launch of what follows it (pdl), and with it the band beside the top-k (late)
+                forms = [("fused", r, pdl, late) for r in (0, 4) for pdl, late in ((0, 0), (1, 0), (1, 1))]
+                forms.append(("split", 0, False, False))
                 for topk in sorted({best_topk, "sample", *SPREAD_CTAS}):
-                    for form, rows_, pdl in forms:
+                    for form, rows_, pdl, late in forms:
                         for chunk in (64, 128):
                             for fold in (True, False) if topk not in SPREAD_CTAS else (True,):
-                                cfg = Config(form, topk, chunk, fold, rows_, pdl)  # type: ignore[arg-type]
+                                cfg = Config(form, topk, chunk, fold, rows_, bool(pdl), band_late=bool(late))  # type: ignore[arg-type]
                                 key = config_key(cfg)
                                 try:
                                     for p in pipes:
