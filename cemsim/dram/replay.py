@@ -323,3 +323,16 @@ def replay(
 
 
 __all__ = ["ACT", "KIND_OP", "KIND_READ", "KIND_WRITE", "DramResult", "replay"]
+
+
+def warm() -> None:
+    """Compile the engine's kernel into Numba's cache (``__pycache__`` beside cemsim/dram/kernel.py) with a tiny
+    replay: a cold compile takes 1.5-3 minutes on a 2-core machine, which the Makefile pays at install rather than
+    a user's first DReX run or a test whose subprocess has a time limit. Every replay calls the kernel with the
+    same argument types, so one compile serves all."""
+    from cemsim.dram.loader import load_dram_spec
+
+    spec = load_dram_spec("lpddr5x-8533")
+    n = 64
+    zeros = np.zeros(n, dtype=np.int64)
+    replay(spec, zeros, zeros, np.arange(n) % spec.banks_per_group, np.arange(n), zeros, zeros)
