@@ -2,6 +2,7 @@
 // without the filter around it, to tell the DRAM's rate for scattered rows from the kernels' issue pattern.
 // Each row is ROW_BYTES contiguous bytes at a listed row index of a table; every kernel XORs what it read into
 // one word a thread so nothing is optimised away.
+#include "cp_async.cuh"
 typedef unsigned int u32;
 #define PROBE_THREADS 256
 
@@ -49,18 +50,10 @@ extern "C" __global__ void __launch_bounds__(PROBE_THREADS)
     u32 acc = 0;
     for (long long first = (long long)blockIdx.x * per_block; first < n; first += (long long)gridDim.x * per_block) {
         const int m = (int)min((long long)per_block, n - first);
-        for (int p = threadIdx.x; p < m * lpr; p += blockDim.x) {
-            const uint4* src = table + (long long)rows[first + p / lpr] * lpr + p % lpr;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-            const unsigned int a = (unsigned int)__cvta_generic_to_shared(buf + p);
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(src) : "memory");
-#else
-            buf[p] = *src;  // other targets only build
-#endif
-        }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-        asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
-#endif
+        for (int p = threadIdx.x; p < m * lpr; p += blockDim.x)
+            cp_async16(buf + p, table + (long long)rows[first + p / lpr] * lpr + p % lpr);
+        cp_async_commit();
+        cp_async_wait<0>();
         __syncthreads();
         for (int p = threadIdx.x; p < m * lpr; p += blockDim.x) acc ^= fold4(buf[p]);
         __syncthreads();

@@ -88,27 +88,7 @@ __device__ __forceinline__ void grid_dep_launch() {
 #endif
 }
 
-// 16 bytes global -> shared without registers (sm_80 cp.async, L2 only), committed and waited for in groups;
-// before sm_80 a plain copy (the kernels run on sm_90; other targets only build)
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const unsigned int a = (unsigned int)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(gmem) : "memory");
-#else
-    *reinterpret_cast<uint4*>(smem) = *reinterpret_cast<const uint4*>(gmem);
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-#endif
-}
+#include "cp_async.cuh"  // cp_async16 / cp_async_commit / cp_async_wait (the async select form)
 
 // ------------------------------------------------------------------------------------------------ filter
 
@@ -863,19 +843,9 @@ __device__ void merge_head(long long bh, int g, int G, int items, int band_items
                            float* ml, float* red, float* stat) {
     const int nparts = band_items + pick_parts;
     if (threadIdx.x == 0) done[bh * (G + 1) + g] = 0u;  // ready for the next launch
-    const int H = blockDim.x / D;  // thread groups splitting the partials of each output element
-    const int dd = threadIdx.x % D, h = threadIdx.x / D;
-    // this thread's first MERGE_PRE partial outputs, loaded with the (max, sum) pairs rather than after them
-    constexpr int MERGE_PRE = 4;
-    auto item = [&](int j) { return j < band_items ? j : band_items + g * pick_parts + (j - band_items); };
-    float po[MERGE_PRE];
-#pragma unroll
-    for (int u = 0; u < MERGE_PRE; ++u) {
-        const int j = h + u * H;
-        po[u] = j < nparts ? __ldcg(part_o + ((bh * items + item(j)) * G + g) * D + dd) : 0.f;
-    }
     for (int j = threadIdx.x; j < nparts; j += blockDim.x) {
-        const float2 v = __ldcg(reinterpret_cast<const float2*>(part_ml) + (bh * items + item(j)) * G + g);
+        const int it = j < band_items ? j : band_items + g * pick_parts + (j - band_items);
+        const float2 v = __ldcg(reinterpret_cast<const float2*>(part_ml) + (bh * items + it) * G + g);
         ml[2 * j] = v.x;
         ml[2 * j + 1] = v.y;
     }
@@ -901,12 +871,14 @@ __device__ void merge_head(long long bh, int g, int G, int items, int band_items
         }
     }
     __syncthreads();
+    const int H = blockDim.x / D;  // thread groups splitting the partials of each output element
+    const int dd = threadIdx.x % D, h = threadIdx.x / D;
     float a = 0.f;
-#pragma unroll
-    for (int u = 0; u < MERGE_PRE; ++u)
-        if (h + u * H < nparts) a += ml[2 * (h + u * H)] * po[u];
 #pragma unroll 4
-    for (int j = h + MERGE_PRE * H; j < nparts; j += H) a += ml[2 * j] * __ldcg(part_o + ((bh * items + item(j)) * G + g) * D + dd);
+    for (int j = h; j < nparts; j += H) {
+        const int it = j < band_items ? j : band_items + g * pick_parts + (j - band_items);
+        a += ml[2 * j] * __ldcg(part_o + ((bh * items + it) * G + g) * D + dd);
+    }
     red[h * D + dd] = a;
     __syncthreads();
     if (threadIdx.x < D) {

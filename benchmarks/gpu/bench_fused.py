@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from run_info import host_info, smi
 
+from cemsim.gpu import fused
 from cemsim.gpu import reference as ref
 from cemsim.gpu.fused import Shape
 
@@ -61,6 +62,20 @@ def provenance() -> dict:
         "nvrtc": ".".join(map(str, cp.cuda.nvrtc.getVersion())),
         "script": "benchmarks/gpu/bench_fused.py",
     }
+
+
+def use_build(
+    defines: str, trace: bool = False, source: str | None = None
+) -> tuple[object | None, list[str]]:
+    """The pipeline's kernels from a variant build (``defines``: comma list of NAME=VALUE; ``trace``: LS_TRACE;
+    ``source``: another copy of kernels/longsight_fused.cu), installed as cemsim.gpu.fused's module for every
+    FusedLongSight made after; (None, []) when nothing is asked, the shipped build then."""
+    names = [d for d in defines.split(",") if d] + (["LS_TRACE"] if trace else [])
+    if not names and not source:
+        return None, []
+    mod = fused.build_module(*names, source=Path(source) if source else None)
+    fused._module = lambda: mod
+    return mod, names
 
 
 def timer(cp, fn, reps: int, warmup: int = 3, stream=None) -> list[float]:

@@ -44,7 +44,9 @@ def main() -> None:
     a = ap.parse_args()
     import cupy as cp
 
-    mod = cp.RawModule(code=(KERNEL_DIR / "gather_probe.cu").read_text(), options=("-std=c++17",))
+    mod = cp.RawModule(
+        code=(KERNEL_DIR / "gather_probe.cu").read_text(), options=("-std=c++17", f"-I{KERNEL_DIR}")
+    )
     f_ldg = {r: mod.get_function(f"gather_ldg_r{r}") for r in LDG_ROWS}
     f_async, f_stream = mod.get_function("gather_async"), mod.get_function("stream_read")
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]

@@ -36,6 +36,7 @@ from bench_fused import (
     parse_config_key,
     provenance,
     shape_for,
+    use_build,
 )
 
 from cemsim.gpu import fused
@@ -100,11 +101,7 @@ def main() -> None:
     import cupy as cp
     import torch
 
-    mod = None
-    defines = [d for d in a.defines.split(",") if d] + (["LS_TRACE"] if a.trace else [])
-    if defines or a.source:
-        mod = fused.build_module(*defines, source=Path(a.source) if a.source else None)
-        fused._module = lambda: mod
+    mod, defines = use_build(a.defines, a.trace, a.source)
     bw = copy_bandwidth(cp)
     out: dict = {"provenance": provenance(), "copy": bw, "defines": defines, "points": []}
     bw_bps = bw["bandwidth_bytes_per_s"]

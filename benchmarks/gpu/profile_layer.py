@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fused import PLANTED_THRESHOLD, Data, parse_config_key, shape_for
+from bench_fused import PLANTED_THRESHOLD, Data, parse_config_key, shape_for, use_build
 
 from cemsim.gpu import fused
 
@@ -88,11 +88,7 @@ def main() -> None:
     import cupy as cp
     import torch
 
-    mod = None
-    defines = [d for d in a.defines.split(",") if d] + (["LS_TRACE"] if a.trace else [])
-    if defines:
-        mod = fused.build_module(*defines)
-        fused._module = lambda: mod  # the pipeline's kernels from the traced / variant build
+    mod, _ = use_build(a.defines, a.trace)  # the traced / variant build, when asked
     results = []
     for ctx in (int(c) for c in a.ctx.split(",")):
         s = shape_for(a.users, ctx, 0.05)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -43,7 +43,7 @@ Method = Literal["popc", "mma", "mmax", "frag"]
 # fused: ls_select (ls_select2 with Config.rows); split: ls_filter then ls_score; async: ls_select2 with each
 # block's survivor rows brought into shared memory by cp.async, every row of two 16 KiB buffers in flight at once
 SelectForm = Literal["fused", "split", "async"]
-SELECT_FORMS: tuple[SelectForm, ...] = ("fused", "split", "async")
+SELECT_FORMS: tuple[SelectForm, ...] = get_args(SelectForm)
 # atomic / match: ls_topk with its histogram adds by shared atomics or __match_any_sync; cluster:
 # ls_topk_cluster, each (row, head) over TOPK_CTAS blocks; sample: ls_topk_sample, one block whose radix passes
 # run over the candidates a sampled threshold leaves (TOPK_CANDIDATES at most); spread: the sample top-k's
@@ -651,9 +651,9 @@ class FusedLongSight:
                         stages["band"]()
                     join.record(side)
 
-                late = (
-                    self.config.band_late and "topk" in stages and ("select" in stages or "score" in stages)
-                )
+                late = self.config.band_late and (
+                    "select" in stages or "score" in stages
+                )  # a region to select
                 if not late:
                     branch()
                 for name, stage in stages.items():

@@ -76,7 +76,8 @@ shapes = st.builds(
 def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, candidates: int) -> None:
     rng = np.random.default_rng(seed)
     x = make_inputs(rng, s, survival)
-    # every filter method, select form (ls_select, ls_select2 with rows in registers or by cp.async, split), top-k kernel
+    # every filter method, select form (ls_select, ls_select2 with rows in registers or by cp.async, split),
+    # top-k kernel
     # (and histogram mode; the sample top-k with a candidate buffer from 64 entries, which sends long rows
     # through its sampled threshold or its fallback), attention chunk, and the picks' attention in the top-k
     # blocks (fold) or a launch of its own
@@ -218,7 +219,7 @@ def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int
         config = Config(layer=True)
     elif (
         topk == "async"
-    ):  # the sample top-k after the async select: ~650 rows a select block, 6 buffers of rows
+    ):  # the sample top-k after the async select: ~614 rows a select block, 5 chunks of rows
         config = Config("async", "sample", 64, fold)
     else:
         config = Config("fused", topk, 64, fold, 4)  # type: ignore[arg-type]

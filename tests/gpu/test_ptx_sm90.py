@@ -48,8 +48,6 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         "ls_select_frag_w2",
         "ls_select2_r4_popc_w2",
         "ls_select2_r4_frag_w2",
-        "ls_select2_r0_popc_w1",  # the async select form
-        "ls_select2_r0_frag_w2",
         "ls_topk_sample_d64",
         "ls_topk_sample_d128",
         "ls_topk_sample_select",
