@@ -37,6 +37,7 @@
 #define LS_SELECT_MINB 4
 #endif
 #define LS_WARPS 8    // warps per block of ls_select and of the bitmap filters
+#define LS_MMA_ROWS 16  // ls_select2_r16: survivor rows a warp scores at once with bf16 MMAs
 #define LS_ROWS 4     // survivor key rows each lane group of ls_select has in flight
 #define LS_FRAG 3     // ls_select's filter method on frag-layout signs (scf_frag.cuh)
 
@@ -121,6 +122,22 @@ __device__ __forceinline__ float row_dot(const float* qg, const float (&kf)[8]) 
 #pragma unroll
     for (int m = LPS / 2; m >= 1; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
     return acc;
+}
+
+// fp32 -> bf16 bits, rounded to nearest even (finite values)
+__device__ __forceinline__ u32 bf16_rn(float x) {
+    const u32 u = __float_as_uint(x);
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// d (16 x 8 fp32) += A (16 x 16 bf16, row-major fragments a0-a3) B (16 x 8 bf16, column-major b0-b1)
+__device__ __forceinline__ void mma_bf16(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 // The survivor word of 32 consecutive keys [base, base + 32): bit j set when key base + j survives (every lane
@@ -590,6 +607,8 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     __shared__ unsigned int block_base, block_total;
     constexpr int BUF_ROWS = SEL_ASYNC_BYTES / (2 * D);  // rows a buffer (ROWS = 0)
     __shared__ __align__(16) bf16_t rowbuf[ROWS ? 8 : 2 * BUF_ROWS * D];
+    constexpr int KS = D / 16;  // ROWS = LS_MMA_ROWS: k-steps of the row x query MMA
+    __shared__ uint2 qfrag[ROWS == LS_MMA_ROWS ? 3 * KS * 32 : 1];
     grid_dep_launch();  // the top-k may be scheduled once every block of this launch is running
     const long long bh = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -641,7 +660,26 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
 #pragma unroll
         for (int j = 0; j < LS_KPT; ++j) words[j] = f.word(kw[j], wbase + 32 * j, n, lane);
     }
-    // 4. block-local compaction (no slot claimed yet)
+    if constexpr (ROWS == LS_MMA_ROWS) {
+        // the query heads as the MMA's B fragments (8 columns, heads past G zero), each fp32 query split into three
+        // bf16 parts whose sum carries its 24 bits (bf16 x bf16 products are exact, summed in fp32), in the
+        // dimension order the row loads below give A: k-step 2 j + h, lane (n, t) takes dimensions
+        // 8 (4 j + t) + 4 h + {0, 1} and {2, 3} (a sum over dimensions can take them in any order)
+        for (int e = threadIdx.x; e < 3 * KS * 32; e += blockDim.x) {
+            const int p = e / (KS * 32), st = (e / 32) % KS, n = (e % 32) >> 2, t = e & 3;
+            const int d0 = 8 * (4 * (st >> 1) + t) + 4 * (st & 1);
+            u32 w[4] = {0u, 0u, 0u, 0u};
+            if (n < G)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    float x = qf[n * D + d0 + i];
+                    for (int pp = 0; pp < p; ++pp) x -= __uint_as_float(bf16_rn(x) << 16);
+                    w[i] = bf16_rn(x);
+                }
+            qfrag[e] = make_uint2(w[0] | (w[1] << 16), w[2] | (w[3] << 16));
+        }
+    }
+    // 4. block-local compaction (no slot claimed yet; its barriers publish qfrag)
     LS_MARK(ls_trace_select, trow, 2);  // the query in shared memory (the signs need not have arrived)
     compact_block<LS_WARPS, LS_KPT, false, false>(words, a0 + wbase, lane, warp, warp_total, spos, 0u, nullptr,
                                                   block_total, block_base);
@@ -697,6 +735,58 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
                 __syncthreads();  // buffer c % 2 read by every lane group
                 issue(c + 2);
             }
+        }
+    } else if constexpr (ROWS == LS_MMA_ROWS) {
+        // tiles of 16 survivor rows a warp on the tensor cores: lane (r, t) = (lane / 4, lane % 4) loads 16-byte
+        // chunks 4 j + t of the tile's rows r and r + 8 (64 contiguous bytes a row from each lane quad), which
+        // are its A fragments for k-steps 2 j and 2 j + 1; scores of rows r, r + 8 for heads 2 t, 2 t + 1 come out
+        constexpr int NCH = D / 32;
+        const int r = lane >> 2, t = lane & 3;
+        const unsigned int tiles = (total + 15) / 16;
+        uint4 ra[NCH], rb[NCH];
+        auto load = [&](unsigned int tl) {
+            const unsigned int i = tl * 16 + r;
+            const int pa = i < total ? spos[i] : -1, pb = i + 8 < total ? spos[i + 8] : -1;
+            const uint4* qa = reinterpret_cast<const uint4*>(krow + (long long)max(pa, 0) * D) + t;
+            const uint4* qb = reinterpret_cast<const uint4*>(krow + (long long)max(pb, 0) * D) + t;
+#pragma unroll
+            for (int j = 0; j < NCH; ++j) {
+                ra[j] = pa >= 0 ? __ldg(qa + 4 * j) : make_uint4(0, 0, 0, 0);
+                rb[j] = pb >= 0 ? __ldg(qb + 4 * j) : make_uint4(0, 0, 0, 0);
+            }
+        };
+        unsigned int tile = warp;
+        if (tile < tiles) load(tile);
+        if (threadIdx.x == 0) block_base = claim;
+        __syncthreads();
+        LS_MARK(ls_trace_select, trow, 4);  // slots claimed
+        const unsigned int base = block_base;
+        while (tile < tiles) {  // warp-uniform
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int j = 0; j < NCH; ++j)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const u32 a0 = h ? ra[j].z : ra[j].x, a2 = h ? ra[j].w : ra[j].y;
+                    const u32 a1 = h ? rb[j].z : rb[j].x, a3 = h ? rb[j].w : rb[j].y;
+#pragma unroll 1  // unrolled, ptxas keeps every part's fragments live and spills (180 bytes, 64 registers)
+                    for (int p = 0; p < 3; ++p) {
+                        const uint2 b = qfrag[(p * KS + 2 * j + h) * 32 + lane];
+                        mma_bf16(acc, a0, a1, a2, a3, b.x, b.y);
+                    }
+                }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const unsigned int i = tile * 16 + r + (e >> 1) * 8, slot = base + i;
+                const int n = 2 * t + (e & 1);
+                if (i < total && slot < (unsigned int)cap) {
+                    if (n < G) scores[(bh * G + n) * cap + slot] = acc[e];
+                    if (e == 0 || e == 2)
+                        if (t == 0) idx[bh * cap + slot] = spos[i];
+                }
+            }
+            tile += LS_WARPS;
+            if (tile < tiles) load(tile);
         }
     } else {
         constexpr unsigned int STEP = LS_WARPS * SPW * ROWS;
@@ -760,6 +850,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     LS_SELECT2(2, LS_FRAG, frag_w2, ROWS)
 LS_SELECT2_ALL(4)  // 8 rows in flight: 64 registers with spills, slower everywhere (measured, dropped)
 LS_SELECT2_ALL(0)  // the rows by cp.async into shared memory
+LS_SELECT2_ALL(LS_MMA_ROWS)  // the rows' scores on the tensor cores, 16 rows a warp
 
 // Exact scores of every kept survivor of row bh = blockIdx.y (slots [0, min(tally, cap)) of idx), grid-strided
 // over blockIdx.x: LPS lanes per bf16 key row, SCORE_ROWS rows per lane group with their loads issued together
@@ -965,6 +1056,8 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
         z += p;
     }
     const float l = block_reduce<false>(z, wred);  // its barriers also publish the weights
+    [[maybe_unused]] const int trow = (int)(bh * G + g);
+    LS_MARK(ls_trace_topk, trow, 10);  // the picks' weights
     // LPS lanes per value row, U rows per lane group with their loads issued together
     const int sub = threadIdx.x / LPS, pt = threadIdx.x % LPS;
     const bf16_t* vb = a.vals + bh * a.ctx * D;
@@ -989,6 +1082,7 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
             }
         }
     }
+    LS_MARK(ls_trace_topk, trow, 11);  // thread 0's value rows in and summed
     // sum over the lane groups of a warp, then over the warps
 #pragma unroll
     for (int off = LPS; off < 32; off <<= 1)

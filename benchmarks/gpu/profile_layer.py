@@ -69,6 +69,13 @@ def trace(cp, mod, p, args, stream, replays: int) -> dict:
             ph: float(np.median(top[full, i + 2] - top[full, i + 1])) for i, ph in enumerate(TOPK_PHASES)
         }
         out["topk_block_cycles_median"] = float(np.median(top[full, 8] - top[full, 1]))
+        att = full & (top[:, 10] > 0) & (top[:, 11] > 0)  # blocks that attended (trace marks 10, 11)
+        if att.any():
+            out["topk_attend_cycles_median"] = {
+                "weights": float(np.median(top[att, 10] - top[att, 7])),
+                "value rows": float(np.median(top[att, 11] - top[att, 10])),
+                "partial + merge": float(np.median(top[att, 8] - top[att, 11])),
+            }
         out["topk_start_ns"] = [float(np.min(top[:, 0] - t0)), float(np.max(top[:, 0] - t0))]
         out["topk_end_ns"] = [float(np.min(top[:, 9] - t0)), float(np.max(top[:, 9] - t0))]
     return out

@@ -56,8 +56,9 @@ SPREAD_CTAS = {"spread": 2, "spreadc": 2}  # blocks per (row, head) of the sprea
 # run 8; 30 clusters of 4): choose_config takes spreadc only where every (row, head) fits in one wave
 SPREAD_MAX_CLUSTERS = 66
 TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
-# ls_select2: survivor rows in flight per lane group (8 spilled and ran slower; 6 and 7 ran no faster: dropped)
-SELECT_ROWS = (4,)
+# ls_select2: survivor rows in flight per lane group (8 spilled and ran slower; 6 and 7 ran no faster: dropped);
+# 16: tiles of 16 rows a warp, their scores by bf16 tensor-core MMAs (the query split into three bf16 parts)
+SELECT_ROWS = (4, 16)
 SELECT_ASYNC = 0  # ls_select2_r0_*: the async select form (kernels: ROWS = 0)
 # ls_layer (kernels/ls_layer.cuh): the whole layer in one launch, a cluster of up to LAYER_MAX_CTAS blocks per row
 LAYER_MAX_CTAS = 16  # clusters past 8 blocks are non-portable (Hopper allows 16)

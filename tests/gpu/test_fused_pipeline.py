@@ -99,6 +99,9 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, 
         ("mmax", Config("split", "spread", 64, False)),
         ("mma", Config("fused", "spreadc", 64, True, 4, True)),
         ("popc", Config("split", "spreadc", 128, True)),
+        ("popc", Config("fused", "sample", 64, True, 16, True)),  # ls_select2, rows' scores by MMA
+        ("frag", Config("fused", "spreadc", 128, False, 16)),
+        ("mmax", Config("fused", "atomic", 64, True, 16)),
         ("popc", Config("async", "sample", 64, True, 0, True)),  # ls_select2, rows by cp.async
         ("frag", Config("async", "spreadc", 128, True)),
         ("mma", Config("async", "atomic", 64, False)),
