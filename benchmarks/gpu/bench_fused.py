@@ -611,9 +611,14 @@ def bench_layers(
                 row["layer_variant_errors"] = {}
                 # the fastest top-k alone, the sample top-k (its fold is cheap where the cluster's is not) and
                 # the spread ones (the sample top-k over a cluster: folded only, apart each is sample);
-                # ls_select (rows 0) and ls_select2 (rows 4) for the fused form, each with and without
-                # programmatic launch of what follows it (pdl), and with it the band beside the top-k (late)
-                forms = [("fused", r, pdl, late) for r in (0, 4) for pdl, late in ((0, 0), (1, 0), (1, 1))]
+                # ls_select (rows 0) and ls_select2 (rows 4; 16: the rows' scores by MMA) for the fused form, each
+                # with and without programmatic launch of what follows it (pdl), and with it the band beside the
+                # top-k (late)
+                forms = [
+                    ("fused", r, pdl, late)
+                    for r in (0, *fused.SELECT_ROWS)
+                    for pdl, late in ((0, 0), (1, 0), (1, 1))
+                ]
                 forms.append(("split", 0, False, False))
                 for topk in sorted({best_topk, "sample", *SPREAD_CTAS}):
                     for form, rows_, pdl, late in forms:
