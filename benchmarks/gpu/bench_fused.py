@@ -547,8 +547,11 @@ def bench_layers(
     deadline: float,
     planted: bool,
     survival_points: tuple[float, ...] = SURVIVAL,
+    method: str | None = None,
 ) -> list[dict]:
+    """``method``: the filter method (None: choose_method's); frag reads frag-layout signs."""
     from cemsim.gpu.fused import SPREAD_CTAS, TOPK_VARIANTS, Config, FusedLongSight, choose_config
+    from cemsim.gpu.sign_layout import to_frag
 
     points: list[tuple[float, bool]] = [(x, False) for x in survival_points] + (
         [(0.05, True)] if planted else []
@@ -575,8 +578,14 @@ def bench_layers(
             s = shape_for(users, ctx, survival)
             t = PLANTED_THRESHOLD if plant else ref.survival_threshold(D, GROUP, survival)
             thresholds = cp.full(s.rows, t, dtype=cp.int32)
-            pipes = [FusedLongSight(s) for _ in sets]
-            args = [(d.ksig, d.qsig, thresholds, d.q, d.keys, d.vals) for d in sets]
+            pipes = [FusedLongSight(s, method=method) for _ in sets]  # type: ignore[arg-type]
+            if pipes[0].method == "frag" and not hasattr(sets[0], "frag"):
+                for d in sets:
+                    d.frag = to_frag(d.ksig)
+            args = [
+                (d.frag if pipes[0].method == "frag" else d.ksig, d.qsig, thresholds, d.q, d.keys, d.vals)
+                for d in sets
+            ]
             row: dict = {"users": users, "context": ctx, "survival_target": survival, "planted": plant,
                          "threshold": t, "k": s.k, "window": WINDOW, "sinks": SINKS, "kv_heads": KV_HEADS,
                          "group": GROUP, "head_dim": D, "method": pipes[0].method, "input_sets": nsets}  # fmt: skip
@@ -822,6 +831,7 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of sections to skip: filters,layers")
     ap.add_argument("--batches", default="1,8", help="comma list of batch sizes for the layer section")
     ap.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
+    ap.add_argument("--method", help="the layers' filter method (default: choose_method's)")
     ap.add_argument("--no-planted", action="store_true", help="skip the planted 5 %% survival points")
     ap.add_argument("--survival", default=",".join(map(str, SURVIVAL)), help="random-sign survival targets")
     ap.add_argument(
@@ -894,6 +904,7 @@ def main() -> None:
             t0 + args.budget_s,
             not args.no_planted,
             tuple(float(x) for x in args.survival.split(",") if x),
+            args.method,
         )
         save()
     result["wall_s"] = time.time() - t0

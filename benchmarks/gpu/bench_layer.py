@@ -41,6 +41,7 @@ from bench_fused import (
 
 from cemsim.gpu import fused
 from cemsim.gpu import reference as ref
+from cemsim.gpu.sign_layout import to_frag
 
 PHASES = [
     "band scored",
@@ -91,6 +92,11 @@ def main() -> None:
     ap.add_argument(
         "--configs", default="", help="comma list of config keys (bench_fused.config_key) to time too"
     )
+    ap.add_argument(
+        "--frag",
+        default="",
+        help="comma list of config keys to time with the frag filter too (frag-layout signs)",
+    )
     ap.add_argument("--lists", default="0", help="ls_layer list caps to time (0: all the shared memory)")
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--defines", default="", help="comma list of NAME=VALUE for the kernels' build (LAYER_*)")
@@ -129,6 +135,10 @@ def main() -> None:
                 t = PLANTED_THRESHOLD if plant else ref.survival_threshold(s.head_dim, s.group, survival)
                 thresholds = cp.full(s.rows, t, dtype=cp.int32)
                 args = [(d.ksig, d.qsig, thresholds, d.q, d.keys, d.vals) for d in sets]
+                popc_args = args
+                frag_args = (
+                    [(to_frag(d.ksig), *x[1:]) for d, x in zip(sets, args, strict=True)] if a.frag else []
+                )
                 configs = {
                     f"layer{c}/list{n}": (fused.Config(layer=True, ctas=int(c)), int(n))
                     for c in a.ctas.split(",")
@@ -142,6 +152,8 @@ def main() -> None:
                     configs["staged " + config_key(c)] = (c, 0)
                 for key in (k for k in a.configs.split(",") if k):
                     configs[key] = (parse_config_key(key), 0)
+                for key in (k for k in a.frag.split(",") if k):
+                    configs["frag " + key] = (parse_config_key(key), 0)
                 if a.band_late:
                     for c, _ in [v for v in configs.values() if not v[0].layer]:
                         c = dataclasses.replace(c, band_late=True)
@@ -150,8 +162,10 @@ def main() -> None:
                              "input_sets": nsets, "configs": {}}  # fmt: skip
                 for name, (cfg, list_cap) in configs.items():
                     r: dict = {}
+                    method = "frag" if name.startswith("frag ") else "popc"
+                    args = frag_args if method == "frag" else popc_args
                     try:
-                        pipes = [fused.FusedLongSight(s, method="popc", config=cfg) for _ in sets]
+                        pipes = [fused.FusedLongSight(s, method=method, config=cfg) for _ in sets]
                         for p in pipes:
                             p.layer_list = list_cap or None
                         p0 = pipes[0]
