@@ -459,7 +459,7 @@ def graph_overhead(cp) -> dict:
     """Back-to-back time of graphs of empty kernels (ls_nop) shaped like the layer: one kernel; band on a side
     branch beside select -> top-k (fork and join), plain and with the top-k launched programmatically. What a
     layer pays for its launches whatever its kernels do."""
-    from cemsim.gpu.fused import _launch_programmatic, _module
+    from cemsim.gpu.fused import _launch_ex, _module
 
     nop = _module().get_function("ls_nop")
     sink = cp.zeros(1, dtype=cp.int32)
@@ -479,7 +479,7 @@ def graph_overhead(cp) -> dict:
         join.record(side)
         nop((512,), (256,), (sink,))
         if pdl:
-            _launch_programmatic(nop, (32,), (1024,), (sink,))
+            _launch_ex(nop, (32,), (1024,), (sink,), pdl=True)
         else:
             nop((32,), (1024,), (sink,))
         stream.wait_event(join)
