@@ -2,14 +2,15 @@
 to the fused GPU LongSight pipeline measured per layer on an H200 (issue 18), and check them on points they
 were not fitted to.
 
-Measurement: ``h200-sparse-layer-v3-2026-12-02.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on
-the lent H200 (issue 18's third version of the kernels: the second's, plus the sample top-k, ls_select2 and
-programmatic dependent launch of the top-k, each combination timed and the fastest kept per point): one layer
+Measurement: ``h200-sparse-layer-v4-2026-12-03.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on
+the lent H200 (issue 18's fourth version of the kernels: the third's, plus the spread top-k over a cluster of
+two, the band beside the top-k and ls_select2_r16, the survivors' scores on the tensor cores; each combination
+timed and the fastest kept per point): one layer
 of Llama-3-8B geometry (8 KV heads x 4 query heads, D = 128, window 1,024, sinks 16, LongSight's k schedule),
 batch 1 and 8, contexts 4K-1M, survival targets 1-10 % on random signs plus exactly 5 % planted, the whole
-layer one CUDA graph. The second version's measurement is ``h200-sparse-layer-2026-12-02.json``
-(:data:`SECOND`); the first version's, ``h200-sparse-fused-2026-12-02.json``, keeps the filter table
-(:func:`filter_table`).
+layer one CUDA graph. The third version's measurement is ``h200-sparse-layer-v3-2026-12-02.json``
+(:data:`THIRD`), the second's ``h200-sparse-layer-2026-12-02.json``; the first version's,
+``h200-sparse-fused-2026-12-02.json``, keeps the filter table (:func:`filter_table`).
 
 The simulator charges GPU-side sparse attention as the roofline of the bytes it reads (band, signs of every
 region key, survivors' keys, picks' values) plus a fixed cost and a cost per unit of each stage's work:
@@ -40,8 +41,8 @@ from cemsim.paths import repo_root
 from cemsim.sim import prepare, simulate
 from cemsim.trace.synthetic import synthetic_header
 
-FUSED = CALIBRATION_DIR / "h200-sparse-layer-v3-2026-12-02.json"
-SECOND = CALIBRATION_DIR / "h200-sparse-layer-2026-12-02.json"  # the second version of the kernels
+FUSED = CALIBRATION_DIR / "h200-sparse-layer-v4-2026-12-03.json"
+THIRD = CALIBRATION_DIR / "h200-sparse-layer-v3-2026-12-02.json"  # the third version of the kernels
 FILTERS = CALIBRATION_DIR / "h200-sparse-fused-2026-12-02.json"  # the first version's run, with the filters
 SYSTEM = "h200-sparse-hbm"
 LATENCY = "gpu.sparse_pipeline_latency"
@@ -175,10 +176,10 @@ def _label(r: dict) -> str:
 
 
 def layer_table(
-    path=FUSED, survival: float = 0.05, planted: bool = True, first=FILTERS, second=SECOND
+    path=FUSED, survival: float = 0.05, planted: bool = True, first=FILTERS, third=THIRD
 ) -> str:
     """Markdown: today's pipeline, the fused pipeline's first version (``first``, random-sign points only), its
-    second version (``second``, with its multiple of its own run's floor) and this one per layer at one survival
+    third version (``third``, with its multiple of its own run's floor) and this one per layer at one survival
     point, with the floor."""
 
     def times(p) -> dict:
@@ -188,9 +189,9 @@ def layer_table(
             if "error" not in r
         }
 
-    v1, v2 = times(first), times(second)
+    v1, v3 = times(first), times(third)
     out = [
-        "| batch | context | survivors | today's pipeline (us) | first version (us) | second version (us) "
+        "| batch | context | survivors | today's pipeline (us) | first version (us) | third version (us) "
         "| fused (us) | speed-up | floor (us) | fused / floor |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -200,7 +201,7 @@ def layer_table(
         key = (r["users"], r["context"], survival, planted)
         old = f"{r['old_b2b_us']:,.1f}" if "old_b2b_us" in r else "-"
         up = f"{r['old_b2b_us'] / r['fused_b2b_us']:.1f}x" if "old_b2b_us" in r else "-"
-        a, b = v1.get(key), v2.get(key)
+        a, b = v1.get(key), v3.get(key)
         one = "-" if a is None else f"{a['fused_b2b_us']:,.1f}"
         two = "-" if b is None else f"{b['fused_b2b_us']:,.1f} ({b['fused_b2b_us'] / b['floor_us']:.2f}x)"
         out.append(
@@ -257,10 +258,13 @@ def stage_table(path=FUSED, survival: float = 0.05, planted: bool = True) -> str
 
 
 def _kernels(c: dict) -> str:
-    """The chosen configuration in words: select form, top-k, chunk, where the picks' attention ran, pdl."""
-    sel = "select2" if c["select"] == "fused" and c.get("rows") else c["select"]
+    """The chosen configuration in words: select form (select2 with its rows in registers; select2 MMA: their
+    scores on the tensor cores), top-k, chunk, where the picks' attention ran, pdl, the band beside the top-k."""
+    rows = c.get("rows") if c["select"] == "fused" else 0
+    sel = {0: c["select"], 16: "select2 MMA"}.get(rows, "select2")
     where = "fold" if c.get("fold", True) else "apart"
-    return f"{sel}, {c['topk']}, chunk {c['chunk']}, {where}" + (", pdl" if c.get("pdl") else "")
+    flags = (", pdl" if c.get("pdl") else "") + (", band late" if c.get("band_late") else "")
+    return f"{sel}, {c['topk']}, chunk {c['chunk']}, {where}" + flags
 
 
 def filter_table(path=FILTERS, n: int = 1 << 24) -> str:

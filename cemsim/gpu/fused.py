@@ -326,29 +326,39 @@ def choose_method(group: int) -> Method:
     return "popc" if group <= 4 else "frag"
 
 
+# choose_config takes the MMA select (rows 16) where rows hold survivor slots for this fraction of the region past
+# a floor of MMA_SELECT_FLOOR slots: 3 % survival with the 1.3x headroom bench_fused sizes rows with
+MMA_SELECT_SLOTS = 0.039
+MMA_SELECT_FLOOR = 2048
+
+
 def choose_config(shape: Shape) -> Config:
     """The kernels measured fastest for shapes like this one on the H200 (cemsim/calibration/
-    h200-sparse-layer-v3-2026-12-02.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule is within 2.1 %
-    of each point's fastest combination on average, 12 % at worst, where the split select wins at 1 %): the
-    sample top-k once rows can hold 8K survivors (its selection alone: 13.6 against the cluster's 23.9 and the
-    single block's 29.4 us at 512K, batch 1, planted 5 %), its picks' attention folded in; ls_select2 for long
-    rows; the top-k launched programmatically from 4K slots (on short rows at batch 8 it cost 1.5-2.5 us);
-    chunk 64. From 32K slots, where every (row, query head) cluster of two fits on the GPU at once, spreadc
-    (the sample top-k's candidate pass and picks' attention over a cluster of 2): 94.9 against 98.1 us at 512K
-    and 153.8 against 158.0 at 1M, batch 1, planted 5 % (benchmarks/gpu/results/
-    h200-layer-gpuattn2-run8-2026-12-02.json; measured at batch 1 only). The band's attention beside the top-k
-    rather than the select (band_late) where the top-k leaves most SMs idle and rows hold 8K slots: -2.0 us at
-    128K and -2.5 at 1M, batch 1, planted 5 %; +4 us at 4K and +10-14 us at batch 8 from 32K, where it is off
-    (benchmarks/gpu/results/h200-band-late-lead2-2026-12-02.json)."""
+    h200-sparse-layer-v4-2026-12-03.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule is 2.3 % off each
+    point's fastest combination on average, 11.3 % at worst, batch 8 at 128K and 1 % survival, where the split
+    select wins; the previous rule, on the same data, 12.8 % / 44.3 %). ls_select2 with its survivors' scores on
+    the tensor cores (rows 16) from ~3 % survival (MMA_SELECT_SLOTS): fastest at every point from 3 % and at the
+    planted 5 % ones (41.0 against 47.6 us at 128K, 77.5 against 93.7 at 512K, 123.1 against 153.7 at 1M, batch 1);
+    below, ls_select (its blocks have 20-40 survivors, which leave the MMA tiles' warps idle). The sample top-k
+    once rows can hold 8K survivors (its selection alone: 13.6 against the cluster's 23.9 and the single block's
+    29.4 us at 512K, batch 1, planted 5 %, v3), its picks' attention folded in; the top-k launched
+    programmatically from 4K slots (on short rows at batch 8 it cost 1.5-2.5 us); chunk 64. From 32K slots,
+    where every (row, query head) cluster of two fits on the GPU at once, spreadc (the sample top-k's candidate
+    pass and picks' attention over a cluster of 2): 94.9 against 98.1 us at 512K and 153.8 against 158.0 at 1M,
+    batch 1, planted 5 % (benchmarks/gpu/results/h200-layer-gpuattn2-run8-2026-12-02.json; measured at batch 1
+    only). The band's attention beside the top-k rather than the select (band_late) where the top-k leaves most
+    SMs idle and rows hold 8K slots: -2.0 us at 128K and -2.5 at 1M, batch 1, planted 5 %; +4 us at 4K and
+    +10-14 us at batch 8 from 32K, where it is off (benchmarks/gpu/results/h200-band-late-lead2-2026-12-02.json)."""
     long_rows = shape.cap >= 32768
     few_heads = shape.rows * shape.group <= SPREAD_MAX_CLUSTERS  # the top-k leaves most SMs idle (batch 1)
     spread = long_rows and few_heads
+    mma = shape.cap - MMA_SELECT_FLOOR >= MMA_SELECT_SLOTS * shape.region
     return Config(
         select="fused",
         topk="spreadc" if spread else "sample" if shape.cap >= 8192 else "atomic",
         chunk=64,
         fold=True,
-        rows=4 if long_rows else 0,
+        rows=16 if mma else 0,
         pdl=shape.cap >= 4096,
         band_late=few_heads and shape.cap >= 8192,
     )

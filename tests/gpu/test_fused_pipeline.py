@@ -458,24 +458,30 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
 
 
 def test_choose_config_follows_the_h200_measurement() -> None:
-    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v3-2026-12-02.json): the sample
-    top-k once rows can hold 8K survivors, else the single-block one; ls_select2 from 32K slots; the picks'
-    attention folded; programmatic launch from 4K slots; chunk 64; from 32K slots spreadc where its clusters
-    of two fit on the GPU at once (gpuattn2 run 8, batch 1); the band beside the top-k at batch 1 from 8K slots."""
+    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v4-2026-12-03.json): ls_select2
+    with its survivors' scores on the tensor cores where rows hold slots for ~3 % survival, else ls_select; the
+    sample top-k once rows can hold 8K survivors, else the single-block one; the picks' attention folded;
+    programmatic launch from 4K slots; chunk 64; from 32K slots spreadc where its clusters of two fit on the GPU
+    at once (gpuattn2 run 8, batch 1); the band beside the top-k at batch 1 from 8K slots."""
     from cemsim.gpu.fused import choose_config
 
-    long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)
-    assert choose_config(long1) == Config("fused", "spreadc", 64, True, 4, True, band_late=True)
+    long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)  # bench_fused's rows at 5 %
+    assert choose_config(long1) == Config("fused", "spreadc", 64, True, 16, True, band_late=True)
+    sparse1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=15665)  # at 1 %: 20-40 survivors a select block
+    assert choose_config(sparse1) == Config("fused", "sample", 64, True, 0, True, band_late=True)
+    edge = 2048 + int(0.039 * ((1 << 20) - 1040))  # the MMA select from 3 % survival with 1.3x headroom
+    assert choose_config(Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=edge + 1)).rows == 16
+    assert choose_config(Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=edge - 1)).rows == 0
     long8 = Shape(8, 8, 4, 128, 1 << 19, 1024, 16, 1024, cap=36059)
-    assert choose_config(long8) == Config("fused", "sample", 64, True, 4, True)
+    assert choose_config(long8) == Config("fused", "sample", 64, True, 16, True)
     mid1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
-    assert choose_config(mid1) == Config("fused", "sample", 64, True, 0, True, band_late=True)
+    assert choose_config(mid1) == Config("fused", "sample", 64, True, 16, True, band_late=True)
     short1 = Shape(1, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)  # the band stays beside the select
-    assert choose_config(short1) == Config("fused", "atomic", 64, True, 0, True)
+    assert choose_config(short1) == Config("fused", "atomic", 64, True, 16, True)
     short8 = Shape(8, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)
-    assert choose_config(short8) == Config("fused", "atomic", 64, True, 0, True)
+    assert choose_config(short8) == Config("fused", "atomic", 64, True, 16, True)
     tiny8 = Shape(8, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246)
-    assert choose_config(tiny8) == Config("fused", "atomic", 64, True, 0, False)
+    assert choose_config(tiny8) == Config("fused", "atomic", 64, True, 16, False)
 
 
 def test_layer_shared_memory_words_by_hand() -> None:
