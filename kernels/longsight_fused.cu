@@ -747,12 +747,12 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
         auto load = [&](unsigned int tl) {
             const unsigned int i = tl * 16 + r;
             const int pa = i < total ? spos[i] : -1, pb = i + 8 < total ? spos[i + 8] : -1;
-            const uint4* qa = reinterpret_cast<const uint4*>(krow + (long long)max(pa, 0) * D) + t;
-            const uint4* qb = reinterpret_cast<const uint4*>(krow + (long long)max(pb, 0) * D) + t;
+            const uint4* rowa = reinterpret_cast<const uint4*>(krow + (long long)max(pa, 0) * D) + t;
+            const uint4* rowb = reinterpret_cast<const uint4*>(krow + (long long)max(pb, 0) * D) + t;
 #pragma unroll
             for (int j = 0; j < NCH; ++j) {
-                ra[j] = pa >= 0 ? __ldg(qa + 4 * j) : make_uint4(0, 0, 0, 0);
-                rb[j] = pb >= 0 ? __ldg(qb + 4 * j) : make_uint4(0, 0, 0, 0);
+                ra[j] = pa >= 0 ? __ldg(rowa + 4 * j) : make_uint4(0, 0, 0, 0);
+                rb[j] = pb >= 0 ? __ldg(rowb + 4 * j) : make_uint4(0, 0, 0, 0);
             }
         };
         unsigned int tile = warp;

@@ -175,9 +175,7 @@ def _label(r: dict) -> str:
     return "planted 5%" if r.get("planted") else f"target {r['survival_target']:.0%}"
 
 
-def layer_table(
-    path=FUSED, survival: float = 0.05, planted: bool = True, first=FILTERS, third=THIRD
-) -> str:
+def layer_table(path=FUSED, survival: float = 0.05, planted: bool = True, first=FILTERS, third=THIRD) -> str:
     """Markdown: today's pipeline, the fused pipeline's first version (``first``, random-sign points only), its
     third version (``third``, with its multiple of its own run's floor) and this one per layer at one survival
     point, with the floor."""

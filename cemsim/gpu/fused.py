@@ -75,7 +75,8 @@ class Config:
     chunk: int = 64
     fold: bool = True  # the top-k blocks attend over their own picks (else ls_attn's pick chunks do)
     # fused select only: ls_select2 (sign loads before the query's, the slot claim overlapped with the first
-    # round of row loads) with this many survivor rows in flight per lane group; 0: ls_select (async: unused)
+    # round of row loads) with this many survivor rows in flight per lane group, or 16: 16-row tiles a warp
+    # scored by tensor-core MMAs; 0: ls_select (async: unused)
     rows: int = 0
     # the top-k (and the picks' attention when apart) launched with programmatic stream serialization
     # (cudaLaunchKernelEx through cuda-python): scheduled while the kernel ahead of it drains, waiting in

@@ -467,7 +467,8 @@ def test_choose_config_follows_the_h200_measurement() -> None:
 
     long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)  # bench_fused's rows at 5 %
     assert choose_config(long1) == Config("fused", "spreadc", 64, True, 16, True, band_late=True)
-    sparse1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=15665)  # at 1 %: 20-40 survivors a select block
+    # at 1 %: 20-40 survivors a select block
+    sparse1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=15665)
     assert choose_config(sparse1) == Config("fused", "sample", 64, True, 0, True, band_late=True)
     edge = 2048 + int(0.039 * ((1 << 20) - 1040))  # the MMA select from 3 % survival with 1.3x headroom
     assert choose_config(Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=edge + 1)).rows == 16
