@@ -1,7 +1,9 @@
 // LongSight's sparse region on the GPU, fused (issue 18): for every (user, KV head) of a batch in one launch
 // per stage, with no host synchronisation and no reset launch (the whole layer is capturable in a CUDA graph):
 //   ls_select    SCF filter on packed signs + survivor compaction + exact scores of the survivors (or the same
-//                in two launches: ls_filter, then ls_score)
+//                in two launches: ls_filter, then ls_score); ls_select2_r* the same with its latency chain
+//                reordered, the survivors' rows in registers (r4), by cp.async (r0) or scored 16 a warp by bf16
+//                tensor-core MMAs (r16)
 //   ls_topk_*    exact top-k per query head over the survivors' scores by radix select (up to 4 passes of 8
 //                bits), one block or a cluster of 4 per (row, head); the _d* forms then attend over their picks
 //   ls_attn      attention over sinks + window (shared by the group), and over the picks when the top-k does
