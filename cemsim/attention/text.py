@@ -5,6 +5,8 @@ Named sources (``--text NAME``):
 - ``pydoc-topics`` (the default): the *Python Language Reference* topics that every CPython installs as
   ``pydoc_data.topics`` (the text behind ``help("assignment")``; Python Software Foundation, PSF License 2.0).
   All 79 topics joined in sorted key order give about 465K characters, about 110K SmolLM2 tokens.
+- ``pydoc-topics-3.11.7``: that text as Python 3.11.7 installs it, shipped in ``cemsim/data`` (the installed one
+  changes between Python releases); ``cemsim demo`` captures from it.
 - ``stdlib-source``: ``stdlib-docs`` followed by the standard library's Python source files (sorted paths), for
   contexts beyond what the docstrings give (about 420K tokens on Python 3.11) without repeating any text: the
   first ~420K tokens are English, the rest is code.
@@ -42,7 +44,14 @@ SOURCE_PROVENANCE = (
     "turtledemo and lib2to3 left out), up to {cap:,} characters"
 )
 SOURCE_CAP_CHARS = 5_500_000  # about 1.4M SmolLM2 tokens on Python 3.11: enough for 1M-token captures
-TEXT_NAMES = ("pydoc-topics", "stdlib-docs", "stdlib-source")
+# The default text as Python 3.11.7 installs it, shipped in cemsim/data: the same tokens on any Python (the
+# installed topics change between releases), so `cemsim demo` captures the same trace everywhere
+PINNED_TOPICS = "pydoc-topics-3.11.7"
+PINNED_PROVENANCE = (
+    "Python 3.11.7's Language Reference topics (pydoc_data.topics, PSF License 2.0), topics joined in sorted key "
+    "order, shipped as cemsim/data/pydoc-topics-3.11.7.txt"
+)
+TEXT_NAMES = ("pydoc-topics", PINNED_TOPICS, "stdlib-docs", "stdlib-source")
 
 # Modules never imported for stdlib-docs: they print, open windows or browsers, need a display, or are tests.
 STDLIB_SKIP = frozenset(
@@ -186,6 +195,9 @@ def load_text(path: str | Path | None = None) -> EvalText:
     """``None`` or ``"pydoc-topics"``: the default text; ``"stdlib-docs"``: the long one; else a UTF-8 file."""
     if path is None or str(path) == "pydoc-topics":
         return pydoc_topics()
+    if str(path) == PINNED_TOPICS:
+        pinned = Path(__file__).resolve().parents[1] / "data" / f"{PINNED_TOPICS}.txt"
+        return EvalText(pinned.read_text(encoding="utf-8"), PINNED_PROVENANCE)
     if str(path) == "stdlib-docs":
         return stdlib_docs()
     if str(path) == "stdlib-source":

@@ -46,7 +46,10 @@ def capture_command(
     no_itq: Annotated[bool, Opt("--no-itq", help="LongSight signs without the ITQ rotation.")] = False,
     text: Annotated[
         str | None,
-        Opt("--text", help="UTF-8 text file, or pydoc-topics (default), stdlib-docs or stdlib-source."),
+        Opt(
+            "--text",
+            help="UTF-8 text file, or pydoc-topics (default), pydoc-topics-3.11.7, stdlib-docs or stdlib-source.",
+        ),
     ] = None,
     device: Annotated[str, Opt("--device", help="cpu or cuda.")] = "cpu",
     dtype: Annotated[

@@ -27,6 +27,9 @@ from cemsim.paths import repo_root
 console = Console(stderr=True)
 CAPTURE_TOKENS = "4K"  # the bundled model's own range (8K positions); projection takes it to 1M
 CAPTURE_STEPS = 4
+# the text as Python 3.11.7 ships it (cemsim/data; cemsim.attention.text.PINNED_TOPICS, not imported here: that
+# package loads torch): the same tokens, so the same trace, on any Python
+CAPTURE_TEXT = "pydoc-topics-3.11.7"
 TARGET_CONTEXT = "1M"  # the simulator replays it below 1M with survival scaled to each context
 GEOMETRY = "llama3-8b"  # the shipped hwconfigs model Llama-3-8B
 
@@ -109,6 +112,8 @@ def demo(
                     "cpu",
                     "--policy",
                     "longsight",
+                    "--text",
+                    CAPTURE_TEXT,
                     "--out",
                     str(source),
                 ],

@@ -57,7 +57,7 @@ class CaptureSpec:
     block_size: int = 128
     topk_per: str = "head"
     text: Path | str | None = (
-        None  # a file, or a named text: pydoc-topics (default), stdlib-docs, stdlib-source
+        None  # a file, or a named text: pydoc-topics (default), pydoc-topics-3.11.7, stdlib-docs, stdlib-source
     )
     device: str = "cpu"
     dtype: str | None = None  # None: fp32 on CPU, bf16 on CUDA

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cemsim.trace.format import TraceReader
+
 pytest.importorskip("transformers")
 
 
@@ -34,3 +36,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert (out / "charts" / f"{chart}.png").stat().st_size > 10_000
         assert (out / "charts" / f"{chart}.svg").is_file()
     assert "Per-token latency (ms), batch 1" in proc.stdout
+    # the capture read the pinned text (the same tokens on any Python), whose sha256 its header records
+    header = TraceReader(out / "traces" / "smollm2-135m-4K.parquet").header
+    assert header.text_source.startswith("Python 3.11.7's Language Reference topics")
+    assert header.extra["text_sha256"] == "71f2ff5d99bdc1f9c48c5c2353ad138201c5ca1c377e0226857ef8fa89b8bcee"
