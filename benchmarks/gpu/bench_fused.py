@@ -34,7 +34,7 @@ from run_info import host_info, smi
 
 from cemsim.gpu import fused
 from cemsim.gpu import reference as ref
-from cemsim.gpu.fused import Shape
+from cemsim.gpu.fused import Shape, config_key, parse_config_key, survivor_slots
 
 L2 = 60 * 2**20
 KV_HEADS, GROUP, D, WINDOW, SINKS = 8, 4, 128, 1024, 16  # Llama-3-8B, LongSight's band
@@ -49,8 +49,9 @@ def k_for(ctx: int) -> int:
 
 def shape_for(users: int, ctx: int, survival: float) -> Shape:
     region = ctx - WINDOW - SINKS
-    cap = min(region, int(region * survival * 1.3) + 2048)
-    return Shape(users, KV_HEADS, GROUP, D, ctx, WINDOW, SINKS, k_for(ctx), cap=max(cap, 1))
+    return Shape(
+        users, KV_HEADS, GROUP, D, ctx, WINDOW, SINKS, k_for(ctx), cap=survivor_slots(region, survival)
+    )
 
 
 def provenance() -> dict:
@@ -494,35 +495,6 @@ def graph_overhead(cp) -> dict:
             traceback.print_exc()
     print(f"graph overhead b2b: {out}", flush=True)
     return out
-
-
-def config_key(c) -> str:
-    """select form (+ rows in flight) / top-k / chunk / fold or apart (/ pdl) (/ late: the band beside the top-k);
-    ls_layer: layer (/ blocks per row)."""
-    if c.layer:
-        return "layer" + (f"/{c.ctas}" if c.ctas else "")
-    where = "fold" if c.fold else "apart"
-    flags = ("/pdl" if c.pdl else "") + ("/late" if c.band_late else "")
-    return f"{c.select}{c.rows or ''}/{c.topk}/{c.chunk}/{where}" + flags
-
-
-def parse_config_key(key: str):
-    from cemsim.gpu.fused import Config
-
-    parts = key.split("/")
-    if parts[0] == "layer":
-        return Config(layer=True, ctas=int(parts[1]) if len(parts) > 1 else 0)
-    form = parts[0].rstrip("0123456789")
-    rows = int(parts[0][len(form) :] or 0)
-    return Config(
-        form,
-        parts[1],
-        int(parts[2]),
-        parts[3] == "fold",
-        rows,
-        "pdl" in parts[4:],
-        band_late="late" in parts[4:],
-    )  # type: ignore[arg-type]
 
 
 def capture(cp, stream, fns) -> object:

@@ -90,7 +90,7 @@ def main() -> None:
         "--band-late", action="store_true", help="also time each staged form with Config.band_late"
     )
     ap.add_argument(
-        "--configs", default="", help="comma list of config keys (bench_fused.config_key) to time too"
+        "--configs", default="", help="comma list of config keys (cemsim.gpu.fused.config_key) to time too"
     )
     ap.add_argument(
         "--frag",

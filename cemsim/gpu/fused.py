@@ -93,6 +93,44 @@ class Config:
     band_late: bool = False
 
 
+def config_key(c: Config) -> str:
+    """select form (+ rows: 4 in registers, 16 MMA tiles) / top-k / chunk / fold or apart (/ pdl) (/ late: the
+    band beside the top-k); ls_layer: layer (/ blocks per row). The benchmarks' names for configurations."""
+    if c.layer:
+        return "layer" + (f"/{c.ctas}" if c.ctas else "")
+    where = "fold" if c.fold else "apart"
+    flags = ("/pdl" if c.pdl else "") + ("/late" if c.band_late else "")
+    return f"{c.select}{c.rows or ''}/{c.topk}/{c.chunk}/{where}" + flags
+
+
+def parse_config_key(key: str) -> Config:
+    """The Config a :func:`config_key` names."""
+    parts = key.split("/")
+    if parts[0] == "layer":
+        return Config(layer=True, ctas=int(parts[1]) if len(parts) > 1 else 0)
+    form = parts[0].rstrip("0123456789")
+    rows = int(parts[0][len(form) :] or 0)
+    return Config(
+        form,  # type: ignore[arg-type]
+        parts[1],  # type: ignore[arg-type]
+        int(parts[2]),
+        parts[3] == "fold",
+        rows,
+        "pdl" in parts[4:],
+        band_late="late" in parts[4:],
+    )
+
+
+# Survivor slots a row is given for an expected survival (benchmarks/gpu/bench_fused.py sizes rows so): that
+# fraction of the region with SLOT_HEADROOM, plus SLOT_FLOOR, at most the region
+SLOT_HEADROOM = 1.3
+SLOT_FLOOR = 2048
+
+
+def survivor_slots(region: int, survival: float) -> int:
+    return max(1, min(region, int(region * survival * SLOT_HEADROOM) + SLOT_FLOOR))
+
+
 @dataclass(frozen=True)
 class Shape:
     """One layer's sparse attention: ``users`` x ``kv_heads`` rows, ``group`` query heads each, a context of
@@ -327,10 +365,8 @@ def choose_method(group: int) -> Method:
     return "popc" if group <= 4 else "frag"
 
 
-# choose_config takes the MMA select (rows 16) where rows hold survivor slots for this fraction of the region past
-# a floor of MMA_SELECT_FLOOR slots: 3 % survival with the 1.3x headroom bench_fused sizes rows with
-MMA_SELECT_SLOTS = 0.039
-MMA_SELECT_FLOOR = 2048
+# choose_config takes the MMA select (rows 16) where rows hold the survivor slots of this survival or more
+MMA_SELECT_SURVIVAL = 0.03
 
 
 def choose_config(shape: Shape) -> Config:
@@ -338,7 +374,7 @@ def choose_config(shape: Shape) -> Config:
     h200-sparse-layer-v4-2026-12-03.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule is 2.3 % off each
     point's fastest combination on average, 11.3 % at worst, batch 8 at 128K and 1 % survival, where the split
     select wins; the previous rule, on the same data, 12.8 % / 44.3 %). ls_select2 with its survivors' scores on
-    the tensor cores (rows 16) from ~3 % survival (MMA_SELECT_SLOTS): fastest at every point from 3 % and at the
+    the tensor cores (rows 16) from ~3 % survival (MMA_SELECT_SURVIVAL): fastest at every point from 3 % and at the
     planted 5 % ones (side by side, batch 1, planted 5 %: 41.9 against the previous rule's 47.6 us at 128K, 78.4
     against 93.7 at 512K, 124.1 against 153.7 at 1M; benchmarks/gpu/results/h200-select-mma-lead3-2026-12-03.json);
     below, ls_select (its blocks have 20-40 survivors, which leave the MMA tiles' warps idle). The sample top-k
@@ -354,7 +390,7 @@ def choose_config(shape: Shape) -> Config:
     long_rows = shape.cap >= 32768
     few_heads = shape.rows * shape.group <= SPREAD_MAX_CLUSTERS  # the top-k leaves most SMs idle (batch 1)
     spread = long_rows and few_heads
-    mma = shape.cap - MMA_SELECT_FLOOR >= MMA_SELECT_SLOTS * shape.region
+    mma = shape.cap >= survivor_slots(shape.region, MMA_SELECT_SURVIVAL)
     return Config(
         select="fused",
         topk="spreadc" if spread else "sample" if shape.cap >= 8192 else "atomic",

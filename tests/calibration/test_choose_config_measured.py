@@ -1,0 +1,54 @@
+"""choose_config against the measurement it was read from (cemsim/calibration/h200-sparse-layer-v4-2026-12-03.json:
+every point's whole-layer time for each combination of kernels, back to back on the H200): replayed here, the
+rule must stay as close to each point's fastest combination as its docstring says (2.3 % on average, 11.3 % at
+worst). A change to the rule, or a new measurement, that does worse fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+import pytest
+
+from cemsim.calibration import load_calibration
+from cemsim.calibration.fit_sparse_h200 import FUSED
+from cemsim.gpu.fused import Shape, choose_config, config_key, survivor_slots
+
+
+def excess_over_fastest() -> list[float]:
+    """Per point: the chosen combination's time over the fastest one's, minus 1. The sweep times the fastest
+    top-k alone, the sample and the spread ones; where the rule's top-k is none of those (short rows), its
+    combination is valued with the point's fastest top-k alone and the rule's other choices."""
+    out = []
+    for r in load_calibration(FUSED)["layers"]:
+        region = r["context"] - r["window"] - r["sinks"]
+        shape = Shape(r["users"], r["kv_heads"], r["group"], r["head_dim"], r["context"], r["window"], r["sinks"],
+                      r["k"], cap=survivor_slots(region, r["survival_target"]))  # fmt: skip
+        times = r["layer_variant_b2b_us"]
+        chosen = choose_config(shape)
+        key = config_key(chosen)
+        if key not in times:
+            fastest_alone = min(r["topk_variant_b2b_us"], key=r["topk_variant_b2b_us"].get)
+            key = config_key(dataclasses.replace(chosen, topk=fastest_alone))
+        out.append(times[key] / min(times.values()) - 1)
+    return out
+
+
+def test_choose_config_is_near_each_measured_points_fastest() -> None:
+    excess = np.array(excess_over_fastest())
+    assert len(excess) == 60
+    assert excess.mean() == pytest.approx(0.023, abs=0.002)  # as choose_config's docstring states
+    assert excess.max() == pytest.approx(0.113, abs=0.002)
+
+
+def test_the_replay_can_tell_a_worse_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule before the MMA select (ls_select2 with rows in registers from 32K slots, else ls_select) is
+    measurably worse on the same data: the check above can fail."""
+    rule = choose_config
+
+    def before(shape: Shape):
+        return dataclasses.replace(rule(shape), rows=4 if shape.cap >= 32768 else 0)
+
+    monkeypatch.setattr(sys.modules[__name__], "choose_config", before)
+    assert np.mean(excess_over_fastest()) > 0.10  # 12.8 % / 44.3 % (docs/gpu-kernels.md, seventh step)
