@@ -24,6 +24,7 @@ import sys
 import time
 import traceback
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -351,6 +352,17 @@ class Data:
         self.qsig = cp.from_dlpack(self.tqsig).view(cp.uint64)
         self.q = cp.from_dlpack(self.tq)
 
+    @cached_property
+    def frag(self):
+        """The key signs in frag layout (the frag filter's input), made once when first asked for."""
+        from cemsim.gpu.sign_layout import to_frag
+
+        return to_frag(self.ksig)
+
+    def signs(self, method: str):
+        """The key signs in the layout ``method``'s filter reads."""
+        return self.frag if method == "frag" else self.ksig
+
 
 def check_row0(cp, s: Shape, data: Data, thresholds, p) -> dict:
     """Row 0 (user 0, KV head 0) against the NumPy reference: survivors, scores, top-k, output."""
@@ -523,7 +535,6 @@ def bench_layers(
 ) -> list[dict]:
     """``method``: the filter method (None: choose_method's); frag reads frag-layout signs."""
     from cemsim.gpu.fused import SPREAD_CTAS, TOPK_VARIANTS, Config, FusedLongSight, choose_config
-    from cemsim.gpu.sign_layout import to_frag
 
     points: list[tuple[float, bool]] = [(x, False) for x in survival_points] + (
         [(0.05, True)] if planted else []
@@ -551,13 +562,7 @@ def bench_layers(
             t = PLANTED_THRESHOLD if plant else ref.survival_threshold(D, GROUP, survival)
             thresholds = cp.full(s.rows, t, dtype=cp.int32)
             pipes = [FusedLongSight(s, method=method) for _ in sets]  # type: ignore[arg-type]
-            if pipes[0].method == "frag" and not hasattr(sets[0], "frag"):
-                for d in sets:
-                    d.frag = to_frag(d.ksig)
-            args = [
-                (d.frag if pipes[0].method == "frag" else d.ksig, d.qsig, thresholds, d.q, d.keys, d.vals)
-                for d in sets
-            ]
+            args = [(d.signs(pipes[0].method), d.qsig, thresholds, d.q, d.keys, d.vals) for d in sets]
             row: dict = {"users": users, "context": ctx, "survival_target": survival, "planted": plant,
                          "threshold": t, "k": s.k, "window": WINDOW, "sinks": SINKS, "kv_heads": KV_HEADS,
                          "group": GROUP, "head_dim": D, "method": pipes[0].method, "input_sets": nsets}  # fmt: skip

@@ -41,7 +41,6 @@ from bench_fused import (
 
 from cemsim.gpu import fused
 from cemsim.gpu import reference as ref
-from cemsim.gpu.sign_layout import to_frag
 
 PHASES = [
     "band scored",
@@ -134,11 +133,6 @@ def main() -> None:
                 s = shape_for(users, ctx, survival)
                 t = PLANTED_THRESHOLD if plant else ref.survival_threshold(s.head_dim, s.group, survival)
                 thresholds = cp.full(s.rows, t, dtype=cp.int32)
-                args = [(d.ksig, d.qsig, thresholds, d.q, d.keys, d.vals) for d in sets]
-                popc_args = args
-                frag_args = (
-                    [(to_frag(d.ksig), *x[1:]) for d, x in zip(sets, args, strict=True)] if a.frag else []
-                )
                 configs = {
                     f"layer{c}/list{n}": (fused.Config(layer=True, ctas=int(c)), int(n))
                     for c in a.ctas.split(",")
@@ -163,7 +157,7 @@ def main() -> None:
                 for name, (cfg, list_cap) in configs.items():
                     r: dict = {}
                     method = "frag" if name.startswith("frag ") else "popc"
-                    args = frag_args if method == "frag" else popc_args
+                    args = [(d.signs(method), d.qsig, thresholds, d.q, d.keys, d.vals) for d in sets]
                     try:
                         pipes = [fused.FusedLongSight(s, method=method, config=cfg) for _ in sets]
                         for p in pipes:
