@@ -22,6 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "gpu-kernels.md"
 
 
+# measured points whose back-to-back time exceeds 1.02 x their single replays' median: (b2b, median) us, exactly
+OVER_SINGLE_REPLAYS = {(8, 32768, 0.02, False): (78.54080200195312, 76.83199644088745)}
+
+
 def _gpu(system: str):
     return load_system(REPO / "hwconfigs" / f"{system}.yaml").system.gpu
 
@@ -43,9 +47,15 @@ def test_measurement_file_is_complete_and_every_point_was_checked() -> None:
     }
     for r in layers:
         assert r["row0_checked"] and "error" not in r, r
-        # back to back within 2.5 % of single replays or under them (v3: batch 8 at 8K, 5 % planted +1.5 %; v4:
-        # batch 8 at 32K, 2 %, 78.5 against 76.8 us, +2.2 %: the two timings' noise on a point without headroom)
-        assert r["floor_us"] < r["fused_b2b_us"] <= r["fused_median_us"] * 1.025
+        # back to back within 2 % of single replays or under them (v3: batch 8 at 8K, 5 % planted +1.5 %). One v4
+        # point is over, named here with its exact times so that no other point gets slack and this one cannot
+        # move: batch 8 at 32K, 2 %, 78.54 against 76.83 us (+2.2 %; no device time was left to re-time it)
+        key = (r["users"], r["context"], r["survival_target"], r["planted"])
+        assert r["floor_us"] < r["fused_b2b_us"]
+        if key in OVER_SINGLE_REPLAYS:
+            assert (r["fused_b2b_us"], r["fused_median_us"]) == OVER_SINGLE_REPLAYS[key]
+        else:
+            assert r["fused_b2b_us"] <= r["fused_median_us"] * 1.02, key
         if "old_b2b_us" in r:  # today's pipeline, timed on the same data
             assert r["old_b2b_us"] > 2 * r["fused_b2b_us"]
         if r["planted"]:  # exactly 5 % of the region's keys survive
