@@ -54,10 +54,13 @@ typedef unsigned short bf16_t;  // bf16 bit patterns: no header needed under NVR
 // completed and its writes are visible. Both do nothing in a launch without the attribute.
 // Phase timestamps of ls_select2 and ls_topk_sample blocks (thread 0), only when built with -DLS_TRACE
 // (benchmarks/gpu/profile_layer.py --trace): SM clock cycles, and %globaltimer (ns) at each kernel's start and
-// end to line the launches up against each other.
+// end to line the launches up against each other; the band's attention blocks' %globaltimer at their start and
+// once their partials are counted; which way each top-k block's partial went (LS_SET, column 12: 1 merged at
+// once, 2 counted and merged, 3 counted).
 #ifdef LS_TRACE
 __device__ long long ls_trace_select[4096][8];
-__device__ long long ls_trace_topk[1024][12];
+__device__ long long ls_trace_topk[1024][13];
+__device__ long long ls_trace_band[4096][2];
 __device__ __forceinline__ long long ls_gtimer() {
     long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -71,9 +74,16 @@ __device__ __forceinline__ long long ls_gtimer() {
     do {                                                                \
         if (threadIdx.x == 0 && (row) < (int)(sizeof(arr) / sizeof(arr[0]))) arr[row][i] = ls_gtimer(); \
     } while (0)
+#define LS_SET(arr, row, i, v)                                          \
+    do {                                                                \
+        if (threadIdx.x == 0 && (row) < (int)(sizeof(arr) / sizeof(arr[0]))) arr[row][i] = (v); \
+    } while (0)
 #else
 #define LS_MARK(arr, row, i) \
     do {                     \
+    } while (0)
+#define LS_SET(arr, row, i, v) \
+    do {                       \
     } while (0)
 #define LS_GMARK(arr, row, i) \
     do {                      \
@@ -927,18 +937,40 @@ __device__ __forceinline__ bool completes_head(unsigned int* done, long long bh,
 
 // out[bh, g] = sum e^(m_i - M) o_i / sum e^(m_i - M) l_i, lse[bh, g] = M + log(sum e^(m_i - M) l_i) over the
 // head's partials. Any block size that is a multiple of D; shared scratch: ml [2 nparts], red [blockDim.x],
-// stat [2] floats.
+// stat [2] floats. own >= 0: partial number own (0 .. nparts - 1, band first) is the caller's, never written out:
+// (own_m, own_l) and own_o [D] (shared memory) instead. Each thread's first MERGE_PRE o values are loaded with
+// the (m, l) pairs, so the partials cost one round trip to L2; the row's counter is added to at the start and its
+// answer used at the end (the tally read with it: the select finished before any partial existed).
+#define MERGE_PRE 4
 template <int D>
 __device__ void merge_head(long long bh, int g, int G, int items, int band_items, int pick_parts,
                            const float* __restrict__ part_ml, const float* __restrict__ part_o,
                            unsigned int* __restrict__ done, unsigned int* __restrict__ tally,
                            unsigned int* __restrict__ count, float* __restrict__ out, float* __restrict__ lse,
-                           float* ml, float* red, float* stat) {
+                           float* ml, float* red, float* stat, int own = -1, float own_m = 0.f, float own_l = 0.f,
+                           const float* own_o = nullptr) {
     const int nparts = band_items + pick_parts;
-    if (threadIdx.x == 0) done[bh * (G + 1) + g] = 0u;  // ready for the next launch
+    unsigned int row_merged = 0u, row_tally = 0u;
+    if (threadIdx.x == 0) {
+        done[bh * (G + 1) + g] = 0u;  // ready for the next launch
+        row_merged = atomicAdd(done + bh * (G + 1) + G, 1u);
+        row_tally = __ldcg(tally + bh);
+    }
+    const int H = blockDim.x / D;  // thread groups splitting the partials of each output element
+    const int dd = threadIdx.x % D, h = threadIdx.x / D;
+    auto item_of = [&](int j) { return j < band_items ? j : band_items + g * pick_parts + (j - band_items); };
+    auto o_of = [&](int j) {
+        return j == own ? own_o[dd] : __ldcg(part_o + ((bh * items + item_of(j)) * G + g) * D + dd);
+    };
+    float pre[MERGE_PRE];
+#pragma unroll
+    for (int u = 0; u < MERGE_PRE; ++u) {
+        const int j = h + u * H;
+        pre[u] = j < nparts ? o_of(j) : 0.f;
+    }
     for (int j = threadIdx.x; j < nparts; j += blockDim.x) {
-        const int it = j < band_items ? j : band_items + g * pick_parts + (j - band_items);
-        const float2 v = __ldcg(reinterpret_cast<const float2*>(part_ml) + (bh * items + it) * G + g);
+        const float2 v = j == own ? make_float2(own_m, own_l)
+                                  : __ldcg(reinterpret_cast<const float2*>(part_ml) + (bh * items + item_of(j)) * G + g);
         ml[2 * j] = v.x;
         ml[2 * j + 1] = v.y;
     }
@@ -964,14 +996,14 @@ __device__ void merge_head(long long bh, int g, int G, int items, int band_items
         }
     }
     __syncthreads();
-    const int H = blockDim.x / D;  // thread groups splitting the partials of each output element
-    const int dd = threadIdx.x % D, h = threadIdx.x / D;
     float a = 0.f;
-#pragma unroll 4
-    for (int j = h; j < nparts; j += H) {
-        const int it = j < band_items ? j : band_items + g * pick_parts + (j - band_items);
-        a += ml[2 * j] * __ldcg(part_o + ((bh * items + it) * G + g) * D + dd);
+#pragma unroll
+    for (int u = 0; u < MERGE_PRE; ++u) {
+        const int j = h + u * H;
+        if (j < nparts) a += ml[2 * j] * pre[u];
     }
+#pragma unroll 4
+    for (int j = h + MERGE_PRE * H; j < nparts; j += H) a += ml[2 * j] * o_of(j);
     red[h * D + dd] = a;
     __syncthreads();
     if (threadIdx.x < D) {
@@ -980,8 +1012,9 @@ __device__ void merge_head(long long bh, int g, int G, int items, int band_items
         out[(bh * G + g) * D + threadIdx.x] = t / stat[1];
         if (threadIdx.x == 0) lse[bh * G + g] = stat[0] + logf(stat[1]);
     }
-    if (threadIdx.x == 0 && atomicAdd(done + bh * (G + 1) + G, 1u) == (unsigned int)G - 1u) {
-        count[bh] = atomicExch(tally + bh, 0u);
+    if (threadIdx.x == 0 && row_merged == (unsigned int)G - 1u) {  // the row's last head: every tally reader is done
+        count[bh] = row_tally;
+        tally[bh] = 0u;
         done[bh * (G + 1) + G] = 0u;
     }
     __syncthreads();  // the scratch is free again
@@ -1035,22 +1068,56 @@ __device__ __forceinline__ float block_reduce(float v, float* wred) {
     return v;
 }
 
+// A 32-bit counter read with acquire semantics at GPU scope: the writes released before the increments it
+// sees are visible to this thread (and, after a barrier, to its block).
+__device__ __forceinline__ unsigned int ld_acquire(const unsigned int* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    unsigned int v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+#else
+    return *(volatile const unsigned int*)p;
+#endif
+}
+
 // The picks' share of the attention, computed by the top-k block that chose them, so the picks' value rows are
 // read while the block is still resident instead of by a further launch: P picks (positions pk_pos, scores
 // pk_sc, shared memory) of head g of row bh give one partial (max m, sum l, unnormalised o[D]) at item
 // band_items + g pick_parts + part; the block that completes the head's partials merges them (merge_head).
-// scratch: TOPK_WARPS x 256 floats of shared memory no longer in use.
+// pmax: the picks' largest score when the caller knows it (the selection's largest candidate; any value at or
+// above the largest gives the same answer), else -inf. The first round of value-row loads goes out before the
+// weights are computed (they need only the positions), and each lane group keeps U rows in flight throughout.
+// The head's counter is read (acquire) before the value rows: when every other partial was counted by then, this
+// block is the last and merges at once with its own partial from shared memory (no write, fence or atomic);
+// otherwise it writes its partial and counts it. scratch: TOPK_WARPS x 256 floats of shared memory no longer in
+// use.
 template <int D>
 __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* pk_sc, float* scratch,
-                            long long bh, int g, int G, int part) {
+                            long long bh, int g, int G, int part, float pmax = LS_NEG_INF) {
     constexpr int LPS = D / 8, NSUB = TOPK_THREADS / LPS, U = 8, H = TOPK_THREADS / D;
     __shared__ float wred[TOPK_WARPS];
     __shared__ float stat[2];
     __shared__ unsigned int s_last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float m = LS_NEG_INF;
-    for (int j = threadIdx.x; j < P; j += blockDim.x) m = fmaxf(m, pk_sc[j]);
-    m = block_reduce<true>(m, wred);
+    const int nparts = a.band_items + a.pick_parts;
+    unsigned int counted = 0u;  // thread 0: the head's partials counted before this block's value rows
+    if (threadIdx.x == 0) counted = ld_acquire(a.done + bh * (G + 1) + g);
+    [[maybe_unused]] const int trow = (int)(bh * G + g);
+    // LPS lanes per value row, U rows per lane group in flight; the first U go out now
+    const int sub = threadIdx.x / LPS, pt = threadIdx.x % LPS;
+    const bf16_t* vb = a.vals + bh * a.ctx * D;
+    auto row = [&](int j) {
+        return j < P ? __ldg(reinterpret_cast<const uint4*>(vb + (long long)pk_pos[j] * D) + pt)
+                     : make_uint4(0, 0, 0, 0);
+    };
+    uint4 raw[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) raw[u] = row(sub + u * NSUB);
+    float m = pmax;
+    if (!(m > LS_NEG_INF)) {  // block-uniform
+        for (int j = threadIdx.x; j < P; j += blockDim.x) m = fmaxf(m, pk_sc[j]);
+        m = block_reduce<true>(m, wred);
+    }
     float z = 0.f;
     for (int j = threadIdx.x; j < P; j += blockDim.x) {
         const float p = __expf(pk_sc[j] - m);
@@ -1058,20 +1125,9 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
         z += p;
     }
     const float l = block_reduce<false>(z, wred);  // its barriers also publish the weights
-    [[maybe_unused]] const int trow = (int)(bh * G + g);
     LS_MARK(ls_trace_topk, trow, 10);  // the picks' weights
-    // LPS lanes per value row, U rows per lane group with their loads issued together
-    const int sub = threadIdx.x / LPS, pt = threadIdx.x % LPS;
-    const bf16_t* vb = a.vals + bh * a.ctx * D;
     float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int j0 = sub; j0 < P; j0 += NSUB * U) {
-        uint4 raw[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int j = j0 + u * NSUB;
-            raw[u] = j < P ? __ldg(reinterpret_cast<const uint4*>(vb + (long long)pk_pos[j] * D) + pt)
-                           : make_uint4(0, 0, 0, 0);
-        }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int j = j0 + u * NSUB;
@@ -1082,6 +1138,7 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
 #pragma unroll
                 for (int e = 0; e < 8; ++e) o[e] = fmaf(w, vf[e], o[e]);
             }
+            raw[u] = row(j + NSUB * U);  // the next round's row in this register
         }
     }
     LS_MARK(ls_trace_topk, trow, 11);  // thread 0's value rows in and summed
@@ -1100,16 +1157,28 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
     float t = 0.f;
     for (int w = h; w < TOPK_WARPS; w += H) t += scratch[w * D + dd];
     scratch[TOPK_WARPS * D + h * D + dd] = t;
+    if (threadIdx.x == 0) s_last = counted == (unsigned int)nparts - 1u ? 1u : 0u;
     __syncthreads();
-    const long long slot = (bh * a.items + a.band_items + g * a.pick_parts + part) * G + g;
+    const int own = a.band_items + part;  // this partial's number among the head's
+    const float mo = P > 0 ? m : LS_NEG_INF;
+    float* own_o = scratch + TOPK_WARPS * D + H * D;  // past what merge_head's red uses
+    float s2 = 0.f;
     if (threadIdx.x < D) {
-        float s2 = 0.f;
 #pragma unroll
         for (int u = 0; u < H; ++u) s2 += scratch[TOPK_WARPS * D + u * D + threadIdx.x];
-        a.part_o[slot * D + threadIdx.x] = s2;
     }
+    if (s_last) {  // every other partial is in: merge now, this one from shared memory
+        LS_SET(ls_trace_topk, trow, 12, 1);
+        if (threadIdx.x < D) own_o[threadIdx.x] = s2;
+        __syncthreads();
+        merge_head<D>(bh, g, G, a.items, a.band_items, a.pick_parts, a.part_ml, a.part_o, a.done, a.tally, a.count,
+                      a.out, a.lse, pk_sc, scratch, stat, own, mo, l, own_o);
+        return;
+    }
+    const long long slot = (bh * a.items + a.band_items + g * a.pick_parts + part) * G + g;
+    if (threadIdx.x < D) a.part_o[slot * D + threadIdx.x] = s2;
     if (threadIdx.x == 0) {
-        a.part_ml[slot * 2] = P > 0 ? m : LS_NEG_INF;
+        a.part_ml[slot * 2] = mo;
         a.part_ml[slot * 2 + 1] = l;
     }
     // release (this block's partial) and acquire (the others', when it completes the head) by thread 0 alone,
@@ -1117,9 +1186,10 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
-        const bool last = completes_head(a.done, bh, g, G, a.band_items + a.pick_parts);
+        const bool last = completes_head(a.done, bh, g, G, nparts);
         if (last) __threadfence();
         s_last = last ? 1u : 0u;
+        LS_SET(ls_trace_topk, trow, 12, last ? 2 : 3);
     }
     __syncthreads();
     if (!s_last) return;
@@ -1482,8 +1552,22 @@ __device__ __forceinline__ void radix_pick(const Key& key, const Emit& emit, int
     }
 }
 
+// The sample's threshold: the largest t (to TOPK_SAMPLE_LOW_BIT bits) that at least r of the block's sample
+// values (mine, one a thread) reach, bit by bit from the top, one counting barrier a bit. (4 bits a round, the 15
+// thresholds of a digit counted by warp ballots and summed by every warp, one plain barrier a round, took 2.7x as
+// long on the H200: 12.7k against 4.7k cycles at 128K; the barrier counts in hardware.)
+__device__ __forceinline__ u32 sample_threshold(u32 mine, int r) {
+    u32 t = 0u;
+    for (int b = 31; b >= TOPK_SAMPLE_LOW_BIT; --b) {
+        const u32 c = t | (1u << b);
+        if (__syncthreads_count(mine >= c) >= r) t = c;
+    }
+    return t;
+}
+
 // The selection of topk_sample_body for (row, head) bhg: writes the picks out (and, KEEP, into pk_pos / pk_sc
-// in shared memory) and returns their number. hist / total: the radix passes' shared memory, free afterwards.
+// in shared memory) and returns their number; pmax: the largest pick's score where the candidates give it
+// (their largest image), else -inf. hist / total: the radix passes' shared memory, free afterwards.
 // CL > 1: called by every block of a cluster of CL; each samples the same threshold and puts the candidates of
 // its CL-th of the score row into its own buffer, block 0 pulls the others' through distributed shared memory
 // and alone picks (the others return once their candidates are pulled: they wait at the caller's next cluster
@@ -1494,7 +1578,8 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
                                                 int G, int cap, int k, int cand, int* __restrict__ pick_pos,
                                                 float* __restrict__ pick_score, int* __restrict__ pick_count,
                                                 int bhg, int* pk_pos, float* pk_sc,
-                                                unsigned int (&hist)[TOPK_WARPS][256], unsigned int* total) {
+                                                unsigned int (&hist)[TOPK_WARPS][256], unsigned int* total,
+                                                float& pmax) {
     constexpr bool ATTEND = KEEP;
     extern __shared__ u32 cbuf[];  // cand images, then cand list indices
     u32* cimg = cbuf;
@@ -1512,6 +1597,7 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
     const int* ix = idx + (long long)bh * cap;
     int* out_pos = pick_pos + (long long)bhg * k;
     float* out_score = pick_score + (long long)bhg * k;
+    pmax = LS_NEG_INF;
     if (threadIdx.x == 0 && rank == 0) pick_count[bhg] = kk;
     LS_GMARK(ls_trace_topk, bhg, 0);
     LS_MARK(ls_trace_topk, bhg, 1);
@@ -1523,49 +1609,57 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
     }
     LS_MARK(ls_trace_topk, bhg, 2);  // the survivor count read
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    // 1. the candidates' threshold (0: every survivor)
+    // 1. the candidates' threshold (0: every survivor), from a sample when the list is longer than the buffer
     u32 t = 0;
-    bool try_cand = n <= cand;
+    bool try_cand = n <= cand, sampled = false;
+    int r = 0;
     if (!try_cand) {
         const float e = (float)TOPK_THREADS * (float)k / (float)n;
-        const int r = (int)ceilf(e + 4.f * sqrtf(e) + 4.f);
+        r = (int)ceilf(e + 4.f * sqrtf(e) + 4.f);
         // expected candidates r n / TOPK_THREADS must fit the buffer (block-uniform)
-        try_cand = r < TOPK_THREADS && (long long)r * n <= (long long)cand * TOPK_THREADS;
-        if (try_cand) {
-            const u32 mine = order_key(__ldg(sc + (int)(((long long)threadIdx.x * n) / TOPK_THREADS)));
-            for (int b = 31; b >= TOPK_SAMPLE_LOW_BIT; --b) {
-                const u32 c = t | (1u << b);
-                if (__syncthreads_count(mine >= c) >= r) t = c;
-            }
+        try_cand = sampled = r < TOPK_THREADS && (long long)r * n <= (long long)cand * TOPK_THREADS;
+    }
+    // the candidate pass's geometry: chunks of 16 scores a thread (four 16-byte loads); the row's few unaligned
+    // scores at either end go to single threads of the first chunk. That chunk's loads go out with the sample's.
+    const int head = min(n, (int)(((16u - (u32)(reinterpret_cast<size_t>(sc) & 15u)) & 15u) >> 2));
+    const int nv = (n - head) >> 2;                      // 16-byte vectors after the head
+    const int tail0 = head + 4 * nv, ntail = n - tail0;  // < 4 scalars at the end
+    const float4* sv = reinterpret_cast<const float4*>(sc + head);
+    // this block's vectors [jlo, jhi) (CL > 1: a CL-th of them each)
+    const int jlo = (int)(((long long)rank * nv) / CL), jhi = (int)((((long long)rank + 1) * nv) / CL);
+    float4 f[4];
+    int xi = -1;  // this thread's extra scalar (block 0's first chunk only): head item, or tail item
+    u32 xv = 0u;
+    if (try_cand) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int j = jlo + u * TOPK_THREADS + threadIdx.x;
+            f[u] = j < jhi ? __ldg(sv + j) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
+        if (rank == 0) {
+            if (threadIdx.x < head) xi = threadIdx.x;
+            else if (threadIdx.x - head < ntail) xi = tail0 + (threadIdx.x - head);
+        }
+        xv = xi >= 0 ? order_key(__ldg(sc + xi)) : 0u;
+    }
+    if (sampled) {
+        const u32 mine = order_key(__ldg(sc + (int)(((long long)threadIdx.x * n) / TOPK_THREADS)));
+        t = sample_threshold(mine, r);
     }
     LS_MARK(ls_trace_topk, bhg, 3);  // threshold sampled
-    // 2. the candidates: images >= t. Chunks of 16 scores a thread (four 16-byte loads, all issued first); a
-    // block-wide scan of the threads' counts gives each its slots (no atomics); the row's few unaligned scores at
-    // either end go to single threads of the first chunk.
+    // 2. the candidates: images >= t. A block-wide scan of the threads' counts gives each its slots (no atomics).
     unsigned int nc = 0;
     if (try_cand) {
-        const int head = min(n, (int)(((16u - (u32)(reinterpret_cast<size_t>(sc) & 15u)) & 15u) >> 2));
-        const int nv = (n - head) >> 2;                      // 16-byte vectors after the head
-        const int tail0 = head + 4 * nv, ntail = n - tail0;  // < 4 scalars at the end
-        const float4* sv = reinterpret_cast<const float4*>(sc + head);
-        // this block's vectors [jlo, jhi) (CL > 1: a CL-th of them each)
-        const int jlo = (int)(((long long)rank * nv) / CL), jhi = (int)((((long long)rank + 1) * nv) / CL);
         unsigned int base = 0;
         for (int v0 = jlo, first = 1; v0 < jhi || first; v0 += 4 * TOPK_THREADS, first = 0) {
-            float4 f[4];
+            if (!first) {
 #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                const int j = v0 + u * TOPK_THREADS + threadIdx.x;
-                f[u] = j < jhi ? __ldg(sv + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+                for (int u = 0; u < 4; ++u) {
+                    const int j = v0 + u * TOPK_THREADS + threadIdx.x;
+                    f[u] = j < jhi ? __ldg(sv + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+                xi = -1;
             }
-            // this thread's extra scalar (block 0's first chunk only): head item, or tail item
-            int xi = -1;
-            if (first && rank == 0) {
-                if (threadIdx.x < head) xi = threadIdx.x;
-                else if (threadIdx.x - head < ntail) xi = tail0 + (threadIdx.x - head);
-            }
-            const u32 xv = xi >= 0 ? order_key(__ldg(sc + xi)) : 0u;
             u32 img[17];
             unsigned int cnt = 0;
 #pragma unroll
@@ -1656,6 +1750,7 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
         __syncthreads();
         mx = warp_extreme<true>(wmax[lane]);
         mn = warp_extreme<false>(wmin[lane]);
+        pmax = image_value(mx);  // the largest candidate is always picked
         LS_MARK(ls_trace_topk, bhg, 5);  // their range
         const int L = __clz(mx ^ mn);  // leading bits every candidate shares (32: all equal)
         const u32 mask0 = L >= 32 ? 0xffffffffu : (L == 0 ? 0u : ~0u << (32 - L));
@@ -1694,12 +1789,14 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
     grid_dep_wait();  // the select's survivors (programmatic launch)
     grid_dep_launch();
     const int bhg = blockIdx.x;
+    float pmax;
     const int kk = topk_sample_pick<ATTEND>(tally, idx, scores, G, cap, k, cand, pick_pos, pick_score, pick_count,
-                                            bhg, pk_pos, pk_sc, hist, total);
+                                            bhg, pk_pos, pk_sc, hist, total, pmax);
     __syncthreads();
     LS_MARK(ls_trace_topk, bhg, 7);  // picks written
     if constexpr (ATTEND)
-        topk_attend<D>(attn, kk, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bhg / G, bhg % G, G, 0);
+        topk_attend<D>(attn, kk, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bhg / G, bhg % G, G, 0,
+                       pmax);
     LS_MARK(ls_trace_topk, bhg, 8);  // attended (and merged, for the block that completed a head)
     LS_GMARK(ls_trace_topk, bhg, 9);
 }
@@ -1896,18 +1993,22 @@ __device__ void topk_sample_spread_body(const unsigned int* __restrict__ tally, 
     const unsigned int rank = cluster_rank();
     const int bhg = blockIdx.x / C, bh = bhg / G, g = bhg % G;
     // the tally is zeroed only by the merge of the row's last head, which needs this block's partial first
+    __shared__ float s_pmax;  // block 0: its picks' largest score (-inf: not known), set by every thread alike
     int kk;
     if constexpr (SPLIT)
         kk = topk_sample_pick<true, C>(tally, idx, scores, G, cap, k, cand, pick_pos, pick_score, pick_count, bhg,
-                                       pk_pos, pk_sc, hist, total);
+                                       pk_pos, pk_sc, hist, total, s_pmax);
     else
         kk = rank == 0 ? topk_sample_pick<true>(tally, idx, scores, G, cap, k, cand, pick_pos, pick_score,
-                                                pick_count, bhg, pk_pos, pk_sc, hist, total)
+                                                pick_count, bhg, pk_pos, pk_sc, hist, total, s_pmax)
                        : min(k, min((int)tally[bh], cap));
     cluster_sync_all();  // block 0's picks visible to the cluster
+    float pmax = s_pmax;
     const int lo = (int)(((long long)rank * kk) / C);
     const int P = (int)((((long long)rank + 1) * kk) / C) - lo;
     if (rank != 0) {
+        // every block weighs its slice against the same maximum (when known): its partial needs no rescaling
+        pmax = __uint_as_float(ld_cluster(reinterpret_cast<const unsigned int*>(&s_pmax), 0u));
         for (int j = threadIdx.x; j < P; j += blockDim.x) {
             pk_pos[j] = (int)ld_cluster(reinterpret_cast<const unsigned int*>(pk_pos + lo + j), 0u);
             pk_sc[j] = __uint_as_float(ld_cluster(reinterpret_cast<const unsigned int*>(pk_sc + lo + j), 0u));
@@ -1917,7 +2018,7 @@ __device__ void topk_sample_spread_body(const unsigned int* __restrict__ tally, 
     __syncthreads();   // the slice visible to the whole block
     // block 0 rewrites pk_sc[0, P) only (slice 0), and merges (pk_sc as scratch) only once every block has
     // counted its partial, so after every copy
-    topk_attend<D>(attn, P, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, (int)rank);
+    topk_attend<D>(attn, P, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, (int)rank, pmax);
     cluster_wait();
 }
 
@@ -1960,6 +2061,8 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
                           float* __restrict__ out, float* __restrict__ lse) {
     constexpr int LPS = D / 8, NSUB = ATTN_THREADS / LPS, ROWS = CHUNK / NSUB;
     grid_dep_wait();  // the picks (programmatic launch after the top-k; nothing to wait for on the band)
+    [[maybe_unused]] const int trace_item = (int)(blockIdx.y * gridDim.x + blockIdx.x);
+    if (item0 == 0) LS_GMARK(ls_trace_band, trace_item, 0);
     __shared__ float qf[LS_MAX_GA * D];
     __shared__ float s[LS_MAX_GA][CHUNK];
     __shared__ float acc[LS_MAX_GA * D];
@@ -2122,6 +2225,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
         s_last = last;
     }
     __syncthreads();
+    if (item0 == 0) LS_GMARK(ls_trace_band, trace_item, 1);
     const unsigned int last = s_last;
     if (!last) return;
     for (int g = g_lo; g < g_hi; ++g)

@@ -8,7 +8,8 @@ Nsight Compute (the first run compiles and warms; ncu's filter skips its kernels
 Phase trace (``--trace``): the kernels built with -DLS_TRACE, the layer replayed from its CUDA graph, then the
 thread-0 timestamps of every ls_select2 / ls_topk_sample block (kernels/longsight_fused.cu LS_MARK) summarised:
 median cycles of each phase, and from %globaltimer when each kernel's blocks started and ended relative to the
-first select block's start."""
+first select block's start (the band's attention blocks too: start, and partials counted), and how many top-k
+blocks merged their head at once, counted and merged, or only counted their partial."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ from bench_fused import PLANTED_THRESHOLD, Data, parse_config_key, shape_for, us
 from cemsim.gpu import fused
 
 SELECT_PHASES = ["query in smem", "filtered+compacted", "claimed (+1st row loads)", "rows scored"]
+# kernels/longsight_fused.cu's trace arrays (built with -DLS_TRACE)
+TRACE_SHAPES = {"ls_trace_select": (4096, 8), "ls_trace_topk": (1024, 13), "ls_trace_band": (4096, 2)}
+# ls_trace_topk column 12: which way the block's partial of the picks went (topk_attend)
+MERGE_PATHS = {1: "merged at once", 2: "counted, merged", 3: "counted"}
 TOPK_PHASES = [
     "count read",
     "threshold sampled",
@@ -43,16 +48,16 @@ def trace(cp, mod, p, args, stream, replays: int) -> dict:
     for _ in range(replays):
         graph.launch(stream)
     stream.synchronize()
-    for name in ("ls_trace_select", "ls_trace_topk"):
-        ptr = mod.get_global(name)
-        shape = (4096, 8) if name == "ls_trace_select" else (1024, 12)
-        cp.ndarray(shape, cp.int64, ptr).fill(0)
+    for name, shape in TRACE_SHAPES.items():
+        cp.ndarray(shape, cp.int64, mod.get_global(name)).fill(0)
     graph.launch(stream)
     stream.synchronize()
-    sel = cp.ndarray((4096, 8), cp.int64, mod.get_global("ls_trace_select")).get()
-    top = cp.ndarray((1024, 12), cp.int64, mod.get_global("ls_trace_topk")).get()
+    sel, top, band = (
+        cp.ndarray(shape, cp.int64, mod.get_global(name)).get() for name, shape in TRACE_SHAPES.items()
+    )
     sel = sel[sel[:, 0] > 0]
     top = top[top[:, 0] > 0]
+    band = band[band[:, 0] > 0]
     out: dict = {"select_blocks_traced": len(sel), "topk_blocks_traced": len(top)}
     t0 = sel[:, 0].min() if len(sel) else top[:, 0].min()
     if len(sel):
@@ -78,6 +83,10 @@ def trace(cp, mod, p, args, stream, replays: int) -> dict:
             }
         out["topk_start_ns"] = [float(np.min(top[:, 0] - t0)), float(np.max(top[:, 0] - t0))]
         out["topk_end_ns"] = [float(np.min(top[:, 9] - t0)), float(np.max(top[:, 9] - t0))]
+        out["topk_partials"] = {name: int(np.sum(top[:, 12] == v)) for v, name in MERGE_PATHS.items()}
+    if len(band):
+        out["band_start_ns"] = [float(np.min(band[:, 0] - t0)), float(np.max(band[:, 0] - t0))]
+        out["band_counted_ns"] = [float(np.min(band[:, 1] - t0)), float(np.max(band[:, 1] - t0))]
     return out
 
 
