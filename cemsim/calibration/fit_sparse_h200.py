@@ -2,15 +2,17 @@
 to the fused GPU LongSight pipeline measured per layer on an H200 (issue 18), and check them on points they
 were not fitted to.
 
-Measurement: ``h200-sparse-layer-v4-2026-12-03.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on
-the lent H200 (issue 18's fourth version of the kernels: the third's, plus the spread top-k over a cluster of
-two, the band beside the top-k and ls_select2_r16, the survivors' scores on the tensor cores; each combination
-timed and the fastest kept per point): one layer
+Measurement: ``h200-sparse-layer-v5-2026-12-03.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on
+the lent H200 (issue 18's fifth version of the kernels: the fourth's, whose top-k block now issues its picks'
+value rows before their weights and merges its head at once when every other partial is in; the fourth had
+added the spread top-k over a cluster of two, the band beside the top-k and ls_select2_r16, the survivors'
+scores on the tensor cores; each combination timed and the fastest kept per point): one layer
 of Llama-3-8B geometry (8 KV heads x 4 query heads, D = 128, window 1,024, sinks 16, LongSight's k schedule),
 batch 1 and 8, contexts 4K-1M, survival targets 1-10 % on random signs plus exactly 5 % planted, the whole
-layer one CUDA graph. The third version's measurement is ``h200-sparse-layer-v3-2026-12-02.json``
-(:data:`THIRD`), the second's ``h200-sparse-layer-2026-12-02.json``; the first version's,
-``h200-sparse-fused-2026-12-02.json``, keeps the filter table (:func:`filter_table`).
+layer one CUDA graph. The fourth version's measurement is ``h200-sparse-layer-v4-2026-12-03.json``
+(:data:`PREVIOUS`), the third's ``h200-sparse-layer-v3-2026-12-02.json``, the second's
+``h200-sparse-layer-2026-12-02.json``; the first version's, ``h200-sparse-fused-2026-12-02.json``, keeps the
+filter table (:func:`filter_table`).
 
 The simulator charges GPU-side sparse attention as the roofline of the bytes it reads (band, signs of every
 region key, survivors' keys, picks' values) plus a fixed cost and a cost per unit of each stage's work:
@@ -41,8 +43,8 @@ from cemsim.paths import repo_root
 from cemsim.sim import prepare, simulate
 from cemsim.trace.synthetic import synthetic_header
 
-FUSED = CALIBRATION_DIR / "h200-sparse-layer-v4-2026-12-03.json"
-THIRD = CALIBRATION_DIR / "h200-sparse-layer-v3-2026-12-02.json"  # the third version of the kernels
+FUSED = CALIBRATION_DIR / "h200-sparse-layer-v5-2026-12-03.json"
+PREVIOUS = CALIBRATION_DIR / "h200-sparse-layer-v4-2026-12-03.json"  # the fourth version of the kernels
 FILTERS = CALIBRATION_DIR / "h200-sparse-fused-2026-12-02.json"  # the first version's run, with the filters
 SYSTEM = "h200-sparse-hbm"
 LATENCY = "gpu.sparse_pipeline_latency"
@@ -175,10 +177,12 @@ def _label(r: dict) -> str:
     return "planted 5%" if r.get("planted") else f"target {r['survival_target']:.0%}"
 
 
-def layer_table(path=FUSED, survival: float = 0.05, planted: bool = True, first=FILTERS, third=THIRD) -> str:
+def layer_table(
+    path=FUSED, survival: float = 0.05, planted: bool = True, first=FILTERS, previous=PREVIOUS
+) -> str:
     """Markdown: today's pipeline, the fused pipeline's first version (``first``, random-sign points only), its
-    third version (``third``, with its multiple of its own run's floor) and this one per layer at one survival
-    point, with the floor."""
+    previous version (``previous``, with its multiple of its own run's floor) and this one per layer at one
+    survival point, with the floor."""
 
     def times(p) -> dict:
         return {
@@ -187,9 +191,9 @@ def layer_table(path=FUSED, survival: float = 0.05, planted: bool = True, first=
             if "error" not in r
         }
 
-    v1, v3 = times(first), times(third)
+    v1, vp = times(first), times(previous)
     out = [
-        "| batch | context | survivors | today's pipeline (us) | first version (us) | third version (us) "
+        "| batch | context | survivors | today's pipeline (us) | first version (us) | fourth version (us) "
         "| fused (us) | speed-up | floor (us) | fused / floor |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -199,7 +203,7 @@ def layer_table(path=FUSED, survival: float = 0.05, planted: bool = True, first=
         key = (r["users"], r["context"], survival, planted)
         old = f"{r['old_b2b_us']:,.1f}" if "old_b2b_us" in r else "-"
         up = f"{r['old_b2b_us'] / r['fused_b2b_us']:.1f}x" if "old_b2b_us" in r else "-"
-        a, b = v1.get(key), v3.get(key)
+        a, b = v1.get(key), vp.get(key)
         one = "-" if a is None else f"{a['fused_b2b_us']:,.1f}"
         two = "-" if b is None else f"{b['fused_b2b_us']:,.1f} ({b['fused_b2b_us'] / b['floor_us']:.2f}x)"
         out.append(

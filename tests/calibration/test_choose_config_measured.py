@@ -1,6 +1,6 @@
-"""choose_config against the measurement it was read from (cemsim/calibration/h200-sparse-layer-v4-2026-12-03.json:
+"""choose_config against the measurement it was read from (cemsim/calibration/h200-sparse-layer-v5-2026-12-03.json:
 every point's whole-layer time for each combination of kernels, back to back on the H200): replayed here, the
-rule must stay as close to each point's fastest combination as its docstring says (2.3 % on average, 11.3 % at
+rule must stay as close to each point's fastest combination as its docstring says (1.7 % on average, 10.9 % at
 worst). A change to the rule, or a new measurement, that does worse fails."""
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def excess_over_fastest() -> list[float]:
 def test_choose_config_is_near_each_measured_points_fastest() -> None:
     excess = np.array(excess_over_fastest())
     assert len(excess) == 60
-    assert excess.mean() == pytest.approx(0.023, abs=0.002)  # as choose_config's docstring states
-    assert excess.max() == pytest.approx(0.113, abs=0.002)
+    assert excess.mean() == pytest.approx(0.017, abs=0.002)  # as choose_config's docstring states
+    assert excess.max() == pytest.approx(0.109, abs=0.002)
 
 
 def test_the_replay_can_tell_a_worse_rule(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,4 +51,6 @@ def test_the_replay_can_tell_a_worse_rule(monkeypatch: pytest.MonkeyPatch) -> No
         return dataclasses.replace(rule(shape), rows=4 if shape.cap >= 32768 else 0)
 
     monkeypatch.setattr(sys.modules[__name__], "choose_config", before)
-    assert np.mean(excess_over_fastest()) > 0.10  # 12.8 % / 44.3 % (docs/gpu-kernels.md, seventh step)
+    assert (
+        np.mean(excess_over_fastest()) > 0.10
+    )  # 12.0 % / 44.8 % on v5 (v4: 12.8 % / 44.3 %; docs/gpu-kernels.md)

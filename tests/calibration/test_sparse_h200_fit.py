@@ -1,5 +1,5 @@
-"""The fused GPU LongSight pipeline measured on an H200 (cemsim/calibration/h200-sparse-layer-v4-2026-12-03.json;
-the third version's is h200-sparse-layer-v3-2026-12-02.json, and the first version's file,
+"""The fused GPU LongSight pipeline measured on an H200 (cemsim/calibration/h200-sparse-layer-v5-2026-12-03.json;
+the fourth version's is h200-sparse-layer-v4-2026-12-03.json, and the first version's file,
 h200-sparse-fused-2026-12-02.json, keeps its filter table), replayed on the CPU: the
 file is complete and checked, the fit reproduces h200-sparse-hbm's constants, its held-out error is the one
 docs/gpu-kernels.md states, and h100-sparse-hbm's derived constants follow their stated rule. The device run
@@ -22,8 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "gpu-kernels.md"
 
 
-# measured points whose back-to-back time exceeds 1.02 x their single replays' median: (b2b, median) us, exactly
-OVER_SINGLE_REPLAYS = {(8, 32768, 0.02, False): (78.54080200195312, 76.83199644088745)}
+# measured points whose back-to-back time exceeds 1.02 x their single replays' median: (b2b, median) us, exactly.
+# Batch 8 at 32K is over in both the v4 and the v5 runs (v4: 2 %, 78.54 against 76.83 us; in v5 also 1 % and 5 %);
+# batch 1 at 1M, 10 %: its single replays spread widely (p90 236 us against a 152 us minimum)
+OVER_SINGLE_REPLAYS = {
+    (1, 1048576, 0.1, False): (160.56959629058838, 153.28000485897064),
+    (8, 32768, 0.01, False): (67.06879734992981, 65.58400020003319),
+    (8, 32768, 0.02, False): (77.64959931373596, 75.42400062084198),
+    (8, 32768, 0.05, False): (83.1391990184784, 79.71199974417686),
+    (8, 1048576, 0.1, False): (983.0112457275391, 961.10400557518),
+}
 
 
 def _gpu(system: str):
@@ -47,9 +55,9 @@ def test_measurement_file_is_complete_and_every_point_was_checked() -> None:
     }
     for r in layers:
         assert r["row0_checked"] and "error" not in r, r
-        # back to back within 2 % of single replays or under them (v3: batch 8 at 8K, 5 % planted +1.5 %). One v4
-        # point is over, named here with its exact times so that no other point gets slack and this one cannot
-        # move: batch 8 at 32K, 2 %, 78.54 against 76.83 us (+2.2 %; no device time was left to re-time it)
+        # back to back within 2 % of single replays or under them (the median point is 1.5 % under them). Five v5
+        # points are over (+2.0 % to +4.8 %), named above with their exact times so that no other point gets
+        # slack and these cannot move
         key = (r["users"], r["context"], r["survival_target"], r["planted"])
         assert r["floor_us"] < r["fused_b2b_us"]
         if key in OVER_SINGLE_REPLAYS:
@@ -74,11 +82,11 @@ def fitted() -> tuple[tuple[float, ...], list[dict]]:
 
 # h200-sparse-hbm's constants as written (3 significant figures), in the order of fit.NAMES
 WRITTEN = {
-    "gpu.sparse_pipeline_latency": ("sparse_pipeline_latency", 15.2e-6),
-    "gpu.sparse_time_per_request": ("sparse_time_per_request", 430e-9),
-    "gpu.sparse_time_per_key": ("sparse_time_per_key", 1.12e-12),
-    "gpu.sparse_time_per_survivor": ("sparse_time_per_survivor", 28.1e-12),
-    "gpu.sparse_time_per_pick": ("sparse_time_per_pick", 297e-12),
+    "gpu.sparse_pipeline_latency": ("sparse_pipeline_latency", 14.5e-6),
+    "gpu.sparse_time_per_request": ("sparse_time_per_request", 413e-9),
+    "gpu.sparse_time_per_key": ("sparse_time_per_key", 1.04e-12),
+    "gpu.sparse_time_per_survivor": ("sparse_time_per_survivor", 27.5e-12),
+    "gpu.sparse_time_per_pick": ("sparse_time_per_pick", 301e-12),
 }
 
 
@@ -97,11 +105,11 @@ def test_held_out_error_is_what_the_docs_state(fitted) -> None:
     _, rows = fitted
     held = np.abs([r["error"] for r in rows if r["split"] == "held out"])
     assert len(held) == 30
-    # as computed and written in docs/gpu-kernels.md: 8.9 % mean, 35.2 % worst (batch 8 at 128K, planted 5 %);
-    # on the third version's measurement the same model gave 9.6 % / 38.7 %, on the second's 10.2 % / 30.4 %, on
-    # the first 9.9 % / 17.9 %, a two-constant one 18.4 % / 39.4 %
-    assert held.mean() == pytest.approx(0.089, abs=0.002)
-    assert held.max() == pytest.approx(0.352, abs=0.002)
+    # as computed and written in docs/gpu-kernels.md: 9.6 % mean, 37.1 % worst (batch 8 at 128K, 5 % target);
+    # on the fourth version's measurement the same model gave 8.9 % / 35.2 %, on the third's 9.6 % / 38.7 %, on
+    # the second's 10.2 % / 30.4 %, on the first 9.9 % / 17.9 %, a two-constant one 18.4 % / 39.4 %
+    assert held.mean() == pytest.approx(0.096, abs=0.002)
+    assert held.max() == pytest.approx(0.371, abs=0.002)
     assert fit.fit_table() in DOC.read_text()
 
 

@@ -458,7 +458,7 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
 
 
 def test_choose_config_follows_the_h200_measurement() -> None:
-    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v4-2026-12-03.json): ls_select2
+    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v5-2026-12-03.json): ls_select2
     with its survivors' scores on the tensor cores where rows hold slots for ~3 % survival, else ls_select; the
     sample top-k once rows can hold 8K survivors, else the single-block one; the picks' attention folded;
     programmatic launch from 4K slots; chunk 64; from 32K slots spreadc where its clusters of two fit on the GPU
