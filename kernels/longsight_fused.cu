@@ -52,7 +52,8 @@ typedef unsigned short bf16_t;  // bf16 bit patterns: no header needed under NVR
 // serialization attribute may be scheduled before the kernel ahead of it in the stream has finished, once every
 // block of that one has called grid_dep_launch() (or exited); grid_dep_wait() then blocks until that kernel has
 // completed and its writes are visible. Both do nothing in a launch without the attribute.
-// Phase timestamps of ls_select2 and ls_topk_sample blocks (thread 0), only when built with -DLS_TRACE
+// Phase timestamps of ls_select2 and ls_topk_sample blocks (thread 0; of a spread form's cluster, block 0's),
+// only when built with -DLS_TRACE
 // (benchmarks/gpu/profile_layer.py --trace): SM clock cycles, and %globaltimer (ns) at each kernel's start and
 // end to line the launches up against each other; the band's attention blocks' %globaltimer at their start and
 // once their partials are counted; which way each top-k block's partial went (LS_SET, column 12: 1 merged at
@@ -78,12 +79,34 @@ __device__ __forceinline__ long long ls_gtimer() {
     do {                                                                \
         if (threadIdx.x == 0 && (row) < (int)(sizeof(arr) / sizeof(arr[0]))) arr[row][i] = (v); \
     } while (0)
+// the same, only where cond holds (a cluster's block 0): cond is not even evaluated in untraced builds
+#define LS_MARK_IF(cond, arr, row, i) \
+    do {                              \
+        if (cond) LS_MARK(arr, row, i); \
+    } while (0)
+#define LS_GMARK_IF(cond, arr, row, i) \
+    do {                               \
+        if (cond) LS_GMARK(arr, row, i); \
+    } while (0)
+#define LS_SET_IF(cond, arr, row, i, v) \
+    do {                                \
+        if (cond) LS_SET(arr, row, i, v); \
+    } while (0)
 #else
 #define LS_MARK(arr, row, i) \
     do {                     \
     } while (0)
 #define LS_SET(arr, row, i, v) \
     do {                       \
+    } while (0)
+#define LS_MARK_IF(cond, arr, row, i) \
+    do {                              \
+    } while (0)
+#define LS_GMARK_IF(cond, arr, row, i) \
+    do {                               \
+    } while (0)
+#define LS_SET_IF(cond, arr, row, i, v) \
+    do {                                \
     } while (0)
 #define LS_GMARK(arr, row, i) \
     do {                      \
@@ -1125,7 +1148,7 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
         z += p;
     }
     const float l = block_reduce<false>(z, wred);  // its barriers also publish the weights
-    LS_MARK(ls_trace_topk, trow, 10);  // the picks' weights
+    LS_MARK_IF(part == 0, ls_trace_topk, trow, 10);  // the picks' weights
     float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int j0 = sub; j0 < P; j0 += NSUB * U) {
 #pragma unroll
@@ -1141,7 +1164,7 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
             raw[u] = row(j + NSUB * U);  // the next round's row in this register
         }
     }
-    LS_MARK(ls_trace_topk, trow, 11);  // thread 0's value rows in and summed
+    LS_MARK_IF(part == 0, ls_trace_topk, trow, 11);  // thread 0's value rows in and summed
     // sum over the lane groups of a warp, then over the warps
 #pragma unroll
     for (int off = LPS; off < 32; off <<= 1)
@@ -1168,7 +1191,7 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
         for (int u = 0; u < H; ++u) s2 += scratch[TOPK_WARPS * D + u * D + threadIdx.x];
     }
     if (s_last) {  // every other partial is in: merge now, this one from shared memory
-        LS_SET(ls_trace_topk, trow, 12, 1);
+        LS_SET_IF(part == 0, ls_trace_topk, trow, 12, 1);
         if (threadIdx.x < D) own_o[threadIdx.x] = s2;
         __syncthreads();
         merge_head<D>(bh, g, G, a.items, a.band_items, a.pick_parts, a.part_ml, a.part_o, a.done, a.tally, a.count,
@@ -1189,7 +1212,7 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
         const bool last = completes_head(a.done, bh, g, G, nparts);
         if (last) __threadfence();
         s_last = last ? 1u : 0u;
-        LS_SET(ls_trace_topk, trow, 12, last ? 2 : 3);
+        LS_SET_IF(part == 0, ls_trace_topk, trow, 12, last ? 2 : 3);
     }
     __syncthreads();
     if (!s_last) return;
@@ -1495,12 +1518,14 @@ __device__ __forceinline__ u32 warp_extreme(u32 v) {
 // done0: no pass needed (every image equal). Block-uniform arguments; hist / total / s_* in shared memory.
 // HC: histogram copies (warp w adds to copy w % HC): 32, one a warp, where many keys share a digit (the first
 // pass over every survivor); fewer are cheaper to clear and sum where the digits are spread (the candidates).
+// trow: the (row, head) whose trace row the passes stamp (LS_TRACE builds only).
 template <int HC, class Key, class Emit>
 __device__ __forceinline__ void radix_pick(const Key& key, const Emit& emit, int m, u32 need0, u32 prefix0,
                                            u32 mask0, int shift0, bool done0,
                                            unsigned int (&hist)[TOPK_WARPS][256], unsigned int* total,
                                            u32& s_prefix, u32& s_mask, u32& s_need, u32& s_done,
-                                           unsigned int& s_above, unsigned int& s_ties) {
+                                           unsigned int& s_above, unsigned int& s_ties,
+                                           [[maybe_unused]] int trow) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (threadIdx.x == 0) {
         s_prefix = prefix0;
@@ -1525,7 +1550,7 @@ __device__ __forceinline__ void radix_pick(const Key& key, const Emit& emit, int
             if (s_done || shift == 0) break;
         }
     }
-    LS_MARK(ls_trace_topk, (int)blockIdx.x, 6);  // radix passes done
+    LS_MARK(ls_trace_topk, trow, 6);  // radix passes done
     // collect: images above the prefix are in; equal ones fill what is still needed. One shared atomic per warp
     // and kind a round (the slots of a warp's keys from its ballot).
     const u32 prefix = s_prefix, mask = s_mask, need = s_need;
@@ -1599,15 +1624,16 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
     float* out_score = pick_score + (long long)bhg * k;
     pmax = LS_NEG_INF;
     if (threadIdx.x == 0 && rank == 0) pick_count[bhg] = kk;
-    LS_GMARK(ls_trace_topk, bhg, 0);
-    LS_MARK(ls_trace_topk, bhg, 1);
+    // a cluster's block 0 alone stamps the (row, head)'s trace row
+    LS_GMARK_IF(rank == 0, ls_trace_topk, bhg, 0);
+    LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 1);
     if (n <= k) {
         if (rank == 0)
             for (int i = threadIdx.x; i < n; i += blockDim.x)
                 put_pick<ATTEND>(i, i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
         return kk;
     }
-    LS_MARK(ls_trace_topk, bhg, 2);  // the survivor count read
+    LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 2);  // the survivor count read
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     // 1. the candidates' threshold (0: every survivor), from a sample when the list is longer than the buffer
     u32 t = 0;
@@ -1646,7 +1672,7 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
         const u32 mine = order_key(__ldg(sc + (int)(((long long)threadIdx.x * n) / TOPK_THREADS)));
         t = sample_threshold(mine, r);
     }
-    LS_MARK(ls_trace_topk, bhg, 3);  // threshold sampled
+    LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 3);  // threshold sampled
     // 2. the candidates: images >= t. A block-wide scan of the threads' counts gives each its slots (no atomics).
     unsigned int nc = 0;
     if (try_cand) {
@@ -1732,7 +1758,7 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
         }
     }
     if (CL > 1 && rank != 0) return kk;  // no candidates tried (block 0 takes the whole list)
-    LS_MARK(ls_trace_topk, bhg, 4);  // candidates in shared memory
+    LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 4);  // candidates in shared memory
     auto emit_list = [&](int slot, int i) { put_pick<ATTEND>(slot, i, ix, sc, out_pos, out_score, pk_pos, pk_sc); };
     if (try_cand && nc >= (unsigned int)k && nc <= (unsigned int)cand) {
         // 3. exact top-k of the candidates, from the first bit where they can differ
@@ -1751,7 +1777,7 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
         mx = warp_extreme<true>(wmax[lane]);
         mn = warp_extreme<false>(wmin[lane]);
         pmax = image_value(mx);  // the largest candidate is always picked
-        LS_MARK(ls_trace_topk, bhg, 5);  // their range
+        LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 5);  // their range
         const int L = __clz(mx ^ mn);  // leading bits every candidate shares (32: all equal)
         const u32 mask0 = L >= 32 ? 0xffffffffu : (L == 0 ? 0u : ~0u << (32 - L));
         const int shift0 = max(24 - L, 0);
@@ -1767,12 +1793,12 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
             }
         };
         radix_pick<8>(key, emit, (int)nc, (u32)k, mx & mask0, mask0, shift0, L >= 32, hist, total, s_prefix,
-                      s_mask, s_need, s_done, s_above, s_ties);
+                      s_mask, s_need, s_done, s_above, s_ties, bhg);
     } else {
         // the sample misled (or the buffer is too small): every survivor, from L2
         auto key = [&](int i) { return order_key(__ldg(sc + i)); };
         radix_pick<TOPK_WARPS>(key, emit_list, n, (u32)k, 0u, 0u, 24, false, hist, total, s_prefix, s_mask, s_need,
-                               s_done, s_above, s_ties);
+                               s_done, s_above, s_ties, bhg);
     }
     return kk;
 }
@@ -2018,7 +2044,10 @@ __device__ void topk_sample_spread_body(const unsigned int* __restrict__ tally, 
     __syncthreads();   // the slice visible to the whole block
     // block 0 rewrites pk_sc[0, P) only (slice 0), and merges (pk_sc as scratch) only once every block has
     // counted its partial, so after every copy
+    LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 7);  // picks written and the slices copied
     topk_attend<D>(attn, P, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, (int)rank, pmax);
+    LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 8);  // block 0 attended (and merged, when it completed the head)
+    LS_GMARK_IF(rank == 0, ls_trace_topk, bhg, 9);
     cluster_wait();
 }
 
