@@ -981,10 +981,10 @@ __device__ void merge_head(long long bh, int g, int G, int items, int band_items
     }
     const int H = blockDim.x / D;  // thread groups splitting the partials of each output element
     const int dd = threadIdx.x % D, h = threadIdx.x / D;
-    auto item_of = [&](int j) { return j < band_items ? j : band_items + g * pick_parts + (j - band_items); };
-    auto o_of = [&](int j) {
-        return j == own ? own_o[dd] : __ldcg(part_o + ((bh * items + item_of(j)) * G + g) * D + dd);
+    auto at = [&](int j) {  // partial j's (row, item, head) index: band items first, then this head's picks'
+        return (bh * items + (j < band_items ? j : band_items + g * pick_parts + (j - band_items))) * G + g;
     };
+    auto o_of = [&](int j) { return j == own ? own_o[dd] : __ldcg(part_o + at(j) * D + dd); };
     float pre[MERGE_PRE];
 #pragma unroll
     for (int u = 0; u < MERGE_PRE; ++u) {
@@ -992,8 +992,8 @@ __device__ void merge_head(long long bh, int g, int G, int items, int band_items
         pre[u] = j < nparts ? o_of(j) : 0.f;
     }
     for (int j = threadIdx.x; j < nparts; j += blockDim.x) {
-        const float2 v = j == own ? make_float2(own_m, own_l)
-                                  : __ldcg(reinterpret_cast<const float2*>(part_ml) + (bh * items + item_of(j)) * G + g);
+        const float2 v =
+            j == own ? make_float2(own_m, own_l) : __ldcg(reinterpret_cast<const float2*>(part_ml) + at(j));
         ml[2 * j] = v.x;
         ml[2 * j + 1] = v.y;
     }
