@@ -62,8 +62,15 @@ def provenance() -> dict:
         **host_info(),
         "clocks_sm_mem_mhz": smi("clocks.sm,clocks.mem"),
         "nvrtc": ".".join(map(str, cp.cuda.nvrtc.getVersion())),
-        "script": "benchmarks/gpu/bench_fused.py",
+        "script": _running_script(),
     }
+
+
+def _running_script() -> str:
+    """The script that made the file (bench_layer.py, bench_gather.py, ... import this module's provenance)."""
+    path = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parents[2]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
 
 
 def use_build(
