@@ -376,8 +376,9 @@ def choose_config(shape: Shape) -> Config:
     select wins; the rule before the MMA select, on the same data, 12.0 % / 44.8 %; on the fourth version's
     measurement, h200-sparse-layer-v4-2026-12-03.json, 2.3 % / 11.3 % against 12.8 % / 44.3 %). ls_select2 with
     its survivors' scores on the tensor cores (rows 16) from ~3 % survival (MMA_SELECT_SURVIVAL): fastest at every
-    point from 3 % and at the planted 5 % ones (side by side, batch 1, planted 5 %: 41.9 against the previous rule's 47.6 us at 128K, 78.4
-    against 93.7 at 512K, 124.1 against 153.7 at 1M; benchmarks/gpu/results/h200-select-mma-lead3-2026-12-03.json);
+    point from 3 % and at the planted 5 % ones (side by side, batch 1, planted 5 %: 41.9 against the previous
+    rule's 47.6 us at 128K, 78.4 against 93.7 at 512K, 124.1 against 153.7 at 1M;
+    benchmarks/gpu/results/h200-select-mma-lead3-2026-12-03.json);
     below, ls_select (its blocks have 20-40 survivors, which leave the MMA tiles' warps idle). The sample top-k
     once rows can hold 8K survivors (its selection alone: 13.6 against the cluster's 23.9 and the single block's
     29.4 us at 512K, batch 1, planted 5 %, v3), its picks' attention folded in; the top-k launched
