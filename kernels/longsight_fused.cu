@@ -1590,6 +1590,128 @@ __device__ __forceinline__ u32 sample_threshold(u32 mine, int r) {
     return t;
 }
 
+// LS_TOPK_LINBIN (a build variant, for an A/B): the sample top-k's selection for rows of at most
+// LS_TOPK_LINBIN_J x 1,024 survivors with no sample, no candidate pass and no radix passes. Each thread holds its J
+// scores in registers; one block-wide max / min gives the row's range, one 256-bin histogram of the scores'
+// positions in that range (linear bins, monotone in the score, so the bins keep the scores' order) gives the bin
+// B holding the k-th largest; every score in a bin above B is a pick, and the picks still needed from B are its
+// largest, found by rank (each of B's scores counted against the others, ties broken by position) with no further
+// pass. Exact whatever the scores: false (nothing written, the caller's path then runs) when every score is equal,
+// the range is not finite, or B holds more than LS_TOPK_LINBIN_BIN scores or the candidate buffer.
+#ifndef LS_TOPK_LINBIN
+#define LS_TOPK_LINBIN 0
+#endif
+#ifndef LS_TOPK_LINBIN_J
+#define LS_TOPK_LINBIN_J 8
+#endif
+#ifndef LS_TOPK_LINBIN_BIN
+#define LS_TOPK_LINBIN_BIN 512
+#endif
+#define LB_HC 8  // histogram copies (warp w adds to copy w % LB_HC)
+template <bool ATTEND>
+__device__ __forceinline__ bool linbin_pick(const float* __restrict__ sc, const int* __restrict__ ix, int n, int k,
+                                            int cand, int* __restrict__ out_pos, float* __restrict__ out_score,
+                                            int* pk_pos, float* pk_sc, unsigned int (&hist)[TOPK_WARPS][256],
+                                            unsigned int* total, u32& s_prefix, u32& s_mask, u32& s_need,
+                                            u32& s_done, unsigned int& s_above, unsigned int& s_ties, u32* wmax,
+                                            u32* wmin, float& pmax, [[maybe_unused]] int trow) {
+    constexpr int J = LS_TOPK_LINBIN_J;
+    extern __shared__ u32 cbuf[];  // B's images, then their list indices
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    u32 img[J];
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+        const int i = j * TOPK_THREADS + threadIdx.x;
+        img[j] = i < n ? order_key(__ldg(sc + i)) : 0u;
+    }
+    for (int i = threadIdx.x; i < LB_HC * 256; i += blockDim.x) (&hist[0][0])[i] = 0u;
+    if (threadIdx.x == 0) {
+        s_above = 0;
+        s_ties = 0;
+    }
+    // 1. the range (images order as the scores do)
+    u32 mx = 0u, mn = 0xffffffffu;
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+        if (j * TOPK_THREADS + (int)threadIdx.x < n) {
+            mx = max(mx, img[j]);
+            mn = min(mn, img[j]);
+        }
+    mx = warp_extreme<true>(mx);
+    mn = warp_extreme<false>(mn);
+    if (lane == 0) {
+        wmax[warp] = mx;
+        wmin[warp] = mn;
+    }
+    __syncthreads();  // also: the histograms zeroed, s_above / s_ties set
+    mx = warp_extreme<true>(wmax[lane]);
+    mn = warp_extreme<false>(wmin[lane]);
+    const float hi = image_value(mx), lo = image_value(mn);
+    const float scale = 256.f / (hi - lo);
+    if (!(mx > mn) || !(scale > 0.f) || !isfinite(scale)) return false;  // block-uniform
+    LS_MARK(ls_trace_topk, trow, 3);  // the range
+    // 2. the histogram of linear bins; warp 0 finds the bin of the k-th largest
+    auto bin = [&](u32 key) { return min(255, (int)((image_value(key) - lo) * scale)); };
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+        if (j * TOPK_THREADS + (int)threadIdx.x < n) atomicAdd(&hist[warp % LB_HC][bin(img[j])], 1u);
+    __syncthreads();
+    radix_step<LB_HC>(hist, total, warp, lane, 0, 0u, 0u, s_prefix, s_mask, s_need, s_done);
+    const int B = (int)s_prefix;
+    const u32 need = s_need;
+    const bool whole = s_done != 0u;
+    const unsigned int m = total[B];
+    if (!whole && (m > (unsigned int)LS_TOPK_LINBIN_BIN || m > (unsigned int)cand)) return false;  // block-uniform
+    LS_MARK(ls_trace_topk, trow, 4);  // the k-th largest's bin
+    // 3. the bins above B are picks (and B too when every one of its scores is needed); B's scores into cbuf
+    const u32 n_above = (u32)k - need;
+    u32* bimg = cbuf;
+    int* bidx = reinterpret_cast<int*>(cbuf + cand);
+    const unsigned int lt = (1u << lane) - 1u;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+        const int i = j * TOPK_THREADS + threadIdx.x;
+        const int bj = i < n ? bin(img[j]) : -1;  // recomputed: held, the J bins spill
+        const bool above = bj > B || (whole && bj == B), tie = !whole && bj == B;
+        const unsigned int ba = __ballot_sync(0xffffffffu, above), bt = __ballot_sync(0xffffffffu, tie);
+        unsigned int a0 = 0, t0 = 0;
+        if (lane == 0) {
+            if (ba) a0 = atomicAdd(&s_above, (unsigned int)__popc(ba));
+            if (bt) t0 = atomicAdd(&s_ties, (unsigned int)__popc(bt));
+        }
+        a0 = __shfl_sync(0xffffffffu, a0, 0);
+        t0 = __shfl_sync(0xffffffffu, t0, 0);
+        if (above) put_pick<ATTEND>((int)(a0 + __popc(ba & lt)), i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
+        if (tie) {
+            const unsigned int s = t0 + __popc(bt & lt);
+            bimg[s] = img[j];
+            bidx[s] = i;
+        }
+    }
+    pmax = hi;  // the largest score is always a pick
+    if (!whole) {
+        __syncthreads();  // B's scores in shared memory
+        LS_MARK(ls_trace_topk, trow, 5);  // the picks above B out
+        // 4. B's largest `need`: a score's rank among B's (larger ones, then equal ones listed before it), a warp a
+        // score, each lane counting a 32nd of B
+        for (unsigned int s = warp; s < m; s += TOPK_WARPS) {
+            const u32 mine = bimg[s];
+            unsigned int c = 0;
+            for (unsigned int t = lane; t < m; t += 32) {
+                const u32 o = bimg[t];
+                c += (o > mine || (o == mine && t < s)) ? 1u : 0u;
+            }
+#pragma unroll
+            for (int o = 16; o >= 1; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+            if (lane == 0 && c < need)
+                put_pick<ATTEND>((int)(n_above + c), bidx[s], ix, sc, out_pos, out_score, pk_pos, pk_sc);
+        }
+    }
+    LS_MARK(ls_trace_topk, trow, 6);  // every pick out
+    return true;
+}
+#undef LB_HC
+
 // The selection of topk_sample_body for (row, head) bhg: writes the picks out (and, KEEP, into pk_pos / pk_sc
 // in shared memory) and returns their number; pmax: the largest pick's score where the candidates give it
 // (their largest image), else -inf. hist / total: the radix passes' shared memory, free afterwards.
@@ -1635,6 +1757,12 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
     }
     LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 2);  // the survivor count read
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#if LS_TOPK_LINBIN
+    if (CL == 1 && n <= LS_TOPK_LINBIN_J * TOPK_THREADS)  // block-uniform
+        if (linbin_pick<ATTEND>(sc, ix, n, k, cand, out_pos, out_score, pk_pos, pk_sc, hist, total, s_prefix, s_mask,
+                                s_need, s_done, s_above, s_ties, wmax, wmin, pmax, bhg))
+            return kk;
+#endif
     // 1. the candidates' threshold (0: every survivor), from a sample when the list is longer than the buffer
     u32 t = 0;
     bool try_cand = n <= cand, sampled = false;
