@@ -1628,6 +1628,8 @@ __device__ __forceinline__ bool linbin_pick(const float* __restrict__ sc, const 
     if (threadIdx.x == 0) {
         s_above = 0;
         s_ties = 0;
+        s_need = (u32)k;  // radix_step's input: the rank sought
+        s_done = 0u;
     }
     // 1. the range (images order as the scores do)
     u32 mx = 0u, mn = 0xffffffffu;
