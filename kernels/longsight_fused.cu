@@ -1665,16 +1665,25 @@ __device__ __forceinline__ bool linbin_pick(const float* __restrict__ sc, const 
     const unsigned int m = total[B];
     if (!whole && (m > (unsigned int)LS_TOPK_LINBIN_BIN || m > (unsigned int)cand)) return false;  // block-uniform
     LS_MARK(ls_trace_topk, trow, 4);  // the k-th largest's bin
-    // 3. the bins above B are picks (and B too when every one of its scores is needed); B's scores into cbuf
+    // 3. the bins above B are picks (and B too when every one of its scores is needed); B's scores into cbuf.
+    // Every position this thread needs is loaded first, so the list's round trip is paid once.
     const u32 n_above = (u32)k - need;
     u32* bimg = cbuf;
-    int* bidx = reinterpret_cast<int*>(cbuf + cand);
+    int* bpos = reinterpret_cast<int*>(cbuf + cand);
     const unsigned int lt = (1u << lane) - 1u;
+    unsigned int above_m = 0u, tie_m = 0u;  // bit j: item j is a pick / in B
+    int pos[J];
 #pragma unroll
     for (int j = 0; j < J; ++j) {
         const int i = j * TOPK_THREADS + threadIdx.x;
         const int bj = i < n ? bin(img[j]) : -1;  // recomputed: held, the J bins spill
-        const bool above = bj > B || (whole && bj == B), tie = !whole && bj == B;
+        above_m |= (bj > B || (whole && bj == B)) ? 1u << j : 0u;
+        tie_m |= (!whole && bj == B) ? 1u << j : 0u;
+        pos[j] = ((above_m | tie_m) >> j) & 1u ? __ldg(ix + i) : 0;
+    }
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+        const bool above = (above_m >> j) & 1u, tie = (tie_m >> j) & 1u;
         const unsigned int ba = __ballot_sync(0xffffffffu, above), bt = __ballot_sync(0xffffffffu, tie);
         unsigned int a0 = 0, t0 = 0;
         if (lane == 0) {
@@ -1683,11 +1692,20 @@ __device__ __forceinline__ bool linbin_pick(const float* __restrict__ sc, const 
         }
         a0 = __shfl_sync(0xffffffffu, a0, 0);
         t0 = __shfl_sync(0xffffffffu, t0, 0);
-        if (above) put_pick<ATTEND>((int)(a0 + __popc(ba & lt)), i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
+        if (above) {
+            const int slot = (int)(a0 + __popc(ba & lt));
+            const float v = image_value(img[j]);
+            out_pos[slot] = pos[j];
+            out_score[slot] = v;
+            if constexpr (ATTEND) {
+                pk_pos[slot] = pos[j];
+                pk_sc[slot] = v;
+            }
+        }
         if (tie) {
-            const unsigned int s = t0 + __popc(bt & lt);
-            bimg[s] = img[j];
-            bidx[s] = i;
+            const unsigned int t = t0 + __popc(bt & lt);
+            bimg[t] = img[j];
+            bpos[t] = pos[j];
         }
     }
     pmax = hi;  // the largest score is always a pick
@@ -1696,17 +1714,25 @@ __device__ __forceinline__ bool linbin_pick(const float* __restrict__ sc, const 
         LS_MARK(ls_trace_topk, trow, 5);  // the picks above B out
         // 4. B's largest `need`: a score's rank among B's (larger ones, then equal ones listed before it), a warp a
         // score, each lane counting a 32nd of B
-        for (unsigned int s = warp; s < m; s += TOPK_WARPS) {
-            const u32 mine = bimg[s];
+        for (unsigned int t0 = warp; t0 < m; t0 += TOPK_WARPS) {
+            const u32 mine = bimg[t0];
             unsigned int c = 0;
             for (unsigned int t = lane; t < m; t += 32) {
                 const u32 o = bimg[t];
-                c += (o > mine || (o == mine && t < s)) ? 1u : 0u;
+                c += (o > mine || (o == mine && t < t0)) ? 1u : 0u;
             }
 #pragma unroll
             for (int o = 16; o >= 1; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
-            if (lane == 0 && c < need)
-                put_pick<ATTEND>((int)(n_above + c), bidx[s], ix, sc, out_pos, out_score, pk_pos, pk_sc);
+            if (lane == 0 && c < need) {
+                const int slot = (int)(n_above + c);
+                const float v = image_value(mine);
+                out_pos[slot] = bpos[t0];
+                out_score[slot] = v;
+                if constexpr (ATTEND) {
+                    pk_pos[slot] = bpos[t0];
+                    pk_sc[slot] = v;
+                }
+            }
         }
     }
     LS_MARK(ls_trace_topk, trow, 6);  // every pick out
