@@ -1670,7 +1670,6 @@ __device__ __forceinline__ bool linbin_pick(const float* __restrict__ sc, const 
     const u32 n_above = (u32)k - need;
     u32* bimg = cbuf;
     int* bpos = reinterpret_cast<int*>(cbuf + cand);
-    const unsigned int lt = (1u << lane) - 1u;
     unsigned int above_m = 0u, tie_m = 0u;  // bit j: item j is a pick / in B
     int pos[J];
 #pragma unroll
@@ -1681,31 +1680,42 @@ __device__ __forceinline__ bool linbin_pick(const float* __restrict__ sc, const 
         tie_m |= (!whole && bj == B) ? 1u << j : 0u;
         pos[j] = ((above_m | tie_m) >> j) & 1u ? __ldg(ix + i) : 0;
     }
+    // each thread's slots from one block-wide scan of its counts (picks in the low half-word, B's in the high: a
+    // shared atomic a warp and item kind serialised 32 warps on two addresses, 7.4k cycles at 128K)
+    const unsigned int cnt = (unsigned int)__popc(above_m) | ((unsigned int)__popc(tie_m) << 16);
+    unsigned int incl = cnt;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned int y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+    }
+    if (lane == 31) wmax[warp] = incl;  // the range's maxima were read before the histogram's barriers
+    __syncthreads();
+    const unsigned int wt = wmax[lane];
+    unsigned int wincl = wt;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned int y = __shfl_up_sync(0xffffffffu, wincl, o);
+        if (lane >= o) wincl += y;
+    }
+    const unsigned int excl = __shfl_sync(0xffffffffu, wincl - wt, warp) + incl - cnt;
+    unsigned int aslot = excl & 0xffffu, tslot = excl >> 16;
 #pragma unroll
     for (int j = 0; j < J; ++j) {
-        const bool above = (above_m >> j) & 1u, tie = (tie_m >> j) & 1u;
-        const unsigned int ba = __ballot_sync(0xffffffffu, above), bt = __ballot_sync(0xffffffffu, tie);
-        unsigned int a0 = 0, t0 = 0;
-        if (lane == 0) {
-            if (ba) a0 = atomicAdd(&s_above, (unsigned int)__popc(ba));
-            if (bt) t0 = atomicAdd(&s_ties, (unsigned int)__popc(bt));
-        }
-        a0 = __shfl_sync(0xffffffffu, a0, 0);
-        t0 = __shfl_sync(0xffffffffu, t0, 0);
-        if (above) {
-            const int slot = (int)(a0 + __popc(ba & lt));
+        if ((above_m >> j) & 1u) {
             const float v = image_value(img[j]);
-            out_pos[slot] = pos[j];
-            out_score[slot] = v;
+            out_pos[aslot] = pos[j];
+            out_score[aslot] = v;
             if constexpr (ATTEND) {
-                pk_pos[slot] = pos[j];
-                pk_sc[slot] = v;
+                pk_pos[aslot] = pos[j];
+                pk_sc[aslot] = v;
             }
+            ++aslot;
         }
-        if (tie) {
-            const unsigned int t = t0 + __popc(bt & lt);
-            bimg[t] = img[j];
-            bpos[t] = pos[j];
+        if ((tie_m >> j) & 1u) {
+            bimg[tslot] = img[j];
+            bpos[tslot] = pos[j];
+            ++tslot;
         }
     }
     pmax = hi;  // the largest score is always a pick
