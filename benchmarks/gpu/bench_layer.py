@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_fused
 from bench_fused import (
     L2,
     PLANTED_THRESHOLD,
@@ -102,10 +103,15 @@ def main() -> None:
     ap.add_argument(
         "--source", help="build this copy of kernels/longsight_fused.cu instead (an A/B against it)"
     )
+    ap.add_argument(
+        "--window", type=int, help="the band's window instead of LongSight's 1,024 (how much the band costs)"
+    )
     a = ap.parse_args()
     import cupy as cp
     import torch
 
+    if a.window is not None:
+        bench_fused.WINDOW = a.window  # shape_for and Data read it at call time
     mod, defines = use_build(a.defines, a.trace, a.source)
     bw = copy_bandwidth(cp)
     out: dict = {"provenance": provenance(), "copy": bw, "defines": defines, "points": []}
