@@ -53,6 +53,30 @@ PHASES = [
 ]
 
 
+def graph_of_layers(cp, s, data, thresholds, pipes, args, stream, n: int) -> dict:
+    """``n`` layers recorded into one graph, the pipelines (and their input sets) in turn, replayed back to back:
+    the time per layer, and row 0 of the first layer checked after one replay."""
+    with stream:
+        stream.begin_capture()
+        try:
+            for i in range(n):
+                pipes[i % len(pipes)].record(*args[i % len(pipes)], stream=stream)
+        except Exception:
+            stream.end_capture()  # leave the stream usable
+            raise
+        graph = stream.end_capture()
+    pipes[0].out.fill(np.nan)
+    graph.launch(stream)
+    stream.synchronize()
+    checked = check_row0(cp, s, data, thresholds, pipes[0])["row0_checked"]
+    per_layer = back_to_back(cp, lambda i: graph.launch(stream), stream) / n
+    return {
+        "graph_layers": n,
+        "graph_layers_row0_checked": checked,
+        "graph_layers_b2b_us_per_layer": per_layer,
+    }
+
+
 TRACE_SHAPE = (2048, 9)  # kernels/ls_layer.cuh ls_trace_layer
 
 
@@ -102,6 +126,13 @@ def main() -> None:
     ap.add_argument("--defines", default="", help="comma list of NAME=VALUE for the kernels' build (LAYER_*)")
     ap.add_argument(
         "--source", help="build this copy of kernels/longsight_fused.cu instead (an A/B against it)"
+    )
+    ap.add_argument(
+        "--graph-layers",
+        type=int,
+        default=0,
+        help="also time N layers recorded into one graph (the input sets in turn), per layer: a decode step's "
+        "graph pays one launch for all its layers, where one graph a layer pays one each",
     )
     ap.add_argument(
         "--window", type=int, help="the band's window instead of LongSight's 1,024 (how much the band costs)"
@@ -188,6 +219,12 @@ def main() -> None:
                         r["b2b_repeat_us"] = back_to_back(
                             cp, lambda i: graphs[i % nsets].launch(stream), stream
                         )
+                        if a.graph_layers > 0:
+                            r.update(
+                                graph_of_layers(
+                                    cp, s, sets[0], thresholds, pipes, args, stream, a.graph_layers
+                                )
+                            )
                         floor = s.floor_bytes(survivors, picks) / bw_bps * 1e6
                         r.update({"survivors": survivors, "picks": picks, "floor_us": floor,
                                   "over_floor": min(r["b2b_us"], r["b2b_repeat_us"]) / floor})  # fmt: skip
@@ -199,12 +236,19 @@ def main() -> None:
                         cp.cuda.Device().synchronize()
                     row["configs"][name] = r
                     label = "planted 5%" if plant else f"{survival:.0%}"
+                    in_graph = (
+                        f"in a graph of {r['graph_layers']} layers {r['graph_layers_b2b_us_per_layer']:.1f} us "
+                        f"a layer (check {r['graph_layers_row0_checked']}) "
+                        if "graph_layers" in r
+                        else ""
+                    )
                     print(
                         f"{a.defines or 'default'} B={users} ctx={ctx:>8,} {label:>10} {name:<40} "
                         f"{min(r.get('b2b_us', np.nan), r.get('b2b_repeat_us', np.nan)):7.1f} us "
                         f"floor {r.get('floor_us', np.nan):6.1f} ({r.get('over_floor', np.nan):.2f}x) "
                         f"check {r.get('row0_checked')}/{r.get('graph_row0_checked')} "
                         f"overflow {r.get('overflowed')} {r.get('geometry', '')} {r.get('error', '')} "
+                        f"{in_graph}"
                         f"{json.dumps(r.get('trace', {}).get('phase_cycles_median', {}))}",
                         flush=True,
                     )

@@ -683,42 +683,58 @@ class FusedLongSight:
         """The whole layer as one CUDA graph on ``stream`` (a non-default CuPy stream), the band's attention
         on a branch of its own beside the select and top-k, or with ``config.band_late`` beside the top-k only
         (ls_layer: its one launch)."""
-        cp = self.cp
         self.check_inputs(ksig, qsig, thresholds, q, keys, vals)
-        stages = self.stages(ksig, qsig, thresholds, q, keys, vals)
-        side = cp.cuda.Stream(non_blocking=True)
-        fork, join = cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True)
+        stages, sync = self.stages(ksig, qsig, thresholds, q, keys, vals), self._branch_sync()
         with stream:
             stream.begin_capture()
             try:
-                if "layer" in stages:
-                    stages["layer"]()
-                    return stream.end_capture()
-
-                def branch() -> None:  # the band on the side stream, after what the stream has so far
-                    fork.record(stream)
-                    side.wait_event(fork)
-                    with side:
-                        stages["band"]()
-                    join.record(side)
-
-                late = self.config.band_late and (
-                    "select" in stages or "score" in stages
-                )  # a region to select
-                if not late:
-                    branch()
-                for name, stage in stages.items():
-                    if name == "topk" and late:
-                        branch()
-                    if name not in ("band", "picks"):
-                        stage()
-                stream.wait_event(join)
-                if "picks" in stages:
-                    stages["picks"]()
+                self._record(stages, stream, *sync)
             except Exception:
                 stream.end_capture()  # leave the stream usable
                 raise
             return stream.end_capture()
+
+    def record(
+        self, ksig: Any, qsig: Any, thresholds: Any, q: Any, keys: Any, vals: Any, stream: Any
+    ) -> None:
+        """The layer's launches on ``stream`` while it captures a graph, arranged as ``capture`` arranges them:
+        layers recorded one after another make one graph (a decode step's layers, with no graph launch each)."""
+        self.check_inputs(ksig, qsig, thresholds, q, keys, vals)
+        self._record(self.stages(ksig, qsig, thresholds, q, keys, vals), stream, *self._branch_sync())
+
+    def _branch_sync(self) -> tuple[Any, Any, Any]:
+        """The band's side stream and the fork and join events around it."""
+        cp = self.cp
+        return (
+            cp.cuda.Stream(non_blocking=True),
+            cp.cuda.Event(disable_timing=True),
+            cp.cuda.Event(disable_timing=True),
+        )
+
+    def _record(self, stages: dict[str, Any], stream: Any, side: Any, fork: Any, join: Any) -> None:
+        with stream:
+            if "layer" in stages:
+                stages["layer"]()
+                return
+
+            def branch() -> None:  # the band on the side stream, after what the stream has so far
+                fork.record(stream)
+                side.wait_event(fork)
+                with side:
+                    stages["band"]()
+                join.record(side)
+
+            late = self.config.band_late and ("select" in stages or "score" in stages)  # a region to select
+            if not late:
+                branch()
+            for name, stage in stages.items():
+                if name == "topk" and late:
+                    branch()
+                if name not in ("band", "picks"):
+                    stage()
+            stream.wait_event(join)
+            if "picks" in stages:
+                stages["picks"]()
 
     def reset(self) -> None:
         """Zero the survivor tally and the merge counters: only needed after stages were launched without the

@@ -1,0 +1,87 @@
+"""The order in which FusedLongSight records a layer's launches into a CUDA graph (``capture`` and ``record`` share
+``_record``), checked on the CPU with stand-in streams and events: the band on a side branch forked before the
+select (or, with ``Config.band_late``, after it and before the top-k), joined before the picks' launch; ls_layer
+alone. The GPU tests replay the real graphs; this pins their shape where no GPU is."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import ClassVar
+
+import pytest
+
+from cemsim.gpu.fused import Config, FusedLongSight
+
+
+class FakeStream:
+    """A stream as _record uses it: a context that makes it current, and waits on events."""
+
+    current: ClassVar[list[str]] = []
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def __enter__(self) -> FakeStream:
+        FakeStream.current.append(self.name)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        FakeStream.current.pop()
+
+    def wait_event(self, event: FakeEvent) -> None:
+        self.log.append(f"{self.name} waits {event.name}")
+
+
+class FakeEvent:
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def record(self, stream: FakeStream) -> None:
+        self.log.append(f"{self.name} on {stream.name}")
+
+
+def recorded(names: list[str], band_late: bool) -> list[str]:
+    log: list[str] = []
+    stages = {n: (lambda n=n: log.append(f"{n} on {FakeStream.current[-1]}")) for n in names}
+    owner = SimpleNamespace(config=Config(band_late=band_late))
+    FusedLongSight._record(
+        owner,  # type: ignore[arg-type]  # _record reads only config
+        stages,
+        FakeStream("main", log),
+        FakeStream("side", log),
+        FakeEvent("fork", log),
+        FakeEvent("join", log),
+    )
+    assert FakeStream.current == []
+    return log
+
+
+BRANCH = ["fork on main", "side waits fork", "band on side", "join on side"]
+
+
+@pytest.mark.parametrize("band_late", [False, True])
+def test_band_branches_before_the_select_unless_late(band_late: bool) -> None:
+    log = recorded(["band", "select", "topk"], band_late)
+    body = ["select on main", *BRANCH] if band_late else [*BRANCH, "select on main"]
+    assert log == [*body, "topk on main", "main waits join"]
+
+
+def test_split_select_and_picks_apart() -> None:
+    log = recorded(["band", "filter", "score", "topk", "picks"], band_late=True)
+    assert log == [
+        "filter on main",
+        "score on main",
+        *BRANCH,
+        "topk on main",
+        "main waits join",
+        "picks on main",
+    ]
+
+
+def test_late_band_without_a_region_branches_first() -> None:
+    # no select (an empty sparse region): nothing to be late behind, so the band forks first
+    assert recorded(["band", "topk"], band_late=True) == [*BRANCH, "topk on main", "main waits join"]
+
+
+def test_one_launch_layer_records_alone() -> None:
+    assert recorded(["layer"], band_late=True) == ["layer on main"]
