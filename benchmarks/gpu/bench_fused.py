@@ -528,6 +528,30 @@ def capture(cp, stream, fns) -> object:
         return stream.end_capture()
 
 
+def graph_of_layers(cp, s, data, thresholds, pipes, args, stream, n: int) -> dict:
+    """``n`` layers recorded into one graph, the pipelines (and their input sets) in turn, replayed back to back:
+    the time per layer, and row 0 of the first layer checked after one replay."""
+    with stream:
+        stream.begin_capture()
+        try:
+            for i in range(n):
+                pipes[i % len(pipes)].record(*args[i % len(pipes)], stream=stream)
+        except Exception:
+            stream.end_capture()  # leave the stream usable
+            raise
+        graph = stream.end_capture()
+    pipes[0].out.fill(np.nan)
+    graph.launch(stream)
+    stream.synchronize()
+    checked = check_row0(cp, s, data, thresholds, pipes[0])["row0_checked"]
+    per_layer = back_to_back(cp, lambda i: graph.launch(stream), stream) / n
+    return {
+        "graph_layers": n,
+        "graph_layers_row0_checked": checked,
+        "graph_layers_b2b_us_per_layer": per_layer,
+    }
+
+
 def bench_layers(
     cp,
     torch,
@@ -539,8 +563,10 @@ def bench_layers(
     planted: bool,
     survival_points: tuple[float, ...] = SURVIVAL,
     method: str | None = None,
+    graph_layers: int = 0,
 ) -> list[dict]:
-    """``method``: the filter method (None: choose_method's); frag reads frag-layout signs."""
+    """``method``: the filter method (None: choose_method's); frag reads frag-layout signs. ``graph_layers``: also
+    time the chosen kernels as that many layers in one graph (:func:`graph_of_layers`), per layer."""
     from cemsim.gpu.fused import SPREAD_CTAS, TOPK_VARIANTS, Config, FusedLongSight, choose_config
 
     points: list[tuple[float, bool]] = [(x, False) for x in survival_points] + (
@@ -709,6 +735,8 @@ def bench_layers(
                 graphs = [p.capture(*a, stream=stream) for p, a in zip(pipes, args, strict=True)]
                 ts = timer(cp, lambda i: graphs[i % nsets].launch(stream), reps, stream=stream)
                 row["fused_b2b_us"] = back_to_back(cp, lambda i: graphs[i % nsets].launch(stream), stream)
+                if graph_layers > 0:
+                    row.update(graph_of_layers(cp, s, sets[0], thresholds, pipes, args, stream, graph_layers))
                 # each stage alone, back to back, in its unfolded form (a folded top-k alone would finish the
                 # merges and zero the tally it reads): the select with a reset in front (what the layer's
                 # merge does), the top-k's selection on the survivors it left, the attention (band, then
@@ -821,6 +849,13 @@ def main() -> None:
     ap.add_argument(
         "--budget-s", type=float, default=420.0, help="stop starting new layer configs after this"
     )
+    ap.add_argument(
+        "--graph-layers",
+        type=int,
+        default=0,
+        help="also time each point's chosen kernels as N layers in one graph, per layer (a decode step's graph "
+        "pays one launch for all its layers)",
+    )
     args = ap.parse_args()
     if args.dry:
         dry()
@@ -889,6 +924,7 @@ def main() -> None:
             not args.no_planted,
             tuple(float(x) for x in args.survival.split(",") if x),
             args.method,
+            args.graph_layers,
         )
         save()
     result["wall_s"] = time.time() - t0

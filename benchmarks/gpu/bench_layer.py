@@ -34,6 +34,7 @@ from bench_fused import (
     check_row0,
     config_key,
     copy_bandwidth,
+    graph_of_layers,
     parse_config_key,
     provenance,
     shape_for,
@@ -51,30 +52,6 @@ PHASES = [
     "attention",
     "merge + out",
 ]
-
-
-def graph_of_layers(cp, s, data, thresholds, pipes, args, stream, n: int) -> dict:
-    """``n`` layers recorded into one graph, the pipelines (and their input sets) in turn, replayed back to back:
-    the time per layer, and row 0 of the first layer checked after one replay."""
-    with stream:
-        stream.begin_capture()
-        try:
-            for i in range(n):
-                pipes[i % len(pipes)].record(*args[i % len(pipes)], stream=stream)
-        except Exception:
-            stream.end_capture()  # leave the stream usable
-            raise
-        graph = stream.end_capture()
-    pipes[0].out.fill(np.nan)
-    graph.launch(stream)
-    stream.synchronize()
-    checked = check_row0(cp, s, data, thresholds, pipes[0])["row0_checked"]
-    per_layer = back_to_back(cp, lambda i: graph.launch(stream), stream) / n
-    return {
-        "graph_layers": n,
-        "graph_layers_row0_checked": checked,
-        "graph_layers_b2b_us_per_layer": per_layer,
-    }
 
 
 TRACE_SHAPE = (2048, 9)  # kernels/ls_layer.cuh ls_trace_layer
