@@ -21,10 +21,10 @@ values (cemsim/sim/plan.py). Each measured point is replayed through the discret
 step of ``h200-sparse-hbm`` with every (layer, KV head) holding the measured survivors, as
 :mod:`cemsim.calibration.validate` does for the H100), and the five constants are fitted by least squares on
 relative error over the contexts in :data:`FIT_CONTEXTS`; the rest are held out. :func:`cross_validation`
-also leaves each context out in turn (fitted on the other five), so the check does not hang on one split. The first version had the
-fixed and per-survivor terms only: 18.4 % mean / 39.4 % worst held out, with batch 8 under-predicted by
-~30 % at every context (no per-request term) and 128K-1M under-predicted at low survival (no per-key or
-per-pick term).
+also leaves each context out in turn (fitted on the other five), so the check does not hang on one split.
+The first version had the fixed and per-survivor terms only: 18.4 % mean / 39.4 % worst held out, with batch
+8 under-predicted by ~30 % at every context (no per-request term) and 128K-1M under-predicted at low survival
+(no per-key or per-pick term).
 ``python -m cemsim.calibration.fit_sparse_h200`` prints the tables of docs/gpu-kernels.md;
 tests/calibration/test_sparse_h200_fit.py replays them in CI.
 """
