@@ -179,7 +179,15 @@ def cross_validation(path=FUSED) -> list[dict]:
             [(q - p.measured_s) / p.measured_s for p, q in zip(left, predict(left, constants), strict=True)]
         )
         worst = int(np.argmax(np.abs(err)))
-        out.append({"context": c, "constants": constants, "errors": err, "worst": left[worst]})
+        out.append(
+            {
+                "context": c,
+                "constants": constants,
+                "errors": err,
+                "worst": left[worst],
+                "worst_error": err[worst],
+            }
+        )
     return out
 
 
@@ -196,7 +204,7 @@ def cv_table(path=FUSED) -> str:
         every.extend(e)
         shown = ", ".join(_time(v) for v in r["constants"])
         out.append(
-            f"| {_ctx(r['context'])} | {shown} | {e.mean():.1%} | {r['errors'][np.argmax(e)]:+.1%} (batch {w.users}, "
+            f"| {_ctx(r['context'])} | {shown} | {e.mean():.1%} | {r['worst_error']:+.1%} (batch {w.users}, "
             f"{w.survival:.2%}) |"
         )
     out.append(f"| all | | {np.mean(every):.1%} | {np.max(every):.1%} |")
