@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from run_info import host_info, smi
 
+from cemsim.atomic import atomic_write_text
 from cemsim.gpu import fused
 from cemsim.gpu import reference as ref
 from cemsim.gpu.fused import Shape, config_key, parse_config_key, survivor_slots
@@ -531,15 +532,11 @@ def capture(cp, stream, fns) -> object:
 def graph_of_layers(cp, s, data, thresholds, pipes, args, stream, n: int) -> dict:
     """``n`` layers recorded into one graph, the pipelines (and their input sets) in turn, replayed back to back:
     the time per layer, and row 0 of the first layer checked after one replay."""
-    with stream:
-        stream.begin_capture()
-        try:
-            for i in range(n):
-                pipes[i % len(pipes)].record(*args[i % len(pipes)], stream=stream)
-        except Exception:
-            stream.end_capture()  # leave the stream usable
-            raise
-        graph = stream.end_capture()
+    graph = capture(
+        cp,
+        stream,
+        [lambda i=i: pipes[i % len(pipes)].record(*args[i % len(pipes)], stream=stream) for i in range(n)],
+    )
     pipes[0].out.fill(np.nan)
     graph.launch(stream)
     stream.synchronize()
@@ -872,9 +869,7 @@ def main() -> None:
 
     def save() -> None:
         if out:
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1))
-            tmp.replace(out)
+            atomic_write_text(out, json.dumps(result, indent=1))
 
     skip = set(args.skip.split(",")) | ({"layers"} if args.filter_only else set())
     if args.mma_rates:

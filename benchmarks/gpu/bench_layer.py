@@ -41,6 +41,7 @@ from bench_fused import (
     use_build,
 )
 
+from cemsim.atomic import atomic_write_text
 from cemsim.gpu import fused
 from cemsim.gpu import reference as ref
 
@@ -234,7 +235,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 cp.get_default_memory_pool().free_all_blocks()
                 if a.out:
-                    Path(a.out).write_text(json.dumps(out, indent=1))
+                    atomic_write_text(a.out, json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fused import back_to_back, provenance
 
+from cemsim.atomic import atomic_write_text
 from cemsim.kernels import KERNEL_DIR
 
 TABLE_BYTES = 2 * 2**30
@@ -96,7 +97,7 @@ def main() -> None:
                 )
         res["cases"].append(case)
         if a.out:
-            Path(a.out).write_text(json.dumps(res, indent=1))
+            atomic_write_text(a.out, json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
