@@ -2004,6 +2004,93 @@ LS_TOPK_SAMPLE(ls_topk_sample_d64, 64, true)
 LS_TOPK_SAMPLE(ls_topk_sample_d128, 128, true)
 LS_TOPK_SAMPLE(ls_topk_sample_select, 128, false)
 
+// ls_topk_fan<C>_d*: C blocks per (row, head), no cluster. Each block runs the same selection (linbin_pick: its
+// picks and their order depend on the scores alone, so every block holds the same list), then attends over its
+// C-th of the picks and writes its own partial (pick_parts = C; merge_head combines them): the picks' value rows
+// come in on C SMs in one round instead of one SM's two, with no block waiting on another (the spread forms'
+// cluster barrier, and their clusters' residency: 30 of 4 fit on the H200, 32 are needed at batch 1). Each block
+// re-reads the head's scores from L2 (26 KB at 128K) and writes the same picks to the same slots. Rows the linear
+// bins cannot take (longer than LS_TOPK_LINBIN_J x 1,024 survivors, every score equal, the k-th largest's bin too
+// full; the decision is the same in every block) go to block 0, which runs the sample top-k and attends over every
+// pick, while the others count empty partials.
+template <int D, int C>
+__device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int* __restrict__ idx,
+                              const float* __restrict__ scores, int G, int cap, int k, int cand,
+                              int* __restrict__ pick_pos, float* __restrict__ pick_score,
+                              int* __restrict__ pick_count, const PickAttn& attn) {
+    __shared__ unsigned int hist[TOPK_WARPS][256];
+    __shared__ unsigned int total[256];
+    __shared__ int pk_pos[1024];
+    __shared__ float pk_sc[1024];
+    __shared__ u32 s_prefix, s_mask, s_need, s_done;
+    __shared__ unsigned int s_above, s_ties;
+    __shared__ u32 wmax[TOPK_WARPS], wmin[TOPK_WARPS];
+    grid_dep_wait();  // the select's survivors (programmatic launch)
+    grid_dep_launch();
+    const int rank = (int)(blockIdx.x % C);
+    const int bhg = (int)(blockIdx.x / C), bh = bhg / G, g = bhg % G;
+    // the tally is zeroed only by the merge of the row's last head, which needs this block's partial first
+    const int n = min((int)tally[bh], cap);
+    const int kk = min(k, n);
+    const float* sc = scores + (long long)bhg * cap;
+    const int* ix = idx + (long long)bh * cap;
+    int* out_pos = pick_pos + (long long)bhg * k;
+    float* out_score = pick_score + (long long)bhg * k;
+    if (threadIdx.x == 0 && rank == 0) pick_count[bhg] = kk;
+    LS_GMARK_IF(rank == 0, ls_trace_topk, bhg, 0);
+    LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 1);
+    float pmax = LS_NEG_INF;
+    bool fanned = true;  // block-uniform
+    if (n <= k) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) put_pick<true>(i, i, ix, sc, out_pos, out_score, pk_pos, pk_sc);
+    } else {
+        LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 2);  // the survivor count read
+        fanned = n <= LS_TOPK_LINBIN_J * TOPK_THREADS &&
+                 linbin_pick<true>(sc, ix, n, k, cand, out_pos, out_score, pk_pos, pk_sc, hist, total, s_prefix,
+                                   s_mask, s_need, s_done, s_above, s_ties, wmax, wmin, pmax, bhg);
+    }
+    int P;
+    if (fanned) {
+        // this block's C-th of the picks to the front of pk_pos / pk_sc (through registers: the two ranges
+        // may overlap); kk <= 1,024 = the block's threads
+        const int lo = (int)(((long long)rank * kk) / C);
+        P = (int)((((long long)rank + 1) * kk) / C) - lo;
+        __syncthreads();  // every pick in shared memory
+        const int j = threadIdx.x;
+        const int pp = j < P ? pk_pos[lo + j] : 0;
+        const float ps = j < P ? pk_sc[lo + j] : 0.f;
+        __syncthreads();
+        if (j < P) {
+            pk_pos[j] = pp;
+            pk_sc[j] = ps;
+        }
+    } else if (rank == 0) {
+        float pm;
+        P = topk_sample_pick<true>(tally, idx, scores, G, cap, k, cand, pick_pos, pick_score, pick_count, bhg,
+                                   pk_pos, pk_sc, hist, total, pm);
+        pmax = pm;
+    } else {
+        P = 0;  // an empty partial (max -inf, sum 0), counted like any other
+    }
+    __syncthreads();
+    LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 7);  // picks written and this block's slice in front
+    topk_attend<D>(attn, P, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, rank, pmax);
+    LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 8);  // attended (and merged, for the block that completed a head)
+    LS_GMARK_IF(rank == 0, ls_trace_topk, bhg, 9);
+}
+
+#define LS_TOPK_FAN(NAME, DIM, C)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(TOPK_THREADS) NAME(LS_TOPK_ARGS) {                                \
+        const PickAttn attn LS_PICK_ATTN;                                                                          \
+        topk_fan_body<DIM, C>(tally, idx, scores, G, cap, k, smem_keys, pick_pos, pick_score, pick_count, attn);   \
+    }
+LS_TOPK_FAN(ls_topk_fan2_d64, 64, 2)
+LS_TOPK_FAN(ls_topk_fan2_d128, 128, 2)
+LS_TOPK_FAN(ls_topk_fan3_d64, 64, 3)
+LS_TOPK_FAN(ls_topk_fan3_d128, 128, 3)
+LS_TOPK_FAN(ls_topk_fan4_d64, 64, 4)
+LS_TOPK_FAN(ls_topk_fan4_d128, 128, 4)
+
 // The same selection spread over a cluster of TOPK_CTAS thread blocks (sm_90): block r of the cluster holds
 // scores [r n / C, (r + 1) n / C) of the row in its shared memory, histograms them, and every block reads the
 // others' histograms through distributed shared memory, so all take the same bin each pass; the collect

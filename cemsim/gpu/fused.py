@@ -48,10 +48,13 @@ SELECT_FORMS: tuple[SelectForm, ...] = get_args(SelectForm)
 # ls_topk_cluster, each (row, head) over TOPK_CTAS blocks; sample: ls_topk_sample, one block whose radix passes
 # run over the candidates a sampled threshold leaves (TOPK_CANDIDATES at most); spread: the sample top-k's
 # selection in one block of a cluster of 2 per (row, head), the picks' attention (folded) spread over both;
-# spreadc: spread, the candidate pass split over the cluster too (apart, each is the sample top-k)
-TopkVariant = Literal["atomic", "match", "cluster", "sample", "spread", "spreadc"]
-TOPK_VARIANTS: tuple[TopkVariant, ...] = ("atomic", "match", "cluster", "sample", "spread", "spreadc")
+# spreadc: spread, the candidate pass split over the cluster too (apart, each is the sample top-k); fan2 / fan3 /
+# fan4: that many blocks per (row, head), no cluster, each selecting the same picks from linear bins and attending
+# over its share of them (rows past LS_TOPK_LINBIN_J x 1,024 survivors: block 0 runs the sample top-k alone)
+TopkVariant = Literal["atomic", "match", "cluster", "sample", "spread", "spreadc", "fan2", "fan3", "fan4"]
+TOPK_VARIANTS: tuple[TopkVariant, ...] = get_args(TopkVariant)
 SPREAD_CTAS = {"spread": 2, "spreadc": 2}  # blocks per (row, head) of the spread top-k kernels
+FAN_CTAS = {"fan2": 2, "fan3": 3, "fan4": 4}  # blocks per (row, head) of the fan top-k kernels
 # clusters of two 1,024-thread top-k blocks resident at once on the H200 (cuOccupancyMaxActiveClusters, gpuattn2
 # run 8; 30 clusters of 4): choose_config takes spreadc only where every (row, head) fits in one wave
 SPREAD_MAX_CLUSTERS = 66
@@ -441,6 +444,7 @@ class FusedLongSight:
             False: mod.get_function("ls_topk_sample_select"),
         }
         self.f_topk_spread = {v: mod.get_function(f"ls_topk_sample_{v}_d{d}") for v in SPREAD_CTAS}
+        self.f_topk_spread |= {v: mod.get_function(f"ls_topk_{v}_d{d}") for v in FAN_CTAS}
         self.candidates = TOPK_CANDIDATES  # may be lowered (tests reach the sampling and fallback paths)
         self.f_layer = mod.get_function(f"ls_layer_d{d}")
         # its block size is its launch bound (LAYER_THREADS in kernels/ls_layer.cuh)
@@ -463,7 +467,9 @@ class FusedLongSight:
         self.sms = int(cp.cuda.Device().attributes["MultiProcessorCount"])
         s = shape
         chunk = min(ATTN_CHUNKS)
-        items = s.band_items(chunk) + s.group * max(-(-s.k // chunk), TOPK_CTAS)  # the most any config uses
+        items = s.band_items(chunk) + s.group * max(
+            -(-s.k // chunk), TOPK_CTAS, *FAN_CTAS.values()
+        )  # the most any uses
         self.tally = cp.zeros(s.rows, dtype=cp.uint32)  # survivors so far; zero at rest (merge_head)
         self.count = cp.zeros(s.rows, dtype=cp.uint32)  # the last run's survivors per row
         self.idx = cp.empty((s.rows, s.cap), dtype=cp.int32)
@@ -551,8 +557,8 @@ class FusedLongSight:
         band_items = s.band_items(c.chunk)
         cluster = c.topk == "cluster"
         spread = (
-            SPREAD_CTAS.get(c.topk, 0) if c.fold else 0
-        )  # apart, the spread kernels are sample's launches
+            (SPREAD_CTAS | FAN_CTAS).get(c.topk, 0) if c.fold else 0
+        )  # apart, the spread and fan kernels are sample's launches
         # pick partials per head: one per top-k block when folded, else one per chunk of picks
         pick_parts = (TOPK_CTAS if cluster else spread or 1) if c.fold else -(-s.k // c.chunk)
         items = band_items + s.group * pick_parts
@@ -600,7 +606,7 @@ class FusedLongSight:
             )
 
         def topk() -> None:
-            if c.topk == "sample" or c.topk in SPREAD_CTAS:
+            if c.topk == "sample" or c.topk in SPREAD_CTAS or c.topk in FAN_CTAS:
                 if not 1 <= self.candidates <= TOPK_CANDIDATES:
                     raise CemsimError(f"candidates must be 1..{TOPK_CANDIDATES}, got {self.candidates}")
                 launch_dependent(
