@@ -953,6 +953,19 @@ extern "C" __global__ void __launch_bounds__(SCORE_THREADS)
 // top-k block of the row has read it). Every counter is reset by the block that completes it, so a layer needs
 // no reset launch.
 
+// The same counter read relaxed: it orders nothing, so the reading thread's later loads are not held behind it
+// (ld.acquire kept thread 0's value-row loads, and with them the block's first barrier, waiting an L2 round trip).
+// A thread that then acts on the count fences (__threadfence) before it or its block reads what was released.
+__device__ __forceinline__ unsigned int ld_relaxed(const unsigned int* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    unsigned int v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+#else
+    return *(volatile const unsigned int*)p;
+#endif
+}
+
 // Counts this block's partial of head g; true for the block that completed the head (it then merges).
 __device__ __forceinline__ bool completes_head(unsigned int* done, long long bh, int g, int G, int nparts) {
     return atomicAdd(done + bh * (G + 1) + g, 1u) == (unsigned int)nparts - 1u;
@@ -1103,6 +1116,11 @@ __device__ __forceinline__ unsigned int ld_acquire(const unsigned int* p) {
 #endif
 }
 
+// LS_ATTEND_ACQUIRE (a build variant, for an A/B): topk_attend's early counter read as ld.acquire, as before.
+#ifndef LS_ATTEND_ACQUIRE
+#define LS_ATTEND_ACQUIRE 0
+#endif
+
 // The picks' share of the attention, computed by the top-k block that chose them, so the picks' value rows are
 // read while the block is still resident instead of by a further launch: P picks (positions pk_pos, scores
 // pk_sc, shared memory) of head g of row bh give one partial (max m, sum l, unnormalised o[D]) at item
@@ -1110,8 +1128,8 @@ __device__ __forceinline__ unsigned int ld_acquire(const unsigned int* p) {
 // pmax: the picks' largest score when the caller knows it (the selection's largest candidate; any value at or
 // above the largest gives the same answer), else -inf. The first round of value-row loads goes out before the
 // weights are computed (they need only the positions), and each lane group keeps U rows in flight throughout.
-// The head's counter is read (acquire) before the value rows: when every other partial was counted by then, this
-// block is the last and merges at once with its own partial from shared memory (no write, fence or atomic);
+// The head's counter is read (relaxed) before the value rows: when every other partial was counted by then, this
+// block is the last and merges at once with its own partial from shared memory (a fence, no write or atomic);
 // otherwise it writes its partial and counts it. scratch: TOPK_WARPS x 256 floats of shared memory no longer in
 // use.
 template <int D>
@@ -1124,7 +1142,11 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int nparts = a.band_items + a.pick_parts;
     unsigned int counted = 0u;  // thread 0: the head's partials counted before this block's value rows
+#if LS_ATTEND_ACQUIRE
     if (threadIdx.x == 0) counted = ld_acquire(a.done + bh * (G + 1) + g);
+#else
+    if (threadIdx.x == 0) counted = ld_relaxed(a.done + bh * (G + 1) + g);  // fenced below when acted on
+#endif
     [[maybe_unused]] const int trow = (int)(bh * G + g);
     // LPS lanes per value row, U rows per lane group in flight; the first U go out now
     const int sub = threadIdx.x / LPS, pt = threadIdx.x % LPS;
@@ -1180,7 +1202,10 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
     float t = 0.f;
     for (int w = h; w < TOPK_WARPS; w += H) t += scratch[w * D + dd];
     scratch[TOPK_WARPS * D + h * D + dd] = t;
-    if (threadIdx.x == 0) s_last = counted == (unsigned int)nparts - 1u ? 1u : 0u;
+    if (threadIdx.x == 0) {
+        s_last = counted == (unsigned int)nparts - 1u ? 1u : 0u;
+        if (s_last) __threadfence();  // with the relaxed read: acquire (the others' partials) for the block
+    }
     __syncthreads();
     const int own = a.band_items + part;  // this partial's number among the head's
     const float mo = P > 0 ? m : LS_NEG_INF;
@@ -1608,22 +1633,29 @@ __device__ __forceinline__ u32 sample_threshold(u32 mine, int r) {
 #define LS_TOPK_LINBIN_BIN 512
 #endif
 #define LB_HC 8  // histogram copies (warp w adds to copy w % LB_HC)
-template <bool ATTEND>
-__device__ __forceinline__ bool linbin_pick(const float* __restrict__ sc, const int* __restrict__ ix, int n, int k,
+// Thread t's J scores (list items j x 1,024 + t) as order-preserving images, and their list positions: loaded
+// before the survivor count is known when `spec` (items past n read stale slots of the lists, below cap, and are
+// masked once n is in), so the count, the scores and the positions cost one round trip.
+template <int J>
+__device__ __forceinline__ void linbin_load(const float* __restrict__ sc, const int* __restrict__ ix, int lim,
+                                            u32 (&img)[J], int (&pos)[J]) {
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+        const int i = j * TOPK_THREADS + threadIdx.x;
+        img[j] = i < lim ? order_key(__ldg(sc + i)) : 0u;
+        pos[j] = i < lim ? __ldg(ix + i) : 0;
+    }
+}
+
+template <bool ATTEND, int J = LS_TOPK_LINBIN_J>
+__device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos)[J], int n, int k,
                                             int cand, int* __restrict__ out_pos, float* __restrict__ out_score,
                                             int* pk_pos, float* pk_sc, unsigned int (&hist)[TOPK_WARPS][256],
                                             unsigned int* total, u32& s_prefix, u32& s_mask, u32& s_need,
                                             u32& s_done, unsigned int& s_above, unsigned int& s_ties, u32* wmax,
                                             u32* wmin, float& pmax, [[maybe_unused]] int trow) {
-    constexpr int J = LS_TOPK_LINBIN_J;
-    extern __shared__ u32 cbuf[];  // B's images, then their list indices
+    extern __shared__ u32 cbuf[];  // B's images, then their positions
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    u32 img[J];
-#pragma unroll
-    for (int j = 0; j < J; ++j) {
-        const int i = j * TOPK_THREADS + threadIdx.x;
-        img[j] = i < n ? order_key(__ldg(sc + i)) : 0u;
-    }
     for (int i = threadIdx.x; i < LB_HC * 256; i += blockDim.x) (&hist[0][0])[i] = 0u;
     if (threadIdx.x == 0) {
         s_above = 0;
@@ -1665,20 +1697,17 @@ __device__ __forceinline__ bool linbin_pick(const float* __restrict__ sc, const 
     const unsigned int m = total[B];
     if (!whole && (m > (unsigned int)LS_TOPK_LINBIN_BIN || m > (unsigned int)cand)) return false;  // block-uniform
     LS_MARK(ls_trace_topk, trow, 4);  // the k-th largest's bin
-    // 3. the bins above B are picks (and B too when every one of its scores is needed); B's scores into cbuf.
-    // Every position this thread needs is loaded first, so the list's round trip is paid once.
+    // 3. the bins above B are picks (and B too when every one of its scores is needed); B's scores into cbuf
     const u32 n_above = (u32)k - need;
     u32* bimg = cbuf;
     int* bpos = reinterpret_cast<int*>(cbuf + cand);
     unsigned int above_m = 0u, tie_m = 0u;  // bit j: item j is a pick / in B
-    int pos[J];
 #pragma unroll
     for (int j = 0; j < J; ++j) {
         const int i = j * TOPK_THREADS + threadIdx.x;
         const int bj = i < n ? bin(img[j]) : -1;  // recomputed: held, the J bins spill
         above_m |= (bj > B || (whole && bj == B)) ? 1u << j : 0u;
         tie_m |= (!whole && bj == B) ? 1u << j : 0u;
-        pos[j] = ((above_m | tie_m) >> j) & 1u ? __ldg(ix + i) : 0;
     }
     // each thread's slots from one block-wide scan of its counts (picks in the low half-word, B's in the high: a
     // shared atomic a warp and item kind serialised 32 warps on two addresses, 7.4k cycles at 128K)
@@ -1796,10 +1825,14 @@ __device__ __forceinline__ int topk_sample_pick(const unsigned int* __restrict__
     LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 2);  // the survivor count read
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #if LS_TOPK_LINBIN
-    if (CL == 1 && n <= LS_TOPK_LINBIN_J * TOPK_THREADS)  // block-uniform
-        if (linbin_pick<ATTEND>(sc, ix, n, k, cand, out_pos, out_score, pk_pos, pk_sc, hist, total, s_prefix, s_mask,
-                                s_need, s_done, s_above, s_ties, wmax, wmin, pmax, bhg))
+    if (CL == 1 && n <= LS_TOPK_LINBIN_J * TOPK_THREADS) {  // block-uniform
+        u32 img[LS_TOPK_LINBIN_J];
+        int pos[LS_TOPK_LINBIN_J];
+        linbin_load(sc, ix, n, img, pos);
+        if (linbin_pick<ATTEND>(img, pos, n, k, cand, out_pos, out_score, pk_pos, pk_sc, hist, total, s_prefix,
+                                s_mask, s_need, s_done, s_above, s_ties, wmax, wmin, pmax, bhg))
             return kk;
+    }
 #endif
     // 1. the candidates' threshold (0: every survivor), from a sample when the list is longer than the buffer
     u32 t = 0;
@@ -2029,11 +2062,15 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
     grid_dep_launch();
     const int rank = (int)(blockIdx.x % C);
     const int bhg = (int)(blockIdx.x / C), bh = bhg / G, g = bhg % G;
+    const float* sc = scores + (long long)bhg * cap;
+    const int* ix = idx + (long long)bh * cap;
+    // the scores and positions go out with the count (linbin_load), so the three cost one round trip
+    u32 img[LS_TOPK_LINBIN_J];
+    int posv[LS_TOPK_LINBIN_J];
+    linbin_load(sc, ix, min(cap, LS_TOPK_LINBIN_J * TOPK_THREADS), img, posv);
     // the tally is zeroed only by the merge of the row's last head, which needs this block's partial first
     const int n = min((int)tally[bh], cap);
     const int kk = min(k, n);
-    const float* sc = scores + (long long)bhg * cap;
-    const int* ix = idx + (long long)bh * cap;
     int* out_pos = pick_pos + (long long)bhg * k;
     float* out_score = pick_score + (long long)bhg * k;
     if (threadIdx.x == 0 && rank == 0) pick_count[bhg] = kk;
@@ -2046,7 +2083,7 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
     } else {
         LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 2);  // the survivor count read
         fanned = n <= LS_TOPK_LINBIN_J * TOPK_THREADS &&
-                 linbin_pick<true>(sc, ix, n, k, cand, out_pos, out_score, pk_pos, pk_sc, hist, total, s_prefix,
+                 linbin_pick<true>(img, posv, n, k, cand, out_pos, out_score, pk_pos, pk_sc, hist, total, s_prefix,
                                    s_mask, s_need, s_done, s_above, s_ties, wmax, wmin, pmax, bhg);
     }
     int P;
