@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fused import L2, back_to_back, copy_bandwidth, provenance
 
+from cemsim.atomic import atomic_write_text
 from cemsim.kernels import KERNEL_DIR
 
 TABLE_BYTES = 2 * 2**30
@@ -103,7 +104,7 @@ def main() -> None:
             res["cases"].append(case)
             lists.clear()  # free the device memory before the next case
             if a.out:
-                Path(a.out).write_text(json.dumps(res, indent=1))
+                atomic_write_text(a.out, json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -269,8 +270,9 @@ def main() -> None:
             }
         )
         print(f"pipeline N={n:,} survivors={c:,}: {us:.1f} us (floor {moved / bw * 1e6:.1f} us)", flush=True)
-    if args.out:
-        Path(args.out).write_text(
+    if args.out:  # a temporary file renamed over the target: an interrupted run leaves no half-written file
+        tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
+        tmp.write_text(
             json.dumps(
                 {
                     "copy_bandwidth_bytes_per_s": bw,
@@ -283,6 +285,7 @@ def main() -> None:
                 indent=2,
             )
         )
+        os.replace(tmp, args.out)
 
 
 if __name__ == "__main__":

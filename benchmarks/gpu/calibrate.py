@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 
 import torch
@@ -342,8 +343,10 @@ def main() -> None:
             sparse.append(sparse_layer(ctx))
             print("sparse", sparse[-1], flush=True)
         result["sparse_layer"] = sparse
-    with open(args.out, "w") as f:
+    tmp = args.out + ".tmp"  # renamed over the target: an interrupted run leaves no half-written file
+    with open(tmp, "w") as f:
         json.dump(result, f, indent=2)
+    os.replace(tmp, args.out)
     print("wrote", args.out)
 
 

@@ -105,6 +105,7 @@ def main() -> int:
 
     import torch
 
+    from cemsim.atomic import atomic_write_text
     from cemsim.trace.capture import CaptureSpec, capture, device_info, parse_policies
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ def main() -> int:
     }
 
     def save() -> None:
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
 
     def progress(what: str, done: int, total: int) -> None:
         if done == total or what.startswith("decode") or done % 16 == 0:

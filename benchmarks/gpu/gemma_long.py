@@ -110,7 +110,9 @@ def main() -> None:
     packed: set[str] = set()
 
     def save() -> None:
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        from cemsim.atomic import atomic_write_text
+
+        atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2, default=str))
         with tarfile.open(args.out / "gemma-long.tar", "a") as tar:
             for p in sorted(out.iterdir()):
                 if p.name not in packed:

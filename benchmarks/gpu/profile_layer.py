@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fused import PLANTED_THRESHOLD, Data, parse_config_key, shape_for, use_build
 
+from cemsim.atomic import atomic_write_text
 from cemsim.gpu import fused
 
 SELECT_PHASES = ["query in smem", "filtered+compacted", "claimed (+1st row loads)", "rows scored"]
@@ -125,7 +126,7 @@ def main() -> None:
         del data
         cp.get_default_memory_pool().free_all_blocks()
     if a.out:
-        Path(a.out).write_text(json.dumps(results, indent=1))
+        atomic_write_text(a.out, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

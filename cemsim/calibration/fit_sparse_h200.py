@@ -46,6 +46,11 @@ from cemsim.trace.synthetic import synthetic_header
 
 FUSED = CALIBRATION_DIR / "h200-sparse-layer-v5-2026-12-03.json"
 PREVIOUS = CALIBRATION_DIR / "h200-sparse-layer-v4-2026-12-03.json"  # the fourth version of the kernels
+# the fifth version's kernels measured again, each point's chosen kernels also as 8 layers in one CUDA graph
+GRAPH8 = CALIBRATION_DIR / "h200-sparse-layer-v5-graph8-2026-12-03.json"
+# what a point's measured time is: one graph a layer replayed back to back (what the preset's fit uses), or per
+# layer of a graph of several layers (a decode step's graph, which pays one graph launch for all of them)
+MEASURES = {"one graph a layer": "fused_b2b_us", "in a graph of layers": "graph_layers_b2b_us_per_layer"}
 FILTERS = CALIBRATION_DIR / "h200-sparse-fused-2026-12-02.json"  # the first version's run, with the filters
 SYSTEM = "h200-sparse-hbm"
 LATENCY = "gpu.sparse_pipeline_latency"
@@ -76,11 +81,19 @@ class Point:
         return self.context in FIT_CONTEXTS
 
 
-def points(path=FUSED) -> list[Point]:
-    """Every measured layer of the fused pipeline that ran and passed its reference check."""
+def points(path=FUSED, measure: str = "one graph a layer") -> list[Point]:
+    """Every measured layer of the fused pipeline that ran and passed its reference check (and, in a graph of
+    layers, that graph's check too), timed as ``measure`` (a key of :data:`MEASURES`)."""
+    field = MEASURES[measure]
     out = []
     for r in load_calibration(path)["layers"]:
         if "error" in r or not r.get("row0_checked"):
+            continue
+        if field not in r:
+            raise CemsimError(
+                f"{path}: the layer at batch {r['users']}, context {r['context']} has no {field}"
+            )
+        if field == "graph_layers_b2b_us_per_layer" and not r.get("graph_layers_row0_checked"):
             continue
         out.append(
             Point(
@@ -92,7 +105,7 @@ def points(path=FUSED) -> list[Point]:
                 int(r["kv_heads"]),
                 int(r["survivors_per_layer"]),
                 float(r["survival"]),
-                r["fused_b2b_us"] * 1e-6,
+                r[field] * 1e-6,
                 r["floor_us"] * 1e-6,
             )
         )
@@ -355,6 +368,55 @@ def fit_table(path=FUSED) -> str:
     return "\n".join(out)
 
 
+def graph_table(path=GRAPH8) -> str:
+    """Markdown: per (batch, context), the layer one graph a layer and in a graph of layers (means over the
+    survival points, us), and the five constants fitted on each with their fitted and held-out errors."""
+    rows = [r for r in _layers(path) if "error" not in r]
+    n = {r["graph_layers"] for r in rows}
+    out = [
+        f"| batch | context | one graph a layer (us) | in a graph of {'/'.join(map(str, sorted(n)))} (us) "
+        "| difference (us) |",
+        "|---|---|---|---|---|",
+    ]
+    for users, ctx in sorted({(r["users"], r["context"]) for r in rows}):
+        at = [r for r in rows if (r["users"], r["context"]) == (users, ctx)]
+        one = float(np.mean([r["fused_b2b_us"] for r in at]))
+        many = float(np.mean([r["graph_layers_b2b_us_per_layer"] for r in at]))
+        out.append(f"| {users} | {_ctx(ctx)} | {one:,.1f} | {many:,.1f} | {many - one:+.1f} |")
+    out += [
+        "",
+        "| times | fitted: fixed, request, key, survivor, pick | fitted: mean / worst | held out: mean / worst |",
+        "|---|---|---|---|",
+    ]
+    for measure in MEASURES:
+        pts = points(path, measure)
+        constants = fit([p for p in pts if p.fitted])
+        pred = predict(pts, constants)
+        err = np.abs([(q - p.measured_s) / p.measured_s for p, q in zip(pts, pred, strict=True)])
+        held = np.array([not p.fitted for p in pts])
+        out.append(
+            f"| {measure} | {', '.join(_time(v) for v in constants)} | {err[~held].mean():.1%} / "
+            f"{err[~held].max():.1%} | {err[held].mean():.1%} / {err[held].max():.1%} |"
+        )
+    return "\n".join(out)
+
+
+def repeat_summary(path=GRAPH8, previous=FUSED) -> str:
+    """One sentence: the same kernels measured twice (one graph a layer), point by point."""
+    old = {(r["users"], r["context"], r["survival_target"], r["planted"]): r for r in _layers(previous)}
+    rel, same = [], 0
+    for r in _layers(path):
+        o = old[(r["users"], r["context"], r["survival_target"], r["planted"])]
+        rel.append(r["fused_b2b_us"] / o["fused_b2b_us"] - 1.0)
+        same += r["config"] == o["config"]
+    a = np.abs(rel)
+    worst = rel[int(np.argmax(a))]
+    return (
+        f"Measured again, one graph a layer, the {len(rel)} points moved by {np.median(a):.1%} at the median "
+        f"and {worst:+.1%} at worst, {same} of them with the same kernels chosen."
+    )
+
+
 def main() -> None:
     """Print the tables of docs/gpu-kernels.md."""
     print(layer_table(), "\n")
@@ -364,6 +426,8 @@ def main() -> None:
     print(filter_table(), "\n")
     print(fit_table(), "\n")
     print(cv_table(), "\n")
+    print(graph_table(), "\n")
+    print(repeat_summary(), "\n")
     _, rows = table()
     print(
         "| batch | context | survival | split | measured (us) | predicted (us) | error |\n|---|---|---|---|---|---|---|"

@@ -15,6 +15,7 @@ import pytest
 from cemsim.calibration import H100, H200, load_calibration
 from cemsim.calibration import fit_sparse_h200 as fit
 from cemsim.config.loader import load_system
+from cemsim.errors import CemsimError
 from cemsim.sim import prepare, simulate
 from cemsim.trace.synthetic import SurvivalLaw, synthetic_header, synthetic_steps
 
@@ -137,6 +138,34 @@ def test_docs_carry_the_measured_tables() -> None:
         fit.filter_table(),
     ):
         assert table in text
+
+
+def test_the_fifth_version_measured_again_in_graphs_of_layers() -> None:
+    # every point again, each also as 8 layers in one graph with that graph's reference check passed
+    cal = load_calibration(fit.GRAPH8)
+    for key in ("gpu", "driver", "cuda", "cupy", "torch", "nvrtc", "date", "command", "method", "kernels"):
+        assert cal["provenance"][key], key
+    layers = cal["layers"]
+    assert {(r["users"], r["context"], r["survival_target"], r["planted"]) for r in layers} == {
+        (r["users"], r["context"], r["survival_target"], r["planted"])
+        for r in load_calibration(fit.FUSED)["layers"]
+    }
+    for r in layers:
+        assert r["row0_checked"] and r["graph_layers_row0_checked"] and "error" not in r, r
+        assert r["graph_layers"] == 8
+        assert r["floor_us"] < r["graph_layers_b2b_us_per_layer"]
+    # the fit on each timing: every constant positive, and a decode step's graph (one launch for all its layers)
+    # takes 1-3 us off the fixed term, as the empty graphs of the layer's shape (2.9 us) against one kernel (1.5)
+    one = fit.fit([p for p in fit.points(fit.GRAPH8) if p.fitted])
+    many = fit.fit([p for p in fit.points(fit.GRAPH8, "in a graph of layers") if p.fitted])
+    assert all(v > 0 for v in (*one, *many))
+    assert 1e-6 < one[0] - many[0] < 3e-6
+    text = DOC.read_text()
+    assert fit.graph_table() in text
+    assert fit.repeat_summary() in text
+    # the preset's measurement has no graphs of layers: asking for them is an error, not a silent fallback
+    with pytest.raises(CemsimError, match="graph_layers_b2b_us_per_layer"):
+        fit.points(fit.FUSED, "in a graph of layers")
 
 
 def test_h100_sparse_hbm_follows_its_derivation_rule() -> None:
