@@ -2123,10 +2123,8 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
     }
 LS_TOPK_FAN(ls_topk_fan2_d64, 64, 2)
 LS_TOPK_FAN(ls_topk_fan2_d128, 128, 2)
-LS_TOPK_FAN(ls_topk_fan3_d64, 64, 3)
-LS_TOPK_FAN(ls_topk_fan3_d128, 128, 3)
-LS_TOPK_FAN(ls_topk_fan4_d64, 64, 4)
-LS_TOPK_FAN(ls_topk_fan4_d128, 128, 4)
+// C = 3 and 4 were built and measured too (lead session 7): 1,024-thread blocks on 96 / 128 SMs at batch 1 left the
+// band nowhere to run or took the select's SMs, slower everywhere (docs/gpu-kernels.md, eleventh step)
 
 // The same selection spread over a cluster of TOPK_CTAS thread blocks (sm_90): block r of the cluster holds
 // scores [r n / C, (r + 1) n / C) of the row in its shared memory, histograms them, and every block reads the

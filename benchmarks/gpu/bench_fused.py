@@ -564,7 +564,7 @@ def bench_layers(
 ) -> list[dict]:
     """``method``: the filter method (None: choose_method's); frag reads frag-layout signs. ``graph_layers``: also
     time the chosen kernels as that many layers in one graph (:func:`graph_of_layers`), per layer."""
-    from cemsim.gpu.fused import SPREAD_CTAS, TOPK_VARIANTS, Config, FusedLongSight, choose_config
+    from cemsim.gpu.fused import FAN_CTAS, SPREAD_CTAS, TOPK_VARIANTS, Config, FusedLongSight, choose_config
 
     points: list[tuple[float, bool]] = [(x, False) for x in survival_points] + (
         [(0.05, True)] if planted else []
@@ -627,8 +627,9 @@ def bench_layers(
                 best_topk = min(row["topk_variant_b2b_us"], key=row["topk_variant_b2b_us"].get)
                 row["layer_variant_b2b_us"] = {}
                 row["layer_variant_errors"] = {}
-                # the fastest top-k alone, the sample top-k (its fold is cheap where the cluster's is not) and
-                # the spread ones (the sample top-k over a cluster: folded only, apart each is sample);
+                # the fastest top-k alone, the sample top-k (its fold is cheap where the cluster's is not), the
+                # spread ones (the sample top-k over a cluster) and fan2 (two blocks a head, linear bins): folded
+                # only, apart each is sample;
                 # ls_select (rows 0) and ls_select2 (rows 4; 16: the rows' scores by MMA) for the fused form, each
                 # with and without programmatic launch of what follows it (pdl), and with it the band beside the
                 # top-k (late)
@@ -638,10 +639,10 @@ def bench_layers(
                     for pdl, late in ((0, 0), (1, 0), (1, 1))
                 ]
                 forms.append(("split", 0, False, False))
-                for topk in sorted({best_topk, "sample", *SPREAD_CTAS}):
+                for topk in sorted({best_topk, "sample", *SPREAD_CTAS, *FAN_CTAS}):
                     for form, rows_, pdl, late in forms:
                         for chunk in (64, 128):
-                            for fold in (True, False) if topk not in SPREAD_CTAS else (True,):
+                            for fold in (True, False) if topk not in SPREAD_CTAS | FAN_CTAS else (True,):
                                 cfg = Config(form, topk, chunk, fold, rows_, bool(pdl), band_late=bool(late))  # type: ignore[arg-type]
                                 key = config_key(cfg)
                                 try:
@@ -693,7 +694,7 @@ def bench_layers(
                 # and the new kernels together (ls_select2, the sample top-k folded or spread, programmatic
                 # launch; ls_layer) whatever was chosen, eager then replayed in a graph
                 row["row0_new_kernels_checked"], row["row0_new_kernels_error"] = True, None
-                for topk_new in ("sample", *SPREAD_CTAS, "layer"):
+                for topk_new in ("sample", *SPREAD_CTAS, *FAN_CTAS, "layer"):
                     try:
                         p0.config = (
                             Config(layer=True)

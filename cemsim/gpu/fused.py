@@ -48,16 +48,17 @@ SELECT_FORMS: tuple[SelectForm, ...] = get_args(SelectForm)
 # ls_topk_cluster, each (row, head) over TOPK_CTAS blocks; sample: ls_topk_sample, one block whose radix passes
 # run over the candidates a sampled threshold leaves (TOPK_CANDIDATES at most); spread: the sample top-k's
 # selection in one block of a cluster of 2 per (row, head), the picks' attention (folded) spread over both;
-# spreadc: spread, the candidate pass split over the cluster too (apart, each is the sample top-k); fan2 / fan3 /
-# fan4: that many blocks per (row, head), no cluster, each selecting the same picks from linear bins and attending
-# over its share of them (rows past LS_TOPK_LINBIN_J x 1,024 survivors: block 0 runs the sample top-k alone)
-TopkVariant = Literal["atomic", "match", "cluster", "sample", "spread", "spreadc", "fan2", "fan3", "fan4"]
+# spreadc: spread, the candidate pass split over the cluster too (apart, each is the sample top-k); fan2: two
+# blocks per (row, head), no cluster, each selecting the same picks from linear bins and attending over its half
+# of them (rows past LINBIN_MAX_SURVIVORS, or whose linear bins cannot split: block 0 runs the sample top-k alone)
+TopkVariant = Literal["atomic", "match", "cluster", "sample", "spread", "spreadc", "fan2"]
 TOPK_VARIANTS: tuple[TopkVariant, ...] = get_args(TopkVariant)
 SPREAD_CTAS = {"spread": 2, "spreadc": 2}  # blocks per (row, head) of the spread top-k kernels
-FAN_CTAS = {"fan2": 2, "fan3": 3, "fan4": 4}  # blocks per (row, head) of the fan top-k kernels
+FAN_CTAS = {"fan2": 2}  # blocks per (row, head) of the fan top-k kernels
 # clusters of two 1,024-thread top-k blocks resident at once on the H200 (cuOccupancyMaxActiveClusters, gpuattn2
 # run 8; 30 clusters of 4): choose_config takes spreadc only where every (row, head) fits in one wave
 SPREAD_MAX_CLUSTERS = 66
+LINBIN_MAX_SURVIVORS = 8 * 1024  # the linear-bin selection's reach: LS_TOPK_LINBIN_J x TOPK_THREADS scores
 TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
 # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower; 6 and 7 ran no faster: dropped);
 # 16: tiles of 16 rows a warp, their scores by bf16 tensor-core MMAs (the query split into three bf16 parts)
@@ -395,10 +396,12 @@ def choose_config(shape: Shape) -> Config:
     long_rows = shape.cap >= 32768
     few_heads = shape.rows * shape.group <= SPREAD_MAX_CLUSTERS  # the top-k leaves most SMs idle (batch 1)
     spread = long_rows and few_heads
+    # rows whose expected survivors the linear bins take (the slots are survivors x SLOT_HEADROOM + SLOT_FLOOR)
+    fan = few_heads and shape.cap >= 8192 and (shape.cap - SLOT_FLOOR) / SLOT_HEADROOM <= LINBIN_MAX_SURVIVORS
     mma = shape.cap >= survivor_slots(shape.region, MMA_SELECT_SURVIVAL)
     return Config(
         select="fused",
-        topk="spreadc" if spread else "sample" if shape.cap >= 8192 else "atomic",
+        topk="spreadc" if spread else "fan2" if fan else "sample" if shape.cap >= 8192 else "atomic",
         chunk=64,
         fold=True,
         rows=16 if mma else 0,
