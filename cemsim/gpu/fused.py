@@ -59,6 +59,8 @@ FAN_CTAS = {"fan2": 2}  # blocks per (row, head) of the fan top-k kernels
 # run 8; 30 clusters of 4): choose_config takes spreadc only where every (row, head) fits in one wave
 SPREAD_MAX_CLUSTERS = 66
 LINBIN_MAX_SURVIVORS = 8 * 1024  # the linear-bin selection's reach: LS_TOPK_LINBIN_J x TOPK_THREADS scores
+# choose_config's fan2 from this many picks a head: its second block halves the picks' value rows on one SM
+FAN_MIN_K = 1024
 TOPK_CANDIDATES = 4096  # ls_topk_sample's candidate buffer (8 bytes of dynamic shared memory each)
 # ls_select2: survivor rows in flight per lane group (8 spilled and ran slower; 6 and 7 ran no faster: dropped);
 # 16: tiles of 16 rows a warp, their scores by bf16 tensor-core MMAs (the query split into three bf16 parts)
@@ -397,7 +399,9 @@ def choose_config(shape: Shape) -> Config:
     few_heads = shape.rows * shape.group <= SPREAD_MAX_CLUSTERS  # the top-k leaves most SMs idle (batch 1)
     spread = long_rows and few_heads
     # rows whose expected survivors the linear bins take (the slots are survivors x SLOT_HEADROOM + SLOT_FLOOR)
-    fan = few_heads and shape.cap >= 8192 and (shape.cap - SLOT_FLOOR) / SLOT_HEADROOM <= LINBIN_MAX_SURVIVORS
+    fan = (
+        few_heads and shape.k >= FAN_MIN_K and (shape.cap - SLOT_FLOOR) / SLOT_HEADROOM <= LINBIN_MAX_SURVIVORS
+    )
     mma = shape.cap >= survivor_slots(shape.region, MMA_SELECT_SURVIVAL)
     return Config(
         select="fused",
