@@ -84,6 +84,8 @@ class Point:
 def points(path=FUSED, measure: str = "one graph a layer") -> list[Point]:
     """Every measured layer of the fused pipeline that ran and passed its reference check (and, in a graph of
     layers, that graph's check too), timed as ``measure`` (a key of :data:`MEASURES`)."""
+    if measure not in MEASURES:
+        raise CemsimError(f"measure must be one of {list(MEASURES)}, got {measure!r}")
     field = MEASURES[measure]
     out = []
     for r in load_calibration(path)["layers"]:
