@@ -84,6 +84,8 @@ class Point:
 def points(path=FUSED, measure: str = "one graph a layer") -> list[Point]:
     """Every measured layer of the fused pipeline that ran and passed its reference check (and, in a graph of
     layers, that graph's check too), timed as ``measure`` (a key of :data:`MEASURES`)."""
+    if measure not in MEASURES:
+        raise CemsimError(f"measure must be one of {list(MEASURES)}, got {measure!r}")
     field = MEASURES[measure]
     out = []
     for r in load_calibration(path)["layers"]:
@@ -159,9 +161,9 @@ def fit(pts: list[Point]) -> tuple[float, ...]:
     return tuple(float(v) for v in x)
 
 
-def table(path=FUSED) -> tuple[tuple[float, ...], list[dict]]:
+def table(path=FUSED, measure: str = "one graph a layer") -> tuple[tuple[float, ...], list[dict]]:
     """The fit on the fitted split and every point's prediction with it (the held-out ones are the check)."""
-    pts = points(path)
+    pts = points(path, measure)
     constants = fit([p for p in pts if p.fitted])
     pred = predict(pts, constants)
     rows = [
@@ -389,14 +391,14 @@ def graph_table(path=GRAPH8) -> str:
         "|---|---|---|---|",
     ]
     for measure in MEASURES:
-        pts = points(path, measure)
-        constants = fit([p for p in pts if p.fitted])
-        pred = predict(pts, constants)
-        err = np.abs([(q - p.measured_s) / p.measured_s for p, q in zip(pts, pred, strict=True)])
-        held = np.array([not p.fitted for p in pts])
+        constants, fitted = table(path, measure)
+        err = {
+            split: np.abs([r["error"] for r in fitted if r["split"] == split])
+            for split in ("fit", "held out")
+        }
         out.append(
-            f"| {measure} | {', '.join(_time(v) for v in constants)} | {err[~held].mean():.1%} / "
-            f"{err[~held].max():.1%} | {err[held].mean():.1%} / {err[held].max():.1%} |"
+            f"| {measure} | {', '.join(_time(v) for v in constants)} | {err['fit'].mean():.1%} / "
+            f"{err['fit'].max():.1%} | {err['held out'].mean():.1%} / {err['held out'].max():.1%} |"
         )
     return "\n".join(out)
 

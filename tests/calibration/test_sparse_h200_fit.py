@@ -166,6 +166,8 @@ def test_the_fifth_version_measured_again_in_graphs_of_layers() -> None:
     # the preset's measurement has no graphs of layers: asking for them is an error, not a silent fallback
     with pytest.raises(CemsimError, match="graph_layers_b2b_us_per_layer"):
         fit.points(fit.FUSED, "in a graph of layers")
+    with pytest.raises(CemsimError, match="measure must be one of"):
+        fit.points(fit.GRAPH8, "per token")
 
 
 def test_h100_sparse_hbm_follows_its_derivation_rule() -> None:
