@@ -2,15 +2,19 @@
 to the fused GPU LongSight pipeline measured per layer on an H200 (issue 18), and check them on points they
 were not fitted to.
 
-Measurement: ``h200-sparse-layer-v5-2026-12-03.json`` here, written by ``benchmarks/gpu/bench_fused.py`` on
-the lent H200 (issue 18's fifth version of the kernels: the fourth's, whose top-k block now issues its picks'
-value rows before their weights and merges its head at once when every other partial is in; the fourth had
-added the spread top-k over a cluster of two, the band beside the top-k and ls_select2_r16, the survivors'
-scores on the tensor cores; each combination timed and the fastest kept per point): one layer
+Measurement: ``h200-sparse-layer-v6-2026-12-03.json`` here, written by ``benchmarks/gpu/bench_fused.py
+--graph-layers 8`` on the lent H200 (issue 18's sixth version of the kernels: the fifth's with the fan top-k,
+two blocks a head selecting the same picks from linear bins and attending over half of them each; the fifth
+had the top-k block issue its picks' value rows before their weights and merge its head at once when every
+other partial is in; the fourth added the spread top-k over a cluster of two, the band beside the top-k and
+ls_select2_r16, the survivors' scores on the tensor cores; each combination timed and the fastest kept per
+point, then timed again as 8 layers in one CUDA graph, as a decode step runs them, which is the time the fit
+uses: :data:`PRESET_MEASURE`): one layer
 of Llama-3-8B geometry (8 KV heads x 4 query heads, D = 128, window 1,024, sinks 16, LongSight's k schedule),
-batch 1 and 8, contexts 4K-1M, survival targets 1-10 % on random signs plus exactly 5 % planted, the whole
-layer one CUDA graph. The fourth version's measurement is ``h200-sparse-layer-v4-2026-12-03.json``
-(:data:`PREVIOUS`), the third's ``h200-sparse-layer-v3-2026-12-02.json``, the second's
+batch 1 and 8, contexts 4K-1M, survival targets 1-10 % on random signs plus exactly 5 % planted. The fifth
+version's measurement is ``h200-sparse-layer-v5-2026-12-03.json`` (:data:`PREVIOUS`; measured again with
+graphs of layers in ``h200-sparse-layer-v5-graph8-2026-12-03.json``, :data:`GRAPH8`), the fourth's
+``h200-sparse-layer-v4-2026-12-03.json``, the third's ``h200-sparse-layer-v3-2026-12-02.json``, the second's
 ``h200-sparse-layer-2026-12-02.json``; the first version's, ``h200-sparse-fused-2026-12-02.json``, keeps the
 filter table (:func:`filter_table`).
 
@@ -44,13 +48,15 @@ from cemsim.paths import repo_root
 from cemsim.sim import prepare, simulate
 from cemsim.trace.synthetic import synthetic_header
 
-FUSED = CALIBRATION_DIR / "h200-sparse-layer-v5-2026-12-03.json"
-PREVIOUS = CALIBRATION_DIR / "h200-sparse-layer-v4-2026-12-03.json"  # the fourth version of the kernels
+FUSED = CALIBRATION_DIR / "h200-sparse-layer-v6-2026-12-03.json"
+PREVIOUS = CALIBRATION_DIR / "h200-sparse-layer-v5-2026-12-03.json"  # the fifth version of the kernels
 # the fifth version's kernels measured again, each point's chosen kernels also as 8 layers in one CUDA graph
 GRAPH8 = CALIBRATION_DIR / "h200-sparse-layer-v5-graph8-2026-12-03.json"
-# what a point's measured time is: one graph a layer replayed back to back (what the preset's fit uses), or per
-# layer of a graph of several layers (a decode step's graph, which pays one graph launch for all of them)
+# what a point's measured time is: one graph a layer replayed back to back, or per layer of a graph of several
+# layers (a decode step's graph, which pays one graph launch for all of them: what the preset's fit uses, since
+# the simulator's step is one such graph)
 MEASURES = {"one graph a layer": "fused_b2b_us", "in a graph of layers": "graph_layers_b2b_us_per_layer"}
+PRESET_MEASURE = "in a graph of layers"
 FILTERS = CALIBRATION_DIR / "h200-sparse-fused-2026-12-02.json"  # the first version's run, with the filters
 SYSTEM = "h200-sparse-hbm"
 LATENCY = "gpu.sparse_pipeline_latency"
@@ -161,7 +167,7 @@ def fit(pts: list[Point]) -> tuple[float, ...]:
     return tuple(float(v) for v in x)
 
 
-def table(path=FUSED, measure: str = "one graph a layer") -> tuple[tuple[float, ...], list[dict]]:
+def table(path=FUSED, measure: str = PRESET_MEASURE) -> tuple[tuple[float, ...], list[dict]]:
     """The fit on the fitted split and every point's prediction with it (the held-out ones are the check)."""
     pts = points(path, measure)
     constants = fit([p for p in pts if p.fitted])
@@ -181,11 +187,11 @@ def table(path=FUSED, measure: str = "one graph a layer") -> tuple[tuple[float, 
     return constants, rows
 
 
-def cross_validation(path=FUSED) -> list[dict]:
+def cross_validation(path=FUSED, measure: str = PRESET_MEASURE) -> list[dict]:
     """Leave one context out: for each measured context, the five constants fitted on every other context (both
     batches, every survival) and that context's ten points predicted with them. A check of the model's form that
     does not rest on one choice of held-out contexts: each context is predicted by a fit that never saw it."""
-    pts = points(path)
+    pts = points(path, measure)
     out = []
     for c in sorted({p.context for p in pts}):
         constants = fit([p for p in pts if p.context != c])
@@ -243,7 +249,7 @@ def layer_table(
 ) -> str:
     """Markdown: today's pipeline, the fused pipeline's first version (``first``, random-sign points only), its
     previous version (``previous``, with its multiple of its own run's floor) and this one per layer at one
-    survival point, with the floor."""
+    survival point, one graph a layer and in a graph of layers, with the floor."""
 
     def times(p) -> dict:
         return {
@@ -254,9 +260,9 @@ def layer_table(
 
     v1, vp = times(first), times(previous)
     out = [
-        "| batch | context | survivors | today's pipeline (us) | first version (us) | fourth version (us) "
-        "| fused (us) | speed-up | floor (us) | fused / floor |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| batch | context | survivors | today's pipeline (us) | first version (us) | fifth version (us) "
+        "| fused (us) | speed-up | fused / floor | in a graph of layers (us) | floor (us) | in a graph / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in _layers(path):
         if r["survival_target"] != survival or bool(r.get("planted")) != planted:
@@ -267,9 +273,10 @@ def layer_table(
         a, b = v1.get(key), vp.get(key)
         one = "-" if a is None else f"{a['fused_b2b_us']:,.1f}"
         two = "-" if b is None else f"{b['fused_b2b_us']:,.1f} ({b['fused_b2b_us'] / b['floor_us']:.2f}x)"
+        g, f = r["graph_layers_b2b_us_per_layer"], r["floor_us"]
         out.append(
             f"| {r['users']} | {_ctx(r['context'])} | {r['survival']:.2%} | {old} | {one} | {two} | "
-            f"{r['fused_b2b_us']:,.1f} | {up} | {r['floor_us']:,.1f} | {r['fused_b2b_us'] / r['floor_us']:.2f}x |"
+            f"{r['fused_b2b_us']:,.1f} | {up} | {r['fused_b2b_us'] / f:.2f}x | {g:,.1f} | {f:,.1f} | {g / f:.2f}x |"
         )
     return "\n".join(out)
 
@@ -403,7 +410,7 @@ def graph_table(path=GRAPH8) -> str:
     return "\n".join(out)
 
 
-def repeat_summary(path=GRAPH8, previous=FUSED) -> str:
+def repeat_summary(path=GRAPH8, previous=PREVIOUS) -> str:
     """One sentence: the same kernels measured twice (one graph a layer), point by point."""
     old = {(r["users"], r["context"], r["survival_target"], r["planted"]): r for r in _layers(previous)}
     rel, same = [], 0

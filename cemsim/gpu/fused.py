@@ -377,10 +377,15 @@ MMA_SELECT_SURVIVAL = 0.03
 
 def choose_config(shape: Shape) -> Config:
     """The kernels measured fastest for shapes like this one on the H200 (cemsim/calibration/
-    h200-sparse-layer-v5-2026-12-03.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule is 1.7 % off each
-    point's fastest combination on average, 10.9 % at worst, batch 8 at 128K and 1 % survival, where the split
-    select wins; the rule before the MMA select, on the same data, 12.0 % / 44.8 %; on the fourth version's
-    measurement, h200-sparse-layer-v4-2026-12-03.json, 2.3 % / 11.3 % against 12.8 % / 44.3 %). ls_select2 with
+    h200-sparse-layer-v6-2026-12-03.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule is 2.1 % off each
+    point's fastest combination on average, 13.1 % at worst, batch 1 at 128K and 2 % survival, where fan2 is
+    fastest with the band beside the top-k, which the rule keeps for 8K slots; without fan2 the same rule is 2.5 %
+    / 16.0 %, the rule before the MMA select 12.6 % / 44.8 %; on the fifth version's measurement, v5, the rule
+    then was 1.7 % / 10.9 %, on the fourth's 2.3 % / 11.3 %). fan2 (two blocks a head selecting the same picks
+    from linear bins, each attending over half) at batch 1 where k >= FAN_MIN_K and the rows' expected survivors
+    fit the linear bins (LINBIN_MAX_SURVIVORS): 38.3 against 40.6 us at 128K planted 5 %, 35.5 against 38.0 at
+    the 5 % target, 58.4 against 61.4 at 512K and 1 %; at k = 256 (32K) it lost by 0.6-1.7 us, past 8K
+    survivors a row (128K at 10 %) by 1.1 (its block 0 then runs the sample top-k alone). ls_select2 with
     its survivors' scores on the tensor cores (rows 16) from ~3 % survival (MMA_SELECT_SURVIVAL): fastest at every
     point from 3 % and at the planted 5 % ones (side by side, batch 1, planted 5 %: 41.9 against the previous
     rule's 47.6 us at 128K, 78.4 against 93.7 at 512K, 124.1 against 153.7 at 1M;
@@ -400,7 +405,9 @@ def choose_config(shape: Shape) -> Config:
     spread = long_rows and few_heads
     # rows whose expected survivors the linear bins take (the slots are survivors x SLOT_HEADROOM + SLOT_FLOOR)
     fan = (
-        few_heads and shape.k >= FAN_MIN_K and (shape.cap - SLOT_FLOOR) / SLOT_HEADROOM <= LINBIN_MAX_SURVIVORS
+        few_heads
+        and shape.k >= FAN_MIN_K
+        and (shape.cap - SLOT_FLOOR) / SLOT_HEADROOM <= LINBIN_MAX_SURVIVORS
     )
     mma = shape.cap >= survivor_slots(shape.region, MMA_SELECT_SURVIVAL)
     return Config(

@@ -1,6 +1,6 @@
-"""choose_config against the measurement it was read from (cemsim/calibration/h200-sparse-layer-v5-2026-12-03.json:
+"""choose_config against the measurement it was read from (cemsim/calibration/h200-sparse-layer-v6-2026-12-03.json:
 every point's whole-layer time for each combination of kernels, back to back on the H200): replayed here, the
-rule must stay as close to each point's fastest combination as its docstring says (1.7 % on average, 10.9 % at
+rule must stay as close to each point's fastest combination as its docstring says (2.1 % on average, 13.1 % at
 worst). A change to the rule, or a new measurement, that does worse fails."""
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def excess_over_fastest() -> list[float]:
 def test_choose_config_is_near_each_measured_points_fastest() -> None:
     excess = np.array(excess_over_fastest())
     assert len(excess) == 60
-    assert excess.mean() == pytest.approx(0.017, abs=0.002)  # as choose_config's docstring states
-    assert excess.max() == pytest.approx(0.109, abs=0.002)
+    assert excess.mean() == pytest.approx(0.021, abs=0.002)  # as choose_config's docstring states
+    assert excess.max() == pytest.approx(0.131, abs=0.002)
 
 
 def test_the_replay_can_tell_a_worse_rule(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,5 +51,24 @@ def test_the_replay_can_tell_a_worse_rule(monkeypatch: pytest.MonkeyPatch) -> No
         return dataclasses.replace(rule(shape), rows=4 if shape.cap >= 32768 else 0)
 
     monkeypatch.setattr(sys.modules[__name__], "choose_config", before)
-    # 12.0 % / 44.8 % on v5 (v4: 12.8 % / 44.3 %; docs/gpu-kernels.md)
+    # 12.6 % / 44.8 % on v6 (v5: 12.0 % / 44.8 %, v4: 12.8 % / 44.3 %; docs/gpu-kernels.md)
     assert np.mean(excess_over_fastest()) > 0.10
+
+
+def test_fan2_where_the_rule_takes_it_is_measurably_better(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule with the sample top-k where it takes fan2 (batch 1, k = 1,024, rows the linear bins take):
+    2.5 % / 16.0 % on the same data against 2.1 % / 13.1 %."""
+    rule = choose_config
+    fanned = 0
+
+    def without_fan(shape: Shape):
+        nonlocal fanned
+        c = rule(shape)
+        fanned += c.topk == "fan2"
+        return dataclasses.replace(c, topk="sample") if c.topk == "fan2" else c
+
+    monkeypatch.setattr(sys.modules[__name__], "choose_config", without_fan)
+    excess = np.array(excess_over_fastest())
+    assert fanned == 5  # batch 1: 128K at 1, 2, 5 % and planted 5 %, 512K at 1 %
+    assert excess.mean() == pytest.approx(0.025, abs=0.002)
+    assert excess.max() == pytest.approx(0.160, abs=0.002)

@@ -83,11 +83,11 @@ def fitted() -> tuple[tuple[float, ...], list[dict]]:
 
 # h200-sparse-hbm's constants as written (3 significant figures), in the order of fit.NAMES
 WRITTEN = {
-    "gpu.sparse_pipeline_latency": ("sparse_pipeline_latency", 14.5e-6),
-    "gpu.sparse_time_per_request": ("sparse_time_per_request", 413e-9),
-    "gpu.sparse_time_per_key": ("sparse_time_per_key", 1.04e-12),
-    "gpu.sparse_time_per_survivor": ("sparse_time_per_survivor", 27.5e-12),
-    "gpu.sparse_time_per_pick": ("sparse_time_per_pick", 301e-12),
+    "gpu.sparse_pipeline_latency": ("sparse_pipeline_latency", 13.1e-6),
+    "gpu.sparse_time_per_request": ("sparse_time_per_request", 411e-9),
+    "gpu.sparse_time_per_key": ("sparse_time_per_key", 0.882e-12),
+    "gpu.sparse_time_per_survivor": ("sparse_time_per_survivor", 30.4e-12),
+    "gpu.sparse_time_per_pick": ("sparse_time_per_pick", 309e-12),
 }
 
 
