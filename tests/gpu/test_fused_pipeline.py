@@ -485,11 +485,12 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
 
 
 def test_choose_config_follows_the_h200_measurement() -> None:
-    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v5-2026-12-03.json): ls_select2
+    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v6-2026-12-03.json): ls_select2
     with its survivors' scores on the tensor cores where rows hold slots for ~3 % survival, else ls_select; the
-    sample top-k once rows can hold 8K survivors, else the single-block one; the picks' attention folded;
-    programmatic launch from 4K slots; chunk 64; from 32K slots spreadc where its clusters of two fit on the GPU
-    at once (gpuattn2 run 8, batch 1); the band beside the top-k at batch 1 from 8K slots."""
+    sample top-k once rows can hold 8K survivors, else the single-block one; at batch 1 with k = 1,024 fan2 on
+    rows whose expected survivors fit its linear bins; the picks' attention folded; programmatic launch from 4K
+    slots; chunk 64; from 32K slots spreadc where its clusters of two fit on the GPU at once (gpuattn2 run 8,
+    batch 1); the band beside the top-k at batch 1 from 8K slots."""
     from cemsim.gpu.fused import choose_config
 
     long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)  # bench_fused's rows at 5 %
@@ -502,8 +503,15 @@ def test_choose_config_follows_the_h200_measurement() -> None:
     assert choose_config(Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=edge - 1)).rows == 0
     long8 = Shape(8, 8, 4, 128, 1 << 19, 1024, 16, 1024, cap=36059)
     assert choose_config(long8) == Config("fused", "sample", 64, True, 16, True)
-    mid1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)
-    assert choose_config(mid1) == Config("fused", "sample", 64, True, 16, True, band_late=True)
+    mid1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)  # 128K at 5 %: ~6.5K survivors a row
+    assert choose_config(mid1) == Config("fused", "fan2", 64, True, 16, True, band_late=True)
+    # the linear bins' reach: 8,192 survivors a row, 8,192 x 1.3 + 2,048 slots
+    assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=12697)).topk == "fan2"
+    assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=12698)).topk == "sample"
+    # 128K at 10 %, k = 256 (32K) and batch 8 keep the sample top-k
+    assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=19107)).topk == "sample"
+    assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 256, cap=10500)).topk == "sample"
+    assert choose_config(Shape(8, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)).topk == "sample"
     short1 = Shape(1, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)  # the band stays beside the select
     assert choose_config(short1) == Config("fused", "atomic", 64, True, 16, True)
     short8 = Shape(8, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)
