@@ -1104,23 +1104,6 @@ __device__ __forceinline__ float block_reduce(float v, float* wred) {
     return v;
 }
 
-// A 32-bit counter read with acquire semantics at GPU scope: the writes released before the increments it
-// sees are visible to this thread (and, after a barrier, to its block).
-__device__ __forceinline__ unsigned int ld_acquire(const unsigned int* p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-    unsigned int v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-#else
-    return *(volatile const unsigned int*)p;
-#endif
-}
-
-// LS_ATTEND_ACQUIRE (a build variant, for an A/B): topk_attend's early counter read as ld.acquire, as before.
-#ifndef LS_ATTEND_ACQUIRE
-#define LS_ATTEND_ACQUIRE 0
-#endif
-
 // The picks' share of the attention, computed by the top-k block that chose them, so the picks' value rows are
 // read while the block is still resident instead of by a further launch: P picks (positions pk_pos, scores
 // pk_sc, shared memory) of head g of row bh give one partial (max m, sum l, unnormalised o[D]) at item
@@ -1142,11 +1125,8 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int nparts = a.band_items + a.pick_parts;
     unsigned int counted = 0u;  // thread 0: the head's partials counted before this block's value rows
-#if LS_ATTEND_ACQUIRE
-    if (threadIdx.x == 0) counted = ld_acquire(a.done + bh * (G + 1) + g);
-#else
-    if (threadIdx.x == 0) counted = ld_relaxed(a.done + bh * (G + 1) + g);  // fenced below when acted on
-#endif
+    // relaxed, fenced below when acted on (an ld.acquire here measured the same: eleventh step)
+    if (threadIdx.x == 0) counted = ld_relaxed(a.done + bh * (G + 1) + g);
     [[maybe_unused]] const int trow = (int)(bh * G + g);
     // LPS lanes per value row, U rows per lane group in flight; the first U go out now
     const int sub = threadIdx.x / LPS, pt = threadIdx.x % LPS;
