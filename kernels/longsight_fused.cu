@@ -1613,8 +1613,8 @@ __device__ __forceinline__ u32 sample_threshold(u32 mine, int r) {
 #define LS_TOPK_LINBIN_BIN 512
 #endif
 #define LB_HC 8  // histogram copies (warp w adds to copy w % LB_HC)
-// Thread t's J scores (list items j x 1,024 + t) as order-preserving images, and their list positions: loaded
-// before the survivor count is known when `spec` (items past n read stale slots of the lists, below cap, and are
+// Thread t's J scores (list items j x 1,024 + t, up to lim) as order-preserving images, and their list positions:
+// loaded before the survivor count is known (items past n read stale slots of the lists, below cap, and are
 // masked once n is in), so the count, the scores and the positions cost one round trip.
 template <int J>
 __device__ __forceinline__ void linbin_load(const float* __restrict__ sc, const int* __restrict__ ix, int lim,
