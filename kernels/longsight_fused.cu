@@ -56,12 +56,13 @@ typedef unsigned short bf16_t;  // bf16 bit patterns: no header needed under NVR
 // only when built with -DLS_TRACE
 // (benchmarks/gpu/profile_layer.py --trace): SM clock cycles, and %globaltimer (ns) at each kernel's start and
 // end to line the launches up against each other; the band's attention blocks' %globaltimer at their start and
-// once their partials are counted; which way each top-k block's partial went (LS_SET, column 12: 1 merged at
+// once their partials are counted, and SM clock cycles at their phase boundaries (columns 2-6: start, rows and
+// query in, scores and softmax, values summed, partials written and counted); which way each top-k block's partial went (LS_SET, column 12: 1 merged at
 // once, 2 counted and merged, 3 counted).
 #ifdef LS_TRACE
 __device__ long long ls_trace_select[4096][8];
 __device__ long long ls_trace_topk[1024][13];
-__device__ long long ls_trace_band[4096][2];
+__device__ long long ls_trace_band[4096][7];
 __device__ __forceinline__ long long ls_gtimer() {
     long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -2360,6 +2361,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
     grid_dep_wait();  // the picks (programmatic launch after the top-k; nothing to wait for on the band)
     [[maybe_unused]] const int trace_item = (int)(blockIdx.y * gridDim.x + blockIdx.x);
     if (item0 == 0) LS_GMARK(ls_trace_band, trace_item, 0);
+    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 2);
     __shared__ float qf[LS_MAX_GA * D];
     __shared__ float s[LS_MAX_GA][CHUNK];
     __shared__ float acc[LS_MAX_GA * D];
@@ -2417,6 +2419,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
     if (!is_band)
         for (int j = threadIdx.x; j < nkeys; j += blockDim.x) s[g_lo][j] = __ldg(pick_score + pick_base + j);
     __syncthreads();
+    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 3);  // the query in shared memory (the rows: at first use)
     if (is_band) {
 #pragma unroll
         for (int u = 0; u < ROWS; ++u) {
@@ -2458,6 +2461,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
         }
     }
     __syncthreads();
+    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 4);  // the keys' scores and their softmax
     {
         float o[GA][8];
 #pragma unroll
@@ -2499,6 +2503,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
             }
         }
     }
+    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 5);  // the values summed
     // this item's partials, for its own heads only
     for (int i = threadIdx.x; i < (g_hi - g_lo) * D; i += blockDim.x) {
         const int g = g_lo + i / D, dd = i % D;
@@ -2523,6 +2528,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
     }
     __syncthreads();
     if (item0 == 0) LS_GMARK(ls_trace_band, trace_item, 1);
+    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 6);  // partials written, fenced and counted
     const unsigned int last = s_last;
     if (!last) return;
     for (int g = g_lo; g < g_hi; ++g)

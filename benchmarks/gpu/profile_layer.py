@@ -30,7 +30,7 @@ from cemsim.gpu import fused
 
 SELECT_PHASES = ["query in smem", "filtered+compacted", "claimed (+1st row loads)", "rows scored"]
 # kernels/longsight_fused.cu's trace arrays (built with -DLS_TRACE)
-TRACE_SHAPES = {"ls_trace_select": (4096, 8), "ls_trace_topk": (1024, 13), "ls_trace_band": (4096, 2)}
+TRACE_SHAPES = {"ls_trace_select": (4096, 8), "ls_trace_topk": (1024, 13), "ls_trace_band": (4096, 7)}
 # ls_trace_topk column 12: which way the block's partial of the picks went (topk_attend)
 MERGE_PATHS = {1: "merged at once", 2: "counted, merged", 3: "counted"}
 TOPK_PHASES = [
@@ -42,6 +42,8 @@ TOPK_PHASES = [
     "collect",
     "attend+merge",
 ]
+# ls_trace_band columns 2-6 (SM clock cycles at the band block's phase boundaries)
+BAND_PHASES = ["query in smem", "scores + softmax", "values summed", "partials written + counted"]
 
 
 def trace(cp, mod, p, args, stream, replays: int) -> dict:
@@ -88,6 +90,10 @@ def trace(cp, mod, p, args, stream, replays: int) -> dict:
     if len(band):
         out["band_start_ns"] = [float(np.min(band[:, 0] - t0)), float(np.max(band[:, 0] - t0))]
         out["band_counted_ns"] = [float(np.min(band[:, 1] - t0)), float(np.max(band[:, 1] - t0))]
+        out["band_phase_cycles_median"] = {
+            ph: float(np.median(band[:, i + 3] - band[:, i + 2])) for i, ph in enumerate(BAND_PHASES)
+        }
+        out["band_block_cycles_median"] = float(np.median(band[:, 6] - band[:, 2]))
     return out
 
 

@@ -55,6 +55,8 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         "ls_topk_sample_spread_d128",
         "ls_topk_sample_spreadc_d64",
         "ls_topk_sample_spreadc_d128",
+        "ls_topk_fan2_d64",
+        "ls_topk_fan2_d128",
         "ls_layer_d64",
         "ls_layer_d128",
     ):
@@ -79,3 +81,36 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
     assert "cp.async.cg.shared.global" in ptx
     probe = (tmp_path / "gather_probe.ptx").read_text()
     assert "cp.async.cg.shared.global" in probe and ".entry gather_ldg_r16" in probe
+
+
+def test_traced_build_compiles_and_its_arrays_are_the_profilers(tmp_path: Path) -> None:
+    """-DLS_TRACE (benchmarks/gpu/profile_layer.py --trace) builds, and each trace array is the shape the profiler
+    reads it as: a column added on one side only would be read as another block's row."""
+    import ast
+    import re
+
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    src = kernels.KERNEL_DIR / "longsight_fused.cu"
+    out = tmp_path / "traced.ptx"
+    proc = subprocess.run(
+        [nvcc, "-ptx", "-std=c++17", "-arch=sm_90", "-DLS_TRACE", str(src), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    built = {
+        m[0]: int(m[1])
+        for m in re.findall(r"\.global \.align 8 \.b8 (ls_trace_\w+)\[(\d+)\];", out.read_text())
+    }
+    profiler = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "profile_layer.py"
+    tree = ast.parse(profiler.read_text())
+    shapes = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "TRACE_SHAPES"
+    )
+    assert shapes, "profile_layer.py reads no trace arrays"
+    for name, (rows, cols) in shapes.items():
+        assert built.get(name) == rows * cols * 8, (name, built.get(name), rows, cols)
