@@ -87,7 +87,7 @@ class Point:
         return self.context in FIT_CONTEXTS
 
 
-def points(path=FUSED, measure: str = "one graph a layer") -> list[Point]:
+def points(path=FUSED, measure: str = PRESET_MEASURE) -> list[Point]:
     """Every measured layer of the fused pipeline that ran and passed its reference check (and, in a graph of
     layers, that graph's check too), timed as ``measure`` (a key of :data:`MEASURES`)."""
     if measure not in MEASURES:
@@ -371,10 +371,14 @@ def fit_table(path=FUSED) -> str:
         "| split | points | mean absolute error | worst |",
         "|---|---|---|---|",
     ]
-    for split in ("fit", "held out"):
-        e = np.abs([r["error"] for r in rows if r["split"] == split])
+    for split, e in _split_errors(rows).items():
         out.append(f"| {split} | {len(e)} | {e.mean():.1%} | {e.max():.1%} |")
     return "\n".join(out)
+
+
+def _split_errors(rows: list[dict]) -> dict[str, np.ndarray]:
+    """:func:`table`'s absolute relative errors, fitted and held-out points apart."""
+    return {split: np.abs([r["error"] for r in rows if r["split"] == split]) for split in ("fit", "held out")}
 
 
 def graph_table(path=GRAPH8) -> str:
@@ -399,10 +403,7 @@ def graph_table(path=GRAPH8) -> str:
     ]
     for measure in MEASURES:
         constants, fitted = table(path, measure)
-        err = {
-            split: np.abs([r["error"] for r in fitted if r["split"] == split])
-            for split in ("fit", "held out")
-        }
+        err = _split_errors(fitted)
         out.append(
             f"| {measure} | {', '.join(_time(v) for v in constants)} | {err['fit'].mean():.1%} / "
             f"{err['fit'].max():.1%} | {err['held out'].mean():.1%} / {err['held out'].max():.1%} |"

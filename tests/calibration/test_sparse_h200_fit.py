@@ -157,7 +157,7 @@ def test_the_fifth_version_measured_again_in_graphs_of_layers() -> None:
         assert r["floor_us"] < r["graph_layers_b2b_us_per_layer"]
     # the fit on each timing: every constant positive, and a decode step's graph (one launch for all its layers)
     # takes 1-3 us off the fixed term, as the empty graphs of the layer's shape (2.9 us) against one kernel (1.5)
-    one = fit.fit([p for p in fit.points(fit.GRAPH8) if p.fitted])
+    one = fit.fit([p for p in fit.points(fit.GRAPH8, "one graph a layer") if p.fitted])
     many = fit.fit([p for p in fit.points(fit.GRAPH8, "in a graph of layers") if p.fitted])
     assert all(v > 0 for v in (*one, *many))
     assert 1e-6 < one[0] - many[0] < 3e-6
