@@ -564,7 +564,7 @@ def bench_layers(
 ) -> list[dict]:
     """``method``: the filter method (None: choose_method's); frag reads frag-layout signs. ``graph_layers``: also
     time the chosen kernels as that many layers in one graph (:func:`graph_of_layers`), per layer."""
-    from cemsim.gpu.fused import FAN_CTAS, SPREAD_CTAS, TOPK_VARIANTS, Config, FusedLongSight, choose_config
+    from cemsim.gpu.fused import MULTI_BLOCK_CTAS, TOPK_VARIANTS, Config, FusedLongSight, choose_config
 
     points: list[tuple[float, bool]] = [(x, False) for x in survival_points] + (
         [(0.05, True)] if planted else []
@@ -617,7 +617,7 @@ def bench_layers(
                 row["topk_variant_b2b_us"] = {}
                 for v in TOPK_VARIANTS:
                     # the spread and fan kernels' selection alone is the sample top-k's (the same kernel)
-                    if v.startswith(("spread", "fan")):
+                    if v in MULTI_BLOCK_CTAS:
                         continue
                     p0.config.topk = v
                     g1 = capture(cp, stream, [p0.stages(*args[0])["topk"]])
@@ -638,10 +638,10 @@ def bench_layers(
                     for pdl, late in ((0, 0), (1, 0), (1, 1))
                 ]
                 forms.append(("split", 0, False, False))
-                for topk in sorted({best_topk, "sample", *SPREAD_CTAS, *FAN_CTAS}):
+                for topk in sorted({best_topk, "sample", *MULTI_BLOCK_CTAS}):
                     for form, rows_, pdl, late in forms:
                         for chunk in (64, 128):
-                            for fold in (True, False) if topk not in SPREAD_CTAS | FAN_CTAS else (True,):
+                            for fold in (True, False) if topk not in MULTI_BLOCK_CTAS else (True,):
                                 cfg = Config(form, topk, chunk, fold, rows_, bool(pdl), band_late=bool(late))  # type: ignore[arg-type]
                                 key = config_key(cfg)
                                 try:
@@ -693,7 +693,7 @@ def bench_layers(
                 # and the new kernels together (ls_select2, the sample top-k folded or spread, programmatic
                 # launch; ls_layer) whatever was chosen, eager then replayed in a graph
                 row["row0_new_kernels_checked"], row["row0_new_kernels_error"] = True, None
-                for topk_new in ("sample", *SPREAD_CTAS, *FAN_CTAS, "layer"):
+                for topk_new in ("sample", *MULTI_BLOCK_CTAS, "layer"):
                     try:
                         p0.config = (
                             Config(layer=True)

@@ -56,6 +56,8 @@ TopkVariant = Literal["atomic", "match", "cluster", "sample", "spread", "spreadc
 TOPK_VARIANTS: tuple[TopkVariant, ...] = get_args(TopkVariant)
 SPREAD_CTAS = {"spread": 2, "spreadc": 2}  # blocks per (row, head) of the spread top-k kernels
 FAN_CTAS = {"fan2": 2}  # blocks per (row, head) of the fan top-k kernels
+# the top-ks of several blocks a (row, head): folded only (apart, each is the sample top-k's launch)
+MULTI_BLOCK_CTAS = SPREAD_CTAS | FAN_CTAS
 # clusters of two 1,024-thread top-k blocks resident at once on the H200 (cuOccupancyMaxActiveClusters, gpuattn2
 # run 8; 30 clusters of 4): choose_config takes spreadc only where every (row, head) fits in one wave
 SPREAD_MAX_CLUSTERS = 66
@@ -136,6 +138,11 @@ SLOT_FLOOR = 2048
 
 def survivor_slots(region: int, survival: float) -> int:
     return max(1, min(region, int(region * survival * SLOT_HEADROOM) + SLOT_FLOOR))
+
+
+def expected_survivors(cap: int) -> float:
+    """The survivors a row's slots were sized for: :func:`survivor_slots` read backwards."""
+    return (cap - SLOT_FLOOR) / SLOT_HEADROOM
 
 
 @dataclass(frozen=True)
@@ -404,12 +411,8 @@ def choose_config(shape: Shape) -> Config:
     long_rows = shape.cap >= 32768
     few_heads = shape.rows * shape.group <= SPREAD_MAX_CLUSTERS  # the top-k leaves most SMs idle (batch 1)
     spread = long_rows and few_heads
-    # rows whose expected survivors the linear bins take (the slots are survivors x SLOT_HEADROOM + SLOT_FLOOR)
-    fan = (
-        few_heads
-        and shape.k >= FAN_MIN_K
-        and (shape.cap - SLOT_FLOOR) / SLOT_HEADROOM <= LINBIN_MAX_SURVIVORS
-    )
+    # rows whose expected survivors the linear bins take
+    fan = few_heads and shape.k >= FAN_MIN_K and expected_survivors(shape.cap) <= LINBIN_MAX_SURVIVORS
     mma = shape.cap >= survivor_slots(shape.region, MMA_SELECT_SURVIVAL)
     return Config(
         select="fused",
@@ -572,7 +575,7 @@ class FusedLongSight:
         band_items = s.band_items(c.chunk)
         cluster = c.topk == "cluster"
         spread = (
-            (SPREAD_CTAS | FAN_CTAS).get(c.topk, 0) if c.fold else 0
+            MULTI_BLOCK_CTAS.get(c.topk, 0) if c.fold else 0
         )  # apart, the spread and fan kernels are sample's launches
         # pick partials per head: one per top-k block when folded, else one per chunk of picks
         pick_parts = (TOPK_CTAS if cluster else spread or 1) if c.fold else -(-s.k // c.chunk)
@@ -621,7 +624,7 @@ class FusedLongSight:
             )
 
         def topk() -> None:
-            if c.topk == "sample" or c.topk in SPREAD_CTAS or c.topk in FAN_CTAS:
+            if c.topk == "sample" or c.topk in MULTI_BLOCK_CTAS:
                 if not 1 <= self.candidates <= TOPK_CANDIDATES:
                     raise CemsimError(f"candidates must be 1..{TOPK_CANDIDATES}, got {self.candidates}")
                 launch_dependent(
