@@ -105,10 +105,8 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, 
         ("popc", Config("async", "sample", 64, True, 0, True)),  # ls_select2, rows by cp.async
         ("frag", Config("async", "spreadc", 128, True)),
         ("mma", Config("async", "atomic", 64, False)),
-        (
-            "popc",
-            Config("fused", "fan2", 64, True, 16, True),
-        ),  # fan: C blocks a head, the same linear-bin picks
+        # fan2: two blocks a head, the same linear-bin picks
+        ("popc", Config("fused", "fan2", 64, True, 16, True)),
         ("frag", Config("fused", "fan2", 128, True, 4)),
         ("mmax", Config("fused", "fan2", 64, True, 0, True, band_late=True)),
         ("popc", Config(layer=True)),  # ls_layer, as many blocks per row as fit at once
