@@ -2360,8 +2360,8 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
     constexpr int LPS = D / 8, NSUB = ATTN_THREADS / LPS, ROWS = CHUNK / NSUB;
     grid_dep_wait();  // the picks (programmatic launch after the top-k; nothing to wait for on the band)
     [[maybe_unused]] const int trace_item = (int)(blockIdx.y * gridDim.x + blockIdx.x);
-    if (item0 == 0) LS_GMARK(ls_trace_band, trace_item, 0);
-    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 2);
+    LS_GMARK_IF(item0 == 0, ls_trace_band, trace_item, 0);
+    LS_MARK_IF(item0 == 0, ls_trace_band, trace_item, 2);
     __shared__ float qf[LS_MAX_GA * D];
     __shared__ float s[LS_MAX_GA][CHUNK];
     __shared__ float acc[LS_MAX_GA * D];
@@ -2419,7 +2419,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
     if (!is_band)
         for (int j = threadIdx.x; j < nkeys; j += blockDim.x) s[g_lo][j] = __ldg(pick_score + pick_base + j);
     __syncthreads();
-    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 3);  // the query in shared memory (the rows: at first use)
+    LS_MARK_IF(item0 == 0, ls_trace_band, trace_item, 3);  // the query in shared memory (the rows: at first use)
     if (is_band) {
 #pragma unroll
         for (int u = 0; u < ROWS; ++u) {
@@ -2461,7 +2461,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
         }
     }
     __syncthreads();
-    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 4);  // the keys' scores and their softmax
+    LS_MARK_IF(item0 == 0, ls_trace_band, trace_item, 4);  // the keys' scores and their softmax
     {
         float o[GA][8];
 #pragma unroll
@@ -2503,7 +2503,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
             }
         }
     }
-    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 5);  // the values summed
+    LS_MARK_IF(item0 == 0, ls_trace_band, trace_item, 5);  // the values summed
     // this item's partials, for its own heads only
     for (int i = threadIdx.x; i < (g_hi - g_lo) * D; i += blockDim.x) {
         const int g = g_lo + i / D, dd = i % D;
@@ -2527,8 +2527,8 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
         s_last = last;
     }
     __syncthreads();
-    if (item0 == 0) LS_GMARK(ls_trace_band, trace_item, 1);
-    if (item0 == 0) LS_MARK(ls_trace_band, trace_item, 6);  // partials written, fenced and counted
+    LS_GMARK_IF(item0 == 0, ls_trace_band, trace_item, 1);
+    LS_MARK_IF(item0 == 0, ls_trace_band, trace_item, 6);  // partials written, fenced and counted
     const unsigned int last = s_last;
     if (!last) return;
     for (int g = g_lo; g < g_hi; ++g)
