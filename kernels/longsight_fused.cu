@@ -58,10 +58,11 @@ typedef unsigned short bf16_t;  // bf16 bit patterns: no header needed under NVR
 // end to line the launches up against each other; the band's attention blocks' %globaltimer at their start and
 // once their partials are counted, and SM clock cycles at their phase boundaries (columns 2-6: start, rows and
 // query in, scores and softmax, values summed, partials written and counted); which way each top-k block's partial went (LS_SET, column 12: 1 merged at
-// once, 2 counted and merged, 3 counted).
+// once, 2 counted and merged, 3 counted); column 13: %globaltimer when a sample or fan top-k block was resident,
+// before it waits for the select's writes.
 #ifdef LS_TRACE
 __device__ long long ls_trace_select[4096][8];
-__device__ long long ls_trace_topk[1024][13];
+__device__ long long ls_trace_topk[1024][14];
 __device__ long long ls_trace_band[4096][7];
 __device__ __forceinline__ long long ls_gtimer() {
     long long t;
@@ -1992,6 +1993,7 @@ __device__ void topk_sample_body(const unsigned int* __restrict__ tally, const i
     __shared__ unsigned int total[256];
     __shared__ int pk_pos[1024];  // the picks again, for topk_attend
     __shared__ float pk_sc[1024];
+    LS_GMARK(ls_trace_topk, (int)blockIdx.x, 13);  // resident, before the select's writes are awaited
     grid_dep_wait();  // the select's survivors (programmatic launch)
     grid_dep_launch();
     const int bhg = blockIdx.x;
@@ -2039,6 +2041,7 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
     __shared__ u32 s_prefix, s_mask, s_need, s_done;
     __shared__ unsigned int s_above, s_ties;
     __shared__ u32 wmax[TOPK_WARPS], wmin[TOPK_WARPS];
+    LS_GMARK_IF(blockIdx.x % C == 0, ls_trace_topk, (int)(blockIdx.x / C), 13);  // resident
     grid_dep_wait();  // the select's survivors (programmatic launch)
     grid_dep_launch();
     const int rank = (int)(blockIdx.x % C);

@@ -30,7 +30,7 @@ from cemsim.gpu import fused
 
 SELECT_PHASES = ["query in smem", "filtered+compacted", "claimed (+1st row loads)", "rows scored"]
 # kernels/longsight_fused.cu's trace arrays (built with -DLS_TRACE)
-TRACE_SHAPES = {"ls_trace_select": (4096, 8), "ls_trace_topk": (1024, 13), "ls_trace_band": (4096, 7)}
+TRACE_SHAPES = {"ls_trace_select": (4096, 8), "ls_trace_topk": (1024, 14), "ls_trace_band": (4096, 7)}
 # ls_trace_topk column 12: which way the block's partial of the picks went (topk_attend)
 MERGE_PATHS = {1: "merged at once", 2: "counted, merged", 3: "counted"}
 TOPK_PHASES = [
@@ -84,6 +84,9 @@ def trace(cp, mod, p, args, stream, replays: int) -> dict:
                 "value rows": float(np.median(top[att, 11] - top[att, 10])),
                 "partial + merge": float(np.median(top[att, 8] - top[att, 11])),
             }
+        res = top[:, 13] > 0  # resident before the wait (sample and fan top-ks mark it)
+        if res.any():
+            out["topk_resident_ns"] = [float(np.min(top[res, 13] - t0)), float(np.max(top[res, 13] - t0))]
         out["topk_start_ns"] = [float(np.min(top[:, 0] - t0)), float(np.max(top[:, 0] - t0))]
         out["topk_end_ns"] = [float(np.min(top[:, 9] - t0)), float(np.max(top[:, 9] - t0))]
         out["topk_partials"] = {name: int(np.sum(top[:, 12] == v)) for v, name in MERGE_PATHS.items()}
