@@ -2360,7 +2360,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
                           float* __restrict__ part_o, unsigned int* __restrict__ done,
                           unsigned int* __restrict__ tally, unsigned int* __restrict__ count,
                           float* __restrict__ out, float* __restrict__ lse) {
-    constexpr int LPS = D / 8, NSUB = ATTN_THREADS / LPS, ROWS = CHUNK / NSUB;
+    constexpr int LPS = D / 8, NSUB = ATTN_THREADS / LPS, ROWS = CHUNK / NSUB, NW = ATTN_THREADS / 32;
     grid_dep_wait();  // the picks (programmatic launch after the top-k; nothing to wait for on the band)
     [[maybe_unused]] const int trace_item = (int)(blockIdx.y * gridDim.x + blockIdx.x);
     LS_GMARK_IF(item0 == 0, ls_trace_band, trace_item, 0);
@@ -2371,7 +2371,8 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
     __shared__ float mx[LS_MAX_GA], sm[LS_MAX_GA];
     __shared__ unsigned int s_last;
     __shared__ float ml_s[2 * ATTN_MAX_ITEMS];
-    __shared__ __align__(16) float red[NSUB * D];
+    // each warp's sums of the values, every head at once (also merge_head's scratch: >= ATTN_THREADS floats)
+    __shared__ __align__(16) float red[GA * NW * D];
     const long long bh = blockIdx.y;
     const int item = item0 + blockIdx.x;
     const int band = sinks + window;
@@ -2424,19 +2425,36 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
     __syncthreads();
     LS_MARK_IF(item0 == 0, ls_trace_band, trace_item, 3);  // the query in shared memory (the rows: at first use)
     if (is_band) {
+        // every head of a row at once (GA independent chains: one after another, the row's shuffles were a
+        // warp's whole latency, 7.8k of the band block's 17.8k cycles at 128K); heads past G are computed on
+        // whatever qf holds there and never stored
 #pragma unroll
         for (int u = 0; u < ROWS; ++u) {
             const int j = sub + NSUB * u;
             float kf[8];
             bf16x8_to_float(kraw[u], kf);
-            for (int g = 0; g < G; ++g) {
-                float a = 0.f;
+            float a[GA];
 #pragma unroll
-                for (int e = 0; e < 8; ++e) a = fmaf(qf[g * D + part * 8 + e], kf[e], a);
-#pragma unroll
-                for (int m = LPS / 2; m >= 1; m >>= 1) a += __shfl_xor_sync(0xffffffffu, a, m);
-                if (part == 0 && j < nkeys) s[g][j] = a;
+            for (int g = 0; g < GA; ++g) {
+                const float4* qv = reinterpret_cast<const float4*>(qf + g * D + part * 8);
+                const float4 q0 = qv[0], q1 = qv[1];
+                a[g] = q0.x * kf[0];
+                a[g] = fmaf(q0.y, kf[1], a[g]);
+                a[g] = fmaf(q0.z, kf[2], a[g]);
+                a[g] = fmaf(q0.w, kf[3], a[g]);
+                a[g] = fmaf(q1.x, kf[4], a[g]);
+                a[g] = fmaf(q1.y, kf[5], a[g]);
+                a[g] = fmaf(q1.z, kf[6], a[g]);
+                a[g] = fmaf(q1.w, kf[7], a[g]);
             }
+#pragma unroll
+            for (int m = LPS / 2; m >= 1; m >>= 1)
+#pragma unroll
+                for (int g = 0; g < GA; ++g) a[g] += __shfl_xor_sync(0xffffffffu, a[g], m);
+            if (part == 0 && j < nkeys)
+#pragma unroll
+                for (int g = 0; g < GA; ++g)
+                    if (g < G) s[g][j] = a[g];
         }
         __syncthreads();
     }
@@ -2487,24 +2505,35 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
                 }
             }
         }
-        // sum over the lane groups, one head at a time through red[NSUB][D] (shared float atomics would
-        // spin on compare-and-swap: measured 31-47 us for this kernel at batch 1 with them)
+        // sum over the lane groups: a warp's by shuffles, then the warps' through red[GA][NW][D], every head
+        // at once (a head at a time took two barriers each; shared float atomics would spin on compare-and-swap:
+        // measured 31-47 us for this kernel at batch 1 with them)
 #pragma unroll
-        for (int g = 0; g < GA; ++g) {
-            if (g >= g_lo && g < g_hi) {  // block-uniform
-                float4* dst = reinterpret_cast<float4*>(red + sub * D + part * 8);
-                dst[0] = make_float4(o[g][0], o[g][1], o[g][2], o[g][3]);
-                dst[1] = make_float4(o[g][4], o[g][5], o[g][6], o[g][7]);
-                __syncthreads();
-                if (threadIdx.x < D) {
-                    float t = 0.f;
+        for (int m = 16; m >= LPS; m >>= 1)
 #pragma unroll
-                    for (int u = 0; u < NSUB; ++u) t += red[u * D + threadIdx.x];
-                    acc[g * D + threadIdx.x] = t;
+            for (int g = 0; g < GA; ++g)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) o[g][e] += __shfl_xor_sync(0xffffffffu, o[g][e], m);
+        if ((threadIdx.x & 31) < LPS) {
+            const int w = threadIdx.x >> 5;
+#pragma unroll
+            for (int g = 0; g < GA; ++g) {
+                if (g >= g_lo && g < g_hi) {  // block-uniform
+                    float4* dst = reinterpret_cast<float4*>(red + (g * NW + w) * D + part * 8);
+                    dst[0] = make_float4(o[g][0], o[g][1], o[g][2], o[g][3]);
+                    dst[1] = make_float4(o[g][4], o[g][5], o[g][6], o[g][7]);
                 }
-                __syncthreads();
             }
         }
+        __syncthreads();
+        for (int i = threadIdx.x; i < (g_hi - g_lo) * D; i += blockDim.x) {
+            const int g = g_lo + i / D, dd = i % D;
+            float t = 0.f;
+#pragma unroll
+            for (int w = 0; w < NW; ++w) t += red[(g * NW + w) * D + dd];
+            acc[g * D + dd] = t;
+        }
+        __syncthreads();
     }
     LS_MARK_IF(item0 == 0, ls_trace_band, trace_item, 5);  // the values summed
     // this item's partials, for its own heads only
@@ -2518,16 +2547,20 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
             part_ml[slot * 2 + 1] = any ? sm[g] : 0.f;
         }
     }
-    // the item that completes a head's partials merges that head; release and acquire by thread 0 alone,
-    // ordered for the block by the barriers around it
+    // the item that completes a head's partials merges that head; release and acquire by warp 0's lane g for
+    // head g (the heads' counts in parallel, not one round trip after another), ordered for the block by the
+    // barriers around it
     __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        unsigned int last = 0;
-        for (int g = g_lo; g < g_hi; ++g)
-            if (completes_head(done, bh, g, G, band_items + pick_parts)) last |= 1u << g;
-        if (last) __threadfence();
-        s_last = last;
+    if (threadIdx.x < 32) {
+        const int g = g_lo + (int)threadIdx.x;
+        bool mine = false;
+        if (g < g_hi) {
+            __threadfence();
+            mine = completes_head(done, bh, g, G, band_items + pick_parts);
+            if (mine) __threadfence();
+        }
+        const unsigned int last = __ballot_sync(0xffffffffu, mine) << g_lo;
+        if (threadIdx.x == 0) s_last = last;
     }
     __syncthreads();
     LS_GMARK_IF(item0 == 0, ls_trace_band, trace_item, 1);

@@ -123,7 +123,7 @@ def main() -> None:
         bench_fused.WINDOW = a.window  # shape_for and Data read it at call time
     mod, defines = use_build(a.defines, a.trace, a.source)
     bw = copy_bandwidth(cp)
-    out: dict = {"provenance": provenance(), "copy": bw, "defines": defines, "points": []}
+    out: dict = {"provenance": provenance(), "copy": bw, "defines": defines, "source": a.source, "points": []}
     bw_bps = bw["bandwidth_bytes_per_s"]
     print(f"copy bandwidth {bw_bps / 1e12:.2f} TB/s", flush=True)
     probe = fused.FusedLongSight(shape_for(1, 131072, 0.05), method="popc", config=fused.Config(layer=True))
