@@ -2365,7 +2365,7 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
     [[maybe_unused]] const int trace_item = (int)(blockIdx.y * gridDim.x + blockIdx.x);
     LS_GMARK_IF(item0 == 0, ls_trace_band, trace_item, 0);
     LS_MARK_IF(item0 == 0, ls_trace_band, trace_item, 2);
-    __shared__ float qf[LS_MAX_GA * D];
+    __shared__ __align__(16) float qf[LS_MAX_GA * D];  // read as float4 by the band's scores
     __shared__ float s[LS_MAX_GA][CHUNK];
     __shared__ float acc[LS_MAX_GA * D];
     __shared__ float mx[LS_MAX_GA], sm[LS_MAX_GA];
