@@ -461,8 +461,9 @@ class FusedLongSight:
             True: mod.get_function(f"ls_topk_sample_d{d}"),
             False: mod.get_function("ls_topk_sample_select"),
         }
-        self.f_topk_spread = {v: mod.get_function(f"ls_topk_sample_{v}_d{d}") for v in SPREAD_CTAS}
-        self.f_topk_spread |= {v: mod.get_function(f"ls_topk_{v}_d{d}") for v in FAN_CTAS}
+        # the top-ks of several blocks a (row, head), folded: the spread (sample) and fan kernels
+        self.f_topk_multi = {v: mod.get_function(f"ls_topk_sample_{v}_d{d}") for v in SPREAD_CTAS}
+        self.f_topk_multi |= {v: mod.get_function(f"ls_topk_{v}_d{d}") for v in FAN_CTAS}
         self.candidates = TOPK_CANDIDATES  # may be lowered (tests reach the sampling and fallback paths)
         self.f_layer = mod.get_function(f"ls_layer_d{d}")
         # its block size is its launch bound (LAYER_THREADS in kernels/ls_layer.cuh)
@@ -477,7 +478,7 @@ class FusedLongSight:
                 f.max_dynamic_shared_size_bytes = 4 * (self.smem_keys_cluster if cluster else self.smem_keys)
             for f in (
                 *self.f_topk_sample.values(),
-                *self.f_topk_spread.values(),
+                *self.f_topk_multi.values(),
             ):  # 74 KiB with the static part
                 f.max_dynamic_shared_size_bytes = 8 * TOPK_CANDIDATES
         except Exception:
@@ -486,7 +487,7 @@ class FusedLongSight:
         s = shape
         chunk = min(ATTN_CHUNKS)
         items = s.band_items(chunk) + s.group * max(
-            -(-s.k // chunk), TOPK_CTAS, *FAN_CTAS.values()
+            -(-s.k // chunk), TOPK_CTAS, *MULTI_BLOCK_CTAS.values()
         )  # the most any uses
         self.tally = cp.zeros(s.rows, dtype=cp.uint32)  # survivors so far; zero at rest (merge_head)
         self.count = cp.zeros(s.rows, dtype=cp.uint32)  # the last run's survivors per row
@@ -574,11 +575,10 @@ class FusedLongSight:
         grid_sel = (-(-(lead + s.region) // self.block_keys), s.rows)
         band_items = s.band_items(c.chunk)
         cluster = c.topk == "cluster"
-        spread = (
-            MULTI_BLOCK_CTAS.get(c.topk, 0) if c.fold else 0
-        )  # apart, the spread and fan kernels are sample's launches
+        # blocks a (row, head) of a multi-block top-k (apart, the spread and fan kernels are sample's launches)
+        multi = MULTI_BLOCK_CTAS.get(c.topk, 0) if c.fold else 0
         # pick partials per head: one per top-k block when folded, else one per chunk of picks
-        pick_parts = (TOPK_CTAS if cluster else spread or 1) if c.fold else -(-s.k // c.chunk)
+        pick_parts = (TOPK_CTAS if cluster else multi or 1) if c.fold else -(-s.k // c.chunk)
         items = band_items + s.group * pick_parts
         f_attn = self.f_attn[c.chunk]
 
@@ -628,8 +628,8 @@ class FusedLongSight:
                 if not 1 <= self.candidates <= TOPK_CANDIDATES:
                     raise CemsimError(f"candidates must be 1..{TOPK_CANDIDATES}, got {self.candidates}")
                 launch_dependent(
-                    self.f_topk_spread[c.topk] if spread else self.f_topk_sample[c.fold],
-                    (s.rows * s.group * (spread or 1),),
+                    self.f_topk_multi[c.topk] if multi else self.f_topk_sample[c.fold],
+                    (s.rows * s.group * (multi or 1),),
                     (TOPK_THREADS,),
                     (self.tally, self.idx, self.scores, i32(s.group), i32(s.cap), i32(s.k), i32(self.candidates),
                      self.pick_pos, self.pick_score, self.pick_count, vals, i64(s.ctx), i32(items),
