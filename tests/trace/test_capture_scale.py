@@ -67,29 +67,33 @@ def test_causal_attention_bottom_right_with_gqa():
 @pytest.mark.slow
 @needs_bundled_model
 def test_chunked_prefill_equals_one_shot(lm):
+    """Chunked prefill (as capture runs it) gives the one-shot pass's hidden states, logits and cache. In float64:
+    in float32 two identical one-shot passes in one process differed now and then (layer 0's keys by 6e-4 in
+    about one process in four, while k_proj and RoPE called alone never did: the matmuls' rounding), and the
+    float32 form of this check failed at 1e-4 on it, 5e-3 on the hidden states after 30 layers."""
+    import copy
+
     from transformers import DynamicCache
 
+    model = copy.deepcopy(lm.model).double()
     ids = torch.as_tensor([list(range(1000, 1200))])
+    tol = {"atol": 1e-9, "rtol": 1e-9}
     with torch.inference_mode():
-        one = DynamicCache(config=lm.model.config)
-        h_one = lm.model.model(input_ids=ids, past_key_values=one, use_cache=True).last_hidden_state
-        chunked = DynamicCache(config=lm.model.config)
+        one = DynamicCache(config=model.config)
+        h_one = model.model(input_ids=ids, past_key_values=one, use_cache=True).last_hidden_state
+        chunked = DynamicCache(config=model.config)
         hs = [
-            lm.model.model(
+            model.model(
                 input_ids=ids[:, a : a + 64], past_key_values=chunked, use_cache=True
             ).last_hidden_state
             for a in range(0, ids.shape[1], 64)
         ]
         h_chunk = torch.cat(hs, 1)
-        torch.testing.assert_close(h_chunk, h_one, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(lm.model.lm_head(h_chunk), lm.model.lm_head(h_one), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(h_chunk, h_one, **tol)
+        torch.testing.assert_close(model.lm_head(h_chunk), model.lm_head(h_one), **tol)
         for layer in range(lm.num_layers):
-            torch.testing.assert_close(
-                chunked.layers[layer].keys, one.layers[layer].keys, atol=1e-4, rtol=1e-4
-            )
-            torch.testing.assert_close(
-                chunked.layers[layer].values, one.layers[layer].values, atol=1e-4, rtol=1e-4
-            )
+            torch.testing.assert_close(chunked.layers[layer].keys, one.layers[layer].keys, **tol)
+            torch.testing.assert_close(chunked.layers[layer].values, one.layers[layer].values, **tol)
 
 
 def _spec(model: Path, thresholds: Path, **kw) -> CaptureSpec:
