@@ -2,8 +2,9 @@
 to the fused GPU LongSight pipeline measured per layer on an H200 (issue 18), and check them on points they
 were not fitted to.
 
-Measurement: ``h200-sparse-layer-v6-2026-12-03.json`` here, written by ``benchmarks/gpu/bench_fused.py
---graph-layers 8`` on the lent H200 (issue 18's sixth version of the kernels: the fifth's with the fan top-k,
+Measurement: ``h200-sparse-layer-v7-2026-12-03.json`` here, written by ``benchmarks/gpu/bench_fused.py
+--graph-layers 8`` on the lent H200 (issue 18's seventh version of the kernels: the sixth's with the band's
+query heads scored as independent chains and summed through one reduction; the sixth had the fan top-k,
 two blocks a head selecting the same picks from linear bins and attending over half of them each; the fifth
 had the top-k block issue its picks' value rows before their weights and merge its head at once when every
 other partial is in; the fourth added the spread top-k over a cluster of two, the band beside the top-k and
@@ -11,8 +12,9 @@ ls_select2_r16, the survivors' scores on the tensor cores; each combination time
 point, then timed again as 8 layers in one CUDA graph, as a decode step runs them, which is the time the fit
 uses: :data:`PRESET_MEASURE`): one layer
 of Llama-3-8B geometry (8 KV heads x 4 query heads, D = 128, window 1,024, sinks 16, LongSight's k schedule),
-batch 1 and 8, contexts 4K-1M, survival targets 1-10 % on random signs plus exactly 5 % planted. The fifth
-version's measurement is ``h200-sparse-layer-v5-2026-12-03.json`` (:data:`PREVIOUS`; measured again with
+batch 1 and 8, contexts 4K-1M, survival targets 1-10 % on random signs plus exactly 5 % planted. The sixth
+version's measurement is ``h200-sparse-layer-v6-2026-12-03.json`` (:data:`PREVIOUS`), the fifth's
+``h200-sparse-layer-v5-2026-12-03.json`` (measured again with
 graphs of layers in ``h200-sparse-layer-v5-graph8-2026-12-03.json``, :data:`GRAPH8`), the fourth's
 ``h200-sparse-layer-v4-2026-12-03.json``, the third's ``h200-sparse-layer-v3-2026-12-02.json``, the second's
 ``h200-sparse-layer-2026-12-02.json``; the first version's, ``h200-sparse-fused-2026-12-02.json``, keeps the
@@ -48,10 +50,11 @@ from cemsim.paths import repo_root
 from cemsim.sim import prepare, simulate
 from cemsim.trace.synthetic import synthetic_header
 
-FUSED = CALIBRATION_DIR / "h200-sparse-layer-v6-2026-12-03.json"
-PREVIOUS = CALIBRATION_DIR / "h200-sparse-layer-v5-2026-12-03.json"  # the fifth version of the kernels
+FUSED = CALIBRATION_DIR / "h200-sparse-layer-v7-2026-12-03.json"
+PREVIOUS = CALIBRATION_DIR / "h200-sparse-layer-v6-2026-12-03.json"  # the sixth version of the kernels
 # the fifth version's kernels measured again, each point's chosen kernels also as 8 layers in one CUDA graph
 GRAPH8 = CALIBRATION_DIR / "h200-sparse-layer-v5-graph8-2026-12-03.json"
+V5 = CALIBRATION_DIR / "h200-sparse-layer-v5-2026-12-03.json"  # the fifth version, one graph a layer only
 # what a point's measured time is: one graph a layer replayed back to back, or per layer of a graph of several
 # layers (a decode step's graph, which pays one graph launch for all of them: what the preset's fit uses, since
 # the simulator's step is one such graph)
@@ -260,7 +263,7 @@ def layer_table(
 
     v1, vp = times(first), times(previous)
     out = [
-        "| batch | context | survivors | today's pipeline (us) | first version (us) | fifth version (us) "
+        "| batch | context | survivors | today's pipeline (us) | first version (us) | sixth version (us) "
         "| fused (us) | speed-up | fused / floor | in a graph of layers (us) | floor (us) | in a graph / floor |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -411,7 +414,7 @@ def graph_table(path=GRAPH8) -> str:
     return "\n".join(out)
 
 
-def repeat_summary(path=GRAPH8, previous=PREVIOUS) -> str:
+def repeat_summary(path=GRAPH8, previous=V5) -> str:
     """One sentence: the same kernels measured twice (one graph a layer), point by point."""
     old = {(r["users"], r["context"], r["survival_target"], r["planted"]): r for r in _layers(previous)}
     rel, same = [], 0

@@ -1,7 +1,8 @@
-"""choose_config against the measurement it was read from (cemsim/calibration/h200-sparse-layer-v6-2026-12-03.json:
+"""choose_config against the measurement it was read from (cemsim/calibration/h200-sparse-layer-v7-2026-12-03.json:
 every point's whole-layer time for each combination of kernels, back to back on the H200): replayed here, the
-rule must stay as close to each point's fastest combination as its docstring says (2.1 % on average, 13.1 % at
-worst). A change to the rule, or a new measurement, that does worse fails."""
+rule must stay as close to each point's fastest combination as its docstring says (2.3 % on average, 14.7 % at
+worst; 1.7 % / 12.8 % on the sixth version's measurement, which the rule was not read from alone). A change to
+the rule, or a new measurement, that does worse fails."""
 
 from __future__ import annotations
 
@@ -12,16 +13,16 @@ import numpy as np
 import pytest
 
 from cemsim.calibration import load_calibration
-from cemsim.calibration.fit_sparse_h200 import FUSED
+from cemsim.calibration.fit_sparse_h200 import FUSED, PREVIOUS
 from cemsim.gpu.fused import Shape, choose_config, config_key, survivor_slots
 
 
-def excess_over_fastest() -> list[float]:
+def excess_over_fastest(path=FUSED) -> list[float]:
     """Per point: the chosen combination's time over the fastest one's, minus 1. The sweep times the fastest
     top-k alone, the sample and the spread ones; where the rule's top-k is none of those (short rows), its
     combination is valued with the point's fastest top-k alone and the rule's other choices."""
     out = []
-    for r in load_calibration(FUSED)["layers"]:
+    for r in load_calibration(path)["layers"]:
         region = r["context"] - r["window"] - r["sinks"]
         shape = Shape(r["users"], r["kv_heads"], r["group"], r["head_dim"], r["context"], r["window"], r["sinks"],
                       r["k"], cap=survivor_slots(region, r["survival_target"]))  # fmt: skip
@@ -38,8 +39,13 @@ def excess_over_fastest() -> list[float]:
 def test_choose_config_is_near_each_measured_points_fastest() -> None:
     excess = np.array(excess_over_fastest())
     assert len(excess) == 60
-    assert excess.mean() == pytest.approx(0.021, abs=0.002)  # as choose_config's docstring states
-    assert excess.max() == pytest.approx(0.131, abs=0.002)
+    assert excess.mean() == pytest.approx(0.023, abs=0.002)  # as choose_config's docstring states
+    assert excess.max() == pytest.approx(0.147, abs=0.002)
+    # and on the previous run of the kernels (v6: the same rule, the band beside the select below 8K slots
+    # being the rule's only change since, was read from it at 2.1 % / 13.1 %)
+    before = np.array(excess_over_fastest(PREVIOUS))
+    assert before.mean() == pytest.approx(0.017, abs=0.002)
+    assert before.max() == pytest.approx(0.128, abs=0.002)
 
 
 def test_the_replay_can_tell_a_worse_rule(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,13 +57,13 @@ def test_the_replay_can_tell_a_worse_rule(monkeypatch: pytest.MonkeyPatch) -> No
         return dataclasses.replace(rule(shape), rows=4 if shape.cap >= 32768 else 0)
 
     monkeypatch.setattr(sys.modules[__name__], "choose_config", before)
-    # 12.6 % / 44.8 % on v6 (v5: 12.0 % / 44.8 %, v4: 12.8 % / 44.3 %; docs/gpu-kernels.md)
+    # 13.1 % / 43.2 % on v7 (v6: 12.6 % / 44.8 % with the rule then, v5: 12.0 % / 44.8 %, v4: 12.8 % / 44.3 %)
     assert np.mean(excess_over_fastest()) > 0.10
 
 
 def test_fan2_where_the_rule_takes_it_is_measurably_better(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same rule with the sample top-k where it takes fan2 (batch 1, k = 1,024, rows the linear bins take):
-    2.5 % / 16.0 % on the same data against 2.1 % / 13.1 %."""
+    2.8 % / 14.7 % on the same data against 2.3 % / 14.7 % (v6: 2.2 % / 12.8 % against 1.7 % / 12.8 %)."""
     rule = choose_config
     fanned = 0
 
@@ -70,5 +76,5 @@ def test_fan2_where_the_rule_takes_it_is_measurably_better(monkeypatch: pytest.M
     monkeypatch.setattr(sys.modules[__name__], "choose_config", without_fan)
     excess = np.array(excess_over_fastest())
     assert fanned == 5  # batch 1: 128K at 1, 2, 5 % and planted 5 %, 512K at 1 %
-    assert excess.mean() == pytest.approx(0.025, abs=0.002)
-    assert excess.max() == pytest.approx(0.160, abs=0.002)
+    assert excess.mean() == pytest.approx(0.028, abs=0.002)
+    assert excess.max() == pytest.approx(0.147, abs=0.002)

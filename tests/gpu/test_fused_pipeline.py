@@ -483,12 +483,12 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
 
 
 def test_choose_config_follows_the_h200_measurement() -> None:
-    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v6-2026-12-03.json): ls_select2
+    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v7-2026-12-03.json): ls_select2
     with its survivors' scores on the tensor cores where rows hold slots for ~3 % survival, else ls_select; the
     sample top-k once rows can hold 8K survivors, else the single-block one; at batch 1 with k = 1,024 fan2 on
     rows whose expected survivors fit its linear bins; the picks' attention folded; programmatic launch from 4K
     slots; chunk 64; from 32K slots spreadc where its clusters of two fit on the GPU at once (gpuattn2 run 8,
-    batch 1); the band beside the top-k at batch 1 from 8K slots."""
+    batch 1); the band beside the top-k at batch 1 from 4K slots, with the programmatic launch."""
     from cemsim.gpu.fused import choose_config
 
     long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)  # bench_fused's rows at 5 %
@@ -510,8 +510,10 @@ def test_choose_config_follows_the_h200_measurement() -> None:
     assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=19107)).topk == "sample"
     assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 256, cap=10500)).topk == "sample"
     assert choose_config(Shape(8, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)).topk == "sample"
-    short1 = Shape(1, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)  # the band stays beside the select
-    assert choose_config(short1) == Config("fused", "atomic", 64, True, 16, True)
+    short1 = Shape(1, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)  # the band beside the top-k from 4K slots
+    assert choose_config(short1) == Config("fused", "atomic", 64, True, 16, True, band_late=True)
+    below = Shape(1, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246)  # no programmatic launch: the band beside the select
+    assert choose_config(below) == Config("fused", "atomic", 64, True, 16, False)
     short8 = Shape(8, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)
     assert choose_config(short8) == Config("fused", "atomic", 64, True, 16, True)
     tiny8 = Shape(8, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246)
