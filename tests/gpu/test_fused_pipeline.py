@@ -512,9 +512,8 @@ def test_choose_config_follows_the_h200_measurement() -> None:
     assert choose_config(Shape(8, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)).topk == "sample"
     short1 = Shape(1, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)  # the band beside the top-k from 4K slots
     assert choose_config(short1) == Config("fused", "atomic", 64, True, 16, True, band_late=True)
-    below = Shape(
-        1, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246
-    )  # no programmatic launch: the band beside the select
+    # below 4K slots no programmatic launch, so the band stays beside the select
+    below = Shape(1, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246)
     assert choose_config(below) == Config("fused", "atomic", 64, True, 16, False)
     short8 = Shape(8, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)
     assert choose_config(short8) == Config("fused", "atomic", 64, True, 16, True)
