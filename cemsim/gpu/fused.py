@@ -384,35 +384,35 @@ MMA_SELECT_SURVIVAL = 0.03
 
 
 def choose_config(shape: Shape) -> Config:
-    """The kernels measured fastest for shapes like this one on the H200 (cemsim/calibration/
-    h200-sparse-layer-v7-2026-12-03.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule is 2.3 % off each
-    point's fastest combination on average, 14.7 % at worst, batch 1 at 8K planted 5 %, where fan2 with the band
-    beside it was fastest at k = 256 (21.4 against 24.6 us; on v6 it took 31.5 there, so the rule does not follow
-    one run); without fan2 the same rule is 2.8 % / 14.7 %, the rule before the MMA select 13.1 % / 43.2 %; on the
-    sixth version's measurement, v6, this rule is 1.7 % / 12.8 % and the rule then (the band beside the top-k from
-    8K slots) 2.1 % / 13.1 %; on v5 the rule then was 1.7 % / 10.9 %, on v4 2.3 % / 11.3 %). fan2 (two blocks a
-    head selecting the same picks from linear bins, each attending over half) at batch 1 where k >= FAN_MIN_K and the rows' expected survivors
-    fit the linear bins (LINBIN_MAX_SURVIVORS): 38.3 against 40.6 us at 128K planted 5 %, 35.5 against 38.0 at
-    the 5 % target, 58.4 against 61.4 at 512K and 1 %; at k = 256 (32K) it lost by 0.6-1.7 us, past 8K
-    survivors a row (128K at 10 %) by 1.1 (its block 0 then runs the sample top-k alone). ls_select2 with
-    its survivors' scores on the tensor cores (rows 16) from ~3 % survival (MMA_SELECT_SURVIVAL): fastest at every
-    point from 3 % and at the planted 5 % ones (side by side, batch 1, planted 5 %: 41.9 against the previous
-    rule's 47.6 us at 128K, 78.4 against 93.7 at 512K, 124.1 against 153.7 at 1M;
-    benchmarks/gpu/results/h200-select-mma-lead3-2026-12-03.json);
-    below, ls_select (its blocks have 20-40 survivors, which leave the MMA tiles' warps idle). The sample top-k
-    once rows can hold 8K survivors (its selection alone: 13.6 against the cluster's 23.9 and the single block's
-    29.4 us at 512K, batch 1, planted 5 %, v3), its picks' attention folded in; the top-k launched
-    programmatically from 4K slots (on short rows at batch 8 it cost 1.5-2.5 us); chunk 64. From 32K slots,
-    where every (row, query head) cluster of two fits on the GPU at once, spreadc (the sample top-k's candidate
-    pass and picks' attention over a cluster of 2): 94.9 against 98.1 us at 512K and 153.8 against 158.0 at 1M,
-    batch 1, planted 5 % (benchmarks/gpu/results/h200-layer-gpuattn2-run8-2026-12-02.json; measured at batch 1
-    only). The band's attention beside the top-k rather than the select (band_late) where the top-k leaves most
-    SMs idle and is launched programmatically (4K slots): -2.0 us at 128K and -2.5 at 1M, batch 1,
-    planted 5 %; +4 us at 4K and +10-14 us at batch 8 from 32K, where it is off
-    (benchmarks/gpu/results/h200-band-late-lead2-2026-12-02.json); with the seventh version's band, at 32K batch
-    1 on the rule's other kernels -1.2 / -2.8 / -2.0 us at the 5 %, 10 % and planted 5 % points (v7; v6: +1.4,
-    -2.3, -1.8) and -2.1 at 128K and 2 % (v6: -2.6), so from 4K slots rather than 8K; side by side at 32K, planted
-    5 %, 25.7 against 27.6 us (benchmarks/gpu/results/h200-v7-refit-lead10-2026-12-03.json)."""
+    """The kernels measured fastest for shapes like this one on the H200
+    (cemsim/calibration/h200-sparse-layer-v7-2026-12-03.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule
+    is 2.3 % off each point's fastest combination on average, 14.7 % at worst, batch 1 at 8K planted 5 %, where fan2
+    with the band beside it was fastest at k = 256 (21.4 against 24.6 us; on v6 it took 31.5 there, so the rule does
+    not follow one run); without fan2 the same rule is 2.8 % / 14.7 %, the rule before the MMA select 13.1 % /
+    43.2 %; on the sixth version's measurement, v6, this rule is 1.7 % / 12.8 % and the rule then (the band beside
+    the top-k from 8K slots) 2.1 % / 13.1 %; on v5 the rule then was 1.7 % / 10.9 %, on v4 2.3 % / 11.3 %). fan2
+    (two blocks a head selecting the same picks from linear bins, each attending over half) at batch 1 where k >=
+    FAN_MIN_K and the rows' expected survivors fit the linear bins (LINBIN_MAX_SURVIVORS): 38.3 against 40.6 us at
+    128K planted 5 %, 35.5 against 38.0 at the 5 % target, 58.4 against 61.4 at 512K and 1 %; at k = 256 (32K) it
+    lost by 0.6-1.7 us, past 8K survivors a row (128K at 10 %) by 1.1 (its block 0 then runs the sample top-k
+    alone). ls_select2 with its survivors' scores on the tensor cores (rows 16) from ~3 % survival
+    (MMA_SELECT_SURVIVAL): fastest at every point from 3 % and at the planted 5 % ones (side by side, batch 1,
+    planted 5 %: 41.9 against the previous rule's 47.6 us at 128K, 78.4 against 93.7 at 512K, 124.1 against 153.7 at
+    1M; benchmarks/gpu/results/h200-select-mma-lead3-2026-12-03.json); below, ls_select (its blocks have 20-40
+    survivors, which leave the MMA tiles' warps idle). The sample top-k once rows can hold 8K survivors (its
+    selection alone: 13.6 against the cluster's 23.9 and the single block's 29.4 us at 512K, batch 1, planted 5 %,
+    v3), its picks' attention folded in; the top-k launched programmatically from 4K slots (on short rows at batch 8
+    it cost 1.5-2.5 us); chunk 64. From 32K slots, where every (row, query head) cluster of two fits on the GPU at
+    once, spreadc (the sample top-k's candidate pass and picks' attention over a cluster of 2): 94.9 against 98.1 us
+    at 512K and 153.8 against 158.0 at 1M, batch 1, planted 5 %
+    (benchmarks/gpu/results/h200-layer-gpuattn2-run8-2026-12-02.json; measured at batch 1 only). The band's
+    attention beside the top-k rather than the select (band_late) where the top-k leaves most SMs idle and is
+    launched programmatically (4K slots): -2.0 us at 128K and -2.5 at 1M, batch 1, planted 5 %; +4 us at 4K and
+    +10-14 us at batch 8 from 32K, where it is off (benchmarks/gpu/results/h200-band-late-lead2-2026-12-02.json);
+    with the seventh version's band, at 32K batch 1 on the rule's other kernels -1.2 / -2.8 / -2.0 us at the 5 %,
+    10 % and planted 5 % points (v7; v6: +1.4, -2.3, -1.8) and -2.1 at 128K and 2 % (v6: -2.6), so from 4K slots
+    rather than 8K; side by side at 32K, planted 5 %, 25.7 against 27.6 us
+    (benchmarks/gpu/results/h200-v7-refit-lead10-2026-12-03.json)."""
     long_rows = shape.cap >= 32768
     few_heads = shape.rows * shape.group <= SPREAD_MAX_CLUSTERS  # the top-k leaves most SMs idle (batch 1)
     spread = long_rows and few_heads
