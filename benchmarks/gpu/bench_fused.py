@@ -75,15 +75,16 @@ def _running_script() -> str:
 
 
 def use_build(
-    defines: str, trace: bool = False, source: str | None = None
+    defines: str, trace: bool = False, source: str | None = None, lineinfo: bool = False
 ) -> tuple[object | None, list[str]]:
     """The pipeline's kernels from a variant build (``defines``: comma list of NAME=VALUE; ``trace``: LS_TRACE;
-    ``source``: another copy of kernels/longsight_fused.cu), installed as cemsim.gpu.fused's module for every
-    FusedLongSight made after; (None, []) when nothing is asked, the shipped build then."""
+    ``source``: another copy of kernels/longsight_fused.cu; ``lineinfo``: with line tables, for Nsight Compute),
+    installed as cemsim.gpu.fused's module for every FusedLongSight made after; (None, []) when nothing is asked,
+    the shipped build then."""
     names = [d for d in defines.split(",") if d] + (["LS_TRACE"] if trace else [])
-    if not names and not source:
+    if not names and not source and not lineinfo:
         return None, []
-    mod = fused.build_module(*names, source=Path(source) if source else None)
+    mod = fused.build_module(*names, source=Path(source) if source else None, lineinfo=lineinfo)
     fused._module = lambda: mod
     return mod, names
 

@@ -109,12 +109,17 @@ def main() -> None:
     ap.add_argument(
         "--defines", default="", help="comma list of NAME=VALUE for the kernels' build (LS_KPT, ...)"
     )
+    ap.add_argument(
+        "--lineinfo",
+        action="store_true",
+        help="build with line tables (Nsight Compute's source page by line)",
+    )
     ap.add_argument("--out")
     a = ap.parse_args()
     import cupy as cp
     import torch
 
-    mod, _ = use_build(a.defines, a.trace)  # the traced / variant build, when asked
+    mod, _ = use_build(a.defines, a.trace, lineinfo=a.lineinfo)  # the traced / variant build, when asked
     results = []
     for ctx in (int(c) for c in a.ctx.split(",")):
         s = shape_for(a.users, ctx, 0.05)

@@ -223,7 +223,18 @@ class Shape:
         )
 
 
-def build_module(*defines: str, source: Path | None = None) -> Any:
+def build_options(*defines: str, lineinfo: bool = False) -> tuple[str, ...]:
+    """NVRTC's options for :func:`build_module`; ``lineinfo`` adds line tables (no change to the code generated)
+    so that Nsight Compute's source page puts its samples on lines of kernels/*.cu."""
+    return (
+        "-std=c++17",
+        f"-I{KERNEL_DIR}",
+        *(f"-D{d}" for d in defines),
+        *(("-lineinfo",) if lineinfo else ()),
+    )
+
+
+def build_module(*defines: str, source: Path | None = None, lineinfo: bool = False) -> Any:
     """kernels/longsight_fused.cu (and what it includes) built by NVRTC, with ``-D`` options ``defines`` (such as
     ``LS_TRACE`` or ``LAYER_KPT=2``): the benchmarks' traced and variant builds, and the pipeline's own;
     ``source``: another copy of it (a benchmark timing an earlier version beside this one)."""
@@ -231,8 +242,7 @@ def build_module(*defines: str, source: Path | None = None) -> Any:
     if cp is None:
         raise CemsimError("the fused GPU pipeline needs CuPy and a CUDA device")
     return cp.RawModule(
-        code=(source or SOURCE).read_text(),
-        options=("-std=c++17", f"-I{KERNEL_DIR}", *(f"-D{d}" for d in defines)),
+        code=(source or SOURCE).read_text(), options=build_options(*defines, lineinfo=lineinfo)
     )
 
 

@@ -521,6 +521,29 @@ def test_choose_config_follows_the_h200_measurement() -> None:
     assert choose_config(tiny8) == Config("fused", "atomic", 64, True, 16, False)
 
 
+def test_build_options_add_line_tables_only_when_asked() -> None:
+    """The shipped build's NVRTC options are what they were before ``lineinfo`` existed (so its cubin is the one
+    measured); ``lineinfo`` (profile_layer.py --lineinfo, for Nsight Compute's source page) only appends
+    -lineinfo, which leaves the code alone: nvcc's PTX for kernels/longsight_fused.cu differs only in its line
+    tables and ptxas reports the same registers, stack and shared memory for all 74 entries (lead session 10)."""
+    from cemsim.gpu.fused import build_options
+    from cemsim.kernels import KERNEL_DIR
+
+    assert build_options() == ("-std=c++17", f"-I{KERNEL_DIR}")
+    assert build_options("LS_TRACE", "LAYER_KPT=2") == (
+        "-std=c++17",
+        f"-I{KERNEL_DIR}",
+        "-DLS_TRACE",
+        "-DLAYER_KPT=2",
+    )
+    assert build_options("LS_TRACE", lineinfo=True) == (
+        "-std=c++17",
+        f"-I{KERNEL_DIR}",
+        "-DLS_TRACE",
+        "-lineinfo",
+    )
+
+
 def test_layer_shared_memory_words_by_hand() -> None:
     """ls_layer's dynamic shared memory (kernels/ls_layer.cuh LayerSmem), counted by hand for G = 4, D = 128, a
     band share of 87 keys, k = 1,024 and 1,000 list entries: query 512 + band scores 348 + histograms 8,192 +
