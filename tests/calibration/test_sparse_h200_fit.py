@@ -1,6 +1,6 @@
 """The fused GPU LongSight pipeline measured on an H200 (cemsim/calibration/h200-sparse-layer-v7-2026-12-03.json;
-the sixth version's is h200-sparse-layer-v6-2026-12-03.json, the fifth's h200-sparse-layer-v5-2026-12-03.json, and the first version's file,
-h200-sparse-fused-2026-12-02.json, keeps its filter table), replayed on the CPU: the
+the sixth version's is h200-sparse-layer-v6-2026-12-03.json, the fifth's h200-sparse-layer-v5-2026-12-03.json,
+and the first version's file, h200-sparse-fused-2026-12-02.json, keeps its filter table), replayed on the CPU: the
 file is complete and checked, the fit reproduces h200-sparse-hbm's constants, its held-out error is the one
 docs/gpu-kernels.md states, and h100-sparse-hbm's derived constants follow their stated rule. The device run
 itself is benchmarks/gpu/bench_fused.py (issue 18)."""
@@ -104,8 +104,9 @@ def test_held_out_error_is_what_the_docs_state(fitted) -> None:
     assert len(held) == 30
     # as computed and written in docs/gpu-kernels.md: 9.1 % mean, 34.3 % worst (batch 8 at 128K, planted 5 %),
     # fitted on the times in a graph of 8 layers; on the sixth version's, the same way, 9.3 % / 34.3 %; on the
-    # fifth version's measurement, one graph a layer, the same model gave 9.6 % / 37.1 %, on the fourth's 8.9 % / 35.2 %, on the third's 9.6 % / 38.7 %, on the
-    # second's 10.2 % / 30.4 %, on the first 9.9 % / 17.9 %, a two-constant one 18.4 % / 39.4 %
+    # fifth version's measurement, one graph a layer, the same model gave 9.6 % / 37.1 %, on the fourth's 8.9 % /
+    # 35.2 %, on the third's 9.6 % / 38.7 %, on the second's 10.2 % / 30.4 %, on the first 9.9 % / 17.9 %, a
+    # two-constant one 18.4 % / 39.4 %
     assert fit.PRESET_MEASURE == "in a graph of layers"
     assert held.mean() == pytest.approx(0.091, abs=0.002)
     assert held.max() == pytest.approx(0.343, abs=0.002)
