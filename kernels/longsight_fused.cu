@@ -1472,6 +1472,18 @@ __device__ __forceinline__ unsigned int ld_cluster(const unsigned int* p, unsign
 #endif
 }
 
+// stores v into the 32-bit word of block ``rank``'s shared memory at the address ``p`` has in this block
+__device__ __forceinline__ void st_cluster(void* p, unsigned int v, unsigned int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned int local, remote;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(local) : "l"(p));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(remote), "r"(v) : "memory");
+#else
+    *static_cast<unsigned int*>(p) = v;
+#endif
+}
+
 __device__ __forceinline__ void cluster_arrive() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
@@ -1615,29 +1627,53 @@ __device__ __forceinline__ u32 sample_threshold(u32 mine, int r) {
 #define LS_TOPK_LINBIN_BIN 512
 #endif
 #define LB_HC 8  // histogram copies (warp w adds to copy w % LB_HC)
-// Thread t's J scores (list items j x 1,024 + t, up to lim) as order-preserving images, and their list positions:
-// loaded before the survivor count is known (items past n read stale slots of the lists, below cap, and are
-// masked once n is in), so the count, the scores and the positions cost one round trip.
-template <int J>
+// Thread t's J scores (list items j x 1,024 + t, up to lim; PAIR: items (2 j + r) x 1,024 + t in block r of a
+// cluster of two, every other chunk of 1,024, so the two hold about as many whatever the count) as order-preserving
+// images, and their list positions: loaded before the survivor count is known (items past n read stale slots of
+// the lists, below cap, and are masked once n is in), so the count, the scores and the positions cost one round
+// trip.
+template <bool PAIR = false>
+__device__ __forceinline__ int linbin_item(int j, unsigned int rank) {
+    return (PAIR ? 2 * j + (int)rank : j) * TOPK_THREADS + (int)threadIdx.x;
+}
+
+template <int J, bool PAIR = false>
 __device__ __forceinline__ void linbin_load(const float* __restrict__ sc, const int* __restrict__ ix, int lim,
                                             u32 (&img)[J], int (&pos)[J]) {
+    const unsigned int rank = PAIR ? cluster_rank() : 0u;
 #pragma unroll
     for (int j = 0; j < J; ++j) {
-        const int i = j * TOPK_THREADS + threadIdx.x;
+        const int i = linbin_item<PAIR>(j, rank);
         img[j] = i < lim ? order_key(__ldg(sc + i)) : 0u;
         pos[j] = i < lim ? __ldg(ix + i) : 0;
     }
 }
 
-template <bool ATTEND, int J = LS_TOPK_LINBIN_J>
+// PAIR: the same selection split over a cluster of two (fan2s), each block holding half the row (linbin_load's
+// PAIR items), both ending with every pick in pk_pos / pk_sc. The caller arrived at a cluster barrier at its
+// start and waited on it before the call (the peer is running, so its shared memory can be written). Three
+// cluster barriers, each block pushing its part into the other's shared memory before it: 1. the warps' ranges;
+// 2. each block's histogram totals (both then find the same bin B, and block 1 its slots' offsets: block 0's
+// picks above B and scores in B); 3. the picks above B and B's scores, so both rank B's the same way. Every
+// decision to return false is taken on the exchanged values, the same in both blocks, and no block writes the
+// other's shared memory after the third barrier.
+template <bool ATTEND, int J = LS_TOPK_LINBIN_J, bool PAIR = false>
 __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos)[J], int n, int k,
                                             int cand, int* __restrict__ out_pos, float* __restrict__ out_score,
                                             int* pk_pos, float* pk_sc, unsigned int (&hist)[TOPK_WARPS][256],
                                             unsigned int* total, u32& s_prefix, u32& s_mask, u32& s_need,
                                             u32& s_done, unsigned int& s_above, unsigned int& s_ties, u32* wmax,
                                             u32* wmin, float& pmax, [[maybe_unused]] int trow) {
+    static_assert(ATTEND || !PAIR, "the pair's blocks attend over the picks they exchange");
     extern __shared__ u32 cbuf[];  // B's images, then their positions
+    // PAIR: block r's warps' maxima at [64 r, 64 r + 32) and minima after them; block r's histogram totals at
+    // [256 r, 256 r + 256); block 0's picks above B
+    __shared__ u32 xr[PAIR ? 4 * TOPK_WARPS : 1];
+    __shared__ unsigned int xh[PAIR ? 2 * 256 : 1];
+    __shared__ unsigned int s_a0;
+    const unsigned int rank = PAIR ? cluster_rank() : 0u, peer = rank ^ 1u;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    auto live = [&](int j) { return linbin_item<PAIR>(j, rank) < n; };
     for (int i = threadIdx.x; i < LB_HC * 256; i += blockDim.x) (&hist[0][0])[i] = 0u;
     if (threadIdx.x == 0) {
         s_above = 0;
@@ -1649,19 +1685,32 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
     u32 mx = 0u, mn = 0xffffffffu;
 #pragma unroll
     for (int j = 0; j < J; ++j)
-        if (j * TOPK_THREADS + (int)threadIdx.x < n) {
+        if (live(j)) {
             mx = max(mx, img[j]);
             mn = min(mn, img[j]);
         }
     mx = warp_extreme<true>(mx);
     mn = warp_extreme<false>(mn);
-    if (lane == 0) {
-        wmax[warp] = mx;
-        wmin[warp] = mn;
+    if constexpr (PAIR) {
+        if (lane == 0) {
+            u32* w = xr + 2 * TOPK_WARPS * rank + warp;
+            w[0] = mx;
+            w[TOPK_WARPS] = mn;
+            st_cluster(w, mx, peer);
+            st_cluster(w + TOPK_WARPS, mn, peer);
+        }
+        cluster_sync_all();  // both blocks' ranges in both (and the histograms zeroed, s_* set)
+        mx = warp_extreme<true>(max(xr[lane], xr[2 * TOPK_WARPS + lane]));
+        mn = warp_extreme<false>(min(xr[TOPK_WARPS + lane], xr[3 * TOPK_WARPS + lane]));
+    } else {
+        if (lane == 0) {
+            wmax[warp] = mx;
+            wmin[warp] = mn;
+        }
+        __syncthreads();  // also: the histograms zeroed, s_above / s_ties set
+        mx = warp_extreme<true>(wmax[lane]);
+        mn = warp_extreme<false>(wmin[lane]);
     }
-    __syncthreads();  // also: the histograms zeroed, s_above / s_ties set
-    mx = warp_extreme<true>(wmax[lane]);
-    mn = warp_extreme<false>(wmin[lane]);
     const float hi = image_value(mx), lo = image_value(mn);
     const float scale = 256.f / (hi - lo);
     if (!(mx > mn) || !(scale > 0.f) || !isfinite(scale)) return false;  // block-uniform
@@ -1670,13 +1719,45 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
     auto bin = [&](u32 key) { return min(255, (int)((image_value(key) - lo) * scale)); };
 #pragma unroll
     for (int j = 0; j < J; ++j)
-        if (j * TOPK_THREADS + (int)threadIdx.x < n) atomicAdd(&hist[warp % LB_HC][bin(img[j])], 1u);
+        if (live(j)) atomicAdd(&hist[warp % LB_HC][bin(img[j])], 1u);
     __syncthreads();
-    radix_step<LB_HC>(hist, total, warp, lane, 0, 0u, 0u, s_prefix, s_mask, s_need, s_done);
+    if constexpr (PAIR) {
+        if (threadIdx.x < 256) {
+            unsigned int t = 0;
+#pragma unroll
+            for (int w = 0; w < LB_HC; ++w) t += hist[w][threadIdx.x];
+            xh[256 * rank + threadIdx.x] = t;
+            st_cluster(xh + 256 * rank + threadIdx.x, t, peer);
+        }
+        cluster_sync_all();  // both blocks' totals in both
+        if (warp == 0) {
+            unsigned int h[8], mine = 0;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                h[e] = xh[255 - 8 * lane - e] + xh[256 + 255 - 8 * lane - e];
+                mine += h[e];
+            }
+            narrow_to_bin(h, mine, lane, 0, 0u, 0u, s_prefix, s_mask, s_need, s_done);
+            __syncwarp();
+            const int b0 = (int)s_prefix;
+            const bool w0 = s_done != 0u;
+            unsigned int a0 = 0;  // block 0's picks above B (and in B, when every one of B's is a pick)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int b = 255 - 8 * lane - e;
+                a0 += (b > b0 || (w0 && b == b0)) ? xh[b] : 0u;
+            }
+            a0 = __reduce_add_sync(0xffffffffu, a0);
+            if (lane == 0) s_a0 = a0;
+        }
+        __syncthreads();
+    } else {
+        radix_step<LB_HC>(hist, total, warp, lane, 0, 0u, 0u, s_prefix, s_mask, s_need, s_done);
+    }
     const int B = (int)s_prefix;
     const u32 need = s_need;
     const bool whole = s_done != 0u;
-    const unsigned int m = total[B];
+    const unsigned int m = PAIR ? xh[B] + xh[256 + B] : total[B];
     if (!whole && (m > (unsigned int)LS_TOPK_LINBIN_BIN || m > (unsigned int)cand)) return false;  // block-uniform
     LS_MARK(ls_trace_topk, trow, 4);  // the k-th largest's bin
     // 3. the bins above B are picks (and B too when every one of its scores is needed); B's scores into cbuf
@@ -1686,8 +1767,7 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
     unsigned int above_m = 0u, tie_m = 0u;  // bit j: item j is a pick / in B
 #pragma unroll
     for (int j = 0; j < J; ++j) {
-        const int i = j * TOPK_THREADS + threadIdx.x;
-        const int bj = i < n ? bin(img[j]) : -1;  // recomputed: held, the J bins spill
+        const int bj = live(j) ? bin(img[j]) : -1;  // recomputed: held, the J bins spill
         above_m |= (bj > B || (whole && bj == B)) ? 1u << j : 0u;
         tie_m |= (!whole && bj == B) ? 1u << j : 0u;
     }
@@ -1711,6 +1791,10 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
     }
     const unsigned int excl = __shfl_sync(0xffffffffu, wincl - wt, warp) + incl - cnt;
     unsigned int aslot = excl & 0xffffu, tslot = excl >> 16;
+    if (PAIR && rank == 1u) {  // after block 0's
+        aslot += s_a0;
+        tslot += xh[B];
+    }
 #pragma unroll
     for (int j = 0; j < J; ++j) {
         if ((above_m >> j) & 1u) {
@@ -1720,21 +1804,30 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
             if constexpr (ATTEND) {
                 pk_pos[aslot] = pos[j];
                 pk_sc[aslot] = v;
+                if constexpr (PAIR) {
+                    st_cluster(pk_pos + aslot, (u32)pos[j], peer);
+                    st_cluster(pk_sc + aslot, __float_as_uint(v), peer);
+                }
             }
             ++aslot;
         }
         if ((tie_m >> j) & 1u) {
             bimg[tslot] = img[j];
             bpos[tslot] = pos[j];
+            if constexpr (PAIR) {
+                st_cluster(bimg + tslot, img[j], peer);
+                st_cluster(bpos + tslot, (u32)pos[j], peer);
+            }
             ++tslot;
         }
     }
     pmax = hi;  // the largest score is always a pick
+    if constexpr (PAIR) cluster_sync_all();  // both blocks' picks above B and B's scores in both
     if (!whole) {
-        __syncthreads();  // B's scores in shared memory
+        if constexpr (!PAIR) __syncthreads();  // B's scores in shared memory
         LS_MARK(ls_trace_topk, trow, 5);  // the picks above B out
         // 4. B's largest `need`: a score's rank among B's (larger ones, then equal ones listed before it), a warp a
-        // score, each lane counting a 32nd of B
+        // score, each lane counting a 32nd of B (PAIR: both blocks rank alike, block 0 writes the picks out)
         for (unsigned int t0 = warp; t0 < m; t0 += TOPK_WARPS) {
             const u32 mine = bimg[t0];
             unsigned int c = 0;
@@ -1747,8 +1840,10 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
             if (lane == 0 && c < need) {
                 const int slot = (int)(n_above + c);
                 const float v = image_value(mine);
-                out_pos[slot] = bpos[t0];
-                out_score[slot] = v;
+                if (rank == 0u) {
+                    out_pos[slot] = bpos[t0];
+                    out_score[slot] = v;
+                }
                 if constexpr (ATTEND) {
                     pk_pos[slot] = bpos[t0];
                     pk_sc[slot] = v;
@@ -2029,7 +2124,10 @@ LS_TOPK_SAMPLE(ls_topk_sample_select, 128, false)
 // bins cannot take (longer than LS_TOPK_LINBIN_J x 1,024 survivors, every score equal, the k-th largest's bin too
 // full; the decision is the same in every block) go to block 0, which runs the sample top-k and attends over every
 // pick, while the others count empty partials.
-template <int D, int C>
+// PAIR (ls_topk_fan2s_d*, C = 2 in a cluster): the selection split over the two blocks instead of repeated in both
+// (linbin_pick's PAIR form: each histograms half the row, the range, totals and picks exchanged through
+// distributed shared memory); the attention as fan2's.
+template <int D, int C, bool PAIR = false>
 __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int* __restrict__ idx,
                               const float* __restrict__ scores, int G, int cap, int k, int cand,
                               int* __restrict__ pick_pos, float* __restrict__ pick_score,
@@ -2041,17 +2139,21 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
     __shared__ u32 s_prefix, s_mask, s_need, s_done;
     __shared__ unsigned int s_above, s_ties;
     __shared__ u32 wmax[TOPK_WARPS], wmin[TOPK_WARPS];
+    static_assert(!PAIR || C == 2, "the pair is a cluster of two");
     LS_GMARK_IF(blockIdx.x % C == 0, ls_trace_topk, (int)(blockIdx.x / C), 13);  // resident
+    if constexpr (PAIR) cluster_arrive();  // waited on once the select is done: the peer is running by then
     grid_dep_wait();  // the select's survivors (programmatic launch)
     grid_dep_launch();
-    const int rank = (int)(blockIdx.x % C);
+    const int rank = (int)(blockIdx.x % C);  // PAIR: the block's rank in its cluster (clusters along x)
     const int bhg = (int)(blockIdx.x / C), bh = bhg / G, g = bhg % G;
     const float* sc = scores + (long long)bhg * cap;
     const int* ix = idx + (long long)bh * cap;
     // the scores and positions go out with the count (linbin_load), so the three cost one round trip
-    u32 img[LS_TOPK_LINBIN_J];
-    int posv[LS_TOPK_LINBIN_J];
-    linbin_load(sc, ix, min(cap, LS_TOPK_LINBIN_J * TOPK_THREADS), img, posv);
+    constexpr int J = PAIR ? LS_TOPK_LINBIN_J / 2 : LS_TOPK_LINBIN_J;
+    u32 img[J];
+    int posv[J];
+    linbin_load<J, PAIR>(sc, ix, min(cap, LS_TOPK_LINBIN_J * TOPK_THREADS), img, posv);
+    if constexpr (PAIR) cluster_wait();
     // the tally is zeroed only by the merge of the row's last head, which needs this block's partial first
     const int n = min((int)tally[bh], cap);
     const int kk = min(k, n);
@@ -2067,8 +2169,8 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
     } else {
         LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 2);  // the survivor count read
         fanned = n <= LS_TOPK_LINBIN_J * TOPK_THREADS &&
-                 linbin_pick<true>(img, posv, n, k, cand, out_pos, out_score, pk_pos, pk_sc, hist, total, s_prefix,
-                                   s_mask, s_need, s_done, s_above, s_ties, wmax, wmin, pmax, bhg);
+                 linbin_pick<true, J, PAIR>(img, posv, n, k, cand, out_pos, out_score, pk_pos, pk_sc, hist, total,
+                                            s_prefix, s_mask, s_need, s_done, s_above, s_ties, wmax, wmin, pmax, bhg);
     }
     int P;
     if (fanned) {
@@ -2333,6 +2435,15 @@ LS_TOPK_SAMPLE_SPREAD(ls_topk_sample_spread_d64, 64, 2, false)
 LS_TOPK_SAMPLE_SPREAD(ls_topk_sample_spread_d128, 128, 2, false)
 LS_TOPK_SAMPLE_SPREAD(ls_topk_sample_spreadc_d64, 64, 2, true)
 LS_TOPK_SAMPLE_SPREAD(ls_topk_sample_spreadc_d128, 128, 2, true)
+
+#define LS_TOPK_FAN_PAIR(NAME, DIM)                                                                               \
+    extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(TOPK_THREADS) NAME(LS_TOPK_ARGS) {     \
+        const PickAttn attn LS_PICK_ATTN;                                                                          \
+        topk_fan_body<DIM, 2, true>(tally, idx, scores, G, cap, k, smem_keys, pick_pos, pick_score, pick_count,    \
+                                    attn);                                                                         \
+    }
+LS_TOPK_FAN_PAIR(ls_topk_fan2s_d64, 64)
+LS_TOPK_FAN_PAIR(ls_topk_fan2s_d128, 128)
 
 #endif
 

@@ -51,11 +51,13 @@ SELECT_FORMS: tuple[SelectForm, ...] = get_args(SelectForm)
 # selection in one block of a cluster of 2 per (row, head), the picks' attention (folded) spread over both;
 # spreadc: spread, the candidate pass split over the cluster too (apart, each is the sample top-k); fan2: two
 # blocks per (row, head), no cluster, each selecting the same picks from linear bins and attending over its half
-# of them (rows past LINBIN_MAX_SURVIVORS, or whose linear bins cannot split: block 0 runs the sample top-k alone)
-TopkVariant = Literal["atomic", "match", "cluster", "sample", "spread", "spreadc", "fan2"]
+# of them (rows past LINBIN_MAX_SURVIVORS, or whose linear bins cannot split: block 0 runs the sample top-k alone);
+# fan2s: fan2's two blocks in a cluster, each histogramming half the row (the range, totals and picks exchanged
+# through distributed shared memory) instead of both selecting from the whole of it
+TopkVariant = Literal["atomic", "match", "cluster", "sample", "spread", "spreadc", "fan2", "fan2s"]
 TOPK_VARIANTS: tuple[TopkVariant, ...] = get_args(TopkVariant)
 SPREAD_CTAS = {"spread": 2, "spreadc": 2}  # blocks per (row, head) of the spread top-k kernels
-FAN_CTAS = {"fan2": 2}  # blocks per (row, head) of the fan top-k kernels
+FAN_CTAS = {"fan2": 2, "fan2s": 2}  # blocks per (row, head) of the fan top-k kernels
 # the top-ks of several blocks a (row, head): folded only (apart, each is the sample top-k's launch)
 MULTI_BLOCK_CTAS = SPREAD_CTAS | FAN_CTAS
 # clusters of two 1,024-thread top-k blocks resident at once on the H200 (cuOccupancyMaxActiveClusters, gpuattn2

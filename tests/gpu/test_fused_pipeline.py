@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from cemsim import kernels
 from cemsim.errors import CemsimError
 from cemsim.gpu import reference as ref
-from cemsim.gpu.fused import Config, Shape
+from cemsim.gpu.fused import Config, Shape, TopkVariant
 from cemsim.gpu.sign_layout import to_frag
 
 needs_gpu = pytest.mark.skipif(not kernels.cupy_available(), reason="no CUDA device / CuPy")
@@ -109,6 +109,9 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, 
         ("popc", Config("fused", "fan2", 64, True, 16, True)),
         ("frag", Config("fused", "fan2", 128, True, 4)),
         ("mmax", Config("fused", "fan2", 64, True, 0, True, band_late=True)),
+        # fan2s: fan2's selection split over a cluster of two
+        ("popc", Config("fused", "fan2s", 64, True, 16, True, band_late=True)),
+        ("frag", Config("fused", "fan2s", 128, True, 4)),
         ("popc", Config(layer=True)),  # ls_layer, as many blocks per row as fit at once
         ("popc", Config(layer=True, ctas=3)),
         ("popc", Config(layer=True, ctas=1)),
@@ -121,7 +124,7 @@ def test_fused_pipeline_matches_reference(s: Shape, survival: float, seed: int, 
 @pytest.mark.parametrize("k", [7, 256])
 @pytest.mark.parametrize("candidates", [4096, 300])
 @pytest.mark.parametrize(
-    "topk", ["atomic", "cluster", "sample", "spread", "spreadc", "fan2", "layer", "layer5"]
+    "topk", ["atomic", "cluster", "sample", "spread", "spreadc", "fan2", "fan2s", "layer", "layer5"]
 )
 def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
     """A zero query gives every survivor the same score: any k of them are a top-k. The sample top-k with room
@@ -154,6 +157,7 @@ def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
         Config("fused", "spreadc", 64, True, 4, True),
         Config("async", "spreadc", 64, True, 0, True),
         Config("fused", "fan2", 64, True, 16, True, band_late=True),
+        Config("fused", "fan2s", 64, True, 16, True, band_late=True),
         Config("fused", "sample", 64, True, 0, True, band_late=True),
         Config("split", "atomic", 128, False, band_late=True),
         Config(layer=True),
@@ -167,6 +171,7 @@ def test_topk_with_every_score_tied(topk: str, candidates: int, k: int) -> None:
         "spreadc-fold-pdl",
         "async-spreadc-fold-pdl",
         "fan2-fold-pdl-band-late",
+        "fan2s-fold-pdl-band-late",
         "sample-fold-pdl-band-late",
         "split-apart-band-late",
         "layer",
@@ -206,15 +211,35 @@ def test_fused_pipeline_at_scale_and_in_a_graph(config: Config) -> None:
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("k", [1024, 97])
-@pytest.mark.parametrize("rows", [16, 4])
-def test_fan_topk_on_rows_its_linear_bins_take(rows: int, k: int) -> None:
+@pytest.mark.parametrize(("topk", "rows"), [("fan2", 16), ("fan2", 4), ("fan2s", 16), ("fan2s", 4)])
+def test_fan_topk_on_rows_its_linear_bins_take(topk: TopkVariant, rows: int, k: int) -> None:
     """Rows of ~7K survivors, as at 128K batch 1, within the fan top-k's linear-bin reach (8 x 1,024): every block
     of a head selects the same picks and attends over its share (the fallback is what the tied and long-row
     tests reach). Random scores, odd cap and k, so the share boundaries fall mid-warp."""
     rng = np.random.default_rng(23)
     s = Shape(1, 3, 4, 128, 24000, 64, 4, k, cap=23999)
     x = make_inputs(rng, s, 0.3)
-    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", "fan2", 64, True, rows, True), 4096))
+    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, rows, True), 4096))
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("levels", [64, 8])
+@pytest.mark.parametrize("topk", ["fan2", "fan2s"])
+def test_fan_topk_with_quantized_scores(topk: TopkVariant, levels: int) -> None:
+    """Scores on a few levels (the query on one dimension, the keys' values there integers below ``levels``) over
+    ~7K survivors a row: with 64 levels the k-th largest's linear bin holds ~110 exactly tied scores, spread over
+    both blocks of fan2s, which rank them alike; with 8 it holds ~900, past the bin's 512, so every block of a
+    head takes the sample top-k's path instead."""
+    rng = np.random.default_rng(29)
+    s = Shape(1, 3, 4, 128, 24000, 64, 4, 1024, cap=23999)
+    x = make_inputs(rng, s, 0.3)
+    keys = rng.standard_normal((s.rows, s.ctx, s.head_dim)).astype(np.float32)
+    keys[:, :, 0] = rng.integers(0, levels, size=(s.rows, s.ctx))
+    x["keys"] = ref.bf16_bits(keys)
+    x["q"][:] = 0.0
+    x["q"][:, :, 0] = 1.0
+    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, 16, True), 4096))
 
 
 @pytest.mark.gpu
@@ -228,6 +253,7 @@ def test_fan_topk_on_rows_its_linear_bins_take(rows: int, k: int) -> None:
         ("spread", True),
         ("spreadc", True),
         ("fan2", True),
+        ("fan2s", True),
         ("layer", True),
         ("async", True),
     ],
@@ -264,6 +290,7 @@ def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int
         Config("fused", "spread", 128, True, 4, True),
         Config("fused", "spreadc", 128, True, 4, True),
         Config("fused", "fan2", 128, True, 16, True),
+        Config("fused", "fan2s", 64, True, 16, True, band_late=True),
         Config("fused", "sample", 64, False, 4, True, band_late=True),
         Config(layer=True, ctas=2),
     ],
@@ -275,6 +302,7 @@ def test_sample_topk_on_long_rows(topk: str, fold: bool, k: int, candidates: int
         "spread-fold",
         "spreadc-fold",
         "fan2-fold",
+        "fan2s-fold-band-late",
         "sample-apart-band-late",
         "layer-2",
     ],

@@ -57,6 +57,8 @@ def test_every_kernel_compiles_for_hopper(tmp_path: Path, target: str) -> None:
         "ls_topk_sample_spreadc_d128",
         "ls_topk_fan2_d64",
         "ls_topk_fan2_d128",
+        "ls_topk_fan2s_d64",
+        "ls_topk_fan2s_d128",
         "ls_layer_d64",
         "ls_layer_d128",
     ):
