@@ -1650,11 +1650,13 @@ __device__ __forceinline__ void linbin_load(const float* __restrict__ sc, const 
 }
 
 // PAIR: the same selection split over a cluster of two (fan2s), each block holding half the row (linbin_load's
-// PAIR items), both ending with every pick in pk_pos / pk_sc. The caller arrived at a cluster barrier at its
+// PAIR items); block r ends with the picks of slots [r k / 2, (r + 1) k / 2) at the front of its pk_pos / pk_sc,
+// its share of the attention (the other block's stored there through distributed shared memory). The caller arrived at a cluster barrier at its
 // start and waited on it before the call (the peer is running, so its shared memory can be written). Three
 // cluster barriers, each block pushing its part into the other's shared memory before it: 1. the warps' ranges;
 // 2. each block's histogram totals (both then find the same bin B, and block 1 its slots' offsets: block 0's
-// picks above B and scores in B); 3. the picks above B and B's scores, so both rank B's the same way. Every
+// picks above B and scores in B); 3. the picks above B (to the block whose share each is) and B's scores (to
+// both, so both rank B's alike; each keeps and writes out the picks of its own share). Every
 // decision to return false is taken on the exchanged values, the same in both blocks, and no block writes the
 // other's shared memory after the third barrier.
 template <bool ATTEND, int J = LS_TOPK_LINBIN_J, bool PAIR = false>
@@ -1795,20 +1797,31 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
         aslot += s_a0;
         tslot += xh[B];
     }
+    // PAIR: slots from `half` on are block 1's share, stored from the front of its pk_pos / pk_sc
+    const int half = PAIR ? k / 2 : k;
+    auto keep = [&](int slot, int p, float v) {
+        if constexpr (PAIR) {
+            const unsigned int owner = slot >= half ? 1u : 0u;
+            const int at = slot - (owner ? half : 0);
+            if (owner == rank) {
+                pk_pos[at] = p;
+                pk_sc[at] = v;
+            } else {
+                st_cluster(pk_pos + at, (u32)p, peer);
+                st_cluster(pk_sc + at, __float_as_uint(v), peer);
+            }
+        } else {
+            pk_pos[slot] = p;
+            pk_sc[slot] = v;
+        }
+    };
 #pragma unroll
     for (int j = 0; j < J; ++j) {
         if ((above_m >> j) & 1u) {
             const float v = image_value(img[j]);
             out_pos[aslot] = pos[j];
             out_score[aslot] = v;
-            if constexpr (ATTEND) {
-                pk_pos[aslot] = pos[j];
-                pk_sc[aslot] = v;
-                if constexpr (PAIR) {
-                    st_cluster(pk_pos + aslot, (u32)pos[j], peer);
-                    st_cluster(pk_sc + aslot, __float_as_uint(v), peer);
-                }
-            }
+            if constexpr (ATTEND) keep((int)aslot, pos[j], v);
             ++aslot;
         }
         if ((tie_m >> j) & 1u) {
@@ -1822,12 +1835,12 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
         }
     }
     pmax = hi;  // the largest score is always a pick
-    if constexpr (PAIR) cluster_sync_all();  // both blocks' picks above B and B's scores in both
+    if constexpr (PAIR) cluster_sync_all();  // the picks above B in their shares, B's scores in both
     if (!whole) {
         if constexpr (!PAIR) __syncthreads();  // B's scores in shared memory
         LS_MARK(ls_trace_topk, trow, 5);  // the picks above B out
         // 4. B's largest `need`: a score's rank among B's (larger ones, then equal ones listed before it), a warp a
-        // score, each lane counting a 32nd of B (PAIR: both blocks rank alike, block 0 writes the picks out)
+        // score, each lane counting a 32nd of B (PAIR: both blocks rank alike, each keeps its share's picks)
         for (unsigned int t0 = warp; t0 < m; t0 += TOPK_WARPS) {
             const u32 mine = bimg[t0];
             unsigned int c = 0;
@@ -1837,17 +1850,12 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
             }
 #pragma unroll
             for (int o = 16; o >= 1; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
-            if (lane == 0 && c < need) {
-                const int slot = (int)(n_above + c);
+            const int slot = (int)(n_above + c);
+            if (lane == 0 && c < need && (!PAIR || (slot >= half) == (rank == 1u))) {
                 const float v = image_value(mine);
-                if (rank == 0u) {
-                    out_pos[slot] = bpos[t0];
-                    out_score[slot] = v;
-                }
-                if constexpr (ATTEND) {
-                    pk_pos[slot] = bpos[t0];
-                    pk_sc[slot] = v;
-                }
+                out_pos[slot] = bpos[t0];
+                out_score[slot] = v;
+                if constexpr (ATTEND) keep(slot, bpos[t0], v);
             }
         }
     }
@@ -2175,17 +2183,20 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
     int P;
     if (fanned) {
         // this block's C-th of the picks to the front of pk_pos / pk_sc (through registers: the two ranges
-        // may overlap); kk <= 1,024 = the block's threads
+        // may overlap; PAIR: linbin_pick put them there, or every one when n <= k); kk <= 1,024 = the block's
+        // threads
         const int lo = (int)(((long long)rank * kk) / C);
         P = (int)((((long long)rank + 1) * kk) / C) - lo;
-        __syncthreads();  // every pick in shared memory
-        const int j = threadIdx.x;
-        const int pp = j < P ? pk_pos[lo + j] : 0;
-        const float ps = j < P ? pk_sc[lo + j] : 0.f;
-        __syncthreads();
-        if (j < P) {
-            pk_pos[j] = pp;
-            pk_sc[j] = ps;
+        if (!PAIR || n <= k) {
+            __syncthreads();  // every pick in shared memory
+            const int j = threadIdx.x;
+            const int pp = j < P ? pk_pos[lo + j] : 0;
+            const float ps = j < P ? pk_sc[lo + j] : 0.f;
+            __syncthreads();
+            if (j < P) {
+                pk_pos[j] = pp;
+                pk_sc[j] = ps;
+            }
         }
     } else if (rank == 0) {
         float pm;
