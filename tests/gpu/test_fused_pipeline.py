@@ -244,6 +244,25 @@ def test_fan_topk_with_quantized_scores(topk: TopkVariant, levels: int) -> None:
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("topk", ["fan2", "fan2s"])
+def test_fan_topk_with_outlying_scores(topk: TopkVariant) -> None:
+    """Scores N(0, 1) but for a few a row 1,000 times larger, of either sign: fan2s takes its linear bins' range from
+    the row's first 1,024 survivors, so an outlier outside them falls into an end bin (the picks stay exact), and
+    one inside them stretches the range so that the k-th largest's bin overflows (then the sample top-k's path)."""
+    rng = np.random.default_rng(31)
+    s = Shape(1, 3, 4, 128, 24000, 64, 4, 1024, cap=23999)
+    x = make_inputs(rng, s, 0.3)
+    keys = rng.standard_normal((s.rows, s.ctx, s.head_dim)).astype(np.float32)
+    far = rng.random((s.rows, s.ctx)) < 3e-4
+    keys[:, :, 0] *= np.where(far, 1000.0, 1.0)
+    x["keys"] = ref.bf16_bits(keys)
+    x["q"][:] = 0.0
+    x["q"][:, :, 0] = 1.0
+    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, 16, True), 4096))
+
+
+@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize(("k", "candidates"), [(1024, 4096), (256, 1000), (1024, 700)])
 @pytest.mark.parametrize(
     ("topk", "fold"),
