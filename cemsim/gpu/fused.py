@@ -4,7 +4,8 @@ Per layer, for all ``users x kv_heads`` rows at once, graph-capturable launches 
 ``ls_select`` (SCF filter + compaction + exact scores of the survivors; or ``ls_filter`` then ``ls_score``),
 an exact top-k per query head (radix select, ``ls_topk``, or ``ls_topk_cluster`` over 4 blocks per row; the
 sample top-k ``ls_topk_sample``, or ``ls_topk_sample_spread`` / ``_spreadc`` over a cluster of 2, or
-``ls_topk_fan2``, two blocks a head selecting the same picks from linear bins and attending over half each) whose
+``ls_topk_fan2``, two blocks a head selecting the same picks from linear bins and attending over half each, or
+``ls_topk_fan2s``, the same two in a cluster splitting the selection between them) whose
 blocks also attend over the picks they chose (or ``ls_attn`` does, in a launch of its own), and ``ls_attn`` over
 sinks + window, which needs nothing from the select and runs beside it in a graph. The block that completes a
 query head's partial softmaxes merges them; the merge of a row's last head zeroes its survivor tally, so no
