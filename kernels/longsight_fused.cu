@@ -1627,11 +1627,6 @@ __device__ __forceinline__ u32 sample_threshold(u32 mine, int r) {
 #define LS_TOPK_LINBIN_BIN 512
 #endif
 #define LB_HC 8  // histogram copies (warp w adds to copy w % LB_HC)
-// fan2s: the linear bins' range from the row's first 1,024 survivors, which both blocks of the pair read, instead of
-// from every score through a cluster barrier (0: the exchanged exact range, for an A/B)
-#ifndef LS_PAIR_SAMPLED_RANGE
-#define LS_PAIR_SAMPLED_RANGE 1
-#endif
 // Thread t's J scores (list items j x 1,024 + t, up to lim; PAIR: items (2 j + r) x 1,024 + t in block r of a
 // cluster of two, every other chunk of 1,024, so the two hold about as many whatever the count) as order-preserving
 // images, and their list positions: loaded before the survivor count is known (items past n read stale slots of
@@ -1655,14 +1650,11 @@ __device__ __forceinline__ void linbin_load(const float* __restrict__ sc, const 
 }
 
 // PAIR: the same selection split over a cluster of two (fan2s), each block holding half the row (linbin_load's
-// PAIR items; sample0: block 1's image of list item threadIdx.x, so both hold the row's first 1,024); block r ends
-// with the picks of slots [r k / 2, (r + 1) k / 2) at the front of its pk_pos / pk_sc,
+// PAIR items); block r ends with the picks of slots [r k / 2, (r + 1) k / 2) at the front of its pk_pos / pk_sc,
 // its share of the attention (the other block's stored there through distributed shared memory). The caller arrived at a cluster barrier at its
 // start and waited on it before the call (the peer is running, so its shared memory can be written). Three
-// cluster barriers, each block pushing its part into the other's shared memory before it: 1. the warps' ranges
-// (LS_PAIR_SAMPLED_RANGE: none; the bins span the first 1,024 survivors' range, both blocks computing it alike,
-// and scores outside it go to the end bins, which keeps the bins in the scores' order, so the answer stays exact;
-// the block's largest score goes with its totals); 2. each block's histogram totals (both then find the same bin B, and block 1 its slots' offsets: block 0's
+// cluster barriers, each block pushing its part into the other's shared memory before it: 1. the warps' ranges;
+// 2. each block's histogram totals (both then find the same bin B, and block 1 its slots' offsets: block 0's
 // picks above B and scores in B); 3. the picks above B (to the block whose share each is) and B's scores (to
 // both, so both rank B's alike; each keeps and writes out the picks of its own share). Every
 // decision to return false is taken on the exchanged values, the same in both blocks, and no block writes the
@@ -1673,8 +1665,7 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
                                             int* pk_pos, float* pk_sc, unsigned int (&hist)[TOPK_WARPS][256],
                                             unsigned int* total, u32& s_prefix, u32& s_mask, u32& s_need,
                                             u32& s_done, unsigned int& s_above, unsigned int& s_ties, u32* wmax,
-                                            u32* wmin, float& pmax, [[maybe_unused]] int trow,
-                                            [[maybe_unused]] u32 sample0 = 0u) {
+                                            u32* wmin, float& pmax, [[maybe_unused]] int trow) {
     static_assert(ATTEND || !PAIR, "the pair's blocks attend over the picks they exchange");
     extern __shared__ u32 cbuf[];  // B's images, then their positions
     // PAIR: block r's warps' maxima at [64 r, 64 r + 32) and minima after them; block r's histogram totals at
@@ -1682,8 +1673,6 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
     __shared__ u32 xr[PAIR ? 4 * TOPK_WARPS : 1];
     __shared__ unsigned int xh[PAIR ? 2 * 256 : 1];
     __shared__ unsigned int s_a0;
-    __shared__ u32 xmax[2];  // PAIR, LS_PAIR_SAMPLED_RANGE: each block's largest image
-    constexpr bool SAMPLED = PAIR && LS_PAIR_SAMPLED_RANGE;
     const unsigned int rank = PAIR ? cluster_rank() : 0u, peer = rank ^ 1u;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     auto live = [&](int j) { return linbin_item<PAIR>(j, rank) < n; };
@@ -1704,23 +1693,7 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
         }
     mx = warp_extreme<true>(mx);
     mn = warp_extreme<false>(mn);
-    u32 own_max = 0u;  // SAMPLED: this block's largest image (warp 0 after the reduction below)
-    if constexpr (SAMPLED) {
-        // every warp's maximum, then the sample's range (list items [0, 1,024): block 0's own first chunk)
-        if (lane == 0) wmax[warp] = mx;
-        const u32 smp = rank == 0u ? img[0] : sample0;
-        const bool in = (int)threadIdx.x < n;
-        mx = warp_extreme<true>(in ? smp : 0u);
-        mn = warp_extreme<false>(in ? smp : 0xffffffffu);
-        if (lane == 0) {
-            xr[warp] = mx;
-            xr[TOPK_WARPS + warp] = mn;
-        }
-        __syncthreads();  // also: the histograms zeroed, s_* set
-        own_max = warp_extreme<true>(wmax[lane]);
-        mx = warp_extreme<true>(xr[lane]);
-        mn = warp_extreme<false>(xr[TOPK_WARPS + lane]);
-    } else if constexpr (PAIR) {
+    if constexpr (PAIR) {
         if (lane == 0) {
             u32* w = xr + 2 * TOPK_WARPS * rank + warp;
             w[0] = mx;
@@ -1745,12 +1718,7 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
     if (!(mx > mn) || !(scale > 0.f) || !isfinite(scale)) return false;  // block-uniform
     LS_MARK(ls_trace_topk, trow, 3);  // the range
     // 2. the histogram of linear bins; warp 0 finds the bin of the k-th largest
-    auto bin = [&](u32 key) {
-        if constexpr (SAMPLED)  // scores outside the sample's range to the end bins (saturating conversion)
-            return min(255, max(0, __float2int_rz((image_value(key) - lo) * scale)));
-        else
-            return min(255, (int)((image_value(key) - lo) * scale));
-    };
+    auto bin = [&](u32 key) { return min(255, (int)((image_value(key) - lo) * scale)); };
 #pragma unroll
     for (int j = 0; j < J; ++j)
         if (live(j)) atomicAdd(&hist[warp % LB_HC][bin(img[j])], 1u);
@@ -1762,10 +1730,6 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
             for (int w = 0; w < LB_HC; ++w) t += hist[w][threadIdx.x];
             xh[256 * rank + threadIdx.x] = t;
             st_cluster(xh + 256 * rank + threadIdx.x, t, peer);
-        }
-        if (SAMPLED && threadIdx.x == 0) {
-            xmax[rank] = own_max;
-            st_cluster(xmax + rank, own_max, peer);
         }
         cluster_sync_all();  // both blocks' totals in both
         if (warp == 0) {
@@ -1870,7 +1834,7 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
             ++tslot;
         }
     }
-    pmax = SAMPLED ? image_value(max(xmax[0], xmax[1])) : hi;  // the largest score is always a pick
+    pmax = hi;  // the largest score is always a pick
     if constexpr (PAIR) cluster_sync_all();  // the picks above B in their shares, B's scores in both
     if (!whole) {
         if constexpr (!PAIR) __syncthreads();  // B's scores in shared memory
@@ -2197,8 +2161,6 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
     u32 img[J];
     int posv[J];
     linbin_load<J, PAIR>(sc, ix, min(cap, LS_TOPK_LINBIN_J * TOPK_THREADS), img, posv);
-    // PAIR: block 1 reads the row's first 1,024 scores too (block 0's first chunk), the linear bins' sample
-    const u32 sample0 = PAIR && rank == 1 && (int)threadIdx.x < cap ? order_key(__ldg(sc + threadIdx.x)) : 0u;
     if constexpr (PAIR) cluster_wait();
     // the tally is zeroed only by the merge of the row's last head, which needs this block's partial first
     const int n = min((int)tally[bh], cap);
@@ -2216,8 +2178,7 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
         LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 2);  // the survivor count read
         fanned = n <= LS_TOPK_LINBIN_J * TOPK_THREADS &&
                  linbin_pick<true, J, PAIR>(img, posv, n, k, cand, out_pos, out_score, pk_pos, pk_sc, hist, total,
-                                            s_prefix, s_mask, s_need, s_done, s_above, s_ties, wmax, wmin, pmax, bhg,
-                                            sample0);
+                                            s_prefix, s_mask, s_need, s_done, s_above, s_ties, wmax, wmin, pmax, bhg);
     }
     int P;
     if (fanned) {
