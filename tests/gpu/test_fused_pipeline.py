@@ -246,9 +246,9 @@ def test_fan_topk_with_quantized_scores(topk: TopkVariant, levels: int) -> None:
 @needs_gpu
 @pytest.mark.parametrize("topk", ["fan2", "fan2s"])
 def test_fan_topk_with_outlying_scores(topk: TopkVariant) -> None:
-    """Scores N(0, 1) but for a few a row 1,000 times larger, of either sign: the outliers stretch the linear bins'
-    range so far that the k-th largest's bin holds nearly every score, past its 512, so each head goes to the
-    sample top-k's path (fan2s: with the decision taken alike in both blocks of the pair)."""
+    """Scores N(0, 1) but for a few a row 1,000 times larger, of either sign: a surviving outlier (about two a row)
+    stretches the linear bins' range so far that the k-th largest's bin holds nearly every score, past its 512, so
+    the head goes to the sample top-k's path (fan2s: the decision taken alike in both blocks of the pair)."""
     rng = np.random.default_rng(31)
     s = Shape(1, 3, 4, 128, 24000, 64, 4, 1024, cap=23999)
     x = make_inputs(rng, s, 0.3)
