@@ -5,6 +5,8 @@ the reference's own checks run everywhere."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -222,24 +224,31 @@ def test_fan_topk_on_rows_its_linear_bins_take(topk: TopkVariant, rows: int, k: 
     ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, rows, True), 4096))
 
 
+def check_fan_on_one_dimension(
+    topk: TopkVariant, seed: int, dim0: Callable[[np.random.Generator, tuple], np.ndarray]
+) -> None:
+    """A fan top-k on ~7K survivors a row whose scores are the keys' first dimension alone (the query one-hot
+    there), that dimension drawn by ``dim0(rng, (rows, ctx))``, against the reference."""
+    rng = np.random.default_rng(seed)
+    s = Shape(1, 3, 4, 128, 24000, 64, 4, 1024, cap=23999)
+    x = make_inputs(rng, s, 0.3)
+    keys = rng.standard_normal((s.rows, s.ctx, s.head_dim)).astype(np.float32)
+    keys[:, :, 0] = dim0(rng, (s.rows, s.ctx))
+    x["keys"] = ref.bf16_bits(keys)
+    x["q"][:] = 0.0
+    x["q"][:, :, 0] = 1.0
+    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, 16, True), 4096))
+
+
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("levels", [64, 8])
 @pytest.mark.parametrize("topk", ["fan2", "fan2s"])
 def test_fan_topk_with_quantized_scores(topk: TopkVariant, levels: int) -> None:
-    """Scores on a few levels (the query on one dimension, the keys' values there integers below ``levels``) over
-    ~7K survivors a row: with 64 levels the k-th largest's linear bin holds ~110 exactly tied scores, spread over
-    both blocks of fan2s, which rank them alike; with 8 it holds ~900, past the bin's 512, so every block of a
-    head takes the sample top-k's path instead."""
-    rng = np.random.default_rng(29)
-    s = Shape(1, 3, 4, 128, 24000, 64, 4, 1024, cap=23999)
-    x = make_inputs(rng, s, 0.3)
-    keys = rng.standard_normal((s.rows, s.ctx, s.head_dim)).astype(np.float32)
-    keys[:, :, 0] = rng.integers(0, levels, size=(s.rows, s.ctx))
-    x["keys"] = ref.bf16_bits(keys)
-    x["q"][:] = 0.0
-    x["q"][:, :, 0] = 1.0
-    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, 16, True), 4096))
+    """Scores on a few levels (integers below ``levels``): with 64 levels the k-th largest's linear bin holds ~110
+    exactly tied scores, spread over both blocks of fan2s, which rank them alike; with 8 it holds ~900, past the
+    bin's 512, so every block of a head takes the sample top-k's path instead."""
+    check_fan_on_one_dimension(topk, 29, lambda rng, shape: rng.integers(0, levels, size=shape))
 
 
 @pytest.mark.gpu
@@ -249,16 +258,11 @@ def test_fan_topk_with_outlying_scores(topk: TopkVariant) -> None:
     """Scores N(0, 1) but for a few a row 1,000 times larger, of either sign: a surviving outlier (about two a row)
     stretches the linear bins' range so far that the k-th largest's bin holds nearly every score, past its 512, so
     the head goes to the sample top-k's path (fan2s: the decision taken alike in both blocks of the pair)."""
-    rng = np.random.default_rng(31)
-    s = Shape(1, 3, 4, 128, 24000, 64, 4, 1024, cap=23999)
-    x = make_inputs(rng, s, 0.3)
-    keys = rng.standard_normal((s.rows, s.ctx, s.head_dim)).astype(np.float32)
-    far = rng.random((s.rows, s.ctx)) < 3e-4
-    keys[:, :, 0] *= np.where(far, 1000.0, 1.0)
-    x["keys"] = ref.bf16_bits(keys)
-    x["q"][:] = 0.0
-    x["q"][:, :, 0] = 1.0
-    ref.check_pipeline(s, x, run_gpu(s, x, "popc", Config("fused", topk, 64, True, 16, True), 4096))
+    check_fan_on_one_dimension(
+        topk,
+        31,
+        lambda rng, shape: rng.standard_normal(shape) * np.where(rng.random(shape) < 3e-4, 1000.0, 1.0),
+    )
 
 
 @pytest.mark.gpu
