@@ -1749,7 +1749,8 @@ __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos
                 const int b = 255 - 8 * lane - e;
                 a0 += (b > b0 || (w0 && b == b0)) ? xh[b] : 0u;
             }
-            a0 = __reduce_add_sync(0xffffffffu, a0);
+#pragma unroll
+            for (int o = 16; o >= 1; o >>= 1) a0 += __shfl_xor_sync(0xffffffffu, a0, o);
             if (lane == 0) s_a0 = a0;
         }
         __syncthreads();
