@@ -1651,14 +1651,14 @@ __device__ __forceinline__ void linbin_load(const float* __restrict__ sc, const 
 
 // PAIR: the same selection split over a cluster of two (fan2s), each block holding half the row (linbin_load's
 // PAIR items); block r ends with the picks of slots [r k / 2, (r + 1) k / 2) at the front of its pk_pos / pk_sc,
-// its share of the attention (the other block's stored there through distributed shared memory). The caller arrived at a cluster barrier at its
-// start and waited on it before the call (the peer is running, so its shared memory can be written). Three
-// cluster barriers, each block pushing its part into the other's shared memory before it: 1. the warps' ranges;
-// 2. each block's histogram totals (both then find the same bin B, and block 1 its slots' offsets: block 0's
-// picks above B and scores in B); 3. the picks above B (to the block whose share each is) and B's scores (to
-// both, so both rank B's alike; each keeps and writes out the picks of its own share). Every
-// decision to return false is taken on the exchanged values, the same in both blocks, and no block writes the
-// other's shared memory after the third barrier.
+// its share of the attention (the other block's stored there through distributed shared memory). The caller
+// arrived at a cluster barrier at its start and waited on it before the call (the peer is running, so its shared
+// memory can be written). Three cluster barriers, each block pushing its part into the other's shared memory
+// before it: 1. the warps' ranges; 2. each block's histogram totals (both then find the same bin B, and block 1
+// its slots' offsets: block 0's picks above B and scores in B); 3. the picks above B (to the block whose share
+// each is) and B's scores (to both, so both rank B's alike; each keeps and writes out the picks of its own share).
+// Every decision to return false is taken on the exchanged values, the same in both blocks, and no block writes
+// the other's shared memory after the third barrier.
 template <bool ATTEND, int J = LS_TOPK_LINBIN_J, bool PAIR = false>
 __device__ __forceinline__ bool linbin_pick(const u32 (&img)[J], const int (&pos)[J], int n, int k,
                                             int cand, int* __restrict__ out_pos, float* __restrict__ out_score,
