@@ -233,7 +233,8 @@ def bench_filters(
                         }
                     )
                     print(
-                        f"filter {name:16s} D={d} N={n:>9,} G={g:2d} {us:8.1f} us {rows[-1]['fraction_of_copy_bw']:6.1%}"
+                        f"filter {name:16s} D={d} N={n:>9,} G={g:2d} {us:8.1f} us"
+                        f" {rows[-1]['fraction_of_copy_bw']:6.1%}"
                         f" b2b {b2b:8.1f} us {rows[-1]['b2b_fraction_of_copy_bw']:6.1%}{'' if ok else '  WRONG'}",
                         flush=True,
                     )
@@ -643,7 +644,9 @@ def bench_layers(
                     for form, rows_, pdl, late in forms:
                         for chunk in (64, 128):
                             for fold in (True, False) if topk not in MULTI_BLOCK_CTAS else (True,):
-                                cfg = Config(form, topk, chunk, fold, rows_, bool(pdl), band_late=bool(late))  # type: ignore[arg-type]
+                                cfg = Config(  # type: ignore[arg-type]
+                                    form, topk, chunk, fold, rows_, bool(pdl), band_late=bool(late)
+                                )
                                 key = config_key(cfg)
                                 try:
                                     for p in pipes:
@@ -801,7 +804,8 @@ def bench_layers(
                 f"layer B={users} ctx={ctx:>8,} surv={label} ({row.get('survival', float('nan')):.2%}):"
                 f" b2b {row.get('fused_b2b_us', float('nan')):7.1f} us"
                 f" floor {row.get('floor_us', float('nan')):6.1f} ({row.get('fused_over_floor', float('nan')):.2f}x)"
-                f" {row.get('config')} stages {json.dumps({k: round(v, 1) for k, v in row.get('stage_b2b_us', {}).items()})}"
+                f" {row.get('config')}"
+                f" stages {json.dumps({k: round(v, 1) for k, v in row.get('stage_b2b_us', {}).items()})}"
                 f" topk {json.dumps({k: round(v, 1) for k, v in row.get('topk_variant_b2b_us', {}).items()})}"
                 f" layer {json.dumps({k: round(v, 1) for k, v in row.get('layer_variant_b2b_us', {}).items()})}"
                 f" old {row.get('old_b2b_us', float('nan')):7.1f} check {row.get('row0_checked')}"

@@ -3,7 +3,8 @@
 Nsight Compute (the first run compiles and warms; ncu's filter skips its kernels and profiles the second's):
 
     ncu --clock-control none -k regex:'ls_select|ls_topk' --launch-skip 2 --launch-count 2 \\
-        --section SpeedOfLight ... python3 benchmarks/gpu/profile_layer.py --ctx 131072 --config fused4/sample/64/fold/pdl
+        --section SpeedOfLight ... \\
+        python3 benchmarks/gpu/profile_layer.py --ctx 131072 --config fused4/sample/64/fold/pdl
 
 Phase trace (``--trace``): the kernels built with -DLS_TRACE, the layer replayed from its CUDA graph, then the
 thread-0 timestamps of every ls_select2 / ls_topk_sample block (kernels/longsight_fused.cu LS_MARK) summarised:

@@ -370,7 +370,9 @@ def test_overflow_is_reported_and_counts_stay_exact() -> None:
     x = make_inputs(rng, s, 0.5)
     rows = ref.survivors(x["ksig"], x["qsig"], x["thresholds"], s.start, s.region)
     for form, in_flight in (("fused", 0), ("split", 0), ("fused", 4), ("async", 0), ("layer", 0)):
-        config = Config(layer=True) if form == "layer" else Config(form, "atomic", 64, True, in_flight)  # type: ignore[arg-type]
+        config = Config(layer=True)
+        if form != "layer":
+            config = Config(form, "atomic", 64, True, in_flight)  # type: ignore[arg-type]
         p = FusedLongSight(s, method="popc", config=config)
         p.run(*(cp.asarray(x[n]) for n in ("ksig", "qsig", "thresholds", "q", "keys", "vals")))
         assert p.overflowed()
