@@ -227,7 +227,7 @@ def test_fan_topk_on_rows_its_linear_bins_take(topk: TopkVariant, rows: int, k: 
 def check_fan_on_one_dimension(
     topk: TopkVariant, seed: int, dim0: Callable[[np.random.Generator, tuple], np.ndarray]
 ) -> None:
-    """A fan top-k on ~7K survivors a row whose scores are the keys' first dimension alone (the query one-hot
+    """A fan top-k on 4-8K survivors a row whose scores are the keys' first dimension alone (the query one-hot
     there), that dimension drawn by ``dim0(rng, (rows, ctx))``, against the reference."""
     rng = np.random.default_rng(seed)
     s = Shape(1, 3, 4, 128, 24000, 64, 4, 1024, cap=23999)
@@ -245,9 +245,10 @@ def check_fan_on_one_dimension(
 @pytest.mark.parametrize("levels", [64, 8])
 @pytest.mark.parametrize("topk", ["fan2", "fan2s"])
 def test_fan_topk_with_quantized_scores(topk: TopkVariant, levels: int) -> None:
-    """Scores on a few levels (integers below ``levels``): with 64 levels the k-th largest's linear bin holds ~110
-    exactly tied scores, spread over both blocks of fan2s, which rank them alike; with 8 it holds ~900, past the
-    bin's 512, so every block of a head takes the sample top-k's path instead."""
+    """Scores on a few levels (integers below ``levels``): with 64 levels the k-th largest's linear bin holds 60-106
+    exactly tied scores, spread over both blocks of fan2s, which rank them alike; with 8 it holds 540-943, past the
+    bin's 512, so every block of a head takes the sample top-k's path instead (bin counts of these rows by a NumPy
+    model of the linear bins)."""
     check_fan_on_one_dimension(topk, 29, lambda rng, shape: rng.integers(0, levels, size=shape))
 
 
@@ -255,9 +256,10 @@ def test_fan_topk_with_quantized_scores(topk: TopkVariant, levels: int) -> None:
 @needs_gpu
 @pytest.mark.parametrize("topk", ["fan2", "fan2s"])
 def test_fan_topk_with_outlying_scores(topk: TopkVariant) -> None:
-    """Scores N(0, 1) but for a few a row 1,000 times larger, of either sign: a surviving outlier (about two a row)
-    stretches the linear bins' range so far that the k-th largest's bin holds nearly every score, past its 512, so
-    the head goes to the sample top-k's path (fan2s: the decision taken alike in both blocks of the pair)."""
+    """Scores N(0, 1) but for a few a row 1,000 times larger, of either sign: the surviving outliers stretch the
+    linear bins' range so far that the k-th largest's bin holds 1,119-5,652 scores (a NumPy model of the bins on
+    these rows), past its 512, so every head goes to the sample top-k's path (fan2s: the decision taken alike in
+    both blocks of the pair)."""
     check_fan_on_one_dimension(
         topk,
         31,
