@@ -536,6 +536,7 @@ __device__ void select_body(const u64* __restrict__ ksig, const u64* __restrict_
     __shared__ int spos[LS_BLOCK_KEYS];
     __shared__ unsigned int warp_total[LS_WARPS];
     __shared__ unsigned int block_base, block_total;
+    grid_dep_wait();    // Config.chain: the kernels ahead of it (the previous layer's) done, their writes seen
     grid_dep_launch();  // the top-k may be scheduled once every block of this launch is running
     const long long bh = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -585,6 +586,7 @@ __device__ void filter_body(const u64* __restrict__ ksig, const u64* __restrict_
     __shared__ int spos[LS_BLOCK_KEYS];
     __shared__ unsigned int warp_total[LS_WARPS];
     __shared__ unsigned int block_base, block_total;
+    grid_dep_wait();  // Config.chain: the kernels ahead of it (the previous layer's) done, their writes seen
     const long long bh = blockIdx.y;
     load_query_signs(qs, qsig + bh * G * W, G, W);
     filter_compact<W, METHOD>(ksig, qs, thresholds[bh], ctx, start, n, G, tally, spos, warp_total, block_base,
@@ -646,6 +648,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     __shared__ __align__(16) bf16_t rowbuf[ROWS ? 8 : 2 * BUF_ROWS * D];
     constexpr int KS = D / 16;  // ROWS = LS_MMA_ROWS: k-steps of the row x query MMA
     __shared__ uint2 qfrag[ROWS == LS_MMA_ROWS ? 3 * KS * 32 : 1];
+    grid_dep_wait();  // Config.chain: the kernels ahead of it (the previous layer's) done, their writes seen
     grid_dep_launch();  // the top-k may be scheduled once every block of this launch is running
     const long long bh = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -103,6 +103,10 @@ class Config:
     # in a captured graph, the band's attention branches off after the select, beside the top-k (which leaves
     # most SMs idle at batch 1), instead of at the start, where it shares the SMs and the memory with the select
     band_late: bool = False
+    # the select (or the filter, split) launched with programmatic stream serialization too: in a graph of layers
+    # (a decode step's), its blocks are scheduled while the previous layer's top-k runs and wait in
+    # griddepcontrol.wait, before they read anything, for every kernel ahead of them to finish; needs cuda-python
+    chain: bool = False
 
 
 def config_key(c: Config) -> str:
@@ -111,7 +115,7 @@ def config_key(c: Config) -> str:
     if c.layer:
         return "layer" + (f"/{c.ctas}" if c.ctas else "")
     where = "fold" if c.fold else "apart"
-    flags = ("/pdl" if c.pdl else "") + ("/late" if c.band_late else "")
+    flags = ("/pdl" if c.pdl else "") + ("/late" if c.band_late else "") + ("/chain" if c.chain else "")
     return f"{c.select}{c.rows or ''}/{c.topk}/{c.chunk}/{where}" + flags
 
 
@@ -130,6 +134,7 @@ def parse_config_key(key: str) -> Config:
         rows,
         "pdl" in parts[4:],
         band_late="late" in parts[4:],
+        chain="chain" in parts[4:],
     )
 
 
@@ -616,18 +621,23 @@ class FusedLongSight:
             else:
                 f(grid, block, args, shared_mem=shared_mem)
 
+        def launch_first(f: Any, args: tuple) -> None:
+            """The layer's first launch: programmatic under config.chain (after the previous layer's kernels)."""
+            if c.chain and programmatic_launch_available():
+                _launch_ex(f, grid_sel, (SELECT_THREADS,), args, pdl=True)
+            else:
+                f(grid_sel, (SELECT_THREADS,), args)
+
         def select() -> None:
-            f_select(
-                grid_sel,
-                (SELECT_THREADS,),
+            launch_first(
+                f_select,
                 (ksig, qsig, thresholds, q, keys, i64(s.ctx), i64(s.start), i64(s.region), i32(s.group),
                  i32(s.cap), self.tally, self.idx, self.scores),
             )  # fmt: skip
 
         def filt() -> None:
-            self.f_filter(
-                grid_sel,
-                (SELECT_THREADS,),
+            launch_first(
+                self.f_filter,
                 (ksig, qsig, thresholds, i64(s.ctx), i64(s.start), i64(s.region), i32(s.group), i32(s.cap),
                  self.tally, self.idx),
             )  # fmt: skip

@@ -362,6 +362,57 @@ def test_programmatic_launch_matches_reference(config: Config) -> None:
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config("fused", "fan2s", 64, True, 16, True, band_late=True, chain=True),
+        Config("fused", "fan2", 64, True, 16, True, band_late=True, chain=True),
+        Config("split", "sample", 64, True, 0, True, chain=True),
+    ],
+    ids=["fan2s-late-chain", "fan2-late-chain", "split-sample-chain"],
+)
+def test_chained_layers_in_one_graph(config: Config) -> None:
+    """Layers recorded one after another into one graph (a decode step's), each layer's first launch programmatic
+    (Config.chain): the second of two pipelines runs twice, so its second select starts while its own first
+    top-k and merges may still run and would count into a tally they have not zeroed yet, unless it waits for
+    them. Every layer's answer is the reference's, replayed twice after the thresholds change in place."""
+    import cupy as cp
+
+    from cemsim.gpu.fused import FusedLongSight
+
+    rng = np.random.default_rng(33)
+    s = Shape(1, 8, 4, 128, 40000, 1024, 16, 1024, cap=8192)
+    names = ("ksig", "qsig", "thresholds", "q", "keys", "vals")
+    xs = [make_inputs(rng, s, 0.05) for _ in range(2)]
+    devs = [{n: cp.asarray(v) for n, v in x.items()} for x in xs]
+    pipes = [FusedLongSight(s, config=config) for _ in xs]
+    stream = cp.cuda.Stream(non_blocking=True)
+    order = [0, 1, 1]  # pipeline 1 after itself: its buffers reused by the next launch
+    with stream:
+        stream.begin_capture()
+        try:
+            for i in order:
+                pipes[i].record(*(devs[i][n] for n in names), stream=stream)
+        finally:
+            graph = stream.end_capture()
+    for x, dev in zip(xs, devs, strict=True):
+        x["thresholds"] = x["thresholds"] + 1
+        dev["thresholds"][...] = cp.asarray(x["thresholds"])
+    cp.cuda.Device().synchronize()
+    for _ in range(2):
+        for p in pipes:
+            p.out.fill(np.nan)
+            p.count.fill(0)
+        graph.launch(stream)
+        stream.synchronize()
+        for p, x in zip(pipes, xs, strict=True):
+            assert not p.overflowed()
+            ref.check_pipeline(s, x, p.results())
+            assert int(p.tally.max()) == 0 and int(p.done.max()) == 0
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_overflow_is_reported_and_counts_stay_exact() -> None:
     import cupy as cp
 

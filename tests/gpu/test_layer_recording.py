@@ -85,3 +85,17 @@ def test_late_band_without_a_region_branches_first() -> None:
 
 def test_one_launch_layer_records_alone() -> None:
     assert recorded(["layer"], band_late=True) == ["layer on main"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["fused16/fan2s/64/fold/pdl/late/chain", "fused16/fan2/64/fold/pdl/late", "split/sample/128/apart/chain"],
+)
+def test_config_keys_name_the_launch_flags(key: str) -> None:
+    """The benchmarks' configuration keys carry every launch flag (programmatic top-k, the band beside it, the
+    select chained after the previous layer) there and back."""
+    from cemsim.gpu.fused import config_key, parse_config_key
+
+    c = parse_config_key(key)
+    assert config_key(c) == key
+    assert (c.pdl, c.band_late, c.chain) == ("/pdl" in key, "/late" in key, "/chain" in key)
