@@ -740,6 +740,16 @@ def bench_layers(
                 row["fused_b2b_us"] = back_to_back(cp, lambda i: graphs[i % nsets].launch(stream), stream)
                 if graph_layers > 0:
                     row.update(graph_of_layers(cp, s, sets[0], thresholds, pipes, args, stream, graph_layers))
+                    # the same with each layer's select launched programmatically after the kernels ahead of it
+                    # (Config.chain), as a decode step launched with programmatic dependencies throughout would
+                    for p in pipes:
+                        p.config = replace(chosen, chain=True)
+                    chained = graph_of_layers(cp, s, sets[0], thresholds, pipes, args, stream, graph_layers)
+                    row.update(
+                        {k.replace("graph_layers", "graph_layers_chain"): v for k, v in chained.items()}
+                    )
+                    for p in pipes:
+                        p.config = replace(chosen)
                 # each stage alone, back to back, in its unfolded form (a folded top-k alone would finish the
                 # merges and zero the tally it reads): the select with a reset in front (what the layer's
                 # merge does), the top-k's selection on the survivors it left, the attention (band, then
@@ -849,6 +859,11 @@ def main() -> None:
     ap.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     ap.add_argument("--method", help="the layers' filter method (default: choose_method's)")
     ap.add_argument("--no-planted", action="store_true", help="skip the planted 5 %% survival points")
+    ap.add_argument(
+        "--no-old",
+        action="store_true",
+        help="skip today's pipeline (the old_* times, measured in earlier runs)",
+    )
     ap.add_argument("--survival", default=",".join(map(str, SURVIVAL)), help="random-sign survival targets")
     ap.add_argument(
         "--budget-s", type=float, default=420.0, help="stop starting new layer configs after this"
@@ -913,7 +928,7 @@ def main() -> None:
         configs = [(int(b), c) for b in args.batches.split(",") for c in contexts]
 
         def old_for(users: int, ctx: int, survival: float) -> bool:
-            return survival == 0.05 or (users == 1 and ctx in (32768, 1048576))
+            return not args.no_old and (survival == 0.05 or (users == 1 and ctx in (32768, 1048576)))
 
         result["layers"] = bench_layers(
             cp,

@@ -365,17 +365,20 @@ def test_programmatic_launch_matches_reference(config: Config) -> None:
 @pytest.mark.parametrize(
     "config",
     [
-        Config("fused", "fan2s", 64, True, 16, True, band_late=True, chain=True),
+        Config("fused", "fan2s", 64, True, 16, True, chain=True),
         Config("fused", "fan2", 64, True, 16, True, band_late=True, chain=True),
         Config("split", "sample", 64, True, 0, True, chain=True),
+        Config("fused", "atomic", 64, False, 4, chain=True),
     ],
-    ids=["fan2s-late-chain", "fan2-late-chain", "split-sample-chain"],
+    ids=["fan2s-chain", "fan2-late-chain", "split-sample-chain", "atomic-apart-chain"],
 )
 def test_chained_layers_in_one_graph(config: Config) -> None:
     """Layers recorded one after another into one graph (a decode step's), each layer's first launch programmatic
     (Config.chain): the second of two pipelines runs twice, so its second select starts while its own first
     top-k and merges may still run and would count into a tally they have not zeroed yet, unless it waits for
-    them. Every layer's answer is the reference's, replayed twice after the thresholds change in place."""
+    them. Every layer's answer is the reference's, replayed twice after the thresholds change in place. (With the
+    select's wait taken out, the forms whose band runs beside the select failed here on the H200 and the one whose
+    band is late passed: a late band joins the next layer's select by a full edge and often merges last.)"""
     import cupy as cp
 
     from cemsim.gpu.fused import FusedLongSight
