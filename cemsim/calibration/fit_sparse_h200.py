@@ -50,16 +50,22 @@ from cemsim.paths import repo_root
 from cemsim.sim import prepare, simulate
 from cemsim.trace.synthetic import synthetic_header
 
-FUSED = CALIBRATION_DIR / "h200-sparse-layer-v7-2026-12-03.json"
-PREVIOUS = CALIBRATION_DIR / "h200-sparse-layer-v6-2026-12-03.json"  # the sixth version of the kernels
+FUSED = CALIBRATION_DIR / "h200-sparse-layer-v8-2026-12-04.json"
+PREVIOUS = CALIBRATION_DIR / "h200-sparse-layer-v7-2026-12-03.json"  # the seventh version of the kernels
+V6 = CALIBRATION_DIR / "h200-sparse-layer-v6-2026-12-03.json"  # the sixth version
 # the fifth version's kernels measured again, each point's chosen kernels also as 8 layers in one CUDA graph
 GRAPH8 = CALIBRATION_DIR / "h200-sparse-layer-v5-graph8-2026-12-03.json"
 V5 = CALIBRATION_DIR / "h200-sparse-layer-v5-2026-12-03.json"  # the fifth version, one graph a layer only
 # what a point's measured time is: one graph a layer replayed back to back, or per layer of a graph of several
-# layers (a decode step's graph, which pays one graph launch for all of them: what the preset's fit uses, since
-# the simulator's step is one such graph)
-MEASURES = {"one graph a layer": "fused_b2b_us", "in a graph of layers": "graph_layers_b2b_us_per_layer"}
-PRESET_MEASURE = "in a graph of layers"
+# layers (a decode step's graph, which pays one graph launch for all of them), or the same with each layer's
+# select launched programmatically after the kernels ahead of it (Config.chain, as choose_config launches it from
+# the eighth version on: what the preset's fit uses, since the simulator's step is one such graph)
+MEASURES = {
+    "one graph a layer": "fused_b2b_us",
+    "in a graph of layers": "graph_layers_b2b_us_per_layer",
+    "in a graph of chained layers": "graph_layers_chain_b2b_us_per_layer",
+}
+PRESET_MEASURE = "in a graph of chained layers"
 FILTERS = CALIBRATION_DIR / "h200-sparse-fused-2026-12-02.json"  # the first version's run, with the filters
 SYSTEM = "h200-sparse-hbm"
 LATENCY = "gpu.sparse_pipeline_latency"
@@ -104,7 +110,7 @@ def points(path=FUSED, measure: str = PRESET_MEASURE) -> list[Point]:
             raise CemsimError(
                 f"{path}: the layer at batch {r['users']}, context {r['context']} has no {field}"
             )
-        if field == "graph_layers_b2b_us_per_layer" and not r.get("graph_layers_row0_checked"):
+        if field.startswith("graph_layers") and not r.get(field.replace("b2b_us_per_layer", "row0_checked")):
             continue
         out.append(
             Point(
@@ -250,9 +256,10 @@ def _label(r: dict) -> str:
 def layer_table(
     path=FUSED, survival: float = 0.05, planted: bool = True, first=FILTERS, previous=PREVIOUS
 ) -> str:
-    """Markdown: today's pipeline, the fused pipeline's first version (``first``, random-sign points only), its
-    previous version (``previous``, with its multiple of its own run's floor) and this one per layer at one
-    survival point, one graph a layer and in a graph of layers, with the floor."""
+    """Markdown: today's pipeline (timed in this run or, where this run did not time it, in ``previous``'s on the
+    same inputs), the fused pipeline's first version (``first``, random-sign points only), its previous version
+    (``previous``, with its multiple of its own run's floor) and this one per layer at one survival point, one
+    graph a layer and in a decode step's graph of layers as the preset's fit times it, with the floor."""
 
     def times(p) -> dict:
         return {
@@ -262,21 +269,23 @@ def layer_table(
         }
 
     v1, vp = times(first), times(previous)
+    field = MEASURES[PRESET_MEASURE]
     out = [
-        "| batch | context | survivors | today's pipeline (us) | first version (us) | sixth version (us) "
-        "| fused (us) | speed-up | fused / floor | in a graph of layers (us) | floor (us) | in a graph / floor |",
+        "| batch | context | survivors | today's pipeline (us) | first version (us) | previous version (us) "
+        f"| fused (us) | speed-up | fused / floor | {PRESET_MEASURE} (us) | floor (us) | in a graph / floor |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in _layers(path):
         if r["survival_target"] != survival or bool(r.get("planted")) != planted:
             continue
         key = (r["users"], r["context"], survival, planted)
-        old = f"{r['old_b2b_us']:,.1f}" if "old_b2b_us" in r else "-"
-        up = f"{r['old_b2b_us'] / r['fused_b2b_us']:.1f}x" if "old_b2b_us" in r else "-"
         a, b = v1.get(key), vp.get(key)
+        old_us = r.get("old_b2b_us", (b or {}).get("old_b2b_us"))
+        old = "-" if old_us is None else f"{old_us:,.1f}"
+        up = "-" if old_us is None else f"{old_us / r['fused_b2b_us']:.1f}x"
         one = "-" if a is None else f"{a['fused_b2b_us']:,.1f}"
         two = "-" if b is None else f"{b['fused_b2b_us']:,.1f} ({b['fused_b2b_us'] / b['floor_us']:.2f}x)"
-        g, f = r["graph_layers_b2b_us_per_layer"], r["floor_us"]
+        g, f = r[field], r["floor_us"]
         out.append(
             f"| {r['users']} | {_ctx(r['context'])} | {r['survival']:.2%} | {old} | {one} | {two} | "
             f"{r['fused_b2b_us']:,.1f} | {up} | {r['fused_b2b_us'] / f:.2f}x | {g:,.1f} | {f:,.1f} | {g / f:.2f}x |"
@@ -404,7 +413,7 @@ def graph_table(path=GRAPH8) -> str:
         "| times | fitted: fixed, request, key, survivor, pick | fitted: mean / worst | held out: mean / worst |",
         "|---|---|---|---|",
     ]
-    for measure in MEASURES:
+    for measure in (m for m, field in MEASURES.items() if all(field in r for r in rows)):
         constants, fitted = table(path, measure)
         err = _split_errors(fitted)
         out.append(

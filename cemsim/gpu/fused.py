@@ -403,17 +403,20 @@ MMA_SELECT_SURVIVAL = 0.03
 
 def choose_config(shape: Shape) -> Config:
     """The kernels measured fastest for shapes like this one on the H200
-    (cemsim/calibration/h200-sparse-layer-v7-2026-12-03.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule
-    is 2.3 % off each point's fastest combination on average, 14.7 % at worst, batch 1 at 8K planted 5 %, where fan2
-    with the band beside it was fastest at k = 256 (21.4 against 24.6 us; on v6 it took 31.5 there, so the rule does
-    not follow one run); without fan2 the same rule is 2.8 % / 14.7 %, the rule before the MMA select 13.1 % /
-    43.2 %; on the sixth version's measurement, v6, this rule is 1.7 % / 12.8 % and the rule then (the band beside
-    the top-k from 8K slots) 2.1 % / 13.1 %; on v5 the rule then was 1.7 % / 10.9 %, on v4 2.3 % / 11.3 %). fan2
-    (two blocks a head selecting the same picks from linear bins, each attending over half) at batch 1 where k >=
-    FAN_MIN_K and the rows' expected survivors fit the linear bins (LINBIN_MAX_SURVIVORS): 38.3 against 40.6 us at
-    128K planted 5 %, 35.5 against 38.0 at the 5 % target, 58.4 against 61.4 at 512K and 1 %; at k = 256 (32K) it
-    lost by 0.6-1.7 us, past 8K survivors a row (128K at 10 %) by 1.1 (its block 0 then runs the sample top-k
-    alone). ls_select2 with its survivors' scores on the tensor cores (rows 16) from ~3 % survival
+    (cemsim/calibration/h200-sparse-layer-v8-2026-12-04.json: topk_variant_b2b_us, layer_variant_b2b_us; this rule
+    is 2.7 % off each point's fastest combination on average, 13.4 % at worst, batch 1 at 8K planted 5 %, where
+    fan2s with the band beside it was fastest at k = 256 (21.3 against 24.0 us); with fan2 where it takes fan2s
+    (the seventh version's rule) 2.8 % / 13.4 %, without either 3.3 % / 13.4 %; on the seventh version's
+    measurement, v7, which has no fan2s, the rule then (fan2) was 2.3 % / 14.7 %, on v6 1.7 % / 12.8 %, on v5 1.7 %
+    / 10.9 %, on v4 2.3 % / 11.3 %). fan2s (two blocks a head in a cluster of two, splitting the linear-bin
+    selection of the picks between them, each attending over half) at batch 1 where k >= FAN_MIN_K and the rows'
+    expected survivors fit the linear bins (LINBIN_MAX_SURVIVORS): faster than fan2 at all five such points of v8
+    (128K: 30.6 / 31.9 / 33.7 / 36.7 against 30.7 / 32.2 / 34.5 / 37.6 us at 1 %, 2 %, 5 % and planted 5 %; 512K at
+    1 %: 58.0 against 58.6); fan2 was 38.3 against the sample top-k's 40.6 us at 128K planted 5 % (v6). Every
+    layer's select launched programmatically after the kernels ahead of it (chain; a no-op for the first kernel of
+    a graph): in a graph of 8 layers, the chosen kernels of v8 took 0.1-10.7 us less a layer at 57 of its 60 points
+    (batch 1: ~1 us at 4K-8K, 2.5-3.4 at 32K from 5 % survival, 0.0-0.6 at 128K-1M; batch 8: 2.1-10.7 us) and
+    0.2-0.8 us more at three. ls_select2 with its survivors' scores on the tensor cores (rows 16) from ~3 % survival
     (MMA_SELECT_SURVIVAL): fastest at every point from 3 % and at the planted 5 % ones (side by side, batch 1,
     planted 5 %: 41.9 against the previous rule's 47.6 us at 128K, 78.4 against 93.7 at 512K, 124.1 against 153.7 at
     1M; benchmarks/gpu/results/h200-select-mma-lead3-2026-12-03.json); below, ls_select (its blocks have 20-40
@@ -439,12 +442,13 @@ def choose_config(shape: Shape) -> Config:
     mma = shape.cap >= survivor_slots(shape.region, MMA_SELECT_SURVIVAL)
     return Config(
         select="fused",
-        topk="spreadc" if spread else "fan2" if fan else "sample" if shape.cap >= 8192 else "atomic",
+        topk="spreadc" if spread else "fan2s" if fan else "sample" if shape.cap >= 8192 else "atomic",
         chunk=64,
         fold=True,
         rows=16 if mma else 0,
         pdl=shape.cap >= 4096,
         band_late=few_heads and shape.cap >= 4096,
+        chain=True,
     )
 
 

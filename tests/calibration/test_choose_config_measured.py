@@ -1,8 +1,8 @@
-"""choose_config against the measurement it was read from (cemsim/calibration/h200-sparse-layer-v7-2026-12-03.json:
-every point's whole-layer time for each combination of kernels, back to back on the H200): replayed here, the
-rule must stay as close to each point's fastest combination as its docstring says (2.3 % on average, 14.7 % at
-worst; 1.7 % / 12.8 % on the sixth version's measurement, which the rule was not read from alone). A change to
-the rule, or a new measurement, that does worse fails."""
+"""choose_config against the measurement it was read from (cemsim/calibration/h200-sparse-layer-v8-2026-12-04.json:
+every point's whole-layer time for each combination of kernels, one graph a layer back to back on the H200):
+replayed here, the rule must stay as close to each point's fastest combination as its docstring says (2.7 % on
+average, 13.4 % at worst; the seventh version's rule, fan2 where it now takes fan2s, 2.3 % / 14.7 % on v7, which
+has no fan2s). A change to the rule, or a new measurement, that does worse fails."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cemsim.calibration import load_calibration
-from cemsim.calibration.fit_sparse_h200 import FUSED, PREVIOUS
+from cemsim.calibration.fit_sparse_h200 import FUSED, PREVIOUS, V6
 from cemsim.gpu.fused import Shape, choose_config, config_key, survivor_slots
 
 
@@ -27,7 +27,8 @@ def excess_over_fastest(path=FUSED) -> list[float]:
         shape = Shape(r["users"], r["kv_heads"], r["group"], r["head_dim"], r["context"], r["window"], r["sinks"],
                       r["k"], cap=survivor_slots(region, r["survival_target"]))  # fmt: skip
         times = r["layer_variant_b2b_us"]
-        chosen = choose_config(shape)
+        # one graph a layer: the select's programmatic launch (chain) has nothing ahead of it to follow
+        chosen = dataclasses.replace(choose_config(shape), chain=False)
         key = config_key(chosen)
         if key not in times:
             fastest_alone = min(r["topk_variant_b2b_us"], key=r["topk_variant_b2b_us"].get)
@@ -36,16 +37,27 @@ def excess_over_fastest(path=FUSED) -> list[float]:
     return out
 
 
-def test_choose_config_is_near_each_measured_points_fastest() -> None:
+def test_choose_config_is_near_each_measured_points_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
     excess = np.array(excess_over_fastest())
     assert len(excess) == 60
-    assert excess.mean() == pytest.approx(0.023, abs=0.002)  # as choose_config's docstring states
-    assert excess.max() == pytest.approx(0.147, abs=0.002)
-    # and on the previous run of the kernels (v6: the same rule, the band beside the select below 8K slots
-    # being the rule's only change since, was read from it at 2.1 % / 13.1 %)
+    assert excess.mean() == pytest.approx(0.027, abs=0.002)  # as choose_config's docstring states
+    assert excess.max() == pytest.approx(0.134, abs=0.002)
+    # and the seventh version's rule (fan2 where the rule takes fan2s) on the seventh version's run, which it was
+    # read from, and on the sixth's
+    rule = choose_config
+    monkeypatch.setattr(
+        sys.modules[__name__],
+        "choose_config",
+        lambda shape: (
+            dataclasses.replace(rule(shape), topk="fan2") if rule(shape).topk == "fan2s" else rule(shape)
+        ),
+    )
     before = np.array(excess_over_fastest(PREVIOUS))
-    assert before.mean() == pytest.approx(0.017, abs=0.002)
-    assert before.max() == pytest.approx(0.128, abs=0.002)
+    assert before.mean() == pytest.approx(0.023, abs=0.002)
+    assert before.max() == pytest.approx(0.147, abs=0.002)
+    assert np.mean(excess_over_fastest(V6)) == pytest.approx(0.017, abs=0.002)
+    # on v8 it is measurably behind the rule with fan2s
+    assert np.mean(excess_over_fastest()) == pytest.approx(0.028, abs=0.0005)
 
 
 def test_the_replay_can_tell_a_worse_rule(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,24 +69,24 @@ def test_the_replay_can_tell_a_worse_rule(monkeypatch: pytest.MonkeyPatch) -> No
         return dataclasses.replace(rule(shape), rows=4 if shape.cap >= 32768 else 0)
 
     monkeypatch.setattr(sys.modules[__name__], "choose_config", before)
-    # 13.1 % / 43.2 % on v7 (v6: 12.6 % / 44.8 % with the rule then, v5: 12.0 % / 44.8 %, v4: 12.8 % / 44.3 %)
+    # 13.6 % / 43.5 % on v8 (v7: 13.1 % / 43.2 %, v6: 12.6 % / 44.8 % with the rule then, v5: 12.0 % / 44.8 %)
     assert np.mean(excess_over_fastest()) > 0.10
 
 
-def test_fan2_where_the_rule_takes_it_is_measurably_better(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same rule with the sample top-k where it takes fan2 (batch 1, k = 1,024, rows the linear bins take):
-    2.8 % / 14.7 % on the same data against 2.3 % / 14.7 % (v6: 2.2 % / 12.8 % against 1.7 % / 12.8 %)."""
+def test_fan2s_where_the_rule_takes_it_is_measurably_better(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule with the sample top-k where it takes fan2s (batch 1, k = 1,024, rows the linear bins take):
+    3.3 % / 13.4 % on the same data against 2.7 % / 13.4 % (v7, with fan2: 2.8 % / 14.7 % against 2.3 % / 14.7 %)."""
     rule = choose_config
     fanned = 0
 
     def without_fan(shape: Shape):
         nonlocal fanned
         c = rule(shape)
-        fanned += c.topk == "fan2"
-        return dataclasses.replace(c, topk="sample") if c.topk == "fan2" else c
+        fanned += c.topk == "fan2s"
+        return dataclasses.replace(c, topk="sample") if c.topk == "fan2s" else c
 
     monkeypatch.setattr(sys.modules[__name__], "choose_config", without_fan)
     excess = np.array(excess_over_fastest())
     assert fanned == 5  # batch 1: 128K at 1, 2, 5 % and planted 5 %, 512K at 1 %
-    assert excess.mean() == pytest.approx(0.028, abs=0.002)
-    assert excess.max() == pytest.approx(0.147, abs=0.002)
+    assert excess.mean() == pytest.approx(0.0325, abs=0.001)
+    assert excess.max() == pytest.approx(0.134, abs=0.002)

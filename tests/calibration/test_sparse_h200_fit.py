@@ -1,5 +1,6 @@
-"""The fused GPU LongSight pipeline measured on an H200 (cemsim/calibration/h200-sparse-layer-v7-2026-12-03.json;
-the sixth version's is h200-sparse-layer-v6-2026-12-03.json, the fifth's h200-sparse-layer-v5-2026-12-03.json,
+"""The fused GPU LongSight pipeline measured on an H200 (cemsim/calibration/h200-sparse-layer-v8-2026-12-04.json;
+the seventh version's is h200-sparse-layer-v7-2026-12-03.json, the sixth's h200-sparse-layer-v6-2026-12-03.json,
+the fifth's h200-sparse-layer-v5-2026-12-03.json,
 and the first version's file, h200-sparse-fused-2026-12-02.json, keeps its filter table), replayed on the CPU: the
 file is complete and checked, the fit reproduces h200-sparse-hbm's constants, its held-out error is the one
 docs/gpu-kernels.md states, and h100-sparse-hbm's derived constants follow their stated rule. The device run
@@ -24,10 +25,10 @@ DOC = REPO / "docs" / "gpu-kernels.md"
 
 
 # measured points whose back-to-back time exceeds 1.02 x their single replays' median: (b2b, median) us, exactly.
-# Batch 8 at 1M, 10 % is over in the v5, v6 and v7 runs (v7: +2.8 %); batch 8 at 32K was over in v4-v6 (1-5 %),
-# not in v7, and batch 1 at 1M, 10 % in v5, whose single replays spread widely
+# Batch 1 at 1M, 10 % is over in the v8 run (+2.9 %), as in v5, whose single replays spread widely; batch 8 at 1M,
+# 10 % was over in the v5, v6 and v7 runs (v7: +2.8 %), not in v8; batch 8 at 32K in v4-v6 (1-5 %)
 OVER_SINGLE_REPLAYS = {
-    (8, 1048576, 0.1, False): (986.7199897766113, 959.8879814147949),
+    (1, 1048576, 0.1, False): (157.05280303955078, 152.63999998569489),
 }
 
 
@@ -52,7 +53,7 @@ def test_measurement_file_is_complete_and_every_point_was_checked() -> None:
     }
     for r in layers:
         assert r["row0_checked"] and "error" not in r, r
-        # back to back within 2 % of single replays or under them. One v7 point is over (+2.8 %),
+        # back to back within 2 % of single replays or under them. One v8 point is over (+2.9 %),
         # named above with its exact times so that no other point gets slack and it cannot move
         key = (r["users"], r["context"], r["survival_target"], r["planted"])
         assert r["floor_us"] < r["fused_b2b_us"]
@@ -78,11 +79,11 @@ def fitted() -> tuple[tuple[float, ...], list[dict]]:
 
 # h200-sparse-hbm's constants as written (3 significant figures), in the order of fit.NAMES
 WRITTEN = {
-    "gpu.sparse_pipeline_latency": ("sparse_pipeline_latency", 12.5e-6),
-    "gpu.sparse_time_per_request": ("sparse_time_per_request", 365e-9),
-    "gpu.sparse_time_per_key": ("sparse_time_per_key", 1.06e-12),
-    "gpu.sparse_time_per_survivor": ("sparse_time_per_survivor", 31.0e-12),
-    "gpu.sparse_time_per_pick": ("sparse_time_per_pick", 287e-12),
+    "gpu.sparse_pipeline_latency": ("sparse_pipeline_latency", 11.8e-6),
+    "gpu.sparse_time_per_request": ("sparse_time_per_request", 328e-9),
+    "gpu.sparse_time_per_key": ("sparse_time_per_key", 1.27e-12),
+    "gpu.sparse_time_per_survivor": ("sparse_time_per_survivor", 28.2e-12),
+    "gpu.sparse_time_per_pick": ("sparse_time_per_pick", 270e-12),
 }
 
 
@@ -102,27 +103,27 @@ def test_held_out_error_is_what_the_docs_state(fitted) -> None:
     _, rows = fitted
     held = np.abs([r["error"] for r in rows if r["split"] == "held out"])
     assert len(held) == 30
-    # as computed and written in docs/gpu-kernels.md: 9.1 % mean, 34.3 % worst (batch 8 at 128K, planted 5 %),
-    # fitted on the times in a graph of 8 layers; on the sixth version's, the same way, 9.3 % / 34.3 %; on the
-    # fifth version's measurement, one graph a layer, the same model gave 9.6 % / 37.1 %, on the fourth's 8.9 % /
-    # 35.2 %, on the third's 9.6 % / 38.7 %, on the second's 10.2 % / 30.4 %, on the first 9.9 % / 17.9 %, a
-    # two-constant one 18.4 % / 39.4 %
-    assert fit.PRESET_MEASURE == "in a graph of layers"
-    assert held.mean() == pytest.approx(0.091, abs=0.002)
-    assert held.max() == pytest.approx(0.343, abs=0.002)
+    # as computed and written in docs/gpu-kernels.md: 9.5 % mean, 35.5 % worst (batch 8 at 128K, planted 5 %),
+    # fitted on the times in a graph of 8 chained layers; on the seventh version's, in a graph of 8 layers not
+    # chained, 9.1 % / 34.3 %, on the sixth's 9.3 % / 34.3 %; on the fifth version's measurement, one graph a
+    # layer, the same model gave 9.6 % / 37.1 %, on the fourth's 8.9 % / 35.2 %, on the third's 9.6 % / 38.7 %,
+    # on the second's 10.2 % / 30.4 %, on the first 9.9 % / 17.9 %, a two-constant one 18.4 % / 39.4 %
+    assert fit.PRESET_MEASURE == "in a graph of chained layers"
+    assert held.mean() == pytest.approx(0.095, abs=0.002)
+    assert held.max() == pytest.approx(0.355, abs=0.002)
     assert fit.fit_table() in DOC.read_text()
 
 
 def test_every_context_left_out_is_predicted_as_the_docs_state() -> None:
     # each context predicted by the constants fitted on the other five (docs/gpu-kernels.md's table, verbatim):
-    # 9.6 % mean and 33.3 % worst over all 60 points, the worst batch 8 at 128K planted; every constant
+    # 10.3 % mean and 34.1 % worst over all 60 points, the worst batch 8 at 128K, 5 % planted; every constant
     # positive
     cv = fit.cross_validation()
     assert [r["context"] for r in cv] == [4096, 8192, 32768, 131072, 524288, 1048576]
     every = np.abs(np.concatenate([r["errors"] for r in cv]))
     assert len(every) == 60
-    assert every.mean() == pytest.approx(0.096, abs=0.002)
-    assert every.max() == pytest.approx(0.333, abs=0.002)
+    assert every.mean() == pytest.approx(0.103, abs=0.002)
+    assert every.max() == pytest.approx(0.341, abs=0.002)
     assert all(v > 0 for r in cv for v in r["constants"])
     assert fit.cv_table() in DOC.read_text()
 
