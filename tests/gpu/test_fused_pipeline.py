@@ -377,8 +377,9 @@ def test_chained_layers_in_one_graph(config: Config) -> None:
     (Config.chain): the second of two pipelines runs twice, so its second select starts while its own first
     top-k and merges may still run and would count into a tally they have not zeroed yet, unless it waits for
     them. Every layer's answer is the reference's, replayed twice after the thresholds change in place. (With the
-    select's wait taken out, the forms whose band runs beside the select failed here on the H200 and the one whose
-    band is late passed: a late band joins the next layer's select by a full edge and often merges last.)"""
+    select's wait taken out, fan2s and the split form failed here on the H200, "row 0: 0 survivors", and fan2 and
+    the atomic top-k apart passed: a late band, joined to the next select by a full edge and often the last to
+    merge, and a picks' launch that never lets its dependents start early leave nothing to race.)"""
     import cupy as cp
 
     from cemsim.gpu.fused import FusedLongSight
@@ -592,42 +593,43 @@ def test_shape_rejects_what_the_kernels_cannot_run() -> None:
 
 
 def test_choose_config_follows_the_h200_measurement() -> None:
-    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v7-2026-12-03.json): ls_select2
+    """The default kernels follow bench_fused.py's measurement (h200-sparse-layer-v8-2026-12-04.json): ls_select2
     with its survivors' scores on the tensor cores where rows hold slots for ~3 % survival, else ls_select; the
-    sample top-k once rows can hold 8K survivors, else the single-block one; at batch 1 with k = 1,024 fan2 on
+    sample top-k once rows can hold 8K survivors, else the single-block one; at batch 1 with k = 1,024 fan2s on
     rows whose expected survivors fit its linear bins; the picks' attention folded; programmatic launch from 4K
     slots; chunk 64; from 32K slots spreadc where its clusters of two fit on the GPU at once (gpuattn2 run 8,
-    batch 1); the band beside the top-k at batch 1 from 4K slots, with the programmatic launch."""
+    batch 1); the band beside the top-k at batch 1 from 4K slots, with the programmatic launch; the select
+    launched programmatically after the kernels ahead of it (chain) everywhere."""
     from cemsim.gpu.fused import choose_config
 
     long1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=70000)  # bench_fused's rows at 5 %
-    assert choose_config(long1) == Config("fused", "spreadc", 64, True, 16, True, band_late=True)
+    assert choose_config(long1) == Config("fused", "spreadc", 64, True, 16, True, band_late=True, chain=True)
     # at 1 %: 20-40 survivors a select block
     sparse1 = Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=15665)
-    assert choose_config(sparse1) == Config("fused", "sample", 64, True, 0, True, band_late=True)
+    assert choose_config(sparse1) == Config("fused", "sample", 64, True, 0, True, band_late=True, chain=True)
     edge = 2048 + int(0.039 * ((1 << 20) - 1040))  # the MMA select from 3 % survival with 1.3x headroom
     assert choose_config(Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=edge + 1)).rows == 16
     assert choose_config(Shape(1, 8, 4, 128, 1 << 20, 1024, 16, 1024, cap=edge - 1)).rows == 0
     long8 = Shape(8, 8, 4, 128, 1 << 19, 1024, 16, 1024, cap=36059)
-    assert choose_config(long8) == Config("fused", "sample", 64, True, 16, True)
+    assert choose_config(long8) == Config("fused", "sample", 64, True, 16, True, chain=True)
     mid1 = Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)  # 128K at 5 %: ~6.5K survivors a row
-    assert choose_config(mid1) == Config("fused", "fan2", 64, True, 16, True, band_late=True)
+    assert choose_config(mid1) == Config("fused", "fan2s", 64, True, 16, True, band_late=True, chain=True)
     # the linear bins' reach: 8,192 survivors a row, 8,192 x 1.3 + 2,048 slots
-    assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=12697)).topk == "fan2"
+    assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=12697)).topk == "fan2s"
     assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=12698)).topk == "sample"
     # 128K at 10 %, k = 256 (32K) and batch 8 keep the sample top-k
     assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=19107)).topk == "sample"
     assert choose_config(Shape(1, 8, 4, 128, 1 << 17, 1024, 16, 256, cap=10500)).topk == "sample"
     assert choose_config(Shape(8, 8, 4, 128, 1 << 17, 1024, 16, 1024, cap=10500)).topk == "sample"
     short1 = Shape(1, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)  # the band beside the top-k from 4K slots
-    assert choose_config(short1) == Config("fused", "atomic", 64, True, 16, True, band_late=True)
+    assert choose_config(short1) == Config("fused", "atomic", 64, True, 16, True, band_late=True, chain=True)
     # below 4K slots no programmatic launch, so the band stays beside the select
     below = Shape(1, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246)
-    assert choose_config(below) == Config("fused", "atomic", 64, True, 16, False)
+    assert choose_config(below) == Config("fused", "atomic", 64, True, 16, False, chain=True)
     short8 = Shape(8, 8, 4, 128, 1 << 15, 1024, 16, 256, cap=4110)
-    assert choose_config(short8) == Config("fused", "atomic", 64, True, 16, True)
+    assert choose_config(short8) == Config("fused", "atomic", 64, True, 16, True, chain=True)
     tiny8 = Shape(8, 8, 4, 128, 1 << 12, 1024, 16, 256, cap=2246)
-    assert choose_config(tiny8) == Config("fused", "atomic", 64, True, 16, False)
+    assert choose_config(tiny8) == Config("fused", "atomic", 64, True, 16, False, chain=True)
 
 
 def test_build_options_add_line_tables_only_when_asked() -> None:
