@@ -414,9 +414,9 @@ def choose_config(shape: Shape) -> Config:
     (128K: 30.6 / 31.9 / 33.7 / 36.7 against 30.7 / 32.2 / 34.5 / 37.6 us at 1 %, 2 %, 5 % and planted 5 %; 512K at
     1 %: 58.0 against 58.6); fan2 was 38.3 against the sample top-k's 40.6 us at 128K planted 5 % (v6). Every
     layer's select launched programmatically after the kernels ahead of it (chain; a no-op for the first kernel of
-    a graph): in a graph of 8 layers, the chosen kernels of v8 took 0.1-10.7 us less a layer at 57 of its 60 points
+    a graph): in a graph of 8 layers, the chosen kernels of v8 took up to 10.7 us less a layer at 56 of its 60 points
     (batch 1: ~1 us at 4K-8K, 2.5-3.4 at 32K from 5 % survival, 0.0-0.6 at 128K-1M; batch 8: 2.1-10.7 us) and
-    0.2-0.8 us more at three. ls_select2 with its survivors' scores on the tensor cores (rows 16) from ~3 % survival
+    0.2-0.8 us more at four. ls_select2 with its survivors' scores on the tensor cores (rows 16) from ~3 % survival
     (MMA_SELECT_SURVIVAL): fastest at every point from 3 % and at the planted 5 % ones (side by side, batch 1,
     planted 5 %: 41.9 against the previous rule's 47.6 us at 128K, 78.4 against 93.7 at 512K, 124.1 against 153.7 at
     1M; benchmarks/gpu/results/h200-select-mma-lead3-2026-12-03.json); below, ls_select (its blocks have 20-40
