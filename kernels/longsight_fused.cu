@@ -126,21 +126,6 @@ __device__ __forceinline__ void grid_dep_launch() {
 #endif
 }
 
-// The merge counters' release and acquire fences (thread 0 of a top-k block, warp 0's lanes of a band block):
-// __threadfence (fence.sc.gpu), or with LS_FENCE_ACQREL=1 fence.acq_rel.gpu, which the PTX memory model's
-// release and acquire patterns (fence, then a relaxed atomic; a relaxed read or atomic, then fence) need and no
-// more (lead session 12's A/B)
-#ifndef LS_FENCE_ACQREL
-#define LS_FENCE_ACQREL 0
-#endif
-__device__ __forceinline__ void ls_fence() {
-#if LS_FENCE_ACQREL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");
-#else
-    __threadfence();
-#endif
-}
-
 #include "cp_async.cuh"  // cp_async16 / cp_async_commit / cp_async_wait (the async select form)
 
 // ------------------------------------------------------------------------------------------------ filter
@@ -1204,7 +1189,7 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
     scratch[TOPK_WARPS * D + h * D + dd] = t;
     if (threadIdx.x == 0) {
         s_last = counted == (unsigned int)nparts - 1u ? 1u : 0u;
-        if (s_last) ls_fence();  // with the relaxed read: acquire (the others' partials) for the block
+        if (s_last) __threadfence();  // with the relaxed read: acquire (the others' partials) for the block
     }
     __syncthreads();
     const int own = a.band_items + part;  // this partial's number among the head's
@@ -1233,9 +1218,9 @@ __device__ void topk_attend(const PickAttn& a, int P, const int* pk_pos, float* 
     // ordered for the whole block by the barriers around it (a fence in all 1,024 threads cost more)
     __syncthreads();
     if (threadIdx.x == 0) {
-        ls_fence();
+        __threadfence();
         const bool last = completes_head(a.done, bh, g, G, nparts);
-        if (last) ls_fence();
+        if (last) __threadfence();
         s_last = last ? 1u : 0u;
         LS_SET_IF(part == 0, ls_trace_topk, trow, 12, last ? 2 : 3);
     }
@@ -2696,9 +2681,9 @@ __device__ void attn_body(const float* __restrict__ q, const bf16_t* __restrict_
         const int g = g_lo + (int)threadIdx.x;
         bool mine = false;
         if (g < g_hi) {
-            ls_fence();
+            __threadfence();
             mine = completes_head(done, bh, g, G, band_items + pick_parts);
-            if (mine) ls_fence();
+            if (mine) __threadfence();
         }
         const unsigned int last = __ballot_sync(0xffffffffu, mine) << g_lo;
         if (threadIdx.x == 0) s_last = last;
