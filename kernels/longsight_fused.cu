@@ -59,10 +59,10 @@ typedef unsigned short bf16_t;  // bf16 bit patterns: no header needed under NVR
 // once their partials are counted, and SM clock cycles at their phase boundaries (columns 2-6: start, rows and
 // query in, scores and softmax, values summed, partials written and counted); which way each top-k block's partial went (LS_SET, column 12: 1 merged at
 // once, 2 counted and merged, 3 counted); column 13: %globaltimer when a sample or fan top-k block was resident,
-// before it waits for the select's writes.
+// before it waits for the select's writes; column 14: %globaltimer when a fan pair's other block (rank 1) ends.
 #ifdef LS_TRACE
 __device__ long long ls_trace_select[4096][8];
-__device__ long long ls_trace_topk[1024][14];
+__device__ long long ls_trace_topk[1024][15];
 __device__ long long ls_trace_band[4096][7];
 __device__ __forceinline__ long long ls_gtimer() {
     long long t;
@@ -2215,6 +2215,7 @@ __device__ void topk_fan_body(const unsigned int* __restrict__ tally, const int*
     topk_attend<D>(attn, P, pk_pos, pk_sc, reinterpret_cast<float*>(&hist[0][0]), bh, g, G, rank, pmax);
     LS_MARK_IF(rank == 0, ls_trace_topk, bhg, 8);  // attended (and merged, for the block that completed a head)
     LS_GMARK_IF(rank == 0, ls_trace_topk, bhg, 9);
+    LS_GMARK_IF(rank != 0, ls_trace_topk, bhg, 14);  // the pair's other block done (it merges most heads)
 }
 
 #define LS_TOPK_FAN(NAME, DIM, C)                                                                                  \

@@ -31,7 +31,7 @@ from cemsim.gpu import fused
 
 SELECT_PHASES = ["query in smem", "filtered+compacted", "claimed (+1st row loads)", "rows scored"]
 # kernels/longsight_fused.cu's trace arrays (built with -DLS_TRACE)
-TRACE_SHAPES = {"ls_trace_select": (4096, 8), "ls_trace_topk": (1024, 14), "ls_trace_band": (4096, 7)}
+TRACE_SHAPES = {"ls_trace_select": (4096, 8), "ls_trace_topk": (1024, 15), "ls_trace_band": (4096, 7)}
 # ls_trace_topk column 12: which way the block's partial of the picks went (topk_attend)
 MERGE_PATHS = {1: "merged at once", 2: "counted, merged", 3: "counted"}
 TOPK_PHASES = [
@@ -45,6 +45,61 @@ TOPK_PHASES = [
 ]
 # ls_trace_band columns 2-6 (SM clock cycles at the band block's phase boundaries)
 BAND_PHASES = ["query in smem", "scores + softmax", "values summed", "partials written + counted"]
+
+
+def read_traces(cp, mod) -> tuple:
+    """The (select, top-k, band) trace arrays of one traced module, rows that were written only."""
+    arrs = [cp.ndarray(shape, cp.int64, mod.get_global(name)).get() for name, shape in TRACE_SHAPES.items()]
+    return tuple(a[a[:, 0] > 0] for a in arrs)
+
+
+def layer_spans(traces: list[tuple]) -> list[dict]:
+    """Per layer of a graph (one traced module each, in graph order), %globaltimer ns from the first layer's first
+    select block: its select blocks' first start and last end, its top-k blocks' first start and last end (either
+    block of a fan pair), its band blocks' last count, and the gap from the previous layer's last top-k block end
+    to this layer's first select block start."""
+    t0 = min(int(sel[:, 0].min()) for sel, _, _ in traces if len(sel))
+    out, prev_end = [], None
+    for sel, top, band in traces:
+        row: dict = {}
+        if len(sel):
+            row["select_ns"] = [float(sel[:, 0].min() - t0), float(sel[sel[:, 6] > 0, 6].max() - t0)]
+        if len(top):
+            ends = np.concatenate([top[:, 9], top[top[:, 14] > 0, 14]])
+            row["topk_ns"] = [float(top[:, 0].min() - t0), float(ends.max() - t0)]
+            row["topk_rank0_end_ns"] = float(top[:, 9].max() - t0)
+        if len(band):
+            row["band_counted_ns"] = float(band[:, 1].max() - t0)
+        if prev_end is not None and "select_ns" in row:
+            row["gap_from_previous_ns"] = row["select_ns"][0] - prev_end
+        if "topk_ns" in row:
+            prev_end = row["topk_ns"][1]
+        out.append(row)
+    return out
+
+
+def trace_layers(cp, mods: list, p_for, args_for, stream, replays: int) -> dict:
+    """One layer a traced module of ``mods`` recorded into one graph (``p_for(k)`` makes layer k's pipeline on
+    ``mods[k]``, ``args_for(k)`` its inputs), so that no layer overwrites another's marks: replayed, then once
+    more with every array zeroed, and :func:`layer_spans` of that replay."""
+    n = len(mods)
+    pipes = [p_for(k) for k in range(n)]
+    with stream:
+        stream.begin_capture()
+        try:
+            for k, p in enumerate(pipes):
+                p.record(*args_for(k), stream=stream)
+        finally:
+            graph = stream.end_capture()
+    for _ in range(replays):
+        graph.launch(stream)
+    stream.synchronize()
+    for mod in mods:
+        for name, shape in TRACE_SHAPES.items():
+            cp.ndarray(shape, cp.int64, mod.get_global(name)).fill(0)
+    graph.launch(stream)
+    stream.synchronize()
+    return {"graph_layers": n, "layers": layer_spans([read_traces(cp, mod) for mod in mods])}
 
 
 def trace(cp, mod, p, args, stream, replays: int) -> dict:
@@ -101,6 +156,29 @@ def trace(cp, mod, p, args, stream, replays: int) -> dict:
     return out
 
 
+def traced_graph(cp, torch, a, s, key: str, ctx: int) -> dict:
+    """--graph-layers: the layer ``key`` as a.graph_layers layers of one graph, each its own traced build and
+    planted input set (seeds 2, 3, ...: no layer finds another's inputs in L2)."""
+    n = a.graph_layers
+    # layer 0 may share the single-layer trace's module (the same build); the others are builds of their own
+    mods = [fused.build_module("LS_TRACE", *([f"LS_TRACE_COPY={k}"] if k else [])) for k in range(n)]
+    sets = [Data(cp, torch, a.users, ctx, seed=2 + k, planted=0.05) for k in range(n)]
+    thresholds = cp.full(s.rows, PLANTED_THRESHOLD, dtype=cp.int32)
+
+    def args_for(k: int) -> tuple:
+        d = sets[k]
+        return (d.ksig, d.qsig, thresholds, d.q, d.keys, d.vals)
+
+    def p_for(k: int):
+        fused._module = lambda m=mods[k]: m  # this pipeline's kernels from module k
+        p = fused.FusedLongSight(s, config=parse_config_key(key))
+        p.run(*args_for(k))
+        cp.cuda.Device().synchronize()
+        return p
+
+    return trace_layers(cp, mods, p_for, args_for, cp.cuda.Stream(non_blocking=True), replays=5)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ctx", default="131072")
@@ -114,6 +192,13 @@ def main() -> None:
         "--lineinfo",
         action="store_true",
         help="build with line tables (Nsight Compute's source page by line)",
+    )
+    ap.add_argument(
+        "--graph-layers",
+        type=int,
+        default=0,
+        help="with --trace: also N layers in one graph, each from its own traced build (-DLS_TRACE_COPY=k) and "
+        "input set, so that every layer keeps its own marks: when each layer's kernels ran",
     )
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -135,6 +220,8 @@ def main() -> None:
             row = {"context": ctx, "users": a.users, "config": key, "survivors": int(p.count.sum())}
             if a.trace:
                 row.update(trace(cp, mod, p, args, cp.cuda.Stream(non_blocking=True), replays=5))
+            if a.trace and a.graph_layers > 0:
+                row["in_a_graph"] = traced_graph(cp, torch, a, s, key, ctx)
             print(json.dumps(row), flush=True)
             results.append(row)
             del p
