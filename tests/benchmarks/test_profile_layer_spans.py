@@ -50,4 +50,3 @@ def test_layers_line_up_on_the_first_select_block(profile_layer) -> None:
     assert spans[1]["select_ns"] == [31_000.0, 45_000.0]
     assert spans[1]["gap_from_previous_ns"] == 1_500.0
     assert spans[1]["topk_ns"] == [46_000.0, 59_000.0]  # a rank-1 column left at 0 (no pair) is not an end
-
