@@ -10,7 +10,10 @@ Phase trace (``--trace``): the kernels built with -DLS_TRACE, the layer replayed
 thread-0 timestamps of every ls_select2 / ls_topk_sample block (kernels/longsight_fused.cu LS_MARK) summarised:
 median cycles of each phase, and from %globaltimer when each kernel's blocks started and ended relative to the
 first select block's start (the band's attention blocks too: start, and partials counted), and how many top-k
-blocks merged their head at once, counted and merged, or only counted their partial."""
+blocks merged their head at once, counted and merged, or only counted their partial. The traced layer replays one
+input set, so part of it is in L2; ``--graph-layers N`` also records N layers into one graph, each from its own
+traced build and input set (every layer keeps its own marks), and gives when each layer's kernels ran and the gap
+between layers."""
 
 from __future__ import annotations
 
