@@ -618,32 +618,35 @@ class FusedLongSight:
         else:
             f_select = self.f_select2[c.rows] if c.rows else self.f_select
 
-        def launch_dependent(f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
-            """A launch that depends on the kernel ahead of it in the stream: programmatic under config.pdl."""
-            if c.pdl and programmatic_launch_available():
+        def launch(
+            f: Any, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0, pdl: bool = False
+        ) -> None:
+            """A launch on the current stream, with programmatic stream serialization when ``pdl`` (and cuda-python
+            is there to launch it): the top-k and picks after the select under config.pdl, the layer's first kernel
+            after the previous layer's under config.chain."""
+            if pdl and programmatic_launch_available():
                 _launch_ex(f, grid, block, args, shared_mem, pdl=True)
             else:
                 f(grid, block, args, shared_mem=shared_mem)
 
-        def launch_first(f: Any, args: tuple) -> None:
-            """The layer's first launch: programmatic under config.chain (after the previous layer's kernels)."""
-            if c.chain and programmatic_launch_available():
-                _launch_ex(f, grid_sel, (SELECT_THREADS,), args, pdl=True)
-            else:
-                f(grid_sel, (SELECT_THREADS,), args)
-
         def select() -> None:
-            launch_first(
+            launch(
                 f_select,
+                grid_sel,
+                (SELECT_THREADS,),
                 (ksig, qsig, thresholds, q, keys, i64(s.ctx), i64(s.start), i64(s.region), i32(s.group),
                  i32(s.cap), self.tally, self.idx, self.scores),
+                pdl=c.chain,
             )  # fmt: skip
 
         def filt() -> None:
-            launch_first(
+            launch(
                 self.f_filter,
+                grid_sel,
+                (SELECT_THREADS,),
                 (ksig, qsig, thresholds, i64(s.ctx), i64(s.start), i64(s.region), i32(s.group), i32(s.cap),
                  self.tally, self.idx),
+                pdl=c.chain,
             )  # fmt: skip
 
         def score() -> None:
@@ -659,7 +662,7 @@ class FusedLongSight:
             if c.topk == "sample" or c.topk in MULTI_BLOCK_CTAS:
                 if not 1 <= self.candidates <= TOPK_CANDIDATES:
                     raise CemsimError(f"candidates must be 1..{TOPK_CANDIDATES}, got {self.candidates}")
-                launch_dependent(
+                launch(
                     self.f_topk_multi[c.topk] if multi else self.f_topk_sample[c.fold],
                     (s.rows * s.group * (multi or 1),),
                     (TOPK_THREADS,),
@@ -668,11 +671,12 @@ class FusedLongSight:
                      i32(band_items), i32(pick_parts), self.part_ml, self.part_o, self.done, self.count, self.out,
                      self.lse),
                     shared_mem=8 * self.candidates,
+                    pdl=c.pdl,
                 )  # fmt: skip
                 return
             cached = self.smem_keys_cluster if cluster else self.smem_keys
             mode: tuple = () if cluster else (i32(1 if c.topk == "atomic" else 0),)  # histogram adds
-            launch_dependent(
+            launch(
                 self.f_topk[cluster, c.fold],
                 (s.rows * s.group * (TOPK_CTAS if cluster else 1),),
                 (TOPK_THREADS,),
@@ -681,16 +685,15 @@ class FusedLongSight:
                  i32(band_items), i32(pick_parts), self.part_ml, self.part_o, self.done, self.count, self.out,
                  self.lse),
                 shared_mem=4 * cached,
+                pdl=c.pdl,
             )  # fmt: skip
 
         def attn(first: int, n_items: int, dependent: bool = False) -> None:
             args = (q, keys, vals, i64(s.ctx), i32(s.sinks), i32(s.window), i32(s.group), i32(s.k), self.pick_pos,
                     self.pick_score, self.pick_count, i32(first), i32(items), i32(pick_parts), self.part_ml,
                     self.part_o, self.done, self.tally, self.count, self.out, self.lse)  # fmt: skip
-            if dependent:  # the picks, after the top-k
-                launch_dependent(f_attn, (n_items, s.rows), (ATTN_THREADS,), args)
-            else:
-                f_attn((n_items, s.rows), (ATTN_THREADS,), args)
+            # the picks follow the top-k (programmatic under config.pdl); the band needs nothing ahead of it
+            launch(f_attn, (n_items, s.rows), (ATTN_THREADS,), args, pdl=dependent and c.pdl)
 
         out: dict[str, Any] = {"band": lambda: attn(0, band_items)}
         if s.region > 0:

@@ -45,13 +45,12 @@ def test_choose_config_is_near_each_measured_points_fastest(monkeypatch: pytest.
     # and the seventh version's rule (fan2 where the rule takes fan2s) on the seventh version's run, which it was
     # read from, and on the sixth's
     rule = choose_config
-    monkeypatch.setattr(
-        sys.modules[__name__],
-        "choose_config",
-        lambda shape: (
-            dataclasses.replace(rule(shape), topk="fan2") if rule(shape).topk == "fan2s" else rule(shape)
-        ),
-    )
+
+    def seventh(shape: Shape):
+        c = rule(shape)
+        return dataclasses.replace(c, topk="fan2") if c.topk == "fan2s" else c
+
+    monkeypatch.setattr(sys.modules[__name__], "choose_config", seventh)
     before = np.array(excess_over_fastest(PREVIOUS))
     assert before.mean() == pytest.approx(0.023, abs=0.002)
     assert before.max() == pytest.approx(0.147, abs=0.002)
