@@ -50,10 +50,24 @@ TOPK_PHASES = [
 BAND_PHASES = ["query in smem", "scores + softmax", "values summed", "partials written + counted"]
 
 
-def read_traces(cp, mod) -> tuple:
-    """The (select, top-k, band) trace arrays of one traced module, rows that were written only."""
-    arrs = [cp.ndarray(shape, cp.int64, mod.get_global(name)).get() for name, shape in TRACE_SHAPES.items()]
-    return tuple(a[a[:, 0] > 0] for a in arrs)
+def replay_traced(cp, graph, mods: list, stream, replays: int) -> list[tuple]:
+    """``graph`` replayed ``replays`` times, then once more with every traced module's arrays zeroed: per module
+    of ``mods``, its (select, top-k, band) trace rows that this replay wrote."""
+    for _ in range(replays):
+        graph.launch(stream)
+    stream.synchronize()
+    for mod in mods:
+        for name, shape in TRACE_SHAPES.items():
+            cp.ndarray(shape, cp.int64, mod.get_global(name)).fill(0)
+    graph.launch(stream)
+    stream.synchronize()
+    out = []
+    for mod in mods:
+        arrs = [
+            cp.ndarray(shape, cp.int64, mod.get_global(name)).get() for name, shape in TRACE_SHAPES.items()
+        ]
+        out.append(tuple(a[a[:, 0] > 0] for a in arrs))
+    return out
 
 
 def layer_spans(traces: list[tuple]) -> list[dict]:
@@ -94,32 +108,11 @@ def trace_layers(cp, mods: list, p_for, args_for, stream, replays: int) -> dict:
                 p.record(*args_for(k), stream=stream)
         finally:
             graph = stream.end_capture()
-    for _ in range(replays):
-        graph.launch(stream)
-    stream.synchronize()
-    for mod in mods:
-        for name, shape in TRACE_SHAPES.items():
-            cp.ndarray(shape, cp.int64, mod.get_global(name)).fill(0)
-    graph.launch(stream)
-    stream.synchronize()
-    return {"graph_layers": n, "layers": layer_spans([read_traces(cp, mod) for mod in mods])}
+    return {"graph_layers": n, "layers": layer_spans(replay_traced(cp, graph, mods, stream, replays))}
 
 
 def trace(cp, mod, p, args, stream, replays: int) -> dict:
-    graph = p.capture(*args, stream=stream)
-    for _ in range(replays):
-        graph.launch(stream)
-    stream.synchronize()
-    for name, shape in TRACE_SHAPES.items():
-        cp.ndarray(shape, cp.int64, mod.get_global(name)).fill(0)
-    graph.launch(stream)
-    stream.synchronize()
-    sel, top, band = (
-        cp.ndarray(shape, cp.int64, mod.get_global(name)).get() for name, shape in TRACE_SHAPES.items()
-    )
-    sel = sel[sel[:, 0] > 0]
-    top = top[top[:, 0] > 0]
-    band = band[band[:, 0] > 0]
+    [(sel, top, band)] = replay_traced(cp, p.capture(*args, stream=stream), [mod], stream, replays)
     out: dict = {"select_blocks_traced": len(sel), "topk_blocks_traced": len(top)}
     t0 = sel[:, 0].min() if len(sel) else top[:, 0].min()
     if len(sel):

@@ -50,3 +50,60 @@ def test_layers_line_up_on_the_first_select_block(profile_layer) -> None:
     assert spans[1]["select_ns"] == [31_000.0, 45_000.0]
     assert spans[1]["gap_from_previous_ns"] == 1_500.0
     assert spans[1]["topk_ns"] == [46_000.0, 59_000.0]  # a rank-1 column left at 0 (no pair) is not an end
+
+
+class FakeModule:
+    """A traced module's globals as NumPy arrays; ``cp.ndarray(shape, dtype, memptr)`` below views them."""
+
+    def __init__(self, shapes: dict) -> None:
+        self.arrays = {name: np.zeros(shape, np.int64) for name, shape in shapes.items()}
+
+    def get_global(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+
+class DeviceView(np.ndarray):
+    def get(self) -> np.ndarray:  # cupy's device-to-host copy
+        return np.array(self)
+
+
+class FakeCupy:
+    int64 = np.int64
+
+    @staticmethod
+    def ndarray(shape, dtype, memptr: np.ndarray) -> np.ndarray:
+        assert memptr.shape == tuple(shape) and memptr.dtype == dtype
+        return memptr.view(DeviceView)
+
+
+class FakeGraph:
+    """Each launch writes one select and one top-k row into every module, at a time that grows per launch (and
+    leaves a stale row 5 from before the zeroing, as an earlier replay would)."""
+
+    def __init__(self, mods: list) -> None:
+        self.mods, self.launches = mods, 0
+
+    def launch(self, stream) -> None:
+        self.launches += 1
+        for k, mod in enumerate(self.mods):
+            a = mod.arrays
+            a["ls_trace_select"][0, 0] = a["ls_trace_select"][0, 6] = 1000 * self.launches + k
+            a["ls_trace_topk"][0, 0] = a["ls_trace_topk"][0, 9] = 1000 * self.launches + 500 + k
+            if self.launches == 1:
+                a["ls_trace_select"][5, 0] = 1
+
+
+class FakeStream:
+    def synchronize(self) -> None:
+        pass
+
+
+def test_replay_reads_only_the_last_replays_rows(profile_layer) -> None:
+    mods = [FakeModule(profile_layer.TRACE_SHAPES) for _ in range(2)]
+    graph = FakeGraph(mods)
+    traces = profile_layer.replay_traced(FakeCupy, graph, mods, FakeStream(), replays=3)
+    assert graph.launches == 4
+    for k, (sel, top, band) in enumerate(traces):
+        assert sel[:, 0].tolist() == [4000 + k]  # the stale row of the first replay was zeroed
+        assert top[:, 9].tolist() == [4500 + k]
+        assert len(band) == 0
