@@ -38,6 +38,17 @@
 // 1,121.5 against 986.3); with 4 they run as fast as the kernels did with no minimum given (no spills)
 #define LS_SELECT_MINB 4
 #endif
+#ifndef LS_SIGN_BULK
+// ls_select2 (popc filter, D = 128, rows in registers or on the tensor cores): the block's signs brought into
+// shared memory by one bulk copy (Hopper's copy engine, completed on an mbarrier) instead of LS_KPT 16-byte loads
+// a thread (0: the loads, a build variant for side-by-side runs)
+#define LS_SIGN_BULK 1
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define LS_ARCH_BULK 1  // bulk copies and mbarrier transaction counts: sm_90 on (other targets load the signs)
+#else
+#define LS_ARCH_BULK 0
+#endif
 #define LS_WARPS 8    // warps per block of ls_select and of the bitmap filters
 #define LS_MMA_ROWS 16  // ls_select2_r16: survivor rows a warp scores at once with bf16 MMAs
 #define LS_ROWS 4     // survivor key rows each lane group of ls_select has in flight
@@ -630,6 +641,30 @@ LS_SELECT(2, LS_FRAG, frag_w2)
 // registers held (the register form issues 64 rows a block, then waits for them before the next 64). Measured
 // 2-13 us slower than ROWS = 4 at 128K-1M on the H200 (docs/gpu-kernels.md, sixth step): an option, not chosen
 #define SEL_ASYNC_BYTES 16384
+
+// LS_SIGN_BULK: thread 0 starts one bulk copy of `bytes` (a multiple of 16, both addresses 16-byte aligned) from
+// global src into shared dst, completing on the mbarrier *bar (initialised here, single arrival); the block's
+// next barrier publishes the initialisation, after which sign_bulk_wait returns once the bytes have landed.
+__device__ __forceinline__ void sign_bulk_issue(void* dst, u64* bar, const void* src, long long bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+        const u32 b = (u32)__cvta_generic_to_shared(bar), d = (u32)__cvta_generic_to_shared(dst);
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(b) : "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"((u32)bytes) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(d),
+                     "l"(src), "r"((u32)bytes), "r"(b)
+                     : "memory");
+    }
+#endif
+}
+__device__ __forceinline__ void sign_bulk_wait(u64* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const u32 b = (u32)__cvta_generic_to_shared(bar);
+    asm volatile("{\n .reg .pred p;\n W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], 0;\n @!p bra W;\n}" ::"r"(b)
+                 : "memory");
+#endif
+}
 template <int W, int METHOD, int ROWS>
 __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict__ qsig,
                              const int* __restrict__ thresholds, const float* __restrict__ q,
@@ -641,7 +676,13 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     constexpr int SPW = 32 / LPS;  // survivor rows per warp at once
     __shared__ u64 qs[LS_MAX_G * 2];
     __shared__ __align__(16) float qf[LS_MAX_GA * D];
-    __shared__ int spos[LS_BLOCK_KEYS];
+    // BULK: the block's signs by one bulk copy into sbuf, which the compaction's positions then reuse (every
+    // sign is in registers before compact_block's first barrier, and spos is written only after it); not with
+    // ROWS = 0, whose row buffers would take the block past 48 KB of static shared memory
+    constexpr bool BULK = LS_SIGN_BULK && LS_ARCH_BULK && METHOD == 0 && W == 2 && ROWS != 0;
+    __shared__ __align__(128) u64 sbuf[BULK ? LS_BLOCK_KEYS * W : (LS_BLOCK_KEYS + 1) / 2];
+    __shared__ __align__(8) u64 sbar[1];
+    int* spos = reinterpret_cast<int*>(sbuf);
     __shared__ unsigned int warp_total[LS_WARPS];
     __shared__ unsigned int block_base, block_total;
     constexpr int BUF_ROWS = SEL_ASYNC_BYTES / (2 * D);  // rows a buffer (ROWS = 0)
@@ -673,6 +714,9 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
         MmaFilter<W, METHOD == 2> f;
 #pragma unroll
         for (int j = 0; j < LS_KPT; ++j) f.load(ks, wbase + 32 * j, n, lane, ma[j]);
+    } else if constexpr (BULK) {
+        sign_bulk_issue(sbuf, sbar, ks + (long long)blockIdx.x * LS_BLOCK_KEYS * W,
+                        min((long long)LS_BLOCK_KEYS, n - (long long)blockIdx.x * LS_BLOCK_KEYS) * W * 8);
     } else {
         PopcFilter<W> f{nullptr, G, D, 0};
 #pragma unroll
@@ -682,7 +726,17 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) qf[i] = q[bh * G * D + i];
     for (int i = threadIdx.x; i < G * W; i += blockDim.x) qs[i] = qsig[bh * G * W + i];
     const int threshold = thresholds[bh];
-    __syncthreads();
+    __syncthreads();  // BULK: also publishes the mbarrier's initialisation
+    if constexpr (BULK) {
+        sign_bulk_wait(sbar);
+        const ulonglong2* sb = reinterpret_cast<const ulonglong2*>(sbuf);
+#pragma unroll
+        for (int j = 0; j < LS_KPT; ++j) {  // keys past the region are masked by the filter's word
+            const ulonglong2 v = sb[warp * LS_KPT * 32 + 32 * j + lane];
+            kw[j][0] = v.x;
+            kw[j][W - 1] = v.y;
+        }
+    }
     // 3. the survivor words
     if (METHOD == LS_FRAG) {
         FragFilter<W, 1> f;
