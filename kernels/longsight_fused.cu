@@ -39,10 +39,13 @@
 #define LS_SELECT_MINB 4
 #endif
 #ifndef LS_SIGN_BULK
-// ls_select2 (popc filter, D = 128, rows in registers or on the tensor cores): the block's signs brought into
+// 1: ls_select2 (popc filter, D = 128, rows in registers or on the tensor cores) brings its block's signs into
 // shared memory by one bulk copy (Hopper's copy engine, completed on an mbarrier) instead of LS_KPT 16-byte loads
-// a thread (0: the loads, a build variant for side-by-side runs)
-#define LS_SIGN_BULK 1
+// a thread. A build variant, off: on the H200 it took 2-5 % off batch 1 from 512K and batch 8 at 5-10 % survival,
+// nothing at 128K, but its 43 KB a block moves the SM's shared-memory carveout past the band kernel's, so a band
+// running beside the select (small rows, batch 8) kept select blocks off its SMs (+5-6 us at 4K-8K, batch 1); with
+// both kernels' preferred carveout at the maximum that went (docs/gpu-kernels.md, seventeenth step). Not swept so.
+#define LS_SIGN_BULK 0
 #endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define LS_ARCH_BULK 1  // bulk copies and mbarrier transaction counts: sm_90 on (other targets load the signs)
@@ -448,6 +451,7 @@ extern "C" __global__ void scf_bitmap_mmax_w2(const u64* q, const u64* k, long l
 // Each filter block covers LS_WARPS x LS_KPT x 32 consecutive keys and makes one atomicAdd.
 #define LS_BLOCK_KEYS (LS_WARPS * LS_KPT * 32)
 extern "C" __device__ const int ls_block_keys = LS_BLOCK_KEYS;  // the host sizes the select's grid by it
+extern "C" __device__ const int ls_sign_bulk = LS_SIGN_BULK;  // the host matches the kernels' carveouts to it
 
 // Block-local compaction of KPT survivor words per warp (bit l of words[j]: key first + 32 j + l survives, first
 // being this warp's first key position): warp w's count into warp_total[w], thread 0 turns the NW counts into
@@ -677,12 +681,13 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     __shared__ u64 qs[LS_MAX_G * 2];
     __shared__ __align__(16) float qf[LS_MAX_GA * D];
     // BULK: the block's signs by one bulk copy into sbuf, which the compaction's positions then reuse (every
-    // sign is in registers before compact_block's first barrier, and spos is written only after it); not with
+    // sign is in registers before compact_block's first barrier, and slist is written only after it); not with
     // ROWS = 0, whose row buffers would take the block past 48 KB of static shared memory
     constexpr bool BULK = LS_SIGN_BULK && LS_ARCH_BULK && METHOD == 0 && W == 2 && ROWS != 0;
-    __shared__ __align__(128) u64 sbuf[BULK ? LS_BLOCK_KEYS * W : (LS_BLOCK_KEYS + 1) / 2];
+    __shared__ __align__(128) u64 sbuf[BULK ? LS_BLOCK_KEYS * W : 1];
     __shared__ __align__(8) u64 sbar[1];
-    int* spos = reinterpret_cast<int*>(sbuf);
+    __shared__ int spos[BULK ? 1 : LS_BLOCK_KEYS];
+    int* const slist = BULK ? reinterpret_cast<int*>(sbuf) : spos;  // the block's survivor positions
     __shared__ unsigned int warp_total[LS_WARPS];
     __shared__ unsigned int block_base, block_total;
     constexpr int BUF_ROWS = SEL_ASYNC_BYTES / (2 * D);  // rows a buffer (ROWS = 0)
@@ -775,7 +780,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
     }
     // 4. block-local compaction (no slot claimed yet; its barriers publish qfrag)
     LS_MARK(ls_trace_select, trow, 2);  // the query in shared memory (the signs need not have arrived)
-    compact_block<LS_WARPS, LS_KPT, false, false>(words, a0 + wbase, lane, warp, warp_total, spos, 0u, nullptr,
+    compact_block<LS_WARPS, LS_KPT, false, false>(words, a0 + wbase, lane, warp, warp_total, slist, 0u, nullptr,
                                                   block_total, block_base);
     const unsigned int total = block_total;
     LS_MARK(ls_trace_select, trow, 3);  // filtered and compacted
@@ -794,7 +799,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
             bf16_t* buf = rowbuf + (c & 1) * BUF_ROWS * D;
             for (unsigned int p = threadIdx.x; p < nr * LPS; p += blockDim.x) {
                 const unsigned int r = p / LPS, pc = p % LPS;
-                cp_async16(buf + r * D + pc * 8, krow + (long long)spos[r0 + r] * D + pc * 8);
+                cp_async16(buf + r * D + pc * 8, krow + (long long)slist[r0 + r] * D + pc * 8);
             }
             cp_async_commit();
         };
@@ -823,7 +828,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
                     const float acc = row_dot<LPS>(qf + g * D + part * 8, kf);
                     if (part == 0 && keep) scores[(bh * G + g) * cap + slot] = acc;
                 }
-                if (part == 0 && keep) idx[bh * cap + slot] = spos[r0 + r];
+                if (part == 0 && keep) idx[bh * cap + slot] = slist[r0 + r];
             }
             if (c + 2 < chunks) {
                 __syncthreads();  // buffer c % 2 read by every lane group
@@ -840,7 +845,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
         uint4 ra[NCH], rb[NCH];
         auto load = [&](unsigned int tl) {
             const unsigned int i = tl * 16 + r;
-            const int pa = i < total ? spos[i] : -1, pb = i + 8 < total ? spos[i + 8] : -1;
+            const int pa = i < total ? slist[i] : -1, pb = i + 8 < total ? slist[i + 8] : -1;
             const uint4* rowa = reinterpret_cast<const uint4*>(krow + (long long)max(pa, 0) * D) + t;
             const uint4* rowb = reinterpret_cast<const uint4*>(krow + (long long)max(pb, 0) * D) + t;
 #pragma unroll
@@ -876,7 +881,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
                 if (i < total && slot < (unsigned int)cap) {
                     if (n < G) scores[(bh * G + n) * cap + slot] = acc[e];
                     if (e == 0 || e == 2)
-                        if (t == 0) idx[bh * cap + slot] = spos[i];
+                        if (t == 0) idx[bh * cap + slot] = slist[i];
                 }
             }
             tile += LS_WARPS;
@@ -891,7 +896,7 @@ __device__ void select2_body(const u64* __restrict__ ksig, const u64* __restrict
 #pragma unroll
             for (int u = 0; u < ROWS; ++u) {
                 const unsigned int i = first + u * SPW + sub;
-                pos[u] = i < total ? spos[i] : -1;
+                pos[u] = i < total ? slist[i] : -1;
             }
 #pragma unroll
             for (int u = 0; u < ROWS; ++u)

@@ -875,6 +875,11 @@ def main() -> None:
         help="also time each point's chosen kernels as N layers in one graph, per layer (a decode step's graph "
         "pays one launch for all its layers)",
     )
+    ap.add_argument(
+        "--defines",
+        default="",
+        help="comma list of NAME=VALUE for the kernels' build (a variant swept whole, e.g. LS_SIGN_BULK=1)",
+    )
     args = ap.parse_args()
     if args.dry:
         dry()
@@ -883,7 +888,10 @@ def main() -> None:
     import cupy as cp
     import torch
 
+    _, defines = use_build(args.defines)
     result: dict = {"schema_version": 1, "provenance": provenance()}
+    if defines:
+        result["defines"] = defines
     result["hbm_copy"] = copy_bandwidth(cp)
     bw = result["hbm_copy"]["bandwidth_bytes_per_s"]
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s", flush=True)

@@ -18,6 +18,7 @@ needs CuPy and a CUDA device.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -260,6 +261,26 @@ def _module():
 
 
 @functools.cache
+def _module_flag(mod: Any, name: str) -> int:
+    """An ``extern "C" __device__ const int`` of the module, 0 where the build has none (an earlier source)."""
+    cp = _cupy()
+    try:
+        return int(cp.ndarray((1,), cp.int32, mod.get_global(name)).get()[0])
+    except Exception:
+        return 0
+
+
+def match_carveout(functions: Iterable[Any], sign_bulk: int) -> None:
+    """With the select's signs by bulk copy (LS_SIGN_BULK=1, a build variant) every select and band kernel prefers
+    the largest shared-memory carveout: the select's 43 KB a block need a larger one than the band's kernels ask
+    for, and an SM holding blocks of a kernel with another carveout takes no select block until they end (H200,
+    4K, batch 1, band beside the select: 23.2 us, 18.2 with both at the maximum, 18.7 with the loads;
+    docs/gpu-kernels.md, seventeenth step). The shipped build (loads) keeps the driver's choice."""
+    if sign_bulk:
+        for f in functions:
+            f.preferred_shared_memory_carveout = 100
+
+
 def programmatic_launch_available() -> bool:
     """cuda-python's driver bindings, through which Config.pdl launches, are importable (without them a pdl
     launch is a plain one: the same answer, the launch gap kept)."""
@@ -510,6 +531,10 @@ class FusedLongSight:
                 f.max_dynamic_shared_size_bytes = 8 * TOPK_CANDIDATES
         except Exception:
             self.smem_keys = self.smem_keys_cluster = 0  # the top-k passes then read the scores from L2
+        match_carveout(
+            (*self.f_attn.values(), *self.f_select2.values(), self.f_select),
+            _module_flag(mod, "ls_sign_bulk"),
+        )
         self.sms = int(cp.cuda.Device().attributes["MultiProcessorCount"])
         s = shape
         chunk = min(ATTN_CHUNKS)

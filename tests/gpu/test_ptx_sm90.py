@@ -116,3 +116,34 @@ def test_traced_build_compiles_and_its_arrays_are_the_profilers(tmp_path: Path) 
     assert shapes, "profile_layer.py reads no trace arrays"
     for name, (rows, cols) in shapes.items():
         assert built.get(name) == rows * cols * 8, (name, built.get(name), rows, cols)
+
+
+def test_bulk_sign_build_variant_builds_where_it_applies(tmp_path: Path) -> None:
+    """-DLS_SIGN_BULK=1 (ls_select2's signs by one bulk copy a block; off by default, docs/gpu-kernels.md,
+    seventeenth step) assembles for sm_90, its static shared memory within the 48 KB a block may declare (ptxas
+    checks it: the async select form with its row buffers did not fit, NVRTC's error on the H200), and puts the
+    bulk copy in ls_select2's popc forms for D = 128 with rows in registers or on the tensor cores, and nowhere in
+    the default build, whose select is the one the shipped calibration measured."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    src = kernels.KERNEL_DIR / "longsight_fused.cu"
+
+    def build(kind: str, *flags: str) -> Path:
+        out = tmp_path / f"bulk{len(flags)}.{kind}"
+        proc = subprocess.run(
+            [nvcc, f"-{kind}", "-std=c++17", "-arch=sm_90", *flags, str(src), "-o", str(out)],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return out
+
+    build("cubin", "-DLS_SIGN_BULK=1")
+    entries = {
+        chunk.split("(", 1)[0].strip(): chunk
+        for chunk in build("ptx", "-DLS_SIGN_BULK=1").read_text().split(".entry ")[1:]
+    }
+    bulk = {name for name, body in entries.items() if "cp.async.bulk.shared::cluster.global" in body}
+    assert bulk == {"ls_select2_r4_popc_w2", "ls_select2_r16_popc_w2"}
+    assert "cp.async.bulk.shared::cluster.global" not in build("ptx").read_text()
