@@ -260,7 +260,6 @@ def _module():
     return build_module()
 
 
-@functools.cache
 def _module_flag(mod: Any, name: str) -> int:
     """An ``extern "C" __device__ const int`` of the module, 0 where the build has none (an earlier source)."""
     cp = _cupy()
@@ -281,6 +280,7 @@ def match_carveout(functions: Iterable[Any], sign_bulk: int) -> None:
             f.preferred_shared_memory_carveout = 100
 
 
+@functools.cache
 def programmatic_launch_available() -> bool:
     """cuda-python's driver bindings, through which Config.pdl launches, are importable (without them a pdl
     launch is a plain one: the same answer, the launch gap kept)."""
