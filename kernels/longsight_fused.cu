@@ -650,7 +650,7 @@ LS_SELECT(2, LS_FRAG, frag_w2)
 // global src into shared dst, completing on the mbarrier *bar (initialised here, single arrival); the block's
 // next barrier publishes the initialisation, after which sign_bulk_wait returns once the bytes have landed.
 __device__ __forceinline__ void sign_bulk_issue(void* dst, u64* bar, const void* src, long long bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if LS_ARCH_BULK
     if (threadIdx.x == 0) {
         const u32 b = (u32)__cvta_generic_to_shared(bar), d = (u32)__cvta_generic_to_shared(dst);
         asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(b) : "memory");
@@ -663,7 +663,7 @@ __device__ __forceinline__ void sign_bulk_issue(void* dst, u64* bar, const void*
 #endif
 }
 __device__ __forceinline__ void sign_bulk_wait(u64* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if LS_ARCH_BULK
     const u32 b = (u32)__cvta_generic_to_shared(bar);
     asm volatile("{\n .reg .pred p;\n W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], 0;\n @!p bra W;\n}" ::"r"(b)
                  : "memory");

@@ -260,13 +260,17 @@ def _module():
     return build_module()
 
 
-def _module_flag(mod: Any, name: str) -> int:
-    """An ``extern "C" __device__ const int`` of the module, 0 where the build has none (an earlier source)."""
+def module_int(mod: Any, name: str, missing: int | None = None) -> int:
+    """An ``extern "C" __device__ const int`` of the module (what a build variant's defines made of it);
+    ``missing`` where the build has none (an earlier source), which is an error when ``missing`` is None."""
     cp = _cupy()
     try:
-        return int(cp.ndarray((1,), cp.int32, mod.get_global(name)).get()[0])
+        ptr = mod.get_global(name)
     except Exception:
-        return 0
+        if missing is None:
+            raise
+        return missing
+    return int(cp.ndarray((1,), cp.int32, ptr).get()[0])
 
 
 def match_carveout(functions: Iterable[Any], sign_bulk: int) -> None:
@@ -490,7 +494,7 @@ class FusedLongSight:
         w, d = shape.words, shape.head_dim
         self.f_select = mod.get_function(f"ls_select_{self.method}_w{w}")
         # keys a select block filters: BLOCK_KEYS unless a build variant set LS_KPT (benchmarks' --defines)
-        self.block_keys = int(cp.ndarray((1,), cp.int32, mod.get_global("ls_block_keys")).get()[0])
+        self.block_keys = module_int(mod, "ls_block_keys")
         self.f_select2 = {
             r: mod.get_function(f"ls_select2_r{r}_{self.method}_w{w}") for r in (*SELECT_ROWS, SELECT_ASYNC)
         }
@@ -533,7 +537,7 @@ class FusedLongSight:
             self.smem_keys = self.smem_keys_cluster = 0  # the top-k passes then read the scores from L2
         match_carveout(
             (*self.f_attn.values(), *self.f_select2.values(), self.f_select),
-            _module_flag(mod, "ls_sign_bulk"),
+            module_int(mod, "ls_sign_bulk", missing=0),
         )
         self.sms = int(cp.cuda.Device().attributes["MultiProcessorCount"])
         s = shape
